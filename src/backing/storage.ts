@@ -1,0 +1,41 @@
+// Owns the interface every backing store implements: byte-addressed I/O on a file, a block device or memory.
+
+/** A run of bytes with the same allocation state, as NBD base:allocation reports it. */
+export interface Extent {
+  offset: number;
+  length: number;
+  /** Not allocated: reads as zeroes and takes no space. */
+  isHole: boolean;
+  /** Known to read as zeroes. */
+  isZero: boolean;
+}
+
+/**
+ * What a device keeps its bytes on. Offsets and lengths are bytes and are checked by the caller
+ * (the tracker) against `size`; a store only reports what the OS says.
+ */
+export interface Storage {
+  readonly path: string;
+  readonly isBlockDevice: boolean;
+  readonly isReadOnly: boolean;
+  /** Size in bytes as of the last `probeSize()` (or open). */
+  readonly size: number;
+  read(offset: number, into: Uint8Array): Promise<void>;
+  write(offset: number, data: Uint8Array): Promise<void>;
+  /** Makes every completed write durable (fdatasync). */
+  flush(): Promise<void>;
+  /** Deallocates a range; it reads as zeroes afterwards. */
+  trim(offset: number, length: number): Promise<void>;
+  /**
+   * Makes a range read as zeroes. `mayTrim`: deallocating is fine. `fastOnly`: fail with ENOTSUP
+   * rather than fall back to writing zero buffers (NBD FAST_ZERO).
+   */
+  zero(offset: number, length: number, mayTrim: boolean, fastOnly: boolean): Promise<void>;
+  /** Allocation map of a range, in order, covering at least its first byte. */
+  extents(offset: number, length: number, maximumCount: number): Promise<Extent[]>;
+  /** Hint that a range will be read soon. */
+  cache(offset: number, length: number): Promise<void>;
+  /** Asks the OS for the current size again (a capacity change resets CBT at the next take). */
+  probeSize(): number;
+  close(): Promise<void>;
+}

@@ -1,0 +1,92 @@
+// Owns the shape of a CLI command and its option parsing: blksnap's --long options, --help, --json.
+import { BlkError } from '../errors.js';
+import type { BlksnapClient } from '../client/connection.js';
+
+export interface OptionSpec {
+  /** 'value': takes one value; 'list': takes one or more values; 'flag': no value. */
+  kind: 'value' | 'list' | 'flag';
+  help: string;
+  isRequired?: boolean;
+}
+
+export type ParsedOptions = {
+  values: Map<string, string>;
+  lists: Map<string, string[]>;
+  flags: Set<string>;
+};
+
+export interface CommandIo {
+  client(): Promise<BlksnapClient>;
+  /** Prints a result: the JSON document with --json, else the text. */
+  print(json: unknown, text: string): void;
+}
+
+export interface Command {
+  name: string;
+  summary: string;
+  options: Readonly<Record<string, OptionSpec>>;
+  run(options: ParsedOptions, io: CommandIo): Promise<void>;
+}
+
+export function commandHelp(c: Command): string {
+  const lines = [`Usage: blksnap ${c.name}${Object.entries(c.options).map(([n, o]) => (o.isRequired ? ` --${n} ${o.kind === 'flag' ? '' : 'VALUE'}` : '')).join('')} [options]`, '', c.summary, '', 'Options:'];
+  const all: Array<[string, OptionSpec]> = [
+    ...Object.entries(c.options),
+    ['json', { kind: 'flag', help: 'print exactly one JSON document on stdout' }],
+    ['control', { kind: 'value', help: 'control socket of the daemon (default: $BLKSNAP_CONTROL, else the runtime directory)' }],
+    ['help', { kind: 'flag', help: 'this text' }],
+  ];
+  for (const [name, o] of all) {
+    const arg = o.kind === 'flag' ? '' : o.kind === 'list' ? ' VALUE...' : ' VALUE';
+    lines.push(`  --${(name + arg).padEnd(22)} ${o.help}${o.isRequired ? ' (required)' : ''}`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+const COMMON: Readonly<Record<string, OptionSpec>> = {
+  json: { kind: 'flag', help: '' },
+  help: { kind: 'flag', help: '' },
+  control: { kind: 'value', help: '' },
+};
+
+/** Parses `--name value`, `--name=value`, list options taking every value up to the next option. */
+export function parseOptions(c: Command, argv: readonly string[]): ParsedOptions {
+  const parsed: ParsedOptions = { values: new Map(), lists: new Map(), flags: new Set() };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] as string;
+    if (!arg.startsWith('--')) throw new BlkError('EINVAL', `${c.name}: unexpected argument '${arg}'`);
+    const eq = arg.indexOf('=');
+    const name = arg.slice(2, eq < 0 ? undefined : eq);
+    const spec = c.options[name] ?? COMMON[name];
+    if (!spec) throw new BlkError('EINVAL', `${c.name}: unknown option --${name} (see blksnap ${c.name} --help)`);
+    if (spec.kind === 'flag') {
+      if (eq >= 0) throw new BlkError('EINVAL', `${c.name}: --${name} takes no value`);
+      parsed.flags.add(name);
+      continue;
+    }
+    const values: string[] = eq >= 0 ? [arg.slice(eq + 1)] : [];
+    if (eq < 0) {
+      while (i + 1 < argv.length && !(argv[i + 1] as string).startsWith('--')) {
+        values.push(argv[++i] as string);
+        if (spec.kind === 'value') break;
+      }
+    }
+    if (values.length === 0) throw new BlkError('EINVAL', `${c.name}: --${name} needs a value`);
+    if (spec.kind === 'value') parsed.values.set(name, values[0] as string);
+    else parsed.lists.set(name, [...(parsed.lists.get(name) ?? []), ...values]);
+  }
+  if (!parsed.flags.has('help')) {
+    for (const [name, spec] of Object.entries(c.options)) {
+      if (spec.isRequired && !parsed.values.has(name) && !parsed.lists.has(name)) {
+        throw new BlkError('EINVAL', `${c.name}: --${name} is required (see blksnap ${c.name} --help)`);
+      }
+    }
+  }
+  return parsed;
+}
+
+export function value(o: ParsedOptions, name: string): string {
+  const v = o.values.get(name);
+  if (v === undefined) throw new BlkError('EINVAL', `--${name} is required`);
+  return v;
+}

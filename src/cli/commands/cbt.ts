@@ -1,0 +1,67 @@
+// Owns the change-tracking commands of the CLI: cbtinfo, readcbtmap, markdirtyblock.
+import * as fs from 'node:fs';
+import { Cbt } from '../../client/index.js';
+import * as api from '../../control/protocol.js';
+import { BlkError } from '../../errors.js';
+import type { Command } from '../command.js';
+import { value } from '../command.js';
+
+/** Parses blksnap's SECTOR:COUNT range form. */
+export function parseSectorRange(text: string): api.SectorRange {
+  const m = /^(\d+):(\d+)$/.exec(text);
+  const sector = m ? Number(m[1]) : NaN;
+  const count = m ? Number(m[2]) : NaN;
+  if (!Number.isSafeInteger(sector) || !Number.isSafeInteger(count) || count < 1) {
+    throw new BlkError('EINVAL', `invalid range '${text}': expected SECTOR:COUNT with COUNT >= 1`);
+  }
+  return { sector, count };
+}
+
+export const cbtCommands: Command[] = [
+  {
+    name: 'cbtinfo',
+    summary: 'Print the change tracking state of a device: capacity, block size and count, generation, changes number.',
+    options: { device: { kind: 'value', help: 'device name or path', isRequired: true } },
+    async run(o, io) {
+      const i = await new Cbt(await io.client(), value(o, 'device')).info();
+      const text = [
+        `device_capacity=${i.deviceCapacity}`,
+        `block_size=${i.blockSize}`,
+        `block_count=${i.blockCount}`,
+        `generation_id=${i.generationId}`,
+        `changes_number=${i.changesNumber}`,
+      ].join('\n');
+      io.print(i, text);
+    },
+  },
+  {
+    name: 'readcbtmap',
+    summary: 'Write the CBT read map of a device to a file: one byte per tracking block, the number of the snapshot that last changed it.',
+    options: {
+      device: { kind: 'value', help: 'device name or path', isRequired: true },
+      file: { kind: 'value', help: 'output file', isRequired: true },
+    },
+    async run(o, io) {
+      const cbt = new Cbt(await io.client(), value(o, 'device'));
+      const map = await cbt.readMap();
+      const file = value(o, 'file');
+      fs.writeFileSync(file, map);
+      io.print({ file, blockCount: map.length }, `${map.length} blocks written to ${file}`);
+    },
+  },
+  {
+    name: 'markdirtyblock',
+    summary: 'Mark sector ranges of a device as changed in both CBT maps, so the next backup copies them.',
+    options: {
+      device: { kind: 'value', help: 'device name or path', isRequired: true },
+      range: { kind: 'list', help: 'SECTOR:COUNT ranges of 512-byte sectors' },
+    },
+    async run(o, io) {
+      const texts = o.lists.get('range') ?? [];
+      if (texts.length === 0) throw new BlkError('EINVAL', 'markdirtyblock: give --range SECTOR:COUNT...');
+      const ranges = texts.map(parseSectorRange);
+      await new Cbt(await io.client(), value(o, 'device')).markDirty(ranges);
+      io.print({ ranges }, '');
+    },
+  },
+];

@@ -1,0 +1,55 @@
+// Owns the device commands of the CLI: version, attach, detach, list.
+import * as api from '../../control/protocol.js';
+import type { Command } from '../command.js';
+import { value } from '../command.js';
+
+function describe(d: api.DeviceInfo): string {
+  return `${d.name}\t${d.path}\t${d.size}\t${d.uri}${d.blockDevice ? `\t${d.blockDevice}` : ''}`;
+}
+
+export const deviceCommands: Command[] = [
+  {
+    name: 'version',
+    summary: 'Print the version of blksnap (the daemon\'s).',
+    options: {},
+    async run(_o, io) {
+      const v = await (await io.client()).call(api.Version, {});
+      io.print(v, v.version);
+    },
+  },
+  {
+    name: 'attach',
+    summary: 'Attach a regular file or a block device: the daemon opens it exclusively, tracks its changes and serves it over NBD.',
+    options: {
+      device: { kind: 'value', help: 'path of the file or block device', isRequired: true },
+      name: { kind: 'value', help: 'export name (default: the base name of the path)' },
+      readonly: { kind: 'flag', help: 'refuse writes' },
+      untracked: { kind: 'flag', help: 'serve without change tracking' },
+    },
+    async run(o, io) {
+      const params: api.AttachParams = { path: value(o, 'device'), readOnly: o.flags.has('readonly'), tracking: !o.flags.has('untracked') };
+      const name = o.values.get('name');
+      if (name !== undefined) params.name = name;
+      const d = await (await io.client()).call(api.DeviceAttach, params);
+      io.print(d, describe(d));
+    },
+  },
+  {
+    name: 'detach',
+    summary: 'Detach a device: tracking ends, its exports close, the daemon releases the store.',
+    options: { device: { kind: 'value', help: 'device name or path', isRequired: true } },
+    async run(o, io) {
+      await (await io.client()).call(api.DeviceDetach, { device: value(o, 'device') });
+      io.print({}, '');
+    },
+  },
+  {
+    name: 'list',
+    summary: 'List the attached devices: name, path, size in bytes, NBD URI.',
+    options: {},
+    async run(_o, io) {
+      const r = await (await io.client()).call(api.DeviceList, {});
+      io.print(r, r.devices.map(describe).join('\n'));
+    },
+  },
+];

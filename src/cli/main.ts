@@ -1,0 +1,69 @@
+// Owns the blksnap command line: picks the command, connects to the daemon, prints results and errno-named errors.
+import { BlksnapClient } from '../client/connection.js';
+import { defaultControlPath } from '../control/paths.js';
+import { toBlkError, toExitStatus } from '../errors.js';
+import { type Command, commandHelp, parseOptions } from './command.js';
+import { cbtCommands } from './commands/cbt.js';
+import { deviceCommands } from './commands/device.js';
+
+const commands: Command[] = [...deviceCommands, ...cbtCommands];
+
+function mainHelp(): string {
+  const width = Math.max(...commands.map((c) => c.name.length));
+  return [
+    'Usage: blksnap COMMAND [options]',
+    '',
+    'Block device snapshots with change-block tracking, through the blksnapd daemon.',
+    '',
+    'Commands:',
+    ...commands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
+    '',
+    'Every command takes --help, --json (one JSON document on stdout) and --control PATH',
+    '(else $BLKSNAP_CONTROL, else the daemon\'s default socket).',
+    '',
+  ].join('\n');
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(mainHelp());
+    return name === undefined ? 2 : 0;
+  }
+  const command = commands.find((c) => c.name === name);
+  if (!command) {
+    process.stderr.write(`blksnap: EINVAL: unknown command '${name}'\n\n${mainHelp()}`);
+    return 2;
+  }
+  let client: BlksnapClient | undefined;
+  try {
+    const options = parseOptions(command, rest);
+    if (options.flags.has('help')) {
+      process.stdout.write(commandHelp(command));
+      return 0;
+    }
+    const isJson = options.flags.has('json');
+    const controlPath = options.values.get('control') ?? defaultControlPath();
+    await command.run(options, {
+      async client() {
+        client ??= await BlksnapClient.connect(controlPath);
+        return client;
+      },
+      print(json, text) {
+        if (isJson) process.stdout.write(JSON.stringify(json, null, 2) + '\n');
+        else if (text !== '') process.stdout.write(text + '\n');
+      },
+    });
+    return 0;
+  } catch (e) {
+    const err = toBlkError(e);
+    process.stderr.write(`blksnap ${name}: ${err.code}: ${err.message}\n`);
+    return toExitStatus(err);
+  } finally {
+    await client?.close();
+  }
+}
+
+main(process.argv.slice(2)).then((status) => {
+  process.exitCode = status;
+});

@@ -1,0 +1,128 @@
+// Owns the control methods: untrusted params in, type guards, one core call, a typed result out.
+import { FileStorage } from '../backing/file-storage.js';
+import type { Device } from '../core/device.js';
+import type { Registry } from '../core/registry.js';
+import { BlkError } from '../errors.js';
+import { SECTOR_SIZE, control as limits } from '../params.js';
+import * as api from './protocol.js';
+import { asParams, optionalBoolean, optionalString, requireArray, requireInteger, requireString, type Params } from './validate.js';
+
+export const BLKSNAP_VERSION = '2.0.0';
+
+/** What handlers need from the daemon. */
+export interface DaemonContext {
+  registry: Registry;
+  /** NBD URI of an export on the daemon's Unix socket. */
+  exportUri(name: string): string;
+  /** Options every FileStorage of an attach gets. */
+  storageOptions: { syncIoMaximum: number };
+  log(line: string): void;
+}
+
+type Handler = (params: Params, ctx: DaemonContext) => Promise<unknown>;
+
+export function deviceInfo(device: Device, ctx: DaemonContext): api.DeviceInfo {
+  return {
+    name: device.name,
+    path: device.path,
+    size: device.size,
+    uri: ctx.exportUri(device.name),
+    readOnly: device.isReadOnly,
+    tracking: device.tracker.isTracking,
+  };
+}
+
+function cbtInfo(device: Device): api.CbtInfo {
+  const cbt = device.tracker.cbt;
+  return {
+    deviceCapacity: cbt.capacity,
+    blockSize: cbt.blockSize,
+    blockCount: cbt.blockCount,
+    generationId: cbt.generationId,
+    changesNumber: cbt.previousNumber,
+  };
+}
+
+function lookup(p: Params, ctx: DaemonContext, method: string): Device {
+  return ctx.registry.resolve(requireString(p, 'device', method));
+}
+
+const handlers: Record<string, Handler> = {
+  async [api.Version.name]() {
+    return { version: BLKSNAP_VERSION, protocol: api.CONTROL_PROTOCOL_VERSION } satisfies api.VersionResult;
+  },
+
+  async [api.DeviceAttach.name](p, ctx) {
+    const m = api.DeviceAttach.name;
+    const path = requireString(p, 'path', m);
+    const name = optionalString(p, 'name', m);
+    const readOnly = optionalBoolean(p, 'readOnly', m) ?? false;
+    const tracking = optionalBoolean(p, 'tracking', m) ?? true;
+    const storage = await FileStorage.open(path, { readOnly, ...ctx.storageOptions });
+    const device = await ctx.registry.attach(storage, { tracking, ...(name === undefined ? {} : { name }) });
+    ctx.log(`attached ${device.path} as ${device.name} (${device.size} bytes${readOnly ? ', read-only' : ''}${tracking ? '' : ', untracked'})`);
+    return deviceInfo(device, ctx);
+  },
+
+  async [api.DeviceDetach.name](p, ctx) {
+    const device = lookup(p, ctx, api.DeviceDetach.name);
+    await ctx.registry.detach(device);
+    ctx.log(`detached ${device.name}`);
+    return {};
+  },
+
+  async [api.DeviceList.name](_p, ctx) {
+    return { devices: ctx.registry.devices().map((d) => deviceInfo(d, ctx)) };
+  },
+
+  async [api.CbtGetInfo.name](p, ctx) {
+    return cbtInfo(lookup(p, ctx, api.CbtGetInfo.name));
+  },
+
+  async [api.CbtRead.name](p, ctx) {
+    const m = api.CbtRead.name;
+    const device = lookup(p, ctx, m);
+    const offset = requireInteger(p, 'offset', m);
+    const length = requireInteger(p, 'length', m, 0, limits.maximumCbtReadLength);
+    const cbt = device.tracker.cbt;
+    if (offset > cbt.blockCount) throw new BlkError('EINVAL', `${m}: offset ${offset} is past the map's ${cbt.blockCount} blocks`);
+    return { offset, data: Buffer.from(cbt.readMap(offset, length)).toString('base64') } satisfies api.CbtReadResult;
+  },
+
+  async [api.CbtMarkDirty.name](p, ctx) {
+    const m = api.CbtMarkDirty.name;
+    const device = lookup(p, ctx, m);
+    const ranges = requireArray(p, 'ranges', m, 65536).map((r, i) => {
+      const range = asParams(r, `${m} ranges[${i}]`);
+      const sector = requireInteger(range, 'sector', `${m} ranges[${i}]`);
+      const count = requireInteger(range, 'count', `${m} ranges[${i}]`, 1);
+      return { offset: sector * SECTOR_SIZE, length: count * SECTOR_SIZE };
+    });
+    device.markDirty(ranges);
+    return {};
+  },
+
+  async [api.CbtSwitch.name](p, ctx) {
+    const device = lookup(p, ctx, api.CbtSwitch.name);
+    const tracker = device.tracker;
+    await tracker.hold();
+    try {
+      await device.storage.flush();
+      tracker.switchCbt();
+    } finally {
+      tracker.release();
+    }
+    return cbtInfo(device);
+  },
+};
+
+/** Runs one method; unknown methods are EINVAL. */
+export function dispatch(method: string, params: unknown, ctx: DaemonContext): Promise<unknown> {
+  const handler = Object.hasOwn(handlers, method) ? handlers[method] : undefined;
+  if (!handler) return Promise.reject(new BlkError('EINVAL', `unknown control method '${method}'`));
+  try {
+    return handler(asParams(params, method), ctx);
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}

@@ -1,0 +1,110 @@
+// Owns the control API contract (our blksnap uapi): one typed method catalogue shared by daemon, client and CLI.
+// Wire: JSON-RPC 2.0, one JSON object per line, over a Unix socket of mode 0600. Only ever extended.
+
+/** Version of this catalogue; bumped when methods or fields are added. */
+export const CONTROL_PROTOCOL_VERSION = 1;
+
+export interface Method<P, R> {
+  readonly name: string;
+  /** Carries the types only; never set. */
+  readonly types?: [P, R];
+}
+
+function method<P, R>(name: string): Method<P, R> {
+  return { name };
+}
+
+export interface VersionResult {
+  /** blksnap's version string. */
+  version: string;
+  protocol: number;
+}
+
+export interface AttachParams {
+  /** Path of a regular file or a block device. */
+  path: string;
+  /** Export name; default: the path's base name. */
+  name?: string;
+  readOnly?: boolean;
+  /** false attaches without change tracking (a plain export, e.g. to compare speed). Default true. */
+  tracking?: boolean;
+}
+
+export interface DeviceInfo {
+  name: string;
+  path: string;
+  size: number;
+  /** NBD URI of the device's export on the daemon's Unix socket. */
+  uri: string;
+  /** Linux block device of the device, when it has one. */
+  blockDevice?: string;
+  readOnly: boolean;
+  tracking: boolean;
+}
+
+export interface DeviceParams {
+  /** The device's name, or the path it was attached from. */
+  device: string;
+}
+
+export interface CbtInfo {
+  deviceCapacity: number;
+  blockSize: number;
+  blockCount: number;
+  generationId: string;
+  /** The number of the last taken snapshot (blksnap's changes_number). */
+  changesNumber: number;
+}
+
+export interface CbtReadParams extends DeviceParams {
+  /** First block of the piece. */
+  offset: number;
+  /** Blocks to read, at most 16 MiB in one call. */
+  length: number;
+}
+
+export interface CbtReadResult {
+  offset: number;
+  /** The read map's bytes, base64; shorter than asked at the map's end. */
+  data: string;
+}
+
+export interface SectorRange {
+  sector: number;
+  count: number;
+}
+
+export interface MarkDirtyParams extends DeviceParams {
+  ranges: SectorRange[];
+}
+
+export const Version = method<Record<string, never>, VersionResult>('version');
+export const DeviceAttach = method<AttachParams, DeviceInfo>('device.attach');
+export const DeviceDetach = method<DeviceParams, Record<string, never>>('device.detach');
+export const DeviceList = method<Record<string, never>, { devices: DeviceInfo[] }>('device.list');
+export const CbtGetInfo = method<DeviceParams, CbtInfo>('cbt.info');
+export const CbtRead = method<CbtReadParams, CbtReadResult>('cbt.read');
+export const CbtMarkDirty = method<MarkDirtyParams, Record<string, never>>('cbt.markDirty');
+/**
+ * The CBT switch a snapshot take performs, alone: holds writes, drains, flushes, switches. For
+ * tools that keep their own point-in-time copy, and for tests.
+ */
+export const CbtSwitch = method<DeviceParams, CbtInfo>('cbt.switch');
+
+/** JSON-RPC error object: code is the negative errno, data.errno its name. */
+export interface RpcError {
+  code: number;
+  message: string;
+  data: { errno: string };
+}
+
+export interface RpcRequest {
+  jsonrpc: '2.0';
+  id: number | string | null;
+  method: string;
+  params?: unknown;
+}
+
+export type RpcResponse =
+  | { jsonrpc: '2.0'; id: number | string | null; result: unknown }
+  | { jsonrpc: '2.0'; id: number | string | null; error: RpcError };

@@ -1,0 +1,93 @@
+// Owns the control socket: accepts clients, frames JSON-RPC lines, dispatches them and writes the replies.
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import { BlkError, toBlkError } from '../errors.js';
+import { control as limits } from '../params.js';
+import { LineFramer } from './framing.js';
+import { dispatch, type DaemonContext } from './handlers.js';
+import type { RpcResponse } from './protocol.js';
+
+function errorResponse(id: RpcResponse['id'], e: unknown): RpcResponse {
+  const err = toBlkError(e);
+  return { jsonrpc: '2.0', id, error: { code: -err.errno, message: err.message, data: { errno: err.code } } };
+}
+
+export class ControlServer {
+  #server: net.Server | null = null;
+  #sockets = new Set<net.Socket>();
+  #socketPath: string;
+  #ctx: DaemonContext;
+
+  constructor(socketPath: string, ctx: DaemonContext) {
+    this.#socketPath = socketPath;
+    this.#ctx = ctx;
+  }
+
+  async start(): Promise<void> {
+    fs.rmSync(this.#socketPath, { force: true });
+    const server = net.createServer((s) => this.#accept(s));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.#socketPath, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    fs.chmodSync(this.#socketPath, 0o600);
+    this.#server = server;
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.#sockets) s.destroy();
+    const server = this.#server;
+    this.#server = null;
+    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+    fs.rmSync(this.#socketPath, { force: true });
+  }
+
+  #accept(socket: net.Socket): void {
+    this.#sockets.add(socket);
+    socket.setEncoding('utf8');
+    const framer = new LineFramer(limits.maximumLineLength);
+    const send = (r: RpcResponse): void => {
+      if (!socket.destroyed) socket.write(JSON.stringify(r) + '\n');
+    };
+    socket.on('data', (chunk: string) => {
+      let lines: string[];
+      try {
+        lines = framer.push(chunk);
+      } catch (e) {
+        send(errorResponse(null, e));
+        socket.end();
+        return;
+      }
+      for (const line of lines) this.#handleLine(line, send);
+    });
+    socket.on('error', () => socket.destroy());
+    socket.on('close', () => this.#sockets.delete(socket));
+  }
+
+  #handleLine(line: string, send: (r: RpcResponse) => void): void {
+    let request: unknown;
+    try {
+      request = JSON.parse(line);
+    } catch {
+      send(errorResponse(null, new BlkError('EINVAL', 'control message is not valid JSON')));
+      return;
+    }
+    if (typeof request !== 'object' || request === null || Array.isArray(request)) {
+      send(errorResponse(null, new BlkError('EINVAL', 'control message must be a JSON-RPC request object')));
+      return;
+    }
+    const { id: rawId, method, params } = request as Record<string, unknown>;
+    const id = typeof rawId === 'number' || typeof rawId === 'string' ? rawId : null;
+    if (typeof method !== 'string') {
+      send(errorResponse(id, new BlkError('EINVAL', "control request has no 'method' string")));
+      return;
+    }
+    dispatch(method, params, this.#ctx).then(
+      (result) => send({ jsonrpc: '2.0', id, result }),
+      (e: unknown) => send(errorResponse(id, e)),
+    );
+  }
+}

@@ -1,0 +1,34 @@
+// Owns the interface front ends serve: a byte-addressed device (an attached device or a snapshot image).
+import type { Extent } from '../backing/storage.js';
+import type { Event } from '../util/emitter.js';
+
+/** Per-request flags, independent of any wire format. */
+export const IoFlag = {
+  None: 0,
+  /** Force unit access: the write is durable when it completes. */
+  Fua: 1,
+  /** Write-zeroes may deallocate. */
+  MayTrim: 2,
+  /** Write-zeroes must fail with ENOTSUP rather than be slow. */
+  FastZero: 4,
+} as const;
+export type IoFlags = number;
+
+/** What a front end (NBD, a kernel block device) exports. */
+export interface BlockDevice {
+  /** Export name. */
+  readonly name: string;
+  readonly size: number;
+  readonly isReadOnly: boolean;
+  /** True when it can deallocate (TRIM) and report holes. */
+  readonly canTrim: boolean;
+  read(offset: number, into: Uint8Array): Promise<void>;
+  write(offset: number, data: Uint8Array, flags: IoFlags): Promise<void>;
+  zero(offset: number, length: number, flags: IoFlags): Promise<void>;
+  trim(offset: number, length: number, flags: IoFlags): Promise<void>;
+  flush(): Promise<void>;
+  extents(offset: number, length: number, maximumCount: number): Promise<Extent[]>;
+  cache(offset: number, length: number): Promise<void>;
+  /** Fires once when the device goes away (detach, destroy): front ends end its sessions. */
+  readonly onClose: Event<void>;
+}

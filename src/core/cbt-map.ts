@@ -1,0 +1,108 @@
+// Owns a device's change-block-tracking map: blksnap's byte-per-block snapshot numbers, active and read copies.
+import { randomUUID } from 'node:crypto';
+import { BlkError } from '../errors.js';
+import { tracking } from '../params.js';
+
+/** blksnap's block size rule: start at 2^16 and double while the count exceeds 2^21, capped at 2^26. */
+export function cbtBlockGeometry(capacity: number): { blockShift: number; blockCount: number } {
+  let blockShift: number = tracking.blockMinimumShift;
+  let blockCount = Math.ceil(capacity / 2 ** blockShift);
+  while (blockCount > tracking.blockMaximumCount && blockShift < tracking.blockMaximumShift) {
+    blockShift++;
+    blockCount = Math.ceil(capacity / 2 ** blockShift);
+  }
+  return { blockShift, blockCount };
+}
+
+/**
+ * The CBT map of one device.
+ *
+ * Each tracking block has one byte in each of two maps. Writes raise the *active* map's byte to the
+ * active snapshot number; `switch()` (done at snapshot take) publishes the active map as the *read*
+ * map that `readcbtmap` returns. A backup made at snapshot k copies the blocks whose read-map byte
+ * is > k. Numbers wrap after 255 with a new generation UUID: a new generation means a full backup.
+ */
+export class CbtMap {
+  readonly capacity: number;
+  readonly blockShift: number;
+  readonly blockSize: number;
+  readonly blockCount: number;
+  #activeMap: Uint8Array;
+  #readMap: Uint8Array;
+  #previousNumber = 0;
+  #activeNumber = 1;
+  #generationId: string = randomUUID();
+
+  constructor(capacity: number) {
+    if (!Number.isSafeInteger(capacity) || capacity < 0) throw new BlkError('EINVAL', `invalid device capacity ${capacity}`);
+    this.capacity = capacity;
+    const { blockShift, blockCount } = cbtBlockGeometry(capacity);
+    this.blockShift = blockShift;
+    this.blockSize = 2 ** blockShift;
+    this.blockCount = blockCount;
+    this.#activeMap = new Uint8Array(blockCount);
+    this.#readMap = new Uint8Array(blockCount);
+  }
+
+  get generationId(): string {
+    return this.#generationId;
+  }
+
+  /** The number of the last taken snapshot (blksnap's snap_number_previous): cbtinfo's changes_number. */
+  get previousNumber(): number {
+    return this.#previousNumber;
+  }
+
+  get activeNumber(): number {
+    return this.#activeNumber;
+  }
+
+  /** Marks the blocks a write of [offset, offset+length) touches with the active number. */
+  mark(offset: number, length: number): void {
+    if (length <= 0) return;
+    this.#set(this.#activeMap, offset, length, this.#activeNumber);
+  }
+
+  /** Marks both maps, as markdirtyblock and image writes do: active with active, read with previous. */
+  markBoth(offset: number, length: number): void {
+    if (length <= 0) return;
+    this.#set(this.#activeMap, offset, length, this.#activeNumber);
+    this.#set(this.#readMap, offset, length, this.#previousNumber);
+  }
+
+  /** The snapshot-take switch (blksnap's cbt_map_switch). */
+  switch(): void {
+    this.#previousNumber = this.#activeNumber;
+    this.#activeNumber++;
+    if (this.#activeNumber === 256) {
+      this.#activeNumber = 1;
+      this.#activeMap.fill(0);
+      this.#generationId = randomUUID();
+    } else {
+      this.#readMap.set(this.#activeMap);
+    }
+  }
+
+  /** Copies read-map bytes [offset, offset+length) into a new buffer (clipped to the map). */
+  readMap(offset: number, length: number): Uint8Array {
+    const start = Math.min(offset, this.blockCount);
+    const end = Math.min(offset + length, this.blockCount);
+    return this.#readMap.slice(start, end);
+  }
+
+  /** A copy of the active map, for tests and diagnostics. */
+  activeMapCopy(): Uint8Array {
+    return this.#activeMap.slice();
+  }
+
+  #set(map: Uint8Array, offset: number, length: number, snapNumber: number): void {
+    const first = Math.floor(offset / this.blockSize);
+    const last = Math.floor((offset + length - 1) / this.blockSize);
+    if (last >= this.blockCount) {
+      throw new BlkError('EINVAL', `range ${offset}+${length} lies past the CBT map of ${this.blockCount} blocks`);
+    }
+    for (let i = first; i <= last; i++) {
+      if ((map[i] as number) < snapNumber) map[i] = snapNumber;
+    }
+  }
+}

@@ -1,0 +1,135 @@
+// Owns an attached device: its backing store, its tracker, and the checked I/O every front end calls.
+import type { Extent, Storage } from '../backing/storage.js';
+import { BlkError } from '../errors.js';
+import { Emitter } from '../util/emitter.js';
+import { IoFlag, type BlockDevice, type IoFlags } from './block-device.js';
+import { Tracker } from './tracker.js';
+
+/** Checks a request range against a size; `pastEnd` is the errno for a range beyond it. */
+export function checkRange(what: string, offset: number, length: number, size: number, pastEnd: 'EINVAL' | 'ENOSPC'): void {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+    throw new BlkError('EINVAL', `${what}: invalid range ${offset}+${length}`);
+  }
+  if (offset + length > size) {
+    throw new BlkError(pastEnd, `${what}: range ${offset}+${length} lies past the end (${size} bytes)`, { offset, length, size });
+  }
+}
+
+/**
+ * A device attached to the daemon. The daemon is the only writer of its store; every write goes
+ * through the tracker (CBT marking, and the take's write gate) before it reaches the store.
+ */
+export class Device implements BlockDevice {
+  readonly name: string;
+  readonly storage: Storage;
+  readonly tracker: Tracker;
+  readonly canTrim = true;
+  #opsInFlight = 0;
+  #idleWaiters: Array<() => void> = [];
+  #isClosing = false;
+  #closeEmitter = new Emitter<void>();
+  readonly onClose = this.#closeEmitter.event;
+
+  constructor(name: string, storage: Storage, options: { tracking?: boolean } = {}) {
+    this.name = name;
+    this.storage = storage;
+    this.tracker = new Tracker(storage, options);
+  }
+
+  get path(): string {
+    return this.storage.path;
+  }
+
+  get size(): number {
+    return this.storage.size;
+  }
+
+  get isReadOnly(): boolean {
+    return this.storage.isReadOnly;
+  }
+
+  read(offset: number, into: Uint8Array): Promise<void> {
+    this.#begin('read', offset, into.length, 'EINVAL');
+    return this.storage.read(offset, into).finally(() => this.#end());
+  }
+
+  write(offset: number, data: Uint8Array, flags: IoFlags): Promise<void> {
+    this.#beginWrite('write', offset, data.length);
+    return this.#tracked(offset, data.length, flags, () => this.storage.write(offset, data));
+  }
+
+  zero(offset: number, length: number, flags: IoFlags): Promise<void> {
+    this.#beginWrite('write zeroes', offset, length);
+    const mayTrim = (flags & IoFlag.MayTrim) !== 0;
+    const fastOnly = (flags & IoFlag.FastZero) !== 0;
+    return this.#tracked(offset, length, flags, () => this.storage.zero(offset, length, mayTrim, fastOnly));
+  }
+
+  trim(offset: number, length: number, flags: IoFlags): Promise<void> {
+    this.#beginWrite('trim', offset, length);
+    return this.#tracked(offset, length, flags, () => this.storage.trim(offset, length));
+  }
+
+  flush(): Promise<void> {
+    this.#begin('flush', 0, 0, 'EINVAL');
+    return this.storage.flush().finally(() => this.#end());
+  }
+
+  extents(offset: number, length: number, maximumCount: number): Promise<Extent[]> {
+    this.#begin('block status', offset, length, 'EINVAL');
+    return this.storage.extents(offset, length, maximumCount).finally(() => this.#end());
+  }
+
+  cache(offset: number, length: number): Promise<void> {
+    this.#begin('cache', offset, length, 'EINVAL');
+    return this.storage.cache(offset, length).finally(() => this.#end());
+  }
+
+  /** Marks ranges dirty in both CBT maps (markdirtyblock). */
+  markDirty(ranges: ReadonlyArray<{ offset: number; length: number }>): void {
+    for (const r of ranges) checkRange('markdirtyblock', r.offset, r.length, this.tracker.cbt.capacity, 'EINVAL');
+    for (const r of ranges) this.tracker.cbt.markBoth(r.offset, r.length);
+  }
+
+  /** Detach: refuses new I/O, waits for what is in flight, tells front ends, closes the store. */
+  async close(): Promise<void> {
+    if (this.#isClosing) return;
+    this.#isClosing = true;
+    if (this.#opsInFlight > 0) await new Promise<void>((resolve) => this.#idleWaiters.push(resolve));
+    this.#closeEmitter.fire();
+    await this.storage.close();
+  }
+
+  async #tracked(offset: number, length: number, flags: IoFlags, land: () => Promise<void>): Promise<void> {
+    try {
+      const gate = this.tracker.beginWrite();
+      if (gate) await gate;
+      try {
+        this.tracker.markWrite(offset, length);
+        await land();
+        if (flags & IoFlag.Fua) await this.storage.flush();
+      } finally {
+        this.tracker.endWrite();
+      }
+    } finally {
+      this.#end();
+    }
+  }
+
+  #beginWrite(what: string, offset: number, length: number): void {
+    if (this.isReadOnly) throw new BlkError('EPERM', `${what}: device ${this.name} is read-only`);
+    this.#begin(what, offset, length, 'ENOSPC');
+  }
+
+  #begin(what: string, offset: number, length: number, pastEnd: 'EINVAL' | 'ENOSPC'): void {
+    if (this.#isClosing) throw new BlkError('ESHUTDOWN', `${what}: device ${this.name} is being detached`);
+    checkRange(what, offset, length, this.size, pastEnd);
+    this.#opsInFlight++;
+  }
+
+  #end(): void {
+    if (--this.#opsInFlight === 0 && this.#idleWaiters.length > 0) {
+      for (const wake of this.#idleWaiters.splice(0)) wake();
+    }
+  }
+}

@@ -1,0 +1,91 @@
+// Owns the write path's filter state of one device: the CBT map, the write gate used at take, in-flight counts.
+import type { Storage } from '../backing/storage.js';
+import { BlkError } from '../errors.js';
+import { CbtMap } from './cbt-map.js';
+
+/**
+ * blksnap's tracker: every write of a device passes `beginWrite()` / `endWrite()` around its
+ * CBT marking and store I/O. `hold()` stops admitting new writes and resolves when the ones in
+ * flight are done, which is what makes a take atomic; `release()` lets the held writers go on.
+ */
+export class Tracker {
+  #storage: Storage;
+  #cbt: CbtMap;
+  readonly isTracking: boolean;
+  #writesInFlight = 0;
+  #drainWaiters: Array<() => void> = [];
+  #held: Promise<void> | null = null;
+  #releaseHeld: (() => void) | null = null;
+
+  constructor(storage: Storage, options: { tracking?: boolean } = {}) {
+    this.#storage = storage;
+    this.#cbt = new CbtMap(storage.size);
+    this.isTracking = options.tracking ?? true;
+  }
+
+  get cbt(): CbtMap {
+    return this.#cbt;
+  }
+
+  get writesInFlight(): number {
+    return this.#writesInFlight;
+  }
+
+  get isHeld(): boolean {
+    return this.#held !== null;
+  }
+
+  /** Admits a write. Returns a promise only while a take holds the device (the fast path allocates nothing). */
+  beginWrite(): Promise<void> | undefined {
+    if (this.#held === null) {
+      this.#writesInFlight++;
+      return undefined;
+    }
+    return this.#held.then(() => this.beginWrite());
+  }
+
+  endWrite(): void {
+    this.#writesInFlight--;
+    if (this.#writesInFlight === 0 && this.#drainWaiters.length > 0) {
+      const waiters = this.#drainWaiters;
+      this.#drainWaiters = [];
+      for (const wake of waiters) wake();
+    }
+  }
+
+  /** Marks a write in the active map (after beginWrite, before the data lands). */
+  markWrite(offset: number, length: number): void {
+    if (this.isTracking) this.#cbt.mark(offset, length);
+  }
+
+  /** Stops admitting writes and waits for those in flight. */
+  hold(): Promise<void> {
+    if (this.#held !== null) throw new BlkError('EBUSY', 'the device is already held by a take in progress');
+    this.#held = new Promise((resolve) => (this.#releaseHeld = resolve));
+    return this.drain();
+  }
+
+  /** Resolves when no write is in flight. */
+  drain(): Promise<void> {
+    if (this.#writesInFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#drainWaiters.push(resolve));
+  }
+
+  /** Lets held writers in again. */
+  release(): void {
+    const release = this.#releaseHeld;
+    this.#held = null;
+    this.#releaseHeld = null;
+    release?.();
+  }
+
+  /**
+   * The CBT part of a take: a changed capacity first resets the map (new generation), then the
+   * active map is switched. Call with the device held.
+   */
+  switchCbt(): void {
+    const capacity = this.#storage.probeSize();
+    if (capacity !== this.#cbt.capacity) this.#cbt = new CbtMap(capacity);
+    this.#cbt.switch();
+  }
+}

@@ -1,0 +1,73 @@
+// Owns the daemon's command line and defaults: where the sockets and the state live, what to attach at start.
+import * as path from 'node:path';
+import { defaultRuntimeDir } from '../control/paths.js';
+
+export interface DaemonConfig {
+  controlPath: string;
+  nbdPath: string;
+  listen?: string;
+  stateDir: string;
+  attach: Array<{ path: string; name?: string }>;
+  syncIoMaximum: number;
+}
+
+export const DAEMON_HELP = `Usage: blksnapd [options]
+
+The blksnap daemon: owns attached devices, tracks their changes (CBT), serves them over NBD,
+and answers the control API that the blksnap tool and library use.
+
+Options:
+  --control PATH       control socket (default: $RUNTIME/control.sock, mode 0600)
+  --nbd PATH           NBD Unix socket (default: $RUNTIME/nbd.sock, mode 0600)
+  --listen HOST:PORT   also serve NBD over TCP (off unless given)
+  --state-dir DIR      where the daemon keeps its state: pid file (default: $RUNTIME)
+  --attach PATH[=NAME] attach a file or block device at start; may be repeated
+  --sync-io-max BYTES  requests up to this size use synchronous page-cache I/O
+                       instead of the thread pool (default: 0, off; see docs/performance.md)
+  --help               this text
+
+$RUNTIME is $BLKSNAP_RUNTIME_DIR, else /run/blksnap for root, else $XDG_RUNTIME_DIR/blksnap.
+The daemon exits cleanly on SIGTERM and SIGINT.
+`;
+
+/** Parses argv; throws an Error with a usage message on bad input, returns null for --help. */
+export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): DaemonConfig | null {
+  const runtime = defaultRuntimeDir(env);
+  const config: DaemonConfig = {
+    controlPath: path.join(runtime, 'control.sock'),
+    nbdPath: path.join(runtime, 'nbd.sock'),
+    stateDir: runtime,
+    attach: [],
+    syncIoMaximum: 0,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] as string;
+    if (arg === '--help' || arg === '-h') return null;
+    const value = (): string => {
+      const v = argv[++i];
+      if (v === undefined) throw new Error(`${arg} needs a value`);
+      return v;
+    };
+    switch (arg) {
+      case '--control': config.controlPath = path.resolve(value()); break;
+      case '--nbd': config.nbdPath = path.resolve(value()); break;
+      case '--listen': config.listen = value(); break;
+      case '--state-dir': config.stateDir = path.resolve(value()); break;
+      case '--attach': {
+        const v = value();
+        const eq = v.lastIndexOf('=');
+        config.attach.push(eq > 0 ? { path: v.slice(0, eq), name: v.slice(eq + 1) } : { path: v });
+        break;
+      }
+      case '--sync-io-max': {
+        const n = Number(value());
+        if (!Number.isSafeInteger(n) || n < 0) throw new Error('--sync-io-max takes a byte count');
+        config.syncIoMaximum = n;
+        break;
+      }
+      default:
+        throw new Error(`unknown option '${arg}'`);
+    }
+  }
+  return config;
+}

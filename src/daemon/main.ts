@@ -1,0 +1,49 @@
+// Owns the blksnapd process: arguments, signals, and turning start-up failures into a clear exit.
+import { toBlkError } from '../errors.js';
+import { DAEMON_HELP, parseDaemonArgs } from './config.js';
+import { Daemon } from './daemon.js';
+import { createLog } from './log.js';
+
+async function main(): Promise<void> {
+  const log = createLog();
+  let config;
+  try {
+    config = parseDaemonArgs(process.argv.slice(2));
+  } catch (e) {
+    process.stderr.write(`blksnapd: EINVAL: ${(e as Error).message}\n${DAEMON_HELP}`);
+    process.exit(2);
+  }
+  if (config === null) {
+    process.stdout.write(DAEMON_HELP);
+    return;
+  }
+  const daemon = new Daemon(config, log);
+  // A bug in one request must not take every attached device down with it.
+  process.on('uncaughtException', (e) => log(`BUG: uncaught exception: ${e.stack ?? String(e)}`));
+  process.on('unhandledRejection', (e) => log(`BUG: unhandled rejection: ${e instanceof Error ? e.stack : String(e)}`));
+  let isStopping = false;
+  const stop = (signal: string): void => {
+    if (isStopping) return;
+    isStopping = true;
+    log(`${signal}: shutting down`);
+    daemon.stop().then(
+      () => process.exit(0),
+      (e: unknown) => {
+        log(`shutdown failed: ${String(e)}`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  try {
+    await daemon.start();
+  } catch (e) {
+    const err = toBlkError(e);
+    log(`cannot start: ${err.toString()}`);
+    await daemon.stop().catch(() => {});
+    process.exit(1);
+  }
+}
+
+void main();

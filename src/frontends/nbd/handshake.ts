@@ -1,0 +1,232 @@
+// Owns NBD option haggling (fixed newstyle): from the greeting to the export a client goes to transmission with.
+import type { BlockDevice } from '../../core/block-device.js';
+import { nbd as limits } from '../../params.js';
+import type { ByteQueue } from '../../util/byte-queue.js';
+import * as w from './wire.js';
+
+export interface ExportCatalogue {
+  lookupExport(name: string): BlockDevice | undefined;
+  exports(): BlockDevice[];
+}
+
+/** What the handshake agreed on. */
+export interface Agreement {
+  device: BlockDevice;
+  isStructured: boolean;
+  /** Context id of base:allocation, or 0 when not negotiated. */
+  allocationContextId: number;
+  transmissionFlags: number;
+}
+
+export type HandshakeStep =
+  | { kind: 'more' }
+  | { kind: 'close'; reason: string }
+  | { kind: 'transmission'; agreement: Agreement };
+
+const ALLOCATION_CONTEXT_ID = 1;
+
+/** The transmission flags an export advertises. */
+export function transmissionFlags(device: BlockDevice, isStructured: boolean): number {
+  let flags = w.NBD_FLAG_HAS_FLAGS | w.NBD_FLAG_SEND_FLUSH | w.NBD_FLAG_SEND_CACHE | w.NBD_FLAG_CAN_MULTI_CONN;
+  if (device.isReadOnly) flags |= w.NBD_FLAG_READ_ONLY;
+  else {
+    flags |= w.NBD_FLAG_SEND_FUA | w.NBD_FLAG_SEND_WRITE_ZEROES | w.NBD_FLAG_SEND_FAST_ZERO;
+    if (device.canTrim) flags |= w.NBD_FLAG_SEND_TRIM;
+  }
+  if (isStructured) flags |= w.NBD_FLAG_SEND_DF;
+  return flags;
+}
+
+/** A cursor over option data that reports truncation instead of throwing. */
+class OptionReader {
+  #data: Buffer;
+  #at = 0;
+  isTruncated = false;
+  constructor(data: Buffer) {
+    this.#data = data;
+  }
+  get remaining(): number {
+    return this.#data.length - this.#at;
+  }
+  u16(): number {
+    if (this.remaining < 2) return this.#truncated();
+    const v = this.#data.readUInt16BE(this.#at);
+    this.#at += 2;
+    return v;
+  }
+  u32(): number {
+    if (this.remaining < 4) return this.#truncated();
+    const v = this.#data.readUInt32BE(this.#at);
+    this.#at += 4;
+    return v;
+  }
+  text(length: number): string {
+    if (this.remaining < length) {
+      this.#truncated();
+      return '';
+    }
+    const s = this.#data.toString('utf8', this.#at, this.#at + length);
+    this.#at += length;
+    return s;
+  }
+  #truncated(): number {
+    this.isTruncated = true;
+    this.#at = this.#data.length;
+    return 0;
+  }
+}
+
+export class Handshake {
+  #catalogue: ExportCatalogue;
+  #send: (b: Buffer) => void;
+  #hasClientFlags = false;
+  #hasNoZeroes = false;
+  #isStructured = false;
+  #allocationContextId = 0;
+  #option: w.OptionHeader | null = null;
+
+  constructor(catalogue: ExportCatalogue, send: (b: Buffer) => void) {
+    this.#catalogue = catalogue;
+    this.#send = send;
+    send(w.encodeGreeting());
+  }
+
+  feed(queue: ByteQueue): HandshakeStep {
+    if (!this.#hasClientFlags) {
+      if (queue.length < 4) return { kind: 'more' };
+      const flags = queue.take(4).readUInt32BE(0);
+      if (flags & ~(w.NBD_FLAG_C_FIXED_NEWSTYLE | w.NBD_FLAG_C_NO_ZEROES)) {
+        return { kind: 'close', reason: `unknown client flags 0x${flags.toString(16)}` };
+      }
+      this.#hasNoZeroes = (flags & w.NBD_FLAG_C_NO_ZEROES) !== 0;
+      this.#hasClientFlags = true;
+    }
+    for (;;) {
+      if (this.#option === null) {
+        if (queue.length < w.OPTION_HEADER_LENGTH) return { kind: 'more' };
+        const header = w.decodeOptionHeader(queue.take(w.OPTION_HEADER_LENGTH));
+        if (!header.isMagicValid) return { kind: 'close', reason: 'bad option magic' };
+        if (header.length > limits.maximumOptionLength) {
+          return { kind: 'close', reason: `option ${header.option} carries ${header.length} bytes, more than ${limits.maximumOptionLength}` };
+        }
+        this.#option = header;
+      }
+      if (queue.length < this.#option.length) return { kind: 'more' };
+      const { option, length } = this.#option;
+      this.#option = null;
+      const step = this.#handle(option, queue.take(length));
+      if (step) return step;
+    }
+  }
+
+  #reply(option: number, type: number, data?: Buffer): void {
+    this.#send(w.encodeOptionReply(option, type, data));
+  }
+
+  #error(option: number, type: number, message: string): void {
+    this.#reply(option, type, Buffer.from(message, 'utf8'));
+  }
+
+  #handle(option: number, data: Buffer): HandshakeStep | null {
+    switch (option) {
+      case w.NBD_OPT_EXPORT_NAME: {
+        const device = this.#catalogue.lookupExport(data.toString('utf8'));
+        if (!device) return { kind: 'close', reason: `unknown export '${data.toString('utf8')}'` };
+        const flags = transmissionFlags(device, this.#isStructured);
+        this.#send(w.encodeExportNameReply(device.size, flags, this.#hasNoZeroes));
+        return this.#agree(device, flags);
+      }
+      case w.NBD_OPT_ABORT:
+        this.#reply(option, w.NBD_REP_ACK);
+        return { kind: 'close', reason: 'client aborted the handshake' };
+      case w.NBD_OPT_LIST:
+        if (data.length !== 0) this.#error(option, w.NBD_REP_ERR_INVALID, 'NBD_OPT_LIST takes no data');
+        else {
+          for (const device of this.#catalogue.exports()) this.#reply(option, w.NBD_REP_SERVER, w.encodeLengthPrefixed(device.name));
+          this.#reply(option, w.NBD_REP_ACK);
+        }
+        return null;
+      case w.NBD_OPT_STARTTLS:
+        this.#error(option, w.NBD_REP_ERR_UNSUP, 'TLS is not offered; use the Unix socket or a trusted network');
+        return null;
+      case w.NBD_OPT_INFO:
+      case w.NBD_OPT_GO:
+        return this.#infoOrGo(option, data);
+      case w.NBD_OPT_STRUCTURED_REPLY:
+        if (data.length !== 0) this.#error(option, w.NBD_REP_ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data');
+        else {
+          this.#isStructured = true;
+          this.#reply(option, w.NBD_REP_ACK);
+        }
+        return null;
+      case w.NBD_OPT_LIST_META_CONTEXT:
+      case w.NBD_OPT_SET_META_CONTEXT:
+        this.#metaContext(option, data);
+        return null;
+      default:
+        this.#error(option, w.NBD_REP_ERR_UNSUP, `option ${option} is not supported`);
+        return null;
+    }
+  }
+
+  #infoOrGo(option: number, data: Buffer): HandshakeStep | null {
+    const r = new OptionReader(data);
+    const name = r.text(r.u32());
+    const count = r.u16();
+    const requests: number[] = [];
+    for (let i = 0; i < count && !r.isTruncated; i++) requests.push(r.u16());
+    if (r.isTruncated || r.remaining !== 0) {
+      this.#error(option, w.NBD_REP_ERR_INVALID, 'malformed NBD_OPT_INFO/GO data');
+      return null;
+    }
+    const device = this.#catalogue.lookupExport(name);
+    if (!device) {
+      this.#error(option, w.NBD_REP_ERR_UNKNOWN, `no export named '${name}'`);
+      return null;
+    }
+    const flags = transmissionFlags(device, this.#isStructured);
+    this.#reply(option, w.NBD_REP_INFO, w.encodeInfoExport(device.size, flags));
+    if (requests.includes(w.NBD_INFO_NAME)) this.#reply(option, w.NBD_REP_INFO, w.encodeInfoString(w.NBD_INFO_NAME, device.name));
+    if (requests.includes(w.NBD_INFO_DESCRIPTION)) {
+      this.#reply(option, w.NBD_REP_INFO, w.encodeInfoString(w.NBD_INFO_DESCRIPTION, `blksnap export ${device.name}`));
+    }
+    // The protocol lets a server send block sizes unasked; every client then knows 4 KiB is best.
+    this.#reply(option, w.NBD_REP_INFO, w.encodeInfoBlockSize(limits.minimumBlockSize, limits.preferredBlockSize, limits.maximumBlockSize));
+    this.#reply(option, w.NBD_REP_ACK);
+    return option === w.NBD_OPT_GO ? this.#agree(device, flags) : null;
+  }
+
+  #metaContext(option: number, data: Buffer): void {
+    const isSet = option === w.NBD_OPT_SET_META_CONTEXT;
+    if (isSet && !this.#isStructured) {
+      this.#error(option, w.NBD_REP_ERR_INVALID, 'NBD_OPT_SET_META_CONTEXT needs structured replies first');
+      return;
+    }
+    const r = new OptionReader(data);
+    const name = r.text(r.u32());
+    const count = r.u32();
+    const queries: string[] = [];
+    for (let i = 0; i < count && !r.isTruncated; i++) queries.push(r.text(r.u32()));
+    if (r.isTruncated || r.remaining !== 0) {
+      this.#error(option, w.NBD_REP_ERR_INVALID, 'malformed meta context request');
+      return;
+    }
+    if (!this.#catalogue.lookupExport(name)) {
+      this.#error(option, w.NBD_REP_ERR_UNKNOWN, `no export named '${name}'`);
+      return;
+    }
+    const matches = isSet
+      ? queries.some((q) => q === w.BASE_ALLOCATION)
+      : count === 0 || queries.some((q) => q === w.BASE_ALLOCATION || q === 'base:');
+    if (isSet) this.#allocationContextId = matches ? ALLOCATION_CONTEXT_ID : 0;
+    if (matches) this.#reply(option, w.NBD_REP_META_CONTEXT, w.encodeMetaContext(ALLOCATION_CONTEXT_ID, w.BASE_ALLOCATION));
+    this.#reply(option, w.NBD_REP_ACK);
+  }
+
+  #agree(device: BlockDevice, flags: number): HandshakeStep {
+    return {
+      kind: 'transmission',
+      agreement: { device, isStructured: this.#isStructured, allocationContextId: this.#allocationContextId, transmissionFlags: flags },
+    };
+  }
+}

@@ -1,0 +1,231 @@
+// Owns the NBD transmission phase of one connection: request parsing, dispatch to the device, replies.
+import type { Socket } from 'node:net';
+import { IoFlag, type BlockDevice } from '../../core/block-device.js';
+import { BlkError, toBlkError, toNbdErrno } from '../../errors.js';
+import { nbd as limits } from '../../params.js';
+import type { ByteQueue } from '../../util/byte-queue.js';
+import type { Agreement } from './handshake.js';
+import * as w from './wire.js';
+
+export type TransmissionStep = { kind: 'more' } | { kind: 'paused' } | { kind: 'close'; reason: string };
+
+/** The command flags each command accepts; anything else is EINVAL. */
+const ALLOWED_FLAGS: Readonly<Record<number, number>> = {
+  [w.NBD_CMD_READ]: w.NBD_CMD_FLAG_DF | w.NBD_CMD_FLAG_FUA,
+  [w.NBD_CMD_WRITE]: w.NBD_CMD_FLAG_FUA,
+  [w.NBD_CMD_DISC]: 0,
+  [w.NBD_CMD_FLUSH]: 0,
+  [w.NBD_CMD_TRIM]: w.NBD_CMD_FLAG_FUA,
+  [w.NBD_CMD_CACHE]: 0,
+  [w.NBD_CMD_WRITE_ZEROES]: w.NBD_CMD_FLAG_FUA | w.NBD_CMD_FLAG_NO_HOLE | w.NBD_CMD_FLAG_FAST_ZERO,
+  [w.NBD_CMD_BLOCK_STATUS]: w.NBD_CMD_FLAG_REQ_ONE,
+};
+
+/**
+ * One connection after the handshake. Requests are dispatched as soon as they are parsed, so many
+ * are in flight at once and replies may leave out of order; each reply is a single socket write,
+ * so replies never interleave. Reading pauses while too many requests or bytes are in flight or
+ * while the client does not read its replies: memory stays bounded whatever the client sends.
+ */
+export class Transmission {
+  #socket: Socket;
+  #device: BlockDevice;
+  #agreement: Agreement;
+  #pending: w.RequestHeader | null = null;
+  #skipLeft = 0;
+  #skipError: BlkError | null = null;
+  #requestsInFlight = 0;
+  #bytesInFlight = 0;
+  #isDisconnecting = false;
+  #onProgress: () => void;
+
+  constructor(socket: Socket, agreement: Agreement, onProgress: () => void) {
+    this.#socket = socket;
+    this.#agreement = agreement;
+    this.#device = agreement.device;
+    this.#onProgress = onProgress;
+  }
+
+  get isIdle(): boolean {
+    return this.#requestsInFlight === 0;
+  }
+
+  get isDisconnecting(): boolean {
+    return this.#isDisconnecting;
+  }
+
+  get isBusy(): boolean {
+    return this.#requestsInFlight >= limits.maximumRequestsInFlight || this.#bytesInFlight >= limits.maximumBytesInFlight || this.#socket.writableNeedDrain;
+  }
+
+  feed(queue: ByteQueue): TransmissionStep {
+    for (;;) {
+      if (this.#isDisconnecting) {
+        queue.clear();
+        return { kind: 'more' };
+      }
+      if (this.#skipLeft > 0) {
+        this.#skipLeft -= queue.skip(this.#skipLeft);
+        if (this.#skipLeft > 0) return { kind: 'more' };
+        const header = this.#pending as w.RequestHeader;
+        this.#pending = null;
+        this.#replyError(header, this.#skipError as BlkError);
+        continue;
+      }
+      if (this.#pending !== null) {
+        const header = this.#pending;
+        if (queue.length < header.length) return { kind: 'more' };
+        this.#pending = null;
+        this.#dispatch(header, queue.take(header.length));
+        continue;
+      }
+      if (this.isBusy) return { kind: 'paused' };
+      if (queue.length < w.REQUEST_HEADER_LENGTH) return { kind: 'more' };
+      const header = w.decodeRequestHeader(queue.take(w.REQUEST_HEADER_LENGTH));
+      if (!header.isMagicValid) return { kind: 'close', reason: 'bad request magic' };
+      if (header.type === w.NBD_CMD_WRITE) {
+        const error = this.#checkWrite(header);
+        this.#pending = header;
+        if (error) {
+          // The payload is consumed without being kept, then the error is replied.
+          this.#skipLeft = header.length;
+          this.#skipError = error;
+          if (header.length === 0) {
+            this.#pending = null;
+            this.#replyError(header, error);
+          }
+        }
+        continue;
+      }
+      if (header.type === w.NBD_CMD_DISC) {
+        this.#isDisconnecting = true;
+        this.#onProgress();
+        continue;
+      }
+      this.#dispatch(header, undefined);
+    }
+  }
+
+  #checkWrite(h: w.RequestHeader): BlkError | null {
+    if (h.length > limits.maximumBlockSize) return new BlkError('EINVAL', `write of ${h.length} bytes exceeds the maximum block size ${limits.maximumBlockSize}`);
+    return this.#validate(h);
+  }
+
+  #validate(h: w.RequestHeader): BlkError | null {
+    const allowed = ALLOWED_FLAGS[h.type];
+    if (allowed === undefined) return new BlkError('EINVAL', `unknown command ${h.type}`);
+    if (h.flags & ~allowed) return new BlkError('EINVAL', `flags 0x${h.flags.toString(16)} are not valid for command ${h.type}`);
+    const size = this.#device.size;
+    const isWriting = h.type === w.NBD_CMD_WRITE || h.type === w.NBD_CMD_WRITE_ZEROES || h.type === w.NBD_CMD_TRIM;
+    if (isWriting && this.#device.isReadOnly) return new BlkError('EPERM', `export ${this.#device.name} is read-only`);
+    if (h.type === w.NBD_CMD_FLUSH) return null;
+    if (h.length === 0) return new BlkError('EINVAL', `command ${h.type} with length 0`);
+    if (h.type === w.NBD_CMD_READ && h.length > limits.maximumBlockSize) {
+      return new BlkError('EINVAL', `read of ${h.length} bytes exceeds the maximum block size ${limits.maximumBlockSize}`);
+    }
+    if (h.offset + h.length > size) {
+      const errno = isWriting ? 'ENOSPC' : 'EINVAL';
+      return new BlkError(errno, `request ${h.offset}+${h.length} lies past the end of export ${this.#device.name} (${size} bytes)`);
+    }
+    if (h.type === w.NBD_CMD_BLOCK_STATUS && this.#agreement.allocationContextId === 0) {
+      return new BlkError('EINVAL', 'block status needs the base:allocation meta context');
+    }
+    return null;
+  }
+
+  #dispatch(h: w.RequestHeader, payload: Buffer | undefined): void {
+    const error = payload === undefined ? this.#validate(h) : null;
+    if (error) return this.#replyError(h, error);
+    this.#requestsInFlight++;
+    const weight = h.type === w.NBD_CMD_READ || h.type === w.NBD_CMD_WRITE ? h.length : 0;
+    this.#bytesInFlight += weight;
+    const done = (): void => {
+      this.#requestsInFlight--;
+      this.#bytesInFlight -= weight;
+      this.#onProgress();
+    };
+    let work: Promise<void>;
+    try {
+      work = this.#run(h, payload);
+    } catch (e) {
+      work = Promise.reject(e);
+    }
+    work.then(done, (e: unknown) => {
+      this.#replyError(h, toBlkError(e));
+      done();
+    });
+  }
+
+  /** Runs a validated request; the returned promise settles after its reply is sent. */
+  #run(h: w.RequestHeader, payload: Buffer | undefined): Promise<void> {
+    const device = this.#device;
+    const fua = h.flags & w.NBD_CMD_FLAG_FUA ? IoFlag.Fua : IoFlag.None;
+    switch (h.type) {
+      case w.NBD_CMD_READ:
+        return this.#read(h);
+      case w.NBD_CMD_WRITE:
+        return device.write(h.offset, payload as Buffer, fua).then(() => this.#replyOk(h));
+      case w.NBD_CMD_FLUSH:
+        return device.flush().then(() => this.#replyOk(h));
+      case w.NBD_CMD_TRIM:
+        return device.trim(h.offset, h.length, fua).then(() => this.#replyOk(h));
+      case w.NBD_CMD_CACHE:
+        return device.cache(h.offset, h.length).then(() => this.#replyOk(h));
+      case w.NBD_CMD_WRITE_ZEROES: {
+        let flags = fua;
+        if (!(h.flags & w.NBD_CMD_FLAG_NO_HOLE)) flags |= IoFlag.MayTrim;
+        if (h.flags & w.NBD_CMD_FLAG_FAST_ZERO) flags |= IoFlag.FastZero;
+        return device.zero(h.offset, h.length, flags).then(() => this.#replyOk(h));
+      }
+      default:
+        return this.#blockStatus(h);
+    }
+  }
+
+  #read(h: w.RequestHeader): Promise<void> {
+    // Header and data share one buffer: one allocation and one socket write per reply.
+    const prefix = this.#agreement.isStructured ? w.OFFSET_DATA_PREFIX_LENGTH : w.SIMPLE_REPLY_HEADER_LENGTH;
+    const reply = Buffer.allocUnsafe(prefix + h.length);
+    return this.#device.read(h.offset, reply.subarray(prefix)).then(() => {
+      if (this.#agreement.isStructured) {
+        w.writeStructuredHeader(reply, 0, w.NBD_REPLY_FLAG_DONE, w.NBD_REPLY_TYPE_OFFSET_DATA, h.cookie, 8 + h.length);
+        w.writeOffset(reply, w.STRUCTURED_HEADER_LENGTH, h.offset);
+      } else {
+        w.writeSimpleReplyHeader(reply, 0, 0, h.cookie);
+      }
+      this.#write(reply);
+    });
+  }
+
+  async #blockStatus(h: w.RequestHeader): Promise<void> {
+    const maximum = h.flags & w.NBD_CMD_FLAG_REQ_ONE ? 1 : limits.maximumExtentsPerReply;
+    const extents = await this.#device.extents(h.offset, h.length, maximum);
+    const descriptors = extents.slice(0, maximum).map((e) => ({
+      length: Math.min(e.length, h.offset + h.length - e.offset),
+      flags: (e.isHole ? w.NBD_STATE_HOLE : 0) | (e.isZero ? w.NBD_STATE_ZERO : 0),
+    }));
+    this.#write(w.encodeBlockStatus(h.cookie, this.#agreement.allocationContextId, descriptors));
+  }
+
+  #replyOk(h: w.RequestHeader): void {
+    const reply = Buffer.allocUnsafe(w.SIMPLE_REPLY_HEADER_LENGTH);
+    w.writeSimpleReplyHeader(reply, 0, 0, h.cookie);
+    this.#write(reply);
+  }
+
+  #replyError(h: w.RequestHeader, error: BlkError): void {
+    const errno = toNbdErrno(error);
+    // Structured replies must answer READ and BLOCK_STATUS; the message reaches the client's log.
+    if (this.#agreement.isStructured && (h.type === w.NBD_CMD_READ || h.type === w.NBD_CMD_BLOCK_STATUS)) {
+      this.#write(w.encodeStructuredError(h.cookie, errno, error.toString()));
+      return;
+    }
+    const reply = Buffer.allocUnsafe(w.SIMPLE_REPLY_HEADER_LENGTH);
+    w.writeSimpleReplyHeader(reply, 0, errno, h.cookie);
+    this.#write(reply);
+  }
+
+  #write(b: Buffer): void {
+    if (!this.#socket.destroyed) this.#socket.write(b);
+  }
+}

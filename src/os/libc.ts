@@ -1,0 +1,86 @@
+// Owns the libc calls Node lacks (fallocate, lseek SEEK_DATA/SEEK_HOLE, ioctl, flock, posix_fadvise), through koffi.
+import { createRequire } from 'node:module';
+import { BlkError, errnoName } from '../errors.js';
+
+interface KoffiFunction {
+  (...args: unknown[]): unknown;
+  async(...args: unknown[]): void;
+}
+interface KoffiLib { func(signature: string): KoffiFunction }
+interface Koffi { load(path: string): KoffiLib; errno(): number }
+
+const koffi = createRequire(import.meta.url)('koffi') as Koffi;
+const libc = koffi.load('libc.so.6');
+
+const fallocateFn = libc.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)');
+const lseekFn = libc.func('int64_t lseek(int fd, int64_t offset, int whence)');
+const flockFn = libc.func('int flock(int fd, int operation)');
+const fadviseFn = libc.func('int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)');
+const ioctlU64Fn = libc.func('int ioctl(int fd, unsigned long request, _Out_ uint64_t *value)');
+
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
+const SEEK_END = 2;
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+const LOCK_EX = 2;
+const LOCK_NB = 4;
+const POSIX_FADV_WILLNEED = 3;
+const BLKGETSIZE64 = 0x80081272;
+
+function fail(call: string, what: string): BlkError {
+  const code = errnoName(koffi.errno());
+  return new BlkError(code === 'EAGAIN' ? 'EBUSY' : code, `${call} ${what} failed`);
+}
+
+/** fallocate(2) off the event loop: it may take long on large ranges and block devices. */
+export function fallocate(fd: number, mode: number, offset: number, length: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    // errno must be read on the thread that made the call, so the wrapper returns it.
+    fallocateFn.async(fd, mode, offset, length, (err: unknown, rc: unknown) => {
+      if (err) reject(new BlkError('EIO', `fallocate: ${String(err)}`));
+      else if (rc !== 0) reject(fail('fallocate', `at ${offset}+${length}`));
+      else resolve();
+    });
+  });
+}
+
+/** Next data offset at or after `offset`, or null when only a hole follows (ENXIO). */
+export function seekData(fd: number, offset: number): number | null {
+  const r = lseekFn(fd, offset, SEEK_DATA) as number;
+  if (r >= 0) return r;
+  if (koffi.errno() === 6 /* ENXIO */) return null;
+  throw fail('lseek(SEEK_DATA)', `at ${offset}`);
+}
+
+/** Next hole offset at or after `offset` (the end of the file counts as a hole). */
+export function seekHole(fd: number, offset: number): number {
+  const r = lseekFn(fd, offset, SEEK_HOLE) as number;
+  if (r >= 0) return r;
+  throw fail('lseek(SEEK_HOLE)', `at ${offset}`);
+}
+
+/** Size in bytes of what fd refers to, block devices included (fstat says 0 for them). */
+export function sizeOfBlockDevice(fd: number): number {
+  const out = [0];
+  if (ioctlU64Fn(fd, BLKGETSIZE64, out) === 0) return Number(out[0]);
+  const r = lseekFn(fd, 0, SEEK_END) as number;
+  if (r < 0) throw fail('ioctl(BLKGETSIZE64)', '');
+  return r;
+}
+
+/** Takes an exclusive, non-blocking flock; EBUSY when another open file description holds it. */
+export function lockExclusive(fd: number, path: string): void {
+  if (flockFn(fd, LOCK_EX | LOCK_NB) !== 0) {
+    const err = fail('flock', path);
+    throw new BlkError(err.code, `${path} is in use by another attach or process`, { path });
+  }
+}
+
+/** Asks the kernel to read a range ahead into the page cache (NBD_CMD_CACHE). */
+export function willNeed(fd: number, offset: number, length: number): Promise<void> {
+  return new Promise((resolve) => {
+    fadviseFn.async(fd, offset, length, POSIX_FADV_WILLNEED, () => resolve());
+  });
+}

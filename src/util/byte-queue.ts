@@ -1,0 +1,71 @@
+// Owns the receive buffer of a stream parser: chunks as they came, read out without copying where possible.
+
+/**
+ * A FIFO of received chunks. `take(n)` returns a view into the chunk when the bytes lie in one
+ * (the common case for payloads), and copies only when they span chunks.
+ */
+export class ByteQueue {
+  #chunks: Buffer[] = [];
+  #head = 0;
+  #length = 0;
+
+  get length(): number {
+    return this.#length;
+  }
+
+  push(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    this.#chunks.push(chunk);
+    this.#length += chunk.length;
+  }
+
+  /** The first n bytes (n <= length) without consuming them. */
+  peek(n: number): Buffer {
+    const first = this.#chunks[0];
+    if (first && first.length - this.#head >= n) return first.subarray(this.#head, this.#head + n);
+    const out = Buffer.allocUnsafe(n);
+    let filled = 0;
+    let head = this.#head;
+    for (const chunk of this.#chunks) {
+      const part = Math.min(chunk.length - head, n - filled);
+      chunk.copy(out, filled, head, head + part);
+      filled += part;
+      head = 0;
+      if (filled === n) break;
+    }
+    return out;
+  }
+
+  /** Consumes and returns the first n bytes (n <= length). */
+  take(n: number): Buffer {
+    const out = this.peek(n);
+    this.skip(n);
+    return out;
+  }
+
+  /** Drops up to n bytes; returns how many were dropped. */
+  skip(n: number): number {
+    let left = Math.min(n, this.#length);
+    const dropped = left;
+    while (left > 0) {
+      const first = this.#chunks[0] as Buffer;
+      const available = first.length - this.#head;
+      if (available > left) {
+        this.#head += left;
+        left = 0;
+      } else {
+        this.#chunks.shift();
+        this.#head = 0;
+        left -= available;
+      }
+    }
+    this.#length -= dropped;
+    return dropped;
+  }
+
+  clear(): void {
+    this.#chunks = [];
+    this.#head = 0;
+    this.#length = 0;
+  }
+}
