@@ -2,6 +2,7 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { BlkError, toBlkError } from '../errors.js';
+import { claimSocketPath } from '../os/socket-path.js';
 import { control as limits } from '../params.js';
 import { LineFramer } from './framing.js';
 import { dispatch, type DaemonContext } from './handlers.js';
@@ -24,7 +25,7 @@ export class ControlServer {
   }
 
   async start(): Promise<void> {
-    fs.rmSync(this.#socketPath, { force: true });
+    await claimSocketPath(this.#socketPath);
     const server = net.createServer((s) => this.#accept(s));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -41,7 +42,8 @@ export class ControlServer {
     for (const s of this.#sockets) s.destroy();
     const server = this.#server;
     this.#server = null;
-    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+    if (!server) return;
+    await new Promise<void>((resolve) => server.close(() => resolve()));
     fs.rmSync(this.#socketPath, { force: true });
   }
 

@@ -8,6 +8,7 @@ import { Registry } from '../core/registry.js';
 import { NbdServer } from '../frontends/nbd/server.js';
 import type { DaemonConfig } from './config.js';
 import type { Log } from './log.js';
+import { BlkError } from '../errors.js';
 
 export class Daemon {
   readonly registry = new Registry();
@@ -67,7 +68,7 @@ export class Daemon {
       if (pid > 0 && pid !== process.pid) {
         try {
           process.kill(pid, 0);
-          throw new Error(`EBUSY: another blksnapd (pid ${pid}) uses state directory ${this.config.stateDir}`);
+          throw new BlkError('EBUSY', `another blksnapd (pid ${pid}) uses state directory ${this.config.stateDir}`);
         } catch (e) {
           if ((e as NodeJS.ErrnoException).code !== 'ESRCH') throw e;
           this.#log(`removing stale pid file of pid ${pid}`);

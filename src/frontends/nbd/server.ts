@@ -1,6 +1,7 @@
 // Owns the NBD listeners (Unix socket, optional TCP) and each connection's life: handshake, transmission, close.
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import { claimSocketPath } from '../../os/socket-path.js';
 import { ByteQueue } from '../../util/byte-queue.js';
 import type { Disposable } from '../../util/emitter.js';
 import { Handshake, type ExportCatalogue } from './handshake.js';
@@ -35,7 +36,7 @@ export class NbdServer {
 
   async start(): Promise<void> {
     const { socketPath, listen } = this.#options;
-    fs.rmSync(socketPath, { force: true });
+    await claimSocketPath(socketPath);
     const unixServer = net.createServer((s) => this.#accept(s));
     await listenOn(unixServer, () => unixServer.listen(socketPath));
     fs.chmodSync(socketPath, 0o600);
@@ -52,9 +53,10 @@ export class NbdServer {
 
   async close(): Promise<void> {
     for (const socket of this.#sockets) socket.destroy();
-    await Promise.all(this.#servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    const servers = this.#servers;
     this.#servers = [];
-    fs.rmSync(this.#options.socketPath, { force: true });
+    await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    if (servers.length > 0) fs.rmSync(this.#options.socketPath, { force: true });
   }
 
   #accept(socket: net.Socket): void {

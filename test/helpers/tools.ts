@@ -1,0 +1,60 @@
+// Owns how tests run external tools (qemu-img, qemu-io, nbdinfo, nbdcopy, losetup): with a timeout, output captured.
+import { execFile, execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a program to completion; never throws for a non-zero exit (tests assert on `code`). */
+export function run(program: string, args: readonly string[], options: { timeoutMs?: number; input?: string; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
+  return new Promise((resolve) => {
+    const child = execFile(program, args, { timeout: options.timeoutMs ?? 60_000, maxBuffer: 64 * 1024 * 1024, env: options.env ?? process.env }, (err, stdout, stderr) => {
+      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : 1) : 0;
+      resolve({ code, stdout: String(stdout), stderr: String(stderr) });
+    });
+    if (options.input !== undefined) child.stdin?.end(options.input);
+  });
+}
+
+/** Runs a program and returns stdout; throws with its stderr when it fails. */
+export async function check(program: string, args: readonly string[], options: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<string> {
+  const r = await run(program, args, options);
+  if (r.code !== 0) throw new Error(`${program} ${args.join(' ')} failed (${r.code}): ${r.stderr}${r.stdout}`);
+  return r.stdout;
+}
+
+/** A reason to skip a test when a tool is missing, or false when it is there. */
+export function missing(...programs: string[]): string | false {
+  for (const p of programs) {
+    try {
+      execFileSync('sh', ['-c', `command -v ${p}`], { stdio: 'ignore' });
+    } catch {
+      return `${p} is not installed (npm test installs it: scripts/prepare.sh)`;
+    }
+  }
+  return false;
+}
+
+/** A fresh temporary directory, removed by the returned function. */
+export function tempDir(prefix = 'blksnap-test-'): { dir: string; remove: () => void } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  return { dir, remove: () => fs.rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** A sparse file of the given size. */
+export function sparseFile(file: string, size: number): string {
+  fs.writeFileSync(file, '');
+  fs.truncateSync(file, size);
+  return file;
+}
+
+/** Binds a loop device to a file; the caller must call the returned detach. */
+export async function loopDevice(file: string): Promise<{ device: string; detach: () => Promise<void> }> {
+  const device = (await check('losetup', ['-f', '--show', file])).trim();
+  return { device, detach: async () => void (await run('losetup', ['-d', device])) };
+}

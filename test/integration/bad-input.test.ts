@@ -1,0 +1,199 @@
+// Bad input on every socket: errors name the errno, the connection or the daemon goes on, nothing is lost.
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { TestDaemon } from '../helpers/daemon.js';
+import { ERR, NBD, RawNbd } from '../helpers/raw-nbd.js';
+import { check, missing, sparseFile, tempDir } from '../helpers/tools.js';
+
+const MiB = 1024 * 1024;
+
+describe('bad input', () => {
+  let daemon: TestDaemon;
+  let tmp: { dir: string; remove: () => void };
+  const size = 4 * MiB;
+
+  before(async () => {
+    tmp = tempDir();
+    sparseFile(path.join(tmp.dir, 'rw'), size);
+    sparseFile(path.join(tmp.dir, 'ro'), size);
+    daemon = await TestDaemon.start(['--attach', path.join(tmp.dir, 'rw')]);
+    await daemon.json('attach', '--device', path.join(tmp.dir, 'ro'), '--readonly');
+  });
+  after(async () => {
+    await daemon?.stop();
+    tmp?.remove();
+  });
+
+  async function session(name: string, structured = false): Promise<RawNbd> {
+    const c = await RawNbd.connect(daemon.nbdPath);
+    await c.handshake(name, { structured });
+    return c;
+  }
+
+  it('reads and writes past the end get EINVAL/ENOSPC and the connection goes on', async () => {
+    const c = await session('rw');
+    assert.equal(c.size, size);
+    c.request(NBD.READ, size - 10, 20);
+    assert.equal((await c.simpleReply()).error, ERR.EINVAL);
+    c.request(NBD.WRITE, size - 10, 20, 0, Buffer.alloc(20, 1));
+    assert.equal((await c.simpleReply()).error, ERR.ENOSPC);
+    c.request(NBD.WRITE_ZEROES, size, 1);
+    assert.equal((await c.simpleReply()).error, ERR.ENOSPC);
+    c.request(NBD.READ, 2n ** 63n, 1);
+    assert.equal((await c.simpleReply()).error, ERR.EINVAL);
+    c.request(NBD.READ, 0, 33 * MiB);
+    assert.equal((await c.simpleReply()).error, ERR.EINVAL);
+    // An oversized write's payload is consumed and refused, and the stream stays in step.
+    c.request(NBD.WRITE, 0, 33 * MiB, 0, Buffer.alloc(33 * MiB, 9));
+    assert.equal((await c.simpleReply()).error, ERR.EINVAL);
+    c.request(NBD.READ, 0, 8, 1 << 9 /* unknown flag */);
+    assert.equal((await c.simpleReply()).error, ERR.EINVAL);
+    c.request(77, 0, 8);
+    assert.equal((await c.simpleReply()).error, ERR.EINVAL);
+    c.request(NBD.BLOCK_STATUS, 0, 8);
+    assert.equal((await c.simpleReply()).error, ERR.EINVAL, 'block status without a meta context');
+    // Still in step: a good write and read.
+    c.request(NBD.WRITE, size - 4, 4, 0, Buffer.from('abcd'));
+    assert.equal((await c.simpleReply()).error, 0);
+    c.request(NBD.READ, size - 4, 4);
+    const r = await c.simpleReply(4);
+    assert.equal(r.error, 0);
+    assert.equal(r.data.toString(), 'abcd');
+    assert.equal(fs.readFileSync(path.join(tmp.dir, 'rw')).subarray(0, 8).every((b) => b === 0), true, 'nothing of the refused writes landed');
+    c.request(NBD.DISC, 0, 0);
+    assert.equal(await c.waitClosed(), true);
+  });
+
+  it('write, trim and zero on a read-only export get EPERM', async () => {
+    const c = await session('ro');
+    assert.ok(c.transmissionFlags & 2, 'READ_ONLY flag');
+    c.request(NBD.WRITE, 0, 4, 0, Buffer.from('abcd'));
+    assert.equal((await c.simpleReply()).error, ERR.EPERM);
+    c.request(NBD.TRIM, 0, 4096);
+    assert.equal((await c.simpleReply()).error, ERR.EPERM);
+    c.request(NBD.WRITE_ZEROES, 0, 4096);
+    assert.equal((await c.simpleReply()).error, ERR.EPERM);
+    c.request(NBD.READ, 0, 4);
+    assert.equal((await c.simpleReply(4)).error, 0);
+    c.close();
+    assert.equal(fs.readFileSync(path.join(tmp.dir, 'ro')).subarray(0, 4).every((b) => b === 0), true);
+  });
+
+  it('structured replies carry errors with a message', async () => {
+    const c = await session('rw', true);
+    c.request(NBD.READ, size, 1);
+    const h = await c.read(20);
+    assert.ok(h);
+    assert.equal(h.readUInt32BE(0), 0x668e33ef);
+    assert.equal(h.readUInt16BE(6), 0x8001);
+    const payload = await c.read(h.readUInt32BE(16));
+    assert.ok(payload);
+    assert.equal(payload.readUInt32BE(0), ERR.EINVAL);
+    assert.match(payload.subarray(6).toString(), /EINVAL: request .* lies past the end/);
+    c.close();
+  });
+
+  it('a malformed handshake or garbage after it ends only that connection', async () => {
+    const good = await session('rw');
+    const bad1 = await RawNbd.connect(daemon.nbdPath);
+    await bad1.read(18);
+    bad1.write(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
+    assert.equal(await bad1.waitClosed(), true);
+    const bad2 = await RawNbd.connect(daemon.nbdPath);
+    await bad2.read(18);
+    bad2.write(Buffer.from([0, 0, 0, 1]));
+    bad2.write(Buffer.alloc(64, 0xff));
+    assert.equal(await bad2.waitClosed(), true);
+    const bad3 = await session('rw');
+    bad3.write(Buffer.from('this is not an NBD request header at all'));
+    assert.equal(await bad3.waitClosed(), true);
+    const bad4 = await RawNbd.connect(daemon.nbdPath);
+    bad4.close();
+    // The first connection and new ones still work.
+    good.request(NBD.READ, 0, 16);
+    assert.equal((await good.simpleReply(16)).error, 0);
+    good.close();
+    if (!missing('qemu-io')) await check('qemu-io', ['-f', 'raw', '-c', 'read 0 4096', daemon.uri('rw')]);
+    assert.ok(daemon.isAlive);
+  });
+
+  it('an unknown export is refused in the handshake', async () => {
+    const c = await RawNbd.connect(daemon.nbdPath);
+    await assert.rejects(c.handshake('nope'), /0x80000006/);
+    c.close();
+  });
+
+  it('CLI: unknown device ENOENT, same store twice EBUSY, bad ranges EINVAL', async () => {
+    let r = await daemon.cli('cbtinfo', '--device', 'missing');
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /ENOENT: no attached device named or at 'missing'/);
+    r = await daemon.cli('attach', '--device', path.join(tmp.dir, 'rw'), '--name', 'second');
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /EBUSY/);
+    r = await daemon.cli('attach', '--device', path.join(tmp.dir, 'no-such-file'));
+    assert.match(r.stderr, /ENOENT/);
+    r = await daemon.cli('attach', '--device', tmp.dir);
+    assert.match(r.stderr, /EINVAL: .* is neither a regular file nor a block device/);
+    r = await daemon.cli('markdirtyblock', '--device', 'rw', '--range', '1:x');
+    assert.match(r.stderr, /EINVAL: invalid range '1:x'/);
+    r = await daemon.cli('markdirtyblock', '--device', 'rw', '--range', `${size / 512}:1`);
+    assert.match(r.stderr, /EINVAL: markdirtyblock: range .* past the end/);
+    r = await daemon.cli('attach', '--device', path.join(tmp.dir, 'ro'), '--name', 'bad name!');
+    assert.match(r.stderr, /EBUSY|EINVAL/);
+  });
+
+  it('invalid control requests get EINVAL with a message; the daemon keeps serving', async () => {
+    const lines = [
+      'not json',
+      '[1,2,3]',
+      '{"jsonrpc":"2.0","id":1}',
+      '{"jsonrpc":"2.0","id":2,"method":"no.such"}',
+      '{"jsonrpc":"2.0","id":3,"method":"device.attach","params":{"path":5}}',
+      '{"jsonrpc":"2.0","id":4,"method":"cbt.read","params":{"device":"rw","offset":-1,"length":1}}',
+      '{"jsonrpc":"2.0","id":5,"method":"cbt.markDirty","params":{"device":"rw","ranges":[{"sector":0}]}}',
+      '{"jsonrpc":"2.0","id":6,"method":"device.list","params":"x"}',
+      '{"jsonrpc":"2.0","id":7,"method":"constructor"}',
+      '{"jsonrpc":"2.0","id":8,"method":"__proto__"}',
+    ];
+    const replies = await controlExchange(daemon.controlPath, lines.join('\n') + '\n', lines.length);
+    assert.equal(replies.length, lines.length);
+    for (const r of replies) {
+      const reply = r as { error?: { code: number; message: string; data: { errno: string } } };
+      assert.equal(reply.error?.data.errno, 'EINVAL', JSON.stringify(r));
+      assert.equal(reply.error?.code, -22);
+      assert.ok((reply.error?.message.length ?? 0) > 10);
+    }
+    // An endless line is cut off at the bound, not buffered.
+    const big = await controlExchange(daemon.controlPath, 'x'.repeat(2 * MiB), 1);
+    assert.equal((big[0] as { error: { data: { errno: string } } }).error.data.errno, 'EINVAL');
+    const list = await daemon.json<{ devices: unknown[] }>('list');
+    assert.equal(list.devices.length, 2);
+  });
+});
+
+function controlExchange(socketPath: string, text: string, expected: number): Promise<unknown[]> {
+  return new Promise((resolve, reject) => {
+    const s = net.createConnection(socketPath);
+    let buffer = '';
+    const replies: unknown[] = [];
+    s.setEncoding('utf8');
+    s.on('data', (d: string) => {
+      buffer += d;
+      let i;
+      while ((i = buffer.indexOf('\n')) >= 0) {
+        replies.push(JSON.parse(buffer.slice(0, i)));
+        buffer = buffer.slice(i + 1);
+      }
+      if (replies.length >= expected) {
+        s.destroy();
+        resolve(replies);
+      }
+    });
+    s.on('error', reject);
+    s.on('close', () => resolve(replies));
+    s.write(text);
+  });
+}

@@ -1,0 +1,109 @@
+// The blksnap tool and the daemon's process life: --help, --json documents, errno-named errors, SIGTERM.
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { blksnapCli, blksnapd, TestDaemon } from '../helpers/daemon.js';
+import { run, sparseFile, tempDir } from '../helpers/tools.js';
+
+const COMMANDS = ['version', 'attach', 'detach', 'list', 'cbtinfo', 'readcbtmap', 'markdirtyblock'];
+
+describe('blksnap CLI', () => {
+  let daemon: TestDaemon;
+  let tmp: { dir: string; remove: () => void };
+
+  before(async () => {
+    tmp = tempDir();
+    daemon = await TestDaemon.start();
+  });
+  after(async () => {
+    await daemon?.stop();
+    tmp?.remove();
+  });
+
+  it('--help lists every command, and each command has its own --help', async () => {
+    const top = await run(process.execPath, [blksnapCli, '--help']);
+    assert.equal(top.code, 0);
+    for (const c of COMMANDS) {
+      assert.match(top.stdout, new RegExp(`^  ${c} `, 'm'));
+      const r = await run(process.execPath, [blksnapCli, c, '--help']);
+      assert.equal(r.code, 0, c);
+      assert.match(r.stdout, new RegExp(`^Usage: blksnap ${c}`), c);
+      assert.match(r.stdout, /--json/);
+    }
+    const d = await run(process.execPath, [blksnapd, '--help']);
+    assert.match(d.stdout, /--control PATH/);
+    assert.match(d.stdout, /--listen HOST:PORT/);
+  });
+
+  it('attach, list, cbtinfo and detach print the documented JSON fields', async () => {
+    const file = sparseFile(path.join(tmp.dir, 'vol'), 3 * 1024 * 1024);
+    const a = await daemon.json<Record<string, unknown>>('attach', '--device', file, '--name', 'vol1');
+    assert.deepEqual(
+      { name: a.name, path: a.path, size: a.size, uri: a.uri },
+      { name: 'vol1', path: file, size: 3 * 1024 * 1024, uri: `nbd+unix:///vol1?socket=${daemon.nbdPath}` },
+    );
+    const list = await daemon.json<{ devices: Array<Record<string, unknown>> }>('list');
+    assert.deepEqual(list.devices.map((d) => d.name), ['vol1']);
+    const info = await daemon.json<Record<string, unknown>>('cbtinfo', '--device', file);
+    assert.deepEqual(Object.keys(info).sort(), ['blockCount', 'blockSize', 'changesNumber', 'deviceCapacity', 'generationId']);
+    const text = await daemon.cli('cbtinfo', '--device', 'vol1');
+    assert.match(text.stdout, /^device_capacity=3145728$/m);
+    assert.match(text.stdout, /^block_count=48$/m);
+    const v = await daemon.json<{ version: string }>('version');
+    assert.match(v.version, /^\d+\.\d+\.\d+$/);
+    await daemon.json('detach', '--device', 'vol1');
+    assert.deepEqual((await daemon.json<{ devices: unknown[] }>('list')).devices, []);
+  });
+
+  it('errors: one line naming the errno on stderr, non-zero status', async () => {
+    let r = await daemon.cli('detach', '--device', 'ghost');
+    assert.equal(r.code, 2); // ENOENT
+    assert.equal(r.stderr.trim().split('\n').length, 1);
+    assert.match(r.stderr, /^blksnap detach: ENOENT: /);
+    r = await daemon.cli('attach');
+    assert.match(r.stderr, /EINVAL: attach: --device is required/);
+    r = await daemon.cli('frobnicate');
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /EINVAL: unknown command 'frobnicate'/);
+    r = await run(process.execPath, [blksnapCli, 'list', '--control', path.join(tmp.dir, 'nowhere.sock')]);
+    assert.match(r.stderr, /ENOENT: cannot reach blksnapd/);
+  });
+
+  it('the daemon exits cleanly on SIGTERM: exports closed, sockets removed', async () => {
+    const file = sparseFile(path.join(tmp.dir, 'term'), 1024 * 1024);
+    const d = await TestDaemon.start(['--attach', file]);
+    const { controlPath, nbdPath } = d;
+    assert.equal(fs.statSync(controlPath).mode & 0o777, 0o600);
+    assert.equal(fs.statSync(nbdPath).mode & 0o777, 0o600);
+    const code = await d.stop();
+    assert.equal(code, 0);
+    assert.match(d.log, /SIGTERM: shutting down/);
+    assert.equal(fs.existsSync(controlPath), false);
+    assert.equal(fs.existsSync(nbdPath), false);
+  });
+
+  it('a second daemon on the same state directory is refused', async () => {
+    const r = await run(process.execPath, [blksnapd, '--state-dir', daemon.dir, '--control', path.join(tmp.dir, 'c2'), '--nbd', path.join(tmp.dir, 'n2')], { timeoutMs: 10_000 });
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /EBUSY: another blksnapd/);
+    assert.ok(daemon.isAlive);
+  });
+});
+
+describe('blksnapd socket ownership', () => {
+  it('never takes over the sockets of a running daemon', async () => {
+    const first = await TestDaemon.start();
+    const { dir, remove } = tempDir();
+    try {
+      const r = await run(process.execPath, [blksnapd, '--state-dir', dir, '--control', first.controlPath, '--nbd', path.join(dir, 'n')], { timeoutMs: 10_000 });
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, /EBUSY: another process is listening on/);
+      assert.ok(first.isAlive);
+      assert.equal((await first.cli('list')).code, 0);
+    } finally {
+      await first.stop();
+      remove();
+    }
+  });
+});
