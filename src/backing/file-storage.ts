@@ -1,16 +1,22 @@
 // Owns a regular file or a real block device used as a backing store: exclusive open, pread/pwrite, holes.
 import * as fs from 'node:fs';
 import { BlkError, toBlkError } from '../errors.js';
-import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate, lockExclusive, seekData, seekHole, sizeOfBlockDevice, willNeed } from '../os/libc.js';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate, lockExclusive, readCached, seekData, seekHole, sizeOfBlockDevice, willNeed } from '../os/libc.js';
 import type { Extent, Storage } from './storage.js';
 
 export interface FileStorageOptions {
   readOnly?: boolean;
   /**
-   * Requests up to this many bytes use synchronous pread/pwrite: from the page cache they finish in
-   * microseconds, cheaper than the thread-pool hop. 0 sends everything through the thread pool.
+   * Reads up to this many bytes first try the page cache from the event loop (preadv2 RWF_NOWAIT,
+   * which never waits for a disk) and go to the thread pool only for what is not cached: the
+   * thread-pool hop costs more than a cached 4 KiB read. 0 sends every read to the thread pool.
    */
-  syncIoMaximum?: number;
+  cachedReadMaximum?: number;
+  /**
+   * Writes up to this many bytes use a synchronous pwrite on the event loop (page-cache writes take
+   * microseconds; buffered writes cannot be made non-blocking). 0 sends every write to the pool.
+   */
+  syncWriteMaximum?: number;
 }
 
 const ZERO_BUFFER_SIZE = 1024 * 1024;
@@ -22,7 +28,8 @@ export class FileStorage implements Storage {
   readonly isReadOnly: boolean;
   #fd: number;
   #size: number;
-  #syncIoMaximum: number;
+  #cachedReadMaximum: number;
+  #syncWriteMaximum: number;
   #isClosed = false;
 
   private constructor(path: string, fd: number, isBlockDevice: boolean, options: FileStorageOptions) {
@@ -30,7 +37,8 @@ export class FileStorage implements Storage {
     this.#fd = fd;
     this.isBlockDevice = isBlockDevice;
     this.isReadOnly = options.readOnly ?? false;
-    this.#syncIoMaximum = options.syncIoMaximum ?? 0;
+    this.#cachedReadMaximum = options.cachedReadMaximum ?? 0;
+    this.#syncWriteMaximum = options.syncWriteMaximum ?? 0;
     this.#size = 0;
     this.#size = this.probeSize();
   }
@@ -79,18 +87,14 @@ export class FileStorage implements Storage {
   }
 
   read(offset: number, into: Uint8Array): Promise<void> {
-    if (into.length <= this.#syncIoMaximum) {
+    let start = 0;
+    if (into.length <= this.#cachedReadMaximum) {
       try {
-        let done = 0;
-        while (done < into.length) {
-          const n = fs.readSync(this.#fd, into, done, into.length - done, offset + done);
-          if (n === 0) throw this.#shortRead(offset, into.length, done);
-          done += n;
-        }
-        return Promise.resolve();
-      } catch (e) {
-        return Promise.reject(toBlkError(e));
+        start = readCached(this.#fd, into, offset);
+      } catch {
+        start = 0;
       }
+      if (start === into.length) return Promise.resolve();
     }
     return new Promise((resolve, reject) => {
       const step = (done: number): void => {
@@ -101,12 +105,12 @@ export class FileStorage implements Storage {
           resolve();
         });
       };
-      step(0);
+      step(start);
     });
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {
-    if (data.length <= this.#syncIoMaximum) {
+    if (data.length <= this.#syncWriteMaximum) {
       try {
         let done = 0;
         while (done < data.length) done += fs.writeSync(this.#fd, data, done, data.length - done, offset + done);

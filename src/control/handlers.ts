@@ -15,7 +15,7 @@ export interface DaemonContext {
   /** NBD URI of an export on the daemon's Unix socket. */
   exportUri(name: string): string;
   /** Options every FileStorage of an attach gets. */
-  storageOptions: { syncIoMaximum: number };
+  storageOptions: { cachedReadMaximum: number; syncWriteMaximum: number };
   log(line: string): void;
 }
 

@@ -8,7 +8,8 @@ export interface DaemonConfig {
   listen?: string;
   stateDir: string;
   attach: Array<{ path: string; name?: string }>;
-  syncIoMaximum: number;
+  cachedReadMaximum: number;
+  syncWriteMaximum: number;
 }
 
 export const DAEMON_HELP = `Usage: blksnapd [options]
@@ -22,8 +23,12 @@ Options:
   --listen HOST:PORT   also serve NBD over TCP (off unless given)
   --state-dir DIR      where the daemon keeps its state: pid file (default: $RUNTIME)
   --attach PATH[=NAME] attach a file or block device at start; may be repeated
-  --sync-io-max BYTES  requests up to this size use synchronous page-cache I/O
-                       instead of the thread pool (default: 0, off; see docs/performance.md)
+  --cached-read-max BYTES
+                       reads up to this size are first served from the page cache on the
+                       event loop (preadv2 RWF_NOWAIT: never waits for a disk) (default 1048576)
+  --sync-write-max BYTES
+                       writes up to this size use a synchronous pwrite instead of the thread
+                       pool (default 65536; 0 turns it off; see docs/performance.md)
   --help               this text
 
 $RUNTIME is $BLKSNAP_RUNTIME_DIR, else /run/blksnap for root, else $XDG_RUNTIME_DIR/blksnap.
@@ -38,7 +43,8 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
     nbdPath: path.join(runtime, 'nbd.sock'),
     stateDir: runtime,
     attach: [],
-    syncIoMaximum: 0,
+    cachedReadMaximum: 1024 * 1024,
+    syncWriteMaximum: 64 * 1024,
   };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i] as string;
@@ -59,15 +65,21 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
         config.attach.push(eq > 0 ? { path: v.slice(0, eq), name: v.slice(eq + 1) } : { path: v });
         break;
       }
-      case '--sync-io-max': {
-        const n = Number(value());
-        if (!Number.isSafeInteger(n) || n < 0) throw new Error('--sync-io-max takes a byte count');
-        config.syncIoMaximum = n;
+      case '--cached-read-max':
+        config.cachedReadMaximum = byteCount(arg, value());
         break;
-      }
+      case '--sync-write-max':
+        config.syncWriteMaximum = byteCount(arg, value());
+        break;
       default:
         throw new Error(`unknown option '${arg}'`);
     }
   }
   return config;
+}
+
+function byteCount(option: string, text: string): number {
+  const n = Number(text);
+  if (!Number.isSafeInteger(n) || n < 0) throw new Error(`${option} takes a byte count, not '${text}'`);
+  return n;
 }

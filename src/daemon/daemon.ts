@@ -33,7 +33,7 @@ export class Daemon {
     this.context = {
       registry: this.registry,
       exportUri: (name) => `nbd+unix:///${encodeURIComponent(name)}?socket=${config.nbdPath}`,
-      storageOptions: { syncIoMaximum: config.syncIoMaximum },
+      storageOptions: { cachedReadMaximum: config.cachedReadMaximum, syncWriteMaximum: config.syncWriteMaximum },
       log,
     };
     this.control = new ControlServer(config.controlPath, this.context);

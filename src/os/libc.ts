@@ -7,7 +7,7 @@ interface KoffiFunction {
   async(...args: unknown[]): void;
 }
 interface KoffiLib { func(signature: string): KoffiFunction }
-interface Koffi { load(path: string): KoffiLib; errno(): number }
+interface Koffi { load(path: string): KoffiLib; errno(): number; struct(name: string, fields: Record<string, string>): unknown }
 
 const koffi = createRequire(import.meta.url)('koffi') as Koffi;
 const libc = koffi.load('libc.so.6');
@@ -17,6 +17,8 @@ const lseekFn = libc.func('int64_t lseek(int fd, int64_t offset, int whence)');
 const flockFn = libc.func('int flock(int fd, int operation)');
 const fadviseFn = libc.func('int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)');
 const ioctlU64Fn = libc.func('int ioctl(int fd, unsigned long request, _Out_ uint64_t *value)');
+koffi.struct('iovec', { base: 'void *', len: 'size_t' });
+const preadv2Fn = libc.func('int64_t preadv2(int fd, const iovec *iov, int iovcnt, int64_t offset, int flags)');
 
 export const FALLOC_FL_KEEP_SIZE = 0x01;
 export const FALLOC_FL_PUNCH_HOLE = 0x02;
@@ -28,6 +30,7 @@ const LOCK_EX = 2;
 const LOCK_NB = 4;
 const POSIX_FADV_WILLNEED = 3;
 const BLKGETSIZE64 = 0x80081272;
+const RWF_NOWAIT = 0x08;
 
 function fail(call: string, what: string): BlkError {
   const code = errnoName(koffi.errno());
@@ -83,4 +86,14 @@ export function willNeed(fd: number, offset: number, length: number): Promise<vo
   return new Promise((resolve) => {
     fadviseFn.async(fd, offset, length, POSIX_FADV_WILLNEED, () => resolve());
   });
+}
+
+/**
+ * Reads from the page cache only (preadv2 RWF_NOWAIT): returns the bytes read, which is less than
+ * asked (possibly 0) when the rest is not cached. It never waits for a disk, so the event loop may
+ * call it; the caller reads the remainder through the thread pool.
+ */
+export function readCached(fd: number, into: Uint8Array, offset: number): number {
+  const n = preadv2Fn(fd, [{ base: into, len: into.length }], 1, offset, RWF_NOWAIT) as number;
+  return n > 0 ? n : 0;
 }

@@ -19,11 +19,14 @@ export class ByteQueue {
     this.#length += chunk.length;
   }
 
-  /** The first n bytes (n <= length) without consuming them. */
-  peek(n: number): Buffer {
+  /**
+   * The first n bytes (n <= length) without consuming them: a view when they lie in one chunk,
+   * else a copy into a buffer from `pool` (the caller releases it) or a new one.
+   */
+  peek(n: number, pool?: { acquire(size: number): Buffer }): Buffer {
     const first = this.#chunks[0];
     if (first && first.length - this.#head >= n) return first.subarray(this.#head, this.#head + n);
-    const out = Buffer.allocUnsafe(n);
+    const out = pool ? pool.acquire(n) : Buffer.allocUnsafe(n);
     let filled = 0;
     let head = this.#head;
     for (const chunk of this.#chunks) {
@@ -37,8 +40,8 @@ export class ByteQueue {
   }
 
   /** Consumes and returns the first n bytes (n <= length). */
-  take(n: number): Buffer {
-    const out = this.peek(n);
+  take(n: number, pool?: { acquire(size: number): Buffer }): Buffer {
+    const out = this.peek(n, pool);
     this.skip(n);
     return out;
   }

@@ -3,6 +3,7 @@ import type { Socket } from 'node:net';
 import { IoFlag, type BlockDevice } from '../../core/block-device.js';
 import { BlkError, toBlkError, toNbdErrno } from '../../errors.js';
 import { nbd as limits } from '../../params.js';
+import { ioBuffers } from '../../util/buffer-pool.js';
 import type { ByteQueue } from '../../util/byte-queue.js';
 import type { Agreement } from './handshake.js';
 import * as w from './wire.js';
@@ -76,7 +77,7 @@ export class Transmission {
         const header = this.#pending;
         if (queue.length < header.length) return { kind: 'more' };
         this.#pending = null;
-        this.#dispatch(header, queue.take(header.length));
+        this.#dispatch(header, queue.take(header.length, ioBuffers));
         continue;
       }
       if (this.isBusy) return { kind: 'paused' };
@@ -163,8 +164,19 @@ export class Transmission {
     switch (h.type) {
       case w.NBD_CMD_READ:
         return this.#read(h);
-      case w.NBD_CMD_WRITE:
-        return device.write(h.offset, payload as Buffer, fua).then(() => this.#replyOk(h));
+      case w.NBD_CMD_WRITE: {
+        const data = payload as Buffer;
+        return device.write(h.offset, data, fua).then(
+          () => {
+            ioBuffers.release(data);
+            this.#replyOk(h);
+          },
+          (e: unknown) => {
+            ioBuffers.release(data);
+            throw e;
+          },
+        );
+      }
       case w.NBD_CMD_FLUSH:
         return device.flush().then(() => this.#replyOk(h));
       case w.NBD_CMD_TRIM:
@@ -185,7 +197,7 @@ export class Transmission {
   #read(h: w.RequestHeader): Promise<void> {
     // Header and data share one buffer: one allocation and one socket write per reply.
     const prefix = this.#agreement.isStructured ? w.OFFSET_DATA_PREFIX_LENGTH : w.SIMPLE_REPLY_HEADER_LENGTH;
-    const reply = Buffer.allocUnsafe(prefix + h.length);
+    const reply = ioBuffers.acquire(prefix + h.length);
     return this.#device.read(h.offset, reply.subarray(prefix)).then(() => {
       if (this.#agreement.isStructured) {
         w.writeStructuredHeader(reply, 0, w.NBD_REPLY_FLAG_DONE, w.NBD_REPLY_TYPE_OFFSET_DATA, h.cookie, 8 + h.length);
@@ -193,7 +205,10 @@ export class Transmission {
       } else {
         w.writeSimpleReplyHeader(reply, 0, 0, h.cookie);
       }
-      this.#write(reply);
+      this.#write(reply, () => ioBuffers.release(reply));
+    }, (e: unknown) => {
+      ioBuffers.release(reply);
+      throw e;
     });
   }
 
@@ -225,7 +240,10 @@ export class Transmission {
     this.#write(reply);
   }
 
-  #write(b: Buffer): void {
-    if (!this.#socket.destroyed) this.#socket.write(b);
+  /** Sends one whole reply; `sent` runs once the socket no longer needs the buffer. */
+  #write(b: Buffer, sent?: () => void): void {
+    if (this.#socket.destroyed) return;
+    if (sent) this.#socket.write(b, sent);
+    else this.#socket.write(b);
   }
 }

@@ -1,0 +1,174 @@
+// Benchmark: blksnapd vs qemu-nbd vs nbdkit serving the same sparse raw file, driven identically by fio's nbd engine.
+// Prints MB/s, IOPS and blksnapd's ratio to the faster peer (medians of several rounds, servers alternated),
+// and the cost of CBT tracking (blksnapd tracked vs untracked).
+//   node dist/bench/nbd-throughput.js            (or: npm run bench)
+//   BENCH_ROUNDS=3 BENCH_RUNTIME=4 BENCH_PROFILES=seq-read-qd32,rand-read-4k-qd32 BENCH_DAEMON_ARGS='--sync-write-max 0'
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
+const runtime = Number(process.env.BENCH_RUNTIME ?? 4);
+const daemonArgs = (process.env.BENCH_DAEMON_ARGS ?? '').split(' ').filter((a) => a !== '');
+const GiB = 1024 ** 3;
+
+interface Profile { name: string; rw: string; bs: string; iodepth: number; numjobs: number }
+const allProfiles: Profile[] = [
+  { name: 'seq-write-qd1', rw: 'write', bs: '1m', iodepth: 1, numjobs: 1 },
+  { name: 'seq-write-qd32', rw: 'write', bs: '1m', iodepth: 32, numjobs: 1 },
+  { name: 'seq-read-qd1', rw: 'read', bs: '1m', iodepth: 1, numjobs: 1 },
+  { name: 'seq-read-qd32', rw: 'read', bs: '1m', iodepth: 32, numjobs: 1 },
+  { name: 'rand-read-4k-qd1', rw: 'randread', bs: '4k', iodepth: 1, numjobs: 1 },
+  { name: 'rand-read-4k-qd32', rw: 'randread', bs: '4k', iodepth: 32, numjobs: 1 },
+  { name: 'rand-write-4k-qd1', rw: 'randwrite', bs: '4k', iodepth: 1, numjobs: 1 },
+  { name: 'rand-write-4k-qd32', rw: 'randwrite', bs: '4k', iodepth: 32, numjobs: 1 },
+  { name: 'rand-rw-4k-2jobs-qd16', rw: 'randrw', bs: '4k', iodepth: 16, numjobs: 2 },
+];
+const wanted = process.env.BENCH_PROFILES?.split(',');
+const profiles = wanted ? allProfiles.filter((p) => wanted.includes(p.name)) : allProfiles;
+
+interface Server { name: string; start(dir: string, file: string): Promise<{ uri: string; stop: () => Promise<void> }> }
+
+function waitFor(check: () => boolean, what: string, child: ChildProcess): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const deadline = Date.now() + 15_000;
+    const poll = (): void => {
+      if (check()) return resolve();
+      if (child.exitCode !== null || Date.now() > deadline) return reject(new Error(`${what} did not start`));
+      setTimeout(poll, 20);
+    };
+    poll();
+  });
+}
+
+function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    child.once('exit', () => resolve());
+    child.kill('SIGTERM');
+  });
+}
+
+function runTool(program: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(program, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`${program} failed: ${err}`))));
+  });
+}
+
+function blksnapd(name: string, tracking: boolean): Server {
+  return {
+    name,
+    async start(dir, file) {
+      const control = path.join(dir, 'control.sock');
+      const nbd = path.join(dir, 'nbd.sock');
+      const child = spawn(process.execPath, [path.join(root, 'bin/blksnapd'), '--control', control, '--nbd', nbd, '--state-dir', dir, ...daemonArgs], { stdio: 'ignore' });
+      await waitFor(() => fs.existsSync(control), 'blksnapd', child);
+      await runTool(process.execPath, [path.join(root, 'bin/blksnap'), 'attach', '--control', control, '--device', file, '--name', 'disk', ...(tracking ? [] : ['--untracked'])]);
+      return { uri: `nbd+unix:///disk?socket=${nbd}`, stop: () => stopChild(child) };
+    },
+  };
+}
+
+const qemuNbd: Server = {
+  name: 'qemu-nbd',
+  async start(dir, file) {
+    const sock = path.join(dir, 'qemu.sock');
+    const child = spawn('qemu-nbd', ['-f', 'raw', '-t', '-e', '0', '--cache=writeback', '-k', sock, file], { stdio: 'ignore' });
+    await waitFor(() => fs.existsSync(sock), 'qemu-nbd', child);
+    return { uri: `nbd+unix:///?socket=${sock}`, stop: () => stopChild(child) };
+  },
+};
+
+const nbdkit: Server = {
+  name: 'nbdkit',
+  async start(dir, file) {
+    const sock = path.join(dir, 'nbdkit.sock');
+    const child = spawn('nbdkit', ['-f', '-U', sock, 'file', `file=${file}`], { stdio: 'ignore' });
+    await waitFor(() => fs.existsSync(sock), 'nbdkit', child);
+    return { uri: `nbd+unix:///?socket=${sock}`, stop: () => stopChild(child) };
+  },
+};
+
+interface Result { mbps: number; iops: number }
+
+async function fio(uri: string, p: Profile): Promise<Result> {
+  const out = await runTool('fio', [
+    '--name=bench', '--ioengine=nbd', `--uri=${uri}`, `--rw=${p.rw}`, `--bs=${p.bs}`, `--iodepth=${p.iodepth}`,
+    `--numjobs=${p.numjobs}`, '--size=1g', '--time_based', `--runtime=${runtime}`, '--ramp_time=1', '--group_reporting',
+    '--randrepeat=0', '--output-format=json',
+  ]);
+  const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: Array<Record<'read' | 'write', { bw_bytes: number; iops: number }>> }).jobs[0];
+  if (!job) throw new Error('fio printed no job');
+  return { mbps: (job.read.bw_bytes + job.write.bw_bytes) / 1e6, iops: job.read.iops + job.write.iops };
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? (s[(s.length - 1) / 2] as number) : ((s[s.length / 2 - 1] as number) + (s[s.length / 2] as number)) / 2;
+};
+
+async function main(): Promise<void> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blksnap-bench-'));
+  const file = path.join(dir, 'disk.raw');
+  fs.writeFileSync(file, '');
+  fs.truncateSync(file, 4 * GiB);
+  // The first GiB (where fio works) holds data, so reads come from the page cache for every server.
+  const fd = fs.openSync(file, 'r+');
+  const block = Buffer.alloc(1024 * 1024, 0x5a);
+  for (let i = 0; i < 1024; i++) fs.writeSync(fd, block, 0, block.length, i * block.length);
+  fs.closeSync(fd);
+
+  const servers = [blksnapd('blksnapd', true), blksnapd('blksnapd-untracked', false), qemuNbd, nbdkit];
+  const samples = new Map<string, Result[]>();
+  console.log(`# ${rounds} rounds × ${runtime}s per profile, ${os.cpus().length} cores, file 4 GiB sparse (1 GiB used), blksnapd ${daemonArgs.join(' ') || '(defaults)'}`);
+  try {
+    for (let round = 0; round < rounds; round++) {
+      const order = round % 2 ? [...servers].reverse() : servers;
+      for (const server of order) {
+        const sdir = fs.mkdtempSync(path.join(dir, `${server.name}-`));
+        const s = await server.start(sdir, file);
+        try {
+          for (const p of profiles) {
+            const r = await fio(s.uri, p);
+            const key = `${server.name}|${p.name}`;
+            samples.set(key, [...(samples.get(key) ?? []), r]);
+            process.stderr.write(`round ${round + 1} ${server.name.padEnd(18)} ${p.name.padEnd(22)} ${r.mbps.toFixed(0).padStart(6)} MB/s ${r.iops.toFixed(0).padStart(7)} IOPS\n`);
+          }
+        } finally {
+          await s.stop();
+        }
+      }
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+
+  const med = (server: string, profile: string): Result => {
+    const xs = samples.get(`${server}|${profile}`) ?? [];
+    return { mbps: median(xs.map((x) => x.mbps)), iops: median(xs.map((x) => x.iops)) };
+  };
+  const fmt = (r: Result): string => `${r.mbps.toFixed(0).padStart(6)} MB/s ${(r.iops / 1000).toFixed(1).padStart(6)}k`;
+  console.log(`\n${'profile'.padEnd(24)}${'blksnapd'.padEnd(22)}${'qemu-nbd'.padEnd(22)}${'nbdkit'.padEnd(22)}ratio  tracking cost`);
+  for (const p of profiles) {
+    const b = med('blksnapd', p.name);
+    const u = med('blksnapd-untracked', p.name);
+    const q = med('qemu-nbd', p.name);
+    const k = med('nbdkit', p.name);
+    const peer = Math.max(q.mbps, k.mbps);
+    const cost = p.rw.includes('write') || p.rw === 'randrw' ? `${((1 - b.mbps / u.mbps) * 100).toFixed(1)}%` : '';
+    console.log(`${p.name.padEnd(24)}${fmt(b).padEnd(22)}${fmt(q).padEnd(22)}${fmt(k).padEnd(22)}${(b.mbps / peer).toFixed(2)}×  ${cost}`);
+  }
+}
+
+main().catch((e: unknown) => {
+  console.error(e);
+  process.exit(1);
+});
