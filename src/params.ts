@@ -36,3 +36,19 @@ export const control = {
 /** Sector size used by blksnap's ranges (markdirtyblock, events). */
 export const SECTOR_SHIFT = 9;
 export const SECTOR_SIZE = 512;
+
+/** blksnap's snapshot parameters (module/params.c), overridable per snapshot for tests and tuning. */
+export const snapshot = {
+  /** Chunks are 2^18 bytes at least ... */
+  chunkMinimumShift: 18,
+  /** ... doubling while a device would have more than 2^40 chunks ... */
+  chunkMaximumCountShift: 40,
+  /** ... but never beyond 2^26 bytes. */
+  chunkMaximumShift: 26,
+  /** Chunks read and waiting to be stored, at most, per device; writers wait past that. */
+  chunkMaximumInQueue: 256,
+  /** The difference storage file grows in steps of this many bytes. */
+  diffStorageMinimum: 1024 * 1024 * 1024,
+  /** Events kept per snapshot while nobody reads them; the oldest are dropped past this. */
+  maximumQueuedEvents: 1024,
+} as const;

@@ -77,6 +77,22 @@ export class FileStorage implements Storage {
     }
   }
 
+  /** Wraps a descriptor opened elsewhere (an unnamed O_TMPFILE file); the store owns it from now on. */
+  static adopt(path: string, fd: number, isBlockDevice: boolean, options: FileStorageOptions = {}): FileStorage {
+    return new FileStorage(path, fd, isBlockDevice, options);
+  }
+
+  /** Extends a regular file by really allocating [offset, offset+length) (fallocate mode 0). */
+  allocate(offset: number, length: number): Promise<void> {
+    return fallocate(this.#fd, 0, offset, length).then(() => void this.probeSize());
+  }
+
+  /** Device and inode, to recognise the same file under another path. */
+  identity(): { dev: number; ino: number } {
+    const st = fs.fstatSync(this.#fd);
+    return { dev: st.dev, ino: st.ino };
+  }
+
   get size(): number {
     return this.#size;
   }

@@ -17,6 +17,8 @@ export type ParsedOptions = {
 
 export interface CommandIo {
   client(): Promise<BlksnapClient>;
+  /** --json was given: print nothing but the one document. */
+  isJson: boolean;
   /** Prints a result: the JSON document with --json, else the text. */
   print(json: unknown, text: string): void;
 }

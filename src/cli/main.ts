@@ -5,8 +5,9 @@ import { toBlkError, toExitStatus } from '../errors.js';
 import { type Command, commandHelp, parseOptions } from './command.js';
 import { cbtCommands } from './commands/cbt.js';
 import { deviceCommands } from './commands/device.js';
+import { snapshotCommands } from './commands/snapshot.js';
 
-const commands: Command[] = [...deviceCommands, ...cbtCommands];
+const commands: Command[] = [...deviceCommands, ...cbtCommands, ...snapshotCommands];
 
 function mainHelp(): string {
   const width = Math.max(...commands.map((c) => c.name.length));
@@ -45,6 +46,7 @@ async function main(argv: string[]): Promise<number> {
     const isJson = options.flags.has('json');
     const controlPath = options.values.get('control') ?? defaultControlPath();
     await command.run(options, {
+      isJson,
       async client() {
         client ??= await BlksnapClient.connect(controlPath);
         return client;

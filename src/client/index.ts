@@ -3,9 +3,10 @@ import * as api from '../control/protocol.js';
 import { BlksnapClient } from './connection.js';
 
 export { BlksnapClient } from './connection.js';
+export { Session, type SessionOptions } from './session.js';
 export { defaultControlPath } from '../control/paths.js';
 export { BlkError, type Errno } from '../errors.js';
-export type { AttachParams, CbtInfo, DeviceInfo, SectorRange, VersionResult } from '../control/protocol.js';
+export type { AttachParams, CbtInfo, DeviceInfo, ImageInfo, SectorRange, SnapshotEventResult, SnapshotInfo, VersionResult } from '../control/protocol.js';
 
 /** Daemon-wide calls: version, attach, detach, list. */
 export class Service {

@@ -1,25 +1,16 @@
 // Owns the control methods: untrusted params in, type guards, one core call, a typed result out.
 import { FileStorage } from '../backing/file-storage.js';
 import type { Device } from '../core/device.js';
-import type { Registry } from '../core/registry.js';
 import { BlkError } from '../errors.js';
 import { SECTOR_SIZE, control as limits } from '../params.js';
+import type { DaemonContext, Handler } from './handlers-context.js';
 import * as api from './protocol.js';
+import { snapshotHandlers } from './snapshot-handlers.js';
 import { asParams, optionalBoolean, optionalString, requireArray, requireInteger, requireString, type Params } from './validate.js';
 
+export type { DaemonContext } from './handlers-context.js';
+
 export const BLKSNAP_VERSION = '2.0.0';
-
-/** What handlers need from the daemon. */
-export interface DaemonContext {
-  registry: Registry;
-  /** NBD URI of an export on the daemon's Unix socket. */
-  exportUri(name: string): string;
-  /** Options every FileStorage of an attach gets. */
-  storageOptions: { cachedReadMaximum: number; syncWriteMaximum: number };
-  log(line: string): void;
-}
-
-type Handler = (params: Params, ctx: DaemonContext) => Promise<unknown>;
 
 export function deviceInfo(device: Device, ctx: DaemonContext): api.DeviceInfo {
   return {
@@ -47,7 +38,7 @@ function lookup(p: Params, ctx: DaemonContext, method: string): Device {
   return ctx.registry.resolve(requireString(p, 'device', method));
 }
 
-const handlers: Record<string, Handler> = {
+const deviceHandlers: Record<string, Handler> = {
   async [api.Version.name]() {
     return { version: BLKSNAP_VERSION, protocol: api.CONTROL_PROTOCOL_VERSION } satisfies api.VersionResult;
   },
@@ -115,6 +106,8 @@ const handlers: Record<string, Handler> = {
     return cbtInfo(device);
   },
 };
+
+const handlers: Record<string, Handler> = { ...deviceHandlers, ...snapshotHandlers };
 
 /** Runs one method; unknown methods are EINVAL. */
 export function dispatch(method: string, params: unknown, ctx: DaemonContext): Promise<unknown> {

@@ -108,3 +108,55 @@ export interface RpcRequest {
 export type RpcResponse =
   | { jsonrpc: '2.0'; id: number | string | null; result: unknown }
   | { jsonrpc: '2.0'; id: number | string | null; error: RpcError };
+
+export interface SnapshotCreateParams {
+  /** Devices (names or paths); more may be added with snapshot.add until the take. */
+  devices: string[];
+  /** Difference storage: a regular file, a directory (an unnamed file is made there) or a block device. */
+  diffStorage: string;
+  /** Largest size of the difference storage, bytes. */
+  limit: number;
+  /** Growth step of a file difference storage, bytes (default 1 GiB). */
+  diffStorageMinimum?: number;
+  /** Smallest chunk shift, 12 to 26 (default 18: 256 KiB chunks). */
+  chunkMinimumShift?: number;
+  /** Chunks copied at once per device, at most (default 256). */
+  chunkMaximumInQueue?: number;
+}
+
+export interface SnapshotIdParams {
+  id: string;
+}
+
+export interface ImageInfo {
+  /** Export name of the image. */
+  name: string;
+  /** NBD URI of the image. */
+  uri: string;
+  blockDevice?: string;
+}
+
+export interface SnapshotInfo {
+  /** The snapshot the device belongs to, or null. */
+  id: string | null;
+  /** 0, or the negative errno that corrupted the snapshot (-28, ENOSPC, after an overflow). */
+  errorCode: number;
+  /** The device's image once the snapshot is taken, else null. */
+  image: ImageInfo | null;
+}
+
+export interface SnapshotEventResult {
+  code: 'corrupted' | 'no_space' | 'timeout';
+  /** Milliseconds since the epoch. */
+  time: number;
+  /** corrupted: {device, errorCode}; no_space: {requestedSectors}; timeout: {}. */
+  data: Record<string, string | number>;
+}
+
+export const SnapshotCreate = method<SnapshotCreateParams, { id: string }>('snapshot.create');
+export const SnapshotAdd = method<SnapshotIdParams & DeviceParams, Record<string, never>>('snapshot.add');
+export const SnapshotTake = method<SnapshotIdParams, { id: string; warnings: string[] }>('snapshot.take');
+export const SnapshotCollect = method<Record<string, never>, { ids: string[] }>('snapshot.collect');
+export const SnapshotGetInfo = method<DeviceParams, SnapshotInfo>('snapshot.info');
+export const SnapshotWaitEvent = method<SnapshotIdParams & { timeoutMs: number }, SnapshotEventResult>('snapshot.waitEvent');
+export const SnapshotDestroy = method<SnapshotIdParams, Record<string, never>>('snapshot.destroy');

@@ -2,6 +2,7 @@
 import type { Extent, Storage } from '../backing/storage.js';
 import { BlkError } from '../errors.js';
 import { Emitter } from '../util/emitter.js';
+import { InFlight } from '../util/in-flight.js';
 import { IoFlag, type BlockDevice, type IoFlags } from './block-device.js';
 import { Tracker } from './tracker.js';
 
@@ -24,8 +25,7 @@ export class Device implements BlockDevice {
   readonly storage: Storage;
   readonly tracker: Tracker;
   readonly canTrim = true;
-  #opsInFlight = 0;
-  #idleWaiters: Array<() => void> = [];
+  #ops = new InFlight();
   #isClosing = false;
   #closeEmitter = new Emitter<void>();
   readonly onClose = this.#closeEmitter.event;
@@ -95,7 +95,7 @@ export class Device implements BlockDevice {
   async close(): Promise<void> {
     if (this.#isClosing) return;
     this.#isClosing = true;
-    if (this.#opsInFlight > 0) await new Promise<void>((resolve) => this.#idleWaiters.push(resolve));
+    await this.#ops.idle();
     this.#closeEmitter.fire();
     await this.storage.close();
   }
@@ -106,6 +106,8 @@ export class Device implements BlockDevice {
       if (gate) await gate;
       try {
         this.tracker.markWrite(offset, length);
+        const cow = this.tracker.diffArea;
+        if (cow) await cow.copyOnWrite(offset, length);
         await land();
         if (flags & IoFlag.Fua) await this.storage.flush();
       } finally {
@@ -124,12 +126,10 @@ export class Device implements BlockDevice {
   #begin(what: string, offset: number, length: number, pastEnd: 'EINVAL' | 'ENOSPC'): void {
     if (this.#isClosing) throw new BlkError('ESHUTDOWN', `${what}: device ${this.name} is being detached`);
     checkRange(what, offset, length, this.size, pastEnd);
-    this.#opsInFlight++;
+    this.#ops.enter();
   }
 
   #end(): void {
-    if (--this.#opsInFlight === 0 && this.#idleWaiters.length > 0) {
-      for (const wake of this.#idleWaiters.splice(0)) wake();
-    }
+    this.#ops.leave();
   }
 }

@@ -5,6 +5,8 @@ import type { Storage } from '../backing/storage.js';
 import { BlkError } from '../errors.js';
 import type { BlockDevice } from './block-device.js';
 import { Device } from './device.js';
+import type { SnapImage } from './snap-image.js';
+import { Snapshot, type ImagePublisher, type SnapshotOptions } from './snapshot.js';
 
 const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$/;
 
@@ -21,9 +23,10 @@ function canonicalPath(p: string): string {
   }
 }
 
-export class Registry {
+export class Registry implements ImagePublisher {
   #devices = new Map<string, Device>();
   #extraExports = new Map<string, BlockDevice>();
+  #snapshots = new Map<string, Snapshot>();
 
   /** Attaches a device over an opened store; the store is closed again if the name is taken. */
   async attach(storage: Storage, options: { name?: string; tracking?: boolean } = {}): Promise<Device> {
@@ -45,6 +48,9 @@ export class Registry {
   }
 
   async detach(device: Device): Promise<void> {
+    if (device.tracker.snapshotId !== null) {
+      throw new BlkError('EBUSY', `device ${device.name} belongs to snapshot ${device.tracker.snapshotId}; destroy it first`);
+    }
     this.#devices.delete(device.name);
     await device.close();
   }
@@ -64,16 +70,49 @@ export class Registry {
     return [...this.#devices.values()];
   }
 
-  /** Registers a further export (a snapshot image) under a unique name. */
-  addExport(exported: BlockDevice): void {
-    if (this.#devices.has(exported.name) || this.#extraExports.has(exported.name)) {
-      throw new BlkError('EEXIST', `an export named '${exported.name}' already exists`);
+  /** Makes a snapshot image an export under its own name. */
+  publish(image: SnapImage): void {
+    if (this.#devices.has(image.name) || this.#extraExports.has(image.name)) {
+      throw new BlkError('EEXIST', `an export named '${image.name}' already exists`);
     }
-    this.#extraExports.set(exported.name, exported);
+    this.#extraExports.set(image.name, image);
   }
 
-  removeExport(name: string): void {
-    this.#extraExports.delete(name);
+  unpublish(image: SnapImage): void {
+    if (this.#extraExports.get(image.name) === image) this.#extraExports.delete(image.name);
+  }
+
+  /** Creates a snapshot of devices over a difference storage (opened now, so a bad one fails here). */
+  async createSnapshot(devices: readonly Device[], options: SnapshotOptions): Promise<Snapshot> {
+    const snapshot = new Snapshot(options, this);
+    const added: Device[] = [];
+    try {
+      for (const d of devices) {
+        snapshot.add(d);
+        added.push(d);
+      }
+      await snapshot.open();
+    } catch (e) {
+      for (const d of added) d.tracker.snapshotId = null;
+      throw e;
+    }
+    this.#snapshots.set(snapshot.id, snapshot);
+    return snapshot;
+  }
+
+  snapshot(id: string): Snapshot {
+    const s = this.#snapshots.get(id);
+    if (!s) throw new BlkError('ESRCH', `no snapshot with id '${id}'`, { id });
+    return s;
+  }
+
+  snapshots(): Snapshot[] {
+    return [...this.#snapshots.values()];
+  }
+
+  async destroySnapshot(snapshot: Snapshot): Promise<void> {
+    await snapshot.destroy();
+    this.#snapshots.delete(snapshot.id);
   }
 
   /** What an NBD client gets for an export name; "" means the only export, when there is one. */

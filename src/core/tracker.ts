@@ -2,6 +2,7 @@
 import type { Storage } from '../backing/storage.js';
 import { BlkError } from '../errors.js';
 import { CbtMap } from './cbt-map.js';
+import type { DiffArea } from './diff-area.js';
 
 /**
  * blksnap's tracker: every write of a device passes `beginWrite()` / `endWrite()` around its
@@ -12,6 +13,10 @@ export class Tracker {
   #storage: Storage;
   #cbt: CbtMap;
   readonly isTracking: boolean;
+  /** Copy-on-write of the taken snapshot the device belongs to; null when there is none. */
+  diffArea: DiffArea | null = null;
+  /** Id of the snapshot the device belongs to (created or taken); a device is in at most one. */
+  snapshotId: string | null = null;
   #writesInFlight = 0;
   #drainWaiters: Array<() => void> = [];
   #held: Promise<void> | null = null;

@@ -33,6 +33,10 @@ export class Daemon {
     this.context = {
       registry: this.registry,
       exportUri: (name) => `nbd+unix:///${encodeURIComponent(name)}?socket=${config.nbdPath}`,
+      takeSnapshot: async (snapshot) => {
+        await snapshot.take((device) => `${device.name}-image`);
+        return [];
+      },
       storageOptions: { cachedReadMaximum: config.cachedReadMaximum, syncWriteMaximum: config.syncWriteMaximum },
       log,
     };
@@ -56,6 +60,7 @@ export class Daemon {
   async stop(): Promise<void> {
     await this.control.close();
     await this.nbd.close();
+    for (const snapshot of this.registry.snapshots()) await this.registry.destroySnapshot(snapshot);
     for (const device of this.registry.devices()) await this.registry.detach(device);
     if (this.#hasPidFile) fs.rmSync(this.#pidFile, { force: true });
     this.#log('stopped');

@@ -1,0 +1,141 @@
+// Owns the snapshot commands of the CLI: blksnap's snapshot_create ... snapshot_destroy.
+import * as api from '../../control/protocol.js';
+import { BlkError } from '../../errors.js';
+import type { Command, CommandIo, ParsedOptions } from '../command.js';
+import { value } from '../command.js';
+
+/** Parses N[K|M|G|T] (binary units) into bytes. */
+export function parseSize(text: string): number {
+  const m = /^(\d+)([KMGT]?)i?B?$/i.exec(text.trim());
+  const unit = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 }[(m?.[2] ?? '').toUpperCase() as '' | 'K' | 'M' | 'G' | 'T'];
+  const n = m ? Number(m[1]) * unit : NaN;
+  if (!Number.isSafeInteger(n) || n <= 0) throw new BlkError('EINVAL', `invalid size '${text}': expected N[K|M|G|T]`);
+  return n;
+}
+
+function integer(o: ParsedOptions, name: string): number | undefined {
+  const v = o.values.get(name);
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 0) throw new BlkError('EINVAL', `--${name} takes a whole number, not '${v}'`);
+  return n;
+}
+
+async function waitEvent(io: CommandIo, id: string, timeoutMs: number): Promise<api.SnapshotEventResult> {
+  return (await io.client()).call(api.SnapshotWaitEvent, { id, timeoutMs });
+}
+
+function describeEvent(e: api.SnapshotEventResult): string {
+  const data = Object.entries(e.data).map(([k, v]) => `${k}=${v}`).join(' ');
+  return `${new Date(e.time).toISOString()} ${e.code}${data ? ' ' + data : ''}`;
+}
+
+const ID = { kind: 'value', help: 'snapshot UUID', isRequired: true } as const;
+
+export const snapshotCommands: Command[] = [
+  {
+    name: 'snapshot_create',
+    summary: 'Create a snapshot of devices over a difference storage; prints its UUID. Take it with snapshot_take.',
+    options: {
+      device: { kind: 'list', help: 'devices (names or paths)', isRequired: true },
+      file: { kind: 'value', help: 'difference storage: a file, a directory (an unnamed file is made there) or a block device', isRequired: true },
+      limit: { kind: 'value', help: 'largest size of the difference storage, N[K|M|G|T]', isRequired: true },
+      'diff-storage-minimum': { kind: 'value', help: 'growth step of a file difference storage, N[K|M|G] (default 1G)' },
+      'chunk-minimum-shift': { kind: 'value', help: 'log2 of the smallest chunk size (default 18)' },
+    },
+    async run(o, io) {
+      const params: api.SnapshotCreateParams = { devices: o.lists.get('device') ?? [], diffStorage: value(o, 'file'), limit: parseSize(value(o, 'limit')) };
+      const minimum = o.values.get('diff-storage-minimum');
+      if (minimum !== undefined) params.diffStorageMinimum = parseSize(minimum);
+      const shift = integer(o, 'chunk-minimum-shift');
+      if (shift !== undefined) params.chunkMinimumShift = shift;
+      const r = await (await io.client()).call(api.SnapshotCreate, params);
+      io.print(r, r.id);
+    },
+  },
+  {
+    name: 'snapshot_add',
+    summary: 'Add a device to a snapshot that is not taken yet.',
+    options: { id: ID, device: { kind: 'value', help: 'device name or path', isRequired: true } },
+    async run(o, io) {
+      await (await io.client()).call(api.SnapshotAdd, { id: value(o, 'id'), device: value(o, 'device') });
+      io.print({}, '');
+    },
+  },
+  {
+    name: 'snapshot_take',
+    summary: 'Take the snapshot: one point in time across all its devices; their images appear.',
+    options: { id: ID },
+    async run(o, io) {
+      const r = await (await io.client()).call(api.SnapshotTake, { id: value(o, 'id') });
+      for (const w of r.warnings) process.stderr.write(`blksnap snapshot_take: warning: ${w}\n`);
+      io.print(r, '');
+    },
+  },
+  {
+    name: 'snapshot_collect',
+    summary: 'List the UUIDs of all snapshots.',
+    options: {},
+    async run(_o, io) {
+      const r = await (await io.client()).call(api.SnapshotCollect, {});
+      io.print(r, r.ids.join('\n'));
+    },
+  },
+  {
+    name: 'snapshot_info',
+    summary: 'Print the image (NBD URI) and error code of a device\'s snapshot.',
+    options: {
+      device: { kind: 'value', help: 'device name or path', isRequired: true },
+      field: { kind: 'value', help: 'print only this field: image or error_code' },
+    },
+    async run(o, io) {
+      const info = await (await io.client()).call(api.SnapshotGetInfo, { device: value(o, 'device') });
+      const field = o.values.get('field');
+      if (field !== undefined && field !== 'image' && field !== 'error_code') throw new BlkError('EINVAL', `--field takes image or error_code, not '${field}'`);
+      const image = info.image ? info.image.uri : '';
+      const text = field === 'image' ? image : field === 'error_code' ? String(info.errorCode) : `id=${info.id ?? ''}\nerror_code=${info.errorCode}\nimage=${image}`;
+      const json = field === 'image' ? { image: info.image } : field === 'error_code' ? { errorCode: info.errorCode } : info;
+      io.print(json, text);
+    },
+  },
+  {
+    name: 'snapshot_waitevent',
+    summary: 'Wait for the next event of a snapshot (corrupted, no_space) or the timeout.',
+    options: { id: ID, timeout: { kind: 'value', help: 'milliseconds to wait', isRequired: true } },
+    async run(o, io) {
+      const e = await waitEvent(io, value(o, 'id'), integer(o, 'timeout') ?? 0);
+      io.print(e, describeEvent(e));
+    },
+  },
+  {
+    name: 'snapshot_watcher',
+    summary: 'Print the events of a snapshot as they come, until it is destroyed.',
+    options: { id: ID },
+    async run(o, io) {
+      const id = value(o, 'id');
+      const events: api.SnapshotEventResult[] = [];
+      for (;;) {
+        let e: api.SnapshotEventResult;
+        try {
+          e = await waitEvent(io, id, 60_000);
+        } catch (err) {
+          if (err instanceof BlkError && err.code === 'ESRCH') break;
+          throw err;
+        }
+        if (e.code === 'timeout') continue;
+        events.push(e);
+        if (!io.isJson) process.stdout.write(describeEvent(e) + '\n');
+      }
+      io.print({ events }, '');
+    },
+  },
+  {
+    name: 'snapshot_destroy',
+    summary: 'Destroy a snapshot: its images and difference storage go away; tracking goes on.',
+    options: { id: ID },
+    async run(o, io) {
+      await (await io.client()).call(api.SnapshotDestroy, { id: value(o, 'id') });
+      io.print({}, '');
+    },
+  },
+];

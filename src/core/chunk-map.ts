@@ -1,0 +1,60 @@
+// Owns the per-chunk copy-on-write state of one device in a snapshot: typed arrays, 5 bytes per chunk.
+import { snapshot as params } from '../params.js';
+
+/** blksnap's chunk size rule: 2^18 bytes at least, doubling while the count exceeds 2^40, capped at 2^26. */
+export function chunkGeometry(capacity: number, minimumShift: number = params.chunkMinimumShift): { chunkShift: number; chunkCount: number } {
+  let chunkShift = minimumShift;
+  let chunkCount = Math.ceil(capacity / 2 ** chunkShift);
+  while (chunkCount > 2 ** params.chunkMaximumCountShift && chunkShift < params.chunkMaximumShift) {
+    chunkShift++;
+    chunkCount = Math.ceil(capacity / 2 ** chunkShift);
+  }
+  return { chunkShift, chunkCount };
+}
+
+export const ChunkState = {
+  /** The device still holds the original; nothing kept. */
+  Untouched: 0,
+  /** The original is being read and stored. */
+  Copying: 1,
+  /** The original is in the difference storage at `slot`. */
+  Stored: 2,
+  /** Storing failed; the snapshot is corrupted. */
+  Failed: 3,
+} as const;
+
+/**
+ * State and difference-storage slot of every chunk. One byte of state and a 32-bit slot index
+ * (the chunk's offset in the difference storage divided by the chunk size) per chunk: 5 bytes.
+ */
+export class ChunkMap {
+  readonly chunkShift: number;
+  readonly chunkSize: number;
+  readonly chunkCount: number;
+  readonly capacity: number;
+  readonly state: Uint8Array;
+  readonly slot: Uint32Array;
+
+  constructor(capacity: number, minimumShift?: number) {
+    const { chunkShift, chunkCount } = chunkGeometry(capacity, minimumShift);
+    this.capacity = capacity;
+    this.chunkShift = chunkShift;
+    this.chunkSize = 2 ** chunkShift;
+    this.chunkCount = chunkCount;
+    this.state = new Uint8Array(chunkCount);
+    this.slot = new Uint32Array(chunkCount);
+  }
+
+  /** Bytes of chunk i (the last one may be partial). */
+  lengthOf(i: number): number {
+    return Math.min(this.chunkSize, this.capacity - i * this.chunkSize);
+  }
+
+  first(offset: number): number {
+    return Math.floor(offset / this.chunkSize);
+  }
+
+  last(offset: number, length: number): number {
+    return Math.floor((offset + length - 1) / this.chunkSize);
+  }
+}

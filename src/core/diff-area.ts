@@ -1,0 +1,197 @@
+// Owns copy-on-write for one device of a taken snapshot: keeping chunk originals, and the image's view of them.
+import type { Storage } from '../backing/storage.js';
+import { BlkError, toBlkError } from '../errors.js';
+import { ioBuffers } from '../util/buffer-pool.js';
+import { ChunkMap, ChunkState } from './chunk-map.js';
+import type { DiffStorage } from './diff-storage.js';
+
+/** What a diff area needs from its snapshot: the sticky error, and a way to set it. */
+export interface SnapshotHealth {
+  /** The error that corrupted the snapshot, or null. */
+  readonly error: BlkError | null;
+  corrupt(device: string, error: BlkError): void;
+}
+
+/**
+ * blksnap's diff_area. Before the first write after the take touches a chunk, the chunk's
+ * original is read from the device and stored in the difference storage; only then may the write
+ * land. Concurrent writers of one chunk share one copy (one promise per chunk in flight). At most
+ * `maximumInQueue` chunks are being copied (held in memory) at once; writers wait past that.
+ *
+ * A failed copy never fails the device write: it corrupts the snapshot (sticky, first error wins),
+ * copy-on-write stops, image I/O fails with EIO, and the device goes on unharmed.
+ */
+export class DiffArea {
+  readonly deviceName: string;
+  readonly chunks: ChunkMap;
+  #origin: Storage;
+  #diff: DiffStorage;
+  #health: SnapshotHealth;
+  #copies = new Map<number, Promise<void>>();
+  #maximumInQueue: number;
+  #inQueue = 0;
+  #queueWaiters: Array<() => void> = [];
+  /** Image reads that read a chunk straight from the device; a COW write waits for them. */
+  #originReaders = new Map<number, { count: number; waiters: Array<() => void> }>();
+
+  constructor(deviceName: string, origin: Storage, diff: DiffStorage, health: SnapshotHealth, options: { chunkMinimumShift?: number; maximumInQueue: number }) {
+    this.deviceName = deviceName;
+    this.#origin = origin;
+    this.#diff = diff;
+    this.#health = health;
+    this.chunks = new ChunkMap(origin.size, options.chunkMinimumShift);
+    this.#maximumInQueue = options.maximumInQueue;
+  }
+
+  /** Chunks being copied now. */
+  get copiesInFlight(): number {
+    return this.#copies.size;
+  }
+
+  /**
+   * Called by the tracker before a device write to [offset, offset+length) lands. Resolves when
+   * the originals of the touched chunks are kept (or the snapshot is corrupted); never rejects.
+   */
+  async copyOnWrite(offset: number, length: number): Promise<void> {
+    const { chunks } = this;
+    const first = chunks.first(offset);
+    const last = chunks.last(offset, length);
+    const pending: Array<Promise<void>> = [];
+    for (let i = first; i <= last; i++) {
+      const p = this.#ensureCopied(i);
+      if (p) pending.push(p);
+    }
+    if (pending.length) await Promise.all(pending);
+    for (let i = first; i <= last; i++) {
+      const readers = this.#originReaders.get(i);
+      if (readers) await new Promise<void>((resolve) => readers.waiters.push(resolve));
+    }
+  }
+
+  /** Reads the image: kept originals from the difference storage, the rest from the device. */
+  async readImage(offset: number, into: Uint8Array): Promise<void> {
+    this.#checkHealthy();
+    const { chunks } = this;
+    const end = offset + into.length;
+    const work: Array<Promise<void>> = [];
+    let pos = offset;
+    while (pos < end) {
+      const i = chunks.first(pos);
+      let state = chunks.state[i];
+      if (state === ChunkState.Copying) {
+        await this.#copies.get(i);
+        state = chunks.state[i];
+      }
+      if (state === ChunkState.Stored) {
+        const pieceEnd = Math.min(end, (i + 1) * chunks.chunkSize);
+        const at = (chunks.slot[i] as number) * chunks.chunkSize + (pos - i * chunks.chunkSize);
+        work.push(this.#diff.read(at, into.subarray(pos - offset, pieceEnd - offset)));
+        pos = pieceEnd;
+        continue;
+      }
+      if (state !== ChunkState.Untouched) throw this.#imageError();
+      // A run of untouched chunks is one device read; its chunks are pinned against COW writes.
+      let j = i;
+      while ((j + 1) * chunks.chunkSize < end && chunks.state[j + 1] === ChunkState.Untouched) j++;
+      const runEnd = Math.min(end, (j + 1) * chunks.chunkSize);
+      for (let k = i; k <= j; k++) this.#pin(k);
+      work.push(this.#origin.read(pos, into.subarray(pos - offset, runEnd - offset)).finally(() => {
+        for (let k = i; k <= j; k++) this.#unpin(k);
+      }));
+      pos = runEnd;
+    }
+    await Promise.all(work);
+    this.#checkHealthy();
+  }
+
+  /** Writes the image: the chunk's original is kept first, then the write lands on the kept copy. */
+  async writeImage(offset: number, data: Uint8Array): Promise<void> {
+    this.#checkHealthy();
+    const { chunks } = this;
+    const end = offset + data.length;
+    const work: Array<Promise<void>> = [];
+    for (let pos = offset; pos < end; ) {
+      const i = chunks.first(pos);
+      await this.#ensureCopied(i);
+      if (chunks.state[i] !== ChunkState.Stored) throw this.#imageError();
+      const pieceEnd = Math.min(end, (i + 1) * chunks.chunkSize);
+      const at = (chunks.slot[i] as number) * chunks.chunkSize + (pos - i * chunks.chunkSize);
+      work.push(this.#diff.write(at, data.subarray(pos - offset, pieceEnd - offset)));
+      pos = pieceEnd;
+    }
+    await Promise.all(work);
+  }
+
+  /** Resolves when no copy is in flight (before the difference storage closes). */
+  async drain(): Promise<void> {
+    while (this.#copies.size > 0) await Promise.allSettled([...this.#copies.values()]);
+  }
+
+  #checkHealthy(): void {
+    if (this.#health.error) throw this.#imageError();
+  }
+
+  #imageError(): BlkError {
+    const cause = this.#health.error;
+    return new BlkError('EIO', `snapshot image of ${this.deviceName} is corrupted${cause ? `: ${cause.toString()}` : ''}`);
+  }
+
+  #ensureCopied(i: number): Promise<void> | undefined {
+    const state = this.chunks.state[i];
+    if (state === ChunkState.Stored || state === ChunkState.Failed) return undefined;
+    const inFlight = this.#copies.get(i);
+    if (inFlight) return inFlight;
+    if (this.#health.error) return undefined; // corrupted: copy-on-write has stopped
+    this.chunks.state[i] = ChunkState.Copying;
+    const copy = this.#copy(i).finally(() => this.#copies.delete(i));
+    this.#copies.set(i, copy);
+    return copy;
+  }
+
+  async #copy(i: number): Promise<void> {
+    const { chunks } = this;
+    await this.#enterQueue();
+    const length = chunks.lengthOf(i);
+    const buffer = ioBuffers.acquire(length);
+    try {
+      await this.#origin.read(i * chunks.chunkSize, buffer);
+      const at = await this.#diff.allocate(chunks.chunkSize, chunks.chunkSize);
+      await this.#diff.write(at, buffer);
+      chunks.slot[i] = at / chunks.chunkSize;
+      chunks.state[i] = ChunkState.Stored;
+    } catch (e) {
+      chunks.state[i] = ChunkState.Failed;
+      this.#health.corrupt(this.deviceName, toBlkError(e));
+    } finally {
+      ioBuffers.release(buffer);
+      this.#leaveQueue();
+    }
+  }
+
+  #enterQueue(): Promise<void> | void {
+    if (this.#inQueue < this.#maximumInQueue) {
+      this.#inQueue++;
+      return;
+    }
+    return new Promise((resolve) => this.#queueWaiters.push(resolve));
+  }
+
+  #leaveQueue(): void {
+    const next = this.#queueWaiters.shift();
+    if (next) next(); // the slot passes straight to the next copy
+    else this.#inQueue--;
+  }
+
+  #pin(i: number): void {
+    const r = this.#originReaders.get(i);
+    if (r) r.count++;
+    else this.#originReaders.set(i, { count: 1, waiters: [] });
+  }
+
+  #unpin(i: number): void {
+    const r = this.#originReaders.get(i);
+    if (!r || --r.count > 0) return;
+    this.#originReaders.delete(i);
+    for (const wake of r.waiters) wake();
+  }
+}

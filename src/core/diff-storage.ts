@@ -1,0 +1,170 @@
+// Owns a snapshot's difference storage: where the originals of changed chunks are kept, and how it grows.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { FileStorage } from '../backing/file-storage.js';
+import { BlkError, toBlkError } from '../errors.js';
+import { SECTOR_SIZE } from '../params.js';
+import { Emitter } from '../util/emitter.js';
+
+// O_TMPFILE | O_DIRECTORY: an unnamed file in a directory, gone when closed; nobody else can open it.
+const O_TMPFILE = 0o20200000;
+
+export interface DiffStorageOptions {
+  /** Upper bound of the storage in bytes. */
+  limit: number;
+  /** Growth step of a file store (blksnap's diff_storage_minimum). */
+  minimum: number;
+  /** Backing paths of the snapshot's devices: the store may not be one of them. */
+  devicePaths: readonly string[];
+}
+
+/**
+ * One per snapshot, shared by its devices. Space is given out chunk by chunk from the front (a
+ * bump allocator). A file store starts with `minimum` bytes of real allocation and grows by
+ * `minimum` whenever free space falls to half of it, never past `limit`; a block device is used
+ * up to its size or the limit. When no more space can be had, `onNoSpace` fires with the request.
+ */
+export class DiffStorage {
+  readonly store: FileStorage;
+  readonly kind: 'file' | 'directory' | 'block';
+  readonly minimum: number;
+  #limit: number;
+  #capacity: number;
+  #filled = 0;
+  #growing: Promise<void> | null = null;
+  #noSpace = new Emitter<{ requestedSectors: number }>();
+  readonly onNoSpace = this.#noSpace.event;
+
+  private constructor(store: FileStorage, kind: DiffStorage['kind'], options: DiffStorageOptions, capacity: number) {
+    this.store = store;
+    this.kind = kind;
+    this.#limit = options.limit;
+    this.minimum = options.minimum;
+    this.#capacity = capacity;
+  }
+
+  static async open(target: string, options: DiffStorageOptions): Promise<DiffStorage> {
+    if (!Number.isSafeInteger(options.limit) || options.limit <= 0) throw new BlkError('EINVAL', `invalid difference storage limit ${options.limit}`);
+    if (!Number.isSafeInteger(options.minimum) || options.minimum < 4096) throw new BlkError('EINVAL', `invalid diff_storage_minimum ${options.minimum}: at least 4096 bytes`);
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(target);
+    } catch (e) {
+      throw new BlkError(toBlkError(e).code, `difference storage ${target}: ${toBlkError(e).message}`);
+    }
+    const real = fs.realpathSync(target);
+    const devices = options.devicePaths.map((p) => fs.realpathSync(p));
+    if (devices.includes(real)) throw new BlkError('EINVAL', `difference storage ${target} is a device of this snapshot`);
+    let store: FileStorage;
+    let kind: DiffStorage['kind'];
+    if (st.isDirectory()) {
+      let fd: number;
+      try {
+        fd = fs.openSync(target, O_TMPFILE | fs.constants.O_RDWR, 0o600);
+      } catch (e) {
+        throw new BlkError(toBlkError(e).code, `cannot create an unnamed file in ${target}: ${toBlkError(e).message}`);
+      }
+      store = FileStorage.adopt(path.join(real, '(unnamed)'), fd, false);
+      kind = 'directory';
+    } else {
+      store = await FileStorage.open(target);
+      kind = store.isBlockDevice ? 'block' : 'file';
+    }
+    try {
+      if (kind !== 'block') {
+        const { dev, ino } = store.identity();
+        for (const p of options.devicePaths) {
+          const d = fs.statSync(p);
+          if (d.dev === dev && d.ino === ino) throw new BlkError('EINVAL', `difference storage ${target} is a device of this snapshot`);
+        }
+      }
+      const capacity = kind === 'block' ? Math.min(store.size, options.limit) : 0;
+      const diff = new DiffStorage(store, kind, options, capacity);
+      // A file store is truncated to what this snapshot allocates: its old contents mean nothing now.
+      if (kind === 'file' && store.size > 0) await store.trim(0, store.size);
+      if (kind !== 'block') await diff.#grow();
+      return diff;
+    } catch (e) {
+      await store.close();
+      throw e;
+    }
+  }
+
+  /** Upper bound in bytes; lowered to what is allocated when the filesystem runs out of space. */
+  get limit(): number {
+    return this.#limit;
+  }
+
+  /** Bytes given out so far. */
+  get filled(): number {
+    return this.#filled;
+  }
+
+  /** Bytes usable now (allocated file size, or the device's usable size). */
+  get capacity(): number {
+    return this.#capacity;
+  }
+
+  /**
+   * Gives out `length` bytes aligned to `alignment`; waits for growth when needed. ENOSPC (after a
+   * no_space event) when the limit or the store's space is exhausted.
+   */
+  async allocate(length: number, alignment: number): Promise<number> {
+    for (;;) {
+      const offset = Math.ceil(this.#filled / alignment) * alignment;
+      if (offset + length <= this.#capacity) {
+        this.#filled = offset + length;
+        if (this.#capacity - this.#filled < this.minimum / 2) void this.#startGrowth();
+        return offset;
+      }
+      if (!this.#canGrow()) {
+        this.#noSpace.fire({ requestedSectors: Math.ceil(length / SECTOR_SIZE) });
+        throw new BlkError('ENOSPC', `difference storage is full: ${this.#filled} of ${this.limit} bytes used`);
+      }
+      await this.#startGrowth();
+    }
+  }
+
+  read(offset: number, into: Uint8Array): Promise<void> {
+    return this.store.read(offset, into);
+  }
+
+  write(offset: number, data: Uint8Array): Promise<void> {
+    return this.store.write(offset, data);
+  }
+
+  flush(): Promise<void> {
+    return this.store.flush();
+  }
+
+  async close(): Promise<void> {
+    await this.#growing?.catch(() => {});
+    await this.store.close();
+  }
+
+  #canGrow(): boolean {
+    return this.kind !== 'block' && this.#capacity < this.#limit;
+  }
+
+  #startGrowth(): Promise<void> {
+    if (!this.#canGrow()) return Promise.resolve();
+    this.#growing ??= this.#grow().finally(() => (this.#growing = null));
+    return this.#growing;
+  }
+
+  /** Extends a file store by min(minimum, limit - capacity) with real allocation. */
+  async #grow(): Promise<void> {
+    const step = Math.min(this.minimum, this.#limit - this.#capacity);
+    if (step <= 0) return;
+    try {
+      await this.store.allocate(this.#capacity, step);
+      this.#capacity += step;
+    } catch (e) {
+      // The filesystem is full: what is allocated is all there will be.
+      const err = toBlkError(e);
+      if (err.code !== 'ENOSPC' && err.code !== 'EDQUOT') throw err;
+      this.#noSpace.fire({ requestedSectors: Math.ceil(step / SECTOR_SIZE) });
+      this.#limit = this.#capacity;
+    }
+  }
+}

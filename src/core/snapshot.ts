@@ -1,0 +1,177 @@
+// Owns a snapshot's life: its devices, difference storage, atomic take, images, events, destroy.
+import { randomUUID } from 'node:crypto';
+import { BlkError } from '../errors.js';
+import { snapshot as params } from '../params.js';
+import type { Device } from './device.js';
+import { DiffArea, type SnapshotHealth } from './diff-area.js';
+import { DiffStorage } from './diff-storage.js';
+import { EventQueue, type SnapshotEvent } from './event-queue.js';
+import { SnapImage } from './snap-image.js';
+
+export interface SnapshotOptions {
+  /** File, directory or block device for the difference storage. */
+  diffStorage: string;
+  /** Largest size of the difference storage, bytes. */
+  limit: number;
+  /** Growth step of a file difference storage (default 1 GiB). */
+  diffStorageMinimum?: number;
+  /** Smallest chunk shift (default 18: 256 KiB chunks). */
+  chunkMinimumShift?: number;
+  /** Chunks copied at once per device, at most (default 256). */
+  chunkMaximumInQueue?: number;
+}
+
+/** Where images go: the daemon registers them as exports. */
+export interface ImagePublisher {
+  publish(image: SnapImage): void;
+  unpublish(image: SnapImage): void;
+}
+
+export type SnapshotPhase = 'created' | 'taking' | 'taken' | 'destroyed';
+
+/**
+ * blksnap's snapshot. Created with devices and a difference storage; `take()` makes the
+ * point in time atomically across all its devices; images then show the devices as they were.
+ * A failure to keep an original corrupts the snapshot (first error wins, `corrupted` event) and
+ * never touches a device's own data.
+ */
+export class Snapshot implements SnapshotHealth {
+  readonly id = randomUUID();
+  readonly options: Readonly<SnapshotOptions>;
+  readonly events = new EventQueue(params.maximumQueuedEvents);
+  #devices: Device[] = [];
+  #phase: SnapshotPhase = 'created';
+  #error: BlkError | null = null;
+  #diff: DiffStorage | null = null;
+  #areas = new Map<Device, DiffArea>();
+  #images = new Map<Device, SnapImage>();
+  #publisher: ImagePublisher;
+
+  constructor(options: SnapshotOptions, publisher: ImagePublisher) {
+    this.options = options;
+    this.#publisher = publisher;
+  }
+
+  get phase(): SnapshotPhase {
+    return this.#phase;
+  }
+
+  get error(): BlkError | null {
+    return this.#error;
+  }
+
+  get devices(): readonly Device[] {
+    return this.#devices;
+  }
+
+  get diffStorage(): DiffStorage | null {
+    return this.#diff;
+  }
+
+  image(device: Device): SnapImage | undefined {
+    return this.#images.get(device);
+  }
+
+  /** Adds a device before the take; a device belongs to at most one snapshot. */
+  add(device: Device): void {
+    if (this.#phase !== 'created') throw new BlkError('EALREADY', `snapshot ${this.id} is already taken; devices can be added only before the take`);
+    if (device.tracker.snapshotId !== null) {
+      throw new BlkError('EBUSY', `device ${device.name} already belongs to snapshot ${device.tracker.snapshotId}`);
+    }
+    if (device.isReadOnly) throw new BlkError('EINVAL', `device ${device.name} is attached read-only; a snapshot needs its writes`);
+    device.tracker.snapshotId = this.id;
+    this.#devices.push(device);
+  }
+
+  /** Opens the difference storage (at create, so a bad store fails early). */
+  async open(): Promise<void> {
+    this.#diff = await DiffStorage.open(this.options.diffStorage, {
+      limit: this.options.limit,
+      minimum: this.options.diffStorageMinimum ?? params.diffStorageMinimum,
+      devicePaths: this.#devices.map((d) => d.path),
+    });
+    this.#diff.onNoSpace(({ requestedSectors }) => this.events.push({ code: 'no_space', time: Date.now(), data: { requestedSectors } }));
+  }
+
+  /**
+   * The take: hold new writes on every device and wait for those in flight, flush, switch the
+   * CBT maps, start copy-on-write, create the images, then let writes go on. No write of any
+   * device is half in, half out, and all devices share one point in time.
+   */
+  async take(imageName: (device: Device) => string, beforeSwitch?: (devices: readonly Device[]) => Promise<void>): Promise<void> {
+    if (this.#phase === 'destroyed') throw new BlkError('ESRCH', `snapshot ${this.id} is destroyed`);
+    if (this.#phase !== 'created') throw new BlkError('EALREADY', `snapshot ${this.id} is already taken`);
+    if (this.#devices.length === 0) throw new BlkError('EINVAL', `snapshot ${this.id} has no devices`);
+    const diff = this.#diff;
+    if (!diff) throw new BlkError('EINVAL', `snapshot ${this.id} has no difference storage`);
+    this.#phase = 'taking';
+    const held: Device[] = [];
+    try {
+      await Promise.all(this.#devices.map(async (d) => {
+        await d.tracker.hold();
+        held.push(d);
+      }));
+      await Promise.all(this.#devices.map((d) => d.storage.flush()));
+      await beforeSwitch?.(this.#devices);
+      const inQueue = this.options.chunkMaximumInQueue ?? params.chunkMaximumInQueue;
+      for (const d of this.#devices) {
+        d.tracker.switchCbt();
+        const area = new DiffArea(d.name, d.storage, diff, this, {
+          maximumInQueue: inQueue,
+          ...(this.options.chunkMinimumShift === undefined ? {} : { chunkMinimumShift: this.options.chunkMinimumShift }),
+        });
+        this.#areas.set(d, area);
+        d.tracker.diffArea = area;
+        const image = new SnapImage(imageName(d), d, area, diff);
+        this.#images.set(d, image);
+        this.#publisher.publish(image);
+      }
+      this.#phase = 'taken';
+    } catch (e) {
+      for (const d of this.#devices) {
+        d.tracker.diffArea = null;
+        const image = this.#images.get(d);
+        if (image) this.#publisher.unpublish(image);
+      }
+      this.#areas.clear();
+      this.#images.clear();
+      this.#phase = 'created';
+      throw e;
+    } finally {
+      for (const d of held) d.tracker.release();
+    }
+  }
+
+  corrupt(device: string, error: BlkError): void {
+    if (this.#error || this.#phase === 'destroyed') return;
+    this.#error = error;
+    this.events.push({ code: 'corrupted', time: Date.now(), data: { device, errorCode: -error.errno } });
+  }
+
+  waitEvent(timeoutMs: number): Promise<SnapshotEvent | null> {
+    return this.events.wait(timeoutMs);
+  }
+
+  /**
+   * Stops copy-on-write, closes the images (their I/O in flight finishes or fails first), waits for
+   * copies in flight, releases the difference storage and the devices. Tracking goes on.
+   */
+  async destroy(): Promise<void> {
+    if (this.#phase === 'destroyed') return;
+    if (this.#phase === 'taking') throw new BlkError('EBUSY', `snapshot ${this.id} is being taken`);
+    this.#phase = 'destroyed';
+    this.events.close(new BlkError('ESRCH', `snapshot ${this.id} was destroyed`));
+    for (const d of this.#devices) {
+      if (d.tracker.diffArea === this.#areas.get(d)) d.tracker.diffArea = null;
+    }
+    await Promise.all([...this.#images.values()].map(async (image) => {
+      this.#publisher.unpublish(image);
+      await image.close();
+    }));
+    await Promise.all([...this.#areas.values()].map((a) => a.drain()));
+    await this.#diff?.close();
+    for (const d of this.#devices) {
+      if (d.tracker.snapshotId === this.id) d.tracker.snapshotId = null;
+    }
+  }
+}
