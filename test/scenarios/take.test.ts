@@ -118,7 +118,13 @@ describe('snapshot take', () => {
     await assert.rejects(s.destroy(id), { code: 'ESRCH' });
     await assert.rejects(s.client.call(api.SnapshotTake, { id: 'not-a-uuid' }), { code: 'EINVAL' });
     await assert.rejects(s.client.call(api.SnapshotCreate, { devices: ['dev0'], diffStorage: s.path('dev1'), limit: MiB }), { code: 'EBUSY' });
+    await assert.rejects(s.client.call(api.SnapshotCreate, { devices: ['dev0'], diffStorage: s.path('dev0'), limit: MiB }), { code: 'EINVAL', message: /is a device of this snapshot/ });
     await assert.rejects(s.client.call(api.SnapshotCreate, { devices: ['dev0'], diffStorage: s.path('nowhere/x'), limit: MiB }), { code: 'ENOENT' });
+    // A directory store is an unnamed file: nothing appears in the directory, nothing is left.
+    const listing = fs.readdirSync(s.dir).sort();
+    const inDir = await s.take(['dev0'], { diffStorage: s.dir });
+    assert.deepEqual(fs.readdirSync(s.dir).sort(), listing);
+    await s.destroy(inDir);
     await assert.rejects(s.client.call(api.SnapshotCreate, { devices: ['dev0'], diffStorage: s.dir, limit: 0 }), { code: 'EINVAL' });
     await assert.rejects(s.client.call(api.SnapshotCreate, { devices: ['ghost'], diffStorage: s.dir, limit: MiB }), { code: 'ENOENT' });
     const { id: empty } = await s.client.call(api.SnapshotCreate, { devices: [], diffStorage: s.dir, limit: MiB });

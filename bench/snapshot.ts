@@ -1,0 +1,131 @@
+// Benchmark: copy-on-write and snapshot costs.
+//  - COW first-write throughput: sequential 1 MiB writes into fresh chunks with a snapshot held, vs passthrough
+//  - image reads vs device reads (untouched chunks come from the device, kept ones from the difference storage)
+//  - take latency with 4 sparse devices of 1 TiB
+//  - daemon RSS with a 4 TiB sparse device and a snapshot held; metadata bytes per chunk
+//   node dist/bench/snapshot.js     (BENCH_ROUNDS=3 BENCH_SIZE_MIB=1024)
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { BlksnapClient } from '../src/client/connection.js';
+import * as api from '../src/control/protocol.js';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
+const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 1024);
+const TiB = 2 ** 40;
+
+function runTool(program: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(program, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`${program} failed: ${err}`))));
+  });
+}
+
+async function startDaemon(dir: string): Promise<{ child: ChildProcess; client: BlksnapClient; nbd: string }> {
+  const control = path.join(dir, 'control.sock');
+  const nbd = path.join(dir, 'nbd.sock');
+  const child = spawn(process.execPath, [path.join(root, 'bin/blksnapd'), '--control', control, '--nbd', nbd, '--state-dir', dir], { stdio: 'ignore' });
+  for (let i = 0; i < 500 && !fs.existsSync(control); i++) await new Promise((r) => setTimeout(r, 20));
+  return { child, client: await BlksnapClient.connect(control), nbd };
+}
+
+/** fio sequential pass over the first sizeMiB (not time based: every chunk is touched exactly once). */
+async function fioPass(uri: string, rw: 'write' | 'read', iodepth: number): Promise<number> {
+  const out = await runTool('fio', ['--name=b', '--ioengine=nbd', `--uri=${uri}`, `--rw=${rw}`, '--bs=1m', `--iodepth=${iodepth}`, `--size=${sizeMiB}m`, '--output-format=json']);
+  const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: Array<Record<'read' | 'write', { bw_bytes: number }>> }).jobs[0];
+  return ((job?.read.bw_bytes ?? 0) + (job?.write.bw_bytes ?? 0)) / 1e6;
+}
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
+
+function rssKiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return Number(m?.[1] ?? 0);
+}
+
+async function main(): Promise<void> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blksnap-bench-snap-'));
+  const { child, client, nbd } = await startDaemon(dir);
+  try {
+    const file = path.join(dir, 'disk.raw');
+    fs.writeFileSync(file, '');
+    fs.truncateSync(file, 4 * 2 ** 30);
+    await client.call(api.DeviceAttach, { path: file, name: 'disk' });
+    const uri = (name: string) => `nbd+unix:///${name}?socket=${nbd}`;
+    await fioPass(uri('disk'), 'write', 32); // allocate, so passthrough and COW both overwrite data
+    const results = { passthrough: [] as number[], cow: [] as number[], device: [] as number[], imageUntouched: [] as number[], imageKept: [] as number[] };
+    for (let r = 0; r < rounds; r++) {
+      results.passthrough.push(await fioPass(uri('disk'), 'write', 32));
+      results.device.push(await fioPass(uri('disk'), 'read', 32));
+      const { id } = await client.call(api.SnapshotCreate, { devices: ['disk'], diffStorage: dir, limit: 8 * 2 ** 30 });
+      await client.call(api.SnapshotTake, { id });
+      results.imageUntouched.push(await fioPass(uri('disk-image'), 'read', 32));
+      results.cow.push(await fioPass(uri('disk'), 'write', 32));
+      results.imageKept.push(await fioPass(uri('disk-image'), 'read', 32));
+      await client.call(api.SnapshotDestroy, { id });
+    }
+    const p = median(results.passthrough);
+    const c = median(results.cow);
+    const d = median(results.device);
+    const iu = median(results.imageUntouched);
+    const ik = median(results.imageKept);
+    console.log(`# ${rounds} rounds, ${sizeMiB} MiB sequential passes, 1 MiB requests at depth 32, chunks 256 KiB, ${os.cpus().length} cores`);
+    console.log(`passthrough write       ${p.toFixed(0).padStart(6)} MB/s`);
+    console.log(`COW first write         ${c.toFixed(0).padStart(6)} MB/s   ratio ${(c / p).toFixed(2)}× (target ≥ 0.4×)`);
+    console.log(`device read             ${d.toFixed(0).padStart(6)} MB/s`);
+    console.log(`image read (untouched)  ${iu.toFixed(0).padStart(6)} MB/s   ratio ${(iu / d).toFixed(2)}× (target ≥ 0.9×)`);
+    console.log(`image read (all kept)   ${ik.toFixed(0).padStart(6)} MB/s   ratio ${(ik / d).toFixed(2)}×`);
+    await client.call(api.DeviceDetach, { device: 'disk' });
+
+    // Take latency: 4 sparse devices of 1 TiB.
+    const names: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const f = path.join(dir, `big${i}`);
+      fs.writeFileSync(f, '');
+      fs.truncateSync(f, TiB);
+      names.push((await client.call(api.DeviceAttach, { path: f, name: `big${i}` })).name);
+    }
+    const takes: number[] = [];
+    for (let r = 0; r < Math.max(5, rounds); r++) {
+      const { id } = await client.call(api.SnapshotCreate, { devices: names, diffStorage: dir, limit: 2 ** 30, diffStorageMinimum: 64 * 2 ** 20 });
+      const t0 = process.hrtime.bigint();
+      await client.call(api.SnapshotTake, { id });
+      takes.push(Number(process.hrtime.bigint() - t0) / 1e6);
+      await client.call(api.SnapshotDestroy, { id });
+    }
+    console.log(`take, 4 × 1 TiB sparse  ${median(takes).toFixed(1).padStart(6)} ms (median of ${takes.length}, control round trip included; target < 50 ms)`);
+    for (const n of names) await client.call(api.DeviceDetach, { device: n });
+
+    // RSS with a 4 TiB sparse device and a snapshot held, before and after writing every chunk's state.
+    const f = path.join(dir, 'huge');
+    fs.writeFileSync(f, '');
+    fs.truncateSync(f, 4 * TiB);
+    await client.call(api.DeviceAttach, { path: f, name: 'huge' });
+    const pid = child.pid as number;
+    const before = rssKiB(pid);
+    const { id } = await client.call(api.SnapshotCreate, { devices: ['huge'], diffStorage: dir, limit: 2 ** 30, diffStorageMinimum: 64 * 2 ** 20 });
+    await client.call(api.SnapshotTake, { id });
+    const held = rssKiB(pid);
+    const chunks = (4 * TiB) / 2 ** 18;
+    console.log(`RSS, 4 TiB device       ${(before / 1024).toFixed(0)} MiB attached, ${(held / 1024).toFixed(0)} MiB with a snapshot held (+${((held - before) / 1024).toFixed(0)} MiB)`);
+    console.log(`chunk metadata          5 bytes per chunk (state Uint8Array + slot Uint32Array): ${((chunks * 5) / 2 ** 20).toFixed(0)} MiB reserved for ${chunks} chunks, touched pages only become resident`);
+    await client.call(api.SnapshotDestroy, { id });
+  } finally {
+    await client.close();
+    child.kill('SIGTERM');
+    await new Promise((r) => child.once('exit', r));
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((e: unknown) => {
+  console.error(e);
+  process.exit(1);
+});
