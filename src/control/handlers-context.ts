@@ -11,6 +11,17 @@ export interface DaemonContext {
   storageOptions: { cachedReadMaximum: number; syncWriteMaximum: number };
   /** Takes a snapshot the daemon's way (image names, filesystem freeze); resolves with warnings. */
   takeSnapshot(snapshot: Snapshot): Promise<string[]>;
+  /** Destroys a snapshot, its images' block devices first. */
+  destroySnapshot(snapshot: Snapshot): Promise<void>;
+  /** Kernel block devices of exports (loop devices over FUSE files). */
+  blockDevices: {
+    get(exportName: string): string | undefined;
+    mountPoints(exportName: string): string[];
+    expose(exportName: string): Promise<string>;
+    release(exportName: string): Promise<void>;
+  };
+  /** Every device attached gets a kernel block device (blksnapd --loop). */
+  isLoopForAll: boolean;
   log(line: string): void;
 }
 

@@ -1,7 +1,9 @@
 // Owns the control methods: untrusted params in, type guards, one core call, a typed result out.
+import * as fs from 'node:fs';
 import { FileStorage } from '../backing/file-storage.js';
+import { fileExtents } from '../os/libc.js';
 import type { Device } from '../core/device.js';
-import { BlkError } from '../errors.js';
+import { BlkError, toBlkError } from '../errors.js';
 import { SECTOR_SIZE, control as limits } from '../params.js';
 import type { DaemonContext, Handler } from './handlers-context.js';
 import * as api from './protocol.js';
@@ -13,11 +15,13 @@ export type { DaemonContext } from './handlers-context.js';
 export const BLKSNAP_VERSION = '2.0.0';
 
 export function deviceInfo(device: Device, ctx: DaemonContext): api.DeviceInfo {
+  const blockDevice = ctx.blockDevices.get(device.name);
   return {
     name: device.name,
     path: device.path,
     size: device.size,
     uri: ctx.exportUri(device.name),
+    ...(blockDevice ? { blockDevice } : {}),
     readOnly: device.isReadOnly,
     tracking: device.tracker.isTracking,
   };
@@ -32,6 +36,26 @@ function cbtInfo(device: Device): api.CbtInfo {
     generationId: cbt.generationId,
     changesNumber: cbt.previousNumber,
   };
+}
+
+/** The extents of a file on a filesystem mounted from a device's block device, as byte ranges of the device. */
+async function fileRanges(file: string, deviceName: string, ctx: DaemonContext): Promise<Array<{ offset: number; length: number }>> {
+  const blockDevice = ctx.blockDevices.get(deviceName);
+  if (!blockDevice) throw new BlkError('EINVAL', `device ${deviceName} has no block device (attach it with --loop) to hold ${file}`);
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'r');
+  } catch (e) {
+    throw new BlkError(toBlkError(e).code, `cannot open ${file}: ${toBlkError(e).message}`);
+  }
+  try {
+    if (fs.fstatSync(fd).dev !== fs.statSync(blockDevice).rdev) {
+      throw new BlkError('EINVAL', `${file} is not on a filesystem mounted from ${blockDevice} (device ${deviceName})`);
+    }
+    return await fileExtents(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 function lookup(p: Params, ctx: DaemonContext, method: string): Device {
@@ -52,11 +76,25 @@ const deviceHandlers: Record<string, Handler> = {
     const storage = await FileStorage.open(path, { readOnly, ...ctx.storageOptions });
     const device = await ctx.registry.attach(storage, { tracking, ...(name === undefined ? {} : { name }) });
     ctx.log(`attached ${device.path} as ${device.name} (${device.size} bytes${readOnly ? ', read-only' : ''}${tracking ? '' : ', untracked'})`);
+    if (optionalBoolean(p, 'loop', m) ?? ctx.isLoopForAll) {
+      try {
+        await ctx.blockDevices.expose(device.name);
+      } catch (e) {
+        await ctx.registry.detach(device);
+        throw e;
+      }
+    }
     return deviceInfo(device, ctx);
   },
 
   async [api.DeviceDetach.name](p, ctx) {
     const device = lookup(p, ctx, api.DeviceDetach.name);
+    if (device.tracker.snapshotId !== null) {
+      throw new BlkError('EBUSY', `device ${device.name} belongs to snapshot ${device.tracker.snapshotId}; destroy it first`);
+    }
+    const mounted = ctx.blockDevices.mountPoints(device.name);
+    if (mounted.length) throw new BlkError('EBUSY', `device ${device.name} is mounted on ${mounted.join(', ')}; unmount it first`);
+    await ctx.blockDevices.release(device.name);
     await ctx.registry.detach(device);
     ctx.log(`detached ${device.name}`);
     return {};
@@ -83,6 +121,11 @@ const deviceHandlers: Record<string, Handler> = {
   async [api.CbtMarkDirty.name](p, ctx) {
     const m = api.CbtMarkDirty.name;
     const device = lookup(p, ctx, m);
+    const file = optionalString(p, 'file', m);
+    if (file !== undefined) {
+      device.markDirty(await fileRanges(file, device.name, ctx));
+      return {};
+    }
     const ranges = requireArray(p, 'ranges', m, 65536).map((r, i) => {
       const range = asParams(r, `${m} ranges[${i}]`);
       const sector = requireInteger(range, 'sector', `${m} ranges[${i}]`);

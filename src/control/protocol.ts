@@ -28,6 +28,8 @@ export interface AttachParams {
   readOnly?: boolean;
   /** false attaches without change tracking (a plain export, e.g. to compare speed). Default true. */
   tracking?: boolean;
+  /** Also expose the device as a Linux block device (/dev/loopN); its images get one too. */
+  loop?: boolean;
 }
 
 export interface DeviceInfo {
@@ -75,7 +77,10 @@ export interface SectorRange {
 }
 
 export interface MarkDirtyParams extends DeviceParams {
-  ranges: SectorRange[];
+  /** Sector ranges; or give `file`. */
+  ranges?: SectorRange[];
+  /** A file on a filesystem mounted from the device's block device: its extents (FIEMAP) are marked. */
+  file?: string;
 }
 
 export const Version = method<Record<string, never>, VersionResult>('version');

@@ -13,6 +13,11 @@ function snapshotOf(p: Params, ctx: DaemonContext, method: string) {
   return ctx.registry.snapshot(id.toLowerCase());
 }
 
+function imageInfo(name: string, ctx: DaemonContext): api.ImageInfo {
+  const blockDevice = ctx.blockDevices.get(name);
+  return { name, uri: ctx.exportUri(name), ...(blockDevice ? { blockDevice } : {}) };
+}
+
 function optionalInteger(p: Params, key: string, method: string, minimum: number, maximum: number): number | undefined {
   return p[key] === undefined ? undefined : requireInteger(p, key, method, minimum, maximum);
 }
@@ -71,7 +76,7 @@ export const snapshotHandlers: Record<string, Handler> = {
     return {
       id,
       errorCode: snapshot.error ? -snapshot.error.errno : 0,
-      image: image ? { name: image.name, uri: ctx.exportUri(image.name) } : null,
+      image: image ? imageInfo(image.name, ctx) : null,
     } satisfies api.SnapshotInfo;
   },
 
@@ -86,7 +91,7 @@ export const snapshotHandlers: Record<string, Handler> = {
 
   async [api.SnapshotDestroy.name](p, ctx) {
     const snapshot = snapshotOf(p, ctx, api.SnapshotDestroy.name);
-    await ctx.registry.destroySnapshot(snapshot);
+    await ctx.destroySnapshot(snapshot);
     ctx.log(`snapshot ${snapshot.id} destroyed`);
     return {};
   },

@@ -10,6 +10,8 @@ export interface DaemonConfig {
   attach: Array<{ path: string; name?: string }>;
   cachedReadMaximum: number;
   syncWriteMaximum: number;
+  /** Every attached device also gets a kernel block device. */
+  loopAll: boolean;
 }
 
 export const DAEMON_HELP = `Usage: blksnapd [options]
@@ -23,6 +25,8 @@ Options:
   --listen HOST:PORT   also serve NBD over TCP (off unless given)
   --state-dir DIR      where the daemon keeps its state: pid file (default: $RUNTIME)
   --attach PATH[=NAME] attach a file or block device at start; may be repeated
+  --loop               give every attached device (and its snapshot images) a Linux block
+                       device /dev/loopN (nbdfuse + losetup), as attach --loop does
   --cached-read-max BYTES
                        reads up to this size are first served from the page cache on the
                        event loop (preadv2 RWF_NOWAIT: never waits for a disk) (default 1048576)
@@ -45,6 +49,7 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
     attach: [],
     cachedReadMaximum: 1024 * 1024,
     syncWriteMaximum: 64 * 1024,
+    loopAll: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i] as string;
@@ -59,6 +64,9 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
       case '--nbd': config.nbdPath = path.resolve(value()); break;
       case '--listen': config.listen = value(); break;
       case '--state-dir': config.stateDir = path.resolve(value()); break;
+      case '--loop':
+        config.loopAll = true;
+        break;
       case '--attach': {
         const v = value();
         const eq = v.lastIndexOf('=');

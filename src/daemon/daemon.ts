@@ -1,20 +1,24 @@
-// Owns a running daemon: the registry, the NBD and control servers, start-up attaches and orderly shutdown.
+// Owns a running daemon: the registry, the NBD and control servers, kernel block devices, start-up and shutdown.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ControlServer } from '../control/server.js';
 import { dispatch, type DaemonContext } from '../control/handlers.js';
 import { DeviceAttach } from '../control/protocol.js';
 import { Registry } from '../core/registry.js';
+import type { Snapshot } from '../core/snapshot.js';
+import { BlkError, toBlkError } from '../errors.js';
 import { NbdServer } from '../frontends/nbd/server.js';
+import { freezeFilesystem } from '../os/libc.js';
+import { BlockDevices } from './block-devices.js';
 import type { DaemonConfig } from './config.js';
 import type { Log } from './log.js';
-import { BlkError } from '../errors.js';
 
 export class Daemon {
   readonly registry = new Registry();
   readonly config: DaemonConfig;
   readonly nbd: NbdServer;
   readonly control: ControlServer;
+  readonly blockDevices: BlockDevices;
   readonly context: DaemonContext;
   #log: Log;
   #pidFile: string;
@@ -30,13 +34,14 @@ export class Daemon {
       log,
       ...(config.listen === undefined ? {} : { listen: config.listen }),
     });
+    this.blockDevices = new BlockDevices(config.stateDir, config.nbdPath, log);
     this.context = {
       registry: this.registry,
       exportUri: (name) => `nbd+unix:///${encodeURIComponent(name)}?socket=${config.nbdPath}`,
-      takeSnapshot: async (snapshot) => {
-        await snapshot.take((device) => `${device.name}-image`);
-        return [];
-      },
+      takeSnapshot: (snapshot) => this.takeSnapshot(snapshot),
+      destroySnapshot: (snapshot) => this.destroySnapshot(snapshot),
+      blockDevices: this.blockDevices,
+      isLoopForAll: config.loopAll,
       storageOptions: { cachedReadMaximum: config.cachedReadMaximum, syncWriteMaximum: config.syncWriteMaximum },
       log,
     };
@@ -48,6 +53,7 @@ export class Daemon {
       fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     }
     this.#claimPidFile();
+    await this.blockDevices.cleanLeftovers();
     await this.nbd.start();
     await this.control.start();
     for (const a of this.config.attach) {
@@ -57,10 +63,66 @@ export class Daemon {
     this.#log(`ready: control ${this.config.controlPath}, nbd ${this.config.nbdPath}${tcp}`);
   }
 
+  /**
+   * A take the daemon's way: filesystems mounted from the devices' block devices are frozen
+   * across the take (off the event loop: the freeze's write-back comes through this daemon), so
+   * the images are filesystem-consistent; a failed freeze is a warning, not a failure. After the
+   * take, devices with a block device get one for their image too.
+   */
+  async takeSnapshot(snapshot: Snapshot): Promise<string[]> {
+    const warnings: string[] = [];
+    const frozen: Array<{ fd: number; mountPoint: string }> = [];
+    for (const device of snapshot.devices) {
+      for (const mountPoint of this.blockDevices.mountPoints(device.name)) {
+        let fd = -1;
+        try {
+          fd = fs.openSync(mountPoint, 'r');
+          await freezeFilesystem(fd, true);
+          frozen.push({ fd, mountPoint });
+        } catch (e) {
+          if (fd >= 0) fs.closeSync(fd);
+          const warning = `cannot freeze ${mountPoint} of ${device.name}: ${toBlkError(e).toString()}; the image is crash-consistent only`;
+          this.#log(warning);
+          warnings.push(warning);
+        }
+      }
+    }
+    try {
+      await snapshot.take((device) => `${device.name}-image`);
+    } finally {
+      for (const { fd, mountPoint } of frozen) {
+        await freezeFilesystem(fd, false).catch((e: unknown) => this.#log(`cannot thaw ${mountPoint}: ${String(e)}`));
+        fs.closeSync(fd);
+      }
+    }
+    for (const device of snapshot.devices) {
+      const image = snapshot.image(device);
+      if (!image || !this.blockDevices.get(device.name)) continue;
+      try {
+        await this.blockDevices.expose(image.name);
+      } catch (e) {
+        const warning = `image ${image.name} has no block device: ${toBlkError(e).toString()}`;
+        this.#log(warning);
+        warnings.push(warning);
+      }
+    }
+    return warnings;
+  }
+
+  async destroySnapshot(snapshot: Snapshot): Promise<void> {
+    if (snapshot.phase === 'taking') throw new BlkError('EBUSY', `snapshot ${snapshot.id} is being taken`);
+    for (const device of snapshot.devices) {
+      const image = snapshot.image(device);
+      if (image) await this.blockDevices.release(image.name);
+    }
+    await this.registry.destroySnapshot(snapshot);
+  }
+
   async stop(): Promise<void> {
     await this.control.close();
+    for (const snapshot of this.registry.snapshots()) await this.destroySnapshot(snapshot).catch((e: unknown) => this.#log(String(e)));
+    await this.blockDevices.releaseAll();
     await this.nbd.close();
-    for (const snapshot of this.registry.snapshots()) await this.registry.destroySnapshot(snapshot);
     for (const device of this.registry.devices()) await this.registry.detach(device);
     if (this.#hasPidFile) fs.rmSync(this.#pidFile, { force: true });
     this.#log('stopped');

@@ -17,6 +17,7 @@ const lseekFn = libc.func('int64_t lseek(int fd, int64_t offset, int whence)');
 const flockFn = libc.func('int flock(int fd, int operation)');
 const fadviseFn = libc.func('int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)');
 const ioctlU64Fn = libc.func('int ioctl(int fd, unsigned long request, _Out_ uint64_t *value)');
+const ioctlPointerFn = libc.func('int ioctl(int fd, unsigned long request, void *arg)');
 koffi.struct('iovec', { base: 'void *', len: 'size_t' });
 const preadv2Fn = libc.func('int64_t preadv2(int fd, const iovec *iov, int iovcnt, int64_t offset, int flags)');
 
@@ -96,4 +97,57 @@ export function willNeed(fd: number, offset: number, length: number): Promise<vo
 export function readCached(fd: number, into: Uint8Array, offset: number): number {
   const n = preadv2Fn(fd, [{ base: into, len: into.length }], 1, offset, RWF_NOWAIT) as number;
   return n > 0 ? n : 0;
+}
+
+const FIFREEZE = 0xc0045877;
+const FITHAW = 0xc0045878;
+const FS_IOC_FIEMAP = 0xc020660b;
+const FIEMAP_FLAG_SYNC = 1;
+const FIEMAP_EXTENT_LAST = 1;
+const FIEMAP_HEADER = 32;
+const FIEMAP_EXTENT = 56;
+
+function ioctlAsync(fn: KoffiFunction, fd: number, request: number, arg: unknown, what: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    fn.async(fd, request, arg, (err: unknown, rc: unknown) => {
+      if (err) reject(new BlkError('EIO', `${what}: ${String(err)}`));
+      else if (rc !== 0) reject(fail(what, ''));
+      else resolve();
+    });
+  });
+}
+
+/**
+ * Freezes (FIFREEZE) or thaws (FITHAW) the filesystem whose mount point `fd` is open on. Off the
+ * event loop: a freeze writes back dirty data, which may flow through this very daemon.
+ */
+export function freezeFilesystem(fd: number, isFreeze: boolean): Promise<void> {
+  return ioctlAsync(ioctlPointerFn, fd, isFreeze ? FIFREEZE : FITHAW, null, isFreeze ? 'FIFREEZE' : 'FITHAW');
+}
+
+/** The physical extents of an open file (FS_IOC_FIEMAP, synced first), as byte ranges. */
+export async function fileExtents(fd: number): Promise<Array<{ offset: number; length: number }>> {
+  const out: Array<{ offset: number; length: number }> = [];
+  const perCall = 512;
+  const buf = Buffer.alloc(FIEMAP_HEADER + perCall * FIEMAP_EXTENT);
+  let start = 0;
+  for (;;) {
+    buf.fill(0);
+    buf.writeBigUInt64LE(BigInt(start), 0);
+    buf.writeBigUInt64LE(0xffffffffffffffffn, 8);
+    buf.writeUInt32LE(FIEMAP_FLAG_SYNC, 16);
+    buf.writeUInt32LE(perCall, 24);
+    await ioctlAsync(ioctlPointerFn, fd, FS_IOC_FIEMAP, buf, 'FS_IOC_FIEMAP');
+    const mapped = buf.readUInt32LE(20);
+    if (mapped === 0) return out;
+    let isLast = false;
+    for (let i = 0; i < mapped; i++) {
+      const at = FIEMAP_HEADER + i * FIEMAP_EXTENT;
+      const logical = Number(buf.readBigUInt64LE(at));
+      out.push({ offset: Number(buf.readBigUInt64LE(at + 8)), length: Number(buf.readBigUInt64LE(at + 16)) });
+      start = logical + Number(buf.readBigUInt64LE(at + 16));
+      if (buf.readUInt32LE(at + 40) & FIEMAP_EXTENT_LAST) isLast = true;
+    }
+    if (isLast) return out;
+  }
 }

@@ -1,5 +1,6 @@
 // Owns the change-tracking commands of the CLI: cbtinfo, readcbtmap, markdirtyblock.
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { Cbt } from '../../client/index.js';
 import * as api from '../../control/protocol.js';
 import { BlkError } from '../../errors.js';
@@ -55,10 +56,17 @@ export const cbtCommands: Command[] = [
     options: {
       device: { kind: 'value', help: 'device name or path', isRequired: true },
       range: { kind: 'list', help: 'SECTOR:COUNT ranges of 512-byte sectors' },
+      file: { kind: 'value', help: 'a file on a filesystem mounted from the device\'s block device: marks its extents' },
     },
     async run(o, io) {
+      const file = o.values.get('file');
+      if (file !== undefined) {
+        await (await io.client()).call(api.CbtMarkDirty, { device: value(o, 'device'), file: path.resolve(file) });
+        io.print({ file }, '');
+        return;
+      }
       const texts = o.lists.get('range') ?? [];
-      if (texts.length === 0) throw new BlkError('EINVAL', 'markdirtyblock: give --range SECTOR:COUNT...');
+      if (texts.length === 0) throw new BlkError('EINVAL', 'markdirtyblock: give --range SECTOR:COUNT... or --file F');
       const ranges = texts.map(parseSectorRange);
       await new Cbt(await io.client(), value(o, 'device')).markDirty(ranges);
       io.print({ ranges }, '');

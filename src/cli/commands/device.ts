@@ -25,9 +25,11 @@ export const deviceCommands: Command[] = [
       name: { kind: 'value', help: 'export name (default: the base name of the path)' },
       readonly: { kind: 'flag', help: 'refuse writes' },
       untracked: { kind: 'flag', help: 'serve without change tracking' },
+      loop: { kind: 'flag', help: 'also expose it (and its snapshot images) as a Linux block device /dev/loopN' },
     },
     async run(o, io) {
       const params: api.AttachParams = { path: value(o, 'device'), readOnly: o.flags.has('readonly'), tracking: !o.flags.has('untracked') };
+      if (o.flags.has('loop')) params.loop = true;
       const name = o.values.get('name');
       if (name !== undefined) params.name = name;
       const d = await (await io.client()).call(api.DeviceAttach, params);

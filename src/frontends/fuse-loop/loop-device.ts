@@ -1,0 +1,116 @@
+// Owns exposing an NBD export as a Linux block device: nbdfuse makes it a file, losetup binds /dev/loopN to it.
+import { execFile, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { BlkError } from '../../errors.js';
+
+/** Everything needed to release a kernel block device, also after a crash (it is saved to disk). */
+export interface LoopRecord {
+  exportName: string;
+  mountpoint: string;
+  loop: string;
+  /** nbdfuse's process id. */
+  pid: number;
+}
+
+function run(program: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(program, args, { timeout: 30_000 }, (err, stdout, stderr) => {
+      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0;
+      resolve({ code, stdout: String(stdout), stderr: String(stderr) });
+    });
+  });
+}
+
+async function waitFor(what: string, test: () => boolean, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!test()) {
+    if (Date.now() > deadline) throw new BlkError('ETIMEDOUT', `timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** The "major:minor" of a block device. */
+export function deviceNumber(blockDevice: string): string {
+  const st = fs.statSync(blockDevice);
+  return `${Math.floor(st.rdev / 256) & 0xfff}:${(st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00)}`;
+}
+
+/** Mount points of filesystems mounted from a block device (from /proc/self/mountinfo). */
+export function mountPointsOf(blockDevice: string): string[] {
+  const number = deviceNumber(blockDevice);
+  const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+  return fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((line) => line.split(' '))
+    .filter((f) => f[2] === number && f[4] !== undefined)
+    .map((f) => unescape(f[4] as string));
+}
+
+/**
+ * Makes export `exportName` of the NBD server at `nbdSocket` a block device: nbdfuse serves it as
+ * the file `mountpoint/disk`, and a free loop device is bound to that file.
+ */
+export async function exposeLoopDevice(exportName: string, nbdSocket: string, mountpoint: string): Promise<LoopRecord> {
+  fs.mkdirSync(mountpoint, { recursive: true, mode: 0o700 });
+  const pidFile = `${mountpoint}.pid`;
+  fs.rmSync(pidFile, { force: true });
+  const uri = `nbd+unix:///${encodeURIComponent(exportName)}?socket=${nbdSocket}`;
+  const child = spawn('nbdfuse', ['-P', pidFile, path.join(mountpoint, 'disk'), uri], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr?.on('data', (d) => (stderr += d));
+  const spawnFailed = new Promise<never>((_r, reject) => child.once('error', (e) => reject(new BlkError('ENOENT', `cannot run nbdfuse: ${e.message}`))));
+  try {
+    await Promise.race([waitFor('nbdfuse', () => fs.existsSync(pidFile) || child.exitCode !== null, 15_000), spawnFailed]);
+    if (child.exitCode !== null) throw new BlkError('EIO', `nbdfuse exited: ${stderr.trim()}`);
+    const pid = child.pid as number;
+    child.unref();
+    const r = await run('losetup', ['-f', '--show', path.join(mountpoint, 'disk')]);
+    if (r.code !== 0) {
+      await releaseLoopDevice({ exportName, mountpoint, loop: '', pid });
+      throw new BlkError('EIO', `losetup failed: ${r.stderr.trim()}`);
+    }
+    return { exportName, mountpoint, loop: r.stdout.trim(), pid };
+  } catch (e) {
+    if (child.exitCode === null) child.kill('SIGKILL');
+    fs.rmSync(pidFile, { force: true });
+    throw e;
+  }
+}
+
+/** Releases what exposeLoopDevice made, as far as it still exists; safe to call twice. */
+export async function releaseLoopDevice(record: LoopRecord): Promise<void> {
+  if (record.loop && isOurLoop(record)) await run('losetup', ['-d', record.loop]);
+  // Lazy: a filesystem still mounted from the loop device keeps the FUSE file busy.
+  if (fs.existsSync(record.mountpoint)) await run('fusermount3', ['-u', '-z', record.mountpoint]);
+  if (isNbdfuse(record.pid)) {
+    process.kill(record.pid, 'SIGTERM');
+    await waitFor('nbdfuse to exit', () => !isNbdfuse(record.pid), 5000).catch(() => process.kill(record.pid, 'SIGKILL'));
+  }
+  fs.rmSync(`${record.mountpoint}.pid`, { force: true });
+  try {
+    fs.rmdirSync(record.mountpoint);
+  } catch {
+    // Still busy (lazily unmounted); the next start cleans it.
+  }
+}
+
+/** True when the loop device is still bound to our FUSE file (not reused by someone else since). */
+function isOurLoop(record: LoopRecord): boolean {
+  try {
+    const name = path.basename(record.loop);
+    const backing = fs.readFileSync(`/sys/block/${name}/loop/backing_file`, 'utf8').trim();
+    return backing.startsWith(record.mountpoint);
+  } catch {
+    return false;
+  }
+}
+
+function isNbdfuse(pid: number): boolean {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0]?.endsWith('nbdfuse') ?? false;
+  } catch {
+    return false;
+  }
+}
