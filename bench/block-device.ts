@@ -28,7 +28,7 @@ async function main(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blksnap-bench-bdev-'));
   const file = path.join(dir, 'disk.raw');
   fs.writeFileSync(file, Buffer.alloc(0));
-  fs.truncateSync(file, 1 << 30);
+  fs.truncateSync(file, 2 ** 30);
   execFileSync('dd', [`if=/dev/urandom`, `of=${file}`, 'bs=1M', 'count=600', 'conv=notrunc', 'status=none']);
   const control = path.join(dir, 'control.sock');
   const daemon = spawn(process.execPath, [path.join(root, 'bin/blksnapd'), '--control', control, '--nbd', path.join(dir, 'nbd.sock'), '--state-dir', dir], { stdio: 'ignore' });
@@ -45,7 +45,7 @@ async function main(): Promise<void> {
     }
     const device = await client.call(api.DeviceAttach, { path: file, name: 'disk', loop: true });
     for (const p of profiles) results.get(p.name)?.push(fio(device.blockDevice as string, p.rw, p.bs));
-    const { id } = await client.call(api.SnapshotCreate, { devices: ['disk'], diffStorage: dir, limit: 4 << 30 });
+    const { id } = await client.call(api.SnapshotCreate, { devices: ['disk'], diffStorage: dir, limit: 4 * 2 ** 30 });
     await client.call(api.SnapshotTake, { id });
     const image = (await client.call(api.SnapshotGetInfo, { device: 'disk' })).image?.blockDevice as string;
     for (const p of profiles) results.get(p.name)?.push(fio(image, p.rw, p.bs));

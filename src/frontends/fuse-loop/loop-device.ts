@@ -66,7 +66,10 @@ export async function exposeLoopDevice(exportName: string, nbdSocket: string, mo
     if (child.exitCode !== null) throw new BlkError('EIO', `nbdfuse exited: ${stderr.trim()}`);
     const pid = child.pid as number;
     child.unref();
-    const r = await run('losetup', ['-f', '--show', path.join(mountpoint, 'disk')]);
+    // Direct I/O skips a second page cache of the FUSE file: 2.5× the sequential write speed here
+    // (bench/block-device.ts); a kernel that refuses it for the file gets buffered I/O.
+    let r = await run('losetup', ['-f', '--show', '--direct-io=on', path.join(mountpoint, 'disk')]);
+    if (r.code !== 0) r = await run('losetup', ['-f', '--show', path.join(mountpoint, 'disk')]);
     if (r.code !== 0) {
       await releaseLoopDevice({ exportName, mountpoint, loop: '', pid });
       throw new BlkError('EIO', `losetup failed: ${r.stderr.trim()}`);
