@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { fioMegabytesPerSecond } from './common.js';
 import { BlksnapClient } from '../src/client/connection.js';
 import * as api from '../src/control/protocol.js';
 
@@ -20,8 +21,7 @@ const profiles = [
 
 function fio(device: string, rw: string, bs: string): number {
   const out = execFileSync('fio', ['--name=b', `--filename=${device}`, '--ioengine=libaio', '--direct=1', `--rw=${rw}`, `--bs=${bs}`, '--iodepth=16', '--size=512m', '--time_based', `--runtime=${runtime}`, '--ramp_time=1', '--output-format=json'], { encoding: 'utf8' });
-  const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: Array<Record<'read' | 'write', { bw_bytes: number }>> }).jobs[0];
-  return ((job?.read.bw_bytes ?? 0) + (job?.write.bw_bytes ?? 0)) / 1e6;
+  return fioMegabytesPerSecond(out).mbps;
 }
 
 async function main(): Promise<void> {

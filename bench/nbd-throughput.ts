@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { fioMegabytesPerSecond, median, runTool } from './common.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
@@ -52,16 +53,6 @@ function stopChild(child: ChildProcess): Promise<void> {
   });
 }
 
-function runTool(program: string, args: string[]): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(program, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (err += d));
-    child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`${program} failed: ${err}`))));
-  });
-}
 
 function blksnapd(name: string, tracking: boolean): Server {
   return {
@@ -105,15 +96,9 @@ async function fio(uri: string, p: Profile): Promise<Result> {
     `--numjobs=${p.numjobs}`, '--size=1g', '--time_based', `--runtime=${runtime}`, '--ramp_time=1', '--group_reporting',
     '--randrepeat=0', '--output-format=json',
   ]);
-  const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: Array<Record<'read' | 'write', { bw_bytes: number; iops: number }>> }).jobs[0];
-  if (!job) throw new Error('fio printed no job');
-  return { mbps: (job.read.bw_bytes + job.write.bw_bytes) / 1e6, iops: job.read.iops + job.write.iops };
+  return fioMegabytesPerSecond(out);
 }
 
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? (s[(s.length - 1) / 2] as number) : ((s[s.length / 2 - 1] as number) + (s[s.length / 2] as number)) / 2;
-};
 
 async function main(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blksnap-bench-'));

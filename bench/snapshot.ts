@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { fioMegabytesPerSecond, median, runTool } from './common.js';
 import { BlksnapClient } from '../src/client/connection.js';
 import * as api from '../src/control/protocol.js';
 
@@ -17,16 +18,6 @@ const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 1024);
 const TiB = 2 ** 40;
 
-function runTool(program: string, args: string[]): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(program, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (err += d));
-    child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`${program} failed: ${err}`))));
-  });
-}
 
 async function startDaemon(dir: string): Promise<{ child: ChildProcess; client: BlksnapClient; nbd: string }> {
   const control = path.join(dir, 'control.sock');
@@ -39,11 +30,9 @@ async function startDaemon(dir: string): Promise<{ child: ChildProcess; client: 
 /** fio sequential pass over the first sizeMiB (not time based: every chunk is touched exactly once). */
 async function fioPass(uri: string, rw: 'write' | 'read', iodepth: number): Promise<number> {
   const out = await runTool('fio', ['--name=b', '--ioengine=nbd', `--uri=${uri}`, `--rw=${rw}`, '--bs=1m', `--iodepth=${iodepth}`, `--size=${sizeMiB}m`, '--output-format=json']);
-  const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: Array<Record<'read' | 'write', { bw_bytes: number }>> }).jobs[0];
-  return ((job?.read.bw_bytes ?? 0) + (job?.write.bw_bytes ?? 0)) / 1e6;
+  return fioMegabytesPerSecond(out).mbps;
 }
 
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
 function rssKiB(pid: number): number {
   const m = /VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));

@@ -38,16 +38,20 @@ function fail(call: string, what: string): BlkError {
   return new BlkError(code === 'EAGAIN' ? 'EBUSY' : code, `${call} ${what} failed`);
 }
 
-/** fallocate(2) off the event loop: it may take long on large ranges and block devices. */
-export function fallocate(fd: number, mode: number, offset: number, length: number): Promise<void> {
+/** Runs a libc call that returns 0 or -1 on a thread-pool thread; rejects with its errno. */
+function callAsync(fn: KoffiFunction, args: unknown[], what: string): Promise<void> {
   return new Promise((resolve, reject) => {
-    // errno must be read on the thread that made the call, so the wrapper returns it.
-    fallocateFn.async(fd, mode, offset, length, (err: unknown, rc: unknown) => {
-      if (err) reject(new BlkError('EIO', `fallocate: ${String(err)}`));
-      else if (rc !== 0) reject(fail('fallocate', `at ${offset}+${length}`));
+    fn.async(...args, (err: unknown, rc: unknown) => {
+      if (err) reject(new BlkError('EIO', `${what}: ${String(err)}`));
+      else if (rc !== 0) reject(fail(what, ''));
       else resolve();
     });
   });
+}
+
+/** fallocate(2) off the event loop: it may take long on large ranges and block devices. */
+export function fallocate(fd: number, mode: number, offset: number, length: number): Promise<void> {
+  return callAsync(fallocateFn, [fd, mode, offset, length], `fallocate at ${offset}+${length}`);
 }
 
 /** Next data offset at or after `offset`, or null when only a hole follows (ENXIO). */
@@ -107,22 +111,12 @@ const FIEMAP_EXTENT_LAST = 1;
 const FIEMAP_HEADER = 32;
 const FIEMAP_EXTENT = 56;
 
-function ioctlAsync(fn: KoffiFunction, fd: number, request: number, arg: unknown, what: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    fn.async(fd, request, arg, (err: unknown, rc: unknown) => {
-      if (err) reject(new BlkError('EIO', `${what}: ${String(err)}`));
-      else if (rc !== 0) reject(fail(what, ''));
-      else resolve();
-    });
-  });
-}
-
 /**
  * Freezes (FIFREEZE) or thaws (FITHAW) the filesystem whose mount point `fd` is open on. Off the
  * event loop: a freeze writes back dirty data, which may flow through this very daemon.
  */
 export function freezeFilesystem(fd: number, isFreeze: boolean): Promise<void> {
-  return ioctlAsync(ioctlPointerFn, fd, isFreeze ? FIFREEZE : FITHAW, null, isFreeze ? 'FIFREEZE' : 'FITHAW');
+  return callAsync(ioctlPointerFn, [fd, isFreeze ? FIFREEZE : FITHAW, null], isFreeze ? 'FIFREEZE' : 'FITHAW');
 }
 
 /** The physical extents of an open file (FS_IOC_FIEMAP, synced first), as byte ranges. */
@@ -137,7 +131,7 @@ export async function fileExtents(fd: number): Promise<Array<{ offset: number; l
     buf.writeBigUInt64LE(0xffffffffffffffffn, 8);
     buf.writeUInt32LE(FIEMAP_FLAG_SYNC, 16);
     buf.writeUInt32LE(perCall, 24);
-    await ioctlAsync(ioctlPointerFn, fd, FS_IOC_FIEMAP, buf, 'FS_IOC_FIEMAP');
+    await callAsync(ioctlPointerFn, [fd, FS_IOC_FIEMAP, buf], 'FS_IOC_FIEMAP');
     const mapped = buf.readUInt32LE(20);
     if (mapped === 0) return out;
     let isLast = false;

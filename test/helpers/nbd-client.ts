@@ -1,6 +1,6 @@
 // Owns a pipelined NBD client for data-heavy tests: many requests in flight, simple replies, errno on failure.
 import * as net from 'node:net';
-import { RawNbd } from './raw-nbd.js';
+import { encodeRequest, RawNbd } from './raw-nbd.js';
 
 export class NbdError extends Error {
   readonly errno: number;
@@ -64,13 +64,7 @@ export class NbdClient {
   #request(type: number, offset: number, length: number, payload: Buffer | undefined, flags: number, what: string): Promise<Buffer> {
     if (this.#closedError) return Promise.reject(this.#closedError);
     const cookie = this.#cookie++;
-    const h = Buffer.alloc(28);
-    h.writeUInt32BE(0x25609513, 0);
-    h.writeUInt16BE(flags, 4);
-    h.writeUInt16BE(type, 6);
-    h.writeBigUInt64BE(cookie, 8);
-    h.writeBigUInt64BE(BigInt(offset), 16);
-    h.writeUInt32BE(length, 24);
+    const h = encodeRequest(type, flags, cookie, offset, length);
     return new Promise((resolve, reject) => {
       this.#pending.set(cookie, { length: type === 0 ? length : 0, what, resolve, reject });
       this.#socket.write(h);
