@@ -32,6 +32,13 @@ const LOCK_NB = 4;
 const POSIX_FADV_WILLNEED = 3;
 const BLKGETSIZE64 = 0x80081272;
 const RWF_NOWAIT = 0x08;
+const FIFREEZE = 0xc0045877;
+const FITHAW = 0xc0045878;
+const FS_IOC_FIEMAP = 0xc020660b;
+const FIEMAP_FLAG_SYNC = 1;
+const FIEMAP_EXTENT_LAST = 1;
+const FIEMAP_HEADER = 32;
+const FIEMAP_EXTENT = 56;
 
 function fail(call: string, what: string): BlkError {
   const code = errnoName(koffi.errno());
@@ -102,14 +109,6 @@ export function readCached(fd: number, into: Uint8Array, offset: number): number
   const n = preadv2Fn(fd, [{ base: into, len: into.length }], 1, offset, RWF_NOWAIT) as number;
   return n > 0 ? n : 0;
 }
-
-const FIFREEZE = 0xc0045877;
-const FITHAW = 0xc0045878;
-const FS_IOC_FIEMAP = 0xc020660b;
-const FIEMAP_FLAG_SYNC = 1;
-const FIEMAP_EXTENT_LAST = 1;
-const FIEMAP_HEADER = 32;
-const FIEMAP_EXTENT = 56;
 
 /**
  * Freezes (FIFREEZE) or thaws (FITHAW) the filesystem whose mount point `fd` is open on. Off the
