@@ -1,7 +1,11 @@
 // Owns the NBD listeners (Unix socket, optional TCP) and each connection's life: handshake, transmission, close.
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import { raiseSendBuffer } from '../../os/libc.js';
 import { claimSocketPath } from '../../os/socket-path.js';
+
+/** Two maximum-size replies' worth, so large reads leave in one piece. */
+const SEND_BUFFER_BYTES = 8 * 1024 * 1024;
 import { ByteQueue } from '../../util/byte-queue.js';
 import type { Disposable } from '../../util/emitter.js';
 import { Handshake, type ExportCatalogue } from './handshake.js';
@@ -64,6 +68,8 @@ export class NbdServer {
     const { log, catalogue } = this.#options;
     this.#sockets.add(socket);
     if (socket.remoteAddress) socket.setNoDelay(true);
+    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (typeof fd === 'number' && fd >= 0) raiseSendBuffer(fd, SEND_BUFFER_BYTES);
     const queue = new ByteQueue();
     let transmission: Transmission | null = null;
     let deviceWatch: Disposable | null = null;
