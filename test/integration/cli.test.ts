@@ -107,3 +107,27 @@ describe('blksnapd socket ownership', () => {
     }
   });
 });
+
+describe('durability', () => {
+  it('acknowledged FUA and flushed writes are in the backing file after the daemon is killed (SIGKILL)', async () => {
+    const { dir, remove } = tempDir();
+    try {
+      const file = sparseFile(path.join(dir, 'durable'), 4 * 1024 * 1024);
+      const daemon = await TestDaemon.start(['--attach', file]);
+      const { NbdClient } = await import('../helpers/nbd-client.js');
+      const c = await NbdClient.connect(daemon.nbdPath, 'durable');
+      await c.pwrite(0, Buffer.alloc(65536, 0x11), true);
+      await c.pwrite(65536, Buffer.alloc(65536, 0x22));
+      await c.flush();
+      daemon.child.kill('SIGKILL');
+      await new Promise((r) => daemon.child.once('exit', r));
+      c.close();
+      const bytes = fs.readFileSync(file);
+      assert.ok(bytes.subarray(0, 65536).every((b) => b === 0x11));
+      assert.ok(bytes.subarray(65536, 131072).every((b) => b === 0x22));
+      await daemon.stop();
+    } finally {
+      remove();
+    }
+  });
+});

@@ -38,6 +38,7 @@ export class Transmission {
   #requestsInFlight = 0;
   #bytesInFlight = 0;
   #isDisconnecting = false;
+  #isCorked = false;
   #onProgress: () => void;
 
   constructor(socket: Socket, agreement: Agreement, onProgress: () => void) {
@@ -240,10 +241,23 @@ export class Transmission {
     this.#write(reply);
   }
 
-  /** Sends one whole reply; `sent` runs once the socket no longer needs the buffer. */
+  /**
+   * Sends one whole reply; `sent` runs once the socket no longer needs the buffer. Replies that
+   * complete in the same turn of the event loop leave in one writev: the socket is corked until
+   * the turn's promise jobs have run.
+   */
   #write(b: Buffer, sent?: () => void): void {
-    if (this.#socket.destroyed) return;
-    if (sent) this.#socket.write(b, sent);
-    else this.#socket.write(b);
+    const socket = this.#socket;
+    if (socket.destroyed) return;
+    if (!this.#isCorked) {
+      this.#isCorked = true;
+      socket.cork();
+      process.nextTick(() => {
+        this.#isCorked = false;
+        socket.uncork();
+      });
+    }
+    if (sent) socket.write(b, sent);
+    else socket.write(b);
   }
 }
