@@ -92,20 +92,29 @@ async function main(): Promise<void> {
     console.log(`take, 4 × 1 TiB sparse  ${median(takes).toFixed(1).padStart(6)} ms (median of ${takes.length}, control round trip included; target < 50 ms)`);
     for (const n of names) await client.call(api.DeviceDetach, { device: n });
 
-    // RSS with a 4 TiB sparse device and a snapshot held, before and after writing every chunk's state.
-    const f = path.join(dir, 'huge');
-    fs.writeFileSync(f, '');
-    fs.truncateSync(f, 4 * TiB);
-    await client.call(api.DeviceAttach, { path: f, name: 'huge' });
-    const pid = child.pid as number;
-    const before = rssKiB(pid);
-    const { id } = await client.call(api.SnapshotCreate, { devices: ['huge'], diffStorage: dir, limit: 2 ** 30, diffStorageMinimum: 64 * 2 ** 20 });
-    await client.call(api.SnapshotTake, { id });
-    const held = rssKiB(pid);
-    const chunks = (4 * TiB) / 2 ** 18;
-    console.log(`RSS, 4 TiB device       ${(before / 1024).toFixed(0)} MiB attached, ${(held / 1024).toFixed(0)} MiB with a snapshot held (+${((held - before) / 1024).toFixed(0)} MiB)`);
-    console.log(`chunk metadata          5 bytes per chunk (state Uint8Array + slot Uint32Array): ${((chunks * 5) / 2 ** 20).toFixed(0)} MiB reserved for ${chunks} chunks, touched pages only become resident`);
-    await client.call(api.SnapshotDestroy, { id });
+    // RSS of a fresh daemon with a 4 TiB sparse device, then with a snapshot held.
+    const fresh = await startDaemon(fs.mkdtempSync(path.join(dir, 'fresh-')));
+    try {
+      const f = path.join(dir, 'huge');
+      fs.writeFileSync(f, '');
+      fs.truncateSync(f, 4 * TiB);
+      const pid = fresh.child.pid as number;
+      const idle = rssKiB(pid);
+      await fresh.client.call(api.DeviceAttach, { path: f, name: 'huge' });
+      const attached = rssKiB(pid);
+      const { id } = await fresh.client.call(api.SnapshotCreate, { devices: ['huge'], diffStorage: dir, limit: 2 ** 30, diffStorageMinimum: 64 * 2 ** 20 });
+      await fresh.client.call(api.SnapshotTake, { id });
+      const held = rssKiB(pid);
+      const chunks = (4 * TiB) / 2 ** 18;
+      const mib = (k: number) => (k / 1024).toFixed(0);
+      console.log(`RSS, 4 TiB device       ${mib(idle)} MiB idle, ${mib(attached)} MiB attached (CBT maps), ${mib(held)} MiB with a snapshot held`);
+      console.log(`chunk metadata          5 bytes per chunk (state Uint8Array + slot Uint32Array): ${((chunks * 5) / 2 ** 20).toFixed(0)} MiB for ${chunks} chunks; pages become resident as chunks are touched`);
+      await fresh.client.call(api.SnapshotDestroy, { id });
+    } finally {
+      await fresh.client.close();
+      fresh.child.kill('SIGTERM');
+      await new Promise((r) => fresh.child.once('exit', r));
+    }
   } finally {
     await client.close();
     child.kill('SIGTERM');
