@@ -8,6 +8,8 @@ import { LineFramer } from './framing.js';
 import { dispatch, type DaemonContext } from './handlers.js';
 import type { RpcResponse } from './protocol.js';
 
+const MAXIMUM_REQUESTS_IN_FLIGHT = 64;
+
 function errorResponse(id: RpcResponse['id'], e: unknown): RpcResponse {
   const err = toBlkError(e);
   return { jsonrpc: '2.0', id, error: { code: -err.errno, message: err.message, data: { errno: err.code } } };
@@ -54,6 +56,22 @@ export class ControlServer {
     const send = (r: RpcResponse): void => {
       if (!socket.destroyed) socket.write(JSON.stringify(r) + '\n');
     };
+    // At most this many requests of one connection run at once (snapshot.waitEvent may wait for a
+    // day); later lines wait their turn and reading pauses meanwhile, so one client cannot pile
+    // up unbounded work.
+    let inFlight = 0;
+    const waiting: string[] = [];
+    const next = (): void => {
+      while (inFlight < MAXIMUM_REQUESTS_IN_FLIGHT && waiting.length > 0) {
+        inFlight++;
+        this.#handleLine(waiting.shift() as string, send).finally(() => {
+          inFlight--;
+          next();
+        });
+      }
+      if (waiting.length > 0) socket.pause();
+      else if (socket.isPaused() && !socket.destroyed) socket.resume();
+    };
     socket.on('data', (chunk: string) => {
       let lines: string[];
       try {
@@ -63,31 +81,32 @@ export class ControlServer {
         socket.end();
         return;
       }
-      for (const line of lines) this.#handleLine(line, send);
+      waiting.push(...lines);
+      next();
     });
     socket.on('error', () => socket.destroy());
     socket.on('close', () => this.#sockets.delete(socket));
   }
 
-  #handleLine(line: string, send: (r: RpcResponse) => void): void {
+  #handleLine(line: string, send: (r: RpcResponse) => void): Promise<void> {
     let request: unknown;
     try {
       request = JSON.parse(line);
     } catch {
       send(errorResponse(null, new BlkError('EINVAL', 'control message is not valid JSON')));
-      return;
+      return Promise.resolve();
     }
     if (typeof request !== 'object' || request === null || Array.isArray(request)) {
       send(errorResponse(null, new BlkError('EINVAL', 'control message must be a JSON-RPC request object')));
-      return;
+      return Promise.resolve();
     }
     const { id: rawId, method, params } = request as Record<string, unknown>;
     const id = typeof rawId === 'number' || typeof rawId === 'string' ? rawId : null;
     if (typeof method !== 'string') {
       send(errorResponse(id, new BlkError('EINVAL', "control request has no 'method' string")));
-      return;
+      return Promise.resolve();
     }
-    dispatch(method, params, this.#ctx).then(
+    return dispatch(method, params, this.#ctx).then(
       (result) => send({ jsonrpc: '2.0', id, result }),
       (e: unknown) => send(errorResponse(id, e)),
     );

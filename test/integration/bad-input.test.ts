@@ -120,6 +120,25 @@ describe('bad input', () => {
     assert.ok(daemon.isAlive);
   });
 
+  it('a client that sends options without reading the replies does not grow the daemon', async () => {
+    const rss = () => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${daemon.child.pid}/status`, 'utf8'))?.[1]) * 1024;
+    const before = rss();
+    const c = await RawNbd.connect(daemon.nbdPath);
+    c.socket.pause(); // never read
+    const list = Buffer.alloc(16);
+    list.writeBigUInt64BE(0x49484156454f5054n, 0);
+    list.writeUInt32BE(3, 8);
+    const burst = Buffer.concat([Buffer.from([0, 0, 0, 1]), ...new Array<Buffer>(65536).fill(list)]);
+    // 1M options (16 MiB) would make ~100 MiB of replies if the daemon kept them all in memory.
+    for (let i = 0; i < 16 && !c.socket.destroyed; i++) {
+      if (!c.socket.write(i === 0 ? burst : burst.subarray(4))) await new Promise((r) => setTimeout(r, 20));
+    }
+    await new Promise((r) => setTimeout(r, 500));
+    assert.ok(rss() - before < 48 * MiB, `RSS grew by ${((rss() - before) / MiB).toFixed(0)} MiB`);
+    if (!missing('qemu-io')) await check('qemu-io', ['-f', 'raw', '-c', 'read 0 4096', daemon.uri('rw')]);
+    c.close();
+  });
+
   it('an unknown export is refused in the handshake', async () => {
     const c = await RawNbd.connect(daemon.nbdPath);
     await assert.rejects(c.handshake('nope'), /0x80000006/);
@@ -171,6 +190,21 @@ describe('bad input', () => {
     assert.equal((big[0] as { error: { data: { errno: string } } }).error.data.errno, 'EINVAL');
     const list = await daemon.json<{ devices: unknown[] }>('list');
     assert.equal(list.devices.length, 2);
+  });
+
+  it('one control connection runs at most 64 requests at once; the rest wait', async () => {
+    const { id } = await daemon.json<{ id: string }>('snapshot_create', '--device', 'rw', '--file', tmp.dir, '--limit', '1M');
+    const waits = Array.from({ length: 100 }, (_, i) => `{"jsonrpc":"2.0","id":${i},"method":"snapshot.waitEvent","params":{"id":"${id}","timeoutMs":60000}}`);
+    const version = '{"jsonrpc":"2.0","id":"v","method":"version"}';
+    const exchange = controlExchange(daemon.controlPath, [...waits, version].join('\n') + '\n', 101);
+    await new Promise((r) => setTimeout(r, 300));
+    // Destroying the snapshot ends the 64 waits with ESRCH; then the rest and version are read.
+    await daemon.json('snapshot_destroy', '--id', id);
+    const replies = (await exchange) as Array<{ id: number | string; error?: { data: { errno: string } } }>;
+    assert.equal(replies.length, 101);
+    // version came behind 100 waits: it was answered only after the first 64 had ended.
+    assert.ok(replies.findIndex((r) => r.id === 'v') >= 64);
+    assert.ok(replies.filter((r) => r.id !== 'v').every((r) => r.error?.data.errno === 'ESRCH'));
   });
 });
 

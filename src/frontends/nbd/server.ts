@@ -81,6 +81,9 @@ export class NbdServer {
     const pump = (): void => {
       if (socket.destroyed) return;
       if (transmission === null) {
+        // A client that sends options without reading the replies must not grow our buffers.
+        if (socket.writableNeedDrain) return void socket.pause();
+        if (socket.isPaused()) socket.resume();
         const step = handshake.feed(queue);
         if (step.kind === 'close') return end(step.reason);
         if (step.kind === 'more') return;
@@ -99,7 +102,7 @@ export class NbdServer {
     // Called when a request completes or the socket drains: ends a DISC'd session once idle, or
     // resumes a paused one (the common case, a completion with nothing waiting, costs nothing).
     const onProgress = (): void => {
-      if (!transmission) return;
+      if (!transmission) return pump();
       if (transmission.isDisconnecting) {
         if (transmission.isIdle) socket.end();
       } else if (socket.isPaused() && !transmission.isBusy) pump();
