@@ -147,6 +147,18 @@ export class FileStorage implements Storage {
     });
   }
 
+  writeChunks(offset: number, chunks: readonly Buffer[]): Promise<void> {
+    const total = chunks.reduce((n, c) => n + c.length, 0);
+    return new Promise((resolve, reject) => {
+      fs.writev(this.#fd, chunks as Buffer[], offset, (err, n) => {
+        if (err) return reject(toBlkError(err));
+        if (n === total) return resolve();
+        // A short write (rare: signals, quotas): finish the rest from one joined buffer.
+        this.write(offset + n, Buffer.concat(chunks as Buffer[]).subarray(n)).then(resolve, reject);
+      });
+    });
+  }
+
   flush(): Promise<void> {
     return new Promise((resolve, reject) => {
       fs.fdatasync(this.#fd, (err) => (err ? reject(toBlkError(err)) : resolve()));

@@ -22,6 +22,8 @@ export interface Storage {
   readonly size: number;
   read(offset: number, into: Uint8Array): Promise<void>;
   write(offset: number, data: Uint8Array): Promise<void>;
+  /** Writes consecutive pieces as one write (pwritev), where the store can; saves joining them first. */
+  writeChunks?(offset: number, chunks: readonly Buffer[]): Promise<void>;
   /** Makes every completed write durable (fdatasync). */
   flush(): Promise<void>;
   /** Deallocates a range; it reads as zeroes afterwards. */

@@ -24,6 +24,8 @@ export interface BlockDevice {
   readonly canTrim: boolean;
   read(offset: number, into: Uint8Array): Promise<void>;
   write(offset: number, data: Uint8Array, flags: IoFlags): Promise<void>;
+  /** The same as write() of the joined pieces, without joining them, where the device can. */
+  writeChunks?(offset: number, chunks: readonly Buffer[], flags: IoFlags): Promise<void>;
   zero(offset: number, length: number, flags: IoFlags): Promise<void>;
   trim(offset: number, length: number, flags: IoFlags): Promise<void>;
   flush(): Promise<void>;

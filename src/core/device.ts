@@ -58,6 +58,14 @@ export class Device implements BlockDevice {
     return this.#tracked(offset, data.length, flags, () => this.storage.write(offset, data));
   }
 
+  writeChunks(offset: number, chunks: readonly Buffer[], flags: IoFlags): Promise<void> {
+    const length = chunks.reduce((n, c) => n + c.length, 0);
+    const storage = this.storage;
+    if (!storage.writeChunks) return this.write(offset, Buffer.concat(chunks as Buffer[]), flags);
+    this.#beginWrite('write', offset, length);
+    return this.#tracked(offset, length, flags, () => (storage.writeChunks as NonNullable<Storage['writeChunks']>).call(storage, offset, chunks));
+  }
+
   zero(offset: number, length: number, flags: IoFlags): Promise<void> {
     this.#beginWrite('write zeroes', offset, length);
     const mayTrim = (flags & IoFlag.MayTrim) !== 0;

@@ -46,6 +46,26 @@ export class ByteQueue {
     return out;
   }
 
+  /** True when the first n bytes lie in one received chunk. */
+  isContiguous(n: number): boolean {
+    const first = this.#chunks[0];
+    return first !== undefined && first.length - this.#head >= n;
+  }
+
+  /** Consumes the first n bytes (n <= length) as views of the chunks they arrived in: no copy. */
+  takeChunks(n: number): Buffer[] {
+    const out: Buffer[] = [];
+    let left = n;
+    while (left > 0) {
+      const first = this.#chunks[0] as Buffer;
+      const part = Math.min(first.length - this.#head, left);
+      out.push(first.subarray(this.#head, this.#head + part));
+      this.skip(part);
+      left -= part;
+    }
+    return out;
+  }
+
   /** Drops up to n bytes; returns how many were dropped. */
   skip(n: number): number {
     let left = Math.min(n, this.#length);

@@ -78,7 +78,9 @@ export class Transmission {
         const header = this.#pending;
         if (queue.length < header.length) return { kind: 'more' };
         this.#pending = null;
-        this.#dispatch(header, queue.take(header.length, ioBuffers));
+        // A payload that arrived in several socket chunks goes to the store as they are (pwritev).
+        if (this.#device.writeChunks && !queue.isContiguous(header.length)) this.#dispatch(header, queue.takeChunks(header.length));
+        else this.#dispatch(header, queue.take(header.length, ioBuffers));
         continue;
       }
       if (this.isBusy) return { kind: 'paused' };
@@ -135,7 +137,7 @@ export class Transmission {
     return null;
   }
 
-  #dispatch(h: w.RequestHeader, payload: Buffer | undefined): void {
+  #dispatch(h: w.RequestHeader, payload: Buffer | Buffer[] | undefined): void {
     const error = payload === undefined ? this.#validate(h) : null;
     if (error) return this.#replyError(h, error);
     this.#requestsInFlight++;
@@ -159,13 +161,14 @@ export class Transmission {
   }
 
   /** Runs a validated request; the returned promise settles after its reply is sent. */
-  #run(h: w.RequestHeader, payload: Buffer | undefined): Promise<void> {
+  #run(h: w.RequestHeader, payload: Buffer | Buffer[] | undefined): Promise<void> {
     const device = this.#device;
     const fua = h.flags & w.NBD_CMD_FLAG_FUA ? IoFlag.Fua : IoFlag.None;
     switch (h.type) {
       case w.NBD_CMD_READ:
         return this.#read(h);
       case w.NBD_CMD_WRITE: {
+        if (Array.isArray(payload)) return (device.writeChunks as NonNullable<BlockDevice['writeChunks']>).call(device, h.offset, payload, fua).then(() => this.#replyOk(h));
         const data = payload as Buffer;
         return device.write(h.offset, data, fua).then(
           () => {
