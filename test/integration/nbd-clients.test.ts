@@ -126,6 +126,35 @@ describe('real NBD clients', { skip }, () => {
     assert.ok(fs.readFileSync(back).subarray(0, 64 * MiB).equals(bytes));
   });
 
+  it('TCP only when asked for: --listen serves the same exports', async () => {
+    const file = sparseFile(path.join(tmp.dir, 'tcp-disk'), 8 * MiB);
+    const tcp = await TestDaemon.start(['--listen', '127.0.0.1:0', '--attach', file]);
+    try {
+      const port = /nbd tcp port (\d+)/.exec(tcp.log)?.[1];
+      assert.ok(port, tcp.log);
+      await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x42 0 64k', '-c', 'read -P 0x42 0 64k', `nbd://127.0.0.1:${port}/tcp-disk`]);
+      assert.doesNotMatch(daemon.log, /tcp port/, 'the default daemon has no TCP listener');
+    } finally {
+      await tcp.stop();
+    }
+  });
+
+  it('CACHE, FLUSH and WRITE_ZEROES with FAST_ZERO and NO_HOLE answer success', async () => {
+    const { RawNbd, NBD } = await import('../helpers/raw-nbd.js');
+    const c = await RawNbd.connect(daemon.nbdPath);
+    await c.handshake('disk0');
+    c.request(NBD.CACHE, 0, MiB);
+    assert.equal((await c.simpleReply()).error, 0);
+    c.request(NBD.WRITE_ZEROES, MiB, MiB, 1 << 4 /* FAST_ZERO */);
+    assert.equal((await c.simpleReply()).error, 0);
+    c.request(NBD.WRITE_ZEROES, 3 * MiB, 4096, (1 << 1) | 1 /* NO_HOLE | FUA */);
+    assert.equal((await c.simpleReply()).error, 0);
+    c.request(NBD.FLUSH, 0, 0);
+    assert.equal((await c.simpleReply()).error, 0);
+    c.close();
+    await check('qemu-io', ['-f', 'raw', '-c', `read -P 0 ${MiB} ${MiB}`, uri]);
+  });
+
   it('serves a real block device (loop device)', { skip: missing('losetup') }, async () => {
     const file = sparseFile(path.join(tmp.dir, 'loop-backing'), 32 * MiB);
     const loop = await loopDevice(file);
