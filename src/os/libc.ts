@@ -107,7 +107,7 @@ export function willNeed(fd: number, offset: number, length: number): Promise<vo
  * call it; the caller reads the remainder through the thread pool.
  */
 export function readCached(fd: number, into: Uint8Array, offset: number): number {
-  const n = preadv2Fn(fd, [{ base: into, len: into.length }], 1, offset, RWF_NOWAIT) as number;
+  const n = preadv2Fn(fd, { base: into, len: into.length }, 1, offset, RWF_NOWAIT) as number;
   return n > 0 ? n : 0;
 }
 
