@@ -161,6 +161,12 @@ describe('snapshot take', () => {
       const h = await s.daemon.cli(c, '--help');
       assert.match(h.stdout, new RegExp(`^Usage: blksnap ${c}`), c);
     }
+    // snapshot_add before the take: both devices get images.
+    const added = await s.daemon.json<{ id: string }>('snapshot_create', '--device', 'dev0', '--file', s.dir, '--limit', '64M');
+    assert.equal((await s.daemon.cli('snapshot_add', '--id', added.id, '--device', 'dev1')).code, 0);
+    await s.daemon.json('snapshot_take', '--id', added.id);
+    for (const d of ['dev0', 'dev1']) assert.equal((await s.daemon.cli('snapshot_info', '--device', d, '--field', 'image')).stdout.trim(), s.daemon.uri(`${d}-image`));
+    await s.daemon.json('snapshot_destroy', '--id', added.id);
     const bad = await s.daemon.cli('snapshot_create', '--device', 'dev0', '--file', store, '--limit', '12Q');
     assert.match(bad.stderr, /EINVAL: invalid size '12Q'/);
   });
