@@ -139,6 +139,18 @@ describe('bad input', () => {
     c.close();
   });
 
+  it('detach while a client is connected ends that client\'s session, not the daemon', async () => {
+    const file = sparseFile(path.join(tmp.dir, 'going'), MiB);
+    await daemon.json('attach', '--device', file);
+    const c = await session('going');
+    c.request(NBD.WRITE, 0, 4, 0, Buffer.from('last'));
+    assert.equal((await c.simpleReply()).error, 0);
+    await daemon.json('detach', '--device', 'going');
+    assert.equal(await c.waitClosed(), true);
+    assert.equal(fs.readFileSync(file).subarray(0, 4).toString(), 'last');
+    assert.ok(daemon.isAlive);
+  });
+
   it('an unknown export is refused in the handshake', async () => {
     const c = await RawNbd.connect(daemon.nbdPath);
     await assert.rejects(c.handshake('nope'), /0x80000006/);
