@@ -56,10 +56,16 @@ export class DiffArea {
     const { chunks } = this;
     const first = chunks.first(offset);
     const last = chunks.last(offset, length);
-    const pending: Array<Promise<void>> = [];
+    // In windows of the queue's size: a trim of a whole large device must not create a promise
+    // per chunk at once.
+    let pending: Array<Promise<void>> = [];
     for (let i = first; i <= last; i++) {
       const p = this.#ensureCopied(i);
       if (p) pending.push(p);
+      if (pending.length >= this.#maximumInQueue) {
+        await Promise.all(pending);
+        pending = [];
+      }
     }
     if (pending.length) await Promise.all(pending);
     for (let i = first; i <= last; i++) {

@@ -128,6 +128,26 @@ describe('DiffArea races', () => {
     );
   });
 
+  it('a write over many chunks keeps at most chunk_maximum_in_queue copies under way', async () => {
+    const origin = new JitteryStorage(64 * CHUNK, () => 1);
+    const device = new Device('d', origin);
+    const area = new DiffArea('d', origin, memoryDiff(new MemoryStorage(64 * CHUNK), 64 * CHUNK), health(), { chunkMinimumShift: 12, maximumInQueue: 2 });
+    device.tracker.diffArea = area;
+    let most = 0;
+    let isDone = false;
+    const watch = (async () => {
+      while (!isDone) {
+        most = Math.max(most, area.copiesInFlight);
+        await new Promise((r) => setImmediate(r));
+      }
+    })();
+    await device.trim(0, 64 * CHUNK, IoFlag.None);
+    isDone = true;
+    await watch;
+    assert.ok(most >= 1 && most <= 2, `copies under way at once: ${most}`);
+    assert.ok(area.chunks.state.every((s) => s === 2), 'every chunk kept');
+  });
+
   it('concurrent writers of one chunk share one copy; a full store corrupts once and writes go on', async () => {
     const origin = new JitteryStorage(8 * CHUNK, () => 2);
     origin.bytes.fill(0xaa);
