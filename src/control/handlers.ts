@@ -89,9 +89,7 @@ const deviceHandlers: Record<string, Handler> = {
 
   async [api.DeviceDetach.name](p, ctx) {
     const device = lookup(p, ctx, api.DeviceDetach.name);
-    if (device.tracker.snapshotId !== null) {
-      throw new BlkError('EBUSY', `device ${device.name} belongs to snapshot ${device.tracker.snapshotId}; destroy it first`);
-    }
+    ctx.registry.checkDetachable(device); // before its block device goes away
     const mounted = ctx.blockDevices.mountPoints(device.name);
     if (mounted.length) throw new BlkError('EBUSY', `device ${device.name} is mounted on ${mounted.join(', ')}; unmount it first`);
     await ctx.blockDevices.release(device.name);

@@ -95,11 +95,6 @@ export class DiffStorage {
     return this.#limit;
   }
 
-  /** Bytes given out so far. */
-  get filled(): number {
-    return this.#filled;
-  }
-
   /** Bytes usable now (allocated file size, or the device's usable size). */
   get capacity(): number {
     return this.#capacity;

@@ -47,10 +47,15 @@ export class Registry implements ImagePublisher {
     return device;
   }
 
-  async detach(device: Device): Promise<void> {
+  /** EBUSY while the device belongs to a snapshot. */
+  checkDetachable(device: Device): void {
     if (device.tracker.snapshotId !== null) {
       throw new BlkError('EBUSY', `device ${device.name} belongs to snapshot ${device.tracker.snapshotId}; destroy it first`);
     }
+  }
+
+  async detach(device: Device): Promise<void> {
+    this.checkDetachable(device);
     this.#devices.delete(device.name);
     await device.close();
   }

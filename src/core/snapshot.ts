@@ -98,7 +98,7 @@ export class Snapshot implements SnapshotHealth {
    * CBT maps, start copy-on-write, create the images, then let writes go on. No write of any
    * device is half in, half out, and all devices share one point in time.
    */
-  async take(imageName: (device: Device) => string, beforeSwitch?: (devices: readonly Device[]) => Promise<void>): Promise<void> {
+  async take(imageName: (device: Device) => string): Promise<void> {
     if (this.#phase === 'destroyed') throw new BlkError('ESRCH', `snapshot ${this.id} is destroyed`);
     if (this.#phase !== 'created') throw new BlkError('EALREADY', `snapshot ${this.id} is already taken`);
     if (this.#devices.length === 0) throw new BlkError('EINVAL', `snapshot ${this.id} has no devices`);
@@ -112,7 +112,6 @@ export class Snapshot implements SnapshotHealth {
         held.push(d);
       }));
       await Promise.all(this.#devices.map((d) => d.storage.flush()));
-      await beforeSwitch?.(this.#devices);
       const inQueue = this.options.chunkMaximumInQueue ?? params.chunkMaximumInQueue;
       for (const d of this.#devices) {
         d.tracker.switchCbt();

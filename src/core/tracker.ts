@@ -36,10 +36,6 @@ export class Tracker {
     return this.#writesInFlight;
   }
 
-  get isHeld(): boolean {
-    return this.#held !== null;
-  }
-
   /** Admits a write. Returns a promise only while a take holds the device (the fast path allocates nothing). */
   beginWrite(): Promise<void> | undefined {
     if (this.#held === null) {
