@@ -1,6 +1,6 @@
 // Benchmark: fio (libaio, direct=1) on the kernel block device of a device and of its snapshot image,
 // against the same fio on a loop device bound straight to the backing file. Prints ratios.
-//   node dist/bench/block-device.js      (BENCH_RUNTIME=4 seconds per profile)
+//   node dist/bench/block-device.js      (BENCH_RUNTIME=4 seconds per profile, BENCH_ROUTES=fuse,nbdfuse)
 import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -24,44 +24,61 @@ function fio(device: string, rw: string, bs: string): number {
   return fioMegabytesPerSecond(out).mbps;
 }
 
+/** fio on a device's and on its image's block device, with the daemon using `route`; MB/s per profile. */
+async function measureRoute(dir: string, file: string, route: string): Promise<{ device: number[]; image: number[] }> {
+  const control = path.join(dir, `control-${route}.sock`);
+  const args = [path.join(root, 'bin/blksnapd'), '--control', control, '--nbd', path.join(dir, `nbd-${route}.sock`), '--state-dir', path.join(dir, route), '--loop-via', route];
+  const daemon = spawn(process.execPath, [...args, ...(process.env.BENCH_DAEMON_ARGS ?? '').split(' ').filter(Boolean)], { stdio: 'ignore' });
+  for (let i = 0; i < 500 && !fs.existsSync(control); i++) await new Promise((r) => setTimeout(r, 20));
+  const client = await BlksnapClient.connect(control);
+  try {
+    const device = await client.call(api.DeviceAttach, { path: file, name: 'disk', loop: true });
+    const onDevice = profiles.map((p) => fio(device.blockDevice as string, p.rw, p.bs));
+    const { id } = await client.call(api.SnapshotCreate, { devices: ['disk'], diffStorage: dir, limit: 4 * 2 ** 30 });
+    await client.call(api.SnapshotTake, { id });
+    const image = (await client.call(api.SnapshotGetInfo, { device: 'disk' })).image?.blockDevice as string;
+    const onImage = profiles.map((p) => fio(image, p.rw, p.bs));
+    await client.call(api.SnapshotDestroy, { id });
+    await client.call(api.DeviceDetach, { device: 'disk' });
+    return { device: onDevice, image: onImage };
+  } finally {
+    await client.close();
+    daemon.kill('SIGTERM');
+    await new Promise((r) => daemon.once('exit', r));
+  }
+}
+
 async function main(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blksnap-bench-bdev-'));
   const file = path.join(dir, 'disk.raw');
   fs.writeFileSync(file, Buffer.alloc(0));
   fs.truncateSync(file, 2 ** 30);
   execFileSync('dd', [`if=/dev/urandom`, `of=${file}`, 'bs=1M', 'count=600', 'conv=notrunc', 'status=none']);
-  const control = path.join(dir, 'control.sock');
-  const daemon = spawn(process.execPath, [path.join(root, 'bin/blksnapd'), '--control', control, '--nbd', path.join(dir, 'nbd.sock'), '--state-dir', dir], { stdio: 'ignore' });
-  for (let i = 0; i < 500 && !fs.existsSync(control); i++) await new Promise((r) => setTimeout(r, 20));
-  const client = await BlksnapClient.connect(control);
+  const routes = (process.env.BENCH_ROUTES ?? 'fuse,nbdfuse').split(',');
   const rows: string[] = [];
   try {
     const plain = execFileSync('losetup', ['-f', '--show', file], { encoding: 'utf8' }).trim();
-    const results = new Map<string, number[]>();
+    let plainMbps: number[];
     try {
-      for (const p of profiles) results.set(p.name, [fio(plain, p.rw, p.bs)]);
+      plainMbps = profiles.map((p) => fio(plain, p.rw, p.bs));
     } finally {
       execFileSync('losetup', ['-d', plain]);
     }
-    const device = await client.call(api.DeviceAttach, { path: file, name: 'disk', loop: true });
-    for (const p of profiles) results.get(p.name)?.push(fio(device.blockDevice as string, p.rw, p.bs));
-    const { id } = await client.call(api.SnapshotCreate, { devices: ['disk'], diffStorage: dir, limit: 4 * 2 ** 30 });
-    await client.call(api.SnapshotTake, { id });
-    const image = (await client.call(api.SnapshotGetInfo, { device: 'disk' })).image?.blockDevice as string;
-    for (const p of profiles) results.get(p.name)?.push(fio(image, p.rw, p.bs));
-    await client.call(api.SnapshotDestroy, { id });
-    await client.call(api.DeviceDetach, { device: 'disk' });
-    rows.push(`# fio libaio direct=1 depth 16, ${runtime}s per profile, 1 GiB file; device and image are /dev/loopN over nbdfuse over blksnapd's NBD`);
-    rows.push(`${'profile'.padEnd(22)}${'plain loop'.padStart(12)}${'device'.padStart(12)}${'ratio'.padStart(8)}${'image'.padStart(12)}${'ratio'.padStart(8)}`);
-    for (const p of profiles) {
-      const [plainMbps, deviceMbps, imageMbps] = results.get(p.name) as number[];
-      const f = (x: number | undefined) => `${(x ?? 0).toFixed(0)} MB/s`.padStart(12);
-      rows.push(`${p.name.padEnd(22)}${f(plainMbps)}${f(deviceMbps)}${`${((deviceMbps ?? 0) / (plainMbps ?? 1)).toFixed(2)}×`.padStart(8)}${f(imageMbps)}${`${((imageMbps ?? 0) / (plainMbps ?? 1)).toFixed(2)}×`.padStart(8)}`);
-    }
+    const measured = new Map<string, { device: number[]; image: number[] }>();
+    for (const route of routes) measured.set(route, await measureRoute(dir, file, route));
+    rows.push(`# fio libaio direct=1 depth 16, ${runtime}s per profile, 1 GiB file; ratios to a plain (buffered) loop device on the same file`);
+    rows.push(`# routes: fuse = /dev/loopN over blksnapd's own FUSE file; nbdfuse = /dev/loopN over nbdfuse over blksnapd's NBD`);
+    const f = (x: number | undefined) => `${(x ?? 0).toFixed(0)}`.padStart(8);
+    const ratio = (x: number | undefined, base: number | undefined) => `${((x ?? 0) / (base ?? 1)).toFixed(2)}×`.padStart(7);
+    rows.push(`${'MB/s'.padEnd(20)}${'plain'.padStart(8)}${routes.map((r) => `${`${r} dev`.padStart(15)}${`${r} img`.padStart(15)}`).join('')}`);
+    profiles.forEach((p, i) => {
+      const cells = routes.map((r) => {
+        const m = measured.get(r);
+        return `${f(m?.device[i])}${ratio(m?.device[i], plainMbps[i])}${f(m?.image[i])}${ratio(m?.image[i], plainMbps[i])}`;
+      });
+      rows.push(`${p.name.padEnd(20)}${f(plainMbps[i])}${cells.join('')}`);
+    });
   } finally {
-    await client.close();
-    daemon.kill('SIGTERM');
-    await new Promise((r) => daemon.once('exit', r));
     fs.rmSync(dir, { recursive: true, force: true });
   }
   console.log(rows.join('\n'));

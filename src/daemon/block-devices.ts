@@ -1,21 +1,37 @@
 // Owns the daemon's kernel block devices: which export has which /dev/loopN, saved so a crashed daemon's are cleaned.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { exposeLoopDevice, mountPointsOf, releaseLoopDevice, type LoopRecord } from '../frontends/fuse-loop/loop-device.js';
+import type { BlockDevice } from '../core/block-device.js';
+import { BlkError } from '../errors.js';
+import { FuseExport } from '../frontends/fuse/fuse-export.js';
+import { bindLoop, exposeThroughNbdfuse, mountPointsOf, releaseLoopDevice, unbindLoop, type LoopRecord } from '../frontends/fuse-loop/loop-device.js';
 import type { Log } from './log.js';
+
+/** How a device becomes a FUSE file for its loop device: the daemon's own FUSE server, or nbdfuse over NBD. */
+export type LoopRoute = 'fuse' | 'nbdfuse';
+
+export interface BlockDevicesOptions {
+  stateDir: string;
+  nbdSocket: string;
+  route: LoopRoute;
+  /** The exports the in-daemon FUSE route serves. */
+  lookupExport: (name: string) => BlockDevice | undefined;
+  log: Log;
+}
 
 export class BlockDevices {
   #records = new Map<string, LoopRecord>();
+  #fuseExports = new Map<string, FuseExport>();
   #recordFile: string;
   #fuseDir: string;
-  #nbdSocket: string;
+  #options: BlockDevicesOptions;
   #log: Log;
 
-  constructor(stateDir: string, nbdSocket: string, log: Log) {
-    this.#recordFile = path.join(stateDir, 'block-devices.json');
-    this.#fuseDir = path.join(stateDir, 'fuse');
-    this.#nbdSocket = nbdSocket;
-    this.#log = log;
+  constructor(options: BlockDevicesOptions) {
+    this.#options = options;
+    this.#recordFile = path.join(options.stateDir, 'block-devices.json');
+    this.#fuseDir = path.join(options.stateDir, 'fuse');
+    this.#log = options.log;
   }
 
   /** The block device of an export, if it has one. */
@@ -32,7 +48,8 @@ export class BlockDevices {
   async expose(exportName: string): Promise<string> {
     const existing = this.get(exportName);
     if (existing) return existing;
-    const record = await exposeLoopDevice(exportName, this.#nbdSocket, path.join(this.#fuseDir, exportName));
+    const mountpoint = path.join(this.#fuseDir, exportName);
+    const record = this.#options.route === 'nbdfuse' ? await exposeThroughNbdfuse(exportName, this.#options.nbdSocket, mountpoint) : await this.#exposeThroughFuse(exportName, mountpoint);
     this.#records.set(exportName, record);
     this.#save();
     this.#log(`${exportName} is block device ${record.loop}`);
@@ -42,7 +59,14 @@ export class BlockDevices {
   async release(exportName: string): Promise<void> {
     const record = this.#records.get(exportName);
     if (!record) return;
-    await releaseLoopDevice(record);
+    const fuse = this.#fuseExports.get(exportName);
+    if (fuse) {
+      await unbindLoop(record);
+      await fuse.unmount();
+      this.#fuseExports.delete(exportName);
+    } else {
+      await releaseLoopDevice(record);
+    }
     this.#records.delete(exportName);
     this.#save();
     this.#log(`released block device ${record.loop} of ${exportName}`);
@@ -50,6 +74,20 @@ export class BlockDevices {
 
   async releaseAll(): Promise<void> {
     for (const name of [...this.#records.keys()]) await this.release(name);
+  }
+
+  async #exposeThroughFuse(exportName: string, mountpoint: string): Promise<LoopRecord> {
+    const device = this.#options.lookupExport(exportName);
+    if (!device) throw new BlkError('ENOENT', `no export named ${exportName}`);
+    const fuse = FuseExport.mount(device, mountpoint, { log: this.#log });
+    try {
+      const loop = await bindLoop(fuse.file);
+      this.#fuseExports.set(exportName, fuse);
+      return { exportName, mountpoint, loop, pid: process.pid };
+    } catch (e) {
+      await fuse.unmount();
+      throw e;
+    }
   }
 
   /** Releases the loop devices, FUSE mounts and nbdfuse processes a crashed daemon left behind. */

@@ -1,6 +1,7 @@
 // Owns the daemon's command line and defaults: where the sockets and the state live, what to attach at start.
 import * as path from 'node:path';
 import { defaultRuntimeDir } from '../control/paths.js';
+import type { LoopRoute } from './block-devices.js';
 
 export interface DaemonConfig {
   controlPath: string;
@@ -12,6 +13,8 @@ export interface DaemonConfig {
   syncWriteMaximum: number;
   /** Every attached device also gets a kernel block device. */
   loopAll: boolean;
+  /** How kernel block devices reach the devices. */
+  loopRoute: LoopRoute;
 }
 
 export const DAEMON_HELP = `Usage: blksnapd [options]
@@ -26,7 +29,11 @@ Options:
   --state-dir DIR      where the daemon keeps its state: pid file (default: $RUNTIME)
   --attach PATH[=NAME] attach a file or block device at start; may be repeated
   --loop               give every attached device (and its snapshot images) a Linux block
-                       device /dev/loopN (nbdfuse + losetup), as attach --loop does
+                       device /dev/loopN, as attach --loop does
+  --loop-via fuse|nbdfuse
+                       how /dev/loopN reaches a device: fuse (default) serves the loop
+                       device's file from the daemon's own FUSE server; nbdfuse runs
+                       Debian's nbdfuse over the daemon's NBD export (one hop more)
   --cached-read-max BYTES
                        reads up to this size are first served from the page cache on the
                        event loop (preadv2 RWF_NOWAIT: never waits for a disk) (default 1048576)
@@ -50,6 +57,7 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
     cachedReadMaximum: 1024 * 1024,
     syncWriteMaximum: 64 * 1024,
     loopAll: false,
+    loopRoute: 'fuse',
   };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i] as string;
@@ -67,6 +75,12 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
       case '--loop':
         config.loopAll = true;
         break;
+      case '--loop-via': {
+        const v = value();
+        if (v !== 'fuse' && v !== 'nbdfuse') throw new Error(`--loop-via takes fuse or nbdfuse, not '${v}'`);
+        config.loopRoute = v;
+        break;
+      }
       case '--attach': {
         const v = value();
         const eq = v.lastIndexOf('=');

@@ -34,7 +34,13 @@ export class Daemon {
       log,
       ...(config.listen === undefined ? {} : { listen: config.listen }),
     });
-    this.blockDevices = new BlockDevices(config.stateDir, config.nbdPath, log);
+    this.blockDevices = new BlockDevices({
+      stateDir: config.stateDir,
+      nbdSocket: config.nbdPath,
+      route: config.loopRoute,
+      lookupExport: (name) => this.registry.lookupExport(name),
+      log,
+    });
     this.context = {
       registry: this.registry,
       exportUri: (name) => `nbd+unix:///${encodeURIComponent(name)}?socket=${config.nbdPath}`,

@@ -157,3 +157,37 @@ const SO_SNDBUFFORCE = 32;
 export function raiseSendBuffer(fd: number, bytes: number): boolean {
   return setsockoptFn(fd, SOL_SOCKET, SO_SNDBUFFORCE, [bytes], 4) === 0 || setsockoptFn(fd, SOL_SOCKET, SO_SNDBUF, [bytes], 4) === 0;
 }
+
+const mountFn = libc.func('int mount(const char *source, const char *target, const char *type, unsigned long flags, const char *data)');
+const umount2Fn = libc.func('int umount2(const char *target, int flags)');
+const readFn = libc.func('int64_t read(int fd, void *buf, size_t count)');
+koffi.struct('pollfd', { fd: 'int', events: 'short', revents: 'short' });
+const pollFn = libc.func('int poll(_Inout_ pollfd *fds, unsigned long nfds, int timeout)');
+
+const MS_NOSUID = 2;
+const MS_NODEV = 4;
+const MS_NOATIME = 1024;
+const MNT_DETACH = 2;
+const POLLIN = 1;
+
+/** mount(2) of a FUSE filesystem served through the /dev/fuse descriptor named in `data`. */
+export function mountFuse(target: string, type: string, data: string): void {
+  if (mountFn('blksnapd', target, type, MS_NOSUID | MS_NODEV | MS_NOATIME, data) !== 0) throw fail('mount', `of ${type} on ${target}`);
+}
+
+/** Lazy unmount (MNT_DETACH): gone from the namespace now, released when its last user closes. */
+export function unmountLazy(target: string): void {
+  if (umount2Fn(target, MNT_DETACH) !== 0) throw fail('umount2', target);
+}
+
+/** read(2) into `into`: the byte count, or minus the errno. Blocking or not as the descriptor is. */
+export function readRaw(fd: number, into: Uint8Array): number {
+  const n = Number(readFn(fd, into, into.length));
+  return n >= 0 ? n : -koffi.errno();
+}
+
+/** Waits up to `timeoutMs` for `fd` to be readable; false on timeout. */
+export function waitReadable(fd: number, timeoutMs: number): boolean {
+  const fds = [{ fd, events: POLLIN, revents: 0 }];
+  return (pollFn(fds, 1, timeoutMs) as number) > 0;
+}

@@ -29,11 +29,11 @@ const isAlive = (pid: number) => {
   }
 };
 
-describe('kernel block device life', { skip }, () => {
+for (const route of ['fuse', 'nbdfuse']) describe(`kernel block device life (--loop-via ${route})`, { skip }, () => {
   it('SIGTERM releases loop devices, FUSE mounts and nbdfuse', async () => {
     const tmp = tempDir();
     try {
-      const daemon = await TestDaemon.start(['--loop', '--attach', sparseFile(path.join(tmp.dir, 'd'), 16 << 20)]);
+      const daemon = await TestDaemon.start(['--loop-via', route, '--loop', '--attach', sparseFile(path.join(tmp.dir, 'd'), 16 << 20)]);
       const info = await daemon.json<{ devices: Array<{ blockDevice: string }> }>('list');
       assert.match(info.devices[0]?.blockDevice ?? '', /^\/dev\/loop/);
       assert.equal(loopsUnder(daemon.dir).length, 1);
@@ -51,8 +51,9 @@ describe('kernel block device life', { skip }, () => {
   it('what a crashed daemon left is cleaned at the next start', async () => {
     const tmp = tempDir();
     const stateDir = path.join(tmp.dir, 'state');
-    const args = [blksnapd, '--state-dir', stateDir, '--control', path.join(stateDir, 'c.sock'), '--nbd', path.join(stateDir, 'n.sock'), '--loop', '--attach', sparseFile(path.join(tmp.dir, 'd'), 16 << 20)];
+    const args = [blksnapd, '--state-dir', stateDir, '--control', path.join(stateDir, 'c.sock'), '--nbd', path.join(stateDir, 'n.sock'), '--loop-via', route, '--loop', '--attach', sparseFile(path.join(tmp.dir, 'd'), 16 << 20)];
     let pids: number[] = [];
+    let second: TestDaemon | undefined;
     try {
       const first = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
       let log = '';
@@ -63,13 +64,13 @@ describe('kernel block device life', { skip }, () => {
       first.kill('SIGKILL');
       await new Promise((r) => first.once('exit', r));
       assert.equal(loopsUnder(stateDir).length, 1, 'the crash left a loop device behind');
-      const second = await TestDaemon.start(['--state-dir', stateDir, '--control', path.join(stateDir, 'c.sock'), '--nbd', path.join(stateDir, 'n.sock')]);
+      second = await TestDaemon.start(['--state-dir', stateDir, '--control', path.join(stateDir, 'c.sock'), '--nbd', path.join(stateDir, 'n.sock')]);
       assert.match(second.log, /cleaning block device \/dev\/loop\d+ of d left by an earlier daemon/);
       assert.deepEqual(loopsUnder(stateDir), []);
       assert.deepEqual(fuseMountsUnder(stateDir), []);
       for (const pid of pids) assert.equal(isAlive(pid), false);
-      await second.stop();
     } finally {
+      await second?.stop();
       for (const l of loopsUnder(stateDir)) await run('losetup', ['-d', `/dev/${l}`]);
       for (const pid of pids) if (isAlive(pid)) process.kill(pid, 'SIGKILL');
       tmp.remove();

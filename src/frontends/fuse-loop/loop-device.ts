@@ -1,15 +1,16 @@
-// Owns exposing an NBD export as a Linux block device: nbdfuse makes it a file, losetup binds /dev/loopN to it.
+// Owns binding loop devices to FUSE files, and the nbdfuse route: nbdfuse makes an NBD export a file, losetup binds /dev/loopN to it.
 import { execFile, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BlkError } from '../../errors.js';
+import { unmountLazy } from '../../os/libc.js';
 
 /** Everything needed to release a kernel block device, also after a crash (it is saved to disk). */
 export interface LoopRecord {
   exportName: string;
   mountpoint: string;
   loop: string;
-  /** nbdfuse's process id. */
+  /** The FUSE server's process id: nbdfuse's, or the daemon's own for its in-daemon FUSE. */
   pid: number;
 }
 
@@ -36,23 +37,34 @@ export function deviceNumber(blockDevice: string): string {
   return `${Math.floor(st.rdev / 256) & 0xfff}:${(st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00)}`;
 }
 
-/** Mount points of filesystems mounted from a block device (from /proc/self/mountinfo). */
-export function mountPointsOf(blockDevice: string): string[] {
-  const number = deviceNumber(blockDevice);
+/** Mounts as [device number, mount point] (from /proc/self/mountinfo). */
+function mounts(): Array<[string, string]> {
   const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
   return fs
     .readFileSync('/proc/self/mountinfo', 'utf8')
     .split('\n')
     .map((line) => line.split(' '))
-    .filter((f) => f[2] === number && f[4] !== undefined)
-    .map((f) => unescape(f[4] as string));
+    .filter((f) => f[2] !== undefined && f[4] !== undefined)
+    .map((f) => [f[2] as string, unescape(f[4] as string)]);
+}
+
+/** Mount points of filesystems mounted from a block device. */
+export function mountPointsOf(blockDevice: string): string[] {
+  const number = deviceNumber(blockDevice);
+  return mounts()
+    .filter(([device]) => device === number)
+    .map(([, mountPoint]) => mountPoint);
+}
+
+function isMountPoint(dir: string): boolean {
+  return mounts().some(([, mountPoint]) => mountPoint === dir);
 }
 
 /**
  * Makes export `exportName` of the NBD server at `nbdSocket` a block device: nbdfuse serves it as
  * the file `mountpoint/disk`, and a free loop device is bound to that file.
  */
-export async function exposeLoopDevice(exportName: string, nbdSocket: string, mountpoint: string): Promise<LoopRecord> {
+export async function exposeThroughNbdfuse(exportName: string, nbdSocket: string, mountpoint: string): Promise<LoopRecord> {
   fs.mkdirSync(mountpoint, { recursive: true, mode: 0o700 });
   const pidFile = `${mountpoint}.pid`;
   fs.rmSync(pidFile, { force: true });
@@ -66,15 +78,12 @@ export async function exposeLoopDevice(exportName: string, nbdSocket: string, mo
     if (child.exitCode !== null) throw new BlkError('EIO', `nbdfuse exited: ${stderr.trim()}`);
     const pid = child.pid as number;
     child.unref();
-    // Direct I/O skips a second page cache of the FUSE file: 2.5× the sequential write speed here
-    // (bench/block-device.ts); a kernel that refuses it for the file gets buffered I/O.
-    let r = await run('losetup', ['-f', '--show', '--direct-io=on', path.join(mountpoint, 'disk')]);
-    if (r.code !== 0) r = await run('losetup', ['-f', '--show', path.join(mountpoint, 'disk')]);
-    if (r.code !== 0) {
+    try {
+      return { exportName, mountpoint, loop: await bindLoop(path.join(mountpoint, 'disk')), pid };
+    } catch (e) {
       await releaseLoopDevice({ exportName, mountpoint, loop: '', pid });
-      throw new BlkError('EIO', `losetup failed: ${r.stderr.trim()}`);
+      throw e;
     }
-    return { exportName, mountpoint, loop: r.stdout.trim(), pid };
   } catch (e) {
     if (child.exitCode === null) child.kill('SIGKILL');
     fs.rmSync(pidFile, { force: true });
@@ -82,11 +91,30 @@ export async function exposeLoopDevice(exportName: string, nbdSocket: string, mo
   }
 }
 
+/** Binds a free loop device to `file`; its name (/dev/loopN). */
+export async function bindLoop(file: string): Promise<string> {
+  // Direct I/O skips a second page cache of the FUSE file: 2.5× the sequential write speed here
+  // (bench/block-device.ts); a kernel that refuses it for the file gets buffered I/O.
+  let r = await run('losetup', ['-f', '--show', '--direct-io=on', file]);
+  if (r.code !== 0) r = await run('losetup', ['-f', '--show', file]);
+  if (r.code !== 0) throw new BlkError('EIO', `losetup of ${file} failed: ${r.stderr.trim()}`);
+  return r.stdout.trim();
+}
+
+/**
+ * Detaches the record's loop device if it is still bound to our file. A loop device in use (a
+ * mounted filesystem) is detached by the kernel when its last user lets go (autoclear).
+ */
+export async function unbindLoop(record: LoopRecord): Promise<void> {
+  if (record.loop && isOurLoop(record)) await run('losetup', ['-d', record.loop]);
+}
+
 /** Releases what exposeLoopDevice made, as far as it still exists; safe to call twice. */
 export async function releaseLoopDevice(record: LoopRecord): Promise<void> {
-  if (record.loop && isOurLoop(record)) await run('losetup', ['-d', record.loop]);
-  // Lazy: a filesystem still mounted from the loop device keeps the FUSE file busy.
-  if (fs.existsSync(record.mountpoint)) await run('fusermount3', ['-u', '-z', record.mountpoint]);
+  await unbindLoop(record);
+  // Lazy: a filesystem still mounted from the loop device keeps the FUSE file busy. Not
+  // existsSync: the mount point of a dead FUSE server fails stat (ENOTCONN) yet is mounted.
+  if (isMountPoint(record.mountpoint)) unmountLazy(record.mountpoint);
   if (isNbdfuse(record.pid)) {
     process.kill(record.pid, 'SIGTERM');
     await waitFor('nbdfuse to exit', () => !isNbdfuse(record.pid), 5000).catch(() => process.kill(record.pid, 'SIGKILL'));

@@ -1,0 +1,103 @@
+// The in-daemon FUSE front end: the file behind /dev/loopN, used directly and through the loop
+// device, agrees byte for byte with NBD; its edges (end of device, size changes, holes) behave as a
+// file's; fio's verify over many requests in flight finds no torn or misplaced block.
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { TestDaemon } from '../helpers/daemon.js';
+import { NbdClient } from '../helpers/nbd-client.js';
+import { check, missing, sparseFile, tempDir } from '../helpers/tools.js';
+
+const SIZE = 16 << 20;
+const skip = missing('losetup', 'fio', 'fallocate', 'blkdiscard');
+
+describe('in-daemon FUSE front end', { skip }, () => {
+  let tmp: ReturnType<typeof tempDir>;
+  let daemon: TestDaemon;
+  let nbd: NbdClient;
+  let loop = '';
+  let file = '';
+
+  before(async () => {
+    tmp = tempDir();
+    daemon = await TestDaemon.start(['--loop-via', 'fuse']);
+    const attached = await daemon.json<{ blockDevice: string }>('attach', '--device', sparseFile(path.join(tmp.dir, 'disk'), SIZE), '--name', 'disk', '--loop');
+    loop = attached.blockDevice;
+    file = path.join(daemon.dir, 'fuse', 'disk', 'disk');
+    nbd = await NbdClient.connect(daemon.nbdPath, 'disk');
+  });
+
+  after(async () => {
+    nbd?.close();
+    await daemon?.stop();
+    tmp?.remove();
+  });
+
+  it('is a directory holding one file of the device size', () => {
+    assert.deepEqual(fs.readdirSync(path.dirname(file)), ['disk']);
+    const st = fs.statSync(file);
+    assert.ok(st.isFile());
+    assert.equal(st.size, SIZE);
+    assert.match(loop, /^\/dev\/loop\d+$/);
+    assert.equal(Number(fs.readFileSync(`/sys/block/${path.basename(loop)}/size`, 'utf8')) * 512, SIZE);
+  });
+
+  it('unaligned writes to the file are seen over NBD, and NBD writes in the file', async () => {
+    const fd = fs.openSync(file, 'r+');
+    try {
+      const a = randomBytes(777);
+      fs.writeSync(fd, a, 0, a.length, 12_345);
+      assert.deepEqual(await nbd.pread(12_345, a.length), a);
+      const b = randomBytes(3000);
+      await nbd.pwrite(SIZE - 5000, b);
+      const back = Buffer.alloc(b.length);
+      assert.equal(fs.readSync(fd, back, 0, back.length, SIZE - 5000), b.length);
+      assert.deepEqual(back, b);
+    } finally {
+      fs.closeSync(fd);
+    }
+  });
+
+  it('reads at the end are short; writes past it fail with EFBIG; the size cannot change', () => {
+    const fd = fs.openSync(file, 'r+');
+    try {
+      const tail = Buffer.alloc(4096);
+      assert.equal(fs.readSync(fd, tail, 0, 4096, SIZE - 100), 100);
+      assert.equal(fs.readSync(fd, tail, 0, 4096, SIZE), 0);
+      assert.throws(() => fs.writeSync(fd, Buffer.alloc(200), 0, 200, SIZE - 100), { code: 'EFBIG' });
+      assert.throws(() => fs.ftruncateSync(fd, SIZE / 2), { code: 'EPERM' });
+      fs.ftruncateSync(fd, SIZE); // the same size is no change
+    } finally {
+      fs.closeSync(fd);
+    }
+  });
+
+  it('direct 1 MiB writes through the loop device land where NBD reads them', async () => {
+    const data = randomBytes(3 << 20);
+    const source = path.join(tmp.dir, 'source');
+    fs.writeFileSync(source, data);
+    await check('dd', [`if=${source}`, `of=${loop}`, 'bs=1M', 'seek=5', 'oflag=direct', 'status=none']);
+    assert.ok((await nbd.pread(5 << 20, data.length)).equals(data));
+    await check('dd', [`if=${loop}`, `of=${source}.back`, 'bs=1M', 'skip=5', 'count=3', 'iflag=direct', 'status=none']);
+    assert.ok(fs.readFileSync(`${source}.back`).equals(data));
+  });
+
+  it('a punched hole and a discard of the loop device read as zeroes', async () => {
+    await nbd.pwrite(1 << 20, Buffer.alloc(256 << 10, 0xaa));
+    await check('fallocate', ['-p', '-o', String(1 << 20), '-l', String(64 << 10), file]);
+    const after1 = await nbd.pread(1 << 20, 256 << 10);
+    assert.ok(after1.subarray(0, 64 << 10).equals(Buffer.alloc(64 << 10)));
+    assert.ok(after1.subarray(64 << 10).equals(Buffer.alloc(192 << 10, 0xaa)));
+    await check('blkdiscard', ['-o', String((1 << 20) + (128 << 10)), '-l', String(128 << 10), loop]);
+    assert.ok((await nbd.pread((1 << 20) + (128 << 10), 128 << 10)).equals(Buffer.alloc(128 << 10)));
+  });
+
+  it('fio verify: 4 KiB random writes at depth 32 through the loop device read back intact', async () => {
+    const common = ['--name=v', `--filename=${loop}`, '--ioengine=libaio', '--direct=1', '--bs=4k', '--iodepth=32', '--size=8m', '--offset=8m', '--verify=crc32c', '--verify_fatal=1'];
+    await check('fio', [...common, '--rw=randwrite', '--do_verify=0', '--output-format=terse'], { timeoutMs: 120_000 });
+    const out = await check('fio', [...common, '--rw=randwrite', '--verify_only=1', '--output-format=terse'], { timeoutMs: 120_000 });
+    assert.doesNotMatch(out, /verify|bad/i);
+  });
+});
