@@ -2,6 +2,7 @@
 import * as fs from 'node:fs';
 import { BlkError, toBlkError } from '../errors.js';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate, lockExclusive, readCached, seekData, seekHole, sizeOfBlockDevice, willNeed } from '../os/libc.js';
+import { writeback } from '../os/writeback.js';
 import type { Extent, Storage } from './storage.js';
 
 export interface FileStorageOptions {
@@ -13,8 +14,9 @@ export interface FileStorageOptions {
    */
   cachedReadMaximum?: number;
   /**
-   * Writes up to this many bytes use a synchronous pwrite on the event loop (page-cache writes take
-   * microseconds; buffered writes cannot be made non-blocking). 0 sends every write to the pool.
+   * Writes up to this many bytes use a synchronous pwrite on the event loop while the kernel is far
+   * from throttling writers (os/writeback.ts): a page-cache write is then a memory copy, and
+   * buffered writes cannot be made non-blocking otherwise. 0 sends every write to the pool.
    */
   syncWriteMaximum?: number;
 }
@@ -126,10 +128,14 @@ export class FileStorage implements Storage {
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {
-    if (data.length <= this.#syncWriteMaximum) {
+    // On the event loop only while the kernel is far from throttling writers (os/writeback.ts):
+    // then it is a memory copy, and doing it here beats the thread-pool hop (docs/performance.md).
+    if (data.length <= this.#syncWriteMaximum && writeback.allowsSyncWrite) {
       try {
+        const started = performance.now();
         let done = 0;
         while (done < data.length) done += fs.writeSync(this.#fd, data, done, data.length - done, offset + done);
+        writeback.noteSyncWrite(performance.now() - started);
         return Promise.resolve();
       } catch (e) {
         return Promise.reject(toBlkError(e));
@@ -149,6 +155,17 @@ export class FileStorage implements Storage {
 
   writeChunks(offset: number, chunks: readonly Buffer[]): Promise<void> {
     const total = chunks.reduce((n, c) => n + c.length, 0);
+    if (total <= this.#syncWriteMaximum && writeback.allowsSyncWrite) {
+      try {
+        const started = performance.now();
+        const n = fs.writevSync(this.#fd, chunks as Buffer[], offset);
+        writeback.noteSyncWrite(performance.now() - started);
+        if (n === total) return Promise.resolve();
+        return this.write(offset + n, Buffer.concat(chunks as Buffer[]).subarray(n));
+      } catch (e) {
+        return Promise.reject(toBlkError(e));
+      }
+    }
     return new Promise((resolve, reject) => {
       fs.writev(this.#fd, chunks as Buffer[], offset, (err, n) => {
         if (err) return reject(toBlkError(err));

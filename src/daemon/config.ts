@@ -38,8 +38,10 @@ Options:
                        reads up to this size are first served from the page cache on the
                        event loop (preadv2 RWF_NOWAIT: never waits for a disk) (default 1048576)
   --sync-write-max BYTES
-                       writes up to this size use a synchronous pwrite instead of the thread
-                       pool (default 65536; 0 turns it off; see docs/performance.md)
+                       writes up to this size use a synchronous pwrite on the event loop
+                       instead of the thread pool, while the kernel's dirty pages stay far
+                       below the point where it throttles writers (default 1048576; 0 turns
+                       it off; see docs/performance.md)
   --help               this text
 
 $RUNTIME is $BLKSNAP_RUNTIME_DIR, else /run/blksnap for root, else $XDG_RUNTIME_DIR/blksnap.
@@ -55,7 +57,7 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
     stateDir: runtime,
     attach: [],
     cachedReadMaximum: 1024 * 1024,
-    syncWriteMaximum: 64 * 1024,
+    syncWriteMaximum: 1024 * 1024,
     loopAll: false,
     loopRoute: 'fuse',
   };

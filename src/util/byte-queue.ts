@@ -27,16 +27,26 @@ export class ByteQueue {
     const first = this.#chunks[0];
     if (first && first.length - this.#head >= n) return first.subarray(this.#head, this.#head + n);
     const out = pool ? pool.acquire(n) : Buffer.allocUnsafe(n);
+    this.#copyOut(out, n);
+    return out;
+  }
+
+  /** Consumes the first n bytes (n <= length), copying them to the start of `into`. */
+  takeInto(into: Buffer, n: number): void {
+    this.#copyOut(into, n);
+    this.skip(n);
+  }
+
+  #copyOut(out: Buffer, n: number): void {
     let filled = 0;
     let head = this.#head;
     for (const chunk of this.#chunks) {
+      if (filled === n) break;
       const part = Math.min(chunk.length - head, n - filled);
       chunk.copy(out, filled, head, head + part);
       filled += part;
       head = 0;
-      if (filled === n) break;
     }
-    return out;
   }
 
   /** Consumes and returns the first n bytes (n <= length). */

@@ -5,7 +5,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { TestDaemon } from '../helpers/daemon.js';
-import { ERR, NBD, RawNbd } from '../helpers/raw-nbd.js';
+import { encodeRequest, ERR, NBD, RawNbd } from '../helpers/raw-nbd.js';
 import { check, missing, sparseFile, tempDir } from '../helpers/tools.js';
 
 const MiB = 1024 * 1024;
@@ -65,6 +65,37 @@ describe('bad input', () => {
     assert.equal(fs.readFileSync(path.join(tmp.dir, 'rw')).subarray(0, 8).every((b) => b === 0), true, 'nothing of the refused writes landed');
     c.request(NBD.DISC, 0, 0);
     assert.equal(await c.waitClosed(), true);
+  });
+
+  it('large write payloads in odd pieces, pipelined, land intact; a client gone mid-payload harms nothing', async () => {
+    const c = await session('rw');
+    // Three large writes sent as one stream cut at awkward places:
+    // inside headers, inside payloads, and across request boundaries.
+    const payloads = [Buffer.alloc(MiB, 0x11), Buffer.alloc(MiB - 512, 0x22), Buffer.alloc(256 * 1024 + 7, 0x33)];
+    const offsets = [0, MiB, 2 * MiB + 512];
+    const stream = Buffer.concat(payloads.flatMap((p, i) => [encodeRequest(NBD.WRITE, 0, BigInt(100 + i), offsets[i] as number, p.length), p]));
+    for (let at = 0, step = 1; at < stream.length; at += step, step = (step * 7919) % 262_139 || 1) {
+      c.write(stream.subarray(at, at + step));
+      if (step % 3 === 0) await new Promise((r) => setImmediate(r));
+    }
+    for (let i = 0; i < 3; i++) assert.equal((await c.simpleReply()).error, 0);
+    c.request(NBD.READ, MiB - 8, 16);
+    const r = await c.simpleReply(16);
+    assert.deepEqual(r.data, Buffer.concat([Buffer.alloc(8, 0x11), Buffer.alloc(8, 0x22)]));
+    const file = fs.readFileSync(path.join(tmp.dir, 'rw'));
+    payloads.forEach((p, i) => assert.ok(file.subarray(offsets[i], (offsets[i] as number) + p.length).equals(p), `write ${i} intact`));
+    // Half a payload, then the client goes: nothing of it lands, the daemon serves the next one.
+    const gone = await session('rw');
+    gone.write(encodeRequest(NBD.WRITE, 0, 1n, 3 * MiB, MiB));
+    gone.write(Buffer.alloc(MiB / 2, 0x44));
+    await new Promise((r) => setTimeout(r, 50));
+    gone.close();
+    assert.equal(await gone.waitClosed(), true);
+    const next = await session('rw');
+    next.request(NBD.READ, 3 * MiB, 8);
+    assert.deepEqual((await next.simpleReply(8)).data, Buffer.alloc(8));
+    next.close();
+    c.close();
   });
 
   it('write, trim and zero on a read-only export get EPERM', async () => {

@@ -118,11 +118,15 @@ describe('filesystems on kernel block devices', { skip }, () => {
     await client.call(api.SnapshotTake, { id });
     const after = writeFiles(dir, 'overflow', 16, MiB);
     await run('sync', []);
+    // no_space events (one per refused growth) may come first, as many as the writes raced.
     let corrupted: api.SnapshotEventResult | undefined;
-    for (let i = 0; i < 20 && !corrupted; i++) {
+    const seen: string[] = [];
+    for (const deadline = Date.now() + 10_000; !corrupted && Date.now() < deadline; ) {
       const e = await client.call(api.SnapshotWaitEvent, { id, timeoutMs: 500 });
+      seen.push(e.code);
       if (e.code === 'corrupted') corrupted = e;
     }
+    assert.ok(corrupted, `events seen: ${seen.join(' ')}`);
     assert.deepEqual(corrupted?.data, { device: 'flow-ext4', errorCode: -28 });
     const r = await run('dd', [`if=${await imageBlockDevice('flow-ext4')}`, 'of=/dev/null', 'bs=64k', 'count=16', 'iflag=direct']);
     assert.notEqual(r.code, 0, 'image reads fail with EIO');

@@ -54,7 +54,7 @@ export class FuseExport {
     fs.mkdirSync(mountpoint, { recursive: true, mode: 0o700 });
     const fd = fs.openSync('/dev/fuse', fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
     try {
-      const data = `fd=${fd},rootmode=${(S_IFDIR | 0o755).toString(8)},user_id=0,group_id=0,allow_other`;
+      const data = `fd=${fd},rootmode=${(S_IFDIR | 0o755).toString(8)},user_id=0,group_id=0,allow_other,default_permissions`;
       mountFuse(mountpoint, 'fuse.blksnapd', data);
     } catch (e) {
       fs.closeSync(fd);

@@ -3,13 +3,14 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { raiseSendBuffer } from '../../os/libc.js';
 import { claimSocketPath } from '../../os/socket-path.js';
-
-/** Two maximum-size replies' worth, so large reads leave in one piece. */
-const SEND_BUFFER_BYTES = 8 * 1024 * 1024;
 import { ByteQueue } from '../../util/byte-queue.js';
 import type { Disposable } from '../../util/emitter.js';
 import { Handshake, type ExportCatalogue } from './handshake.js';
+import { adoptWithReceiver, ReceiveArena } from './receive-socket.js';
 import { Transmission } from './transmission.js';
+
+/** Two maximum-size replies' worth, so large reads leave in one piece. */
+const SEND_BUFFER_BYTES = 8 * 1024 * 1024;
 
 export interface NbdServerOptions {
   catalogue: ExportCatalogue;
@@ -63,16 +64,31 @@ export class NbdServer {
     if (servers.length > 0) fs.rmSync(this.#options.socketPath, { force: true });
   }
 
-  #accept(socket: net.Socket): void {
+  #accept(accepted: net.Socket): void {
     const id = ++this.#connectionCount;
     const { log, catalogue } = this.#options;
+    const queue = new ByteQueue();
+    let transmission: Transmission | null = null;
+    let deviceWatch: Disposable | null = null;
+    // Reads go into a fresh chunk for the queue, or straight into a large write's payload buffer.
+    let isReadingPayload = false;
+    const arena = new ReceiveArena();
+    const socket = adoptWithReceiver(accepted, {
+      nextBuffer: () => {
+        const target = transmission?.receiveTarget() ?? null;
+        isReadingPayload = target !== null;
+        return target ?? arena.window();
+      },
+      received: (n) => {
+        if (isReadingPayload) transmission?.received(n);
+        else queue.push(arena.filled(n));
+        pump();
+      },
+    });
     this.#sockets.add(socket);
     if (socket.remoteAddress) socket.setNoDelay(true);
     const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
     if (typeof fd === 'number' && fd >= 0) raiseSendBuffer(fd, SEND_BUFFER_BYTES);
-    const queue = new ByteQueue();
-    let transmission: Transmission | null = null;
-    let deviceWatch: Disposable | null = null;
     const end = (reason: string): void => {
       if (socket.destroyed) return;
       log(`nbd connection ${id} closed: ${reason}`);
@@ -108,15 +124,12 @@ export class NbdServer {
       } else if (socket.isPaused() && !transmission.isBusy) pump();
     };
     const handshake = new Handshake(catalogue, (b) => socket.write(b));
-    socket.on('data', (chunk: Buffer) => {
-      queue.push(chunk);
-      pump();
-    });
     socket.on('drain', onProgress);
     socket.on('error', (e) => end(`socket error: ${e.message}`));
     socket.on('close', () => {
       this.#sockets.delete(socket);
       deviceWatch?.dispose();
+      transmission?.dispose();
       queue.clear();
     });
   }

@@ -8,6 +8,9 @@ import type { ByteQueue } from '../../util/byte-queue.js';
 import type { Agreement } from './handshake.js';
 import * as w from './wire.js';
 
+/** Write payloads from this size on are received straight into their own buffer. */
+const DIRECT_PAYLOAD_MINIMUM = 128 * 1024;
+
 export type TransmissionStep = { kind: 'more' } | { kind: 'paused' } | { kind: 'close'; reason: string };
 
 /** The command flags each command accepts; anything else is EINVAL. */
@@ -33,6 +36,8 @@ export class Transmission {
   #device: BlockDevice;
   #agreement: Agreement;
   #pending: w.RequestHeader | null = null;
+  /** A large write payload being received straight into its own buffer (see receiveTarget). */
+  #direct: { buffer: Buffer; filled: number } | null = null;
   #skipLeft = 0;
   #skipError: BlkError | null = null;
   #requestsInFlight = 0;
@@ -74,9 +79,18 @@ export class Transmission {
         this.#replyError(header, this.#skipError as BlkError);
         continue;
       }
+      if (this.#direct !== null) return { kind: 'more' };
       if (this.#pending !== null) {
         const header = this.#pending;
-        if (queue.length < header.length) return { kind: 'more' };
+        if (queue.length < header.length) {
+          if (header.length < DIRECT_PAYLOAD_MINIMUM) return { kind: 'more' };
+          // The socket reads the rest of this payload straight into its buffer (receiveTarget).
+          const buffer = ioBuffers.acquire(header.length);
+          const filled = queue.length;
+          queue.takeInto(buffer, filled);
+          this.#direct = { buffer, filled };
+          return { kind: 'more' };
+        }
         this.#pending = null;
         // A payload that arrived in several socket chunks goes to the store as they are (pwritev).
         if (this.#device.writeChunks && !queue.isContiguous(header.length)) this.#dispatch(header, queue.takeChunks(header.length));
@@ -108,6 +122,33 @@ export class Transmission {
       }
       this.#dispatch(header, undefined);
     }
+  }
+
+  /**
+   * Where the socket should read next when a large write's payload is under way: the unfilled
+   * part of that payload's buffer, so the kernel copies it there once and nothing copies it
+   * again; null otherwise (the socket reads into a fresh chunk for the queue).
+   */
+  receiveTarget(): Buffer | null {
+    const d = this.#direct;
+    return d && d.buffer.subarray(d.filled);
+  }
+
+  /** `n` bytes arrived in the buffer receiveTarget() gave; dispatches the write once it is whole. */
+  received(n: number): void {
+    const d = this.#direct as { buffer: Buffer; filled: number };
+    d.filled += n;
+    if (d.filled < d.buffer.length) return;
+    const header = this.#pending as w.RequestHeader;
+    this.#direct = null;
+    this.#pending = null;
+    this.#dispatch(header, d.buffer);
+  }
+
+  /** The connection is gone: gives back a payload buffer still being received. */
+  dispose(): void {
+    if (this.#direct) ioBuffers.release(this.#direct.buffer);
+    this.#direct = null;
   }
 
   #checkWrite(h: w.RequestHeader): BlkError | null {
