@@ -15,6 +15,11 @@ export class WritebackWatch {
   #isBelowCeiling = true;
   #backOffUntil = 0;
   #timer: NodeJS.Timeout | null = null;
+  #readVmstat: () => string;
+
+  constructor(readVmstat: () => string = () => fs.readFileSync('/proc/vmstat', 'latin1')) {
+    this.#readVmstat = readVmstat;
+  }
 
   /** True when a buffered write should not block: far below the throttling point, no recent stall. */
   get allowsSyncWrite(): boolean {
@@ -27,6 +32,11 @@ export class WritebackWatch {
     if (milliseconds > SLOW_WRITE_MS) this.#backOffUntil = Date.now() + BACK_OFF_MS;
   }
 
+  /** Stops sampling (tests; the process-wide watch runs for the process's life, unref'd). */
+  stop(): void {
+    if (this.#timer) clearInterval(this.#timer);
+  }
+
   #start(): void {
     this.#sample();
     this.#timer = setInterval(() => this.#sample(), SAMPLE_MS);
@@ -35,7 +45,7 @@ export class WritebackWatch {
 
   #sample(): void {
     try {
-      const stat = fs.readFileSync('/proc/vmstat', 'latin1');
+      const stat = this.#readVmstat();
       const value = (name: string) => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(stat)?.[1] ?? NaN);
       const dirty = value('nr_dirty') + value('nr_writeback');
       const ceiling = (value('nr_dirty_threshold') + value('nr_dirty_background_threshold')) / 2;
