@@ -6,6 +6,8 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import type { BlockDevice } from '../../src/core/block-device.js';
+import { FuseExport } from '../../src/frontends/fuse/fuse-export.js';
 import { TestDaemon } from '../helpers/daemon.js';
 import { NbdClient } from '../helpers/nbd-client.js';
 import { check, missing, sparseFile, tempDir } from '../helpers/tools.js';
@@ -99,5 +101,24 @@ describe('in-daemon FUSE front end', { skip }, () => {
     await check('fio', [...common, '--rw=randwrite', '--do_verify=0', '--output-format=terse'], { timeoutMs: 120_000 });
     const out = await check('fio', [...common, '--rw=randwrite', '--verify_only=1', '--output-format=terse'], { timeoutMs: 120_000 });
     assert.doesNotMatch(out, /verify|bad/i);
+  });
+});
+
+describe('FUSE export life', { skip: missing('losetup') }, () => {
+  it('mounted and unmounted at once, 30 times: the process survives (readers are never killed mid-start)', async () => {
+    // Terminating a reader while it still loads its FFI aborted the whole process; a snapshot
+    // destroyed right after its take did exactly that.
+    const tmp = tempDir();
+    const device = { name: 'churn', size: 1 << 20, isReadOnly: false, canTrim: false, onClose: () => ({ dispose() {} }) } as unknown as BlockDevice;
+    try {
+      for (let i = 0; i < 30; i++) {
+        const fuse = FuseExport.mount(device, path.join(tmp.dir, `m${i % 3}`));
+        if (i % 2) await new Promise((r) => setTimeout(r, i % 5));
+        await fuse.unmount();
+      }
+      assert.doesNotMatch(fs.readFileSync('/proc/mounts', 'utf8'), new RegExp(tmp.dir));
+    } finally {
+      tmp.remove();
+    }
   });
 });

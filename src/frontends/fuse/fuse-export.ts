@@ -122,7 +122,9 @@ export class FuseExport {
     Atomics.store(this.#control, SlotState.stopIndex, 1);
     Atomics.add(this.#control, SlotState.wakeIndex, 1);
     Atomics.notify(this.#control, SlotState.wakeIndex);
-    await Promise.all(this.#workers.map((worker) => worker.terminate().catch(() => undefined)));
+    // The readers see the stop flag within one poll period and return. Not terminate(): stopping
+    // a worker inside its FFI calls (or still loading them) can take the whole process down.
+    await Promise.all(this.#workers.map((worker) => exited(worker, 5000)));
     fs.closeSync(this.#fd);
     this.#fd = -1;
     try {
@@ -324,4 +326,16 @@ export class FuseExport {
     Atomics.add(this.#control, SlotState.wakeIndex, 1);
     Atomics.notify(this.#control, SlotState.wakeIndex);
   }
+}
+
+/** Resolves when the worker has exited; terminates it only if it has not after `timeoutMs`. */
+function exited(worker: Worker, timeoutMs: number): Promise<void> {
+  if (worker.threadId < 0) return Promise.resolve(); // already gone
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => void worker.terminate().catch(() => undefined), timeoutMs);
+    worker.once('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
 }
