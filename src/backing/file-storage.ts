@@ -130,16 +130,11 @@ export class FileStorage implements Storage {
   write(offset: number, data: Uint8Array): Promise<void> {
     // On the event loop only while the kernel is far from throttling writers (os/writeback.ts):
     // then it is a memory copy, and doing it here beats the thread-pool hop (docs/performance.md).
-    if (data.length <= this.#syncWriteMaximum && writeback.allowsSyncWrite) {
-      try {
-        const started = performance.now();
+    if (this.#isSyncWrite(data.length)) {
+      return this.#timedSyncWrite(() => {
         let done = 0;
         while (done < data.length) done += fs.writeSync(this.#fd, data, done, data.length - done, offset + done);
-        writeback.noteSyncWrite(performance.now() - started);
-        return Promise.resolve();
-      } catch (e) {
-        return Promise.reject(toBlkError(e));
-      }
+      });
     }
     return new Promise((resolve, reject) => {
       const step = (done: number): void => {
@@ -153,18 +148,29 @@ export class FileStorage implements Storage {
     });
   }
 
+  #isSyncWrite(length: number): boolean {
+    return length <= this.#syncWriteMaximum && writeback.allowsSyncWrite;
+  }
+
+  /** Runs a synchronous write and reports its duration to the writeback watch. */
+  #timedSyncWrite(write: () => void): Promise<void> {
+    try {
+      const started = performance.now();
+      write();
+      writeback.noteSyncWrite(performance.now() - started);
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(toBlkError(e));
+    }
+  }
+
   writeChunks(offset: number, chunks: readonly Buffer[]): Promise<void> {
     const total = chunks.reduce((n, c) => n + c.length, 0);
-    if (total <= this.#syncWriteMaximum && writeback.allowsSyncWrite) {
-      try {
-        const started = performance.now();
-        const n = fs.writevSync(this.#fd, chunks as Buffer[], offset);
-        writeback.noteSyncWrite(performance.now() - started);
-        if (n === total) return Promise.resolve();
-        return this.write(offset + n, Buffer.concat(chunks as Buffer[]).subarray(n));
-      } catch (e) {
-        return Promise.reject(toBlkError(e));
-      }
+    if (this.#isSyncWrite(total)) {
+      let n = 0;
+      return this.#timedSyncWrite(() => (n = fs.writevSync(this.#fd, chunks as Buffer[], offset))).then(() =>
+        n === total ? undefined : this.write(offset + n, Buffer.concat(chunks as Buffer[]).subarray(n)),
+      );
     }
     return new Promise((resolve, reject) => {
       fs.writev(this.#fd, chunks as Buffer[], offset, (err, n) => {

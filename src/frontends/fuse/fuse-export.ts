@@ -221,7 +221,7 @@ export class FuseExport {
       case w.Opcode.OPENDIR:
         return w.encodeOpenOut(0);
       case w.Opcode.READDIR: {
-        const r = w.readReaddirIn(b);
+        const r = w.readIoIn(b);
         const entries = [
           { ino: w.FUSE_ROOT_ID, name: '.', type: DT_DIR },
           { ino: w.FUSE_ROOT_ID, name: '..', type: DT_DIR },

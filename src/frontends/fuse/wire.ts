@@ -84,7 +84,7 @@ export function writeOutHeader(b: Buffer, length: number, negativeErrno: number,
   b.writeBigUInt64LE(unique, 8);
 }
 
-/** READ and WRITE arguments (same leading layout). */
+/** READ, WRITE and READDIR arguments (same leading layout). */
 export function readIoIn(b: Buffer): { offset: number; size: number } {
   return { offset: Number(b.readBigUInt64LE(IN_HEADER_LENGTH + 8)), size: b.readUInt32LE(IN_HEADER_LENGTH + 16) };
 }
@@ -208,10 +208,6 @@ export function encodeDirents(entries: ReadonlyArray<{ ino: number; name: string
     total += length;
   }
   return Buffer.concat(parts, total);
-}
-
-export function readReaddirIn(b: Buffer): { offset: number; size: number } {
-  return readIoIn(b);
 }
 
 export function readSetattrIn(b: Buffer): { valid: number; size: number } {
