@@ -1,7 +1,7 @@
 // Owns a regular file or a real block device used as a backing store: exclusive open, pread/pwrite, holes.
 import * as fs from 'node:fs';
 import { BlkError, toBlkError } from '../errors.js';
-import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate, lockExclusive, readCached, seekData, seekHole, sizeOfBlockDevice, willNeed } from '../os/libc.js';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate, isRangeCached, lockExclusive, readCached, seekData, seekHole, sendFile, sizeOfBlockDevice, willNeed } from '../os/libc.js';
 import { writeback } from '../os/writeback.js';
 import type { Extent, Storage } from './storage.js';
 
@@ -19,6 +19,16 @@ export interface FileStorageOptions {
    * buffered writes cannot be made non-blocking otherwise. 0 sends every write to the pool.
    */
   syncWriteMaximum?: number;
+}
+
+/** write(2) to a non-blocking descriptor: the bytes written, 0 when it is full. */
+function writeNonBlocking(fd: number, data: Uint8Array): number {
+  try {
+    return fs.writeSync(fd, data);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EAGAIN') return 0;
+    throw toBlkError(e);
+  }
 }
 
 const ZERO_BUFFER_SIZE = 1024 * 1024;
@@ -125,6 +135,28 @@ export class FileStorage implements Storage {
       };
       step(start);
     });
+  }
+
+  isCached(offset: number, length: number): boolean {
+    return isRangeCached(this.#fd, offset, length);
+  }
+
+  sendTo(fd: number, prefix: Uint8Array, offset: number, length: number): number {
+    const prefixSent = writeNonBlocking(fd, prefix);
+    if (prefixSent < prefix.length) return prefixSent;
+    let sent = 0;
+    try {
+      while (sent < length) {
+        const n = sendFile(fd, this.#fd, offset + sent, length - sent);
+        if (n === 0) break;
+        sent += n;
+      }
+    } catch (e) {
+      // Once the prefix is out the caller must finish the reply: it reads the rest (and meets the
+      // error there); an exception now would leave half a reply on the wire.
+      if (prefixSent === 0) throw e;
+    }
+    return prefixSent + sent;
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {

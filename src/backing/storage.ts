@@ -21,6 +21,14 @@ export interface Storage {
   /** Size in bytes as of the last `probeSize()` (or open). */
   readonly size: number;
   read(offset: number, into: Uint8Array): Promise<void>;
+  /** Whether a read of the range would be served from memory alone, never waiting for a disk. */
+  isCached?(offset: number, length: number): boolean;
+  /**
+   * Writes `prefix`, then sends a range inside the kernel (sendfile), to a non-blocking descriptor;
+   * returns the bytes sent of both, fewer when the descriptor is full. Call after isCached(): it
+   * blocks on an uncached range.
+   */
+  sendTo?(fd: number, prefix: Uint8Array, offset: number, length: number): number;
   write(offset: number, data: Uint8Array): Promise<void>;
   /** Writes consecutive pieces as one write (pwritev), where the store can; saves joining them first. */
   writeChunks?(offset: number, chunks: readonly Buffer[]): Promise<void>;

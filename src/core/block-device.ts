@@ -23,6 +23,14 @@ export interface BlockDevice {
   /** True when it can deallocate (TRIM) and report holes. */
   readonly canTrim: boolean;
   read(offset: number, into: Uint8Array): Promise<void>;
+  /**
+   * Writes `prefix` (a reply header), then the range, to a non-blocking descriptor (a client's
+   * socket) without copying the range through this process, when all of it is in memory. Returns
+   * the bytes sent of both (fewer when the descriptor is full), or null when it cannot and sent
+   * nothing (then read() it). Only where bytes may change after they are sent: the kernel hands
+   * over page references, not copies.
+   */
+  sendTo?(fd: number, prefix: Uint8Array, offset: number, length: number): number | null;
   write(offset: number, data: Uint8Array, flags: IoFlags): Promise<void>;
   /** The same as write() of the joined pieces, without joining them, where the device can. */
   writeChunks?(offset: number, chunks: readonly Buffer[], flags: IoFlags): Promise<void>;

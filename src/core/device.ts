@@ -53,6 +53,23 @@ export class Device implements BlockDevice {
     return this.storage.read(offset, into).finally(() => this.#end());
   }
 
+  /**
+   * Zero-copy send of cached data. A later write may change the sent pages before the client has
+   * read them off its socket; that write is concurrent with this read (the client has not got the
+   * reply), so either content is a correct answer. Snapshot images do not offer this: their bytes
+   * must never change once read.
+   */
+  sendTo(fd: number, prefix: Uint8Array, offset: number, length: number): number | null {
+    const storage = this.storage;
+    if (!storage.sendTo || !storage.isCached) return null;
+    this.#begin('read', offset, length, 'EINVAL');
+    try {
+      return storage.isCached(offset, length) ? storage.sendTo(fd, prefix, offset, length) : null;
+    } finally {
+      this.#end();
+    }
+  }
+
   write(offset: number, data: Uint8Array, flags: IoFlags): Promise<void> {
     this.#beginWrite('write', offset, data.length);
     return this.#tracked(offset, data.length, flags, () => this.storage.write(offset, data));

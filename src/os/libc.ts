@@ -21,6 +21,8 @@ const ioctlPointerFn = libc.func('int ioctl(int fd, unsigned long request, void 
 const setsockoptFn = libc.func('int setsockopt(int fd, int level, int name, _In_ int *value, uint32_t length)');
 koffi.struct('iovec', { base: 'void *', len: 'size_t' });
 const preadv2Fn = libc.func('int64_t preadv2(int fd, const iovec *iov, int iovcnt, int64_t offset, int flags)');
+const sendfileFn = libc.func('int64_t sendfile(int outFd, int inFd, _Inout_ int64_t *offset, size_t count)');
+const syscallFn = libc.func('long syscall(long number, ...)');
 
 export const FALLOC_FL_KEEP_SIZE = 0x01;
 export const FALLOC_FL_PUNCH_HOLE = 0x02;
@@ -109,6 +111,45 @@ export function willNeed(fd: number, offset: number, length: number): Promise<vo
 export function readCached(fd: number, into: Uint8Array, offset: number): number {
   const n = preadv2Fn(fd, { base: into, len: into.length }, 1, offset, RWF_NOWAIT) as number;
   return n > 0 ? n : 0;
+}
+
+const SYS_CACHESTAT = 451;
+const PAGE_SIZE = 4096;
+const cachestatRange = new BigUint64Array(2);
+const cachestatOut = new BigUint64Array(5);
+let hasCachestat = true;
+
+/**
+ * Whether the page cache holds every page of a range (cachestat(2), Linux 6.5+), so that reading
+ * it cannot wait for a disk. False when it does not, or when the kernel cannot tell.
+ */
+export function isRangeCached(fd: number, offset: number, length: number): boolean {
+  if (!hasCachestat || length === 0) return false;
+  cachestatRange[0] = BigInt(offset);
+  cachestatRange[1] = BigInt(length);
+  if ((syscallFn(SYS_CACHESTAT, 'int', fd, 'void *', cachestatRange, 'void *', cachestatOut, 'unsigned int', 0) as number) !== 0) {
+    if (koffi.errno() === 38 /* ENOSYS */) hasCachestat = false;
+    return false;
+  }
+  const pages = Math.ceil((offset + length) / PAGE_SIZE) - Math.floor(offset / PAGE_SIZE);
+  return Number(cachestatOut[0]) >= pages;
+}
+
+const sendfileOffset = [0];
+
+/**
+ * sendfile(2): the kernel moves a range of a file to `outFd` without it passing through this
+ * process (to a Unix socket it hands over page references, Linux 6.5+). Returns the bytes sent,
+ * fewer than asked (possibly 0) when `outFd` is non-blocking and full. Blocks when the range is
+ * not cached: check isRangeCached() first on the event loop.
+ */
+export function sendFile(outFd: number, inFd: number, offset: number, length: number): number {
+  sendfileOffset[0] = offset;
+  const n = sendfileFn(outFd, inFd, sendfileOffset, length) as number;
+  if (n >= 0) return n;
+  const errno = koffi.errno();
+  if (errno === 11 /* EAGAIN */) return 0;
+  throw fail('sendfile', `of ${length} bytes at ${offset}`);
 }
 
 /**

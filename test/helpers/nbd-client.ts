@@ -57,6 +57,15 @@ export class NbdClient {
     await this.#request(6, offset, length, undefined, 0, `zero ${offset}+${length}`);
   }
 
+  /** Stops reading replies (they pile up in the server's socket) until resume(). */
+  pause(): void {
+    this.#socket.pause();
+  }
+
+  resume(): void {
+    this.#socket.resume();
+  }
+
   close(): void {
     this.#socket.destroy();
   }

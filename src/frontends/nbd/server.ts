@@ -87,8 +87,9 @@ export class NbdServer {
     });
     this.#sockets.add(socket);
     if (socket.remoteAddress) socket.setNoDelay(true);
-    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    if (typeof fd === 'number' && fd >= 0) raiseSendBuffer(fd, SEND_BUFFER_BYTES);
+    const handleFd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    const fd = typeof handleFd === 'number' && handleFd >= 0 ? handleFd : -1;
+    if (fd >= 0) raiseSendBuffer(fd, SEND_BUFFER_BYTES);
     const end = (reason: string): void => {
       if (socket.destroyed) return;
       log(`nbd connection ${id} closed: ${reason}`);
@@ -104,7 +105,7 @@ export class NbdServer {
         if (step.kind === 'close') return end(step.reason);
         if (step.kind === 'more') return;
         const { agreement } = step;
-        transmission = new Transmission(socket, agreement, onProgress);
+        transmission = new Transmission(socket, fd, agreement, onProgress);
         deviceWatch = agreement.device.onClose(() => end(`export ${agreement.device.name} went away`));
       }
       const step = transmission.feed(queue);

@@ -10,6 +10,11 @@ import * as w from './wire.js';
 
 /** Write payloads from this size on are received straight into their own buffer. */
 const DIRECT_PAYLOAD_MINIMUM = 128 * 1024;
+/** Reads from this size on are sent with sendfile when the device can (below, a copy is cheaper). */
+const SEND_FILE_MINIMUM = 64 * 1024;
+/** What a reply cut short by a full socket queues to learn when the socket has room again. */
+const WAIT_PIECE_BYTES = 64 * 1024;
+const EMPTY = Buffer.alloc(0);
 
 export type TransmissionStep = { kind: 'more' } | { kind: 'paused' } | { kind: 'close'; reason: string };
 
@@ -44,10 +49,18 @@ export class Transmission {
   #bytesInFlight = 0;
   #isDisconnecting = false;
   #isCorked = false;
+  /** The socket's descriptor for replies sent by the kernel (sendfile); -1 when unknown. */
+  #socketFd: number;
+  /**
+   * Replies waiting behind a read reply that is partly on the wire (its header and first bytes
+   * went by sendfile, the rest is being read): nothing may come between them. Null when none waits.
+   */
+  #heldReplies: Array<{ reply: Buffer; sent: (() => void) | undefined }> | null = null;
   #onProgress: () => void;
 
-  constructor(socket: Socket, agreement: Agreement, onProgress: () => void) {
+  constructor(socket: Socket, socketFd: number, agreement: Agreement, onProgress: () => void) {
     this.#socket = socket;
+    this.#socketFd = socketFd;
     this.#agreement = agreement;
     this.#device = agreement.device;
     this.#onProgress = onProgress;
@@ -62,7 +75,13 @@ export class Transmission {
   }
 
   get isBusy(): boolean {
-    return this.#requestsInFlight >= limits.maximumRequestsInFlight || this.#bytesInFlight >= limits.maximumBytesInFlight || this.#socket.writableNeedDrain;
+    return (
+      this.#requestsInFlight >= limits.maximumRequestsInFlight ||
+      this.#bytesInFlight >= limits.maximumBytesInFlight ||
+      this.#socket.writableNeedDrain ||
+      // The client is not reading fast enough: replies are waiting behind one cut short.
+      this.#heldReplies !== null
+    );
   }
 
   feed(queue: ByteQueue): TransmissionStep {
@@ -189,20 +208,25 @@ export class Transmission {
       this.#bytesInFlight -= weight;
       this.#onProgress();
     };
-    let work: Promise<void>;
+    const failed = (e: unknown): void => {
+      this.#replyError(h, toBlkError(e));
+      done();
+    };
+    let work: Promise<void> | undefined;
     try {
       work = this.#run(h, payload);
     } catch (e) {
-      work = Promise.reject(e);
+      return failed(e);
     }
-    work.then(done, (e: unknown) => {
-      this.#replyError(h, toBlkError(e));
-      done();
-    });
+    if (work === undefined) done();
+    else work.then(done, failed);
   }
 
-  /** Runs a validated request; the returned promise settles after its reply is sent. */
-  #run(h: w.RequestHeader, payload: Buffer | Buffer[] | undefined): Promise<void> {
+  /**
+   * Runs a validated request; the returned promise settles after its reply is sent, or it returns
+   * nothing when the reply was sent at once.
+   */
+  #run(h: w.RequestHeader, payload: Buffer | Buffer[] | undefined): Promise<void> | undefined {
     const device = this.#device;
     const fua = h.flags & w.NBD_CMD_FLAG_FUA ? IoFlag.Fua : IoFlag.None;
     switch (h.type) {
@@ -239,21 +263,90 @@ export class Transmission {
     }
   }
 
-  #read(h: w.RequestHeader): Promise<void> {
-    // Header and data share one buffer: one allocation and one socket write per reply.
-    const prefix = this.#agreement.isStructured ? w.OFFSET_DATA_PREFIX_LENGTH : w.SIMPLE_REPLY_HEADER_LENGTH;
-    const reply = ioBuffers.acquire(prefix + h.length);
-    return this.#device.read(h.offset, reply.subarray(prefix)).then(() => {
-      if (this.#agreement.isStructured) {
-        w.writeStructuredHeader(reply, 0, w.NBD_REPLY_FLAG_DONE, w.NBD_REPLY_TYPE_OFFSET_DATA, h.cookie, 8 + h.length);
-        w.writeOffset(reply, w.STRUCTURED_HEADER_LENGTH, h.offset);
-      } else {
-        w.writeSimpleReplyHeader(reply, 0, 0, h.cookie);
+  #read(h: w.RequestHeader): Promise<void> | undefined {
+    const prefixLength = this.#agreement.isStructured ? w.OFFSET_DATA_PREFIX_LENGTH : w.SIMPLE_REPLY_HEADER_LENGTH;
+    if (h.length >= SEND_FILE_MINIMUM && this.#canSendDirectly()) {
+      const prefix = Buffer.allocUnsafe(prefixLength);
+      this.#writeReadPrefix(prefix, h);
+      const sent = (this.#device.sendTo as NonNullable<BlockDevice['sendTo']>).call(this.#device, this.#socketFd, prefix, h.offset, h.length);
+      if (sent !== null && sent > 0) {
+        if (sent < prefixLength + h.length) return this.#finishSentRead(h, prefix, sent);
+        return undefined;
       }
+    }
+    // Header and data share one buffer: one allocation and one socket write per reply.
+    const reply = ioBuffers.acquire(prefixLength + h.length);
+    return this.#device.read(h.offset, reply.subarray(prefixLength)).then(() => {
+      this.#writeReadPrefix(reply, h);
       this.#write(reply, () => ioBuffers.release(reply));
     }, (e: unknown) => {
       ioBuffers.release(reply);
       throw e;
+    });
+  }
+
+  #writeReadPrefix(b: Buffer, h: w.RequestHeader): void {
+    if (this.#agreement.isStructured) {
+      w.writeStructuredHeader(b, 0, w.NBD_REPLY_FLAG_DONE, w.NBD_REPLY_TYPE_OFFSET_DATA, h.cookie, 8 + h.length);
+      w.writeOffset(b, w.STRUCTURED_HEADER_LENGTH, h.offset);
+    } else {
+      w.writeSimpleReplyHeader(b, 0, 0, h.cookie);
+    }
+  }
+
+  /** The kernel may write to the socket itself only when nothing of ours waits to go before it. */
+  #canSendDirectly(): boolean {
+    const socket = this.#socket;
+    return this.#device.sendTo !== undefined && this.#socketFd >= 0 && this.#heldReplies === null && socket.writableLength === 0 && !socket.destroyed;
+  }
+
+  /**
+   * The socket filled up after `sent` bytes of a read reply went by sendfile. Every other reply
+   * waits behind this one (nothing may come between its bytes). One piece of it is queued through
+   * the socket, whose write callback tells that the kernel has room again; then sendfile goes on.
+   * A failure now cannot be told to the client (part of a reply is on the wire): it ends the
+   * connection.
+   */
+  async #finishSentRead(h: w.RequestHeader, prefix: Buffer, sent: number): Promise<void> {
+    this.#heldReplies = [];
+    const device = this.#device;
+    const total = prefix.length + h.length;
+    try {
+      let done = sent;
+      while (done < total) {
+        let piece = prefix.subarray(done);
+        if (done >= prefix.length) {
+          const at = done - prefix.length;
+          piece = Buffer.allocUnsafe(Math.min(WAIT_PIECE_BYTES, h.length - at));
+          await device.read(h.offset + at, piece);
+        }
+        await this.#writeAndWait(piece);
+        done += piece.length;
+        if (done === total) break;
+        const at = done - prefix.length;
+        const n = (device.sendTo as NonNullable<BlockDevice['sendTo']>).call(device, this.#socketFd, EMPTY, h.offset + at, h.length - at);
+        if (n === null) {
+          // No longer all cached: the rest goes as a copy.
+          const rest = ioBuffers.acquire(h.length - at);
+          await device.read(h.offset + at, rest);
+          await this.#writeAndWait(rest).finally(() => ioBuffers.release(rest));
+          break;
+        }
+        done += n;
+      }
+    } catch (e) {
+      this.#socket.destroy(new Error(`read reply cut short: ${toBlkError(e).message}`));
+    } finally {
+      const held = this.#heldReplies;
+      this.#heldReplies = null;
+      for (const r of held) this.#write(r.reply, r.sent);
+    }
+  }
+
+  /** Queues bytes on the socket; resolves when the kernel has taken them. */
+  #writeAndWait(b: Buffer): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.#socket.write(b, (e) => (e ? reject(e) : resolve()));
     });
   }
 
@@ -293,6 +386,10 @@ export class Transmission {
   #write(b: Buffer, sent?: () => void): void {
     const socket = this.#socket;
     if (socket.destroyed) return;
+    if (this.#heldReplies !== null) {
+      this.#heldReplies.push({ reply: b, sent });
+      return;
+    }
     if (!this.#isCorked) {
       this.#isCorked = true;
       socket.cork();

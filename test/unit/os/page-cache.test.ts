@@ -1,0 +1,49 @@
+// The page-cache probe (cachestat) and sendfile used by large NBD reads.
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { describe, it } from 'node:test';
+import { isRangeCached, sendFile } from '../../../src/os/libc.js';
+import { tempDir } from '../../helpers/tools.js';
+
+const MiB = 1024 * 1024;
+
+describe('page cache probe and sendfile', () => {
+  it('tells cached ranges from ranges never read', () => {
+    const tmp = tempDir();
+    try {
+      const file = path.join(tmp.dir, 'f');
+      const fd = fs.openSync(file, 'w+');
+      fs.ftruncateSync(fd, 64 * MiB);
+      fs.writeSync(fd, Buffer.alloc(MiB, 7), 0, MiB, 0);
+      assert.equal(isRangeCached(fd, 0, MiB), true);
+      assert.equal(isRangeCached(fd, 4095, 2), true);
+      // Never written nor read: nothing of it is in memory.
+      assert.equal(isRangeCached(fd, 32 * MiB, MiB), false);
+      // Half cached is not cached.
+      assert.equal(isRangeCached(fd, MiB / 2, MiB), false);
+      assert.equal(isRangeCached(fd, 0, 0), false);
+      fs.closeSync(fd);
+    } finally {
+      tmp.remove();
+    }
+  });
+
+  it('sendfile moves exactly the range asked', () => {
+    const tmp = tempDir();
+    try {
+      const src = path.join(tmp.dir, 'src');
+      const data = Buffer.alloc(3 * MiB);
+      for (let i = 0; i < data.length; i++) data[i] = (i * 31 + (i >> 12)) & 0xff;
+      fs.writeFileSync(src, data);
+      const inFd = fs.openSync(src, 'r');
+      const outFd = fs.openSync(path.join(tmp.dir, 'out'), 'w');
+      assert.equal(sendFile(outFd, inFd, 12345, 2 * MiB + 1), 2 * MiB + 1);
+      fs.closeSync(inFd);
+      fs.closeSync(outFd);
+      assert.ok(fs.readFileSync(path.join(tmp.dir, 'out')).equals(data.subarray(12345, 12345 + 2 * MiB + 1)));
+    } finally {
+      tmp.remove();
+    }
+  });
+});
