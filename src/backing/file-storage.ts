@@ -114,14 +114,22 @@ export class FileStorage implements Storage {
     return this.#size;
   }
 
+  readNow(offset: number, into: Uint8Array): boolean {
+    return into.length <= this.#cachedReadMaximum && this.#readCached(offset, into) === into.length;
+  }
+
+  #readCached(offset: number, into: Uint8Array): number {
+    try {
+      return readCached(this.#fd, into, offset);
+    } catch {
+      return 0;
+    }
+  }
+
   read(offset: number, into: Uint8Array): Promise<void> {
     let start = 0;
     if (into.length <= this.#cachedReadMaximum) {
-      try {
-        start = readCached(this.#fd, into, offset);
-      } catch {
-        start = 0;
-      }
+      start = this.#readCached(offset, into);
       if (start === into.length) return Promise.resolve();
     }
     return new Promise((resolve, reject) => {

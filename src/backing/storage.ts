@@ -21,6 +21,8 @@ export interface Storage {
   /** Size in bytes as of the last `probeSize()` (or open). */
   readonly size: number;
   read(offset: number, into: Uint8Array): Promise<void>;
+  /** Reads at once when memory holds the whole range (never waits for a disk); false when it cannot. */
+  readNow?(offset: number, into: Uint8Array): boolean;
   /** Whether a read of the range would be served from memory alone, never waiting for a disk. */
   isCached?(offset: number, length: number): boolean;
   /**

@@ -23,6 +23,8 @@ export interface BlockDevice {
   /** True when it can deallocate (TRIM) and report holes. */
   readonly canTrim: boolean;
   read(offset: number, into: Uint8Array): Promise<void>;
+  /** Reads at once when memory holds the whole range (never waits); false when it cannot: then read(). */
+  readNow?(offset: number, into: Uint8Array): boolean;
   /**
    * Writes `prefix` (a reply header), then the range, to a non-blocking descriptor (a client's
    * socket) without copying the range through this process, when all of it is in memory. Returns

@@ -53,6 +53,17 @@ export class Device implements BlockDevice {
     return this.storage.read(offset, into).finally(() => this.#end());
   }
 
+  readNow(offset: number, into: Uint8Array): boolean {
+    const storage = this.storage;
+    if (!storage.readNow) return false;
+    this.#begin('read', offset, into.length, 'EINVAL');
+    try {
+      return storage.readNow(offset, into);
+    } finally {
+      this.#end();
+    }
+  }
+
   /**
    * Zero-copy send of cached data. A later write may change the sent pages before the client has
    * read them off its socket; that write is concurrent with this read (the client has not got the

@@ -5,9 +5,13 @@
  * which dominated 1 MiB requests. Buffers are kept in power-of-two classes from 64 KiB up; a
  * class holds a bounded number, so the pool never keeps more than about `maximumBytes`.
  */
+const SLAB_BYTES = 1024 * 1024;
+
 export class BufferPool {
   #free = new Map<number, Buffer[]>();
   #keptBytes = 0;
+  #slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+  #slabUsed = 0;
   readonly maximumBytes: number;
   static readonly minimumPooledSize = 64 * 1024;
 
@@ -17,7 +21,7 @@ export class BufferPool {
 
   /** A buffer of exactly `size` bytes (a view of a pooled one when large). Contents are undefined. */
   acquire(size: number): Buffer {
-    if (size < BufferPool.minimumPooledSize) return Buffer.allocUnsafe(size);
+    if (size < BufferPool.minimumPooledSize) return this.#carve(size);
     const capacity = 2 ** Math.ceil(Math.log2(size));
     const list = this.#free.get(capacity);
     const pooled = list?.pop();
@@ -26,6 +30,25 @@ export class BufferPool {
       return pooled.subarray(0, size);
     }
     return Buffer.allocUnsafeSlow(capacity).subarray(0, size);
+  }
+
+  /**
+   * A small buffer cut from a shared slab: a 4 KiB reply (over Node's own pool limit of 4 KiB)
+   * would otherwise cost a malloc and a free every request. The slab lives while any piece does.
+   */
+  #carve(size: number): Buffer {
+    if (this.#slabUsed + size > SLAB_BYTES) {
+      this.#slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+      this.#slabUsed = 0;
+    }
+    const piece = this.#slab.subarray(this.#slabUsed, this.#slabUsed + size);
+    this.#slabUsed = (this.#slabUsed + size + 7) & ~7;
+    return piece;
+  }
+
+  /** Whether release() would keep this buffer (small ones are left to the garbage collector). */
+  isPooled(b: Buffer): boolean {
+    return b.length >= BufferPool.minimumPooledSize;
   }
 
   /** Gives a buffer from `acquire` back; the caller must not touch it afterwards. */
