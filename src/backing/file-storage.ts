@@ -167,14 +167,29 @@ export class FileStorage implements Storage {
     return prefixSent + sent;
   }
 
+  writeNow(offset: number, data: Uint8Array): boolean {
+    if (!this.#isSyncWrite(data.length)) return false;
+    try {
+      const started = performance.now();
+      let done = 0;
+      while (done < data.length) done += fs.writeSync(this.#fd, data, done, data.length - done, offset + done);
+      writeback.noteSyncWrite(performance.now() - started);
+      return true;
+    } catch (e) {
+      throw toBlkError(e);
+    }
+  }
+
   write(offset: number, data: Uint8Array): Promise<void> {
     // On the event loop only while the kernel is far from throttling writers (os/writeback.ts):
     // then it is a memory copy, and doing it here beats the thread-pool hop (docs/performance.md).
     if (this.#isSyncWrite(data.length)) {
-      return this.#timedSyncWrite(() => {
-        let done = 0;
-        while (done < data.length) done += fs.writeSync(this.#fd, data, done, data.length - done, offset + done);
-      });
+      try {
+        this.writeNow(offset, data);
+        return Promise.resolve();
+      } catch (e) {
+        return Promise.reject(e);
+      }
     }
     return new Promise((resolve, reject) => {
       const step = (done: number): void => {

@@ -32,6 +32,11 @@ export interface Storage {
    */
   sendTo?(fd: number, prefix: Uint8Array, offset: number, length: number): number;
   write(offset: number, data: Uint8Array): Promise<void>;
+  /**
+   * Writes at once when that cannot keep the caller waiting (a page-cache copy while the kernel is
+   * far from throttling writers); false, having written nothing, when it would: then write().
+   */
+  writeNow?(offset: number, data: Uint8Array): boolean;
   /** Writes consecutive pieces as one write (pwritev), where the store can; saves joining them first. */
   writeChunks?(offset: number, chunks: readonly Buffer[]): Promise<void>;
   /** Makes every completed write durable (fdatasync). */

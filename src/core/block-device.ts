@@ -34,6 +34,8 @@ export interface BlockDevice {
    */
   sendTo?(fd: number, prefix: Uint8Array, offset: number, length: number): number | null;
   write(offset: number, data: Uint8Array, flags: IoFlags): Promise<void>;
+  /** Writes at once when nothing has to wait (see Storage.writeNow); false, having done nothing, otherwise. */
+  writeNow?(offset: number, data: Uint8Array, flags: IoFlags): boolean;
   /** The same as write() of the joined pieces, without joining them, where the device can. */
   writeChunks?(offset: number, chunks: readonly Buffer[], flags: IoFlags): Promise<void>;
   zero(offset: number, length: number, flags: IoFlags): Promise<void>;

@@ -86,6 +86,29 @@ export class Device implements BlockDevice {
     return this.#tracked(offset, data.length, flags, () => this.storage.write(offset, data));
   }
 
+  /**
+   * The write path without a promise, for when nothing can wait: no take holding the device, no
+   * copy-on-write, no FUA flush, and a store that writes at once. The same tracker steps as write().
+   */
+  writeNow(offset: number, data: Uint8Array, flags: IoFlags): boolean {
+    const tracker = this.tracker;
+    const storage = this.storage;
+    if (flags & IoFlag.Fua || tracker.isHeld || tracker.diffArea !== null || !storage.writeNow) return false;
+    this.#beginWrite('write', offset, data.length);
+    try {
+      tracker.beginWrite();
+      try {
+        // Marked first, as every write is; should the store decline, write() marks again (the same number).
+        tracker.markWrite(offset, data.length);
+        return storage.writeNow(offset, data);
+      } finally {
+        tracker.endWrite();
+      }
+    } finally {
+      this.#end();
+    }
+  }
+
   writeChunks(offset: number, chunks: readonly Buffer[], flags: IoFlags): Promise<void> {
     const length = chunks.reduce((n, c) => n + c.length, 0);
     const storage = this.storage;

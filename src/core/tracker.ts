@@ -32,6 +32,11 @@ export class Tracker {
     return this.#cbt;
   }
 
+  /** True while a take holds the device: new writes wait (beginWrite returns a promise). */
+  get isHeld(): boolean {
+    return this.#held !== null;
+  }
+
   get writesInFlight(): number {
     return this.#writesInFlight;
   }

@@ -10,6 +10,8 @@ const SLAB_BYTES = 1024 * 1024;
 export class BufferPool {
   #free = new Map<number, Buffer[]>();
   #keptBytes = 0;
+  /** The backing stores this pool allocated: the only ones release() takes. */
+  #own = new WeakSet<ArrayBufferLike>();
   #slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
   #slabUsed = 0;
   readonly maximumBytes: number;
@@ -29,7 +31,9 @@ export class BufferPool {
       this.#keptBytes -= capacity;
       return pooled.subarray(0, size);
     }
-    return Buffer.allocUnsafeSlow(capacity).subarray(0, size);
+    const fresh = Buffer.allocUnsafeSlow(capacity);
+    this.#own.add(fresh.buffer);
+    return fresh.subarray(0, size);
   }
 
   /**
@@ -48,12 +52,13 @@ export class BufferPool {
 
   /** Whether release() would keep this buffer (small ones are left to the garbage collector). */
   isPooled(b: Buffer): boolean {
-    return b.length >= BufferPool.minimumPooledSize;
+    return b.length >= BufferPool.minimumPooledSize && this.#own.has(b.buffer);
   }
 
   /** Gives a buffer from `acquire` back; the caller must not touch it afterwards. */
   release(b: Buffer): void {
-    if (b.length < BufferPool.minimumPooledSize) return;
+    // Only what acquire() made: a view of another buffer (a receive arena) must never be handed out again.
+    if (b.length < BufferPool.minimumPooledSize || !this.#own.has(b.buffer)) return;
     const whole = Buffer.from(b.buffer, b.byteOffset, b.buffer.byteLength - b.byteOffset);
     const capacity = whole.length;
     if (b.byteOffset !== 0 || capacity & (capacity - 1) || this.#keptBytes + capacity > this.maximumBytes) return;

@@ -101,7 +101,17 @@ export class Transmission {
         this.#replyError(header, this.#skipError as BlkError);
         continue;
       }
-      if (this.#direct !== null) return { kind: 'more' };
+      if (this.#direct !== null) {
+        // The socket chooses the buffer of its next read when the previous read is handled, so
+        // bytes of a payload that started outside a read (resumed after a pause) land in the
+        // queue: they belong to the payload.
+        if (queue.length === 0) return { kind: 'more' };
+        const d = this.#direct;
+        const n = Math.min(queue.length, d.buffer.length - d.filled);
+        queue.takeInto(d.buffer.subarray(d.filled), n);
+        this.received(n);
+        continue;
+      }
       if (this.#pending !== null) {
         const header = this.#pending;
         if (queue.length < header.length) {
@@ -156,7 +166,7 @@ export class Transmission {
     return d && d.buffer.subarray(d.filled);
   }
 
-  /** `n` bytes arrived in the buffer receiveTarget() gave; dispatches the write once it is whole. */
+  /** `n` more bytes of the payload are in the buffer receiveTarget() gave; dispatches the write once it is whole. */
   received(n: number): void {
     const d = this.#direct as { buffer: Buffer; filled: number };
     d.filled += n;
@@ -238,6 +248,11 @@ export class Transmission {
       case w.NBD_CMD_WRITE: {
         if (Array.isArray(payload)) return (device.writeChunks as NonNullable<BlockDevice['writeChunks']>).call(device, h.offset, payload, fua).then(() => this.#replyOk(h));
         const data = payload as Buffer;
+        if (device.writeNow?.(h.offset, data, fua)) {
+          ioBuffers.release(data);
+          this.#replyOk(h);
+          return undefined;
+        }
         return device.write(h.offset, data, fua).then(
           () => {
             ioBuffers.release(data);
