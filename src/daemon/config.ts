@@ -10,6 +10,8 @@ export interface DaemonConfig {
   stateDir: string;
   attach: Array<{ path: string; name?: string }>;
   cachedReadMaximum: number;
+  /** NBD reads from this size on leave by sendfile when cached; 0: never. */
+  sendFileMinimum: number;
   syncWriteMaximum: number;
   /** Every attached device also gets a kernel block device. */
   loopAll: boolean;
@@ -37,6 +39,9 @@ Options:
   --cached-read-max BYTES
                        reads up to this size are first served from the page cache on the
                        event loop (preadv2 RWF_NOWAIT: never waits for a disk) (default 1048576)
+  --sendfile-min BYTES NBD reads of this size and more from an attached device whose range is
+                       in the page cache are sent by the kernel (sendfile: no copy in the
+                       daemon; never for snapshot images) (default 65536; 0 turns it off)
   --sync-write-max BYTES
                        writes up to this size use a synchronous pwrite on the event loop
                        instead of the thread pool, while the kernel's dirty pages stay far
@@ -57,6 +62,7 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
     stateDir: runtime,
     attach: [],
     cachedReadMaximum: 1024 * 1024,
+    sendFileMinimum: 64 * 1024,
     syncWriteMaximum: 1024 * 1024,
     loopAll: false,
     loopRoute: 'fuse',
@@ -89,6 +95,9 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
         config.attach.push(eq > 0 ? { path: v.slice(0, eq), name: v.slice(eq + 1) } : { path: v });
         break;
       }
+      case '--sendfile-min':
+        config.sendFileMinimum = byteCount(arg, value());
+        break;
       case '--cached-read-max':
         config.cachedReadMaximum = byteCount(arg, value());
         break;

@@ -31,6 +31,7 @@ export class Daemon {
     this.nbd = new NbdServer({
       catalogue: this.registry,
       socketPath: config.nbdPath,
+      sendFileMinimum: config.sendFileMinimum,
       log,
       ...(config.listen === undefined ? {} : { listen: config.listen }),
     });

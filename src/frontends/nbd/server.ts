@@ -9,6 +9,9 @@ import { Handshake, type ExportCatalogue } from './handshake.js';
 import { adoptWithReceiver, ReceiveArena } from './receive-socket.js';
 import { Transmission } from './transmission.js';
 
+/** Below this a copy costs less than the page-cache probe and the extra system call. */
+const DEFAULT_SEND_FILE_MINIMUM = 64 * 1024;
+
 /** Two maximum-size replies' worth, so large reads leave in one piece. */
 const SEND_BUFFER_BYTES = 8 * 1024 * 1024;
 
@@ -17,6 +20,8 @@ export interface NbdServerOptions {
   socketPath: string;
   /** "HOST:PORT" for an additional TCP listener. */
   listen?: string;
+  /** Reads from this size on are sent by the kernel (sendfile) where the device can; 0: never. */
+  sendFileMinimum?: number;
   log: (line: string) => void;
 }
 
@@ -105,7 +110,7 @@ export class NbdServer {
         if (step.kind === 'close') return end(step.reason);
         if (step.kind === 'more') return;
         const { agreement } = step;
-        transmission = new Transmission(socket, fd, agreement, onProgress);
+        transmission = new Transmission(socket, { socketFd: fd, sendFileMinimum: this.#options.sendFileMinimum ?? DEFAULT_SEND_FILE_MINIMUM }, agreement, onProgress);
         deviceWatch = agreement.device.onClose(() => end(`export ${agreement.device.name} went away`));
       }
       const step = transmission.feed(queue);

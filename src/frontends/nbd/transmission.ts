@@ -10,8 +10,6 @@ import * as w from './wire.js';
 
 /** Write payloads from this size on are received straight into their own buffer. */
 const DIRECT_PAYLOAD_MINIMUM = 128 * 1024;
-/** Reads from this size on are sent with sendfile when the device can (below, a copy is cheaper). */
-const SEND_FILE_MINIMUM = 64 * 1024;
 /** What a reply cut short by a full socket queues to learn when the socket has room again. */
 const WAIT_PIECE_BYTES = 64 * 1024;
 const EMPTY = Buffer.alloc(0);
@@ -60,9 +58,13 @@ export class Transmission {
   #heldReplies: Array<{ reply: Buffer; sent: (() => void) | undefined }> | null = null;
   #onProgress: () => void;
 
-  constructor(socket: Socket, socketFd: number, agreement: Agreement, onProgress: () => void) {
+  /** Reads from this size on are sent with sendfile where the device can; 0: never. */
+  #sendFileMinimum: number;
+
+  constructor(socket: Socket, replies: { socketFd: number; sendFileMinimum: number }, agreement: Agreement, onProgress: () => void) {
     this.#socket = socket;
-    this.#socketFd = socketFd;
+    this.#socketFd = replies.socketFd;
+    this.#sendFileMinimum = replies.sendFileMinimum > 0 ? replies.sendFileMinimum : Infinity;
     this.#agreement = agreement;
     this.#device = agreement.device;
     this.#onProgress = onProgress;
@@ -283,7 +285,7 @@ export class Transmission {
 
   #read(h: w.RequestHeader): Promise<void> | undefined {
     const prefixLength = this.#agreement.isStructured ? w.OFFSET_DATA_PREFIX_LENGTH : w.SIMPLE_REPLY_HEADER_LENGTH;
-    if (h.length >= SEND_FILE_MINIMUM && this.#canSendDirectly()) {
+    if (h.length >= this.#sendFileMinimum && this.#canSendDirectly()) {
       const prefix = Buffer.allocUnsafe(prefixLength);
       this.#writeReadPrefix(prefix, h);
       const sent = (this.#device.sendTo as NonNullable<BlockDevice['sendTo']>).call(this.#device, this.#socketFd, prefix, h.offset, h.length);
