@@ -180,10 +180,10 @@ export class FileStorage implements Storage {
     }
   }
 
-  write(offset: number, data: Uint8Array): Promise<void> {
+  write(offset: number, data: Uint8Array, inBackground = false): Promise<void> {
     // On the event loop only while the kernel is far from throttling writers (os/writeback.ts):
     // then it is a memory copy, and doing it here beats the thread-pool hop (docs/performance.md).
-    if (this.#isSyncWrite(data.length)) {
+    if (!inBackground && this.#isSyncWrite(data.length)) {
       try {
         this.writeNow(offset, data);
         return Promise.resolve();
@@ -219,9 +219,9 @@ export class FileStorage implements Storage {
     }
   }
 
-  writeChunks(offset: number, chunks: readonly Buffer[]): Promise<void> {
+  writeChunks(offset: number, chunks: readonly Buffer[], inBackground = false): Promise<void> {
     const total = chunks.reduce((n, c) => n + c.length, 0);
-    if (this.#isSyncWrite(total)) {
+    if (!inBackground && this.#isSyncWrite(total)) {
       let n = 0;
       return this.#timedSyncWrite(() => (n = fs.writevSync(this.#fd, chunks as Buffer[], offset))).then(() =>
         n === total ? undefined : this.write(offset + n, Buffer.concat(chunks as Buffer[]).subarray(n)),

@@ -31,14 +31,18 @@ export interface Storage {
    * blocks on an uncached range.
    */
   sendTo?(fd: number, prefix: Uint8Array, offset: number, length: number): number;
-  write(offset: number, data: Uint8Array): Promise<void>;
+  /**
+   * `inBackground`: the caller has more work waiting; run the write off its thread even where a
+   * synchronous copy would be quicker alone, so copies overlap.
+   */
+  write(offset: number, data: Uint8Array, inBackground?: boolean): Promise<void>;
   /**
    * Writes at once when that cannot keep the caller waiting (a page-cache copy while the kernel is
    * far from throttling writers); false, having written nothing, when it would: then write().
    */
   writeNow?(offset: number, data: Uint8Array): boolean;
   /** Writes consecutive pieces as one write (pwritev), where the store can; saves joining them first. */
-  writeChunks?(offset: number, chunks: readonly Buffer[]): Promise<void>;
+  writeChunks?(offset: number, chunks: readonly Buffer[], inBackground?: boolean): Promise<void>;
   /** Makes every completed write durable (fdatasync). */
   flush(): Promise<void>;
   /** Deallocates a range; it reads as zeroes afterwards. */

@@ -11,6 +11,11 @@ export const IoFlag = {
   MayTrim: 2,
   /** Write-zeroes must fail with ENOTSUP rather than be slow. */
   FastZero: 4,
+  /**
+   * More requests wait behind this one: run it off the event loop's thread even where a
+   * synchronous copy would be quicker alone, so the copies of several requests overlap.
+   */
+  Background: 8,
 } as const;
 export type IoFlags = number;
 

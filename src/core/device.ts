@@ -83,7 +83,7 @@ export class Device implements BlockDevice {
 
   write(offset: number, data: Uint8Array, flags: IoFlags): Promise<void> {
     this.#beginWrite('write', offset, data.length);
-    return this.#tracked(offset, data.length, flags, () => this.storage.write(offset, data));
+    return this.#tracked(offset, data.length, flags, () => this.storage.write(offset, data, (flags & IoFlag.Background) !== 0));
   }
 
   /**
@@ -93,7 +93,7 @@ export class Device implements BlockDevice {
   writeNow(offset: number, data: Uint8Array, flags: IoFlags): boolean {
     const tracker = this.tracker;
     const storage = this.storage;
-    if (flags & IoFlag.Fua || tracker.isHeld || tracker.diffArea !== null || !storage.writeNow) return false;
+    if (flags & (IoFlag.Fua | IoFlag.Background) || tracker.isHeld || tracker.diffArea !== null || !storage.writeNow) return false;
     this.#beginWrite('write', offset, data.length);
     try {
       tracker.beginWrite();
@@ -114,7 +114,8 @@ export class Device implements BlockDevice {
     const storage = this.storage;
     if (!storage.writeChunks) return this.write(offset, Buffer.concat(chunks as Buffer[]), flags);
     this.#beginWrite('write', offset, length);
-    return this.#tracked(offset, length, flags, () => (storage.writeChunks as NonNullable<Storage['writeChunks']>).call(storage, offset, chunks));
+    const inBackground = (flags & IoFlag.Background) !== 0;
+    return this.#tracked(offset, length, flags, () => (storage.writeChunks as NonNullable<Storage['writeChunks']>).call(storage, offset, chunks, inBackground));
   }
 
   zero(offset: number, length: number, flags: IoFlags): Promise<void> {

@@ -25,6 +25,7 @@ const preadv2Fn = libc.func('int64_t preadv2(int fd, void *iov, int iovcnt, int6
 const memmoveFn = libc.func('uintptr_t memmove(void *to, void *from, size_t length)');
 const sendfileFn = libc.func('int64_t sendfile(int outFd, int inFd, _Inout_ int64_t *offset, size_t count)');
 const syscallFn = libc.func('long syscall(long number, ...)');
+const ioctlIntFn = libc.func('int ioctl(int fd, unsigned long request, _Out_ int *value)');
 
 export const FALLOC_FL_KEEP_SIZE = 0x01;
 export const FALLOC_FL_PUNCH_HOLE = 0x02;
@@ -158,6 +159,14 @@ export function isRangeCached(fd: number, offset: number, length: number): boole
   }
   const pages = Math.ceil((offset + length) / PAGE_SIZE) - Math.floor(offset / PAGE_SIZE);
   return Number(cachestatOut[0]) >= pages;
+}
+
+const FIONREAD = 0x541b;
+const readableCount = [0];
+
+/** Bytes waiting to be read on a socket (FIONREAD); 0 when it cannot tell. */
+export function bytesReadable(fd: number): number {
+  return ioctlIntFn(fd, FIONREAD, readableCount) === 0 ? (readableCount[0] as number) : 0;
 }
 
 const sendfileOffset = [0];

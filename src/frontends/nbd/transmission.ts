@@ -1,8 +1,9 @@
 // Owns the NBD transmission phase of one connection: request parsing, dispatch to the device, replies.
 import type { Socket } from 'node:net';
-import { IoFlag, type BlockDevice } from '../../core/block-device.js';
+import { IoFlag, type BlockDevice, type IoFlags } from '../../core/block-device.js';
 import { BlkError, toBlkError, toNbdErrno } from '../../errors.js';
 import { nbd as limits } from '../../params.js';
+import { bytesReadable } from '../../os/libc.js';
 import { ioBuffers } from '../../util/buffer-pool.js';
 import type { ByteQueue } from '../../util/byte-queue.js';
 import type { Agreement } from './handshake.js';
@@ -13,6 +14,8 @@ const DIRECT_PAYLOAD_MINIMUM = 128 * 1024;
 /** What a reply cut short by a full socket queues to learn when the socket has room again. */
 const WAIT_PIECE_BYTES = 64 * 1024;
 const EMPTY = Buffer.alloc(0);
+/** Writes from this size on go to the thread pool while other requests are in flight. */
+const BACKGROUND_WRITE_MINIMUM = 256 * 1024;
 
 export type TransmissionStep = { kind: 'more' } | { kind: 'paused' } | { kind: 'close'; reason: string };
 
@@ -243,19 +246,20 @@ export class Transmission {
    */
   #run(h: w.RequestHeader, payload: Buffer | Buffer[] | undefined): Promise<void> | undefined {
     const device = this.#device;
-    const fua = h.flags & w.NBD_CMD_FLAG_FUA ? IoFlag.Fua : IoFlag.None;
+    let base: IoFlags = h.flags & w.NBD_CMD_FLAG_FUA ? IoFlag.Fua : IoFlag.None;
+    if (h.type === w.NBD_CMD_WRITE && h.length >= BACKGROUND_WRITE_MINIMUM && this.#hasMoreRequests()) base |= IoFlag.Background;
     switch (h.type) {
       case w.NBD_CMD_READ:
         return this.#read(h);
       case w.NBD_CMD_WRITE: {
-        if (Array.isArray(payload)) return (device.writeChunks as NonNullable<BlockDevice['writeChunks']>).call(device, h.offset, payload, fua).then(() => this.#replyOk(h));
+        if (Array.isArray(payload)) return (device.writeChunks as NonNullable<BlockDevice['writeChunks']>).call(device, h.offset, payload, base).then(() => this.#replyOk(h));
         const data = payload as Buffer;
-        if (device.writeNow?.(h.offset, data, fua)) {
+        if (device.writeNow?.(h.offset, data, base)) {
           ioBuffers.release(data);
           this.#replyOk(h);
           return undefined;
         }
-        return device.write(h.offset, data, fua).then(
+        return device.write(h.offset, data, base).then(
           () => {
             ioBuffers.release(data);
             this.#replyOk(h);
@@ -269,11 +273,11 @@ export class Transmission {
       case w.NBD_CMD_FLUSH:
         return device.flush().then(() => this.#replyOk(h));
       case w.NBD_CMD_TRIM:
-        return device.trim(h.offset, h.length, fua).then(() => this.#replyOk(h));
+        return device.trim(h.offset, h.length, base).then(() => this.#replyOk(h));
       case w.NBD_CMD_CACHE:
         return device.cache(h.offset, h.length).then(() => this.#replyOk(h));
       case w.NBD_CMD_WRITE_ZEROES: {
-        let flags = fua;
+        let flags = base;
         if (!(h.flags & w.NBD_CMD_FLAG_NO_HOLE)) flags |= IoFlag.MayTrim;
         if (h.flags & w.NBD_CMD_FLAG_FAST_ZERO) flags |= IoFlag.FastZero;
         return device.zero(h.offset, h.length, flags).then(() => this.#replyOk(h));
@@ -281,6 +285,16 @@ export class Transmission {
       default:
         return this.#blockStatus(h);
     }
+  }
+
+  /**
+   * Whether the client has sent more than this request: then a large write goes to the thread pool
+   * so its copy overlaps the event loop's reading of the next ones (1 MiB writes at depth 32:
+   * 1.55 → 1.79 GB/s); a client waiting for this reply is served quicker by a synchronous copy
+   * (1.71 vs 1.49 GB/s at depth 1). Requests in flight are no sign: synchronous writes leave none.
+   */
+  #hasMoreRequests(): boolean {
+    return this.#requestsInFlight > 1 || (this.#queue?.length ?? 0) > 0 || (this.#socketFd >= 0 && bytesReadable(this.#socketFd) > 0);
   }
 
   #read(h: w.RequestHeader): Promise<void> | undefined {
