@@ -4,7 +4,7 @@
 // pairs (median of the pairs' costs), and the CPU time of the CBT marking itself.
 //   node dist/bench/nbd-throughput.js            (or: npm run bench)
 //   BENCH_ROUNDS=3 BENCH_RUNTIME=4 BENCH_PROFILES=seq-read-qd32,rand-read-4k-qd32 BENCH_DAEMON_ARGS='--sync-write-max 0'
-//   BENCH_TRACKING_PAIRS=6 (0 skips the tracking part)
+//   BENCH_TRACKING_PAIRS=8 (a multiple of 4 balances order and files; 0 skips the tracking part)
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -17,7 +17,7 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 const runtime = Number(process.env.BENCH_RUNTIME ?? 4);
 const daemonArgs = (process.env.BENCH_DAEMON_ARGS ?? '').split(' ').filter((a) => a !== '');
-const trackingPairs = Number(process.env.BENCH_TRACKING_PAIRS ?? 6);
+const trackingPairs = Number(process.env.BENCH_TRACKING_PAIRS ?? 8);
 const GiB = 1024 ** 3;
 
 interface Profile { name: string; rw: string; bs: string; iodepth: number; numjobs: number }
@@ -138,12 +138,14 @@ async function trackingCost(dir: string, writeProfiles: Profile[]): Promise<void
     const tracked: number[] = [];
     const untracked: number[] = [];
     for (let i = 0; i < trackingPairs; i++) {
-      const [trackedFile, plainFile] = i % 2 ? [files[1], files[0]] : [files[0], files[1]];
+      // Order flips every pair, roles every two pairs: with a multiple of 4 pairs both balance
+      // (a second run in a pair tends to be quicker here, which a fixed order would count as cost).
+      const [trackedFile, plainFile] = (i >> 1) % 2 ? [files[1], files[0]] : [files[0], files[1]];
       const sdir = fs.mkdtempSync(path.join(dir, 'tracking-'));
       const s = await startBlksnapd(sdir, [{ name: 'tracked', file: trackedFile, tracked: true }, { name: 'untracked', file: plainFile, tracked: false }]);
       const r: Record<string, Result> = {};
       try {
-        for (const name of (i >> 1) % 2 ? ['untracked', 'tracked'] : ['tracked', 'untracked']) r[name] = await fio(`nbd+unix:///${name}?socket=${s.nbd}`, p);
+        for (const name of i % 2 ? ['untracked', 'tracked'] : ['tracked', 'untracked']) r[name] = await fio(`nbd+unix:///${name}?socket=${s.nbd}`, p);
       } finally {
         await s.stop();
       }

@@ -17,6 +17,19 @@ const EMPTY = Buffer.alloc(0);
 /** Writes from this size on go to the thread pool while other requests are in flight. */
 const BACKGROUND_WRITE_MINIMUM = 256 * 1024;
 
+/** A large write payload under way: what came before its header was parsed, and a buffer for the rest. */
+interface DirectPayload {
+  head: Buffer[];
+  buffer: Buffer;
+  filled: number;
+}
+
+function chunksLength(chunks: readonly Buffer[]): number {
+  let n = 0;
+  for (const c of chunks) n += c.length;
+  return n;
+}
+
 export type TransmissionStep = { kind: 'more' } | { kind: 'paused' } | { kind: 'close'; reason: string };
 
 /** The command flags each command accepts; anything else is EINVAL. */
@@ -43,7 +56,7 @@ export class Transmission {
   #agreement: Agreement;
   #pending: w.RequestHeader | null = null;
   /** A large write payload being received straight into its own buffer (see receiveTarget). */
-  #direct: { buffer: Buffer; filled: number } | null = null;
+  #direct: DirectPayload | null = null;
   #skipLeft = 0;
   #skipError: BlkError | null = null;
   #requestsInFlight = 0;
@@ -122,10 +135,16 @@ export class Transmission {
         if (queue.length < header.length) {
           if (header.length < DIRECT_PAYLOAD_MINIMUM) return { kind: 'more' };
           // The socket reads the rest of this payload straight into its buffer (receiveTarget).
-          const buffer = ioBuffers.acquire(header.length);
-          const filled = queue.length;
-          queue.takeInto(buffer, filled);
-          this.#direct = { buffer, filled };
+          // Where the device writes pieces, what already came stays where it was read.
+          if (this.#device.writeChunks) {
+            const head = queue.takeChunks(queue.length);
+            this.#direct = { head, buffer: ioBuffers.acquire(header.length - chunksLength(head)), filled: 0 };
+          } else {
+            const buffer = ioBuffers.acquire(header.length);
+            const filled = queue.length;
+            queue.takeInto(buffer, filled);
+            this.#direct = { head: [], buffer, filled };
+          }
           return { kind: 'more' };
         }
         this.#pending = null;
@@ -173,13 +192,13 @@ export class Transmission {
 
   /** `n` more bytes of the payload are in the buffer receiveTarget() gave; dispatches the write once it is whole. */
   received(n: number): void {
-    const d = this.#direct as { buffer: Buffer; filled: number };
+    const d = this.#direct as DirectPayload;
     d.filled += n;
     if (d.filled < d.buffer.length) return;
     const header = this.#pending as w.RequestHeader;
     this.#direct = null;
     this.#pending = null;
-    this.#dispatch(header, d.buffer);
+    this.#dispatch(header, d.head.length > 0 ? [...d.head, d.buffer] : d.buffer);
   }
 
   /** The connection is gone: gives back a payload buffer still being received. */
@@ -252,7 +271,20 @@ export class Transmission {
       case w.NBD_CMD_READ:
         return this.#read(h);
       case w.NBD_CMD_WRITE: {
-        if (Array.isArray(payload)) return (device.writeChunks as NonNullable<BlockDevice['writeChunks']>).call(device, h.offset, payload, base).then(() => this.#replyOk(h));
+        if (Array.isArray(payload)) {
+          // Received pieces: views of the receive arena, and a pooled buffer for a direct payload's rest.
+          const release = (): void => payload.forEach((c) => ioBuffers.release(c));
+          return (device.writeChunks as NonNullable<BlockDevice['writeChunks']>).call(device, h.offset, payload, base).then(
+            () => {
+              release();
+              this.#replyOk(h);
+            },
+            (e: unknown) => {
+              release();
+              throw e;
+            },
+          );
+        }
         const data = payload as Buffer;
         if (device.writeNow?.(h.offset, data, base)) {
           ioBuffers.release(data);
