@@ -3,7 +3,7 @@
 //  - image reads vs device reads (untouched chunks come from the device, kept ones from the difference storage)
 //  - take latency with 4 sparse devices of 1 TiB
 //  - daemon RSS with a 4 TiB sparse device and a snapshot held; metadata bytes per chunk
-//   node dist/bench/snapshot.js     (BENCH_ROUNDS=3 BENCH_SIZE_MIB=1024)
+//   node dist/bench/snapshot.js     (BENCH_ROUNDS=3 BENCH_SIZE_MIB=1024 BENCH_DAEMON_ARGS='--sendfile-min 0')
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -16,13 +16,14 @@ import * as api from '../src/control/protocol.js';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 1024);
+const daemonArgs = (process.env.BENCH_DAEMON_ARGS ?? '').split(' ').filter((a) => a !== '');
 const TiB = 2 ** 40;
 
 
 async function startDaemon(dir: string): Promise<{ child: ChildProcess; client: BlksnapClient; nbd: string }> {
   const control = path.join(dir, 'control.sock');
   const nbd = path.join(dir, 'nbd.sock');
-  const child = spawn(process.execPath, [path.join(root, 'bin/blksnapd'), '--control', control, '--nbd', nbd, '--state-dir', dir], { stdio: 'ignore' });
+  const child = spawn(process.execPath, [path.join(root, 'bin/blksnapd'), '--control', control, '--nbd', nbd, '--state-dir', dir, ...daemonArgs], { stdio: 'ignore' });
   for (let i = 0; i < 500 && !fs.existsSync(control); i++) await new Promise((r) => setTimeout(r, 20));
   return { child, client: await BlksnapClient.connect(control), nbd };
 }

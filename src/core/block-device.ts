@@ -39,7 +39,10 @@ export interface BlockDevice {
    */
   sendTo?(fd: number, prefix: Uint8Array, offset: number, length: number): number | null;
   write(offset: number, data: Uint8Array, flags: IoFlags): Promise<void>;
-  /** Writes at once when nothing has to wait (see Storage.writeNow); false, having done nothing, otherwise. */
+  /**
+   * Writes at once when nothing has to wait (see Storage.writeNow); false otherwise, having written
+   * nothing: then write() (a CBT mark already made is the same one write() makes).
+   */
   writeNow?(offset: number, data: Uint8Array, flags: IoFlags): boolean;
   /** The same as write() of the joined pieces, without joining them, where the device can. */
   writeChunks?(offset: number, chunks: readonly Buffer[], flags: IoFlags): Promise<void>;

@@ -1,12 +1,12 @@
 // Owns reusable I/O buffers: large request and reply buffers are recycled instead of allocated per request.
 
+const SLAB_BYTES = 1024 * 1024;
+
 /**
  * Fresh large Buffers cost page faults on first touch (the allocator maps new memory for each),
  * which dominated 1 MiB requests. Buffers are kept in power-of-two classes from 64 KiB up; a
  * class holds a bounded number, so the pool never keeps more than about `maximumBytes`.
  */
-const SLAB_BYTES = 1024 * 1024;
-
 export class BufferPool {
   #free = new Map<number, Buffer[]>();
   #keptBytes = 0;

@@ -1,0 +1,34 @@
+// The I/O buffer pool: what it hands out again, and what it must never take back.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { BufferPool } from '../../../src/util/buffer-pool.js';
+
+const KiB = 1024;
+
+describe('buffer pool', () => {
+  it('hands a released buffer out again for the same size class', () => {
+    const pool = new BufferPool(16 * 1024 * KiB);
+    const a = pool.acquire(700 * KiB);
+    pool.release(a);
+    const b = pool.acquire(1024 * KiB);
+    assert.equal(b.buffer, a.buffer);
+    assert.equal(b.length, 1024 * KiB);
+  });
+
+  it('never takes back a view of memory it did not allocate (a receive arena)', () => {
+    const pool = new BufferPool(16 * 1024 * KiB);
+    const arena = Buffer.allocUnsafeSlow(4096 * KiB);
+    const view = arena.subarray(0, 128 * KiB);
+    assert.equal(pool.isPooled(view), false);
+    pool.release(view);
+    assert.notEqual(pool.acquire(4096 * KiB).buffer, arena.buffer);
+  });
+
+  it('cuts small buffers from a shared slab without overlap', () => {
+    const pool = new BufferPool(16 * 1024 * KiB);
+    const pieces = Array.from({ length: 600 }, (_, i) => pool.acquire(4096 + 16 + (i % 7)));
+    pieces.forEach((p, i) => p.fill(i & 0xff));
+    pieces.forEach((p, i) => assert.ok(p.every((x) => x === (i & 0xff)), `piece ${i} was overwritten`));
+    assert.equal(pool.isPooled(pieces[0] as Buffer), false);
+  });
+});
