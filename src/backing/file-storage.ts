@@ -169,15 +169,11 @@ export class FileStorage implements Storage {
 
   writeNow(offset: number, data: Uint8Array): boolean {
     if (!this.#isSyncWrite(data.length)) return false;
-    try {
-      const started = performance.now();
+    this.#timedSyncWrite(() => {
       let done = 0;
       while (done < data.length) done += fs.writeSync(this.#fd, data, done, data.length - done, offset + done);
-      writeback.noteSyncWrite(performance.now() - started);
-      return true;
-    } catch (e) {
-      throw toBlkError(e);
-    }
+    });
+    return true;
   }
 
   write(offset: number, data: Uint8Array, inBackground = false): Promise<void> {
@@ -207,15 +203,14 @@ export class FileStorage implements Storage {
     return length <= this.#syncWriteMaximum && writeback.allowsSyncWrite;
   }
 
-  /** Runs a synchronous write and reports its duration to the writeback watch. */
-  #timedSyncWrite(write: () => void): Promise<void> {
+  /** Runs a synchronous write and reports its duration to the writeback watch; throws a BlkError. */
+  #timedSyncWrite(write: () => void): void {
     try {
       const started = performance.now();
       write();
       writeback.noteSyncWrite(performance.now() - started);
-      return Promise.resolve();
     } catch (e) {
-      return Promise.reject(toBlkError(e));
+      throw toBlkError(e);
     }
   }
 
@@ -223,9 +218,12 @@ export class FileStorage implements Storage {
     const total = chunks.reduce((n, c) => n + c.length, 0);
     if (!inBackground && this.#isSyncWrite(total)) {
       let n = 0;
-      return this.#timedSyncWrite(() => (n = fs.writevSync(this.#fd, chunks as Buffer[], offset))).then(() =>
-        n === total ? undefined : this.write(offset + n, Buffer.concat(chunks as Buffer[]).subarray(n)),
-      );
+      try {
+        this.#timedSyncWrite(() => (n = fs.writevSync(this.#fd, chunks as Buffer[], offset)));
+      } catch (e) {
+        return Promise.reject(e);
+      }
+      return n === total ? Promise.resolve() : this.write(offset + n, Buffer.concat(chunks as Buffer[]).subarray(n));
     }
     return new Promise((resolve, reject) => {
       fs.writev(this.#fd, chunks as Buffer[], offset, (err, n) => {
