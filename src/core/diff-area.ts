@@ -110,6 +110,41 @@ export class DiffArea {
     this.#checkHealthy();
   }
 
+  /**
+   * The image read done at once, where nothing can race it: every chunk of the range is untouched
+   * (no device write to it can be landing: a write keeps the chunk's original first, and it is
+   * synchronous here, so no copy starts meanwhile) or kept, and memory holds all of it. False when
+   * it cannot: then readImage() (what was read is read again).
+   */
+  readImageNow(offset: number, into: Uint8Array): boolean {
+    const origin = this.#origin;
+    if (this.#health.error || !origin.readNow) return false;
+    const { chunks } = this;
+    const end = offset + into.length;
+    const last = chunks.last(offset, into.length);
+    for (let i = chunks.first(offset); i <= last; i++) {
+      const state = chunks.state[i];
+      if (state !== ChunkState.Untouched && state !== ChunkState.Stored) return false;
+    }
+    let pos = offset;
+    while (pos < end) {
+      const i = chunks.first(pos);
+      if (chunks.state[i] === ChunkState.Stored) {
+        const pieceEnd = Math.min(end, (i + 1) * chunks.chunkSize);
+        const at = (chunks.slot[i] as number) * chunks.chunkSize + (pos - i * chunks.chunkSize);
+        if (!this.#diff.readNow(at, into.subarray(pos - offset, pieceEnd - offset))) return false;
+        pos = pieceEnd;
+        continue;
+      }
+      let j = i;
+      while ((j + 1) * chunks.chunkSize < end && chunks.state[j + 1] === ChunkState.Untouched) j++;
+      const runEnd = Math.min(end, (j + 1) * chunks.chunkSize);
+      if (!origin.readNow.call(origin, pos, into.subarray(pos - offset, runEnd - offset))) return false;
+      pos = runEnd;
+    }
+    return true;
+  }
+
   /** Writes the image: the chunk's original is kept first, then the write lands on the kept copy. */
   async writeImage(offset: number, data: Uint8Array): Promise<void> {
     this.#checkHealthy();

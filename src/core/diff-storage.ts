@@ -18,6 +18,9 @@ export interface DiffStorageOptions {
   devicePaths: readonly string[];
 }
 
+/** Image reads of kept chunks try the page cache first, as device reads do. */
+const STORE_OPTIONS = { cachedReadMaximum: 1024 * 1024 };
+
 /**
  * One per snapshot, shared by its devices. Space is given out chunk by chunk from the front (a
  * bump allocator). A file store starts with `minimum` bytes of real allocation and grows by
@@ -64,10 +67,10 @@ export class DiffStorage {
       } catch (e) {
         throw new BlkError(toBlkError(e).code, `cannot create an unnamed file in ${target}: ${toBlkError(e).message}`);
       }
-      store = FileStorage.adopt(path.join(real, '(unnamed)'), fd, false);
+      store = FileStorage.adopt(path.join(real, '(unnamed)'), fd, false, STORE_OPTIONS);
       kind = 'directory';
     } else {
-      store = await FileStorage.open(target);
+      store = await FileStorage.open(target, STORE_OPTIONS);
       kind = store.isBlockDevice ? 'block' : 'file';
     }
     try {
@@ -122,6 +125,11 @@ export class DiffStorage {
 
   read(offset: number, into: Uint8Array): Promise<void> {
     return this.store.read(offset, into);
+  }
+
+  /** Reads at once when the page cache holds the range; false otherwise. */
+  readNow(offset: number, into: Uint8Array): boolean {
+    return this.store.readNow(offset, into);
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {

@@ -41,6 +41,15 @@ export class SnapImage implements BlockDevice {
     return this.#area.readImage(offset, into).finally(() => this.#end());
   }
 
+  readNow(offset: number, into: Uint8Array): boolean {
+    this.#begin('image read', offset, into.length, 'EINVAL');
+    try {
+      return this.#area.readImageNow(offset, into);
+    } finally {
+      this.#end();
+    }
+  }
+
   write(offset: number, data: Uint8Array, _flags: IoFlags): Promise<void> {
     this.#begin('image write', offset, data.length, 'ENOSPC');
     this.device.tracker.cbt.markBoth(offset, data.length);
