@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import { BlkError, toBlkError } from '../errors.js';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate, isRangeCached, lockExclusive, readCached, seekData, seekHole, sendFile, sizeOfBlockDevice, willNeed } from '../os/libc.js';
 import { writeback } from '../os/writeback.js';
+import { totalLength } from '../util/byte-queue.js';
 import type { Extent, Storage } from './storage.js';
 
 export interface FileStorageOptions {
@@ -215,7 +216,7 @@ export class FileStorage implements Storage {
   }
 
   writeChunks(offset: number, chunks: readonly Buffer[], inBackground = false): Promise<void> {
-    const total = chunks.reduce((n, c) => n + c.length, 0);
+    const total = totalLength(chunks);
     if (!inBackground && this.#isSyncWrite(total)) {
       let n = 0;
       try {

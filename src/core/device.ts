@@ -2,6 +2,7 @@
 import type { Extent, Storage } from '../backing/storage.js';
 import { BlkError } from '../errors.js';
 import { Emitter } from '../util/emitter.js';
+import { totalLength } from '../util/byte-queue.js';
 import { InFlight } from '../util/in-flight.js';
 import { IoFlag, type BlockDevice, type IoFlags } from './block-device.js';
 import { Tracker } from './tracker.js';
@@ -110,7 +111,7 @@ export class Device implements BlockDevice {
   }
 
   writeChunks(offset: number, chunks: readonly Buffer[], flags: IoFlags): Promise<void> {
-    const length = chunks.reduce((n, c) => n + c.length, 0);
+    const length = totalLength(chunks);
     const storage = this.storage;
     if (!storage.writeChunks) return this.write(offset, Buffer.concat(chunks as Buffer[]), flags);
     this.#beginWrite('write', offset, length);

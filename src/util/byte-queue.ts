@@ -4,6 +4,13 @@
  * A FIFO of received chunks. `take(n)` returns a view into the chunk when the bytes lie in one
  * (the common case for payloads), and copies only when they span chunks.
  */
+/** The bytes in a list of pieces (a payload received in several chunks). */
+export function totalLength(chunks: readonly Uint8Array[]): number {
+  let n = 0;
+  for (const c of chunks) n += c.length;
+  return n;
+}
+
 export class ByteQueue {
   #chunks: Buffer[] = [];
   #head = 0;

@@ -5,7 +5,7 @@ import { BlkError, toBlkError, toNbdErrno } from '../../errors.js';
 import { nbd as limits } from '../../params.js';
 import { bytesReadable } from '../../os/libc.js';
 import { ioBuffers } from '../../util/buffer-pool.js';
-import type { ByteQueue } from '../../util/byte-queue.js';
+import { totalLength, type ByteQueue } from '../../util/byte-queue.js';
 import type { Agreement } from './handshake.js';
 import * as w from './wire.js';
 
@@ -14,7 +14,7 @@ const DIRECT_PAYLOAD_MINIMUM = 128 * 1024;
 /** What a reply cut short by a full socket queues to learn when the socket has room again. */
 const WAIT_PIECE_BYTES = 64 * 1024;
 const EMPTY = Buffer.alloc(0);
-/** Writes from this size on go to the thread pool while other requests are in flight. */
+/** Writes from this size on go to the thread pool while the client has sent more requests. */
 const BACKGROUND_WRITE_MINIMUM = 256 * 1024;
 
 /** A large write payload under way: what came before its header was parsed, and a buffer for the rest. */
@@ -22,12 +22,6 @@ interface DirectPayload {
   head: Buffer[];
   buffer: Buffer;
   filled: number;
-}
-
-function chunksLength(chunks: readonly Buffer[]): number {
-  let n = 0;
-  for (const c of chunks) n += c.length;
-  return n;
 }
 
 export type TransmissionStep = { kind: 'more' } | { kind: 'paused' } | { kind: 'close'; reason: string };
@@ -138,7 +132,7 @@ export class Transmission {
           // Where the device writes pieces, what already came stays where it was read.
           if (this.#device.writeChunks) {
             const head = queue.takeChunks(queue.length);
-            this.#direct = { head, buffer: ioBuffers.acquire(header.length - chunksLength(head)), filled: 0 };
+            this.#direct = { head, buffer: ioBuffers.acquire(header.length - totalLength(head)), filled: 0 };
           } else {
             const buffer = ioBuffers.acquire(header.length);
             const filled = queue.length;
@@ -342,18 +336,18 @@ export class Transmission {
     }
     // Header and data share one buffer: one allocation and one socket write per reply.
     const reply = ioBuffers.acquire(prefixLength + h.length);
-    if (this.#device.readNow?.(h.offset, reply.subarray(prefixLength))) {
-      this.#writeReadPrefix(reply, h);
-      this.#write(reply, ioBuffers.isPooled(reply) ? () => ioBuffers.release(reply) : undefined);
-      return undefined;
-    }
-    return this.#device.read(h.offset, reply.subarray(prefixLength)).then(() => {
-      this.#writeReadPrefix(reply, h);
-      this.#write(reply, () => ioBuffers.release(reply));
-    }, (e: unknown) => {
+    if (this.#device.readNow?.(h.offset, reply.subarray(prefixLength))) return this.#sendRead(reply, h);
+    return this.#device.read(h.offset, reply.subarray(prefixLength)).then(() => this.#sendRead(reply, h), (e: unknown) => {
       ioBuffers.release(reply);
       throw e;
     });
+  }
+
+  /** Sends a read reply whose data is in place after its prefix; the pool gets the buffer back once sent. */
+  #sendRead(reply: Buffer, h: w.RequestHeader): undefined {
+    this.#writeReadPrefix(reply, h);
+    this.#write(reply, ioBuffers.isPooled(reply) ? () => ioBuffers.release(reply) : undefined);
+    return undefined;
   }
 
   #writeReadPrefix(b: Buffer, h: w.RequestHeader): void {
