@@ -1,6 +1,7 @@
 // Owns the interface front ends serve: a byte-addressed device (an attached device or a snapshot image).
 import type { Extent } from '../backing/storage.js';
 import type { Event } from '../util/emitter.js';
+import type { WriteStream } from './write-stream.js';
 
 /** Per-request flags, independent of any wire format. */
 export const IoFlag = {
@@ -44,6 +45,11 @@ export interface BlockDevice {
    * nothing: then write() (a CBT mark already made is the same one write() makes).
    */
   writeNow?(offset: number, data: Uint8Array, flags: IoFlags): boolean;
+  /**
+   * Opens one write whose data arrives in parts, where the device can: each part lands as it is
+   * given, the write is tracked once for its whole range, and it is in flight until end().
+   */
+  streamWrite?(offset: number, length: number, flags: IoFlags): WriteStream;
   /** The same as write() of the joined pieces, without joining them, where the device can. */
   writeChunks?(offset: number, chunks: readonly Buffer[], flags: IoFlags): Promise<void>;
   zero(offset: number, length: number, flags: IoFlags): Promise<void>;

@@ -6,6 +6,7 @@ import { totalLength } from '../util/byte-queue.js';
 import { InFlight } from '../util/in-flight.js';
 import { IoFlag, type BlockDevice, type IoFlags } from './block-device.js';
 import { Tracker } from './tracker.js';
+import { WriteStream } from './write-stream.js';
 
 /** Checks a request range against a size; `pastEnd` is the errno for a range beyond it. */
 export function checkRange(what: string, offset: number, length: number, size: number, pastEnd: 'EINVAL' | 'ENOSPC'): void {
@@ -108,6 +109,12 @@ export class Device implements BlockDevice {
     } finally {
       this.#end();
     }
+  }
+
+  /** One write whose data comes in parts (see WriteStream); the caller must end() it. */
+  streamWrite(offset: number, length: number, flags: IoFlags): WriteStream {
+    this.#beginWrite('write', offset, length);
+    return new WriteStream(this.tracker, this.storage, { offset, length, isFua: (flags & IoFlag.Fua) !== 0 }, () => this.#end());
   }
 
   writeChunks(offset: number, chunks: readonly Buffer[], flags: IoFlags): Promise<void> {

@@ -8,6 +8,7 @@ import { Cbt } from '../../src/client/index.js';
 import * as api from '../../src/control/protocol.js';
 import { blksnapCli } from '../helpers/daemon.js';
 import { NbdClient } from '../helpers/nbd-client.js';
+import { encodeRequest, NBD, RawNbd } from '../helpers/raw-nbd.js';
 import { durationMs, Scenario } from '../helpers/scenario.js';
 
 const MiB = 1024 * 1024;
@@ -70,6 +71,51 @@ describe('snapshot take', () => {
     a.close();
     b.close();
     assert.ok(rounds.length >= 2);
+  });
+
+  it('a large write still arriving when a take begins is wholly in its image; a client stalled mid-payload holds the take back only briefly', async () => {
+    // Large payloads land as they arrive, yet the device sees one write: the take waits for it.
+    const writer = await RawNbd.connect(s.daemon.nbdPath);
+    await writer.handshake('dev1');
+    const payload = Buffer.alloc(MiB, 0x5a);
+    writer.write(encodeRequest(NBD.WRITE, 0, 1n, 10 * MiB, MiB));
+    writer.write(payload.subarray(0, MiB / 2));
+    await new Promise((r) => setTimeout(r, 50));
+    let isTaken = false;
+    const taking = s.take(['dev1']).then((id) => ((isTaken = true), id));
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(isTaken, false, 'the take waits for the write in flight');
+    writer.write(payload.subarray(MiB / 2));
+    assert.equal((await writer.simpleReply()).error, 0);
+    const id = await taking;
+    const image = await NbdClient.connect(s.daemon.nbdPath, await s.imageName('dev1'));
+    assert.ok((await image.pread(10 * MiB, MiB)).equals(payload), 'the whole write is in the image');
+    image.close();
+    await s.destroy(id);
+
+    // The client stops mid-payload: the take goes on within the stall window (1 s, twice at most);
+    // the write still completes, the part sent after the take lands through copy-on-write.
+    const dev = await NbdClient.connect(s.daemon.nbdPath, 'dev1');
+    const before = await dev.pread(12 * MiB, MiB);
+    writer.write(encodeRequest(NBD.WRITE, 0, 2n, 12 * MiB, MiB));
+    writer.write(Buffer.alloc(MiB / 4, 0x6b));
+    const stalledTake = s.take(['dev1']);
+    const inTime = await Promise.race([stalledTake.then(() => true), new Promise<false>((r) => setTimeout(() => r(false), 5000))]);
+    writer.write(Buffer.alloc((3 * MiB) / 4, 0x6b));
+    assert.ok(inTime, 'a client stalled mid-payload held the take back for 5 s');
+    const stalledId = await stalledTake;
+    assert.equal((await writer.simpleReply()).error, 0);
+    assert.ok((await dev.pread(12 * MiB, MiB)).equals(Buffer.alloc(MiB, 0x6b)), 'the device has the whole write');
+    const stalledImage = await NbdClient.connect(s.daemon.nbdPath, await s.imageName('dev1'));
+    const seen = await stalledImage.pread(12 * MiB, MiB);
+    let landed = 0;
+    while (landed < MiB && seen[landed] === 0x6b) landed++;
+    assert.ok(landed <= MiB / 4, `the image holds ${landed} bytes of the write: only those that landed before the take`);
+    assert.ok(seen.subarray(landed).equals(before.subarray(landed)), 'the rest of the image is what the device held before');
+    stalledImage.close();
+    dev.close();
+    writer.close();
+    await s.destroy(stalledId);
   });
 
   it('cbt: three increments show exactly the changed blocks; the 255th take forces a new generation', async () => {
