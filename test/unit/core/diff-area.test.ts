@@ -69,10 +69,22 @@ function health() {
 }
 
 const op = fc.oneof(
+  fc.record({ kind: fc.constant('deviceStream' as const), offset: fc.nat(SIZE - 1), length: fc.integer({ min: 1, max: 3 * CHUNK }), byte: fc.integer({ min: 1, max: 255 }), parts: fc.integer({ min: 1, max: 5 }) }),
   fc.record({ kind: fc.constant('deviceWrite' as const), offset: fc.nat(SIZE - 1), length: fc.integer({ min: 1, max: 3 * CHUNK }), byte: fc.integer({ min: 1, max: 255 }) }),
   fc.record({ kind: fc.constant('imageRead' as const), offset: fc.nat(SIZE - 1), length: fc.integer({ min: 1, max: 3 * CHUNK }) }),
   fc.record({ kind: fc.constant('imageWrite' as const), offset: fc.nat(SIZE - 1), length: fc.integer({ min: 1, max: 3 * CHUNK }), byte: fc.integer({ min: 1, max: 255 }) }),
 );
+
+/** Writes `data` through a WriteStream in `parts` pieces, a few event-loop turns apart. */
+async function streamInParts(device: Device, offset: number, data: Uint8Array, parts: number, jitter: () => number): Promise<void> {
+  const stream = device.streamWrite(offset, data.length, IoFlag.None);
+  const step = Math.ceil(data.length / parts);
+  for (let at = 0; at < data.length; at += step) {
+    for (let i = jitter(); i > 0; i--) await new Promise((r) => setImmediate(r));
+    stream.write(offset + at, data.subarray(at, Math.min(data.length, at + step)));
+  }
+  await stream.end();
+}
 
 describe('DiffArea races', () => {
   it('images show the take-time data under concurrent device writes; image writes never reach the device', async () => {
@@ -99,11 +111,14 @@ describe('DiffArea races', () => {
         for (const o of ops) {
           const end = Math.min(SIZE, o.offset + o.length);
           const length = end - o.offset;
-          if (o.kind === 'deviceWrite') {
+          if (o.kind === 'deviceWrite' || o.kind === 'deviceStream') {
             if (overlaps(busyDevice, o.offset, end)) await Promise.all(running);
             expectDevice.fill(o.byte, o.offset, end);
             busyDevice.push([o.offset, end]);
-            running.push(device.write(o.offset, new Uint8Array(length).fill(o.byte), IoFlag.None));
+            const data = new Uint8Array(length).fill(o.byte);
+            if (o.kind === 'deviceWrite') running.push(device.write(o.offset, data, IoFlag.None));
+            // A payload arriving in parts, some event-loop turns apart, while everything else runs.
+            else running.push(streamInParts(device, o.offset, data, o.kind === 'deviceStream' ? o.parts : 1, jitter));
           } else if (o.kind === 'imageWrite') {
             // Like any block device, an image read racing an image write of the same bytes may see
             // either; the model keeps them apart (reads racing *device* writes are the point).
@@ -134,6 +149,47 @@ describe('DiffArea races', () => {
         // Once found: a read spanning a chunk being copied and the next chunk, racing an image write there.
         examples: [[[{ kind: 'deviceWrite', offset: 0, length: 1, byte: 1 }, { kind: 'imageRead', offset: 0, length: 4097 }, { kind: 'imageWrite', offset: 4096, length: 1, byte: 1 }, { kind: 'deviceWrite', offset: 0, length: 1, byte: 1 }], 0, 1]],
       },
+    );
+  });
+
+  it('a take in the middle of writes and streamed writes finds each wholly in or wholly out', async () => {
+    const write = fc.record({ slot: fc.nat(7), byte: fc.integer({ min: 1, max: 255 }), parts: fc.integer({ min: 0, max: 4 }) });
+    await fc.assert(
+      fc.asyncProperty(fc.array(write, { minLength: 1, maxLength: 12 }), fc.nat(12), fc.integer({ min: 0, max: 2 ** 31 }), async (writes, takeAt, seed) => {
+        let x = seed;
+        const jitter = () => ((x = (x * 1103515245 + 12345) & 0x7fffffff) % 4);
+        const SLOT = 2 * CHUNK + 100; // writes span chunks, never slots
+        const origin = new JitteryStorage(8 * SLOT, jitter);
+        const device = new Device('d', origin);
+        const area = new DiffArea('d', origin, memoryDiff(new JitteryStorage(64 * CHUNK, jitter), 64 * CHUNK), health(), { chunkMinimumShift: 12, maximumInQueue: 2 });
+        const running: Array<Promise<void>> = [];
+        const busy = new Set<number>();
+        const taken = { bytes: new Uint8Array(0) };
+        const take = async (): Promise<void> => {
+          // As Snapshot.take: hold (waits for the writes in flight), copy-on-write on, release.
+          await device.tracker.hold();
+          taken.bytes = origin.bytes.slice();
+          device.tracker.diffArea = area;
+          device.tracker.release();
+        };
+        for (const [i, w] of writes.entries()) {
+          if (i === takeAt) running.push(take());
+          if (busy.has(w.slot)) await Promise.all(running);
+          busy.add(w.slot);
+          const data = new Uint8Array(SLOT).fill(w.byte);
+          running.push(w.parts === 0 ? device.write(w.slot * SLOT, data, IoFlag.None) : streamInParts(device, w.slot * SLOT, data, w.parts, jitter));
+        }
+        if (takeAt >= writes.length) running.push(take());
+        await Promise.all(running);
+        const image = new Uint8Array(8 * SLOT);
+        await area.readImage(0, image);
+        assert.deepEqual(image, taken.bytes, 'the image is the device as the take found it');
+        for (let slot = 0; slot < 8; slot++) {
+          const range = image.subarray(slot * SLOT, (slot + 1) * SLOT);
+          assert.ok(range.every((b) => b === range[0]), `slot ${slot}: a write half in, half out of the image`);
+        }
+      }),
+      { numRuns: Number(process.env.BLKSNAP_PROPERTY_RUNS ?? 150) },
     );
   });
 
