@@ -43,12 +43,10 @@ export class WriteStream {
     }
   }
 
-  /** The first error of any part; later parts are dropped once one failed. */
-  get error(): unknown {
-    return this.#error;
-  }
-
-  /** Lands `data` at `at` (inside the range): at once when nothing waits, else after what does. */
+  /**
+   * Lands `data` at `at` (inside the range): at once when nothing waits, else after what does.
+   * Once a part failed, later parts are dropped; end() rejects with the first error.
+   */
   write(at: number, data: Uint8Array): void {
     if (this.#error !== null || this.#hasEnded) return;
     if (this.#ready === null && this.#storage.writeNow) {
