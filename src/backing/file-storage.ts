@@ -1,7 +1,7 @@
 // Owns a regular file or a real block device used as a backing store: exclusive open, pread/pwrite, holes.
 import * as fs from 'node:fs';
 import { BlkError, toBlkError } from '../errors.js';
-import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate, isRangeCached, lockExclusive, readCached, seekData, seekHole, sendFile, sizeOfBlockDevice, willNeed } from '../os/libc.js';
+import { copyFileRange, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate, isRangeCached, lockExclusive, readCached, seekData, seekHole, sendFile, sizeOfBlockDevice, willNeed } from '../os/libc.js';
 import { writeback } from '../os/writeback.js';
 import { totalLength } from '../util/byte-queue.js';
 import type { Extent, Storage } from './storage.js';
@@ -40,6 +40,8 @@ export class FileStorage implements Storage {
   readonly isBlockDevice: boolean;
   readonly isReadOnly: boolean;
   #fd: number;
+  /** Stores the kernel cannot copy into from this one (another filesystem, a block device). */
+  #cannotCopyTo = new WeakSet<FileStorage>();
   #size: number;
   #cachedReadMaximum: number;
   #syncWriteMaximum: number;
@@ -166,6 +168,18 @@ export class FileStorage implements Storage {
       if (prefixSent === 0) throw e;
     }
     return prefixSent + sent;
+  }
+
+  copyToNow(offset: number, length: number, target: Storage, targetOffset: number): boolean {
+    if (!(target instanceof FileStorage) || this.#cannotCopyTo.has(target) || !target.#isSyncWrite(length) || !this.isCached(offset, length)) return false;
+    let copied: number | null = 0;
+    target.#timedSyncWrite(() => (copied = copyFileRange(this.#fd, offset, target.#fd, targetOffset, length)));
+    if (copied === null) {
+      this.#cannotCopyTo.add(target);
+      return false;
+    }
+    if (copied < length) throw new BlkError('EIO', `copy of ${length} bytes at ${offset} ended after ${copied} bytes`);
+    return true;
   }
 
   writeNow(offset: number, data: Uint8Array): boolean {

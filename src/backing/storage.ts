@@ -41,6 +41,12 @@ export interface Storage {
    * far from throttling writers); false, having written nothing, when it would: then write().
    */
   writeNow?(offset: number, data: Uint8Array): boolean;
+  /**
+   * Copies a range of this store into `target` inside the kernel, at once, when it cannot keep the
+   * caller waiting (the range cached, the kernel far from throttling writers) and the kernel can
+   * copy between the two; false, having copied nothing, otherwise: then read and write it.
+   */
+  copyToNow?(offset: number, length: number, target: Storage, targetOffset: number): boolean;
   /** Writes consecutive pieces as one write (pwritev), where the store can; saves joining them first. */
   writeChunks?(offset: number, chunks: readonly Buffer[], inBackground?: boolean): Promise<void>;
   /** Makes every completed write durable (fdatasync). */

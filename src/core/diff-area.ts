@@ -193,18 +193,23 @@ export class DiffArea {
     const { chunks } = this;
     await this.#enterQueue();
     const length = chunks.lengthOf(i);
-    const buffer = ioBuffers.acquire(length);
+    const offset = i * chunks.chunkSize;
+    let buffer: Buffer | null = null;
     try {
-      await this.#origin.read(i * chunks.chunkSize, buffer);
       const at = await this.#diff.allocate(chunks.chunkSize, chunks.chunkSize);
-      await this.#diff.write(at, buffer);
+      // Page cache to page cache inside the kernel where it can (one copy instead of two).
+      if (!this.#diff.copyNow(this.#origin, offset, length, at)) {
+        buffer = ioBuffers.acquire(length);
+        await this.#origin.read(offset, buffer);
+        await this.#diff.write(at, buffer);
+      }
       chunks.slot[i] = at / chunks.chunkSize;
       chunks.state[i] = ChunkState.Stored;
     } catch (e) {
       chunks.state[i] = ChunkState.Failed;
       this.#health.corrupt(this.deviceName, toBlkError(e));
     } finally {
-      ioBuffers.release(buffer);
+      if (buffer) ioBuffers.release(buffer);
       this.#leaveQueue();
     }
   }

@@ -2,6 +2,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FileStorage } from '../backing/file-storage.js';
+import type { Storage } from '../backing/storage.js';
 import { BlkError, toBlkError } from '../errors.js';
 import { SECTOR_SIZE } from '../params.js';
 import { Emitter } from '../util/emitter.js';
@@ -18,8 +19,11 @@ export interface DiffStorageOptions {
   devicePaths: readonly string[];
 }
 
-/** Image reads of kept chunks try the page cache first, as device reads do. */
-const STORE_OPTIONS = { cachedReadMaximum: 1024 * 1024 };
+/**
+ * Image reads of kept chunks try the page cache first, as device reads do; chunk copies and image
+ * writes are page-cache copies on the event loop while the kernel is far from throttling writers.
+ */
+const STORE_OPTIONS = { cachedReadMaximum: 1024 * 1024, syncWriteMaximum: 1024 * 1024 };
 
 /**
  * One per snapshot, shared by its devices. Space is given out chunk by chunk from the front (a
@@ -134,6 +138,11 @@ export class DiffStorage {
 
   write(offset: number, data: Uint8Array): Promise<void> {
     return this.store.write(offset, data);
+  }
+
+  /** Keeps `length` bytes of `origin` at `offset` here at `at` inside the kernel, at once where it can (Storage.copyToNow). */
+  copyNow(origin: Storage, offset: number, length: number, at: number): boolean {
+    return origin.copyToNow?.(offset, length, this.store, at) ?? false;
   }
 
   flush(): Promise<void> {

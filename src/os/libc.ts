@@ -24,6 +24,7 @@ const setsockoptFn = libc.func('int setsockopt(int fd, int level, int name, _In_
 const preadv2Fn = libc.func('int64_t preadv2(int fd, void *iov, int iovcnt, int64_t offset, int flags)');
 const memmoveFn = libc.func('uintptr_t memmove(void *to, void *from, size_t length)');
 const sendfileFn = libc.func('int64_t sendfile(int outFd, int inFd, _Inout_ int64_t *offset, size_t count)');
+const copyFileRangeFn = libc.func('int64_t copy_file_range(int inFd, _Inout_ int64_t *inOffset, int outFd, _Inout_ int64_t *outOffset, size_t length, unsigned int flags)');
 const syscallFn = libc.func('long syscall(long number, ...)');
 const ioctlIntFn = libc.func('int ioctl(int fd, unsigned long request, _Out_ int *value)');
 
@@ -184,6 +185,35 @@ export function sendFile(outFd: number, inFd: number, offset: number, length: nu
   const errno = koffi.errno();
   if (errno === 11 /* EAGAIN */) return 0;
   throw fail('sendfile', `of ${length} bytes at ${offset}`);
+}
+
+const copyInOffset = [0];
+const copyOutOffset = [0];
+/** Errnos saying the kernel cannot copy between these two descriptors (other filesystems, a block device). */
+const COPY_UNSUPPORTED = new Set(['EXDEV', 'EINVAL', 'EOPNOTSUPP', 'ENOSYS', 'EBADF']);
+
+/**
+ * copy_file_range(2): copies a range from one file to another inside the kernel (page cache to
+ * page cache, one copy, nothing through this process). Returns the bytes copied (fewer than asked
+ * only at the end of `inFd`), or null when the kernel cannot copy between these descriptors;
+ * throws on I/O errors. Blocks on a disk when the source is not cached: check isRangeCached().
+ */
+export function copyFileRange(inFd: number, inOffset: number, outFd: number, outOffset: number, length: number): number | null {
+  let done = 0;
+  while (done < length) {
+    copyInOffset[0] = inOffset + done;
+    copyOutOffset[0] = outOffset + done;
+    const n = copyFileRangeFn(inFd, copyInOffset, outFd, copyOutOffset, length - done, 0) as number;
+    if (n > 0) {
+      done += n;
+      continue;
+    }
+    if (n === 0) break;
+    const code = errnoName(koffi.errno());
+    if (done === 0 && COPY_UNSUPPORTED.has(code)) return null;
+    throw new BlkError(code, `copy_file_range of ${length} bytes at ${inOffset} failed`);
+  }
+  return done;
 }
 
 /**

@@ -49,6 +49,12 @@ function memoryDiff(store: MemoryStorage & { readNow?: JitteryStorage['readNow']
       return at;
     },
     read: (o: number, b: Uint8Array) => store.read(o, b),
+    // As copy_file_range: the origin's bytes as they are now, or (at random) "cannot, read and write".
+    copyNow: (origin: MemoryStorage, offset: number, length: number, at: number) => {
+      if (!store.readNow || !store.readNow(0, new Uint8Array(0))) return false;
+      store.bytes.set(origin.bytes.subarray(offset, offset + length), at);
+      return true;
+    },
     readNow: (o: number, b: Uint8Array) => store.readNow?.(o, b) ?? false,
     write: (o: number, b: Uint8Array) => store.write(o, b),
   } as unknown as DiffStorage;

@@ -1,9 +1,9 @@
-// The page-cache probe (cachestat) and sendfile used by large NBD reads.
+// The page-cache probe (cachestat) and sendfile used by large NBD reads; copy_file_range used by copy-on-write.
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { isRangeCached, sendFile } from '../../../src/os/libc.js';
+import { copyFileRange, isRangeCached, sendFile } from '../../../src/os/libc.js';
 import { tempDir } from '../../helpers/tools.js';
 
 const MiB = 1024 * 1024;
@@ -42,6 +42,32 @@ describe('page cache probe and sendfile', () => {
       fs.closeSync(inFd);
       fs.closeSync(outFd);
       assert.ok(fs.readFileSync(path.join(tmp.dir, 'out')).equals(data.subarray(12345, 12345 + 2 * MiB + 1)));
+    } finally {
+      tmp.remove();
+    }
+  });
+
+  it('copy_file_range copies exactly the range between files; into what is not a regular file it says it cannot', () => {
+    const tmp = tempDir();
+    try {
+      const from = fs.openSync(path.join(tmp.dir, 'from'), 'w+');
+      const to = fs.openSync(path.join(tmp.dir, 'to'), 'w+');
+      const data = Buffer.from(Array.from({ length: 3 * MiB }, (_, i) => (i * 31 + 7) & 0xff));
+      fs.writeSync(from, data, 0, data.length, 0);
+      fs.ftruncateSync(to, 4 * MiB);
+      assert.equal(copyFileRange(from, MiB + 5, to, 2 * MiB, MiB), MiB);
+      const back = Buffer.alloc(4 * MiB);
+      fs.readSync(to, back, 0, back.length, 0);
+      assert.ok(back.subarray(2 * MiB, 3 * MiB).equals(data.subarray(MiB + 5, 2 * MiB + 5)), 'the range, at its place');
+      assert.ok(back.subarray(0, 2 * MiB).every((b) => b === 0) && back.subarray(3 * MiB).every((b) => b === 0), 'nothing else');
+      // Short only at the end of the source.
+      assert.equal(copyFileRange(from, 3 * MiB - 10, to, 0, MiB), 10);
+      // Not a regular file (as a block device store is not): the caller reads and writes instead.
+      const devNull = fs.openSync('/dev/null', 'w');
+      assert.equal(copyFileRange(from, 0, devNull, 0, 4096), null);
+      fs.closeSync(devNull);
+      fs.closeSync(from);
+      fs.closeSync(to);
     } finally {
       tmp.remove();
     }
