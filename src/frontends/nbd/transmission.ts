@@ -1,13 +1,13 @@
 // Owns the NBD transmission phase of one connection: request parsing, dispatch to the device, replies.
 import type { Socket } from 'node:net';
 import { IoFlag, type BlockDevice, type IoFlags } from '../../core/block-device.js';
-import type { WriteStream } from '../../core/write-stream.js';
 import { BlkError, toBlkError, toNbdErrno } from '../../errors.js';
 import { nbd as limits } from '../../params.js';
 import { bytesReadable } from '../../os/libc.js';
 import { ioBuffers } from '../../util/buffer-pool.js';
-import { totalLength, type ByteQueue } from '../../util/byte-queue.js';
+import type { ByteQueue } from '../../util/byte-queue.js';
 import type { Agreement } from './handshake.js';
+import { IncomingWrite } from './incoming-write.js';
 import * as w from './wire.js';
 
 /** Write payloads from this size on are received straight into their own buffer. */
@@ -17,27 +17,9 @@ const WAIT_PIECE_BYTES = 64 * 1024;
 const EMPTY = Buffer.alloc(0);
 /** Writes from this size on go to the thread pool while the client has sent more requests. */
 const BACKGROUND_WRITE_MINIMUM = 256 * 1024;
-
-/** A streamed write lands its payload in parts of at least this size (and its last part). */
-const STREAM_PART_MINIMUM = 64 * 1024;
 /** A streamed write whose client sends nothing for this long stops streaming (see #checkStall). */
 const STREAM_STALL_MS = 1000;
 
-/** A large write payload under way: what came before its header was parsed, and a buffer for the rest. */
-interface DirectPayload {
-  header: w.RequestHeader;
-  head: Buffer[];
-  buffer: Buffer;
-  /** Where `buffer` starts on the device (after the head). */
-  bufferOffset: number;
-  filled: number;
-  /** The device write its parts land in as they arrive; null when it waits for the whole payload. */
-  stream: WriteStream | null;
-  /** Bytes of `buffer` given to the stream. */
-  landed: number;
-  /** Settles when a stream that stopped part-way has ended (its parts landed). */
-  streamEnded: Promise<void> | null;
-}
 
 export type TransmissionStep = { kind: 'more' } | { kind: 'paused' } | { kind: 'close'; reason: string };
 
@@ -65,7 +47,7 @@ export class Transmission {
   #agreement: Agreement;
   #pending: w.RequestHeader | null = null;
   /** A large write payload being received straight into its own buffer (see receiveTarget). */
-  #direct: DirectPayload | null = null;
+  #incoming: IncomingWrite | null = null;
   #skipLeft = 0;
   #skipError: BlkError | null = null;
   #requestsInFlight = 0;
@@ -83,7 +65,7 @@ export class Transmission {
   #heldReplies: Array<{ reply: Buffer; sent: (() => void) | undefined }> | null = null;
   #onProgress: () => void;
   /** The streamed payload and its progress when the stall check was armed; null when not armed. */
-  #stallWatch: { direct: DirectPayload; filled: number } | null = null;
+  #stallWatch: { incoming: IncomingWrite; filled: number } | null = null;
 
   /** Reads from this size on are sent with sendfile where the device can; 0: never. */
   #sendFileMinimum: number;
@@ -130,14 +112,14 @@ export class Transmission {
         this.#replyError(header, this.#skipError as BlkError);
         continue;
       }
-      if (this.#direct !== null) {
+      if (this.#incoming !== null) {
         // The socket chooses the buffer of its next read when the previous read is handled, so
         // bytes of a payload that started outside a read (resumed after a pause) land in the
         // queue: they belong to the payload.
         if (queue.length === 0) return { kind: 'more' };
-        const d = this.#direct;
-        const n = Math.min(queue.length, d.buffer.length - d.filled);
-        queue.takeInto(d.buffer.subarray(d.filled), n);
+        const target = this.#incoming.target;
+        const n = Math.min(queue.length, target.length);
+        queue.takeInto(target, n);
         this.received(n);
         continue;
       }
@@ -145,18 +127,15 @@ export class Transmission {
         const header = this.#pending;
         if (queue.length < header.length) {
           if (header.length < DIRECT_PAYLOAD_MINIMUM) return { kind: 'more' };
-          // The socket reads the rest of this payload straight into its buffer (receiveTarget).
-          // Where the device writes pieces, what already came stays where it was read.
-          if (this.#device.writeChunks || this.#device.streamWrite) {
-            const head = queue.takeChunks(queue.length);
-            this.#direct = this.#directPayload(header, head, ioBuffers.acquire(header.length - totalLength(head)), 0);
-          } else {
-            const buffer = ioBuffers.acquire(header.length);
-            const filled = queue.length;
-            queue.takeInto(buffer, filled);
-            this.#direct = this.#directPayload(header, [], buffer, filled);
+          // The socket reads the rest of this payload straight into its buffer (receiveTarget);
+          // where the device can, its parts land as they come.
+          const incoming = new IncomingWrite(header, queue, this.#device);
+          this.#incoming = incoming;
+          if (incoming.isStreamed) {
+            this.#requestsInFlight++;
+            this.#bytesInFlight += header.length;
+            this.#watchStall();
           }
-          this.#startStream(this.#direct);
           return { kind: 'more' };
         }
         this.#pending = null;
@@ -198,65 +177,23 @@ export class Transmission {
    * again; null otherwise (the socket reads into a fresh chunk for the queue).
    */
   receiveTarget(): Buffer | null {
-    const d = this.#direct;
-    return d && d.buffer.subarray(d.filled);
+    return this.#incoming?.target ?? null;
   }
 
-  /** `n` more bytes of the payload are in the buffer receiveTarget() gave; dispatches the write once it is whole. */
+  /** `n` more bytes of the payload are in the buffer receiveTarget() gave; the write completes once it is whole. */
   received(n: number): void {
-    const d = this.#direct as DirectPayload;
-    d.filled += n;
-    const isWhole = d.filled === d.buffer.length;
-    if (d.stream !== null && (isWhole || d.filled - d.landed >= STREAM_PART_MINIMUM)) this.#landParts(d, d.stream);
-    if (!isWhole) return;
-    this.#direct = null;
+    const incoming = this.#incoming as IncomingWrite;
+    if (!incoming.received(n)) return;
+    this.#incoming = null;
     this.#pending = null;
-    if (d.stream !== null || d.streamEnded !== null) return this.#finishStream(d);
-    this.#dispatch(d.header, d.head.length > 0 ? [...d.head, d.buffer] : d.buffer);
+    if (incoming.isStreamed) this.#finishStreamed(incoming);
+    else this.#dispatch(incoming.header, incoming.payload);
   }
 
-  /** The connection is gone: a streamed write ends with the parts it has; the payload buffer goes back. */
+  /** The connection is gone: a payload under way gives back its buffer (a streamed write ends with what landed). */
   dispose(): void {
-    const d = this.#direct;
-    this.#direct = null;
-    if (d === null) return;
-    const ended = d.stream?.end() ?? d.streamEnded ?? Promise.resolve();
-    void ended.catch(() => undefined).then(() => this.#releasePayload(d));
-  }
-
-  #directPayload(header: w.RequestHeader, head: Buffer[], buffer: Buffer, filled: number): DirectPayload {
-    return { header, head, buffer, bufferOffset: header.offset + totalLength(head), filled, stream: null, landed: 0, streamEnded: null };
-  }
-
-  /**
-   * Where the device can, a large write lands as its payload arrives: the page-cache copy of one
-   * part overlaps the client sending the next (1 MiB writes: 1.93 → 2.37 GB/s at depth 1, 1.94 →
-   * 2.28 GB/s at depth 32, docs/performance.md). For the device it is one write (tracked once, in flight until the end).
-   */
-  #startStream(d: DirectPayload): void {
-    const device = this.#device;
-    if (!device.streamWrite) return;
-    const h = d.header;
-    try {
-      d.stream = device.streamWrite(h.offset, h.length, h.flags & w.NBD_CMD_FLAG_FUA ? IoFlag.Fua : IoFlag.None);
-    } catch {
-      return; // e.g. the device is going away: the whole-payload path replies the error
-    }
-    this.#requestsInFlight++;
-    this.#bytesInFlight += h.length;
-    let at = h.offset;
-    for (const chunk of d.head) {
-      d.stream.write(at, chunk);
-      at += chunk.length;
-    }
-    this.#landParts(d, d.stream);
-    this.#watchStall();
-  }
-
-  #landParts(d: DirectPayload, stream: WriteStream): void {
-    if (d.filled === d.landed) return;
-    stream.write(d.bufferOffset + d.landed, d.buffer.subarray(d.landed, d.filled));
-    d.landed = d.filled;
+    this.#incoming?.dispose();
+    this.#incoming = null;
   }
 
   /**
@@ -264,56 +201,36 @@ export class Transmission {
    * the writes in flight. A client that stops mid-payload must not hold a take (or a detach)
    * back: after STREAM_STALL_MS without a byte, what landed stays, the stream ends, and the rest
    * is written as a write of its own once it comes. Only then can a take fall inside this write.
+   * One timer per connection, armed while a write streams.
    */
   #watchStall(): void {
-    const d = this.#direct;
-    if (this.#stallWatch !== null || d === null) return;
-    this.#stallWatch = { direct: d, filled: d.filled };
+    const incoming = this.#incoming;
+    if (this.#stallWatch !== null || incoming === null) return;
+    this.#stallWatch = { incoming, filled: incoming.filled };
     setTimeout(() => this.#checkStall(), STREAM_STALL_MS).unref();
   }
 
   #checkStall(): void {
     const watch = this.#stallWatch;
     this.#stallWatch = null;
-    const d = this.#direct;
-    if (d === null || d.stream === null) return; // the next stream watches again
-    if (watch?.direct === d && watch.filled === d.filled) {
-      const stream = d.stream;
-      d.stream = null;
-      d.streamEnded = stream.end();
-      d.streamEnded.catch(() => undefined);
-      return;
-    }
+    const incoming = this.#incoming;
+    if (incoming === null || !incoming.isStreaming) return; // the next streamed write watches again
+    if (watch?.incoming === incoming && watch.filled === incoming.filled) return incoming.stopStreaming();
     this.#watchStall();
   }
 
-  /** The whole payload came: replies once every part landed (the rest too, when the stream stopped early). */
-  #finishStream(d: DirectPayload): void {
-    const h = d.header;
-    const stream = d.stream;
-    let done: Promise<void>;
-    if (stream !== null) {
-      done = stream.end();
-    } else {
-      const rest = d.buffer.subarray(d.landed);
-      const flags = h.flags & w.NBD_CMD_FLAG_FUA ? IoFlag.Fua : IoFlag.None;
-      const ended = d.streamEnded as Promise<void>;
-      done = ended.then(() => this.#device.write(d.bufferOffset + d.landed, rest, flags));
-    }
-    void done.then(
+  /** A streamed write's payload is whole: replies once every part landed. */
+  #finishStreamed(incoming: IncomingWrite): void {
+    const h = incoming.header;
+    void incoming.finish(this.#device).then(
       () => this.#replyOk(h),
       (e: unknown) => this.#replyError(h, toBlkError(e)),
     ).then(() => {
-      this.#releasePayload(d);
+      incoming.release();
       this.#requestsInFlight--;
       this.#bytesInFlight -= h.length;
       this.#onProgress();
     });
-  }
-
-  #releasePayload(d: DirectPayload): void {
-    for (const chunk of d.head) ioBuffers.release(chunk);
-    ioBuffers.release(d.buffer);
   }
 
   #checkWrite(h: w.RequestHeader): BlkError | null {
