@@ -31,8 +31,9 @@ describe('real NBD clients', { skip }, () => {
       ['0xa5', 4095, 8193],
       ['0x33', 200 * MiB + 12345, 3 * MiB + 7],
       ['0x44', 256 * MiB - 4096, 4096],
+      ['0x66', 100 * MiB + 3, MiB + 5], // written with FUA below
     ] as const;
-    for (const [p, off, len] of ops) await check('qemu-io', ['-f', 'raw', '-c', `write -P ${p} ${off} ${len}`, uri]);
+    for (const [p, off, len] of ops) await check('qemu-io', ['-f', 'raw', '-c', `write ${p === '0x66' ? '-f ' : ''}-P ${p} ${off} ${len}`, uri]);
     for (const [p, off, len] of ops) {
       const out = await check('qemu-io', ['-f', 'raw', '-c', `read -P ${p} ${off} ${len}`, uri]);
       assert.match(out, new RegExp(`read ${len}/${len} bytes`));
