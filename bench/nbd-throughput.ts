@@ -5,6 +5,7 @@
 //   node dist/bench/nbd-throughput.js            (or: npm run bench)
 //   BENCH_ROUNDS=3 BENCH_RUNTIME=4 BENCH_PROFILES=seq-read-qd32,rand-read-4k-qd32 BENCH_DAEMON_ARGS='--sync-write-max 0'
 //   BENCH_TRACKING_PAIRS=8 (a multiple of 4 balances order and files; 0 skips the tracking part)
+//   BENCH_TRACKING_CONTROL=1: an A/A control, both disks untracked: what the pairs show without any cost
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -18,6 +19,7 @@ const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 const runtime = Number(process.env.BENCH_RUNTIME ?? 4);
 const daemonArgs = (process.env.BENCH_DAEMON_ARGS ?? '').split(' ').filter((a) => a !== '');
 const trackingPairs = Number(process.env.BENCH_TRACKING_PAIRS ?? 8);
+const isTrackingControl = process.env.BENCH_TRACKING_CONTROL === '1';
 const GiB = 1024 ** 3;
 
 interface Profile { name: string; rw: string; bs: string; iodepth: number; numjobs: number }
@@ -130,7 +132,8 @@ function makeDisk(file: string): void {
 async function trackingCost(dir: string, writeProfiles: Profile[]): Promise<void> {
   const files = [path.join(dir, 'track-a.raw'), path.join(dir, 'track-b.raw')] as const;
   for (const f of files) makeDisk(f);
-  console.log(`\n# tracking cost: ${trackingPairs} back-to-back pairs per profile, tracked vs untracked disk in one daemon`);
+  const kind = isTrackingControl ? 'A/A CONTROL: the "tracked" disk is untracked too' : 'tracked vs untracked disk in one daemon';
+  console.log(`\n# tracking cost: ${trackingPairs} back-to-back pairs per profile, ${kind}`);
   console.log(`${'profile'.padEnd(24)}${'tracked'.padEnd(14)}${'untracked'.padEnd(14)}median cost  pairs' costs`);
   const rates: Array<{ profile: Profile; iops: number }> = [];
   for (const p of writeProfiles) {
@@ -142,7 +145,7 @@ async function trackingCost(dir: string, writeProfiles: Profile[]): Promise<void
       // (a second run in a pair tends to be quicker here, which a fixed order would count as cost).
       const [trackedFile, plainFile] = (i >> 1) % 2 ? [files[1], files[0]] : [files[0], files[1]];
       const sdir = fs.mkdtempSync(path.join(dir, 'tracking-'));
-      const s = await startBlksnapd(sdir, [{ name: 'tracked', file: trackedFile, tracked: true }, { name: 'untracked', file: plainFile, tracked: false }]);
+      const s = await startBlksnapd(sdir, [{ name: 'tracked', file: trackedFile, tracked: !isTrackingControl }, { name: 'untracked', file: plainFile, tracked: false }]);
       const r: Record<string, Result> = {};
       try {
         for (const name of i % 2 ? ['untracked', 'tracked'] : ['tracked', 'untracked']) r[name] = await fio(`nbd+unix:///${name}?socket=${s.nbd}`, p);
