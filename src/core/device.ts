@@ -114,7 +114,12 @@ export class Device implements BlockDevice {
   /** One write whose data comes in parts (see WriteStream); the caller must end() it. */
   streamWrite(offset: number, length: number, flags: IoFlags): WriteStream {
     this.#beginWrite('write', offset, length);
-    return new WriteStream(this.tracker, this.storage, { offset, length, isFua: (flags & IoFlag.Fua) !== 0 }, () => this.#end());
+    try {
+      return new WriteStream(this.tracker, this.storage, { offset, length, isFua: (flags & IoFlag.Fua) !== 0 }, () => this.#end());
+    } catch (e) {
+      this.#end();
+      throw e;
+    }
   }
 
   writeChunks(offset: number, chunks: readonly Buffer[], flags: IoFlags): Promise<void> {
@@ -170,12 +175,9 @@ export class Device implements BlockDevice {
 
   async #tracked(offset: number, length: number, flags: IoFlags, land: () => Promise<void>): Promise<void> {
     try {
-      const gate = this.tracker.beginWrite();
-      if (gate) await gate;
+      const admitted = this.tracker.admitWrite(offset, length);
       try {
-        this.tracker.markWrite(offset, length);
-        const cow = this.tracker.diffArea;
-        if (cow) await cow.copyOnWrite(offset, length);
+        if (admitted) await admitted;
         await land();
         if (flags & IoFlag.Fua) await this.storage.flush();
       } finally {

@@ -59,6 +59,33 @@ export class Tracker {
     }
   }
 
+  /**
+   * Admits a write of [offset, offset+length): passes the take's gate, marks the CBT, and keeps
+   * the originals of the chunks it touches when a snapshot is taken. Returns a promise only when
+   * one of those has to wait. The write is in flight from here: endWrite() once its data landed.
+   */
+  admitWrite(offset: number, length: number): Promise<void> | undefined {
+    const gate = this.beginWrite();
+    if (gate === undefined && this.diffArea === null) {
+      try {
+        this.markWrite(offset, length);
+      } catch (e) {
+        this.endWrite();
+        throw e;
+      }
+      return undefined;
+    }
+    return this.#admitLater(gate, offset, length);
+  }
+
+  /** Rejects only after the gate was passed (the write is in flight: the caller ends it). */
+  async #admitLater(gate: Promise<void> | undefined, offset: number, length: number): Promise<void> {
+    if (gate) await gate;
+    this.markWrite(offset, length);
+    const cow = this.diffArea;
+    if (cow) await cow.copyOnWrite(offset, length);
+  }
+
   /** Marks a write in the active map (after beginWrite, before the data lands). */
   markWrite(offset: number, length: number): void {
     if (this.isTracking) this.#cbt.mark(offset, length);

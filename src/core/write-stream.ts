@@ -34,13 +34,8 @@ export class WriteStream {
     this.offset = offset;
     this.length = length;
     this.#onEnd = onEnd;
-    const gate = tracker.beginWrite();
-    if (gate === undefined && tracker.diffArea === null) {
-      tracker.markWrite(offset, length);
-      this.#ready = null;
-    } else {
-      this.#ready = this.#prepare(gate);
-    }
+    const admitted = tracker.admitWrite(offset, length);
+    this.#ready = admitted === undefined ? null : this.#whenAdmitted(admitted);
   }
 
   /**
@@ -81,12 +76,9 @@ export class WriteStream {
   }
 
   /** Never rejects (nothing may be left unhandled): a failure is kept as the error, and no part lands. */
-  async #prepare(gate: Promise<void> | undefined): Promise<void> {
-    if (gate) await gate;
+  async #whenAdmitted(admitted: Promise<void>): Promise<void> {
     try {
-      this.#tracker.markWrite(this.offset, this.length);
-      const cow = this.#tracker.diffArea;
-      if (cow) await cow.copyOnWrite(this.offset, this.length);
+      await admitted;
       this.#ready = null;
     } catch (e) {
       this.#error ??= toBlkError(e);
