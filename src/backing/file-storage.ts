@@ -4,6 +4,7 @@ import { BlkError, toBlkError } from '../errors.js';
 import { copyFileRange, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate, isRangeCached, lockExclusive, readCached, seekData, seekHole, sendFile, sizeOfBlockDevice, willNeed } from '../os/libc.js';
 import { writeback } from '../os/writeback.js';
 import { totalLength } from '../util/byte-queue.js';
+import { InFlight } from '../util/in-flight.js';
 import type { Extent, Storage } from './storage.js';
 
 export interface FileStorageOptions {
@@ -45,7 +46,10 @@ export class FileStorage implements Storage {
   #size: number;
   #cachedReadMaximum: number;
   #syncWriteMaximum: number;
+  /** Set at close: from then on every operation fails with EBADF (the descriptor number may be reused). */
   #isClosed = false;
+  /** Asynchronous operations holding the descriptor; close waits for them. */
+  #ops = new InFlight();
 
   private constructor(path: string, fd: number, isBlockDevice: boolean, options: FileStorageOptions) {
     this.path = path;
@@ -99,12 +103,12 @@ export class FileStorage implements Storage {
 
   /** Extends a regular file by really allocating [offset, offset+length) (fallocate mode 0). */
   allocate(offset: number, length: number): Promise<void> {
-    return fallocate(this.#fd, 0, offset, length).then(() => void this.probeSize());
+    return this.#held((fd) => fallocate(fd, 0, offset, length)).then(() => void this.probeSize());
   }
 
   /** Device and inode, to recognise the same file under another path. */
   identity(): { dev: number; ino: number } {
-    const st = fs.fstatSync(this.#fd);
+    const st = fs.fstatSync(this.#open());
     return { dev: st.dev, ino: st.ino };
   }
 
@@ -113,15 +117,36 @@ export class FileStorage implements Storage {
   }
 
   probeSize(): number {
-    this.#size = this.isBlockDevice ? sizeOfBlockDevice(this.#fd) : fs.fstatSync(this.#fd).size;
+    const fd = this.#open();
+    this.#size = this.isBlockDevice ? sizeOfBlockDevice(fd) : fs.fstatSync(fd).size;
     return this.#size;
   }
 
+  /** The descriptor for an operation that runs now; EBADF once the store is closed. */
+  #open(): number {
+    if (this.#isClosed) throw new BlkError('EBADF', `${this.path} is closed`, { path: this.path });
+    return this.#fd;
+  }
+
+  /** Runs an asynchronous operation that holds the descriptor until it settles. */
+  #held<T>(operation: (fd: number) => Promise<T>): Promise<T> {
+    let fd: number;
+    try {
+      fd = this.#open();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    this.#ops.enter();
+    return operation(fd).finally(() => this.#ops.leave());
+  }
+
   readNow(offset: number, into: Uint8Array): boolean {
+    if (this.#isClosed) return false;
     return into.length <= this.#cachedReadMaximum && this.#readCached(offset, into) === into.length;
   }
 
   #readCached(offset: number, into: Uint8Array): number {
+    if (this.#isClosed) return 0;
     try {
       return readCached(this.#fd, into, offset);
     } catch {
@@ -135,9 +160,9 @@ export class FileStorage implements Storage {
       start = this.#readCached(offset, into);
       if (start === into.length) return Promise.resolve();
     }
-    return new Promise((resolve, reject) => {
+    return this.#held((fd) => new Promise((resolve, reject) => {
       const step = (done: number): void => {
-        fs.read(this.#fd, into, done, into.length - done, offset + done, (err, n) => {
+        fs.read(fd, into, done, into.length - done, offset + done, (err, n) => {
           if (err) return reject(toBlkError(err));
           if (n === 0) return reject(this.#shortRead(offset, into.length, done));
           if (done + n < into.length) return step(done + n);
@@ -145,20 +170,21 @@ export class FileStorage implements Storage {
         });
       };
       step(start);
-    });
+    }));
   }
 
   isCached(offset: number, length: number): boolean {
-    return isRangeCached(this.#fd, offset, length);
+    return !this.#isClosed && isRangeCached(this.#fd, offset, length);
   }
 
   sendTo(fd: number, prefix: Uint8Array, offset: number, length: number): number {
+    const storeFd = this.#open();
     const prefixSent = writeNonBlocking(fd, prefix);
     if (prefixSent < prefix.length) return prefixSent;
     let sent = 0;
     try {
       while (sent < length) {
-        const n = sendFile(fd, this.#fd, offset + sent, length - sent);
+        const n = sendFile(fd, storeFd, offset + sent, length - sent);
         if (n === 0) break;
         sent += n;
       }
@@ -171,7 +197,7 @@ export class FileStorage implements Storage {
   }
 
   copyToNow(offset: number, length: number, target: Storage, targetOffset: number): boolean {
-    if (!(target instanceof FileStorage) || this.#cannotCopyTo.has(target) || !target.#isSyncWrite(length) || !this.isCached(offset, length)) return false;
+    if (!(target instanceof FileStorage) || this.#isClosed || target.#isClosed || this.#cannotCopyTo.has(target) || !target.#isSyncWrite(length) || !this.isCached(offset, length)) return false;
     let copied: number | null = 0;
     target.#timedSyncWrite(() => (copied = copyFileRange(this.#fd, offset, target.#fd, targetOffset, length)));
     if (copied === null) {
@@ -183,10 +209,11 @@ export class FileStorage implements Storage {
   }
 
   writeNow(offset: number, data: Uint8Array): boolean {
+    const fd = this.#open();
     if (!this.#isSyncWrite(data.length)) return false;
     this.#timedSyncWrite(() => {
       let done = 0;
-      while (done < data.length) done += fs.writeSync(this.#fd, data, done, data.length - done, offset + done);
+      while (done < data.length) done += fs.writeSync(fd, data, done, data.length - done, offset + done);
     });
     return true;
   }
@@ -202,16 +229,16 @@ export class FileStorage implements Storage {
         return Promise.reject(e);
       }
     }
-    return new Promise((resolve, reject) => {
+    return this.#held((fd) => new Promise((resolve, reject) => {
       const step = (done: number): void => {
-        fs.write(this.#fd, data, done, data.length - done, offset + done, (err, n) => {
+        fs.write(fd, data, done, data.length - done, offset + done, (err, n) => {
           if (err) return reject(toBlkError(err));
           if (done + n < data.length) return step(done + n);
           resolve();
         });
       };
       step(0);
-    });
+    }));
   }
 
   #isSyncWrite(length: number): boolean {
@@ -234,30 +261,30 @@ export class FileStorage implements Storage {
     if (!inBackground && this.#isSyncWrite(total)) {
       let n = 0;
       try {
-        this.#timedSyncWrite(() => (n = fs.writevSync(this.#fd, chunks as Buffer[], offset)));
+        const fd = this.#open();
+        this.#timedSyncWrite(() => (n = fs.writevSync(fd, chunks as Buffer[], offset)));
       } catch (e) {
         return Promise.reject(e);
       }
       return n === total ? Promise.resolve() : this.write(offset + n, Buffer.concat(chunks as Buffer[]).subarray(n));
     }
-    return new Promise((resolve, reject) => {
-      fs.writev(this.#fd, chunks as Buffer[], offset, (err, n) => {
-        if (err) return reject(toBlkError(err));
-        if (n === total) return resolve();
-        // A short write (rare: signals, quotas): finish the rest from one joined buffer.
-        this.write(offset + n, Buffer.concat(chunks as Buffer[]).subarray(n)).then(resolve, reject);
-      });
+    return this.#held((fd) => new Promise<number>((resolve, reject) => {
+      fs.writev(fd, chunks as Buffer[], offset, (err, n) => (err ? reject(toBlkError(err)) : resolve(n)));
+    })).then((n) => {
+      // A short write (rare: signals, quotas): finish the rest from one joined buffer.
+      if (n < total) return this.write(offset + n, Buffer.concat(chunks as Buffer[]).subarray(n));
+      return undefined;
     });
   }
 
   flush(): Promise<void> {
-    return new Promise((resolve, reject) => {
-      fs.fdatasync(this.#fd, (err) => (err ? reject(toBlkError(err)) : resolve()));
-    });
+    return this.#held((fd) => new Promise((resolve, reject) => {
+      fs.fdatasync(fd, (err) => (err ? reject(toBlkError(err)) : resolve()));
+    }));
   }
 
   trim(offset: number, length: number): Promise<void> {
-    return fallocate(this.#fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length).catch((e: unknown) => {
+    return this.#held((fd) => fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)).catch((e: unknown) => {
       // A store that cannot deallocate simply keeps the data: TRIM is advisory.
       const err = toBlkError(e);
       if (err.code === 'EOPNOTSUPP' || err.code === 'ENOTSUP') return;
@@ -268,7 +295,7 @@ export class FileStorage implements Storage {
   async zero(offset: number, length: number, mayTrim: boolean, fastOnly: boolean): Promise<void> {
     const mode = mayTrim ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
     try {
-      await fallocate(this.#fd, mode, offset, length);
+      await this.#held((fd) => fallocate(fd, mode, offset, length));
       return;
     } catch (e) {
       const err = toBlkError(e);
@@ -284,11 +311,12 @@ export class FileStorage implements Storage {
 
   async extents(offset: number, length: number, maximumCount: number): Promise<Extent[]> {
     const end = offset + length;
+    const fd = this.#open();
     if (this.isBlockDevice) return [{ offset, length, isHole: false, isZero: false }];
     const out: Extent[] = [];
     let pos = offset;
     while (pos < end && out.length < maximumCount) {
-      const data = seekData(this.#fd, pos);
+      const data = seekData(fd, pos);
       if (data === null || data >= end) {
         out.push({ offset: pos, length: end - pos, isHole: true, isZero: true });
         break;
@@ -297,7 +325,7 @@ export class FileStorage implements Storage {
         out.push({ offset: pos, length: data - pos, isHole: true, isZero: true });
         if (out.length >= maximumCount) break;
       }
-      const hole = Math.min(seekHole(this.#fd, data), end);
+      const hole = Math.min(seekHole(fd, data), end);
       out.push({ offset: data, length: hole - data, isHole: false, isZero: false });
       pos = hole;
     }
@@ -305,12 +333,15 @@ export class FileStorage implements Storage {
   }
 
   cache(offset: number, length: number): Promise<void> {
-    return willNeed(this.#fd, offset, length);
+    return this.#held((fd) => willNeed(fd, offset, length));
   }
 
   async close(): Promise<void> {
     if (this.#isClosed) return;
     this.#isClosed = true;
+    // Operations under way hold the descriptor: closing under them would let them reach whatever
+    // file is opened next under the same number.
+    await this.#ops.idle();
     await new Promise<void>((resolve) => fs.close(this.#fd, () => resolve()));
   }
 

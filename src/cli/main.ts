@@ -25,8 +25,20 @@ function mainHelp(): string {
   ].join('\n');
 }
 
+/** Options before the command (`blksnap --control PATH COMMAND ...`) go with the command's own. */
+function splitLeadingOptions(argv: readonly string[]): { name: string | undefined; rest: string[] } {
+  const leading: string[] = [];
+  let i = 0;
+  while (i < argv.length && (argv[i] === '--control' || argv[i]?.startsWith('--control=') || argv[i] === '--json')) {
+    leading.push(argv[i] as string);
+    if (argv[i] === '--control' && i + 1 < argv.length) leading.push(argv[++i] as string);
+    i++;
+  }
+  return { name: argv[i], rest: [...argv.slice(i + 1), ...leading] };
+}
+
 async function main(argv: string[]): Promise<number> {
-  const [name, ...rest] = argv;
+  const { name, rest } = splitLeadingOptions(argv);
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(mainHelp());
     return name === undefined ? 2 : 0;

@@ -2,6 +2,8 @@
 import type { Storage } from '../backing/storage.js';
 import { BlkError, toBlkError } from '../errors.js';
 import { ioBuffers } from '../util/buffer-pool.js';
+import { InFlight } from '../util/in-flight.js';
+import { settleAll, settleThenThrow } from '../util/settle.js';
 import { ChunkMap, ChunkState } from './chunk-map.js';
 import type { DiffStorage } from './diff-storage.js';
 
@@ -33,6 +35,10 @@ export class DiffArea {
   #queueWaiters: Array<() => void> = [];
   /** Image reads that read a chunk straight from the device; a COW write waits for them. */
   #originReaders = new Map<number, { count: number; waiters: Array<() => void> }>();
+  /** Set by stop() at destroy: no copy starts after it, so drain() ends and the store can close. */
+  #isStopped = false;
+  /** copyOnWrite() calls under way: one may be between windows with no copy in flight. */
+  #calls = new InFlight();
 
   constructor(deviceName: string, origin: Storage, diff: DiffStorage, health: SnapshotHealth, options: { chunkMinimumShift?: number; maximumInQueue: number }) {
     this.deviceName = deviceName;
@@ -53,6 +59,15 @@ export class DiffArea {
    * the originals of the touched chunks are kept (or the snapshot is corrupted); never rejects.
    */
   async copyOnWrite(offset: number, length: number): Promise<void> {
+    this.#calls.enter();
+    try {
+      await this.#copyRange(offset, length);
+    } finally {
+      this.#calls.leave();
+    }
+  }
+
+  async #copyRange(offset: number, length: number): Promise<void> {
     const { chunks } = this;
     const first = chunks.first(offset);
     const last = chunks.last(offset, length);
@@ -80,33 +95,37 @@ export class DiffArea {
     const { chunks } = this;
     const end = offset + into.length;
     const work: Array<Promise<void>> = [];
-    let pos = offset;
-    while (pos < end) {
-      const i = chunks.first(pos);
-      let state = chunks.state[i];
-      if (state === ChunkState.Copying) {
-        await this.#copies.get(i);
-        state = chunks.state[i];
+    try {
+      let pos = offset;
+      while (pos < end) {
+        const i = chunks.first(pos);
+        let state = chunks.state[i];
+        if (state === ChunkState.Copying) {
+          await this.#copies.get(i);
+          state = chunks.state[i];
+        }
+        if (state === ChunkState.Stored) {
+          const pieceEnd = Math.min(end, (i + 1) * chunks.chunkSize);
+          const at = (chunks.slot[i] as number) * chunks.chunkSize + (pos - i * chunks.chunkSize);
+          work.push(this.#diff.read(at, into.subarray(pos - offset, pieceEnd - offset)));
+          pos = pieceEnd;
+          continue;
+        }
+        if (state !== ChunkState.Untouched) throw this.#imageError();
+        // A run of untouched chunks is one device read; its chunks are pinned against COW writes.
+        let j = i;
+        while ((j + 1) * chunks.chunkSize < end && chunks.state[j + 1] === ChunkState.Untouched) j++;
+        const runEnd = Math.min(end, (j + 1) * chunks.chunkSize);
+        for (let k = i; k <= j; k++) this.#pin(k);
+        work.push(this.#origin.read(pos, into.subarray(pos - offset, runEnd - offset)).finally(() => {
+          for (let k = i; k <= j; k++) this.#unpin(k);
+        }));
+        pos = runEnd;
       }
-      if (state === ChunkState.Stored) {
-        const pieceEnd = Math.min(end, (i + 1) * chunks.chunkSize);
-        const at = (chunks.slot[i] as number) * chunks.chunkSize + (pos - i * chunks.chunkSize);
-        work.push(this.#diff.read(at, into.subarray(pos - offset, pieceEnd - offset)));
-        pos = pieceEnd;
-        continue;
-      }
-      if (state !== ChunkState.Untouched) throw this.#imageError();
-      // A run of untouched chunks is one device read; its chunks are pinned against COW writes.
-      let j = i;
-      while ((j + 1) * chunks.chunkSize < end && chunks.state[j + 1] === ChunkState.Untouched) j++;
-      const runEnd = Math.min(end, (j + 1) * chunks.chunkSize);
-      for (let k = i; k <= j; k++) this.#pin(k);
-      work.push(this.#origin.read(pos, into.subarray(pos - offset, runEnd - offset)).finally(() => {
-        for (let k = i; k <= j; k++) this.#unpin(k);
-      }));
-      pos = runEnd;
+    } catch (e) {
+      await settleThenThrow(work, e);
     }
-    await Promise.all(work);
+    await settleAll(work);
     this.#checkHealthy();
   }
 
@@ -151,25 +170,43 @@ export class DiffArea {
     const { chunks } = this;
     const end = offset + data.length;
     const work: Array<Promise<void>> = [];
-    for (let pos = offset; pos < end; ) {
-      const i = chunks.first(pos);
-      await this.#ensureCopied(i);
-      if (chunks.state[i] !== ChunkState.Stored) throw this.#imageError();
-      const pieceEnd = Math.min(end, (i + 1) * chunks.chunkSize);
-      const at = (chunks.slot[i] as number) * chunks.chunkSize + (pos - i * chunks.chunkSize);
-      work.push(this.#diff.write(at, data.subarray(pos - offset, pieceEnd - offset)));
-      pos = pieceEnd;
+    try {
+      for (let pos = offset; pos < end; ) {
+        const i = chunks.first(pos);
+        await this.#ensureCopied(i);
+        if (chunks.state[i] !== ChunkState.Stored) throw this.#imageError();
+        const pieceEnd = Math.min(end, (i + 1) * chunks.chunkSize);
+        const at = (chunks.slot[i] as number) * chunks.chunkSize + (pos - i * chunks.chunkSize);
+        work.push(this.#diff.write(at, data.subarray(pos - offset, pieceEnd - offset)));
+        pos = pieceEnd;
+      }
+    } catch (e) {
+      await settleThenThrow(work, e);
     }
-    await Promise.all(work);
+    await settleAll(work);
   }
 
-  /** Resolves when no copy is in flight (before the difference storage closes). */
+  /** Destroy: no copy starts from now on; the writes go on without keeping originals. */
+  stop(): void {
+    this.#isStopped = true;
+  }
+
+  /**
+   * Resolves when no copy is in flight and no copyOnWrite() call is under way (after stop(), before
+   * the difference storage closes). A call between two windows has no copy in flight, yet would
+   * start the next window's copies after the store closed.
+   */
   async drain(): Promise<void> {
-    while (this.#copies.size > 0) await Promise.allSettled([...this.#copies.values()]);
+    for (;;) {
+      await this.#calls.idle();
+      if (this.#copies.size === 0) return;
+      await Promise.allSettled([...this.#copies.values()]);
+    }
   }
 
   #checkHealthy(): void {
     if (this.#health.error) throw this.#imageError();
+    if (this.#isStopped) throw new BlkError('ESHUTDOWN', `the snapshot of ${this.deviceName} is being destroyed`);
   }
 
   #imageError(): BlkError {
@@ -182,7 +219,7 @@ export class DiffArea {
     if (state === ChunkState.Stored || state === ChunkState.Failed) return undefined;
     const inFlight = this.#copies.get(i);
     if (inFlight) return inFlight;
-    if (this.#health.error) return undefined; // corrupted: copy-on-write has stopped
+    if (this.#health.error || this.#isStopped) return undefined; // corrupted or destroyed: copy-on-write has stopped
     this.chunks.state[i] = ChunkState.Copying;
     const copy = this.#copy(i).finally(() => this.#copies.delete(i));
     this.#copies.set(i, copy);

@@ -116,7 +116,8 @@ export class DiffStorage {
       const offset = Math.ceil(this.#filled / alignment) * alignment;
       if (offset + length <= this.#capacity) {
         this.#filled = offset + length;
-        if (this.#capacity - this.#filled < this.minimum / 2) void this.#startGrowth();
+        // In the background: a failure here shows again at the allocation that has to wait for growth.
+        if (this.#capacity - this.#filled < this.minimum / 2) this.#startGrowth().catch(() => undefined);
         return offset;
       }
       if (!this.#canGrow()) {

@@ -52,7 +52,12 @@ export class SnapImage implements BlockDevice {
 
   write(offset: number, data: Uint8Array, _flags: IoFlags): Promise<void> {
     this.#begin('image write', offset, data.length, 'ENOSPC');
-    this.device.tracker.cbt.markBoth(offset, data.length);
+    try {
+      this.device.tracker.cbt.markBoth(offset, data.length);
+    } catch (e) {
+      this.#end();
+      throw e;
+    }
     return this.#area.writeImage(offset, data).finally(() => this.#end());
   }
 

@@ -105,33 +105,40 @@ export class Snapshot implements SnapshotHealth {
     const diff = this.#diff;
     if (!diff) throw new BlkError('EINVAL', `snapshot ${this.id} has no difference storage`);
     this.#phase = 'taking';
+    const devices = this.#devices;
     const held: Device[] = [];
+    const published: SnapImage[] = [];
     try {
-      await Promise.all(this.#devices.map(async (d) => {
-        await d.tracker.hold();
+      // Every device is held before any drain is awaited: a device that cannot be held (EBUSY)
+      // fails the take at once, and the finally below releases exactly those held.
+      const drains: Array<Promise<void>> = [];
+      for (const d of devices) {
+        drains.push(d.tracker.hold());
         held.push(d);
-      }));
-      await Promise.all(this.#devices.map((d) => d.storage.flush()));
+      }
+      await Promise.all(drains);
+      await Promise.all(devices.map((d) => d.storage.flush()));
+      // All that can fail comes before the CBT switch, so a failed take leaves no trace.
+      const capacities = devices.map((d) => d.storage.probeSize());
       const inQueue = this.options.chunkMaximumInQueue ?? params.chunkMaximumInQueue;
-      for (const d of this.#devices) {
-        d.tracker.switchCbt();
+      for (const d of devices) {
         const area = new DiffArea(d.name, d.storage, diff, this, {
           maximumInQueue: inQueue,
           ...(this.options.chunkMinimumShift === undefined ? {} : { chunkMinimumShift: this.options.chunkMinimumShift }),
         });
-        this.#areas.set(d, area);
-        d.tracker.diffArea = area;
         const image = new SnapImage(imageName(d), d, area, diff);
-        this.#images.set(d, image);
         this.#publisher.publish(image);
+        published.push(image);
+        this.#areas.set(d, area);
+        this.#images.set(d, image);
       }
+      devices.forEach((d, i) => {
+        d.tracker.switchCbt(capacities[i] as number);
+        d.tracker.diffArea = this.#areas.get(d) as DiffArea;
+      });
       this.#phase = 'taken';
     } catch (e) {
-      for (const d of this.#devices) {
-        d.tracker.diffArea = null;
-        const image = this.#images.get(d);
-        if (image) this.#publisher.unpublish(image);
-      }
+      for (const image of published) this.#publisher.unpublish(image);
       this.#areas.clear();
       this.#images.clear();
       this.#phase = 'created';
@@ -163,6 +170,7 @@ export class Snapshot implements SnapshotHealth {
     for (const d of this.#devices) {
       if (d.tracker.diffArea === this.#areas.get(d)) d.tracker.diffArea = null;
     }
+    for (const area of this.#areas.values()) area.stop();
     await Promise.all([...this.#images.values()].map(async (image) => {
       this.#publisher.unpublish(image);
       await image.close();

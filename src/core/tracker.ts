@@ -114,10 +114,9 @@ export class Tracker {
 
   /**
    * The CBT part of a take: a changed capacity first resets the map (new generation), then the
-   * active map is switched. Call with the device held.
+   * active map is switched. Call with the device held; `capacity` as probed during the hold.
    */
-  switchCbt(): void {
-    const capacity = this.#storage.probeSize();
+  switchCbt(capacity: number = this.#storage.probeSize()): void {
     if (capacity !== this.#cbt.capacity) this.#cbt = new CbtMap(capacity);
     this.#cbt.switch();
   }

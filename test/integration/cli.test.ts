@@ -83,6 +83,36 @@ describe('blksnap CLI', () => {
     assert.equal(fs.existsSync(nbdPath), false);
   });
 
+  it('--control works before the command as after it (SPEC §7)', async () => {
+    const env = { ...process.env, BLKSNAP_CONTROL: '/nonexistent/control.sock' };
+    const before = await run(process.execPath, [blksnapCli, '--control', daemon.controlPath, 'version', '--json'], { env });
+    assert.equal(before.code, 0, before.stderr);
+    assert.match(JSON.parse(before.stdout).version, /^\d+\.\d+\.\d+$/);
+    const eq = await run(process.execPath, [blksnapCli, `--control=${daemon.controlPath}`, 'list'], { env });
+    assert.equal(eq.code, 0, eq.stderr);
+    const after = await run(process.execPath, [blksnapCli, 'version', '--control', daemon.controlPath], { env });
+    assert.equal(after.code, 0, after.stderr);
+  });
+
+  it('snapshot_info --json keeps every field with --field', async () => {
+    const file = sparseFile(path.join(tmp.dir, 'info'), 3 * 1024 * 1024);
+    await daemon.json('attach', '--device', file, '--name', 'info1');
+    const { id } = await daemon.json<{ id: string }>('snapshot_create', '--device', 'info1', '--file', tmp.dir, '--limit', '64M');
+    try {
+      await daemon.json('snapshot_take', '--id', id);
+      for (const field of ['image', 'error_code']) {
+        const doc = await daemon.json<Record<string, unknown>>('snapshot_info', '--device', 'info1', '--field', field);
+        assert.equal(doc.errorCode, 0, `--field ${field}`);
+        assert.match((doc.image as { uri: string }).uri, /info1-image/, `--field ${field}`);
+      }
+      const text = await daemon.cli('snapshot_info', '--device', 'info1', '--field', 'error_code');
+      assert.equal(text.stdout.trim(), '0');
+    } finally {
+      await daemon.json('snapshot_destroy', '--id', id);
+      await daemon.json('detach', '--device', 'info1');
+    }
+  });
+
   it('a second daemon on the same state directory is refused', async () => {
     const r = await run(process.execPath, [blksnapd, '--state-dir', daemon.dir, '--control', path.join(tmp.dir, 'c2'), '--nbd', path.join(tmp.dir, 'n2')], { timeoutMs: 10_000 });
     assert.equal(r.code, 1);
@@ -92,6 +122,23 @@ describe('blksnap CLI', () => {
 });
 
 describe('blksnapd socket ownership', () => {
+  it('refuses a --control or --nbd path that is not a socket, and leaves the file alone', async () => {
+    const { dir, remove } = tempDir();
+    try {
+      for (const which of ['--control', '--nbd']) {
+        const victim = path.join(dir, `precious-${which.slice(2)}`);
+        fs.writeFileSync(victim, 'keep me');
+        const args = ['--state-dir', path.join(dir, `state-${which.slice(2)}`), '--control', path.join(dir, 'c'), '--nbd', path.join(dir, 'n'), which, victim];
+        const r = await run(process.execPath, [blksnapd, ...args], { timeoutMs: 10_000 });
+        assert.equal(r.code, 1, r.stderr);
+        assert.match(r.stderr, /EEXIST: .*precious.* is not a socket/);
+        assert.equal(fs.readFileSync(victim, 'utf8'), 'keep me');
+      }
+    } finally {
+      remove();
+    }
+  });
+
   it('never takes over the sockets of a running daemon', async () => {
     const first = await TestDaemon.start();
     const { dir, remove } = tempDir();

@@ -94,8 +94,8 @@ export const snapshotCommands: Command[] = [
       if (field !== undefined && field !== 'image' && field !== 'error_code') throw new BlkError('EINVAL', `--field takes image or error_code, not '${field}'`);
       const image = info.image ? info.image.uri : '';
       const text = field === 'image' ? image : field === 'error_code' ? String(info.errorCode) : `id=${info.id ?? ''}\nerror_code=${info.errorCode}\nimage=${image}`;
-      const json = field === 'image' ? { image: info.image } : field === 'error_code' ? { errorCode: info.errorCode } : info;
-      io.print(json, text);
+      // --field picks the text; JSON keeps every field, so scripts read one document shape.
+      io.print(info, text);
     },
   },
   {

@@ -1,0 +1,17 @@
+// Owns waiting for a group of started I/O operations without leaving one behind.
+
+/**
+ * Resolves when every promise has settled, then rejects with the first rejection if any. Unlike
+ * Promise.all it never returns while an operation still runs: a caller that gives its buffer
+ * back on failure must know nothing writes into it any more, and no rejection is left unhandled.
+ */
+export async function settleAll(work: ReadonlyArray<Promise<unknown>>): Promise<void> {
+  const results = await Promise.allSettled(work);
+  for (const r of results) if (r.status === 'rejected') throw r.reason;
+}
+
+/** As settleAll, for a failure met while starting them: waits for those started, then throws `error`. */
+export async function settleThenThrow(work: ReadonlyArray<Promise<unknown>>, error: unknown): Promise<never> {
+  await Promise.allSettled(work);
+  throw error;
+}
