@@ -9,6 +9,8 @@ import { dispatch, type DaemonContext } from './handlers.js';
 import type { RpcResponse } from './protocol.js';
 
 const MAXIMUM_REQUESTS_IN_FLIGHT = 64;
+/** No new request of a connection starts while this many reply bytes wait for its client to read them. */
+const MAXIMUM_UNREAD_REPLY_BYTES = 1024 * 1024;
 
 function errorResponse(id: RpcResponse['id'], e: unknown): RpcResponse {
   const err = toBlkError(e);
@@ -57,21 +59,33 @@ export class ControlServer {
       if (!socket.destroyed) socket.write(JSON.stringify(r) + '\n');
     };
     // At most this many requests of one connection run at once (snapshot.waitEvent may wait for a
-    // day); later lines wait their turn and reading pauses meanwhile, so one client cannot pile
-    // up unbounded work.
+    // day), and none starts while the client leaves replies unread: later lines wait their turn
+    // and reading pauses meanwhile, so one client can pile up neither work nor reply bytes. One
+    // request starts per turn of the event loop, so the reply of one that answers at once (a
+    // cbt.read of 2 MiB) is counted before the next one starts.
     let inFlight = 0;
+    let isStartScheduled = false;
     const waiting: string[] = [];
+    const isReplyBacklogged = (): boolean => socket.writableLength >= MAXIMUM_UNREAD_REPLY_BYTES;
     const next = (): void => {
-      while (inFlight < MAXIMUM_REQUESTS_IN_FLIGHT && waiting.length > 0) {
+      if (!isStartScheduled && !socket.destroyed && inFlight < MAXIMUM_REQUESTS_IN_FLIGHT && waiting.length > 0 && !isReplyBacklogged()) {
         inFlight++;
         this.#handleLine(waiting.shift() as string, send).finally(() => {
           inFlight--;
           next();
         });
+        if (waiting.length > 0) {
+          isStartScheduled = true;
+          setImmediate(() => {
+            isStartScheduled = false;
+            next();
+          });
+        }
       }
-      if (waiting.length > 0) socket.pause();
+      if (waiting.length > 0 || isReplyBacklogged()) socket.pause();
       else if (socket.isPaused() && !socket.destroyed) socket.resume();
     };
+    socket.on('drain', next);
     socket.on('data', (chunk: string) => {
       let lines: string[];
       try {

@@ -10,9 +10,21 @@ import { Snapshot, type ImagePublisher, type SnapshotOptions } from './snapshot.
 
 const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$/;
 
-/** An export name from a store's path: its base name, e.g. /dev/loop3 -> loop3, /srv/disk.img -> disk.img. */
+/** A snapshot image is exported as its device's name with this suffix, which device names may not end with. */
+export const IMAGE_SUFFIX = '-image';
+
+/** The export name of a device's snapshot image. */
+export function imageName(deviceName: string): string {
+  return deviceName + IMAGE_SUFFIX;
+}
+
+/**
+ * An export name from a store's path: its base name, e.g. /dev/loop3 -> loop3, /srv/disk.img -> disk.img
+ * (/srv/vm-image -> vm_image: the image suffix is reserved).
+ */
 export function defaultDeviceName(storagePath: string): string {
-  return path.basename(storagePath).replace(/[^A-Za-z0-9._+-]/g, '_') || 'device';
+  const name = path.basename(storagePath).replace(/[^A-Za-z0-9._+-]/g, '_') || 'device';
+  return name.endsWith(IMAGE_SUFFIX) ? `${name.slice(0, -IMAGE_SUFFIX.length)}_${IMAGE_SUFFIX.slice(1)}` : name;
 }
 
 function canonicalPath(p: string): string {
@@ -34,6 +46,9 @@ export class Registry implements ImagePublisher {
     try {
       if (!NAME_PATTERN.test(name)) {
         throw new BlkError('EINVAL', `invalid device name '${name}': use 1-128 letters, digits, '.', '_', '+' or '-'`);
+      }
+      if (name.endsWith(IMAGE_SUFFIX)) {
+        throw new BlkError('EINVAL', `invalid device name '${name}': names ending in '${IMAGE_SUFFIX}' are kept for snapshot images`);
       }
       if (this.#devices.has(name) || this.#extraExports.has(name)) {
         throw new BlkError('EEXIST', `a device or export named '${name}' already exists; pass another name`);

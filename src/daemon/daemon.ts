@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { ControlServer } from '../control/server.js';
 import { dispatch, type DaemonContext } from '../control/handlers.js';
 import { DeviceAttach } from '../control/protocol.js';
-import { Registry } from '../core/registry.js';
+import { imageName, Registry } from '../core/registry.js';
 import type { Snapshot } from '../core/snapshot.js';
 import { BlkError, toBlkError } from '../errors.js';
 import { NbdServer } from '../frontends/nbd/server.js';
@@ -95,7 +95,7 @@ export class Daemon {
       }
     }
     try {
-      await snapshot.take((device) => `${device.name}-image`);
+      await snapshot.take((device) => imageName(device.name));
     } finally {
       for (const { fd, mountPoint } of frozen) {
         await freezeFilesystem(fd, false).catch((e: unknown) => this.#log(`cannot thaw ${mountPoint}: ${String(e)}`));

@@ -256,6 +256,53 @@ describe('bad input', () => {
   });
 });
 
+describe('control socket backpressure', () => {
+  it('a client that never reads its cbt.read replies does not grow the daemon; the replies all come once it reads', async () => {
+    const tmp = tempDir();
+    // 8 TiB sparse: 4 MiB tracking blocks, 2,097,152 of them, so one whole-map cbt.read answers 2.8 MB of base64.
+    const file = sparseFile(path.join(tmp.dir, 'huge'), 8 * 1024 * 1024 * MiB);
+    const daemon = await TestDaemon.start(['--attach', file]);
+    try {
+      const rss = () => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${daemon.child.pid}/status`, 'utf8'))?.[1]) * 1024;
+      const before = rss();
+      const count = 400;
+      const line = (i: number) => `{"jsonrpc":"2.0","id":${i},"method":"cbt.read","params":{"device":"huge","offset":0,"length":2097152}}`;
+      const s = net.createConnection(daemon.controlPath);
+      await new Promise((r) => s.once('connect', r));
+      s.pause(); // never read, for now
+      s.write(Array.from({ length: count }, (_, i) => line(i)).join('\n') + '\n');
+      await new Promise((r) => setTimeout(r, 3000));
+      const grown = rss() - before;
+      assert.ok(grown < 64 * MiB, `RSS grew by ${(grown / MiB).toFixed(0)} MiB while ${count} replies of 2.8 MB went unread`);
+      // Another connection is served meanwhile.
+      assert.equal((await daemon.cli('list')).code, 0);
+      // Reading now brings every reply, whole and in order of completion.
+      let received = 0;
+      let text = '';
+      await new Promise<void>((resolve, reject) => {
+        s.setEncoding('utf8');
+        s.on('data', (d: string) => {
+          text += d;
+          let i;
+          while ((i = text.indexOf('\n')) >= 0) {
+            const reply = JSON.parse(text.slice(0, i)) as { result?: { data: string } };
+            assert.equal(Buffer.from(reply.result?.data ?? '', 'base64').length, 2097152);
+            text = text.slice(i + 1);
+            if (++received === count) return resolve();
+          }
+        });
+        s.on('error', reject);
+        s.resume();
+      });
+      s.destroy();
+      assert.equal(received, count);
+    } finally {
+      await daemon.stop();
+      tmp.remove();
+    }
+  });
+});
+
 function controlExchange(socketPath: string, text: string, expected: number): Promise<unknown[]> {
   return new Promise((resolve, reject) => {
     const s = net.createConnection(socketPath);

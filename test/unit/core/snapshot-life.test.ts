@@ -8,6 +8,7 @@ import { FileStorage } from '../../../src/backing/file-storage.js';
 import { IoFlag } from '../../../src/core/block-device.js';
 import { Device } from '../../../src/core/device.js';
 import { DiffStorage } from '../../../src/core/diff-storage.js';
+import { defaultDeviceName, imageName, Registry } from '../../../src/core/registry.js';
 import { Snapshot, type ImagePublisher } from '../../../src/core/snapshot.js';
 import type { SnapImage } from '../../../src/core/snap-image.js';
 import { BlkError } from '../../../src/errors.js';
@@ -180,6 +181,17 @@ describe('snapshot life', () => {
     assert.deepEqual([...exports.names], ['b-image'], 'no image of the failed take is left published');
     assert.equal(a.tracker.diffArea, null);
     await snapshot.destroy();
+  });
+
+  it('device names can never clash with image names', async () => {
+    const registry = new Registry();
+    const open = async (name: string): Promise<FileStorage> => FileStorage.open(sparseFile(path.join(tmp.dir, name), MiB));
+    await assert.rejects(registry.attach(await open('a'), { name: 'vm-image' }), (e: BlkError) => e.code === 'EINVAL' && /kept for snapshot images/.test(e.message));
+    const byPath = await registry.attach(await open('disk-image'));
+    devices.push(byPath);
+    assert.equal(byPath.name, 'disk_image');
+    assert.equal(imageName(byPath.name), 'disk_image-image');
+    assert.equal(defaultDeviceName('/srv/vm1.img'), 'vm1.img');
   });
 
   it('an image write whose CBT marking throws still ends: destroy does not wait forever', async () => {
