@@ -23,6 +23,11 @@ export interface FileStorageOptions {
   syncWriteMaximum?: number;
 }
 
+/** open(2) in the thread pool: a path a client gave may lie where only this event loop serves its blocks. */
+export function openAsync(path: string, flags: number, mode = 0o600): Promise<number> {
+  return new Promise((resolve, reject) => fs.open(path, flags, mode, (err, fd) => (err ? reject(err) : resolve(fd))));
+}
+
 /** write(2) to a non-blocking descriptor: the bytes written, 0 when it is full. */
 function writeNonBlocking(fd: number, data: Uint8Array): number {
   try {
@@ -81,7 +86,7 @@ export class FileStorage implements Storage {
     const flags = (options.readOnly ? O_RDONLY : O_RDWR) | (isBlockDevice ? O_EXCL : 0);
     let fd: number;
     try {
-      fd = fs.openSync(path, flags);
+      fd = await openAsync(path, flags);
     } catch (e) {
       const err = toBlkError(e);
       const why = err.code === 'EBUSY' ? 'it is in use (mounted, or held by another process)' : err.message;
@@ -106,10 +111,10 @@ export class FileStorage implements Storage {
     return this.#held((fd) => fallocate(fd, 0, offset, length)).then(() => void this.probeSize());
   }
 
-  /** Device and inode, to recognise the same file under another path. */
-  identity(): { dev: number; ino: number } {
+  /** Device and inode, to recognise the same file under another path; a block device's own number. */
+  identity(): { dev: number; ino: number; rdev: number } {
     const st = fs.fstatSync(this.#open());
-    return { dev: st.dev, ino: st.ino };
+    return { dev: st.dev, ino: st.ino, rdev: this.isBlockDevice ? st.rdev : 0 };
   }
 
   get size(): number {

@@ -62,6 +62,8 @@ export interface Storage {
   extents(offset: number, length: number, maximumCount: number): Promise<Extent[]>;
   /** Hint that a range will be read soon. */
   cache(offset: number, length: number): Promise<void>;
+  /** Device and inode of a file store, a block device's own number (rdev, else 0): to recognise it under another path. */
+  identity?(): { dev: number; ino: number; rdev: number };
   /** Asks the OS for the current size again (a capacity change resets CBT at the next take). */
   probeSize(): number;
   close(): Promise<void>;

@@ -20,6 +20,11 @@ export interface DaemonContext {
     expose(exportName: string): Promise<string>;
     release(exportName: string): Promise<void>;
   };
+  /**
+   * EINVAL when a path a client gave is, or lies on, a device this daemon serves (its stores, its
+   * loop devices, its FUSE files); looked at off the event loop.
+   */
+  refuseOwnPath(path: string, purpose: string): Promise<void>;
   /** Every device attached gets a kernel block device (blksnapd --loop). */
   isLoopForAll: boolean;
   log(line: string): void;

@@ -1,6 +1,6 @@
 // Owns the control methods: untrusted params in, type guards, one core call, a typed result out.
 import * as fs from 'node:fs';
-import { FileStorage } from '../backing/file-storage.js';
+import { FileStorage, openAsync } from '../backing/file-storage.js';
 import { fileExtents } from '../os/libc.js';
 import type { Device } from '../core/device.js';
 import { BlkError, toBlkError } from '../errors.js';
@@ -42,24 +42,27 @@ function cbtInfo(device: Device): api.CbtInfo {
 async function fileRanges(file: string, deviceName: string, ctx: DaemonContext): Promise<Array<{ offset: number; length: number }>> {
   const blockDevice = ctx.blockDevices.get(deviceName);
   if (!blockDevice) throw new BlkError('EINVAL', `device ${deviceName} has no block device (attach it with --loop) to hold ${file}`);
+  // The file lies on this daemon's own device by design: every call on it runs in the thread pool,
+  // since its blocks may have to come through this very event loop.
   let fd: number;
   try {
-    fd = fs.openSync(file, 'r');
+    fd = await openAsync(file, fs.constants.O_RDONLY);
   } catch (e) {
     throw new BlkError(toBlkError(e).code, `cannot open ${file}: ${toBlkError(e).message}`);
   }
   try {
-    if (fs.fstatSync(fd).dev !== fs.statSync(blockDevice).rdev) {
+    const st = await new Promise<fs.Stats>((resolve, reject) => fs.fstat(fd, (err, s) => (err ? reject(err) : resolve(s))));
+    if (st.dev !== fs.statSync(blockDevice).rdev) {
       throw new BlkError('EINVAL', `${file} is not on a filesystem mounted from ${blockDevice} (device ${deviceName})`);
     }
     return await fileExtents(fd);
   } finally {
-    fs.closeSync(fd);
+    fs.close(fd, () => undefined);
   }
 }
 
-function lookup(p: Params, ctx: DaemonContext, method: string): Device {
-  return ctx.registry.resolve(requireString(p, 'device', method));
+function lookup(p: Params, ctx: DaemonContext, method: string): Promise<Device> {
+  return ctx.registry.find(requireString(p, 'device', method));
 }
 
 const deviceHandlers: Record<string, Handler> = {
@@ -73,6 +76,7 @@ const deviceHandlers: Record<string, Handler> = {
     const name = optionalString(p, 'name', m);
     const readOnly = optionalBoolean(p, 'readOnly', m) ?? false;
     const tracking = optionalBoolean(p, 'tracking', m) ?? true;
+    await ctx.refuseOwnPath(path, 'store');
     const storage = await FileStorage.open(path, { readOnly, ...ctx.storageOptions });
     const device = await ctx.registry.attach(storage, { tracking, ...(name === undefined ? {} : { name }) });
     ctx.log(`attached ${device.path} as ${device.name} (${device.size} bytes${readOnly ? ', read-only' : ''}${tracking ? '' : ', untracked'})`);
@@ -88,7 +92,7 @@ const deviceHandlers: Record<string, Handler> = {
   },
 
   async [api.DeviceDetach.name](p, ctx) {
-    const device = lookup(p, ctx, api.DeviceDetach.name);
+    const device = await lookup(p, ctx, api.DeviceDetach.name);
     ctx.registry.checkDetachable(device); // before its block device goes away
     const mounted = ctx.blockDevices.mountPoints(device.name);
     if (mounted.length) throw new BlkError('EBUSY', `device ${device.name} is mounted on ${mounted.join(', ')}; unmount it first`);
@@ -103,12 +107,12 @@ const deviceHandlers: Record<string, Handler> = {
   },
 
   async [api.CbtGetInfo.name](p, ctx) {
-    return cbtInfo(lookup(p, ctx, api.CbtGetInfo.name));
+    return cbtInfo(await lookup(p, ctx, api.CbtGetInfo.name));
   },
 
   async [api.CbtRead.name](p, ctx) {
     const m = api.CbtRead.name;
-    const device = lookup(p, ctx, m);
+    const device = await lookup(p, ctx, m);
     const offset = requireInteger(p, 'offset', m);
     const length = requireInteger(p, 'length', m, 0, limits.maximumCbtReadLength);
     const cbt = device.tracker.cbt;
@@ -118,7 +122,7 @@ const deviceHandlers: Record<string, Handler> = {
 
   async [api.CbtMarkDirty.name](p, ctx) {
     const m = api.CbtMarkDirty.name;
-    const device = lookup(p, ctx, m);
+    const device = await lookup(p, ctx, m);
     const file = optionalString(p, 'file', m);
     if (file !== undefined) {
       device.markDirty(await fileRanges(file, device.name, ctx));
@@ -135,7 +139,7 @@ const deviceHandlers: Record<string, Handler> = {
   },
 
   async [api.CbtSwitch.name](p, ctx) {
-    const device = lookup(p, ctx, api.CbtSwitch.name);
+    const device = await lookup(p, ctx, api.CbtSwitch.name);
     const tracker = device.tracker;
     await tracker.hold();
     try {

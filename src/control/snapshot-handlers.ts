@@ -29,13 +29,15 @@ export const snapshotHandlers: Record<string, Handler> = {
       if (typeof d !== 'string' || d === '') throw new BlkError('EINVAL', `${m}: devices[${i}] must be a device name or path`);
       return d;
     });
-    const devices = names.map((n) => ctx.registry.resolve(n));
+    const devices = await Promise.all(names.map((n) => ctx.registry.find(n)));
     if (new Set(devices).size !== devices.length) throw new BlkError('EINVAL', `${m}: a device is listed twice`);
     const diffStorageMinimum = optionalInteger(p, 'diffStorageMinimum', m, 4096, Number.MAX_SAFE_INTEGER);
     const chunkMinimumShift = optionalInteger(p, 'chunkMinimumShift', m, 12, 26);
     const chunkMaximumInQueue = optionalInteger(p, 'chunkMaximumInQueue', m, 1, 65536);
+    const diffStorage = requireString(p, 'diffStorage', m);
+    await ctx.refuseOwnPath(diffStorage, 'difference storage');
     const snapshot = await ctx.registry.createSnapshot(devices, {
-      diffStorage: requireString(p, 'diffStorage', m),
+      diffStorage,
       limit: requireInteger(p, 'limit', m, 4096),
       ...(diffStorageMinimum === undefined ? {} : { diffStorageMinimum }),
       ...(chunkMinimumShift === undefined ? {} : { chunkMinimumShift }),
@@ -49,7 +51,7 @@ export const snapshotHandlers: Record<string, Handler> = {
   async [api.SnapshotAdd.name](p, ctx) {
     const m = api.SnapshotAdd.name;
     const snapshot = snapshotOf(p, ctx, m);
-    const device = ctx.registry.resolve(requireString(p, 'device', m));
+    const device = await ctx.registry.find(requireString(p, 'device', m));
     snapshot.add(device);
     return {};
   },
@@ -68,7 +70,7 @@ export const snapshotHandlers: Record<string, Handler> = {
   },
 
   async [api.SnapshotGetInfo.name](p, ctx) {
-    const device = ctx.registry.resolve(requireString(p, 'device', api.SnapshotGetInfo.name));
+    const device = await ctx.registry.find(requireString(p, 'device', api.SnapshotGetInfo.name));
     const id = device.tracker.snapshotId;
     if (id === null) return { id: null, errorCode: 0, image: null } satisfies api.SnapshotInfo;
     const snapshot = ctx.registry.snapshot(id);

@@ -1,7 +1,7 @@
 // Owns a snapshot's difference storage: where the originals of changed chunks are kept, and how it grows.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { FileStorage } from '../backing/file-storage.js';
+import { FileStorage, openAsync } from '../backing/file-storage.js';
 import type { Storage } from '../backing/storage.js';
 import { BlkError, toBlkError } from '../errors.js';
 import { SECTOR_SIZE } from '../params.js';
@@ -15,8 +15,8 @@ export interface DiffStorageOptions {
   limit: number;
   /** Growth step of a file store (blksnap's diff_storage_minimum). */
   minimum: number;
-  /** Backing paths of the snapshot's devices: the store may not be one of them. */
-  devicePaths: readonly string[];
+  /** Stores of the snapshot's devices: the difference storage may not be one of them. */
+  devices: readonly Storage[];
 }
 
 /**
@@ -53,21 +53,21 @@ export class DiffStorage {
   static async open(target: string, options: DiffStorageOptions): Promise<DiffStorage> {
     if (!Number.isSafeInteger(options.limit) || options.limit <= 0) throw new BlkError('EINVAL', `invalid difference storage limit ${options.limit}`);
     if (!Number.isSafeInteger(options.minimum) || options.minimum < 4096) throw new BlkError('EINVAL', `invalid diff_storage_minimum ${options.minimum}: at least 4096 bytes`);
+    // Nothing synchronous on the path: it may lie where only this event loop serves the blocks.
     let st: fs.Stats;
+    let real: string;
     try {
-      st = fs.statSync(target);
+      st = await fs.promises.stat(target);
+      real = await fs.promises.realpath(target);
     } catch (e) {
       throw new BlkError(toBlkError(e).code, `difference storage ${target}: ${toBlkError(e).message}`);
     }
-    const real = fs.realpathSync(target);
-    const devices = options.devicePaths.map((p) => fs.realpathSync(p));
-    if (devices.includes(real)) throw new BlkError('EINVAL', `difference storage ${target} is a device of this snapshot`);
     let store: FileStorage;
     let kind: DiffStorage['kind'];
     if (st.isDirectory()) {
       let fd: number;
       try {
-        fd = fs.openSync(target, O_TMPFILE | fs.constants.O_RDWR, 0o600);
+        fd = await openAsync(target, O_TMPFILE | fs.constants.O_RDWR, 0o600);
       } catch (e) {
         throw new BlkError(toBlkError(e).code, `cannot create an unnamed file in ${target}: ${toBlkError(e).message}`);
       }
@@ -78,12 +78,11 @@ export class DiffStorage {
       kind = store.isBlockDevice ? 'block' : 'file';
     }
     try {
-      if (kind !== 'block') {
-        const { dev, ino } = store.identity();
-        for (const p of options.devicePaths) {
-          const d = fs.statSync(p);
-          if (d.dev === dev && d.ino === ino) throw new BlkError('EINVAL', `difference storage ${target} is a device of this snapshot`);
-        }
+      const own = store.identity();
+      for (const device of options.devices) {
+        const d = device.identity?.();
+        const isSame = d !== undefined && (kind === 'block' ? d.rdev === own.rdev : d.rdev === 0 && d.dev === own.dev && d.ino === own.ino);
+        if (isSame) throw new BlkError('EINVAL', `difference storage ${target} is the store of a device of this snapshot`);
       }
       const capacity = kind === 'block' ? Math.min(store.size, options.limit) : 0;
       const diff = new DiffStorage(store, kind, options, capacity);

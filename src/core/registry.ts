@@ -27,9 +27,10 @@ export function defaultDeviceName(storagePath: string): string {
   return name.endsWith(IMAGE_SUFFIX) ? `${name.slice(0, -IMAGE_SUFFIX.length)}_${IMAGE_SUFFIX.slice(1)}` : name;
 }
 
-function canonicalPath(p: string): string {
+/** The path with links resolved, in the thread pool (it may lie where only this event loop serves the blocks). */
+async function canonicalPath(p: string): Promise<string> {
   try {
-    return fs.realpathSync(p);
+    return await fs.promises.realpath(p);
   } catch {
     return path.resolve(p);
   }
@@ -75,13 +76,19 @@ export class Registry implements ImagePublisher {
     await device.close();
   }
 
-  /** Finds a device by its name or by the path it was attached from; ENOENT otherwise. */
-  resolve(nameOrPath: string): Device {
+  /** Finds a device by its name or by the path it was attached from (links resolved); ENOENT otherwise. */
+  async find(nameOrPath: string): Promise<Device> {
     const byName = this.#devices.get(nameOrPath);
     if (byName) return byName;
-    const wanted = canonicalPath(nameOrPath);
+    const absolute = path.resolve(nameOrPath);
     for (const device of this.#devices.values()) {
-      if (device.path === nameOrPath || canonicalPath(device.path) === wanted) return device;
+      if (device.path === nameOrPath || path.resolve(device.path) === absolute) return device;
+    }
+    if (nameOrPath.includes('/')) {
+      const wanted = await canonicalPath(nameOrPath);
+      for (const device of this.#devices.values()) {
+        if ((await canonicalPath(device.path)) === wanted) return device;
+      }
     }
     throw new BlkError('ENOENT', `no attached device named or at '${nameOrPath}'`, { device: nameOrPath });
   }

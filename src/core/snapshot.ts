@@ -88,7 +88,7 @@ export class Snapshot implements SnapshotHealth {
     this.#diff = await DiffStorage.open(this.options.diffStorage, {
       limit: this.options.limit,
       minimum: this.options.diffStorageMinimum ?? params.diffStorageMinimum,
-      devicePaths: this.#devices.map((d) => d.path),
+      devices: this.#devices.map((d) => d.storage),
     });
     this.#diff.onNoSpace(({ requestedSectors }) => this.events.push({ code: 'no_space', time: Date.now(), data: { requestedSectors } }));
   }

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import type { BlockDevice } from '../core/block-device.js';
 import { BlkError } from '../errors.js';
 import { FuseExport } from '../frontends/fuse/fuse-export.js';
-import { bindLoop, exposeThroughNbdfuse, mountPointsOf, releaseLoopDevice, unbindLoop, type LoopRecord } from '../frontends/fuse-loop/loop-device.js';
+import { bindLoop, deviceNumber, exposeThroughNbdfuse, mountDeviceNumber, mountPointsOf, releaseLoopDevice, unbindLoop, type LoopRecord } from '../frontends/fuse-loop/loop-device.js';
 import type { Log } from './log.js';
 
 /** How a device becomes a FUSE file for its loop device: the daemon's own FUSE server, or nbdfuse over NBD. */
@@ -21,6 +21,8 @@ export interface BlockDevicesOptions {
 
 export class BlockDevices {
   #records = new Map<string, LoopRecord>();
+  /** Device numbers of each export's loop device and FUSE mount, to recognise paths on them. */
+  #numbers = new Map<string, { blockDevice: string; fuseFilesystem: string | null }>();
   #fuseExports = new Map<string, FuseExport>();
   #recordFile: string;
   #fuseDir: string;
@@ -39,6 +41,14 @@ export class BlockDevices {
     return this.#records.get(exportName)?.loop;
   }
 
+  /** Every export's kernel block device, with the device numbers of the loop device and of its FUSE mount. */
+  kernelDevices(): Array<{ exportName: string; loop: string; blockDevice: string; fuseFilesystem: string | null }> {
+    return [...this.#records.values()].flatMap((r) => {
+      const numbers = this.#numbers.get(r.exportName);
+      return numbers ? [{ exportName: r.exportName, loop: r.loop, ...numbers }] : [];
+    });
+  }
+
   /** Filesystems mounted from an export's block device. */
   mountPoints(exportName: string): string[] {
     const loop = this.get(exportName);
@@ -51,6 +61,7 @@ export class BlockDevices {
     const mountpoint = path.join(this.#fuseDir, exportName);
     const record = this.#options.route === 'nbdfuse' ? await exposeThroughNbdfuse(exportName, this.#options.nbdSocket, mountpoint) : await this.#exposeThroughFuse(exportName, mountpoint);
     this.#records.set(exportName, record);
+    this.#numbers.set(exportName, { blockDevice: deviceNumber(record.loop), fuseFilesystem: mountDeviceNumber(record.mountpoint) });
     this.#save();
     this.#log(`${exportName} is block device ${record.loop}`);
     return record.loop;
@@ -68,6 +79,7 @@ export class BlockDevices {
       await releaseLoopDevice(record);
     }
     this.#records.delete(exportName);
+    this.#numbers.delete(exportName);
     this.#save();
     this.#log(`released block device ${record.loop} of ${exportName}`);
   }

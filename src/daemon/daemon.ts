@@ -9,6 +9,9 @@ import type { Snapshot } from '../core/snapshot.js';
 import { BlkError, toBlkError } from '../errors.js';
 import { NbdServer } from '../frontends/nbd/server.js';
 import { freezeFilesystem } from '../os/libc.js';
+import { openAsync } from '../backing/file-storage.js';
+import { OwnPaths } from './own-paths.js';
+import { deviceNumberText } from '../os/block-identity.js';
 import { BlockDevices } from './block-devices.js';
 import type { DaemonConfig } from './config.js';
 import type { Log } from './log.js';
@@ -42,8 +45,16 @@ export class Daemon {
       lookupExport: (name) => this.registry.lookupExport(name),
       log,
     });
+    const ownPaths = new OwnPaths({
+      stores: () => this.registry.devices().flatMap((d) => {
+        const id = d.storage.identity?.();
+        return id ? [{ device: d.name, dev: id.dev, ino: id.ino, blockDevice: id.rdev ? deviceNumberText(id.rdev) : null }] : [];
+      }),
+      blockDevices: () => this.blockDevices.kernelDevices(),
+    });
     this.context = {
       registry: this.registry,
+      refuseOwnPath: async (p, purpose) => void (await ownPaths.refuseOwn(p, purpose)),
       exportUri: (name) => `nbd+unix:///${encodeURIComponent(name)}?socket=${config.nbdPath}`,
       takeSnapshot: (snapshot) => this.takeSnapshot(snapshot),
       destroySnapshot: (snapshot) => this.destroySnapshot(snapshot),
@@ -83,7 +94,8 @@ export class Daemon {
       for (const mountPoint of this.blockDevices.mountPoints(device.name)) {
         let fd = -1;
         try {
-          fd = fs.openSync(mountPoint, 'r');
+          // In the thread pool: the mount point's inode may have to be read through this daemon.
+          fd = await openAsync(mountPoint, fs.constants.O_RDONLY);
           await freezeFilesystem(fd, true);
           frozen.push({ fd, mountPoint });
         } catch (e) {

@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as api from '../../src/control/protocol.js';
-import { TestDaemon } from '../helpers/daemon.js';
+import { blksnapCli, TestDaemon } from '../helpers/daemon.js';
 import { checksums, mkfs, Mounts, writeFiles } from '../helpers/mounts.js';
 import { check, missing, run, sparseFile, tempDir } from '../helpers/tools.js';
 import { BlksnapClient } from '../../src/client/connection.js';
@@ -45,6 +45,56 @@ describe('filesystems on kernel block devices', { skip }, () => {
     assert.ok(info.image?.blockDevice, `image of ${device} has a block device`);
     return info.image.blockDevice;
   }
+
+  it('paths on the daemon\'s own devices are refused, with cold caches, and the daemon never blocks on them', async () => {
+    const blockDevice = await attach('own', 64 * MiB, 'ext4');
+    const dir = await mounts.mount(blockDevice, 'own');
+    fs.mkdirSync(path.join(dir, 'sub/deeper'), { recursive: true });
+    fs.writeFileSync(path.join(dir, 'sub/deeper/diff'), '');
+    fs.writeFileSync(path.join(dir, 'sub/deeper/file'), Buffer.alloc(256 * 1024, 7));
+    // A user's own loop device over the store: writing there would bypass tracking.
+    const byHand = (await check('losetup', ['-f', '--show', path.join(tmp.dir, 'own')])).trim();
+    const other = sparseFile(path.join(tmp.dir, 'other'), 16 * MiB);
+    await client.call(api.DeviceAttach, { path: other, name: 'other', loop: false });
+    try {
+      const env = { ...process.env, BLKSNAP_CONTROL: daemon.controlPath };
+      const refused: Array<[string, string[]]> = [
+        ['diff storage: a directory on the device\'s filesystem', ['snapshot_create', '--device', 'own', '--file', path.join(dir, 'sub/deeper'), '--limit', '16M']],
+        ['diff storage: a file on the device\'s filesystem', ['snapshot_create', '--device', 'own', '--file', path.join(dir, 'sub/deeper/diff'), '--limit', '16M']],
+        ['diff storage: the device\'s own /dev/loopN', ['snapshot_create', '--device', 'own', '--file', blockDevice, '--limit', '16M']],
+        ['diff storage: a loop device over the device\'s store', ['snapshot_create', '--device', 'other', '--file', byHand, '--limit', '16M']],
+        ['diff storage of another device on this filesystem', ['snapshot_create', '--device', 'other', '--file', path.join(dir, 'sub/deeper'), '--limit', '16M']],
+        ['attach: a file on the device\'s filesystem', ['attach', '--device', path.join(dir, 'sub/deeper/file')]],
+        ['attach: the device\'s /dev/loopN', ['attach', '--device', blockDevice]],
+        ['attach: a loop device over the store', ['attach', '--device', byHand]],
+        ['attach: the FUSE file behind the loop device', ['attach', '--device', path.join(daemon.dir, 'fuse/own/disk')]],
+      ];
+      for (const [what, args] of refused) {
+        await check('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches']);
+        const started = Date.now();
+        const r = await run(process.execPath, [blksnapCli, ...args], { env, timeoutMs: 20_000 });
+        assert.notEqual(r.code, 0, `${what}: accepted`);
+        assert.match(r.stderr, /EINVAL: .*(device of this daemon|refused)/, `${what}: ${r.stderr}`);
+        assert.ok(Date.now() - started < 15_000, `${what}: took ${Date.now() - started} ms`);
+      }
+      // What is meant to lie there works on a cold cache too: markdirtyblock --file.
+      await check('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches']);
+      const mark = await run(process.execPath, [blksnapCli, 'markdirtyblock', '--device', 'own', '--file', path.join(dir, 'sub/deeper/file')], { env, timeoutMs: 20_000 });
+      assert.equal(mark.code, 0, mark.stderr);
+      // And a take with its freeze.
+      await check('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches']);
+      const { id } = await client.call(api.SnapshotCreate, { devices: ['own'], diffStorage: tmp.dir, limit: 64 * MiB });
+      const take = await client.call(api.SnapshotTake, { id });
+      assert.deepEqual(take.warnings, []);
+      await client.call(api.SnapshotDestroy, { id });
+      assert.equal((await daemon.cli('list')).code, 0);
+    } finally {
+      await run('losetup', ['-d', byHand]);
+      await mounts.umount(dir);
+      await client.call(api.DeviceDetach, { device: 'other' });
+      await client.call(api.DeviceDetach, { device: 'own' });
+    }
+  });
 
   it('simple: before-files in the images, after-files not; image writes survive a remount', async () => {
     const devices = { ext: await attach('simple-ext4', 128 * MiB, 'ext4'), xfs: await attach('simple-xfs', 320 * MiB, 'xfs') };

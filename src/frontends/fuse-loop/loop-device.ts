@@ -56,6 +56,11 @@ export function mountPointsOf(blockDevice: string): string[] {
     .map(([, mountPoint]) => mountPoint);
 }
 
+/** The device number ("major:minor") of the filesystem mounted at `dir`, or null. */
+export function mountDeviceNumber(dir: string): string | null {
+  return mounts().find(([, mountPoint]) => mountPoint === dir)?.[0] ?? null;
+}
+
 function isMountPoint(dir: string): boolean {
   return mounts().some(([, mountPoint]) => mountPoint === dir);
 }

@@ -1,0 +1,80 @@
+// Owns refusing paths that lie on the daemon's own devices: its stores, its kernel block devices, its FUSE files.
+import * as path from 'node:path';
+import { BlkError, toBlkError } from '../errors.js';
+import { blockDeviceParent, identifyPath, type PathIdentity } from '../os/block-identity.js';
+
+/** What the daemon serves now, as device numbers and inodes. */
+export interface OwnDevices {
+  /** Stores of attached devices: regular files by (dev, ino), block devices by "major:minor". */
+  stores(): Array<{ device: string; dev: number; ino: number; blockDevice: string | null }>;
+  /** Kernel block devices of exports: the loop device's "major:minor" and its FUSE mount's filesystem. */
+  blockDevices(): Array<{ exportName: string; loop: string; blockDevice: string; fuseFilesystem: string | null }>;
+}
+
+const MAXIMUM_DEPTH = 8;
+
+/**
+ * A path a client gives (a store to attach, a difference storage, a backup target) may lie on a
+ * device this daemon serves: written through the daemon it would track or copy itself, and
+ * written beside it (a loop device over a store) it would bypass tracking; any synchronous call
+ * on it can deadlock the event loop that serves its blocks. Such paths are refused with EINVAL.
+ */
+export class OwnPaths {
+  #own: OwnDevices;
+
+  constructor(own: OwnDevices) {
+    this.#own = own;
+  }
+
+  /** Throws EINVAL naming the device when `p` is or lies on one of ours; ENOENT etc. when it cannot be looked at. */
+  async refuseOwn(p: string, purpose: string): Promise<PathIdentity> {
+    let identity: PathIdentity;
+    try {
+      identity = await identifyPath(p);
+    } catch (e) {
+      const err = toBlkError(e);
+      throw new BlkError(err.code, `${purpose} ${p}: ${err.message}`, { path: p });
+    }
+    const why = await this.#whyOwn(identity, 0);
+    if (why) throw new BlkError('EINVAL', `${purpose} ${p} ${why}; a path on a device of this daemon is refused`, { path: p });
+    return identity;
+  }
+
+  async #whyOwn(id: PathIdentity, depth: number): Promise<string | null> {
+    if (depth > MAXIMUM_DEPTH) return null;
+    for (const s of this.#own.stores()) {
+      if (id.kind === 'block' ? id.blockDevice === s.blockDevice : s.blockDevice === null && id.dev === s.dev && id.ino === s.ino) {
+        return `is the store of device ${s.device}`;
+      }
+    }
+    if (id.kind === 'block' && id.blockDevice !== null) {
+      const why = await this.#whyOwnBlockDevice(id.blockDevice, depth);
+      if (why) return `is ${why}`;
+    }
+    const why = await this.#whyOwnBlockDevice(id.filesystem, depth);
+    return why ? `lies on a filesystem of ${why}` : null;
+  }
+
+  /** Why a block device ("major:minor") is ours: one of our loop devices, a loop or partition over something of ours. */
+  async #whyOwnBlockDevice(number: string, depth: number): Promise<string | null> {
+    for (const b of this.#own.blockDevices()) {
+      if (b.blockDevice === number) return `${b.loop}, the block device of export ${b.exportName}`;
+      if (b.fuseFilesystem === number) return `the FUSE mount of export ${b.exportName}`;
+    }
+    const parent = await blockDeviceParent(number);
+    if (parent === null) return null;
+    if ('wholeDisk' in parent) {
+      const why = await this.#whyOwnBlockDevice(parent.wholeDisk, depth + 1);
+      return why ? `a partition of ${why}` : null;
+    }
+    let backing: PathIdentity;
+    try {
+      backing = await identifyPath(parent.backingFile);
+    } catch {
+      return null;
+    }
+    const why = await this.#whyOwn(backing, depth + 1);
+    return why ? `a loop device over ${path.basename(parent.backingFile)}, which ${why}` : null;
+  }
+}
+
