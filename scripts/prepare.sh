@@ -14,6 +14,7 @@ want fusermount3 fuse3
 want mkfs.ext4 e2fsprogs
 want mkfs.xfs xfsprogs
 want losetup mount
+want openssl openssl
 [ -e /usr/lib/python3/dist-packages/nbd.py ] || need="$need python3-libnbd"
 if [ -n "$need" ]; then
   echo "prepare: installing Debian packages:$need" >&2

@@ -23,12 +23,18 @@ export const nbd = {
   maximumBytesInFlight: 64 * 1024 * 1024,
   /** Extents returned by one BLOCK_STATUS reply at most. */
   maximumExtentsPerReply: 4096,
+  /** A connection whose handshake has not reached transmission by then is closed (SPEC §10). */
+  handshakeTimeoutMs: 10_000,
+  /** Connections at once per server, by default (--max-connections); more are closed at accept. */
+  maximumConnections: 256,
 } as const;
 
 /** Control API limits. */
 export const control = {
   /** A request line longer than this closes the control connection. */
   maximumLineLength: 1024 * 1024,
+  /** Control connections at once; more are closed at accept. */
+  maximumConnections: 256,
   /** Largest piece of a CBT map one cbt.read returns. */
   maximumCbtReadLength: 16 * 1024 * 1024,
 } as const;

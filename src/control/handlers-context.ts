@@ -2,6 +2,7 @@
 import type { Registry } from '../core/registry.js';
 import type { Snapshot } from '../core/snapshot.js';
 import type { Params } from './validate.js';
+import type { SameStore } from '../daemon/own-paths.js';
 
 export interface DaemonContext {
   registry: Registry;
@@ -24,7 +25,7 @@ export interface DaemonContext {
    * EINVAL when a path a client gave is, or lies on, a device this daemon serves (its stores, its
    * loop devices, its FUSE files); looked at off the event loop.
    */
-  refuseOwnPath(path: string, purpose: string): Promise<void>;
+  refuseOwnPath(path: string, purpose: string, sameStore?: SameStore): Promise<void>;
   /** Every device attached gets a kernel block device (blksnapd --loop). */
   isLoopForAll: boolean;
   log(line: string): void;

@@ -52,6 +52,11 @@ export class ControlServer {
   }
 
   #accept(socket: net.Socket): void {
+    if (this.#sockets.size >= limits.maximumConnections) {
+      this.#ctx.log(`control connection refused: ${limits.maximumConnections} connections already`);
+      socket.destroy();
+      return;
+    }
     this.#sockets.add(socket);
     socket.setEncoding('utf8');
     const framer = new LineFramer(limits.maximumLineLength);

@@ -35,7 +35,8 @@ export const snapshotHandlers: Record<string, Handler> = {
     const chunkMinimumShift = optionalInteger(p, 'chunkMinimumShift', m, 12, 26);
     const chunkMaximumInQueue = optionalInteger(p, 'chunkMaximumInQueue', m, 1, 65536);
     const diffStorage = requireString(p, 'diffStorage', m);
-    await ctx.refuseOwnPath(diffStorage, 'difference storage');
+    await ctx.refuseOwnPath(diffStorage, 'difference storage', (name, what) =>
+      devices.some((d) => d.name === name) ? new BlkError('EINVAL', `${what} is a device of this snapshot (${name})`) : new BlkError('EBUSY', `${what} is the store of attached device ${name}, in use`));
     const snapshot = await ctx.registry.createSnapshot(devices, {
       diffStorage,
       limit: requireInteger(p, 'limit', m, 4096),

@@ -2,6 +2,8 @@
 import * as path from 'node:path';
 import { defaultRuntimeDir } from '../control/paths.js';
 import type { LoopRoute } from './block-devices.js';
+import type { TlsOptions } from '../frontends/nbd/tls.js';
+import { nbd as nbdLimits } from '../params.js';
 
 export interface DaemonConfig {
   controlPath: string;
@@ -17,6 +19,12 @@ export interface DaemonConfig {
   loopAll: boolean;
   /** How kernel block devices reach the devices. */
   loopRoute: LoopRoute;
+  /** TLS of the TCP listener: null with --tls off (or without --listen). */
+  tls: TlsOptions | null;
+  /** NBD connections at once; more are closed at accept. */
+  maximumConnections: number;
+  /** An NBD handshake not finished by then closes the connection. */
+  handshakeTimeoutMs: number;
 }
 
 export const DAEMON_HELP = `Usage: blksnapd [options]
@@ -27,7 +35,17 @@ and answers the control API that the blksnap tool and library use.
 Options:
   --control PATH       control socket (default: $RUNTIME/control.sock, mode 0600)
   --nbd PATH           NBD Unix socket (default: $RUNTIME/nbd.sock, mode 0600)
-  --listen HOST:PORT   also serve NBD over TCP (off unless given)
+  --listen HOST:PORT   also serve NBD over TCP (off unless given); needs TLS (--tls-certs or
+                       --tls-psk) unless --tls off is given
+  --tls on|off         TLS on the TCP listener (default on: a client must STARTTLS first)
+  --tls-certs DIR      X.509 credentials in QEMU's layout: ca-cert.pem, server-cert.pem,
+                       server-key.pem
+  --tls-psk FILE       pre-shared keys in nbdkit's format: one username:hexkey a line
+  --tls-verify-peer    with --tls-certs: require a client certificate signed by ca-cert.pem
+  --max-connections N  NBD connections at once; more are closed at once (default 256)
+  --handshake-timeout SECONDS
+                       an NBD client that has not finished its handshake by then is
+                       disconnected (default 10)
   --state-dir DIR      where the daemon keeps its state: pid file (default: $RUNTIME)
   --attach PATH[=NAME] attach a file or block device at start; may be repeated
   --loop               give every attached device (and its snapshot images) a Linux block
@@ -66,7 +84,14 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
     syncWriteMaximum: 1024 * 1024,
     loopAll: false,
     loopRoute: 'fuse',
+    tls: null,
+    maximumConnections: nbdLimits.maximumConnections,
+    handshakeTimeoutMs: nbdLimits.handshakeTimeoutMs,
   };
+  let tlsMode: 'on' | 'off' | undefined;
+  let certsDir: string | undefined;
+  let pskFile: string | undefined;
+  let verifyPeer = false;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i] as string;
     if (arg === '--help' || arg === '-h') return null;
@@ -104,9 +129,41 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
       case '--sync-write-max':
         config.syncWriteMaximum = byteCount(arg, value());
         break;
+      case '--tls': {
+        const v = value();
+        if (v !== 'on' && v !== 'off') throw new Error(`--tls takes on or off, not '${v}'`);
+        tlsMode = v;
+        break;
+      }
+      case '--tls-certs': certsDir = path.resolve(value()); break;
+      case '--tls-psk': pskFile = path.resolve(value()); break;
+      case '--tls-verify-peer': verifyPeer = true; break;
+      case '--max-connections': {
+        const n = byteCount(arg, value());
+        if (n < 1) throw new Error('--max-connections takes 1 or more');
+        config.maximumConnections = n;
+        break;
+      }
+      case '--handshake-timeout': {
+        const seconds = Number(value());
+        if (!(seconds > 0 && seconds <= 3600)) throw new Error('--handshake-timeout takes seconds, more than 0 and at most 3600');
+        config.handshakeTimeoutMs = seconds * 1000;
+        break;
+      }
       default:
         throw new Error(`unknown option '${arg}'`);
     }
+  }
+  const hasCredentials = certsDir !== undefined || pskFile !== undefined;
+  if (certsDir !== undefined && pskFile !== undefined) throw new Error('give --tls-certs or --tls-psk, not both');
+  if (verifyPeer && certsDir === undefined) throw new Error('--tls-verify-peer needs --tls-certs');
+  if (config.listen === undefined) {
+    if (hasCredentials || tlsMode !== undefined) throw new Error('--tls options apply to the TCP listener: give --listen HOST:PORT');
+  } else if (tlsMode === 'off') {
+    if (hasCredentials) throw new Error('--tls off and TLS credentials contradict each other');
+  } else {
+    if (!hasCredentials) throw new Error('--listen serves NBD over the network and needs TLS: give --tls-certs DIR or --tls-psk FILE, or --tls off to serve it in the clear');
+    config.tls = { ...(certsDir === undefined ? {} : { certsDir }), ...(pskFile === undefined ? {} : { pskFile }), verifyPeer };
   }
   return config;
 }

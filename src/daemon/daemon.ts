@@ -8,6 +8,7 @@ import { imageName, Registry } from '../core/registry.js';
 import type { Snapshot } from '../core/snapshot.js';
 import { BlkError, toBlkError } from '../errors.js';
 import { NbdServer } from '../frontends/nbd/server.js';
+import { TlsServer } from '../frontends/nbd/tls.js';
 import { freezeFilesystem } from '../os/libc.js';
 import { openAsync } from '../backing/file-storage.js';
 import { OwnPaths } from './own-paths.js';
@@ -33,6 +34,9 @@ export class Daemon {
     this.#pidFile = path.join(config.stateDir, 'blksnapd.pid');
     this.nbd = new NbdServer({
       catalogue: this.registry,
+      tls: config.tls === null ? null : new TlsServer(config.tls),
+      maximumConnections: config.maximumConnections,
+      handshakeTimeoutMs: config.handshakeTimeoutMs,
       socketPath: config.nbdPath,
       sendFileMinimum: config.sendFileMinimum,
       log,
@@ -54,7 +58,7 @@ export class Daemon {
     });
     this.context = {
       registry: this.registry,
-      refuseOwnPath: async (p, purpose) => void (await ownPaths.refuseOwn(p, purpose)),
+      refuseOwnPath: async (p, purpose, sameStore) => void (await ownPaths.refuseOwn(p, purpose, sameStore)),
       exportUri: (name) => `nbd+unix:///${encodeURIComponent(name)}?socket=${config.nbdPath}`,
       takeSnapshot: (snapshot) => this.takeSnapshot(snapshot),
       destroySnapshot: (snapshot) => this.destroySnapshot(snapshot),
@@ -77,7 +81,8 @@ export class Daemon {
     for (const a of this.config.attach) {
       await dispatch(DeviceAttach.name, { path: a.path, ...(a.name ? { name: a.name } : {}) }, this.context);
     }
-    const tcp = this.nbd.tcpPort === undefined ? '' : `, nbd tcp port ${this.nbd.tcpPort}`;
+    const tls = this.config.tls === null ? ' in the clear (--tls off)' : ' with TLS';
+    const tcp = this.nbd.tcpPort === undefined ? '' : `, nbd tcp port ${this.nbd.tcpPort}${tls}`;
     this.#log(`ready: control ${this.config.controlPath}, nbd ${this.config.nbdPath}${tcp}`);
   }
 

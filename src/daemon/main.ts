@@ -17,7 +17,13 @@ async function main(): Promise<void> {
     process.stdout.write(DAEMON_HELP);
     return;
   }
-  const daemon = new Daemon(config, log);
+  let daemon: Daemon;
+  try {
+    daemon = new Daemon(config, log);
+  } catch (e) {
+    log(`cannot start: ${toBlkError(e).toString()}`);
+    process.exit(1);
+  }
   // A bug in one request must not take every attached device down with it.
   process.on('uncaughtException', (e) => log(`BUG: uncaught exception: ${e.stack ?? String(e)}`));
   process.on('unhandledRejection', (e) => log(`BUG: unhandled rejection: ${e instanceof Error ? e.stack : String(e)}`));

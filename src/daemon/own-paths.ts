@@ -13,6 +13,11 @@ export interface OwnDevices {
 
 const MAXIMUM_DEPTH = 8;
 
+/** The error for a path that is an attached device's store itself. */
+export type SameStore = (device: string, what: string) => BlkError;
+
+const busy: SameStore = (device, what) => new BlkError('EBUSY', `${what} is the store of attached device ${device}, in use`);
+
 /**
  * A path a client gives (a store to attach, a difference storage, a backup target) may lie on a
  * device this daemon serves: written through the daemon it would track or copy itself, and
@@ -26,14 +31,23 @@ export class OwnPaths {
     this.#own = own;
   }
 
-  /** Throws EINVAL naming the device when `p` is or lies on one of ours; ENOENT etc. when it cannot be looked at. */
-  async refuseOwn(p: string, purpose: string): Promise<PathIdentity> {
+  /**
+   * Throws EINVAL naming the device when `p` is or lies on one of ours, or what `sameStore` makes of
+   * it when it is an attached device's store itself (EBUSY: in use); ENOENT etc. when it cannot be
+   * looked at.
+   */
+  async refuseOwn(p: string, purpose: string, sameStore: SameStore = busy): Promise<PathIdentity> {
     let identity: PathIdentity;
     try {
       identity = await identifyPath(p);
     } catch (e) {
       const err = toBlkError(e);
       throw new BlkError(err.code, `${purpose} ${p}: ${err.message}`, { path: p });
+    }
+    for (const s of this.#own.stores()) {
+      if (identity.kind === 'block' ? identity.blockDevice === s.blockDevice : s.blockDevice === null && identity.dev === s.dev && identity.ino === s.ino) {
+        throw sameStore(s.device, `${purpose} ${p}`);
+      }
     }
     const why = await this.#whyOwn(identity, 0);
     if (why) throw new BlkError('EINVAL', `${purpose} ${p} ${why}; a path on a device of this daemon is refused`, { path: p });

@@ -37,9 +37,10 @@ export class RawNbd {
     socket.on('error', () => {});
   }
 
-  static connect(socketPath: string): Promise<RawNbd> {
+  /** A Unix socket path, or a TCP port on 127.0.0.1. */
+  static connect(where: string | number): Promise<RawNbd> {
     return new Promise((resolve, reject) => {
-      const s = net.createConnection(socketPath, () => resolve(new RawNbd(s)));
+      const s = typeof where === 'number' ? net.createConnection({ port: where, host: '127.0.0.1' }, () => resolve(new RawNbd(s))) : net.createConnection(where, () => resolve(new RawNbd(s)));
       s.once('error', reject);
     });
   }

@@ -129,7 +129,7 @@ describe('real NBD clients', { skip }, () => {
 
   it('TCP only when asked for: --listen serves the same exports', async () => {
     const file = sparseFile(path.join(tmp.dir, 'tcp-disk'), 8 * MiB);
-    const tcp = await TestDaemon.start(['--listen', '127.0.0.1:0', '--attach', file]);
+    const tcp = await TestDaemon.start(['--listen', '127.0.0.1:0', '--tls', 'off', '--attach', file]);
     try {
       const port = /nbd tcp port (\d+)/.exec(tcp.log)?.[1];
       assert.ok(port, tcp.log);

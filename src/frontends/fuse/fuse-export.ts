@@ -4,23 +4,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { BlockDevice } from '../../core/block-device.js';
-import { IoFlag } from '../../core/block-device.js';
-import { BlkError, errnoNumber, toBlkError } from '../../errors.js';
+import { toBlkError } from '../../errors.js';
 import { mountFuse, unmountLazy } from '../../os/libc.js';
+import { DISK_FILE_NAME, FuseRequests } from './requests.js';
 import { sharedMemoryFor, SlotState, type ReaderMessage, type ReaderShared } from './slots.js';
 import * as w from './wire.js';
 
-export const DISK_FILE_NAME = 'disk';
-const DISK_ID = 2;
 const S_IFDIR = 0o040000;
-const S_IFREG = 0o100000;
-const DT_DIR = 4;
-const DT_REG = 8;
-const O_ACCMODE = 3;
-/** The device's size does not change while it is attached: the kernel may cache attributes long. */
-const ATTR_VALID_SECONDS = 60;
-/** Replies up to this size are written on the event loop; larger ones by the thread pool. */
-const SYNC_REPLY_MAXIMUM = 64 * 1024;
 
 export interface FuseExportOptions {
   /** Largest READ/WRITE the kernel sends (FUSE max_pages × 4 KiB; 1 MiB needs max_pages 256). */
@@ -42,9 +32,7 @@ export class FuseExport {
   #fd: number;
   #workers: Worker[];
   #control: Int32Array;
-  #slots: Buffer[];
-  #maxTransfer: number;
-  #mountedAt = Math.floor(Date.now() / 1000);
+  #requests: FuseRequests;
   #ended: Promise<void>;
   #log: (line: string) => void;
   #isClosed = false;
@@ -69,13 +57,20 @@ export class FuseExport {
     this.file = path.join(mountpoint, DISK_FILE_NAME);
     this.#fd = fd;
     this.#log = options.log ?? (() => undefined);
-    this.#maxTransfer = options.maxTransfer ?? 2 ** 20;
+    const maxTransfer = options.maxTransfer ?? 2 ** 20;
     const slotCount = options.slotCount ?? 16;
     // The kernel refuses a read(2) buffer smaller than max_write plus room for the headers.
-    const slotSize = this.#maxTransfer + w.BUFFER_HEADER_ROOM;
+    const slotSize = maxTransfer + w.BUFFER_HEADER_ROOM;
     const memory = sharedMemoryFor(slotCount, slotSize);
     this.#control = new Int32Array(memory, 0, SlotState.headerInts + slotCount);
-    this.#slots = Array.from({ length: slotCount }, (_, i) => Buffer.from(memory, SlotState.dataOffset + i * slotSize, slotSize));
+    const slots = Array.from({ length: slotCount }, (_, i) => Buffer.from(memory, SlotState.dataOffset + i * slotSize, slotSize));
+    this.#requests = new FuseRequests(device, slots, {
+      maxTransfer,
+      send: (head, body) => this.#send(head, body),
+      sendAsync: (reply, sent) => this.#sendAsync(reply, sent),
+      release: (slot) => this.#release(slot),
+      log: this.#log,
+    });
     const readerCount = Math.max(1, Math.min(options.readerCount ?? 2, slotCount));
     const perReader = Math.floor(slotCount / readerCount);
     this.#workers = Array.from({ length: readerCount }, (_, r) => {
@@ -84,7 +79,7 @@ export class FuseExport {
       const worker = new Worker(new URL('./reader-worker.js', import.meta.url), { workerData: shared });
       worker.unref();
       worker.on('message', (m: ReaderMessage) => {
-        if (!('ended' in m)) this.#serve(m.slot, m.length);
+        if (!('ended' in m)) this.#requests.serve(m.slot, m.length);
       });
       return worker;
     });
@@ -132,170 +127,6 @@ export class FuseExport {
     } catch {
       // Still busy (lazily unmounted); the next start cleans it.
     }
-  }
-
-  #serve(slot: number, length: number): void {
-    const b = this.#slots[slot] as Buffer;
-    const h = w.readInHeader(b);
-    if (h.length !== length) return this.#fail(slot, h.unique, new BlkError('EINVAL', `fuse request length ${h.length} != ${length}`));
-    try {
-      switch (h.opcode) {
-        case w.Opcode.READ:
-          return this.#read(slot, h.unique);
-        case w.Opcode.WRITE:
-          return this.#write(slot, h.unique, length);
-        case w.Opcode.FORGET:
-        case w.Opcode.BATCH_FORGET:
-        case w.Opcode.INTERRUPT:
-          // No reply: the requests they refer to complete on their own.
-          return this.#release(slot);
-        default:
-          return this.#settle(slot, h.unique, this.#metadata(b, h, length));
-      }
-    } catch (e) {
-      this.#fail(slot, h.unique, e);
-    }
-  }
-
-  #read(slot: number, unique: bigint): void {
-    const b = this.#slots[slot] as Buffer;
-    const { offset, size } = w.readIoIn(b);
-    // Reads at or past the end are short, as for any file.
-    const length = Math.max(0, Math.min(size, this.#device.size - offset, this.#maxTransfer));
-    const data = b.subarray(w.OUT_HEADER_LENGTH, w.OUT_HEADER_LENGTH + length);
-    const done = () => {
-      w.writeOutHeader(b, w.OUT_HEADER_LENGTH + length, 0, unique);
-      const reply = b.subarray(0, w.OUT_HEADER_LENGTH + length);
-      if (length <= SYNC_REPLY_MAXIMUM) {
-        this.#send(reply);
-        return this.#release(slot);
-      }
-      // The kernel's copy of a large reply runs on a thread-pool thread, on the other core.
-      this.#sendAsync(reply, () => this.#release(slot));
-    };
-    if (length === 0) return done();
-    this.#device.read(offset, data).then(done, (e: unknown) => this.#fail(slot, unique, e));
-  }
-
-  #write(slot: number, unique: bigint, length: number): void {
-    const b = this.#slots[slot] as Buffer;
-    const { offset, size } = w.readIoIn(b);
-    if (w.WRITE_PAYLOAD_OFFSET + size !== length) throw new BlkError('EINVAL', `fuse write of ${size} bytes in a ${length}-byte request`);
-    if (offset + size > this.#device.size) throw new BlkError('EFBIG', `write at ${offset}+${size} past the end of ${this.#device.name} (${this.#device.size} bytes)`);
-    this.#device.write(offset, b.subarray(w.WRITE_PAYLOAD_OFFSET, length), IoFlag.None).then(
-      () => {
-        w.writeOutHeader(b, w.OUT_HEADER_LENGTH + 8, 0, unique);
-        b.writeUInt32LE(size, w.OUT_HEADER_LENGTH);
-        b.writeUInt32LE(0, w.OUT_HEADER_LENGTH + 4);
-        this.#send(b.subarray(0, w.OUT_HEADER_LENGTH + 8));
-        this.#release(slot);
-      },
-      (e: unknown) => this.#fail(slot, unique, e),
-    );
-  }
-
-  /** Everything but READ and WRITE: a tiny filesystem of one directory and one file. */
-  #metadata(b: Buffer, h: w.InHeader, length: number): Promise<Buffer> | Buffer {
-    const device = this.#device;
-    const isRoot = h.nodeId === w.FUSE_ROOT_ID;
-    switch (h.opcode) {
-      case w.Opcode.INIT:
-        return this.#init(w.readInitIn(b));
-      case w.Opcode.LOOKUP:
-        if (!isRoot || w.readName(b, length) !== DISK_FILE_NAME) throw new BlkError('ENOENT', 'no such file');
-        return w.encodeEntryOut(this.#attr(DISK_ID), ATTR_VALID_SECONDS);
-      case w.Opcode.GETATTR:
-        return w.encodeAttrOut(this.#attr(h.nodeId), ATTR_VALID_SECONDS);
-      case w.Opcode.SETATTR: {
-        // Only what changes nothing: the device's size is fixed while it is attached.
-        const s = w.readSetattrIn(b);
-        if (s.valid & w.FATTR_SIZE && s.size !== device.size) throw new BlkError('EPERM', `${device.name} has a fixed size of ${device.size} bytes`);
-        return w.encodeAttrOut(this.#attr(h.nodeId), ATTR_VALID_SECONDS);
-      }
-      case w.Opcode.OPEN: {
-        if ((w.readOpenIn(b).flags & O_ACCMODE) !== fs.constants.O_RDONLY && device.isReadOnly) throw new BlkError('EROFS', `${device.name} is read-only`);
-        // Direct I/O: no second page cache of the device in the kernel, never a stale one (the
-        // device also changes through NBD), and parallel writes.
-        return w.encodeOpenOut(w.OpenFlag.DIRECT_IO | w.OpenFlag.PARALLEL_DIRECT_WRITES);
-      }
-      case w.Opcode.OPENDIR:
-        return w.encodeOpenOut(0);
-      case w.Opcode.READDIR: {
-        const r = w.readIoIn(b);
-        const entries = [
-          { ino: w.FUSE_ROOT_ID, name: '.', type: DT_DIR },
-          { ino: w.FUSE_ROOT_ID, name: '..', type: DT_DIR },
-          { ino: DISK_ID, name: DISK_FILE_NAME, type: DT_REG },
-        ];
-        return w.encodeDirents(entries, r.offset, r.size);
-      }
-      case w.Opcode.FSYNC:
-      case w.Opcode.FSYNCDIR:
-      case w.Opcode.SYNCFS:
-        return device.flush().then(() => Buffer.alloc(0));
-      case w.Opcode.FALLOCATE:
-        return this.#fallocate(w.readFallocateIn(b)).then(() => Buffer.alloc(0));
-      case w.Opcode.STATFS:
-        return w.encodeStatfsOut(device.size);
-      case w.Opcode.FLUSH: // close(2): not a durability point
-      case w.Opcode.RELEASE:
-      case w.Opcode.RELEASEDIR:
-      case w.Opcode.ACCESS:
-      case w.Opcode.DESTROY:
-        return Buffer.alloc(0);
-      default:
-        throw new BlkError('ENOSYS', `fuse opcode ${h.opcode} is not served`);
-    }
-  }
-
-  #init(i: w.InitIn): Buffer {
-    if (i.major !== w.FUSE_KERNEL_VERSION || i.minor < 23) throw new BlkError('EPROTO', `fuse protocol ${i.major}.${i.minor} is not served (7.23 or newer)`);
-    const wanted = w.InitFlag.ASYNC_READ | w.InitFlag.BIG_WRITES | w.InitFlag.ASYNC_DIO | w.InitFlag.MAX_PAGES | w.InitFlag.PARALLEL_DIROPS;
-    return w.encodeInitOut({
-      minor: Math.min(i.minor, w.FUSE_KERNEL_MINOR_VERSION),
-      maxReadahead: i.maxReadahead,
-      flags: i.flags & wanted,
-      maxBackground: 64,
-      congestionThreshold: 48,
-      maxWrite: this.#maxTransfer,
-      maxPages: this.#maxTransfer / 4096,
-    });
-  }
-
-  #fallocate(f: { offset: number; length: number; mode: number }): Promise<void> {
-    const device = this.#device;
-    const end = Math.min(f.offset + f.length, device.size);
-    if (f.mode & w.FALLOC_FL_PUNCH_HOLE) return device.zero(f.offset, Math.max(0, end - f.offset), IoFlag.MayTrim);
-    if (f.mode & w.FALLOC_FL_ZERO_RANGE) return device.zero(f.offset, Math.max(0, end - f.offset), IoFlag.None);
-    if ((f.mode & ~w.FALLOC_FL_KEEP_SIZE) === 0 && f.offset + f.length <= device.size) return Promise.resolve(); // already allocated
-    return Promise.reject(new BlkError('EOPNOTSUPP', `fallocate mode ${f.mode} past the fixed size of ${device.name}`));
-  }
-
-  #attr(nodeId: number): w.Attr {
-    if (nodeId === w.FUSE_ROOT_ID) return { ino: w.FUSE_ROOT_ID, size: 0, mode: S_IFDIR | 0o755, nlink: 2, mtimeSeconds: this.#mountedAt };
-    if (nodeId !== DISK_ID) throw new BlkError('ENOENT', `no inode ${nodeId}`);
-    const mode = S_IFREG | (this.#device.isReadOnly ? 0o444 : 0o644);
-    return { ino: DISK_ID, size: this.#device.size, mode, nlink: 1, mtimeSeconds: this.#mountedAt };
-  }
-
-  #settle(slot: number, unique: bigint, answer: Promise<Buffer> | Buffer): void {
-    const ok = (body: Buffer) => {
-      const header = Buffer.alloc(w.OUT_HEADER_LENGTH);
-      w.writeOutHeader(header, w.OUT_HEADER_LENGTH + body.length, 0, unique);
-      this.#send(header, body);
-      this.#release(slot);
-    };
-    if (Buffer.isBuffer(answer)) ok(answer);
-    else answer.then(ok, (e: unknown) => this.#fail(slot, unique, e));
-  }
-
-  #fail(slot: number, unique: bigint, e: unknown): void {
-    const error = toBlkError(e);
-    if (error.code !== 'ENOSYS' && error.code !== 'ENOENT') this.#log(`fuse ${this.#device.name}: ${error.toString()}`);
-    const header = Buffer.alloc(w.OUT_HEADER_LENGTH);
-    w.writeOutHeader(header, w.OUT_HEADER_LENGTH, -errnoNumber(error.code), unique);
-    this.#send(header);
-    this.#release(slot);
   }
 
   /**

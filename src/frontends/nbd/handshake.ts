@@ -21,7 +21,12 @@ export interface Agreement {
 export type HandshakeStep =
   | { kind: 'more' }
   | { kind: 'close'; reason: string }
+  /** STARTTLS was acknowledged: the connection becomes TLS now, then the handshake goes on over it. */
+  | { kind: 'starttls' }
   | { kind: 'transmission'; agreement: Agreement };
+
+/** A listener's TLS policy: none offered, or required before anything but STARTTLS and ABORT. */
+export type TlsPolicy = 'none' | 'required';
 
 const ALLOCATION_CONTEXT_ID = 1;
 
@@ -84,11 +89,19 @@ export class Handshake {
   #isStructured = false;
   #allocationContextId = 0;
   #option: w.OptionHeader | null = null;
+  #tls: TlsPolicy;
+  #isTlsActive = false;
 
-  constructor(catalogue: ExportCatalogue, send: (b: Buffer) => void) {
+  constructor(catalogue: ExportCatalogue, send: (b: Buffer) => void, tls: TlsPolicy = 'none') {
     this.#catalogue = catalogue;
     this.#send = send;
+    this.#tls = tls;
     send(w.encodeGreeting());
+  }
+
+  /** The connection is TLS from here on (the server upgraded it after a 'starttls' step). */
+  tlsStarted(): void {
+    this.#isTlsActive = true;
   }
 
   feed(queue: ByteQueue): HandshakeStep {
@@ -115,6 +128,10 @@ export class Handshake {
       const { option, length } = this.#option;
       this.#option = null;
       const step = this.#handle(option, queue.take(length));
+      if (step?.kind === 'starttls' && queue.length > 0) {
+        // The client must wait for the ACK: bytes sent before it would be taken as plaintext.
+        return { kind: 'close', reason: 'data after NBD_OPT_STARTTLS before its reply' };
+      }
       if (step) return step;
     }
   }
@@ -128,6 +145,12 @@ export class Handshake {
   }
 
   #handle(option: number, data: Buffer): HandshakeStep | null {
+    if (this.#tls === 'required' && !this.#isTlsActive && option !== w.NBD_OPT_STARTTLS && option !== w.NBD_OPT_ABORT) {
+      // Nothing but STARTTLS before TLS: no export names, sizes or data in the clear.
+      if (option === w.NBD_OPT_EXPORT_NAME) return { kind: 'close', reason: 'NBD_OPT_EXPORT_NAME without TLS on a TLS listener' };
+      this.#error(option, w.NBD_REP_ERR_TLS_REQD, 'this server requires TLS: send NBD_OPT_STARTTLS first');
+      return null;
+    }
     switch (option) {
       case w.NBD_OPT_EXPORT_NAME: {
         const device = this.#catalogue.lookupExport(data.toString('utf8'));
@@ -147,8 +170,16 @@ export class Handshake {
         }
         return null;
       case w.NBD_OPT_STARTTLS:
-        this.#error(option, w.NBD_REP_ERR_UNSUP, 'TLS is not offered; use the Unix socket or a trusted network');
-        return null;
+        if (this.#tls === 'none') {
+          this.#error(option, w.NBD_REP_ERR_UNSUP, 'TLS is not offered on this listener');
+          return null;
+        }
+        if (this.#isTlsActive || data.length !== 0) {
+          this.#error(option, w.NBD_REP_ERR_INVALID, this.#isTlsActive ? 'TLS is already active' : 'NBD_OPT_STARTTLS takes no data');
+          return null;
+        }
+        this.#reply(option, w.NBD_REP_ACK);
+        return { kind: 'starttls' };
       case w.NBD_OPT_INFO:
       case w.NBD_OPT_GO:
         return this.#infoOrGo(option, data);

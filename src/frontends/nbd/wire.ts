@@ -33,6 +33,7 @@ export const NBD_REP_META_CONTEXT = 4;
 export const NBD_REP_ERR_UNSUP = 0x80000001;
 export const NBD_REP_ERR_POLICY = 0x80000002;
 export const NBD_REP_ERR_INVALID = 0x80000003;
+export const NBD_REP_ERR_TLS_REQD = 0x80000005;
 export const NBD_REP_ERR_UNKNOWN = 0x80000006;
 export const NBD_REP_ERR_TOO_BIG = 0x80000009;
 

@@ -1,0 +1,176 @@
+// Owns one NBD connection's life: how its bytes are received, the handshake (with STARTTLS), transmission, close.
+import type * as net from 'node:net';
+import type * as tls from 'node:tls';
+import { raiseSendBuffer } from '../../os/libc.js';
+import { ByteQueue } from '../../util/byte-queue.js';
+import type { Disposable } from '../../util/emitter.js';
+import { Handshake, type ExportCatalogue, type TlsPolicy } from './handshake.js';
+import { adoptWithReceiver, ReceiveArena } from './receive-socket.js';
+import type { TlsServer } from './tls.js';
+import { Transmission } from './transmission.js';
+
+/** Two maximum-size replies' worth, so large reads leave in one piece. */
+const SEND_BUFFER_BYTES = 8 * 1024 * 1024;
+
+export interface ConnectionOptions {
+  id: number;
+  catalogue: ExportCatalogue;
+  /** The listener's TLS: null for none (the Unix socket, or TCP with --tls off). */
+  tls: TlsServer | null;
+  handshakeTimeoutMs: number;
+  sendFileMinimum: number;
+  log: (line: string) => void;
+  onClose: () => void;
+}
+
+/**
+ * A plain connection reads with `onread` into buffers the protocol picks (a large payload straight
+ * into its own buffer) and may send replies by sendfile; a TLS connection gets plaintext as 'data'
+ * chunks into the same queue, and replies go through the TLS socket. A handshake that has not
+ * finished within the limit ends the connection, so idle half-open clients hold nothing.
+ */
+export class NbdConnection {
+  readonly id: number;
+  #options: ConnectionOptions;
+  #socket: net.Socket;
+  #fd = -1;
+  #queue = new ByteQueue();
+  #handshake: Handshake;
+  #transmission: Transmission | null = null;
+  #deviceWatch: Disposable | null = null;
+  #handshakeTimer: NodeJS.Timeout | null;
+  #isReadingPayload = false;
+  #isUpgrading = false;
+
+  constructor(accepted: net.Socket, options: ConnectionOptions) {
+    this.id = options.id;
+    this.#options = options;
+    if (options.tls === null) {
+      const arena = new ReceiveArena();
+      // Reads go into a fresh chunk for the queue, or straight into a large write's payload buffer.
+      this.#socket = adoptWithReceiver(accepted, {
+        nextBuffer: () => {
+          const target = this.#transmission?.receiveTarget() ?? null;
+          this.#isReadingPayload = target !== null;
+          return target ?? arena.window();
+        },
+        received: (n) => {
+          if (this.#isReadingPayload) this.#transmission?.received(n);
+          else this.#queue.push(arena.filled(n));
+          this.#pump();
+        },
+      });
+      const handleFd = (this.#socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+      this.#fd = typeof handleFd === 'number' && handleFd >= 0 ? handleFd : -1;
+      if (this.#fd >= 0) raiseSendBuffer(this.#fd, SEND_BUFFER_BYTES);
+    } else {
+      this.#socket = accepted;
+      this.#listen(accepted);
+    }
+    if (this.#socket.remoteAddress) this.#socket.setNoDelay(true);
+    this.#watch(this.#socket);
+    this.#socket.on('close', () => this.#closed());
+    const policy: TlsPolicy = options.tls === null ? 'none' : 'required';
+    this.#handshakeTimer = setTimeout(() => this.end(`handshake not finished within ${options.handshakeTimeoutMs / 1000} s`), options.handshakeTimeoutMs);
+    this.#handshakeTimer.unref();
+    this.#handshake = new Handshake(options.catalogue, (b) => this.#socket.write(b), policy);
+  }
+
+  get socket(): net.Socket {
+    return this.#socket;
+  }
+
+  end(reason: string): void {
+    if (this.#socket.destroyed) return;
+    this.#options.log(`nbd connection ${this.id} closed: ${reason}`);
+    this.#socket.destroy();
+  }
+
+  /** Plaintext 'data' chunks (a TLS connection, or one waiting for STARTTLS) go to the queue. */
+  #listen(socket: net.Socket): void {
+    socket.on('data', (chunk: Buffer) => {
+      this.#queue.push(chunk);
+      this.#pump();
+    });
+  }
+
+  #watch(socket: net.Socket): void {
+    socket.on('drain', () => this.#onProgress());
+    socket.on('error', (e) => this.end(`socket error: ${e.message}`));
+  }
+
+  #closed(): void {
+    if (this.#handshakeTimer) clearTimeout(this.#handshakeTimer);
+    this.#deviceWatch?.dispose();
+    this.#transmission?.dispose();
+    this.#queue.clear();
+    this.#options.onClose();
+  }
+
+  #pump(): void {
+    const socket = this.#socket;
+    if (socket.destroyed || this.#isUpgrading) return;
+    let transmission = this.#transmission;
+    if (transmission === null) {
+      // A client that sends options without reading the replies must not grow our buffers.
+      if (socket.writableNeedDrain) return void socket.pause();
+      if (socket.isPaused()) socket.resume();
+      const step = this.#handshake.feed(this.#queue);
+      if (step.kind === 'close') return this.end(step.reason);
+      if (step.kind === 'more') return;
+      if (step.kind === 'starttls') return this.#startTls();
+      if (this.#handshakeTimer) clearTimeout(this.#handshakeTimer);
+      this.#handshakeTimer = null;
+      const { agreement } = step;
+      transmission = new Transmission(socket, { socketFd: this.#fd, sendFileMinimum: this.#options.sendFileMinimum }, agreement, () => this.#onProgress());
+      this.#transmission = transmission;
+      this.#deviceWatch = agreement.device.onClose(() => this.end(`export ${agreement.device.name} went away`));
+    }
+    const step = transmission.feed(this.#queue);
+    if (step.kind === 'close') return this.end(step.reason);
+    if (step.kind === 'paused') socket.pause();
+    else if (socket.isPaused()) socket.resume();
+    if (transmission.isDisconnecting && transmission.isIdle) socket.end();
+  }
+
+  /** STARTTLS was acknowledged: the rest of the connection runs over TLS. */
+  #startTls(): void {
+    const plain = this.#socket;
+    const server = this.#options.tls as TlsServer;
+    this.#isUpgrading = true;
+    plain.removeAllListeners('data');
+    plain.removeAllListeners('drain');
+    plain.removeAllListeners('error');
+    plain.removeAllListeners('close');
+    let secure: tls.TLSSocket;
+    try {
+      secure = server.upgrade(plain);
+    } catch (e) {
+      plain.destroy();
+      this.#options.log(`nbd connection ${this.id} closed: TLS set-up failed: ${(e as Error).message}`);
+      this.#closed();
+      return;
+    }
+    this.#socket = secure;
+    this.#watch(secure);
+    secure.on('close', () => this.#closed());
+    secure.once('secure', () => {
+      this.#isUpgrading = false;
+      this.#handshake.tlsStarted();
+      this.#listen(secure);
+      this.#pump();
+    });
+  }
+
+  /**
+   * A request completed or the socket drained: ends a DISC'd session once idle, or resumes a paused
+   * one (the common case, a completion with nothing waiting, costs nothing).
+   */
+  #onProgress(): void {
+    const transmission = this.#transmission;
+    if (!transmission) return this.#pump();
+    if (transmission.isDisconnecting) {
+      if (transmission.isIdle) this.#socket.end();
+    } else if (this.#socket.isPaused() && !transmission.isBusy) this.#pump();
+  }
+}
