@@ -5,6 +5,7 @@ import { copyFileRange, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZER
 import { writeback } from '../os/writeback.js';
 import { totalLength } from '../util/byte-queue.js';
 import { InFlight } from '../util/in-flight.js';
+import { openAsync } from '../os/async-fs.js';
 import type { Extent, Storage } from './storage.js';
 
 export interface FileStorageOptions {
@@ -21,11 +22,6 @@ export interface FileStorageOptions {
    * buffered writes cannot be made non-blocking otherwise. 0 sends every write to the pool.
    */
   syncWriteMaximum?: number;
-}
-
-/** open(2) in the thread pool: a path a client gave may lie where only this event loop serves its blocks. */
-export function openAsync(path: string, flags: number, mode = 0o600): Promise<number> {
-  return new Promise((resolve, reject) => fs.open(path, flags, mode, (err, fd) => (err ? reject(err) : resolve(fd))));
 }
 
 /** write(2) to a non-blocking descriptor: the bytes written, 0 when it is full. */

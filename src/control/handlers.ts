@@ -1,6 +1,7 @@
 // Owns the control methods: untrusted params in, type guards, one core call, a typed result out.
 import * as fs from 'node:fs';
-import { FileStorage, openAsync } from '../backing/file-storage.js';
+import { FileStorage } from '../backing/file-storage.js';
+import { closeAsync, fstatAsync, openAsync } from '../os/async-fs.js';
 import { fileExtents } from '../os/libc.js';
 import type { Device } from '../core/device.js';
 import { BlkError, toBlkError } from '../errors.js';
@@ -51,13 +52,13 @@ async function fileRanges(file: string, deviceName: string, ctx: DaemonContext):
     throw new BlkError(toBlkError(e).code, `cannot open ${file}: ${toBlkError(e).message}`);
   }
   try {
-    const st = await new Promise<fs.Stats>((resolve, reject) => fs.fstat(fd, (err, s) => (err ? reject(err) : resolve(s))));
+    const st = await fstatAsync(fd);
     if (st.dev !== fs.statSync(blockDevice).rdev) {
       throw new BlkError('EINVAL', `${file} is not on a filesystem mounted from ${blockDevice} (device ${deviceName})`);
     }
     return await fileExtents(fd);
   } finally {
-    fs.close(fd, () => undefined);
+    await closeAsync(fd);
   }
 }
 

@@ -1,7 +1,8 @@
 // Owns a snapshot's difference storage: where the originals of changed chunks are kept, and how it grows.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { FileStorage, openAsync } from '../backing/file-storage.js';
+import { FileStorage } from '../backing/file-storage.js';
+import { openAsync } from '../os/async-fs.js';
 import type { Storage } from '../backing/storage.js';
 import { BlkError, toBlkError } from '../errors.js';
 import { SECTOR_SIZE } from '../params.js';

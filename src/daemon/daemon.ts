@@ -10,7 +10,7 @@ import { BlkError, toBlkError } from '../errors.js';
 import { NbdServer } from '../frontends/nbd/server.js';
 import { TlsServer } from '../frontends/nbd/tls.js';
 import { freezeFilesystem } from '../os/libc.js';
-import { openAsync } from '../backing/file-storage.js';
+import { closeAsync, openAsync } from '../os/async-fs.js';
 import { OwnPaths } from './own-paths.js';
 import { deviceNumberText } from '../os/block-identity.js';
 import { BlockDevices } from './block-devices.js';
@@ -104,7 +104,7 @@ export class Daemon {
           await freezeFilesystem(fd, true);
           frozen.push({ fd, mountPoint });
         } catch (e) {
-          if (fd >= 0) fs.closeSync(fd);
+          if (fd >= 0) await closeAsync(fd);
           const warning = `cannot freeze ${mountPoint} of ${device.name}: ${toBlkError(e).toString()}; the image is crash-consistent only`;
           this.#log(warning);
           warnings.push(warning);
@@ -116,7 +116,7 @@ export class Daemon {
     } finally {
       for (const { fd, mountPoint } of frozen) {
         await freezeFilesystem(fd, false).catch((e: unknown) => this.#log(`cannot thaw ${mountPoint}: ${String(e)}`));
-        fs.closeSync(fd);
+        await closeAsync(fd);
       }
     }
     for (const device of snapshot.devices) {

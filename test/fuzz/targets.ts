@@ -13,6 +13,7 @@ import { FuseRequests } from '../../src/frontends/fuse/requests.js';
 import { ByteQueue } from '../../src/util/byte-queue.js';
 import type { Device } from '../../src/core/device.js';
 import { mutate, split, type Field, type Rng } from './mutate.js';
+import { RawNbd } from '../helpers/raw-nbd.js';
 
 export interface FuzzTarget {
   name: string;
@@ -475,4 +476,76 @@ export function controlTarget(): FuzzTarget {
   };
 }
 
-export const ALL_TARGETS = [handshakeTarget, transmissionTarget, fuseTarget, controlTarget];
+// ---- NBD over a real socket, against a daemon in this process --------------------------------------
+
+/**
+ * Whole sessions over the daemon's Unix socket: a valid handshake (or a mutated one), then mutated
+ * requests, cut anywhere, the client gone right after. This drives what the in-process targets
+ * cannot: the connection class, reads into payload buffers (`onread`), sendfile replies.
+ */
+export function nbdSocketTarget(): FuzzTarget {
+  let dir = '';
+  let daemon: Daemon;
+  let rssAtStart = 0;
+  const nbdPath = (): string => path.join(dir, 'n.sock');
+  const go = Buffer.concat([Buffer.from([0, 0, 0, 3]), nbdOption(8), nbdOption(10, metaData('dev0', ['base:allocation'])), nbdOption(7, goData('dev0', []))]);
+  return {
+    name: 'nbd-socket',
+    async open() {
+      dir = fs.mkdtempSync('/tmp/blksnap-fuzz-');
+      fs.writeFileSync(path.join(dir, 'dev0'), Buffer.alloc(DEVICE_SIZE, 1));
+      const config = parseDaemonArgs(['--control', path.join(dir, 'c.sock'), '--nbd', nbdPath(), '--state-dir', path.join(dir, 'state'), '--attach', path.join(dir, 'dev0'), '--handshake-timeout', '2']);
+      if (!config) fail('no config');
+      daemon = new Daemon(config, () => undefined);
+      await daemon.start();
+      rssAtStart = rssBytes();
+    },
+    async run(rng) {
+      const parts: Buffer[] = [];
+      const fields: Field[] = [];
+      let at = go.length;
+      for (let i = 0, n = 1 + rng.int(6); i < n; i++) {
+        const type = rng.pick([0, 1, 3, 4, 5, 6, 7, rng.int(16)]);
+        const length = rng.pick([1, 512, 4096, 65536, 128 * 1024 + 7, 1 << 20]);
+        const r = request(type, rng.pick([0, 1, 2, 4, 8, 16]), BigInt(i + 1), BigInt(rng.int(DEVICE_SIZE)), length, type === 1 ? rng.bytes(length) : undefined);
+        fields.push({ at: at + 4, width: 2, endian: 'be' }, { at: at + 6, width: 2, endian: 'be' }, { at: at + 16, width: 8, endian: 'be' }, { at: at + 24, width: 4, endian: 'be' });
+        parts.push(r);
+        at += r.length;
+      }
+      const session = Buffer.concat([go, ...parts]);
+      const data = mutate(rng, session, fields, 4 << 20).subarray(0, rng.chance(0.3) ? rng.int(session.length + 1) : undefined);
+      const socket = net.createConnection(nbdPath());
+      socket.on('error', () => undefined);
+      socket.on('data', () => undefined);
+      await new Promise((r) => socket.once('connect', r));
+      await new Promise<void>((resolve) => socket.write(data, () => resolve()));
+      // Give the server a moment to act on it, then vanish (or see it close first).
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, rng.int(3));
+        socket.once('close', () => (clearTimeout(timer), resolve()));
+      });
+      socket.destroy();
+    },
+    async check() {
+      // A well-behaved session still works: handshake, a read.
+      const c = await RawNbd.connect(nbdPath());
+      try {
+        await c.handshake('dev0');
+        if (c.size !== DEVICE_SIZE) fail(`export size ${c.size}`);
+        c.request(0, 0, 4096);
+        const r = await c.simpleReply(4096);
+        if (r.error !== 0 || r.data.length !== 4096) fail(`read after fuzzing: error ${r.error}`);
+      } finally {
+        c.close();
+      }
+      if (daemon.registry.devices().length !== 1 || daemon.registry.devices()[0]?.size !== DEVICE_SIZE) fail('the device changed');
+      if (rssBytes() - rssAtStart > 512 << 20) fail(`RSS grew by ${((rssBytes() - rssAtStart) >> 20)} MiB`);
+    },
+    async close() {
+      await daemon.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export const ALL_TARGETS = [handshakeTarget, transmissionTarget, fuseTarget, controlTarget, nbdSocketTarget];

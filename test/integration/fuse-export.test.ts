@@ -97,7 +97,7 @@ describe('in-daemon FUSE front end', { skip }, () => {
   });
 
   it('fio verify: 4 KiB random writes at depth 32 through the loop device read back intact', async () => {
-    const common = ['--name=v', `--filename=${loop}`, '--ioengine=libaio', '--direct=1', '--bs=4k', '--iodepth=32', '--size=8m', '--offset=8m', '--verify=crc32c', '--verify_fatal=1'];
+    const common = ['--name=v', `--filename=${loop}`, '--ioengine=libaio', '--direct=1', '--bs=4k', '--iodepth=32', '--size=8m', '--offset=8m', '--verify=crc32c', '--verify_fatal=1', '--verify_state_save=0'];
     await check('fio', [...common, '--rw=randwrite', '--do_verify=0', '--output-format=terse'], { timeoutMs: 120_000 });
     const out = await check('fio', [...common, '--rw=randwrite', '--verify_only=1', '--output-format=terse'], { timeoutMs: 120_000 });
     assert.doesNotMatch(out, /verify|bad/i);
