@@ -4,13 +4,13 @@ import { describe, it } from 'node:test';
 import { fuzz } from './run.js';
 import { ALL_TARGETS } from './targets.js';
 
-const COUNT = Number(process.env.BLKSNAP_FUZZ_COUNT ?? 3000);
+const COUNT = Number(process.env.BLKSNAP_FUZZ_COUNT ?? 2000);
 const SEED = 20261127;
 
 describe('fuzz (short, seeded)', () => {
   for (const make of ALL_TARGETS) {
-    it(`${make().name}: ${COUNT} mutated inputs, nothing escapes, replies well formed`, async (t) => {
-      const r = await fuzz(make, COUNT, SEED);
+    it(`${make().name}: ${COUNT} mutated inputs, nothing escapes, replies well formed, checks after each`, async (t) => {
+      const r = await fuzz(make, COUNT, SEED, 1);
       t.diagnostic(`${r.inputs} inputs in ${r.seconds.toFixed(1)} s`);
       assert.deepEqual(r.failures, []);
       assert.equal(r.inputs, COUNT);

@@ -1,5 +1,6 @@
-// Owns running the fuzz targets: `npm run fuzz` (1,000,000 inputs per target; --count, --seed,
-// --target to change), printing inputs, time and failures per target. Exit status 1 on a failure.
+// Owns running the fuzz targets: `npm run fuzz` (1,000,000 inputs per target, the checks after every
+// 100; --count, --seed, --target, --check-every to change), printing inputs, time and failures per
+// target. Exit status 1 on a failure.
 import { Rng } from './mutate.js';
 import { ALL_TARGETS, type FuzzTarget } from './targets.js';
 
@@ -10,10 +11,11 @@ export interface FuzzResult {
   failures: string[];
 }
 
-const CHECK_EVERY = 2000;
-
-/** Runs `count` inputs into one target from `seed`; stops at the first failure (with its input number). */
-export async function fuzz(make: () => FuzzTarget, count: number, seed: number, progress?: (done: number) => void): Promise<FuzzResult> {
+/**
+ * Runs `count` inputs into one target from `seed`, with the target's checks (other connections
+ * served, memory bounded) after every `checkEvery` inputs; stops at the first failure.
+ */
+export async function fuzz(make: () => FuzzTarget, count: number, seed: number, checkEvery = 1, progress?: (done: number) => void): Promise<FuzzResult> {
   const target = make();
   const failures: string[] = [];
   const unhandled = (e: unknown): void => void failures.push(`unhandled rejection: ${e instanceof Error ? e.stack : String(e)}`);
@@ -30,10 +32,10 @@ export async function fuzz(make: () => FuzzTarget, count: number, seed: number, 
       } catch (e) {
         failures.push(`input ${done} (seed ${inputSeed}): ${e instanceof Error ? e.stack : String(e)}`);
       }
-      if ((done + 1) % CHECK_EVERY === 0 || done + 1 === count) {
+      if ((done + 1) % checkEvery === 0 || done + 1 === count) {
         await target.check().catch((e: unknown) => failures.push(`check after ${done + 1} inputs: ${String(e)}`));
-        progress?.(done + 1);
       }
+      if ((done + 1) % 10_000 === 0) progress?.(done + 1);
     }
   } finally {
     await target.close();
@@ -46,21 +48,23 @@ async function main(argv: string[]): Promise<number> {
   let count = 1_000_000;
   let seed = Date.now() >>> 0;
   let only: string | undefined;
+  let checkEvery = 100;
   for (let i = 0; i < argv.length; i++) {
     const v = argv[i + 1];
     if (argv[i] === '--count' && v) (count = Number(v)), i++;
     else if (argv[i] === '--seed' && v) (seed = Number(v)), i++;
     else if (argv[i] === '--target' && v) (only = v), i++;
+    else if (argv[i] === '--check-every' && v) (checkEvery = Number(v)), i++;
   }
   let failed = false;
   for (const make of ALL_TARGETS) {
     const name = make().name;
     if (only !== undefined && name !== only) continue;
-    const r = await fuzz(make, count, seed, (done) => {
+    const r = await fuzz(make, count, seed, checkEvery, (done) => {
       if (process.stderr.isTTY) process.stderr.write(`\r${name}: ${done} inputs`);
     });
     if (process.stderr.isTTY) process.stderr.write('\n');
-    console.log(`${r.target}: ${r.inputs} inputs in ${r.seconds.toFixed(1)} s (seed ${seed}), ${r.failures.length === 0 ? 'no failure' : 'FAILED'}`);
+    console.log(`${r.target}: ${r.inputs} inputs in ${r.seconds.toFixed(1)} s (seed ${seed}, checks every ${checkEvery}), ${r.failures.length === 0 ? 'no failure' : 'FAILED'}`);
     for (const f of r.failures) console.log(`  ${f}`);
     failed ||= r.failures.length > 0;
   }
