@@ -233,6 +233,11 @@ export class DiffArea {
     const offset = i * chunks.chunkSize;
     let buffer: Buffer | null = null;
     try {
+      if (this.#isStopped) {
+        // Destroyed while this copy waited for a slot: the original is of no use any more.
+        chunks.state[i] = ChunkState.Untouched;
+        return;
+      }
       const at = await this.#diff.allocate(chunks.chunkSize, chunks.chunkSize);
       // Page cache to page cache inside the kernel where it can (one copy instead of two).
       if (!this.#diff.copyNow(this.#origin, offset, length, at)) {
