@@ -42,7 +42,7 @@ export function commandHelp(c: Command): string {
     const arg = o.kind === 'flag' ? '' : o.kind === 'list' ? ' VALUE...' : ' VALUE';
     lines.push(`  --${(name + arg).padEnd(22)} ${o.help}${o.isRequired ? ' (required)' : ''}`);
   }
-  return lines.join('\n') + '\n';
+  return `${lines.join('\n')}\n`;
 }
 
 const COMMON: Readonly<Record<string, OptionSpec>> = {

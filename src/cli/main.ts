@@ -64,8 +64,8 @@ async function main(argv: string[]): Promise<number> {
         return client;
       },
       print(json, text) {
-        if (isJson) process.stdout.write(JSON.stringify(json, null, 2) + '\n');
-        else if (text !== '') process.stdout.write(text + '\n');
+        if (isJson) process.stdout.write(`${JSON.stringify(json, null, 2)}\n`);
+        else if (text !== '') process.stdout.write(`${text}\n`);
       },
     });
     return 0;

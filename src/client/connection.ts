@@ -43,7 +43,7 @@ export class BlksnapClient {
     const id = this.#nextId++;
     return new Promise<R>((resolve, reject) => {
       this.#waiting.set(id, { resolve: resolve as (v: unknown) => void, reject });
-      this.#socket.write(JSON.stringify({ jsonrpc: '2.0', id, method: method.name, params }) + '\n');
+      this.#socket.write(`${JSON.stringify({ jsonrpc: '2.0', id, method: method.name, params })}\n`);
     });
   }
 

@@ -61,7 +61,7 @@ export class ControlServer {
     socket.setEncoding('utf8');
     const framer = new LineFramer(limits.maximumLineLength);
     const send = (r: RpcResponse): void => {
-      if (!socket.destroyed) socket.write(JSON.stringify(r) + '\n');
+      if (!socket.destroyed) socket.write(`${JSON.stringify(r)}\n`);
     };
     // At most this many requests of one connection run at once (snapshot.waitEvent may wait for a
     // day), and none starts while the client leaves replies unread: later lines wait their turn

@@ -54,7 +54,7 @@ export class WriteStream {
     }
     const land = (): Promise<void> => (this.#error === null ? this.#storage.write(at, data) : Promise.resolve());
     const ready = this.#ready;
-    this.#landing.push((ready === null ? land() : ready.then(land)).catch((e: unknown) => void (this.#error ??= toBlkError(e))));
+    this.#landing.push((ready === null ? land() : ready.then(land)).catch((e: unknown) => this.#fail(e)));
   }
 
   /**
@@ -67,12 +67,17 @@ export class WriteStream {
     try {
       if (this.#ready !== null) await this.#ready;
       while (this.#landing.length > 0) await Promise.all(this.#landing.splice(0));
-      if (this.#isFua && this.#error === null) await this.#storage.flush().catch((e: unknown) => void (this.#error = toBlkError(e)));
+      if (this.#isFua && this.#error === null) await this.#storage.flush().catch((e: unknown) => this.#fail(e));
     } finally {
       this.#tracker.endWrite();
       this.#onEnd();
     }
     if (this.#error !== null) throw this.#error;
+  }
+
+  /** Keeps the first error: later parts are dropped, end() rejects with it. */
+  #fail(e: unknown): void {
+    this.#error ??= toBlkError(e);
   }
 
   /** Never rejects (nothing may be left unhandled): a failure is kept as the error, and no part lands. */

@@ -6,7 +6,7 @@ import { createLog } from './log.js';
 
 async function main(): Promise<void> {
   const log = createLog();
-  let config;
+  let config: ReturnType<typeof parseDaemonArgs>;
   try {
     config = parseDaemonArgs(process.argv.slice(2));
   } catch (e) {

@@ -119,7 +119,7 @@ export function readCached(fd: number, into: Uint8Array, offset: number): number
   iovecWords[2] = into.length;
   iovecWords[3] = 0;
   const n = preadv2Fn(fd, iovec, 1, offset, RWF_NOWAIT) as number;
-  return n > 0 ? n : 0;
+  return Math.max(n , 0);
 }
 
 const iovec = Buffer.alloc(16);

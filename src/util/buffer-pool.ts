@@ -63,7 +63,10 @@ export class BufferPool {
     const capacity = whole.length;
     if (b.byteOffset !== 0 || capacity & (capacity - 1) || this.#keptBytes + capacity > this.maximumBytes) return;
     let list = this.#free.get(capacity);
-    if (!list) this.#free.set(capacity, (list = []));
+    if (!list) {
+      list = [];
+      this.#free.set(capacity, list);
+    }
     list.push(whole);
     this.#keptBytes += capacity;
   }

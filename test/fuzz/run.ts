@@ -51,10 +51,13 @@ async function main(argv: string[]): Promise<number> {
   let checkEvery = 100;
   for (let i = 0; i < argv.length; i++) {
     const v = argv[i + 1];
-    if (argv[i] === '--count' && v) (count = Number(v)), i++;
-    else if (argv[i] === '--seed' && v) (seed = Number(v)), i++;
-    else if (argv[i] === '--target' && v) (only = v), i++;
-    else if (argv[i] === '--check-every' && v) (checkEvery = Number(v)), i++;
+    if (v === undefined) break;
+    if (argv[i] === '--count') count = Number(v);
+    else if (argv[i] === '--seed') seed = Number(v);
+    else if (argv[i] === '--target') only = v;
+    else if (argv[i] === '--check-every') checkEvery = Number(v);
+    else continue;
+    i++;
   }
   let failed = false;
   for (const make of ALL_TARGETS) {

@@ -52,7 +52,7 @@ function lengthPrefixed(text: string, width: 2 | 4 = 4): Buffer {
 function goData(name: string, infos: number[]): Buffer {
   const tail = Buffer.alloc(2 + 2 * infos.length);
   tail.writeUInt16BE(infos.length, 0);
-  infos.forEach((t, i) => tail.writeUInt16BE(t, 2 + 2 * i));
+  for (const [i, t] of infos.entries()) tail.writeUInt16BE(t, 2 + 2 * i);
   return Buffer.concat([lengthPrefixed(name), tail]);
 }
 
@@ -100,7 +100,9 @@ export function handshakeTarget(): FuzzTarget {
       const data = mutate(rng, input, fields, 256 * 1024);
       let sentBytes = 0;
       const policy: TlsPolicy = rng.chance(0.3) ? 'required' : 'none';
-      const hs = new Handshake(registry, (b) => void (sentBytes += b.length), policy);
+      const hs = new Handshake(registry, (b) => {
+        sentBytes += b.length;
+      }, policy);
       const queue = new ByteQueue();
       let step: HandshakeStep = { kind: 'more' };
       for (const piece of split(rng, data)) {
@@ -400,14 +402,14 @@ export function controlTarget(): FuzzTarget {
     if (params && typeof params === 'object' && !Array.isArray(params)) {
       for (const key of ['path', 'diffStorage', 'file']) {
         const p = params[key];
-        if (typeof p === 'string' && !(path.resolve(dir, p) + '/').startsWith(dir + '/')) params[key] = path.join(dir, 'missing');
+        if (typeof p === 'string' && !(`${path.resolve(dir, p)}/`).startsWith(`${dir}/`)) params[key] = path.join(dir, 'missing');
       }
       params.loop = false;
       if (params.timeoutMs !== undefined) params.timeoutMs = 0;
       // A difference storage grows by real allocation: keep what a fuzzed snapshot may take small.
       if (params.limit !== undefined) params.limit = 16 << 20;
       delete params.diffStorageMinimum;
-      return Buffer.from(JSON.stringify(doc) + '\n');
+      return Buffer.from(`${JSON.stringify(doc)}\n`);
     }
     return b;
   };
@@ -430,8 +432,7 @@ export function controlTarget(): FuzzTarget {
       socket.setEncoding('utf8');
       socket.on('data', (d: string) => {
         received += d;
-        let i;
-        while ((i = received.indexOf('\n')) >= 0) {
+        for (let i = received.indexOf('\n'); i >= 0; i = received.indexOf('\n')) {
           received = received.slice(i + 1);
           pending--;
         }
@@ -522,7 +523,10 @@ export function nbdSocketTarget(): FuzzTarget {
       // Give the server a moment to act on it, then vanish (or see it close first).
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, rng.int(3));
-        socket.once('close', () => (clearTimeout(timer), resolve()));
+        socket.once('close', () => {
+          clearTimeout(timer);
+          resolve();
+        });
       });
       socket.destroy();
     },

@@ -1,5 +1,5 @@
 // Owns a pipelined NBD client for data-heavy tests: many requests in flight, simple replies, errno on failure.
-import * as net from 'node:net';
+import type * as net from 'node:net';
 import { encodeRequest, RawNbd } from './raw-nbd.js';
 
 export class NbdError extends Error {

@@ -83,7 +83,7 @@ describe('bad input', () => {
     const r = await c.simpleReply(16);
     assert.deepEqual(r.data, Buffer.concat([Buffer.alloc(8, 0x11), Buffer.alloc(8, 0x22)]));
     const file = fs.readFileSync(path.join(tmp.dir, 'rw'));
-    payloads.forEach((p, i) => assert.ok(file.subarray(offsets[i], (offsets[i] as number) + p.length).equals(p), `write ${i} intact`));
+    for (const [i, p] of payloads.entries()) assert.ok(file.subarray(offsets[i], (offsets[i] as number) + p.length).equals(p), `write ${i} intact`);
     // Half a payload, then the client goes. A large write lands as it arrives (as a disk that lost
     // power mid-write, the range may be torn): at most the bytes that came, from the start, none
     // after them; the daemon serves the next one.
@@ -225,7 +225,7 @@ describe('bad input', () => {
       '{"jsonrpc":"2.0","id":7,"method":"constructor"}',
       '{"jsonrpc":"2.0","id":8,"method":"__proto__"}',
     ];
-    const replies = await controlExchange(daemon.controlPath, lines.join('\n') + '\n', lines.length);
+    const replies = await controlExchange(daemon.controlPath, `${lines.join('\n')}\n`, lines.length);
     assert.equal(replies.length, lines.length);
     for (const r of replies) {
       const reply = r as { error?: { code: number; message: string; data: { errno: string } } };
@@ -244,7 +244,7 @@ describe('bad input', () => {
     const { id } = await daemon.json<{ id: string }>('snapshot_create', '--device', 'rw', '--file', tmp.dir, '--limit', '1M');
     const waits = Array.from({ length: 100 }, (_, i) => `{"jsonrpc":"2.0","id":${i},"method":"snapshot.waitEvent","params":{"id":"${id}","timeoutMs":60000}}`);
     const version = '{"jsonrpc":"2.0","id":"v","method":"version"}';
-    const exchange = controlExchange(daemon.controlPath, [...waits, version].join('\n') + '\n', 101);
+    const exchange = controlExchange(daemon.controlPath, `${[...waits, version].join('\n')}\n`, 101);
     await new Promise((r) => setTimeout(r, 300));
     // Destroying the snapshot ends the 64 waits with ESRCH; then the rest and version are read.
     await daemon.json('snapshot_destroy', '--id', id);
@@ -270,7 +270,7 @@ describe('control socket backpressure', () => {
       const s = net.createConnection(daemon.controlPath);
       await new Promise((r) => s.once('connect', r));
       s.pause(); // never read, for now
-      s.write(Array.from({ length: count }, (_, i) => line(i)).join('\n') + '\n');
+      s.write(`${Array.from({ length: count }, (_, i) => line(i)).join('\n')}\n`);
       await new Promise((r) => setTimeout(r, 3000));
       const grown = rss() - before;
       assert.ok(grown < 64 * MiB, `RSS grew by ${(grown / MiB).toFixed(0)} MiB while ${count} replies of 2.8 MB went unread`);
@@ -311,8 +311,7 @@ function controlExchange(socketPath: string, text: string, expected: number): Pr
     s.setEncoding('utf8');
     s.on('data', (d: string) => {
       buffer += d;
-      let i;
-      while ((i = buffer.indexOf('\n')) >= 0) {
+      for (let i = buffer.indexOf('\n'); i >= 0; i = buffer.indexOf('\n')) {
         replies.push(JSON.parse(buffer.slice(0, i)));
         buffer = buffer.slice(i + 1);
       }

@@ -169,7 +169,10 @@ describe('faults', { skip: missing('nbdkit', 'nbdfuse', 'qemu-io') }, () => {
     const probe = await RawNbd.connect(daemon.nbdPath);
     const handshake: Buffer[] = [];
     const originalWrite = probe.socket.write.bind(probe.socket);
-    probe.socket.write = ((b: Buffer) => (handshake.push(Buffer.from(b)), originalWrite(b))) as typeof probe.socket.write;
+    probe.socket.write = ((b: Buffer) => {
+      handshake.push(Buffer.from(b));
+      return originalWrite(b);
+    }) as typeof probe.socket.write;
     await probe.handshake('cut', { structured: true });
     probe.close();
     const small = Buffer.concat([encodeRequest(NBD.WRITE, 0, 1n, 2 * MiB, 4096), Buffer.alloc(4096, 7)]);

@@ -69,14 +69,14 @@ describe('real NBD clients', { skip }, () => {
     const info = JSON.parse(await check('nbdinfo', ['--json', uri])) as { exports: Array<Record<string, unknown>> };
     const e = info.exports[0] as Record<string, unknown>;
     assert.equal(e['export-size'], 256 * MiB);
-    assert.equal(e['block_size_minimum'], 1);
-    assert.equal(e['block_size_preferred'], 4096);
-    assert.equal(e['block_size_maximum'], 32 * MiB);
+    assert.equal(e.block_size_minimum, 1);
+    assert.equal(e.block_size_preferred, 4096);
+    assert.equal(e.block_size_maximum, 32 * MiB);
     for (const flag of ['can_flush', 'can_fua', 'can_trim', 'can_zero', 'can_fast_zero', 'can_multi_conn', 'can_cache', 'can_df']) {
       assert.equal(e[flag], true, flag);
     }
-    assert.equal(e['is_read_only'], false);
-    assert.deepEqual(e['contexts'], ['base:allocation']);
+    assert.equal(e.is_read_only, false);
+    assert.deepEqual(e.contexts, ['base:allocation']);
   });
 
   it('nbdinfo --map shows the holes of a sparse file, and trim makes new ones', async () => {

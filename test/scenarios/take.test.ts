@@ -82,7 +82,10 @@ describe('snapshot take', () => {
     writer.write(payload.subarray(0, MiB / 2));
     await new Promise((r) => setTimeout(r, 50));
     let isTaken = false;
-    const taking = s.take(['dev1']).then((id) => ((isTaken = true), id));
+    const taking = s.take(['dev1']).then((id) => {
+      isTaken = true;
+      return id;
+    });
     await new Promise((r) => setTimeout(r, 100));
     assert.equal(isTaken, false, 'the take waits for the write in flight');
     writer.write(payload.subarray(MiB / 2));

@@ -27,7 +27,7 @@ async function waitEvent(io: CommandIo, id: string, timeoutMs: number): Promise<
 
 function describeEvent(e: api.SnapshotEventResult): string {
   const data = Object.entries(e.data).map(([k, v]) => `${k}=${v}`).join(' ');
-  return `${new Date(e.time).toISOString()} ${e.code}${data ? ' ' + data : ''}`;
+  return `${new Date(e.time).toISOString()} ${e.code}${data ? ` ${data}` : ''}`;
 }
 
 const ID = { kind: 'value', help: 'snapshot UUID', isRequired: true } as const;
@@ -124,7 +124,7 @@ export const snapshotCommands: Command[] = [
         }
         if (e.code === 'timeout') continue;
         events.push(e);
-        if (!io.isJson) process.stdout.write(describeEvent(e) + '\n');
+        if (!io.isJson) process.stdout.write(`${describeEvent(e)}\n`);
       }
       io.print({ events }, '');
     },

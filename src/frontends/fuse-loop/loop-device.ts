@@ -39,13 +39,13 @@ export function deviceNumber(blockDevice: string): string {
 
 /** Mounts as [device number, mount point] (from /proc/self/mountinfo). */
 function mounts(): Array<[string, string]> {
-  const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+  const unescapeOctal = (s: string) => s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
   return fs
     .readFileSync('/proc/self/mountinfo', 'utf8')
     .split('\n')
     .map((line) => line.split(' '))
     .filter((f) => f[2] !== undefined && f[4] !== undefined)
-    .map((f) => [f[2] as string, unescape(f[4] as string)]);
+    .map((f) => [f[2] as string, unescapeOctal(f[4] as string)]);
 }
 
 /** Mount points of filesystems mounted from a block device. */

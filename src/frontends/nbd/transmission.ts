@@ -296,7 +296,9 @@ export class Transmission {
       case w.NBD_CMD_WRITE: {
         if (Array.isArray(payload)) {
           // Received pieces: views of the receive arena, and a pooled buffer for a direct payload's rest.
-          const release = (): void => payload.forEach((c) => ioBuffers.release(c));
+          const release = (): void => {
+            for (const c of payload) ioBuffers.release(c);
+          };
           return (device.writeChunks as NonNullable<BlockDevice['writeChunks']>).call(device, h.offset, payload, base).then(
             () => {
               release();

@@ -7,7 +7,7 @@ describe('LineFramer', () => {
   it('returns whole lines however the stream is split', () => {
     fc.assert(
       fc.property(fc.array(fc.string({ unit: 'grapheme-ascii' }).map((s) => s.replace(/\n/g, '')).filter((s) => s.trim() !== ''), { maxLength: 20 }), fc.array(fc.nat(), { maxLength: 10 }), (lines, cuts) => {
-        const text = lines.map((l) => l + '\n').join('');
+        const text = lines.map((l) => `${l}\n`).join('');
         const framer = new LineFramer(1 << 20);
         const out: string[] = [];
         let last = 0;

@@ -51,7 +51,7 @@ function memoryDiff(store: MemoryStorage & { readNow?: JitteryStorage['readNow']
     read: (o: number, b: Uint8Array) => store.read(o, b),
     // As copy_file_range: the origin's bytes as they are now, or (at random) "cannot, read and write".
     copyNow: (origin: MemoryStorage, offset: number, length: number, at: number) => {
-      if (!store.readNow || !store.readNow(0, new Uint8Array(0))) return false;
+      if (!store.readNow?.(0, new Uint8Array(0))) return false;
       store.bytes.set(origin.bytes.subarray(offset, offset + length), at);
       return true;
     },
@@ -97,7 +97,10 @@ describe('DiffArea races', () => {
     await fc.assert(
       fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: 40 }), fc.integer({ min: 0, max: 2 ** 31 }), fc.integer({ min: 1, max: 4 }), async (ops, seed, inQueue) => {
         let x = seed;
-        const jitter = () => ((x = (x * 1103515245 + 12345) & 0x7fffffff) % 4);
+        const jitter = () => {
+          x = (x * 1103515245 + 12345) & 0x7fffffff;
+          return x % 4;
+        };
         const origin = new JitteryStorage(SIZE, jitter);
         for (let i = 0; i < SIZE; i++) origin.bytes[i] = (i * 7 + 3) & 0xff;
         const atTake = origin.bytes.slice();
@@ -163,7 +166,10 @@ describe('DiffArea races', () => {
     await fc.assert(
       fc.asyncProperty(fc.array(write, { minLength: 1, maxLength: 12 }), fc.nat(12), fc.integer({ min: 0, max: 2 ** 31 }), async (writes, takeAt, seed) => {
         let x = seed;
-        const jitter = () => ((x = (x * 1103515245 + 12345) & 0x7fffffff) % 4);
+        const jitter = () => {
+          x = (x * 1103515245 + 12345) & 0x7fffffff;
+          return x % 4;
+        };
         const SLOT = 2 * CHUNK + 100; // writes span chunks, never slots
         const origin = new JitteryStorage(8 * SLOT, jitter);
         const device = new Device('d', origin);

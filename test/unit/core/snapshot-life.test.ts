@@ -94,7 +94,10 @@ describe('snapshot life', () => {
         let destroyed: Promise<void> | null = null;
         onAllocation = () => {
           let ticks = delay;
-          const tick = (): void => (ticks-- > 0 ? queueMicrotask(tick) : void (destroyed = snapshot.destroy()));
+          const tick = (): void => {
+            if (ticks-- > 0) queueMicrotask(tick);
+            else destroyed = snapshot.destroy();
+          };
           tick();
         };
         // A second writer shares the trim's first copies; the trim goes on window by window.
@@ -110,7 +113,7 @@ describe('snapshot life', () => {
       }
     } finally {
       onAllocation = null;
-      spied.forEach((m, i) => ((DiffStorage.prototype as unknown as Record<string, unknown>)[m] = originals[i]));
+      for (const [i, m] of spied.entries()) (DiffStorage.prototype as unknown as Record<string, unknown>)[m] = originals[i];
       DiffStorage.prototype.close = close;
     }
   });

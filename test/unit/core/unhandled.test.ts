@@ -35,7 +35,10 @@ describe('no unhandled rejections', () => {
   function area(origin: MemoryStorage, diffStore: MemoryStorage): DiffArea {
     let filled = 0;
     const diff = {
-      allocate: async (length: number) => ((filled += length), filled - length),
+      allocate: async (length: number) => {
+        filled += length;
+        return filled - length;
+      },
       read: (o: number, b: Uint8Array) => diffStore.read(o, b),
       readNow: () => false,
       write: (o: number, b: Uint8Array) => diffStore.write(o, b),

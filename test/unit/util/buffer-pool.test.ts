@@ -27,8 +27,8 @@ describe('buffer pool', () => {
   it('cuts small buffers from a shared slab without overlap', () => {
     const pool = new BufferPool(16 * 1024 * KiB);
     const pieces = Array.from({ length: 600 }, (_, i) => pool.acquire(4096 + 16 + (i % 7)));
-    pieces.forEach((p, i) => p.fill(i & 0xff));
-    pieces.forEach((p, i) => assert.ok(p.every((x) => x === (i & 0xff)), `piece ${i} was overwritten`));
+    for (const [i, p] of pieces.entries()) p.fill(i & 0xff);
+    for (const [i, p] of pieces.entries()) assert.ok(p.every((x) => x === (i & 0xff)), `piece ${i} was overwritten`);
     assert.equal(pool.isPooled(pieces[0] as Buffer), false);
   });
 });
