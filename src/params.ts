@@ -40,7 +40,6 @@ export const control = {
 } as const;
 
 /** Sector size used by blksnap's ranges (markdirtyblock, events). */
-export const SECTOR_SHIFT = 9;
 export const SECTOR_SIZE = 512;
 
 /** blksnap's snapshot parameters (module/params.c), overridable per snapshot for tests and tuning. */

@@ -15,7 +15,7 @@ export interface DaemonContext {
   /** Destroys a snapshot, its images' block devices first. */
   destroySnapshot(snapshot: Snapshot): Promise<void>;
   /** Kernel block devices of exports (loop devices over FUSE files). */
-  blockDevices: {
+  loopDevices: {
     get(exportName: string): string | undefined;
     mountPoints(exportName: string): string[];
     expose(exportName: string): Promise<string>;

@@ -16,7 +16,7 @@ export type { DaemonContext } from './handlers-context.js';
 export const BLKSNAP_VERSION = '2.0.0';
 
 export function deviceInfo(device: Device, ctx: DaemonContext): api.DeviceInfo {
-  const blockDevice = ctx.blockDevices.get(device.name);
+  const blockDevice = ctx.loopDevices.get(device.name);
   return {
     name: device.name,
     path: device.path,
@@ -41,7 +41,7 @@ function cbtInfo(device: Device): api.CbtInfo {
 
 /** The extents of a file on a filesystem mounted from a device's block device, as byte ranges of the device. */
 async function fileRanges(file: string, deviceName: string, ctx: DaemonContext): Promise<Array<{ offset: number; length: number }>> {
-  const blockDevice = ctx.blockDevices.get(deviceName);
+  const blockDevice = ctx.loopDevices.get(deviceName);
   if (!blockDevice) throw new BlkError('EINVAL', `device ${deviceName} has no block device (attach it with --loop) to hold ${file}`);
   // The file lies on this daemon's own device by design: every call on it runs in the thread pool,
   // since its blocks may have to come through this very event loop.
@@ -83,7 +83,7 @@ const deviceHandlers: Record<string, Handler> = {
     ctx.log(`attached ${device.path} as ${device.name} (${device.size} bytes${readOnly ? ', read-only' : ''}${tracking ? '' : ', untracked'})`);
     if (optionalBoolean(p, 'loop', m) ?? ctx.isLoopForAll) {
       try {
-        await ctx.blockDevices.expose(device.name);
+        await ctx.loopDevices.expose(device.name);
       } catch (e) {
         await ctx.registry.detach(device);
         throw e;
@@ -95,9 +95,9 @@ const deviceHandlers: Record<string, Handler> = {
   async [api.DeviceDetach.name](p, ctx) {
     const device = await lookup(p, ctx, api.DeviceDetach.name);
     ctx.registry.checkDetachable(device); // before its block device goes away
-    const mounted = ctx.blockDevices.mountPoints(device.name);
+    const mounted = ctx.loopDevices.mountPoints(device.name);
     if (mounted.length) throw new BlkError('EBUSY', `device ${device.name} is mounted on ${mounted.join(', ')}; unmount it first`);
-    await ctx.blockDevices.release(device.name);
+    await ctx.loopDevices.release(device.name);
     await ctx.registry.detach(device);
     ctx.log(`detached ${device.name}`);
     return {};

@@ -14,7 +14,7 @@ function snapshotOf(p: Params, ctx: DaemonContext, method: string) {
 }
 
 function imageInfo(name: string, ctx: DaemonContext): api.ImageInfo {
-  const blockDevice = ctx.blockDevices.get(name);
+  const blockDevice = ctx.loopDevices.get(name);
   return { name, uri: ctx.exportUri(name), ...(blockDevice ? { blockDevice } : {}) };
 }
 

@@ -38,7 +38,8 @@ async function canonicalPath(p: string): Promise<string> {
 
 export class Registry implements ImagePublisher {
   #devices = new Map<string, Device>();
-  #extraExports = new Map<string, BlockDevice>();
+  /** Snapshot images published as exports, by export name. */
+  #images = new Map<string, BlockDevice>();
   #snapshots = new Map<string, Snapshot>();
 
   /** Attaches a device over an opened store; the store is closed again if the name is taken. */
@@ -51,7 +52,7 @@ export class Registry implements ImagePublisher {
       if (name.endsWith(IMAGE_SUFFIX)) {
         throw new BlkError('EINVAL', `invalid device name '${name}': names ending in '${IMAGE_SUFFIX}' are kept for snapshot images`);
       }
-      if (this.#devices.has(name) || this.#extraExports.has(name)) {
+      if (this.#devices.has(name) || this.#images.has(name)) {
         throw new BlkError('EEXIST', `a device or export named '${name}' already exists; pass another name`);
       }
     } catch (e) {
@@ -99,14 +100,14 @@ export class Registry implements ImagePublisher {
 
   /** Makes a snapshot image an export under its own name. */
   publish(image: SnapImage): void {
-    if (this.#devices.has(image.name) || this.#extraExports.has(image.name)) {
+    if (this.#devices.has(image.name) || this.#images.has(image.name)) {
       throw new BlkError('EEXIST', `an export named '${image.name}' already exists`);
     }
-    this.#extraExports.set(image.name, image);
+    this.#images.set(image.name, image);
   }
 
   unpublish(image: SnapImage): void {
-    if (this.#extraExports.get(image.name) === image) this.#extraExports.delete(image.name);
+    if (this.#images.get(image.name) === image) this.#images.delete(image.name);
   }
 
   /** Creates a snapshot of devices over a difference storage (opened now, so a bad one fails here). */
@@ -120,7 +121,7 @@ export class Registry implements ImagePublisher {
       }
       await snapshot.open();
     } catch (e) {
-      for (const d of added) d.tracker.snapshotId = null;
+      for (const d of added) d.tracker.leaveSnapshot(snapshot.id);
       throw e;
     }
     this.#snapshots.set(snapshot.id, snapshot);
@@ -144,13 +145,13 @@ export class Registry implements ImagePublisher {
 
   /** What an NBD client gets for an export name; "" means the only export, when there is one. */
   lookupExport(name: string): BlockDevice | undefined {
-    const found = this.#devices.get(name) ?? this.#extraExports.get(name);
+    const found = this.#devices.get(name) ?? this.#images.get(name);
     if (found || name !== '') return found;
     const all = this.exports();
     return all.length === 1 ? all[0] : undefined;
   }
 
   exports(): BlockDevice[] {
-    return [...this.#devices.values(), ...this.#extraExports.values()];
+    return [...this.#devices.values(), ...this.#images.values()];
   }
 }

@@ -75,11 +75,8 @@ export class Snapshot implements SnapshotHealth {
   /** Adds a device before the take; a device belongs to at most one snapshot. */
   add(device: Device): void {
     if (this.#phase !== 'created') throw new BlkError('EALREADY', `snapshot ${this.id} is already taken; devices can be added only before the take`);
-    if (device.tracker.snapshotId !== null) {
-      throw new BlkError('EBUSY', `device ${device.name} already belongs to snapshot ${device.tracker.snapshotId}`);
-    }
     if (device.isReadOnly) throw new BlkError('EINVAL', `device ${device.name} is attached read-only; a snapshot needs its writes`);
-    device.tracker.snapshotId = this.id;
+    device.tracker.joinSnapshot(this.id, device.name);
     this.#devices.push(device);
   }
 
@@ -178,7 +175,7 @@ export class Snapshot implements SnapshotHealth {
     await Promise.all([...this.#areas.values()].map((a) => a.drain()));
     await this.#diff?.close();
     for (const d of this.#devices) {
-      if (d.tracker.snapshotId === this.id) d.tracker.snapshotId = null;
+      d.tracker.leaveSnapshot(this.id);
     }
   }
 }

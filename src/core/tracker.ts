@@ -15,8 +15,7 @@ export class Tracker {
   readonly isTracking: boolean;
   /** Copy-on-write of the taken snapshot the device belongs to; null when there is none. */
   diffArea: DiffArea | null = null;
-  /** Id of the snapshot the device belongs to (created or taken); a device is in at most one. */
-  snapshotId: string | null = null;
+  #snapshotId: string | null = null;
   #writesInFlight = 0;
   #drainWaiters: Array<() => void> = [];
   #held: Promise<void> | null = null;
@@ -26,6 +25,22 @@ export class Tracker {
     this.#storage = storage;
     this.#cbt = new CbtMap(storage.size);
     this.isTracking = options.tracking ?? true;
+  }
+
+  /** Id of the snapshot the device belongs to (created or taken); a device is in at most one. */
+  get snapshotId(): string | null {
+    return this.#snapshotId;
+  }
+
+  /** The device joins a snapshot; EBUSY when it belongs to another one. */
+  joinSnapshot(id: string, deviceName: string): void {
+    if (this.#snapshotId !== null) throw new BlkError('EBUSY', `device ${deviceName} already belongs to snapshot ${this.#snapshotId}`);
+    this.#snapshotId = id;
+  }
+
+  /** The device leaves snapshot `id` (destroyed, or not created after all); another snapshot's membership stays. */
+  leaveSnapshot(id: string): void {
+    if (this.#snapshotId === id) this.#snapshotId = null;
   }
 
   get cbt(): CbtMap {

@@ -1,7 +1,7 @@
 // Owns the daemon's command line and defaults: where the sockets and the state live, what to attach at start.
 import * as path from 'node:path';
 import { defaultRuntimeDir } from '../control/paths.js';
-import type { LoopRoute } from './block-devices.js';
+import type { LoopRoute } from './loop-devices.js';
 import type { TlsOptions } from '../frontends/nbd/tls.js';
 import { nbd as nbdLimits } from '../params.js';
 

@@ -13,7 +13,7 @@ import { freezeFilesystem } from '../os/libc.js';
 import { closeAsync, openAsync } from '../os/async-fs.js';
 import { OwnPaths } from './own-paths.js';
 import { deviceNumberText } from '../os/block-identity.js';
-import { BlockDevices } from './block-devices.js';
+import { LoopDevices } from './loop-devices.js';
 import type { DaemonConfig } from './config.js';
 import type { Log } from './log.js';
 
@@ -22,7 +22,7 @@ export class Daemon {
   readonly config: DaemonConfig;
   readonly nbd: NbdServer;
   readonly control: ControlServer;
-  readonly blockDevices: BlockDevices;
+  readonly loopDevices: LoopDevices;
   readonly context: DaemonContext;
   #log: Log;
   #pidFile: string;
@@ -42,7 +42,7 @@ export class Daemon {
       log,
       ...(config.listen === undefined ? {} : { listen: config.listen }),
     });
-    this.blockDevices = new BlockDevices({
+    this.loopDevices = new LoopDevices({
       stateDir: config.stateDir,
       nbdSocket: config.nbdPath,
       route: config.loopRoute,
@@ -54,7 +54,7 @@ export class Daemon {
         const id = d.storage.identity?.();
         return id ? [{ device: d.name, dev: id.dev, ino: id.ino, blockDevice: id.rdev ? deviceNumberText(id.rdev) : null }] : [];
       }),
-      blockDevices: () => this.blockDevices.kernelDevices(),
+      loopDevices: () => this.loopDevices.kernelDevices(),
     });
     this.context = {
       registry: this.registry,
@@ -62,7 +62,7 @@ export class Daemon {
       exportUri: (name) => `nbd+unix:///${encodeURIComponent(name)}?socket=${config.nbdPath}`,
       takeSnapshot: (snapshot) => this.takeSnapshot(snapshot),
       destroySnapshot: (snapshot) => this.destroySnapshot(snapshot),
-      blockDevices: this.blockDevices,
+      loopDevices: this.loopDevices,
       isLoopForAll: config.loopAll,
       storageOptions: { cachedReadMaximum: config.cachedReadMaximum, syncWriteMaximum: config.syncWriteMaximum },
       log,
@@ -75,7 +75,7 @@ export class Daemon {
       fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     }
     this.#claimPidFile();
-    await this.blockDevices.cleanLeftovers();
+    await this.loopDevices.cleanLeftovers();
     await this.nbd.start();
     await this.control.start();
     for (const a of this.config.attach) {
@@ -96,7 +96,7 @@ export class Daemon {
     const warnings: string[] = [];
     const frozen: Array<{ fd: number; mountPoint: string }> = [];
     for (const device of snapshot.devices) {
-      for (const mountPoint of this.blockDevices.mountPoints(device.name)) {
+      for (const mountPoint of this.loopDevices.mountPoints(device.name)) {
         let fd = -1;
         try {
           // In the thread pool: the mount point's inode may have to be read through this daemon.
@@ -121,9 +121,9 @@ export class Daemon {
     }
     for (const device of snapshot.devices) {
       const image = snapshot.image(device);
-      if (!image || !this.blockDevices.get(device.name)) continue;
+      if (!image || !this.loopDevices.get(device.name)) continue;
       try {
-        await this.blockDevices.expose(image.name);
+        await this.loopDevices.expose(image.name);
       } catch (e) {
         const warning = `image ${image.name} has no block device: ${toBlkError(e).toString()}`;
         this.#log(warning);
@@ -137,7 +137,7 @@ export class Daemon {
     if (snapshot.phase === 'taking') throw new BlkError('EBUSY', `snapshot ${snapshot.id} is being taken`);
     for (const device of snapshot.devices) {
       const image = snapshot.image(device);
-      if (image) await this.blockDevices.release(image.name);
+      if (image) await this.loopDevices.release(image.name);
     }
     await this.registry.destroySnapshot(snapshot);
   }
@@ -145,7 +145,7 @@ export class Daemon {
   async stop(): Promise<void> {
     await this.control.close();
     for (const snapshot of this.registry.snapshots()) await this.destroySnapshot(snapshot).catch((e: unknown) => this.#log(String(e)));
-    await this.blockDevices.releaseAll();
+    await this.loopDevices.releaseAll();
     await this.nbd.close();
     for (const device of this.registry.devices()) await this.registry.detach(device);
     if (this.#hasPidFile) fs.rmSync(this.#pidFile, { force: true });

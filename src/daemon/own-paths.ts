@@ -8,7 +8,7 @@ export interface OwnDevices {
   /** Stores of attached devices: regular files by (dev, ino), block devices by "major:minor". */
   stores(): Array<{ device: string; dev: number; ino: number; blockDevice: string | null }>;
   /** Kernel block devices of exports: the loop device's "major:minor" and its FUSE mount's filesystem. */
-  blockDevices(): Array<{ exportName: string; loop: string; blockDevice: string; fuseFilesystem: string | null }>;
+  loopDevices(): Array<{ exportName: string; loop: string; blockDevice: string; fuseFilesystem: string | null }>;
 }
 
 const MAXIMUM_DEPTH = 8;
@@ -71,7 +71,7 @@ export class OwnPaths {
 
   /** Why a block device ("major:minor") is ours: one of our loop devices, a loop or partition over something of ours. */
   async #whyOwnBlockDevice(number: string, depth: number): Promise<string | null> {
-    for (const b of this.#own.blockDevices()) {
+    for (const b of this.#own.loopDevices()) {
       if (b.blockDevice === number) return `${b.loop}, the block device of export ${b.exportName}`;
       if (b.fuseFilesystem === number) return `the FUSE mount of export ${b.exportName}`;
     }

@@ -114,7 +114,7 @@ export async function unbindLoop(record: LoopRecord): Promise<void> {
   if (record.loop && isOurLoop(record)) await run('losetup', ['-d', record.loop]);
 }
 
-/** Releases what exposeLoopDevice made, as far as it still exists; safe to call twice. */
+/** Releases a kernel block device (loop device, FUSE mount, nbdfuse), as far as it still exists; safe to call twice. */
 export async function releaseLoopDevice(record: LoopRecord): Promise<void> {
   await unbindLoop(record);
   // Lazy: a filesystem still mounted from the loop device keeps the FUSE file busy. Not

@@ -171,13 +171,6 @@ export function encodeOpenOut(openFlags: number): Buffer {
   return b;
 }
 
-/** fuse_write_out: bytes written. */
-export function encodeWriteOut(size: number): Buffer {
-  const b = Buffer.alloc(8);
-  b.writeUInt32LE(size, 0);
-  return b;
-}
-
 /** fuse_statfs_out (fuse_kstatfs): a filesystem of one file, `size` bytes in 4 KiB blocks. */
 export function encodeStatfsOut(size: number): Buffer {
   const b = Buffer.alloc(80);

@@ -10,7 +10,7 @@ import type { Log } from './log.js';
 /** How a device becomes a FUSE file for its loop device: the daemon's own FUSE server, or nbdfuse over NBD. */
 export type LoopRoute = 'fuse' | 'nbdfuse';
 
-export interface BlockDevicesOptions {
+export interface LoopDevicesOptions {
   stateDir: string;
   nbdSocket: string;
   route: LoopRoute;
@@ -19,19 +19,19 @@ export interface BlockDevicesOptions {
   log: Log;
 }
 
-export class BlockDevices {
+export class LoopDevices {
   #records = new Map<string, LoopRecord>();
   /** Device numbers of each export's loop device and FUSE mount, to recognise paths on them. */
   #numbers = new Map<string, { blockDevice: string; fuseFilesystem: string | null }>();
   #fuseExports = new Map<string, FuseExport>();
   #recordFile: string;
   #fuseDir: string;
-  #options: BlockDevicesOptions;
+  #options: LoopDevicesOptions;
   #log: Log;
 
-  constructor(options: BlockDevicesOptions) {
+  constructor(options: LoopDevicesOptions) {
     this.#options = options;
-    this.#recordFile = path.join(options.stateDir, 'block-devices.json');
+    this.#recordFile = path.join(options.stateDir, 'loop-devices.json');
     this.#fuseDir = path.join(options.stateDir, 'fuse');
     this.#log = options.log;
   }
