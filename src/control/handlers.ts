@@ -1,10 +1,8 @@
 // Owns the control methods: untrusted params in, type guards, one core call, a typed result out.
-import * as fs from 'node:fs';
 import { FileStorage } from '../backing/file-storage.js';
-import { closeAsync, fstatAsync, openAsync } from '../os/async-fs.js';
-import { fileExtents } from '../os/libc.js';
+import { fileExtentsOn } from '../os/async-fs.js';
 import type { Device } from '../core/device.js';
-import { BlkError, toBlkError } from '../errors.js';
+import { BlkError } from '../errors.js';
 import { SECTOR_SIZE, control as limits } from '../params.js';
 import type { DaemonContext, Handler } from './handlers-context.js';
 import * as api from './protocol.js';
@@ -39,27 +37,15 @@ function cbtInfo(device: Device): api.CbtInfo {
   };
 }
 
-/** The extents of a file on a filesystem mounted from a device's block device, as byte ranges of the device. */
+/**
+ * The extents of a file on a filesystem mounted from a device's block device, as byte ranges of the
+ * device. The file lies on this daemon's own device by design: every call on it runs in the thread
+ * pool (os/async-fs.ts), since its blocks may have to come through this very event loop.
+ */
 async function fileRanges(file: string, deviceName: string, ctx: DaemonContext): Promise<Array<{ offset: number; length: number }>> {
   const blockDevice = ctx.loopDevices.get(deviceName);
   if (!blockDevice) throw new BlkError('EINVAL', `device ${deviceName} has no block device (attach it with --loop) to hold ${file}`);
-  // The file lies on this daemon's own device by design: every call on it runs in the thread pool,
-  // since its blocks may have to come through this very event loop.
-  let fd: number;
-  try {
-    fd = await openAsync(file, fs.constants.O_RDONLY);
-  } catch (e) {
-    throw new BlkError(toBlkError(e).code, `cannot open ${file}: ${toBlkError(e).message}`);
-  }
-  try {
-    const st = await fstatAsync(fd);
-    if (st.dev !== fs.statSync(blockDevice).rdev) {
-      throw new BlkError('EINVAL', `${file} is not on a filesystem mounted from ${blockDevice} (device ${deviceName})`);
-    }
-    return await fileExtents(fd);
-  } finally {
-    await closeAsync(fd);
-  }
+  return fileExtentsOn(file, blockDevice);
 }
 
 function lookup(p: Params, ctx: DaemonContext, method: string): Promise<Device> {

@@ -2,14 +2,12 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FileStorage } from '../backing/file-storage.js';
-import { openAsync } from '../os/async-fs.js';
+import { openUnnamedFile } from '../os/async-fs.js';
 import type { Storage } from '../backing/storage.js';
 import { BlkError, toBlkError } from '../errors.js';
 import { SECTOR_SIZE } from '../params.js';
 import { Emitter } from '../util/emitter.js';
 
-// O_TMPFILE | O_DIRECTORY: an unnamed file in a directory, gone when closed; nobody else can open it.
-const O_TMPFILE = 0o20200000;
 
 export interface DiffStorageOptions {
   /** Upper bound of the storage in bytes. */
@@ -68,7 +66,7 @@ export class DiffStorage {
     if (st.isDirectory()) {
       let fd: number;
       try {
-        fd = await openAsync(target, O_TMPFILE | fs.constants.O_RDWR, 0o600);
+        fd = await openUnnamedFile(target);
       } catch (e) {
         throw new BlkError(toBlkError(e).code, `cannot create an unnamed file in ${target}: ${toBlkError(e).message}`);
       }

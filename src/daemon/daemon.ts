@@ -9,8 +9,7 @@ import type { Snapshot } from '../core/snapshot.js';
 import { BlkError, toBlkError } from '../errors.js';
 import { NbdServer } from '../frontends/nbd/server.js';
 import { TlsServer } from '../frontends/nbd/tls.js';
-import { freezeFilesystem } from '../os/libc.js';
-import { closeAsync, openAsync } from '../os/async-fs.js';
+import { freezeMountPoint } from '../os/async-fs.js';
 import { OwnPaths } from './own-paths.js';
 import { deviceNumberText } from '../os/block-identity.js';
 import { LoopDevices } from './loop-devices.js';
@@ -94,17 +93,12 @@ export class Daemon {
    */
   async takeSnapshot(snapshot: Snapshot): Promise<string[]> {
     const warnings: string[] = [];
-    const frozen: Array<{ fd: number; mountPoint: string }> = [];
+    const thaws: Array<{ thaw: () => Promise<void>; mountPoint: string }> = [];
     for (const device of snapshot.devices) {
       for (const mountPoint of this.loopDevices.mountPoints(device.name)) {
-        let fd = -1;
         try {
-          // In the thread pool: the mount point's inode may have to be read through this daemon.
-          fd = await openAsync(mountPoint, fs.constants.O_RDONLY);
-          await freezeFilesystem(fd, true);
-          frozen.push({ fd, mountPoint });
+          thaws.push({ thaw: await freezeMountPoint(mountPoint), mountPoint });
         } catch (e) {
-          if (fd >= 0) await closeAsync(fd);
           const warning = `cannot freeze ${mountPoint} of ${device.name}: ${toBlkError(e).toString()}; the image is crash-consistent only`;
           this.#log(warning);
           warnings.push(warning);
@@ -114,10 +108,7 @@ export class Daemon {
     try {
       await snapshot.take((device) => imageName(device.name));
     } finally {
-      for (const { fd, mountPoint } of frozen) {
-        await freezeFilesystem(fd, false).catch((e: unknown) => this.#log(`cannot thaw ${mountPoint}: ${String(e)}`));
-        await closeAsync(fd);
-      }
+      for (const { thaw, mountPoint } of thaws) await thaw().catch((e: unknown) => this.#log(`cannot thaw ${mountPoint}: ${String(e)}`));
     }
     for (const device of snapshot.devices) {
       const image = snapshot.image(device);

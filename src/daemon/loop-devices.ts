@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import type { BlockDevice } from '../core/block-device.js';
 import { BlkError } from '../errors.js';
 import { FuseExport } from '../frontends/fuse/fuse-export.js';
-import { bindLoop, deviceNumber, exposeThroughNbdfuse, mountDeviceNumber, mountPointsOf, releaseLoopDevice, unbindLoop, type LoopRecord } from '../frontends/fuse-loop/loop-device.js';
+import { bindLoop, deviceNumber, exposeThroughNbdfuse, mountDeviceNumber, mountPointsOf, releaseLoopDevice, unbindLoop, type LoopRecord } from '../os/loop-device.js';
 import type { Log } from './log.js';
 
 /** How a device becomes a FUSE file for its loop device: the daemon's own FUSE server, or nbdfuse over NBD. */

@@ -2,6 +2,7 @@
 import type * as net from 'node:net';
 import type * as tls from 'node:tls';
 import { raiseSendBuffer } from '../../os/libc.js';
+import { socketDescriptor } from '../../os/socket-descriptor.js';
 import { ByteQueue } from '../../util/byte-queue.js';
 import type { Disposable } from '../../util/emitter.js';
 import { Handshake, type ExportCatalogue, type TlsPolicy } from './handshake.js';
@@ -60,8 +61,7 @@ export class NbdConnection {
           this.#pump();
         },
       });
-      const handleFd = (this.#socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-      this.#fd = typeof handleFd === 'number' && handleFd >= 0 ? handleFd : -1;
+      this.#fd = socketDescriptor(this.#socket);
       if (this.#fd >= 0) raiseSendBuffer(this.#fd, SEND_BUFFER_BYTES);
     } else {
       this.#socket = accepted;

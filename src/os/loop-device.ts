@@ -2,8 +2,8 @@
 import { execFile, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { BlkError } from '../../errors.js';
-import { unmountLazy } from '../../os/libc.js';
+import { BlkError } from '../errors.js';
+import { unmountLazy } from './libc.js';
 
 /** Everything needed to release a kernel block device, also after a crash (it is saved to disk). */
 export interface LoopRecord {
