@@ -1,152 +1,108 @@
-// Owns the control methods: untrusted params in, type guards, one core call, a typed result out.
-import { FileStorage } from '../backing/file-storage.js';
-import { fileExtentsOn } from '../os/async-fs.js';
-import type { Device } from '../core/device.js';
+// Owns the control methods: each is untrusted params → a typed parse (EINVAL with the reason) → one
+// ControlService call. The table is the whole of what the control socket can ask.
 import { BlkError } from '../errors.js';
 import { SECTOR_SIZE, control as limits } from '../params.js';
-import type { DaemonContext, Handler } from './handlers-context.js';
 import * as api from './protocol.js';
-import { snapshotHandlers } from './snapshot-handlers.js';
+import type { ControlService } from './service.js';
 import { asParams, optionalBoolean, optionalString, requireArray, requireInteger, requireString, type Params } from './validate.js';
 
-export type { DaemonContext } from './handlers-context.js';
+export type Handler = (params: Params) => Promise<unknown>;
 
-export const BLKSNAP_VERSION = '2.0.0';
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const MAXIMUM_WAIT_MS = 24 * 3600 * 1000;
 
-export function deviceInfo(device: Device, ctx: DaemonContext): api.DeviceInfo {
-  const blockDevice = ctx.loopDevices.get(device.name);
+function snapshotId(p: Params, method: string): string {
+  const id = requireString(p, 'id', method);
+  if (!UUID.test(id)) throw new BlkError('EINVAL', `${method}: '${id}' is not a snapshot UUID`);
+  return id.toLowerCase();
+}
+
+function optionalInteger(p: Params, key: string, method: string, minimum: number, maximum: number): number | undefined {
+  return p[key] === undefined ? undefined : requireInteger(p, key, method, minimum, maximum);
+}
+
+function parseAttach(p: Params, m: string): api.AttachParams {
+  const name = optionalString(p, 'name', m);
+  const readOnly = optionalBoolean(p, 'readOnly', m);
+  const tracking = optionalBoolean(p, 'tracking', m);
+  const loop = optionalBoolean(p, 'loop', m);
   return {
-    name: device.name,
-    path: device.path,
-    size: device.size,
-    uri: ctx.exportUri(device.name),
-    ...(blockDevice ? { blockDevice } : {}),
-    readOnly: device.isReadOnly,
-    tracking: device.tracker.isTracking,
+    path: requireString(p, 'path', m),
+    ...(name === undefined ? {} : { name }),
+    ...(readOnly === undefined ? {} : { readOnly }),
+    ...(tracking === undefined ? {} : { tracking }),
+    ...(loop === undefined ? {} : { loop }),
   };
 }
 
-function cbtInfo(device: Device): api.CbtInfo {
-  const cbt = device.tracker.cbt;
+function parseDirty(p: Params, m: string): { ranges: Array<{ offset: number; length: number }> } | { file: string } {
+  const file = optionalString(p, 'file', m);
+  if (file !== undefined) return { file };
+  const ranges = requireArray(p, 'ranges', m, 65536).map((r, i) => {
+    const range = asParams(r, `${m} ranges[${i}]`);
+    const sector = requireInteger(range, 'sector', `${m} ranges[${i}]`);
+    const count = requireInteger(range, 'count', `${m} ranges[${i}]`, 1);
+    return { offset: sector * SECTOR_SIZE, length: count * SECTOR_SIZE };
+  });
+  return { ranges };
+}
+
+function parseSnapshotCreate(p: Params, m: string): api.SnapshotCreateParams {
+  const devices = requireArray(p, 'devices', m, 256).map((d, i) => {
+    if (typeof d !== 'string' || d === '') throw new BlkError('EINVAL', `${m}: devices[${i}] must be a device name or path`);
+    return d;
+  });
+  const diffStorageMinimum = optionalInteger(p, 'diffStorageMinimum', m, 4096, Number.MAX_SAFE_INTEGER);
+  const chunkMinimumShift = optionalInteger(p, 'chunkMinimumShift', m, 12, 26);
+  const chunkMaximumInQueue = optionalInteger(p, 'chunkMaximumInQueue', m, 1, 65536);
   return {
-    deviceCapacity: cbt.capacity,
-    blockSize: cbt.blockSize,
-    blockCount: cbt.blockCount,
-    generationId: cbt.generationId,
-    changesNumber: cbt.previousNumber,
+    devices,
+    diffStorage: requireString(p, 'diffStorage', m),
+    limit: requireInteger(p, 'limit', m, 4096),
+    ...(diffStorageMinimum === undefined ? {} : { diffStorageMinimum }),
+    ...(chunkMinimumShift === undefined ? {} : { chunkMinimumShift }),
+    ...(chunkMaximumInQueue === undefined ? {} : { chunkMaximumInQueue }),
   };
 }
 
 /**
- * The extents of a file on a filesystem mounted from a device's block device, as byte ranges of the
- * device. The file lies on this daemon's own device by design: every call on it runs in the thread
- * pool (os/async-fs.ts), since its blocks may have to come through this very event loop.
+ * One entry: the method's name, and a handler whose result is the method's result type. `run`
+ * gets the params parsed, so a handler reads as "method → service call".
  */
-async function fileRanges(file: string, deviceName: string, ctx: DaemonContext): Promise<Array<{ offset: number; length: number }>> {
-  const blockDevice = ctx.loopDevices.get(deviceName);
-  if (!blockDevice) throw new BlkError('EINVAL', `device ${deviceName} has no block device (attach it with --loop) to hold ${file}`);
-  return fileExtentsOn(file, blockDevice);
+function on<P, R>(m: api.Method<P, R>, run: (p: Params, method: string) => Promise<R> | R): [string, Handler] {
+  return [m.name, async (p) => run(p, m.name)];
 }
 
-function lookup(p: Params, ctx: DaemonContext, method: string): Promise<Device> {
-  return ctx.registry.find(requireString(p, 'device', method));
+/** The control methods over a service. */
+export function controlHandlers(s: ControlService): ReadonlyMap<string, Handler> {
+  const device = (p: Params, m: string): string => requireString(p, 'device', m);
+  /** The empty result of a method that answers only "done". */
+  const done = (work: Promise<void>): Promise<Record<string, never>> => work.then(() => ({}));
+  return new Map<string, Handler>([
+    on(api.Version, () => s.version()),
+    on(api.DeviceAttach, (p, m) => s.attach(parseAttach(p, m))),
+    on(api.DeviceDetach, (p, m) => done(s.detach(device(p, m)))),
+    on(api.DeviceList, () => ({ devices: s.list() })),
+    on(api.CbtGetInfo, (p, m) => s.cbtInfo(device(p, m))),
+    on(api.CbtRead, (p, m) => s.readCbt(device(p, m), requireInteger(p, 'offset', m), requireInteger(p, 'length', m, 0, limits.maximumCbtReadLength))),
+    on(api.CbtMarkDirty, (p, m) => done(s.markDirty(device(p, m), parseDirty(p, m)))),
+    on(api.CbtSwitch, (p, m) => s.switchCbt(device(p, m))),
+    on(api.SnapshotCreate, (p, m) => s.createSnapshot(parseSnapshotCreate(p, m))),
+    on(api.SnapshotAdd, (p, m) => done(s.addToSnapshot(snapshotId(p, m), device(p, m)))),
+    on(api.SnapshotTake, (p, m) => s.takeSnapshot(snapshotId(p, m))),
+    on(api.SnapshotCollect, () => ({ ids: s.snapshotIds() })),
+    on(api.SnapshotGetInfo, (p, m) => s.snapshotInfo(device(p, m))),
+    on(api.SnapshotWaitEvent, (p, m) => s.waitEvent(snapshotId(p, m), requireInteger(p, 'timeoutMs', m, 0, MAXIMUM_WAIT_MS))),
+    on(api.SnapshotDestroy, (p, m) => done(s.destroySnapshot(snapshotId(p, m)))),
+  ]);
 }
-
-const deviceHandlers: Record<string, Handler> = {
-  async [api.Version.name]() {
-    return { version: BLKSNAP_VERSION, protocol: api.CONTROL_PROTOCOL_VERSION } satisfies api.VersionResult;
-  },
-
-  async [api.DeviceAttach.name](p, ctx) {
-    const m = api.DeviceAttach.name;
-    const path = requireString(p, 'path', m);
-    const name = optionalString(p, 'name', m);
-    const readOnly = optionalBoolean(p, 'readOnly', m) ?? false;
-    const tracking = optionalBoolean(p, 'tracking', m) ?? true;
-    await ctx.refuseOwnPath(path, 'store');
-    const storage = await FileStorage.open(path, { readOnly, ...ctx.storageOptions });
-    const device = await ctx.registry.attach(storage, { tracking, ...(name === undefined ? {} : { name }) });
-    ctx.log(`attached ${device.path} as ${device.name} (${device.size} bytes${readOnly ? ', read-only' : ''}${tracking ? '' : ', untracked'})`);
-    if (optionalBoolean(p, 'loop', m) ?? ctx.isLoopForAll) {
-      try {
-        await ctx.loopDevices.expose(device.name);
-      } catch (e) {
-        await ctx.registry.detach(device);
-        throw e;
-      }
-    }
-    return deviceInfo(device, ctx);
-  },
-
-  async [api.DeviceDetach.name](p, ctx) {
-    const device = await lookup(p, ctx, api.DeviceDetach.name);
-    ctx.registry.checkDetachable(device); // before its block device goes away
-    const mounted = ctx.loopDevices.mountPoints(device.name);
-    if (mounted.length) throw new BlkError('EBUSY', `device ${device.name} is mounted on ${mounted.join(', ')}; unmount it first`);
-    await ctx.loopDevices.release(device.name);
-    await ctx.registry.detach(device);
-    ctx.log(`detached ${device.name}`);
-    return {};
-  },
-
-  async [api.DeviceList.name](_p, ctx) {
-    return { devices: ctx.registry.devices().map((d) => deviceInfo(d, ctx)) };
-  },
-
-  async [api.CbtGetInfo.name](p, ctx) {
-    return cbtInfo(await lookup(p, ctx, api.CbtGetInfo.name));
-  },
-
-  async [api.CbtRead.name](p, ctx) {
-    const m = api.CbtRead.name;
-    const device = await lookup(p, ctx, m);
-    const offset = requireInteger(p, 'offset', m);
-    const length = requireInteger(p, 'length', m, 0, limits.maximumCbtReadLength);
-    const cbt = device.tracker.cbt;
-    if (offset > cbt.blockCount) throw new BlkError('EINVAL', `${m}: offset ${offset} is past the map's ${cbt.blockCount} blocks`);
-    return { offset, data: Buffer.from(cbt.readMap(offset, length)).toString('base64') } satisfies api.CbtReadResult;
-  },
-
-  async [api.CbtMarkDirty.name](p, ctx) {
-    const m = api.CbtMarkDirty.name;
-    const device = await lookup(p, ctx, m);
-    const file = optionalString(p, 'file', m);
-    if (file !== undefined) {
-      device.markDirty(await fileRanges(file, device.name, ctx));
-      return {};
-    }
-    const ranges = requireArray(p, 'ranges', m, 65536).map((r, i) => {
-      const range = asParams(r, `${m} ranges[${i}]`);
-      const sector = requireInteger(range, 'sector', `${m} ranges[${i}]`);
-      const count = requireInteger(range, 'count', `${m} ranges[${i}]`, 1);
-      return { offset: sector * SECTOR_SIZE, length: count * SECTOR_SIZE };
-    });
-    device.markDirty(ranges);
-    return {};
-  },
-
-  async [api.CbtSwitch.name](p, ctx) {
-    const device = await lookup(p, ctx, api.CbtSwitch.name);
-    const tracker = device.tracker;
-    await tracker.hold();
-    try {
-      await device.storage.flush();
-      tracker.switchCbt();
-    } finally {
-      tracker.release();
-    }
-    return cbtInfo(device);
-  },
-};
-
-const handlers: Record<string, Handler> = { ...deviceHandlers, ...snapshotHandlers };
 
 /** Runs one method; unknown methods are EINVAL. */
-export function dispatch(method: string, params: unknown, ctx: DaemonContext): Promise<unknown> {
-  const handler = Object.hasOwn(handlers, method) ? handlers[method] : undefined;
+export function dispatch(handlers: ReadonlyMap<string, Handler>, method: string, params: unknown): Promise<unknown> {
+  const handler = handlers.get(method);
   if (!handler) return Promise.reject(new BlkError('EINVAL', `unknown control method '${method}'`));
   try {
-    return handler(asParams(params, method), ctx);
+    return handler(asParams(params, method));
   } catch (e) {
     return Promise.reject(e);
   }

@@ -5,7 +5,7 @@ import { BlkError, toBlkError } from '../errors.js';
 import { claimSocketPath } from '../os/socket-path.js';
 import { control as limits } from '../params.js';
 import { LineFramer } from './framing.js';
-import { dispatch, type DaemonContext } from './handlers.js';
+import { dispatch, type Handler } from './handlers.js';
 import type { RpcResponse } from './protocol.js';
 
 const MAXIMUM_REQUESTS_IN_FLIGHT = 64;
@@ -21,11 +21,13 @@ export class ControlServer {
   #server: net.Server | null = null;
   #sockets = new Set<net.Socket>();
   #socketPath: string;
-  #ctx: DaemonContext;
+  #handlers: ReadonlyMap<string, Handler>;
+  #log: (line: string) => void;
 
-  constructor(socketPath: string, ctx: DaemonContext) {
+  constructor(socketPath: string, handlers: ReadonlyMap<string, Handler>, log: (line: string) => void) {
     this.#socketPath = socketPath;
-    this.#ctx = ctx;
+    this.#handlers = handlers;
+    this.#log = log;
   }
 
   async start(): Promise<void> {
@@ -53,7 +55,7 @@ export class ControlServer {
 
   #accept(socket: net.Socket): void {
     if (this.#sockets.size >= limits.maximumConnections) {
-      this.#ctx.log(`control connection refused: ${limits.maximumConnections} connections already`);
+      this.#log(`control connection refused: ${limits.maximumConnections} connections already`);
       socket.destroy();
       return;
     }
@@ -125,7 +127,7 @@ export class ControlServer {
       send(errorResponse(id, new BlkError('EINVAL', "control request has no 'method' string")));
       return Promise.resolve();
     }
-    return dispatch(method, params, this.#ctx).then(
+    return dispatch(this.#handlers, method, params).then(
       (result) => send({ jsonrpc: '2.0', id, result }),
       (e: unknown) => send(errorResponse(id, e)),
     );

@@ -6,6 +6,7 @@ import type { Device } from './device.js';
 import { DiffArea, type SnapshotHealth } from './diff-area.js';
 import { DiffStorage } from './diff-storage.js';
 import { EventQueue, type SnapshotEvent } from './event-queue.js';
+import { holdAll } from './hold.js';
 import { SnapImage } from './snap-image.js';
 
 export interface SnapshotOptions {
@@ -103,17 +104,10 @@ export class Snapshot implements SnapshotHealth {
     if (!diff) throw new BlkError('EINVAL', `snapshot ${this.id} has no difference storage`);
     this.#phase = 'taking';
     const devices = this.#devices;
-    const held: Device[] = [];
     const published: SnapImage[] = [];
+    let release: (() => void) | null = null;
     try {
-      // Every device is held before any drain is awaited: a device that cannot be held (EBUSY)
-      // fails the take at once, and the finally below releases exactly those held.
-      const drains: Array<Promise<void>> = [];
-      for (const d of devices) {
-        drains.push(d.tracker.hold());
-        held.push(d);
-      }
-      await Promise.all(drains);
+      release = await holdAll(devices.map((d) => d.tracker));
       await Promise.all(devices.map((d) => d.storage.flush()));
       // All that can fail comes before the CBT switch, so a failed take leaves no trace.
       const capacities = devices.map((d) => d.storage.probeSize());
@@ -141,7 +135,7 @@ export class Snapshot implements SnapshotHealth {
       this.#phase = 'created';
       throw e;
     } finally {
-      for (const d of held) d.tracker.release();
+      release?.();
     }
   }
 

@@ -31,7 +31,7 @@ export class LoopDevices {
 
   constructor(options: LoopDevicesOptions) {
     this.#options = options;
-    this.#recordFile = path.join(options.stateDir, 'loop-devices.json');
+    this.#recordFile = path.join(options.stateDir, 'block-devices.json');
     this.#fuseDir = path.join(options.stateDir, 'fuse');
     this.#log = options.log;
   }

@@ -14,6 +14,7 @@ import { ByteQueue } from '../../src/util/byte-queue.js';
 import type { Device } from '../../src/core/device.js';
 import { mutate, split, type Field, type Rng } from './mutate.js';
 import { RawNbd } from '../helpers/raw-nbd.js';
+import * as api from '../../src/control/protocol.js';
 
 export interface FuzzTarget {
   name: string;
@@ -343,7 +344,7 @@ export function fuseTarget(): FuzzTarget {
 
 // ---- control protocol, against a daemon in this process ----------------------------------------
 
-const METHODS = ['version', 'device.attach', 'device.detach', 'device.list', 'cbt.getInfo', 'cbt.read', 'cbt.markDirty', 'cbt.switch', 'snapshot.create', 'snapshot.add', 'snapshot.take', 'snapshot.collect', 'snapshot.getInfo', 'snapshot.waitEvent', 'snapshot.destroy'];
+const METHODS = [api.Version, api.DeviceAttach, api.DeviceDetach, api.DeviceList, api.CbtGetInfo, api.CbtRead, api.CbtMarkDirty, api.CbtSwitch, api.SnapshotCreate, api.SnapshotAdd, api.SnapshotTake, api.SnapshotCollect, api.SnapshotGetInfo, api.SnapshotWaitEvent, api.SnapshotDestroy].map((m) => m.name);
 
 function rssBytes(): number {
   return process.memoryUsage().rss;

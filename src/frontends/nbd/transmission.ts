@@ -1,4 +1,4 @@
-// Owns the NBD transmission phase of one connection: request parsing, dispatch to the device, replies.
+// Owns running one connection's NBD requests (handed over by its RequestReader) and their replies: dispatch to the device, read strategies (page cache at once, sendfile, thread pool), block status, errors.
 import type { Socket } from 'node:net';
 import { IoFlag, type BlockDevice, type IoFlags } from '../../core/block-device.js';
 import { BlkError, toBlkError, toNbdErrno } from '../../errors.js';
@@ -7,22 +7,18 @@ import { bytesReadable } from '../../os/libc.js';
 import { ioBuffers } from '../../util/buffer-pool.js';
 import type { ByteQueue } from '../../util/byte-queue.js';
 import type { Agreement } from './handshake.js';
-import { IncomingWrite } from './incoming-write.js';
+import type { IncomingWrite } from './incoming-write.js';
+import { RequestReader, type RequestSink, type TransmissionStep } from './request-reader.js';
 import { ReplyWriter } from './reply-writer.js';
 import * as w from './wire.js';
 
-/** Write payloads from this size on are received straight into their own buffer. */
-const DIRECT_PAYLOAD_MINIMUM = 128 * 1024;
 /** What a reply cut short by a full socket queues to learn when the socket has room again. */
 const WAIT_PIECE_BYTES = 64 * 1024;
 const EMPTY = Buffer.alloc(0);
 /** Writes from this size on go to the thread pool while the client has sent more requests. */
 const BACKGROUND_WRITE_MINIMUM = 256 * 1024;
-/** A streamed write whose client sends nothing for this long stops streaming (see #checkStall). */
-const STREAM_STALL_MS = 1000;
 
-
-export type TransmissionStep = { kind: 'more' } | { kind: 'paused' } | { kind: 'close'; reason: string };
+export type { TransmissionStep } from './request-reader.js';
 
 /** The command flags each command accepts; anything else is EINVAL. */
 const ALLOWED_FLAGS: Readonly<Record<number, number>> = {
@@ -42,26 +38,19 @@ const ALLOWED_FLAGS: Readonly<Record<number, number>> = {
  * so replies never interleave. Reading pauses while too many requests or bytes are in flight or
  * while the client does not read its replies: memory stays bounded whatever the client sends.
  */
-export class Transmission {
+export class Transmission implements RequestSink {
   #socket: Socket;
   #device: BlockDevice;
   #agreement: Agreement;
-  #pending: w.RequestHeader | null = null;
-  /** A large write payload being received straight into its own buffer (see receiveTarget). */
-  #incoming: IncomingWrite | null = null;
-  #skipLeft = 0;
-  #skipError: BlkError | null = null;
+  #reader: RequestReader;
   #requestsInFlight = 0;
   #bytesInFlight = 0;
-  #isDisconnecting = false;
   /** The receive queue feed() works on: replies wait (corked) while it holds more requests. */
   #queue: ByteQueue | null = null;
   /** The socket's descriptor for replies sent by the kernel (sendfile); -1 when unknown. */
   #socketFd: number;
   #replies: ReplyWriter;
   #onProgress: () => void;
-  /** The streamed payload and its progress when the stall check was armed; null when not armed. */
-  #stallWatch: { incoming: IncomingWrite; filled: number } | null = null;
 
   /** Reads from this size on are sent with sendfile where the device can; 0: never. */
   #sendFileMinimum: number;
@@ -74,6 +63,7 @@ export class Transmission {
     this.#agreement = agreement;
     this.#device = agreement.device;
     this.#onProgress = onProgress;
+    this.#reader = new RequestReader(agreement.device, this);
   }
 
   get isIdle(): boolean {
@@ -81,7 +71,7 @@ export class Transmission {
   }
 
   get isDisconnecting(): boolean {
-    return this.#isDisconnecting;
+    return this.#reader.isDisconnecting;
   }
 
   get isBusy(): boolean {
@@ -96,128 +86,49 @@ export class Transmission {
 
   feed(queue: ByteQueue): TransmissionStep {
     this.#queue = queue;
-    for (;;) {
-      if (this.#isDisconnecting) {
-        queue.clear();
-        return { kind: 'more' };
-      }
-      if (this.#skipLeft > 0) {
-        this.#skipLeft -= queue.skip(this.#skipLeft);
-        if (this.#skipLeft > 0) return { kind: 'more' };
-        const header = this.#pending as w.RequestHeader;
-        this.#pending = null;
-        this.#replyError(header, this.#skipError as BlkError);
-        continue;
-      }
-      if (this.#incoming !== null) {
-        // The socket chooses the buffer of its next read when the previous read is handled, so
-        // bytes of a payload that started outside a read (resumed after a pause) land in the
-        // queue: they belong to the payload.
-        if (queue.length === 0) return { kind: 'more' };
-        const target = this.#incoming.target;
-        const n = Math.min(queue.length, target.length);
-        queue.takeInto(target, n);
-        this.received(n);
-        continue;
-      }
-      if (this.#pending !== null) {
-        const header = this.#pending;
-        if (queue.length < header.length) {
-          if (header.length < DIRECT_PAYLOAD_MINIMUM) return { kind: 'more' };
-          // The socket reads the rest of this payload straight into its buffer (receiveTarget);
-          // where the device can, its parts land as they come.
-          const incoming = new IncomingWrite(header, queue, this.#device);
-          this.#incoming = incoming;
-          if (incoming.isStreamed) {
-            this.#requestsInFlight++;
-            this.#bytesInFlight += header.length;
-            this.#watchStall();
-          }
-          return { kind: 'more' };
-        }
-        this.#pending = null;
-        // A payload that arrived in several socket chunks goes to the store as they are (pwritev).
-        if (this.#device.writeChunks && !queue.isContiguous(header.length)) this.#dispatch(header, queue.takeChunks(header.length));
-        else this.#dispatch(header, queue.take(header.length, ioBuffers));
-        continue;
-      }
-      if (this.isBusy) return { kind: 'paused' };
-      if (queue.length < w.REQUEST_HEADER_LENGTH) return { kind: 'more' };
-      const header = w.decodeRequestHeader(queue.take(w.REQUEST_HEADER_LENGTH));
-      if (!header.isMagicValid) return { kind: 'close', reason: 'bad request magic' };
-      if (header.type === w.NBD_CMD_WRITE) {
-        const error = this.#checkWrite(header);
-        this.#pending = header;
-        if (error) {
-          // The payload is consumed without being kept, then the error is replied.
-          this.#skipLeft = header.length;
-          this.#skipError = error;
-          if (header.length === 0) {
-            this.#pending = null;
-            this.#replyError(header, error);
-          }
-        }
-        continue;
-      }
-      if (header.type === w.NBD_CMD_DISC) {
-        this.#isDisconnecting = true;
-        this.#onProgress();
-        continue;
-      }
-      this.#dispatch(header, undefined);
-    }
+    return this.#reader.feed(queue);
   }
 
-  /**
-   * Where the socket should read next when a large write's payload is under way: the unfilled
-   * part of that payload's buffer, so the kernel copies it there once and nothing copies it
-   * again; null otherwise (the socket reads into a fresh chunk for the queue).
-   */
+  /** See RequestReader.receiveTarget. */
   receiveTarget(): Buffer | null {
-    return this.#incoming?.target ?? null;
+    return this.#reader.receiveTarget();
   }
 
-  /** `n` more bytes of the payload are in the buffer receiveTarget() gave; the write completes once it is whole. */
   received(n: number): void {
-    const incoming = this.#incoming as IncomingWrite;
-    if (!incoming.received(n)) return;
-    this.#incoming = null;
-    this.#pending = null;
-    if (incoming.isStreamed) this.#finishStreamed(incoming);
-    else this.#dispatch(incoming.header, incoming.payload);
+    this.#reader.received(n);
   }
 
   /** The connection is gone: a payload under way gives back its buffer (a streamed write ends with what landed). */
   dispose(): void {
-    this.#incoming?.dispose();
-    this.#incoming = null;
+    this.#reader.dispose();
   }
 
-  /**
-   * A streamed write is in flight for the device until its last byte came, and a take waits for
-   * the writes in flight. A client that stops mid-payload must not hold a take (or a detach)
-   * back: after STREAM_STALL_MS without a byte, what landed stays, the stream ends, and the rest
-   * is written as a write of its own once it comes. Only then can a take fall inside this write.
-   * One timer per connection, armed while a write streams.
-   */
-  #watchStall(): void {
-    const incoming = this.#incoming;
-    if (this.#stallWatch !== null || incoming === null) return;
-    this.#stallWatch = { incoming, filled: incoming.filled };
-    setTimeout(() => this.#checkStall(), STREAM_STALL_MS).unref();
+  // ---- RequestSink: what the reader hands over ----
+
+  checkWrite(h: w.RequestHeader): BlkError | null {
+    if (h.length > limits.maximumBlockSize) return new BlkError('EINVAL', `write of ${h.length} bytes exceeds the maximum block size ${limits.maximumBlockSize}`);
+    return this.#validate(h);
   }
 
-  #checkStall(): void {
-    const watch = this.#stallWatch;
-    this.#stallWatch = null;
-    const incoming = this.#incoming;
-    if (incoming === null || !incoming.isStreaming) return; // the next streamed write watches again
-    if (watch?.incoming === incoming && watch.filled === incoming.filled) return incoming.stopStreaming();
-    this.#watchStall();
+  run(h: w.RequestHeader, payload: Buffer | Buffer[] | undefined): void {
+    this.#dispatch(h, payload);
+  }
+
+  refuse(h: w.RequestHeader, error: BlkError): void {
+    this.#replyError(h, error);
+  }
+
+  streamStarted(h: w.RequestHeader): void {
+    this.#requestsInFlight++;
+    this.#bytesInFlight += h.length;
+  }
+
+  disconnect(): void {
+    this.#onProgress();
   }
 
   /** A streamed write's payload is whole: replies once every part landed. */
-  #finishStreamed(incoming: IncomingWrite): void {
+  streamWhole(incoming: IncomingWrite): void {
     const h = incoming.header;
     void incoming.finish(this.#device).then(
       () => this.#replyOk(h),
@@ -228,11 +139,6 @@ export class Transmission {
       this.#bytesInFlight -= h.length;
       this.#onProgress();
     });
-  }
-
-  #checkWrite(h: w.RequestHeader): BlkError | null {
-    if (h.length > limits.maximumBlockSize) return new BlkError('EINVAL', `write of ${h.length} bytes exceeds the maximum block size ${limits.maximumBlockSize}`);
-    return this.#validate(h);
   }
 
   #validate(h: w.RequestHeader): BlkError | null {

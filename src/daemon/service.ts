@@ -1,0 +1,247 @@
+// Owns the daemon's life-cycle operations in one place: attach and detach (with kernel block devices),
+// create, take (freeze, switch, images, their block devices, rollback), destroy, and the CBT switch.
+import { FileStorage, type FileStorageOptions } from '../backing/file-storage.js';
+import * as api from '../control/protocol.js';
+import type { ControlService, DirtyRanges } from '../control/service.js';
+import type { Device } from '../core/device.js';
+import { holdAll } from '../core/hold.js';
+import { imageName, type Registry } from '../core/registry.js';
+import type { Snapshot } from '../core/snapshot.js';
+import { BlkError, toBlkError } from '../errors.js';
+import { fileExtentsOn, freezeMountPoint } from '../os/async-fs.js';
+import type { LoopDevices } from './loop-devices.js';
+import type { OwnPaths } from './own-paths.js';
+
+export const BLKSNAP_VERSION = '2.0.0';
+
+export interface ServiceOptions {
+  registry: Registry;
+  loopDevices: LoopDevices;
+  ownPaths: OwnPaths;
+  /** NBD URI of an export on the daemon's Unix socket. */
+  exportUri(name: string): string;
+  /** Options every attached store gets. */
+  storageOptions: FileStorageOptions;
+  /** Every attached device gets a kernel block device (blksnapd --loop). */
+  isLoopForAll: boolean;
+  log(line: string): void;
+}
+
+/**
+ * blksnap's ioctls, as one object: the control handlers and the daemon's own start-up call it; the
+ * core (registry, snapshot, tracker) and the kernel block devices are reached only from here.
+ */
+export class BlksnapService implements ControlService {
+  #o: ServiceOptions;
+
+  constructor(options: ServiceOptions) {
+    this.#o = options;
+  }
+
+  version(): api.VersionResult {
+    return { version: BLKSNAP_VERSION, protocol: api.CONTROL_PROTOCOL_VERSION };
+  }
+
+  /** Opens the store (refused when it lies on one of our own devices), attaches it, gives it a block device if asked. */
+  async attach(p: api.AttachParams): Promise<api.DeviceInfo> {
+    const { registry, loopDevices, log } = this.#o;
+    await this.#o.ownPaths.refuseOwn(p.path, 'store');
+    const readOnly = p.readOnly ?? false;
+    const tracking = p.tracking ?? true;
+    const storage = await FileStorage.open(p.path, { readOnly, ...this.#o.storageOptions });
+    const device = await registry.attach(storage, { tracking, ...(p.name === undefined ? {} : { name: p.name }) });
+    log(`attached ${device.path} as ${device.name} (${device.size} bytes${readOnly ? ', read-only' : ''}${tracking ? '' : ', untracked'})`);
+    if (p.loop ?? this.#o.isLoopForAll) {
+      try {
+        await loopDevices.expose(device.name);
+      } catch (e) {
+        await registry.detach(device);
+        throw e;
+      }
+    }
+    return this.#deviceInfo(device);
+  }
+
+  async detach(name: string): Promise<void> {
+    const { registry, loopDevices, log } = this.#o;
+    const device = await registry.find(name);
+    registry.checkDetachable(device); // before its block device goes away
+    const mounted = loopDevices.mountPoints(device.name);
+    if (mounted.length) throw new BlkError('EBUSY', `device ${device.name} is mounted on ${mounted.join(', ')}; unmount it first`);
+    await loopDevices.release(device.name);
+    await registry.detach(device);
+    log(`detached ${device.name}`);
+  }
+
+  list(): api.DeviceInfo[] {
+    return this.#o.registry.devices().map((d) => this.#deviceInfo(d));
+  }
+
+  async cbtInfo(name: string): Promise<api.CbtInfo> {
+    return cbtInfo(await this.#o.registry.find(name));
+  }
+
+  async readCbt(name: string, firstBlock: number, blockCount: number): Promise<api.CbtReadResult> {
+    const cbt = (await this.#o.registry.find(name)).tracker.cbt;
+    if (firstBlock > cbt.blockCount) throw new BlkError('EINVAL', `cbt.read: offset ${firstBlock} is past the map's ${cbt.blockCount} blocks`);
+    return { offset: firstBlock, data: Buffer.from(cbt.readMap(firstBlock, blockCount)).toString('base64') };
+  }
+
+  async markDirty(name: string, what: DirtyRanges): Promise<void> {
+    const device = await this.#o.registry.find(name);
+    if ('ranges' in what) return device.markDirty(what.ranges);
+    const blockDevice = this.#o.loopDevices.get(device.name);
+    if (!blockDevice) throw new BlkError('EINVAL', `device ${device.name} has no block device (attach it with --loop) to hold ${what.file}`);
+    // The file lies on this daemon's own device by design: os/async-fs.ts keeps it off the event loop.
+    device.markDirty(await fileExtentsOn(what.file, blockDevice));
+  }
+
+  /** The take's CBT step alone: hold, flush, switch, release. */
+  async switchCbt(name: string): Promise<api.CbtInfo> {
+    const device = await this.#o.registry.find(name);
+    const release = await holdAll([device.tracker]);
+    try {
+      await device.storage.flush();
+      device.tracker.switchCbt();
+    } finally {
+      release();
+    }
+    return cbtInfo(device);
+  }
+
+  async createSnapshot(p: api.SnapshotCreateParams): Promise<{ id: string }> {
+    const { registry, log } = this.#o;
+    const devices = await Promise.all(p.devices.map((n) => registry.find(n)));
+    if (new Set(devices).size !== devices.length) throw new BlkError('EINVAL', 'snapshot.create: a device is listed twice');
+    await this.#o.ownPaths.refuseOwn(p.diffStorage, 'difference storage', (name, what) =>
+      devices.some((d) => d.name === name) ? new BlkError('EINVAL', `${what} is a device of this snapshot (${name})`) : new BlkError('EBUSY', `${what} is the store of attached device ${name}, in use`),
+    );
+    const snapshot = await registry.createSnapshot(devices, {
+      diffStorage: p.diffStorage,
+      limit: p.limit,
+      ...(p.diffStorageMinimum === undefined ? {} : { diffStorageMinimum: p.diffStorageMinimum }),
+      ...(p.chunkMinimumShift === undefined ? {} : { chunkMinimumShift: p.chunkMinimumShift }),
+      ...(p.chunkMaximumInQueue === undefined ? {} : { chunkMaximumInQueue: p.chunkMaximumInQueue }),
+    });
+    log(`snapshot ${snapshot.id} created: ${devices.map((d) => d.name).join(', ')}; difference storage ${p.diffStorage} (${snapshot.diffStorage?.kind}), limit ${p.limit}`);
+    snapshot.events.onPush((e) => log(`snapshot ${snapshot.id}: ${e.code} ${JSON.stringify(e.data)}`));
+    return { id: snapshot.id };
+  }
+
+  async addToSnapshot(id: string, name: string): Promise<void> {
+    this.#o.registry.snapshot(id).add(await this.#o.registry.find(name));
+  }
+
+  /**
+   * The whole take: filesystems mounted from the devices' block devices are frozen across it (off
+   * the event loop: the freeze's write-back comes through this daemon), so the images are
+   * filesystem-consistent; a failed freeze is a warning, not a failure. The core take holds,
+   * switches and publishes the images or leaves no trace. Then devices with a block device get
+   * one for their image too.
+   */
+  async takeSnapshot(id: string): Promise<{ id: string; warnings: string[] }> {
+    const { registry, loopDevices, log } = this.#o;
+    const snapshot = registry.snapshot(id);
+    const started = process.hrtime.bigint();
+    const warnings: string[] = [];
+    const thaws: Array<{ thaw: () => Promise<void>; mountPoint: string }> = [];
+    for (const device of snapshot.devices) {
+      for (const mountPoint of loopDevices.mountPoints(device.name)) {
+        try {
+          thaws.push({ thaw: await freezeMountPoint(mountPoint), mountPoint });
+        } catch (e) {
+          const warning = `cannot freeze ${mountPoint} of ${device.name}: ${toBlkError(e).toString()}; the image is crash-consistent only`;
+          log(warning);
+          warnings.push(warning);
+        }
+      }
+    }
+    try {
+      await snapshot.take((device) => imageName(device.name));
+    } finally {
+      for (const { thaw, mountPoint } of thaws) await thaw().catch((e: unknown) => log(`cannot thaw ${mountPoint}: ${String(e)}`));
+    }
+    for (const device of snapshot.devices) {
+      const image = snapshot.image(device);
+      if (!image || !loopDevices.get(device.name)) continue;
+      try {
+        await loopDevices.expose(image.name);
+      } catch (e) {
+        const warning = `image ${image.name} has no block device: ${toBlkError(e).toString()}`;
+        log(warning);
+        warnings.push(warning);
+      }
+    }
+    const ms = Number(process.hrtime.bigint() - started) / 1e6;
+    log(`snapshot ${snapshot.id} taken in ${ms.toFixed(1)} ms${warnings.length ? `; ${warnings.join('; ')}` : ''}`);
+    return { id: snapshot.id, warnings };
+  }
+
+  snapshotIds(): string[] {
+    return this.#o.registry.snapshots().map((s) => s.id);
+  }
+
+  async snapshotInfo(name: string): Promise<api.SnapshotInfo> {
+    const device = await this.#o.registry.find(name);
+    const id = device.tracker.snapshotId;
+    if (id === null) return { id: null, errorCode: 0, image: null };
+    const snapshot = this.#o.registry.snapshot(id);
+    const image = snapshot.image(device);
+    const blockDevice = image ? this.#o.loopDevices.get(image.name) : undefined;
+    return {
+      id,
+      errorCode: snapshot.error ? -snapshot.error.errno : 0,
+      image: image ? { name: image.name, uri: this.#o.exportUri(image.name), ...(blockDevice ? { blockDevice } : {}) } : null,
+    };
+  }
+
+  async waitEvent(id: string, timeoutMs: number): Promise<api.SnapshotEventResult> {
+    const event = await this.#o.registry.snapshot(id).waitEvent(timeoutMs);
+    if (!event) return { code: 'timeout', time: Date.now(), data: {} };
+    return { code: event.code, time: event.time, data: { ...event.data } };
+  }
+
+  /** Images' block devices first, then the snapshot (copy-on-write stops, images close, store closes). */
+  async destroySnapshot(id: string): Promise<void> {
+    await this.#destroy(this.#o.registry.snapshot(id));
+    this.#o.log(`snapshot ${id} destroyed`);
+  }
+
+  /** Destroys every snapshot (daemon stop); failures are logged, the rest go on. */
+  async destroyAll(): Promise<void> {
+    for (const snapshot of this.#o.registry.snapshots()) await this.#destroy(snapshot).catch((e: unknown) => this.#o.log(String(e)));
+  }
+
+  async #destroy(snapshot: Snapshot): Promise<void> {
+    if (snapshot.phase === 'taking') throw new BlkError('EBUSY', `snapshot ${snapshot.id} is being taken`);
+    for (const device of snapshot.devices) {
+      const image = snapshot.image(device);
+      if (image) await this.#o.loopDevices.release(image.name);
+    }
+    await this.#o.registry.destroySnapshot(snapshot);
+  }
+
+  #deviceInfo(device: Device): api.DeviceInfo {
+    const blockDevice = this.#o.loopDevices.get(device.name);
+    return {
+      name: device.name,
+      path: device.path,
+      size: device.size,
+      uri: this.#o.exportUri(device.name),
+      ...(blockDevice ? { blockDevice } : {}),
+      readOnly: device.isReadOnly,
+      tracking: device.tracker.isTracking,
+    };
+  }
+}
+
+function cbtInfo(device: Device): api.CbtInfo {
+  const cbt = device.tracker.cbt;
+  return {
+    deviceCapacity: cbt.capacity,
+    blockSize: cbt.blockSize,
+    blockCount: cbt.blockCount,
+    generationId: cbt.generationId,
+    changesNumber: cbt.previousNumber,
+  };
+}
