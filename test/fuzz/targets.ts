@@ -442,7 +442,8 @@ export function controlTarget(): FuzzTarget {
     },
     async run(rng) {
       const b = contain(line(rng));
-      pending++;
+      // A blank line is no request (JSON-RPC over lines skips it) and gets no reply.
+      if (b.toString('utf8').trim() !== '') pending++;
       if (!socket.write(b)) await new Promise((r) => socket.once('drain', r));
       // A line the server cannot frame ends the connection: connect again.
       if (socket.destroyed) fail('control connection closed');
