@@ -1,22 +1,12 @@
 // Owns an attached device: its backing store, its tracker, and the checked I/O every front end calls.
 import type { Extent, Storage } from '../backing/storage.js';
-import { BlkError } from '../errors.js';
-import { Emitter } from '../util/emitter.js';
 import { totalLength } from '../util/byte-queue.js';
-import { InFlight } from '../util/in-flight.js';
 import { IoFlag, type BlockDevice, type IoFlags } from './block-device.js';
+import { RequestGate, checkRange } from './request-gate.js';
 import { Tracker } from './tracker.js';
 import { WriteStream } from './write-stream.js';
 
-/** Checks a request range against a size; `pastEnd` is the errno for a range beyond it. */
-export function checkRange(what: string, offset: number, length: number, size: number, pastEnd: 'EINVAL' | 'ENOSPC'): void {
-  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
-    throw new BlkError('EINVAL', `${what}: invalid range ${offset}+${length}`);
-  }
-  if (offset + length > size) {
-    throw new BlkError(pastEnd, `${what}: range ${offset}+${length} lies past the end (${size} bytes)`, { offset, length, size });
-  }
-}
+export { checkRange } from './request-gate.js';
 
 /**
  * A device attached to the daemon. The daemon is the only writer of its store; every write goes
@@ -27,15 +17,15 @@ export class Device implements BlockDevice {
   readonly storage: Storage;
   readonly tracker: Tracker;
   readonly canTrim = true;
-  #ops = new InFlight();
-  #isClosing = false;
-  #closeEmitter = new Emitter<void>();
-  readonly onClose = this.#closeEmitter.event;
+  #gate: RequestGate;
+  readonly onClose: RequestGate['onClose'];
 
   constructor(name: string, storage: Storage, options: { tracking?: boolean } = {}) {
     this.name = name;
     this.storage = storage;
     this.tracker = new Tracker(storage, options);
+    this.#gate = new RequestGate(() => `device ${name}`, () => storage.size, () => storage.isReadOnly);
+    this.onClose = this.#gate.onClose;
   }
 
   get path(): string {
@@ -51,18 +41,17 @@ export class Device implements BlockDevice {
   }
 
   read(offset: number, into: Uint8Array): Promise<void> {
-    this.#begin('read', offset, into.length, 'EINVAL');
-    return this.storage.read(offset, into).finally(() => this.#end());
+    return this.#gate.around('read', offset, into.length, () => this.storage.read(offset, into));
   }
 
   readNow(offset: number, into: Uint8Array): boolean {
     const storage = this.storage;
     if (!storage.readNow) return false;
-    this.#begin('read', offset, into.length, 'EINVAL');
+    this.#gate.enter('read', offset, into.length);
     try {
       return storage.readNow(offset, into);
     } finally {
-      this.#end();
+      this.#gate.leave();
     }
   }
 
@@ -75,16 +64,16 @@ export class Device implements BlockDevice {
   sendTo(fd: number, prefix: Uint8Array, offset: number, length: number): number | null {
     const storage = this.storage;
     if (!storage.sendTo || !storage.isCached) return null;
-    this.#begin('read', offset, length, 'EINVAL');
+    this.#gate.enter('read', offset, length);
     try {
       return storage.isCached(offset, length) ? storage.sendTo(fd, prefix, offset, length) : null;
     } finally {
-      this.#end();
+      this.#gate.leave();
     }
   }
 
   write(offset: number, data: Uint8Array, flags: IoFlags): Promise<void> {
-    this.#beginWrite('write', offset, data.length);
+    this.#gate.enterWrite('write', offset, data.length);
     return this.#tracked(offset, data.length, flags, () => this.storage.write(offset, data, (flags & IoFlag.Background) !== 0));
   }
 
@@ -96,7 +85,7 @@ export class Device implements BlockDevice {
     const tracker = this.tracker;
     const storage = this.storage;
     if (flags & (IoFlag.Fua | IoFlag.Background) || tracker.isHeld || tracker.diffArea !== null || !storage.writeNow) return false;
-    this.#beginWrite('write', offset, data.length);
+    this.#gate.enterWrite('write', offset, data.length);
     try {
       tracker.beginWrite();
       try {
@@ -107,17 +96,17 @@ export class Device implements BlockDevice {
         tracker.endWrite();
       }
     } finally {
-      this.#end();
+      this.#gate.leave();
     }
   }
 
   /** One write whose data comes in parts (see WriteStream); the caller must end() it. */
   streamWrite(offset: number, length: number, flags: IoFlags): WriteStream {
-    this.#beginWrite('write', offset, length);
+    this.#gate.enterWrite('write', offset, length);
     try {
-      return new WriteStream(this.tracker, this.storage, { offset, length, isFua: (flags & IoFlag.Fua) !== 0 }, () => this.#end());
+      return new WriteStream(this.tracker, this.storage, { offset, length, isFua: (flags & IoFlag.Fua) !== 0 }, () => this.#gate.leave());
     } catch (e) {
-      this.#end();
+      this.#gate.leave();
       throw e;
     }
   }
@@ -126,36 +115,33 @@ export class Device implements BlockDevice {
     const length = totalLength(chunks);
     const storage = this.storage;
     if (!storage.writeChunks) return this.write(offset, Buffer.concat(chunks as Buffer[]), flags);
-    this.#beginWrite('write', offset, length);
+    this.#gate.enterWrite('write', offset, length);
     const inBackground = (flags & IoFlag.Background) !== 0;
     return this.#tracked(offset, length, flags, () => (storage.writeChunks as NonNullable<Storage['writeChunks']>).call(storage, offset, chunks, inBackground));
   }
 
   zero(offset: number, length: number, flags: IoFlags): Promise<void> {
-    this.#beginWrite('write zeroes', offset, length);
+    this.#gate.enterWrite('write zeroes', offset, length);
     const mayTrim = (flags & IoFlag.MayTrim) !== 0;
     const fastOnly = (flags & IoFlag.FastZero) !== 0;
     return this.#tracked(offset, length, flags, () => this.storage.zero(offset, length, mayTrim, fastOnly));
   }
 
   trim(offset: number, length: number, flags: IoFlags): Promise<void> {
-    this.#beginWrite('trim', offset, length);
+    this.#gate.enterWrite('trim', offset, length);
     return this.#tracked(offset, length, flags, () => this.storage.trim(offset, length));
   }
 
   flush(): Promise<void> {
-    this.#begin('flush', 0, 0, 'EINVAL');
-    return this.storage.flush().finally(() => this.#end());
+    return this.#gate.around('flush', 0, 0, () => this.storage.flush());
   }
 
   extents(offset: number, length: number, maximumCount: number): Promise<Extent[]> {
-    this.#begin('block status', offset, length, 'EINVAL');
-    return this.storage.extents(offset, length, maximumCount).finally(() => this.#end());
+    return this.#gate.around('block status', offset, length, () => this.storage.extents(offset, length, maximumCount));
   }
 
   cache(offset: number, length: number): Promise<void> {
-    this.#begin('cache', offset, length, 'EINVAL');
-    return this.storage.cache(offset, length).finally(() => this.#end());
+    return this.#gate.around('cache', offset, length, () => this.storage.cache(offset, length));
   }
 
   /** Marks ranges dirty in both CBT maps (markdirtyblock). */
@@ -166,11 +152,7 @@ export class Device implements BlockDevice {
 
   /** Detach: refuses new I/O, waits for what is in flight, tells front ends, closes the store. */
   async close(): Promise<void> {
-    if (this.#isClosing) return;
-    this.#isClosing = true;
-    await this.#ops.idle();
-    this.#closeEmitter.fire();
-    await this.storage.close();
+    if (await this.#gate.close()) await this.storage.close();
   }
 
   async #tracked(offset: number, length: number, flags: IoFlags, land: () => Promise<void>): Promise<void> {
@@ -184,22 +166,7 @@ export class Device implements BlockDevice {
         this.tracker.endWrite();
       }
     } finally {
-      this.#end();
+      this.#gate.leave();
     }
-  }
-
-  #beginWrite(what: string, offset: number, length: number): void {
-    if (this.isReadOnly) throw new BlkError('EPERM', `${what}: device ${this.name} is read-only`);
-    this.#begin(what, offset, length, 'ENOSPC');
-  }
-
-  #begin(what: string, offset: number, length: number, pastEnd: 'EINVAL' | 'ENOSPC'): void {
-    if (this.#isClosing) throw new BlkError('ESHUTDOWN', `${what}: device ${this.name} is being detached`);
-    checkRange(what, offset, length, this.size, pastEnd);
-    this.#ops.enter();
-  }
-
-  #end(): void {
-    this.#ops.leave();
   }
 }

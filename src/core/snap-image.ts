@@ -1,10 +1,8 @@
 // Owns a snapshot image: the read-write block device showing a device as it was at the take.
 import type { Extent } from '../backing/storage.js';
-import { BlkError } from '../errors.js';
-import { Emitter } from '../util/emitter.js';
-import { InFlight } from '../util/in-flight.js';
 import type { BlockDevice, IoFlags } from './block-device.js';
-import { checkRange, type Device } from './device.js';
+import type { Device } from './device.js';
+import { RequestGate } from './request-gate.js';
 import type { DiffArea } from './diff-area.js';
 import type { DiffStorage } from './diff-storage.js';
 
@@ -23,10 +21,8 @@ export class SnapImage implements BlockDevice {
   readonly device: Device;
   #area: DiffArea;
   #diff: DiffStorage;
-  #ops = new InFlight();
-  #isClosing = false;
-  #closeEmitter = new Emitter<void>();
-  readonly onClose = this.#closeEmitter.event;
+  #gate: RequestGate;
+  readonly onClose: RequestGate['onClose'];
 
   constructor(name: string, device: Device, area: DiffArea, diff: DiffStorage) {
     this.name = name;
@@ -34,31 +30,32 @@ export class SnapImage implements BlockDevice {
     this.size = area.chunks.capacity;
     this.#area = area;
     this.#diff = diff;
+    this.#gate = new RequestGate(() => `the snapshot image of ${device.name}`, () => this.size, () => false);
+    this.onClose = this.#gate.onClose;
   }
 
   read(offset: number, into: Uint8Array): Promise<void> {
-    this.#begin('image read', offset, into.length, 'EINVAL');
-    return this.#area.readImage(offset, into).finally(() => this.#end());
+    return this.#gate.around('image read', offset, into.length, () => this.#area.readImage(offset, into));
   }
 
   readNow(offset: number, into: Uint8Array): boolean {
-    this.#begin('image read', offset, into.length, 'EINVAL');
+    this.#gate.enter('image read', offset, into.length);
     try {
       return this.#area.readImageNow(offset, into);
     } finally {
-      this.#end();
+      this.#gate.leave();
     }
   }
 
   write(offset: number, data: Uint8Array, _flags: IoFlags): Promise<void> {
-    this.#begin('image write', offset, data.length, 'ENOSPC');
+    this.#gate.enterWrite('image write', offset, data.length);
     try {
       this.device.tracker.cbt.markBoth(offset, data.length);
     } catch (e) {
-      this.#end();
+      this.#gate.leave();
       throw e;
     }
-    return this.#area.writeImage(offset, data).finally(() => this.#end());
+    return this.#area.writeImage(offset, data).finally(() => this.#gate.leave());
   }
 
   async zero(offset: number, length: number, flags: IoFlags): Promise<void> {
@@ -70,41 +67,27 @@ export class SnapImage implements BlockDevice {
 
   /** Deallocation is advisory: an image keeps its data. */
   async trim(offset: number, length: number): Promise<void> {
-    this.#begin('image trim', offset, length, 'ENOSPC');
-    this.#end();
+    this.#gate.enterWrite('image trim', offset, length);
+    this.#gate.leave();
   }
 
   flush(): Promise<void> {
-    this.#begin('image flush', 0, 0, 'EINVAL');
-    return this.#diff.flush().finally(() => this.#end());
+    return this.#gate.around('image flush', 0, 0, () => this.#diff.flush());
   }
 
   async extents(offset: number, length: number): Promise<Extent[]> {
-    this.#begin('image block status', offset, length, 'EINVAL');
-    this.#end();
+    this.#gate.enter('image block status', offset, length);
+    this.#gate.leave();
     return [{ offset, length, isHole: false, isZero: false }];
   }
 
   async cache(offset: number, length: number): Promise<void> {
-    this.#begin('image cache', offset, length, 'EINVAL');
-    this.#end();
+    this.#gate.enter('image cache', offset, length);
+    this.#gate.leave();
   }
 
   /** Refuses new I/O, waits for what is in flight (the store's descriptor must outlive it), tells front ends. */
   async close(): Promise<void> {
-    if (this.#isClosing) return;
-    this.#isClosing = true;
-    await this.#ops.idle();
-    this.#closeEmitter.fire();
-  }
-
-  #begin(what: string, offset: number, length: number, pastEnd: 'EINVAL' | 'ENOSPC'): void {
-    if (this.#isClosing) throw new BlkError('ESHUTDOWN', `${what}: the snapshot of ${this.device.name} is being destroyed`);
-    checkRange(what, offset, length, this.size, pastEnd);
-    this.#ops.enter();
-  }
-
-  #end(): void {
-    this.#ops.leave();
+    await this.#gate.close();
   }
 }

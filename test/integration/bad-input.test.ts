@@ -128,7 +128,7 @@ describe('bad input', () => {
     const payload = await c.read(h.readUInt32BE(16));
     assert.ok(payload);
     assert.equal(payload.readUInt32BE(0), ERR.EINVAL);
-    assert.match(payload.subarray(6).toString(), /EINVAL: request .* lies past the end/);
+    assert.match(payload.subarray(6).toString(), /EINVAL: read: range .* lies past the end/);
     c.close();
   });
 

@@ -99,8 +99,16 @@ export class FuseRequests {
     const b = this.#slots[slot] as Buffer;
     const { offset, size } = w.readIoIn(b);
     if (w.WRITE_PAYLOAD_OFFSET + size !== length) throw new BlkError('EINVAL', `fuse write of ${size} bytes in a ${length}-byte request`);
-    if (offset + size > this.#device.size) throw new BlkError('EFBIG', `write at ${offset}+${size} past the end of ${this.#device.name} (${this.#device.size} bytes)`);
-    this.#device.write(offset, b.subarray(w.WRITE_PAYLOAD_OFFSET, length), IoFlag.None).then(
+    // A file of fixed size: a write past its end is EFBIG to the kernel (the device's gate says ENOSPC).
+    const isPastEnd = offset + size > this.#device.size;
+    const pastEnd = (e: unknown): unknown => (isPastEnd && e instanceof BlkError && e.code === 'ENOSPC' ? new BlkError('EFBIG', e.message) : e);
+    let writing: Promise<void>;
+    try {
+      writing = this.#device.write(offset, b.subarray(w.WRITE_PAYLOAD_OFFSET, length), IoFlag.None);
+    } catch (e) {
+      throw pastEnd(e);
+    }
+    writing.then(
       () => {
         w.writeOutHeader(b, w.OUT_HEADER_LENGTH + 8, 0, unique);
         b.writeUInt32LE(size, w.OUT_HEADER_LENGTH);
@@ -108,7 +116,7 @@ export class FuseRequests {
         this.#out.send(b.subarray(0, w.OUT_HEADER_LENGTH + 8));
         this.#release(slot);
       },
-      (e: unknown) => this.#fail(slot, unique, e),
+      (e: unknown) => this.#fail(slot, unique, pastEnd(e)),
     );
   }
 
