@@ -6,7 +6,7 @@ import { writeback } from '../os/writeback.js';
 import { totalLength } from '../util/byte-queue.js';
 import { InFlight } from '../util/in-flight.js';
 import { openAsync } from '../os/async-fs.js';
-import type { Extent, Storage } from './storage.js';
+import type { Extent, Storage, StorageCapabilities, StorageFastPaths } from './storage.js';
 
 export interface FileStorageOptions {
   readOnly?: boolean;
@@ -37,10 +37,13 @@ function writeNonBlocking(fd: number, data: Uint8Array): number {
 const ZERO_BUFFER_SIZE = 1024 * 1024;
 let zeroBuffer: Buffer | undefined;
 
-export class FileStorage implements Storage {
+export class FileStorage implements Storage, StorageFastPaths {
   readonly path: string;
   readonly isBlockDevice: boolean;
   readonly isReadOnly: boolean;
+  readonly can: StorageCapabilities;
+  /** Every file store has a page cache to answer from. */
+  readonly fast: StorageFastPaths = this;
   #fd: number;
   /** Stores the kernel cannot copy into from this one (another filesystem, a block device). */
   #cannotCopyTo = new WeakSet<FileStorage>();
@@ -57,6 +60,7 @@ export class FileStorage implements Storage {
     this.#fd = fd;
     this.isBlockDevice = isBlockDevice;
     this.isReadOnly = options.readOnly ?? false;
+    this.can = { isBlockDevice, isReadOnly: this.isReadOnly, grow: !isBlockDevice };
     this.#cachedReadMaximum = options.cachedReadMaximum ?? 0;
     this.#syncWriteMaximum = options.syncWriteMaximum ?? 0;
     this.#size = 0;
@@ -103,7 +107,7 @@ export class FileStorage implements Storage {
   }
 
   /** Extends a regular file by really allocating [offset, offset+length) (fallocate mode 0). */
-  allocate(offset: number, length: number): Promise<void> {
+  grow(offset: number, length: number): Promise<void> {
     return this.#held((fd) => fallocate(fd, 0, offset, length)).then(() => void this.probeSize());
   }
 

@@ -1,18 +1,19 @@
 // Owns an in-memory backing store: the fake that unit tests of the core run over.
 import { BlkError } from '../errors.js';
-import type { Extent, Storage } from './storage.js';
+import type { Extent, Storage, StorageCapabilities, StorageFastPaths } from './storage.js';
 
 export class MemoryStorage implements Storage {
   readonly path: string;
-  readonly isBlockDevice = false;
-  readonly isReadOnly: boolean;
+  readonly can: StorageCapabilities;
   bytes: Uint8Array;
   flushCount = 0;
+  /** None by default (a plain store); withFastPaths() gives it the page-cache paths a file store has. */
+  fast?: StorageFastPaths;
 
   constructor(size: number, options: { path?: string; readOnly?: boolean } = {}) {
     this.bytes = new Uint8Array(size);
     this.path = options.path ?? 'memory';
-    this.isReadOnly = options.readOnly ?? false;
+    this.can = { isBlockDevice: false, isReadOnly: options.readOnly ?? false, grow: true };
   }
 
   get size(): number {
@@ -21,6 +22,43 @@ export class MemoryStorage implements Storage {
 
   probeSize(): number {
     return this.bytes.length;
+  }
+
+  /**
+   * Gives this store fast paths as a page cache holding all of it would: reads, writes and copies
+   * to another memory store at once. Tests override single paths (to decline at random, to fail).
+   */
+  withFastPaths(overrides: Partial<StorageFastPaths> = {}): this {
+    const fast: StorageFastPaths = {
+      readNow: (offset, into) => {
+        this.#check(offset, into.length);
+        into.set(this.bytes.subarray(offset, offset + into.length));
+        return true;
+      },
+      isCached: () => true,
+      sendTo: () => {
+        throw new BlkError('ENOTSUP', 'a memory store has no descriptor to send from');
+      },
+      writeNow: (offset, data) => {
+        this.#check(offset, data.length);
+        this.bytes.set(data, offset);
+        return true;
+      },
+      copyToNow: (offset, length, target, targetOffset) => {
+        if (!(target instanceof MemoryStorage)) return false;
+        target.bytes.set(this.bytes.subarray(offset, offset + length), targetOffset);
+        return true;
+      },
+      writeChunks: async (offset, chunks) => {
+        let at = offset;
+        for (const c of chunks) {
+          await this.write(at, c);
+          at += c.length;
+        }
+      },
+    };
+    this.fast = { ...fast, ...overrides };
+    return this;
   }
 
   /** Changes the capacity, as a resized file or block device would. */
@@ -58,6 +96,15 @@ export class MemoryStorage implements Storage {
   }
 
   async cache(): Promise<void> {}
+
+  /** Grows the store to hold [offset, offset+length), as fallocate extends a file. */
+  async grow(offset: number, length: number): Promise<void> {
+    if (offset + length > this.bytes.length) this.resize(offset + length);
+  }
+
+  identity(): null {
+    return null;
+  }
 
   async close(): Promise<void> {}
 

@@ -10,45 +10,33 @@ export interface Extent {
   isZero: boolean;
 }
 
+/** What a store can do beyond reading and writing, so callers never probe for optional members. */
+export interface StorageCapabilities {
+  /** A real block device (fixed size, no holes to report). */
+  readonly isBlockDevice: boolean;
+  readonly isReadOnly: boolean;
+  /** grow() extends it with real allocation (a regular file, memory). */
+  readonly grow: boolean;
+}
+
 /**
- * What a device keeps its bytes on. Offsets and lengths are bytes and are checked by the caller
- * (the tracker) against `size`; a store only reports what the OS says.
+ * What a device keeps its bytes on: a small complete interface (a fake takes a page), with the
+ * page-cache fast paths of a file store apart in `fast`. Offsets and lengths are bytes and are
+ * checked by the caller (the device's request gate) against `size`; a store only reports what
+ * the OS says.
  */
 export interface Storage {
   readonly path: string;
-  readonly isBlockDevice: boolean;
-  readonly isReadOnly: boolean;
+  readonly can: StorageCapabilities;
   /** Size in bytes as of the last `probeSize()` (or open). */
   readonly size: number;
+  /** Fills `into` wholly, or rejects (EIO on a short read). */
   read(offset: number, into: Uint8Array): Promise<void>;
-  /** Reads at once when memory holds the whole range (never waits for a disk); false when it cannot. */
-  readNow?(offset: number, into: Uint8Array): boolean;
-  /** Whether a read of the range would be served from memory alone, never waiting for a disk. */
-  isCached?(offset: number, length: number): boolean;
-  /**
-   * Writes `prefix`, then sends a range inside the kernel (sendfile), to a non-blocking descriptor;
-   * returns the bytes sent of both, fewer when the descriptor is full. Call after isCached(): it
-   * blocks on an uncached range.
-   */
-  sendTo?(fd: number, prefix: Uint8Array, offset: number, length: number): number;
   /**
    * `inBackground`: the caller has more work waiting; run the write off its thread even where a
    * synchronous copy would be quicker alone, so copies overlap.
    */
   write(offset: number, data: Uint8Array, inBackground?: boolean): Promise<void>;
-  /**
-   * Writes at once when that cannot keep the caller waiting (a page-cache copy while the kernel is
-   * far from throttling writers); false, having written nothing, when it would: then write().
-   */
-  writeNow?(offset: number, data: Uint8Array): boolean;
-  /**
-   * Copies a range of this store into `target` inside the kernel, at once, when it cannot keep the
-   * caller waiting (the range cached, the kernel far from throttling writers) and the kernel can
-   * copy between the two; false, having copied nothing, otherwise: then read and write it.
-   */
-  copyToNow?(offset: number, length: number, target: Storage, targetOffset: number): boolean;
-  /** Writes consecutive pieces as one write (pwritev), where the store can; saves joining them first. */
-  writeChunks?(offset: number, chunks: readonly Buffer[], inBackground?: boolean): Promise<void>;
   /** Makes every completed write durable (fdatasync). */
   flush(): Promise<void>;
   /** Deallocates a range; it reads as zeroes afterwards. */
@@ -62,9 +50,33 @@ export interface Storage {
   extents(offset: number, length: number, maximumCount: number): Promise<Extent[]>;
   /** Hint that a range will be read soon. */
   cache(offset: number, length: number): Promise<void>;
-  /** Device and inode of a file store, a block device's own number (rdev, else 0): to recognise it under another path. */
-  identity?(): { dev: number; ino: number; rdev: number };
+  /** Extends the store to hold [offset, offset+length) with real allocation (can.grow); ENOSPC when the space is not there. */
+  grow(offset: number, length: number): Promise<void>;
   /** Asks the OS for the current size again (a capacity change resets CBT at the next take). */
   probeSize(): number;
+  /** Device and inode of a file store, a block device's own number (rdev, else 0): to recognise it under another path; null for memory. */
+  identity(): { dev: number; ino: number; rdev: number } | null;
   close(): Promise<void>;
+  /** The fast paths, where the store has a page cache to answer from; absent otherwise. */
+  readonly fast?: StorageFastPaths;
+}
+
+/** Answers from memory, or copies inside the kernel, at once; each says false (having done nothing) when it would have to wait. */
+export interface StorageFastPaths {
+  /** Reads at once when memory holds the whole range (never waits for a disk). */
+  readNow(offset: number, into: Uint8Array): boolean;
+  /** Whether a read of the range would be served from memory alone. */
+  isCached(offset: number, length: number): boolean;
+  /**
+   * Writes `prefix`, then sends a range inside the kernel (sendfile), to a non-blocking descriptor;
+   * returns the bytes sent of both, fewer when the descriptor is full. Call after isCached(): it
+   * blocks on an uncached range.
+   */
+  sendTo(fd: number, prefix: Uint8Array, offset: number, length: number): number;
+  /** Writes at once when that cannot keep the caller waiting (a page-cache copy while the kernel is far from throttling writers). */
+  writeNow(offset: number, data: Uint8Array): boolean;
+  /** Copies a range of this store into `target` inside the kernel, at once, when it can (copy_file_range). */
+  copyToNow(offset: number, length: number, target: Storage, targetOffset: number): boolean;
+  /** Writes consecutive pieces as one write (pwritev); saves joining them first. */
+  writeChunks(offset: number, chunks: readonly Buffer[], inBackground?: boolean): Promise<void>;
 }

@@ -20,7 +20,11 @@ export const IoFlag = {
 } as const;
 export type IoFlags = number;
 
-/** What a front end (NBD, a kernel block device) exports. */
+/**
+ * What a front end (NBD, a kernel block device) exports: a small complete interface (an attached
+ * device, a snapshot image, and the backup devices to come), its capabilities as plain fields, and
+ * the fast paths apart in `fast`. Every request passes the device's RequestGate.
+ */
 export interface BlockDevice {
   /** Export name. */
   readonly name: string;
@@ -29,29 +33,7 @@ export interface BlockDevice {
   /** True when it can deallocate (TRIM) and report holes. */
   readonly canTrim: boolean;
   read(offset: number, into: Uint8Array): Promise<void>;
-  /** Reads at once when memory holds the whole range (never waits); false when it cannot: then read(). */
-  readNow?(offset: number, into: Uint8Array): boolean;
-  /**
-   * Writes `prefix` (a reply header), then the range, to a non-blocking descriptor (a client's
-   * socket) without copying the range through this process, when all of it is in memory. Returns
-   * the bytes sent of both (fewer when the descriptor is full), or null when it cannot and sent
-   * nothing (then read() it). Only where bytes may change after they are sent: the kernel hands
-   * over page references, not copies.
-   */
-  sendTo?(fd: number, prefix: Uint8Array, offset: number, length: number): number | null;
   write(offset: number, data: Uint8Array, flags: IoFlags): Promise<void>;
-  /**
-   * Writes at once when nothing has to wait (see Storage.writeNow); false otherwise, having written
-   * nothing: then write() (a CBT mark already made is the same one write() makes).
-   */
-  writeNow?(offset: number, data: Uint8Array, flags: IoFlags): boolean;
-  /**
-   * Opens one write whose data arrives in parts, where the device can: each part lands as it is
-   * given, the write is tracked once for its whole range, and it is in flight until end().
-   */
-  streamWrite?(offset: number, length: number, flags: IoFlags): WriteStream;
-  /** The same as write() of the joined pieces, without joining them, where the device can. */
-  writeChunks?(offset: number, chunks: readonly Buffer[], flags: IoFlags): Promise<void>;
   zero(offset: number, length: number, flags: IoFlags): Promise<void>;
   trim(offset: number, length: number, flags: IoFlags): Promise<void>;
   flush(): Promise<void>;
@@ -59,4 +41,33 @@ export interface BlockDevice {
   cache(offset: number, length: number): Promise<void>;
   /** Fires once when the device goes away (detach, destroy): front ends end its sessions. */
   readonly onClose: Event<void>;
+  /** The fast paths, where the device has them; each may decline, and then the plain call follows. */
+  readonly fast?: BlockDeviceFastPaths;
+}
+
+/** Ways to serve a request without a promise or a copy; each says when it cannot. */
+export interface BlockDeviceFastPaths {
+  /** Reads at once when memory holds the whole range (never waits); false when it cannot: then read(). */
+  readNow(offset: number, into: Uint8Array): boolean;
+  /**
+   * Writes `prefix` (a reply header), then the range, to a non-blocking descriptor (a client's
+   * socket) without copying the range through this process, when all of it is in memory. Returns
+   * the bytes sent of both (fewer when the descriptor is full), or null when it cannot and sent
+   * nothing (then read() it). Only where bytes may change after they are sent: the kernel hands
+   * over page references, not copies.
+   */
+  sendTo(fd: number, prefix: Uint8Array, offset: number, length: number): number | null;
+  /**
+   * Writes at once when nothing has to wait (see StorageFastPaths.writeNow); false otherwise, having
+   * written nothing: then write() (a CBT mark already made is the same one write() makes).
+   */
+  writeNow(offset: number, data: Uint8Array, flags: IoFlags): boolean;
+  /**
+   * Opens one write whose data arrives in parts: each part lands as it is given, the write is
+   * tracked once for its whole range, and it is in flight until end(). Null where the device
+   * cannot (then the whole payload is written at once).
+   */
+  streamWrite(offset: number, length: number, flags: IoFlags): WriteStream | null;
+  /** The same as write() of the joined pieces, without joining them where the device can. */
+  writeChunks(offset: number, chunks: readonly Buffer[], flags: IoFlags): Promise<void>;
 }

@@ -1,7 +1,7 @@
 // Owns an attached device: its backing store, its tracker, and the checked I/O every front end calls.
 import type { Extent, Storage } from '../backing/storage.js';
 import { totalLength } from '../util/byte-queue.js';
-import { IoFlag, type BlockDevice, type IoFlags } from './block-device.js';
+import { IoFlag, type BlockDevice, type BlockDeviceFastPaths, type IoFlags } from './block-device.js';
 import { RequestGate, checkRange } from './request-gate.js';
 import { Tracker } from './tracker.js';
 import { WriteStream } from './write-stream.js';
@@ -12,11 +12,13 @@ export { checkRange } from './request-gate.js';
  * A device attached to the daemon. The daemon is the only writer of its store; every write goes
  * through the tracker (CBT marking, and the take's write gate) before it reaches the store.
  */
-export class Device implements BlockDevice {
+export class Device implements BlockDevice, BlockDeviceFastPaths {
   readonly name: string;
   readonly storage: Storage;
   readonly tracker: Tracker;
   readonly canTrim = true;
+  /** A device's own methods are its fast paths: each declines where its store cannot. */
+  readonly fast: BlockDeviceFastPaths = this;
   #gate: RequestGate;
   readonly onClose: RequestGate['onClose'];
 
@@ -24,7 +26,7 @@ export class Device implements BlockDevice {
     this.name = name;
     this.storage = storage;
     this.tracker = new Tracker(storage, options);
-    this.#gate = new RequestGate(() => `device ${name}`, () => storage.size, () => storage.isReadOnly);
+    this.#gate = new RequestGate(() => `device ${name}`, () => storage.size, () => storage.can.isReadOnly);
     this.onClose = this.#gate.onClose;
   }
 
@@ -37,7 +39,7 @@ export class Device implements BlockDevice {
   }
 
   get isReadOnly(): boolean {
-    return this.storage.isReadOnly;
+    return this.storage.can.isReadOnly;
   }
 
   read(offset: number, into: Uint8Array): Promise<void> {
@@ -45,11 +47,11 @@ export class Device implements BlockDevice {
   }
 
   readNow(offset: number, into: Uint8Array): boolean {
-    const storage = this.storage;
-    if (!storage.readNow) return false;
+    const fast = this.storage.fast;
+    if (!fast) return false;
     this.#gate.enter('read', offset, into.length);
     try {
-      return storage.readNow(offset, into);
+      return fast.readNow(offset, into);
     } finally {
       this.#gate.leave();
     }
@@ -62,11 +64,11 @@ export class Device implements BlockDevice {
    * must never change once read.
    */
   sendTo(fd: number, prefix: Uint8Array, offset: number, length: number): number | null {
-    const storage = this.storage;
-    if (!storage.sendTo || !storage.isCached) return null;
+    const fast = this.storage.fast;
+    if (!fast) return null;
     this.#gate.enter('read', offset, length);
     try {
-      return storage.isCached(offset, length) ? storage.sendTo(fd, prefix, offset, length) : null;
+      return fast.isCached(offset, length) ? fast.sendTo(fd, prefix, offset, length) : null;
     } finally {
       this.#gate.leave();
     }
@@ -83,15 +85,20 @@ export class Device implements BlockDevice {
    */
   writeNow(offset: number, data: Uint8Array, flags: IoFlags): boolean {
     const tracker = this.tracker;
-    const storage = this.storage;
-    if (flags & (IoFlag.Fua | IoFlag.Background) || tracker.isHeld || tracker.diffArea !== null || !storage.writeNow) return false;
+    const fast = this.storage.fast;
+    if (flags & (IoFlag.Fua | IoFlag.Background) || tracker.isHeld || tracker.diffArea !== null || !fast) return false;
     this.#gate.enterWrite('write', offset, data.length);
     try {
-      tracker.beginWrite();
+      // Admitted as every write is (gate, mark; no copy-on-write by the checks above, so at once).
+      // Should the store decline, write() marks again (the same number).
+      const admitted = tracker.admitWrite(offset, data.length);
+      if (admitted !== undefined) {
+        // Cannot happen while the checks above hold; if it did, the admission ends on its own.
+        admitted.finally(() => tracker.endWrite()).catch(() => undefined);
+        return false;
+      }
       try {
-        // Marked first, as every write is; should the store decline, write() marks again (the same number).
-        tracker.markWrite(offset, data.length);
-        return storage.writeNow(offset, data);
+        return fast.writeNow(offset, data);
       } finally {
         tracker.endWrite();
       }
@@ -113,11 +120,11 @@ export class Device implements BlockDevice {
 
   writeChunks(offset: number, chunks: readonly Buffer[], flags: IoFlags): Promise<void> {
     const length = totalLength(chunks);
-    const storage = this.storage;
-    if (!storage.writeChunks) return this.write(offset, Buffer.concat(chunks as Buffer[]), flags);
+    const fast = this.storage.fast;
+    if (!fast) return this.write(offset, Buffer.concat(chunks as Buffer[]), flags);
     this.#gate.enterWrite('write', offset, length);
     const inBackground = (flags & IoFlag.Background) !== 0;
-    return this.#tracked(offset, length, flags, () => (storage.writeChunks as NonNullable<Storage['writeChunks']>).call(storage, offset, chunks, inBackground));
+    return this.#tracked(offset, length, flags, () => fast.writeChunks(offset, chunks, inBackground));
   }
 
   zero(offset: number, length: number, flags: IoFlags): Promise<void> {

@@ -136,8 +136,8 @@ export class DiffArea {
    * it cannot: then readImage() (what was read is read again).
    */
   readImageNow(offset: number, into: Uint8Array): boolean {
-    const origin = this.#origin;
-    if (this.#health.error || !origin.readNow) return false;
+    const origin = this.#origin.fast;
+    if (this.#health.error || !origin) return false;
     const { chunks } = this;
     const end = offset + into.length;
     const last = chunks.last(offset, into.length);
@@ -158,7 +158,7 @@ export class DiffArea {
       let j = i;
       while ((j + 1) * chunks.chunkSize < end && chunks.state[j + 1] === ChunkState.Untouched) j++;
       const runEnd = Math.min(end, (j + 1) * chunks.chunkSize);
-      if (!origin.readNow.call(origin, pos, into.subarray(pos - offset, runEnd - offset))) return false;
+      if (!origin.readNow(pos, into.subarray(pos - offset, runEnd - offset))) return false;
       pos = runEnd;
     }
     return true;

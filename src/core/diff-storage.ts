@@ -31,7 +31,7 @@ const STORE_OPTIONS = { cachedReadMaximum: 1024 * 1024, syncWriteMaximum: 1024 *
  * up to its size or the limit. When no more space can be had, `onNoSpace` fires with the request.
  */
 export class DiffStorage {
-  readonly store: FileStorage;
+  readonly store: Storage;
   readonly kind: 'file' | 'directory' | 'block';
   readonly minimum: number;
   #limit: number;
@@ -41,7 +41,7 @@ export class DiffStorage {
   #noSpace = new Emitter<{ requestedSectors: number }>();
   readonly onNoSpace = this.#noSpace.event;
 
-  private constructor(store: FileStorage, kind: DiffStorage['kind'], options: DiffStorageOptions, capacity: number) {
+  private constructor(store: Storage, kind: DiffStorage['kind'], options: Omit<DiffStorageOptions, 'devices'>, capacity: number) {
     this.store = store;
     this.kind = kind;
     this.#limit = options.limit;
@@ -79,20 +79,28 @@ export class DiffStorage {
     try {
       const own = store.identity();
       for (const device of options.devices) {
-        const d = device.identity?.();
-        const isSame = d !== undefined && (kind === 'block' ? d.rdev === own.rdev : d.rdev === 0 && d.dev === own.dev && d.ino === own.ino);
+        const d = device.identity();
+        const isSame = d !== null && (kind === 'block' ? d.rdev === own.rdev : d.rdev === 0 && d.dev === own.dev && d.ino === own.ino);
         if (isSame) throw new BlkError('EINVAL', `difference storage ${target} is the store of a device of this snapshot`);
       }
-      const capacity = kind === 'block' ? Math.min(store.size, options.limit) : 0;
-      const diff = new DiffStorage(store, kind, options, capacity);
-      // A file store is truncated to what this snapshot allocates: its old contents mean nothing now.
-      if (kind === 'file' && store.size > 0) await store.trim(0, store.size);
-      if (kind !== 'block') await diff.#grow();
-      return diff;
+      return await DiffStorage.over(store, kind, options);
     } catch (e) {
       await store.close();
       throw e;
     }
+  }
+
+  /**
+   * A difference storage over an opened store (the file, unnamed file or block device open() found,
+   * or a memory store in tests). A growable store is emptied and given its first step.
+   */
+  static async over(store: Storage, kind: DiffStorage['kind'], options: Omit<DiffStorageOptions, 'devices'>): Promise<DiffStorage> {
+    const capacity = kind === 'block' ? Math.min(store.size, options.limit) : 0;
+    const diff = new DiffStorage(store, kind, options, capacity);
+    // A file store is truncated to what this snapshot allocates: its old contents mean nothing now.
+    if (kind === 'file' && store.size > 0) await store.trim(0, store.size);
+    if (kind !== 'block') await diff.#grow();
+    return diff;
   }
 
   /** Upper bound in bytes; lowered to what is allocated when the filesystem runs out of space. */
@@ -132,7 +140,7 @@ export class DiffStorage {
 
   /** Reads at once when the page cache holds the range; false otherwise. */
   readNow(offset: number, into: Uint8Array): boolean {
-    return this.store.readNow(offset, into);
+    return this.store.fast?.readNow(offset, into) ?? false;
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {
@@ -141,7 +149,7 @@ export class DiffStorage {
 
   /** Keeps `length` bytes of `origin` at `offset` here at `at` inside the kernel, at once where it can (Storage.copyToNow). */
   copyNow(origin: Storage, offset: number, length: number, at: number): boolean {
-    return origin.copyToNow?.(offset, length, this.store, at) ?? false;
+    return origin.fast?.copyToNow(offset, length, this.store, at) ?? false;
   }
 
   flush(): Promise<void> {
@@ -154,7 +162,7 @@ export class DiffStorage {
   }
 
   #canGrow(): boolean {
-    return this.kind !== 'block' && this.#capacity < this.#limit;
+    return this.kind !== 'block' && this.store.can.grow && this.#capacity < this.#limit;
   }
 
   #startGrowth(): Promise<void> {
@@ -168,7 +176,7 @@ export class DiffStorage {
     const step = Math.min(this.minimum, this.#limit - this.#capacity);
     if (step <= 0) return;
     try {
-      await this.store.allocate(this.#capacity, step);
+      await this.store.grow(this.#capacity, step);
       this.#capacity += step;
     } catch (e) {
       // The filesystem is full: what is allocated is all there will be.

@@ -1,6 +1,6 @@
 // Owns a snapshot image: the read-write block device showing a device as it was at the take.
 import type { Extent } from '../backing/storage.js';
-import type { BlockDevice, IoFlags } from './block-device.js';
+import type { BlockDevice, BlockDeviceFastPaths, IoFlags } from './block-device.js';
 import type { Device } from './device.js';
 import { RequestGate } from './request-gate.js';
 import type { DiffArea } from './diff-area.js';
@@ -18,6 +18,17 @@ export class SnapImage implements BlockDevice {
   readonly size: number;
   readonly isReadOnly = false;
   readonly canTrim = false;
+  /**
+   * Image reads may answer at once; nothing else is fast here: an image's bytes must not change
+   * once read, so no sendfile, and its writes land on kept copies, never as a stream.
+   */
+  readonly fast: BlockDeviceFastPaths = {
+    readNow: (offset, into) => this.readNow(offset, into),
+    sendTo: () => null,
+    writeNow: () => false,
+    streamWrite: () => null,
+    writeChunks: (offset, chunks, flags) => this.write(offset, Buffer.concat(chunks as Buffer[]), flags),
+  };
   readonly device: Device;
   #area: DiffArea;
   #diff: DiffStorage;

@@ -44,9 +44,10 @@ export class WriteStream {
    */
   write(at: number, data: Uint8Array): void {
     if (this.#error !== null || this.#hasEnded) return;
-    if (this.#ready === null && this.#storage.writeNow) {
+    const fast = this.#storage.fast;
+    if (this.#ready === null && fast) {
       try {
-        if (this.#storage.writeNow(at, data)) return;
+        if (fast.writeNow(at, data)) return;
       } catch (e) {
         this.#error = toBlkError(e);
         return;

@@ -48,7 +48,7 @@ export class Daemon {
     });
     const ownPaths = new OwnPaths({
       stores: () => this.registry.devices().flatMap((d) => {
-        const id = d.storage.identity?.();
+        const id = d.storage.identity();
         return id ? [{ device: d.name, dev: id.dev, ino: id.ino, blockDevice: id.rdev ? deviceNumberText(id.rdev) : null }] : [];
       }),
       loopDevices: () => this.loopDevices.kernelDevices(),

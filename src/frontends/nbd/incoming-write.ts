@@ -39,7 +39,8 @@ export class IncomingWrite {
    */
   constructor(header: w.RequestHeader, queue: ByteQueue, device: BlockDevice) {
     this.header = header;
-    if (device.writeChunks || device.streamWrite) {
+    const fast = device.fast;
+    if (fast) {
       this.head = queue.takeChunks(queue.length);
       this.buffer = ioBuffers.acquire(header.length - totalLength(this.head));
     } else {
@@ -49,18 +50,21 @@ export class IncomingWrite {
       queue.takeInto(this.buffer, this.filled);
     }
     this.#bufferOffset = header.offset + totalLength(this.head);
-    if (!device.streamWrite) return;
+    if (!fast) return;
+    let stream: WriteStream | null;
     try {
-      this.#stream = device.streamWrite(header.offset, header.length, header.flags & w.NBD_CMD_FLAG_FUA ? IoFlag.Fua : IoFlag.None);
+      stream = fast.streamWrite(header.offset, header.length, header.flags & w.NBD_CMD_FLAG_FUA ? IoFlag.Fua : IoFlag.None);
     } catch {
       return; // e.g. the device is going away: the whole-payload path replies the error
     }
+    if (stream === null) return; // the device cannot stream: the payload is written whole
+    this.#stream = stream;
     let at = header.offset;
     for (const chunk of this.head) {
-      this.#stream.write(at, chunk);
+      stream.write(at, chunk);
       at += chunk.length;
     }
-    this.#landParts(this.#stream);
+    this.#landParts(stream);
   }
 
   /** True once the device write is open (the caller counts it in flight from now). */

@@ -99,7 +99,7 @@ export class RequestReader {
         }
         this.#pending = null;
         // A payload that arrived in several socket chunks goes to the store as they are (pwritev).
-        if (this.#device.writeChunks && !queue.isContiguous(header.length)) this.#sink.run(header, queue.takeChunks(header.length));
+        if (this.#device.fast && !queue.isContiguous(header.length)) this.#sink.run(header, queue.takeChunks(header.length));
         else this.#sink.run(header, queue.take(header.length, ioBuffers));
         continue;
       }

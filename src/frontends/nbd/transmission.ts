@@ -202,7 +202,9 @@ export class Transmission implements RequestSink {
           const release = (): void => {
             for (const c of payload) ioBuffers.release(c);
           };
-          return (device.writeChunks as NonNullable<BlockDevice['writeChunks']>).call(device, h.offset, payload, base).then(
+          // Pieces come only from a device with fast paths (RequestReader, IncomingWrite).
+          const writing = device.fast ? device.fast.writeChunks(h.offset, payload, base) : device.write(h.offset, Buffer.concat(payload), base);
+          return writing.then(
             () => {
               release();
               this.#replyOk(h);
@@ -214,7 +216,7 @@ export class Transmission implements RequestSink {
           );
         }
         const data = payload as Buffer;
-        if (device.writeNow?.(h.offset, data, base)) {
+        if (device.fast?.writeNow(h.offset, data, base)) {
           ioBuffers.release(data);
           this.#replyOk(h);
           return undefined;
@@ -259,10 +261,11 @@ export class Transmission implements RequestSink {
 
   #read(h: w.RequestHeader): Promise<void> | undefined {
     const prefixLength = this.#agreement.isStructured ? w.OFFSET_DATA_PREFIX_LENGTH : w.SIMPLE_REPLY_HEADER_LENGTH;
-    if (h.length >= this.#sendFileMinimum && this.#canSendDirectly()) {
+    const fast = this.#device.fast;
+    if (fast && h.length >= this.#sendFileMinimum && this.#canSendDirectly()) {
       const prefix = Buffer.allocUnsafe(prefixLength);
       this.#writeReadPrefix(prefix, h);
-      const sent = (this.#device.sendTo as NonNullable<BlockDevice['sendTo']>).call(this.#device, this.#socketFd, prefix, h.offset, h.length);
+      const sent = fast.sendTo(this.#socketFd, prefix, h.offset, h.length);
       if (sent !== null && sent > 0) {
         if (sent < prefixLength + h.length) return this.#finishSentRead(h, prefix, sent);
         return undefined;
@@ -272,7 +275,7 @@ export class Transmission implements RequestSink {
     const reply = ioBuffers.acquire(prefixLength + h.length);
     let reading: Promise<void>;
     try {
-      if (this.#device.readNow?.(h.offset, reply.subarray(prefixLength))) return this.#sendRead(reply, h);
+      if (fast?.readNow(h.offset, reply.subarray(prefixLength))) return this.#sendRead(reply, h);
       reading = this.#device.read(h.offset, reply.subarray(prefixLength));
     } catch (e) {
       ioBuffers.release(reply); // refused at the device's gate (a range past the end)
@@ -302,7 +305,7 @@ export class Transmission implements RequestSink {
 
   /** Sendfile where the device can and nothing of ours waits on the socket. */
   #canSendDirectly(): boolean {
-    return this.#device.sendTo !== undefined && this.#socketFd >= 0 && this.#replies.isIdle;
+    return this.#socketFd >= 0 && this.#replies.isIdle;
   }
 
   /**
@@ -329,7 +332,7 @@ export class Transmission implements RequestSink {
         done += piece.length;
         if (done === total) break;
         const at = done - prefix.length;
-        const n = (device.sendTo as NonNullable<BlockDevice['sendTo']>).call(device, this.#socketFd, EMPTY, h.offset + at, h.length - at);
+        const n = device.fast?.sendTo(this.#socketFd, EMPTY, h.offset + at, h.length - at) ?? null;
         if (n === null) {
           // No longer all cached: the rest goes as a copy.
           const rest = ioBuffers.acquire(h.length - at);

@@ -18,6 +18,14 @@ class JitteryStorage extends MemoryStorage {
   constructor(size: number, jitter: () => number) {
     super(size);
     this.jitter = jitter;
+    // As a page cache: the bytes as they are now, or (at random) "not in memory".
+    this.withFastPaths({
+      readNow: (offset, into) => {
+        if (this.jitter() % 2 === 1) return false;
+        into.set(this.bytes.subarray(offset, offset + into.length));
+        return true;
+      },
+    });
   }
   async #delay(): Promise<void> {
     for (let i = this.jitter(); i > 0; i--) await new Promise((r) => setImmediate(r));
@@ -30,16 +38,10 @@ class JitteryStorage extends MemoryStorage {
     await this.#delay();
     return super.write(offset, data);
   }
-  /** As a page-cache read: the bytes as they are now, or (at random) not in memory. */
-  readNow(offset: number, into: Uint8Array): boolean {
-    if (this.jitter() % 2 === 1) return false;
-    into.set(this.bytes.subarray(offset, offset + into.length));
-    return true;
-  }
 }
 
 /** A difference storage over a memory store, with a byte limit. */
-function memoryDiff(store: MemoryStorage & { readNow?: JitteryStorage['readNow'] }, limit: number): DiffStorage {
+function memoryDiff(store: MemoryStorage, limit: number): DiffStorage {
   let filled = 0;
   return {
     allocate: async (length: number, alignment: number) => {
@@ -51,11 +53,11 @@ function memoryDiff(store: MemoryStorage & { readNow?: JitteryStorage['readNow']
     read: (o: number, b: Uint8Array) => store.read(o, b),
     // As copy_file_range: the origin's bytes as they are now, or (at random) "cannot, read and write".
     copyNow: (origin: MemoryStorage, offset: number, length: number, at: number) => {
-      if (!store.readNow?.(0, new Uint8Array(0))) return false;
+      if (!store.fast?.readNow(0, new Uint8Array(0))) return false;
       store.bytes.set(origin.bytes.subarray(offset, offset + length), at);
       return true;
     },
-    readNow: (o: number, b: Uint8Array) => store.readNow?.(o, b) ?? false,
+    readNow: (o: number, b: Uint8Array) => store.fast?.readNow(o, b) ?? false,
     write: (o: number, b: Uint8Array) => store.write(o, b),
   } as unknown as DiffStorage;
 }

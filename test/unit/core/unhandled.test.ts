@@ -72,7 +72,7 @@ describe('no unhandled rejections', () => {
     const tmp = tempDir();
     const diff = await DiffStorage.open(tmp.dir, { limit: 1024 * 1024, minimum: 64 * 1024, devices: [] });
     try {
-      (diff.store as unknown as { allocate: () => Promise<void> }).allocate = () => Promise.reject(new BlkError('EIO', 'fallocate failed'));
+      (diff.store as unknown as { grow: () => Promise<void> }).grow = () => Promise.reject(new BlkError('EIO', 'fallocate failed'));
       await diff.allocate(48 * 1024, 4096); // below half a step free: growth starts in the background
       await settle();
       assert.deepEqual(unhandled, []);

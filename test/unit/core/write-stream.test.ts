@@ -12,14 +12,18 @@ const KiB = 1024;
 class LoggingStorage extends MemoryStorage {
   log: string[] = [];
   failAt = -1;
-  writeNow(offset: number, data: Uint8Array): boolean {
+  constructor(size: number) {
+    super(size);
+    this.withFastPaths({ writeNow: (offset, data) => this.writeNowLogged(offset, data) });
+  }
+  writeNowLogged(offset: number, data: Uint8Array): boolean {
     if (offset === this.failAt) throw new BlkError('EIO', `write at ${offset} failed`);
     this.bytes.set(data, offset);
     this.log.push(`write ${offset}`);
     return true;
   }
   override async write(offset: number, data: Uint8Array): Promise<void> {
-    this.writeNow(offset, data);
+    this.writeNowLogged(offset, data);
   }
   override async flush(): Promise<void> {
     this.log.push('flush');
