@@ -29,12 +29,82 @@ export const nbd = {
   maximumConnections: 256,
 } as const;
 
+/**
+ * How the NBD front end moves bytes; each value was chosen by measurement (docs/performance.md).
+ */
+export const nbdIo = {
+  /** Below this a copy costs less than the page-cache probe and the extra system call of sendfile (--sendfile-min default). */
+  sendFileMinimum: 64 * 1024,
+  /** Write payloads from this size on are received straight into their own buffer. */
+  directPayloadMinimum: 128 * 1024,
+  /** A streamed write lands its payload in parts of at least this size (and its last part). */
+  streamPartMinimum: 64 * 1024,
+  /** A streamed write whose client sends nothing for this long stops streaming: it must not hold a take back. */
+  streamStallMs: 1000,
+  /** Writes from this size on go to the thread pool while the client has sent more requests. */
+  backgroundWriteMinimum: 256 * 1024,
+  /** What a reply cut short by a full socket queues to learn when the socket has room again. */
+  waitPieceBytes: 64 * 1024,
+  /** The socket's send buffer: two maximum-size replies' worth, so large reads leave in one piece. */
+  sendBufferBytes: 8 * 1024 * 1024,
+  /**
+   * Reads that are not payloads go into windows of one arena of this size: many small requests
+   * share an allocation (a fresh 64 KiB buffer per read, kept alive by one request, costs the
+   * garbage collector dearly) ...
+   */
+  receiveArenaBytes: 4 * 1024 * 1024,
+  /** ... a read at most this large ... */
+  receiveWindowBytes: 256 * 1024,
+  /** ... and a new arena when less than this is left. */
+  receiveSmallestWindowBytes: 16 * 1024,
+} as const;
+
+/** The in-daemon FUSE server behind /dev/loopN. */
+export const fuse = {
+  /** The device's size does not change while it is attached: the kernel may cache attributes long. */
+  attributeValidSeconds: 60,
+  /** Replies up to this size are written on the event loop; larger ones by the thread pool (the kernel's copy runs on the other core). */
+  syncReplyMaximum: 64 * 1024,
+} as const;
+
+/** Buffers and pieces. */
+export const buffers = {
+  /** Small buffers are cut from slabs of this size: a 4 KiB reply is over Node's own pool limit and would cost a malloc each. */
+  slabBytes: 1024 * 1024,
+  /** Zeroes written where a store cannot deallocate or zero a range in place, this much per write. */
+  zeroPieceBytes: 1024 * 1024,
+} as const;
+
+/**
+ * When a page-cache write may run synchronously on the event loop (os/writeback.ts): only while the
+ * kernel is far from throttling writers, and never right after one was slow.
+ */
+export const writebackWatch = {
+  /** Sampling period of /proc/vmstat: at 2 GB/s, 200 MB can be dirtied between two looks. */
+  sampleMs: 100,
+  /** Synchronous writes only while dirty pages stay below this share of the freerun ceiling. */
+  freerunShare: 0.5,
+  /** A synchronous write slower than this was throttled or waited ... */
+  slowWriteMs: 10,
+  /** ... and the thread pool takes writes for this long. */
+  backOffMs: 5000,
+} as const;
+
+/** The difference storage's file: image reads of kept chunks try the page cache first, and copies are page-cache copies while the kernel is far from throttling. */
+export const diffStorageIo = { cachedReadMaximum: 1024 * 1024, syncWriteMaximum: 1024 * 1024 } as const;
+
 /** Control API limits. */
 export const control = {
   /** A request line longer than this closes the control connection. */
   maximumLineLength: 1024 * 1024,
   /** Control connections at once; more are closed at accept. */
   maximumConnections: 256,
+  /** Requests of one connection running at once (snapshot.waitEvent may wait for a day); later lines wait. */
+  maximumRequestsInFlight: 64,
+  /** No new request of a connection starts while this many reply bytes wait for its client to read them. */
+  maximumUnreadReplyBytes: 1024 * 1024,
+  /** The longest snapshot.waitEvent. */
+  maximumWaitMs: 24 * 3600 * 1000,
   /** Largest piece of a CBT map one cbt.read returns. */
   maximumCbtReadLength: 16 * 1024 * 1024,
 } as const;

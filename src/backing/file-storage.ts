@@ -1,4 +1,5 @@
 // Owns a regular file or a real block device used as a backing store: exclusive open, pread/pwrite, holes.
+import { buffers } from '../params.js';
 import * as fs from 'node:fs';
 import { BlkError, toBlkError } from '../errors.js';
 import { copyFileRange, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate, isRangeCached, lockExclusive, readCached, seekData, seekHole, sendFile, sizeOfBlockDevice, willNeed } from '../os/libc.js';
@@ -34,7 +35,6 @@ function writeNonBlocking(fd: number, data: Uint8Array): number {
   }
 }
 
-const ZERO_BUFFER_SIZE = 1024 * 1024;
 let zeroBuffer: Buffer | undefined;
 
 export class FileStorage implements Storage, StorageFastPaths {
@@ -307,9 +307,9 @@ export class FileStorage implements Storage, StorageFastPaths {
       if (err.code !== 'EOPNOTSUPP' && err.code !== 'ENOTSUP') throw err;
     }
     if (fastOnly) throw new BlkError('ENOTSUP', `${this.path} cannot zero ${length} bytes at ${offset} without writing them`);
-    zeroBuffer ??= Buffer.alloc(ZERO_BUFFER_SIZE);
-    for (let done = 0; done < length; done += ZERO_BUFFER_SIZE) {
-      const n = Math.min(ZERO_BUFFER_SIZE, length - done);
+    zeroBuffer ??= Buffer.alloc(buffers.zeroPieceBytes);
+    for (let done = 0; done < length; done += buffers.zeroPieceBytes) {
+      const n = Math.min(buffers.zeroPieceBytes, length - done);
       await this.write(offset + done, zeroBuffer.subarray(0, n));
     }
   }

@@ -9,7 +9,6 @@ import { asParams, optionalBoolean, optionalString, requireArray, requireInteger
 export type Handler = (params: Params) => Promise<unknown>;
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-const MAXIMUM_WAIT_MS = 24 * 3600 * 1000;
 
 function snapshotId(p: Params, method: string): string {
   const id = requireString(p, 'id', method);
@@ -92,7 +91,7 @@ export function controlHandlers(s: ControlService): ReadonlyMap<string, Handler>
     on(api.SnapshotTake, (p, m) => s.takeSnapshot(snapshotId(p, m))),
     on(api.SnapshotCollect, () => ({ ids: s.snapshotIds() })),
     on(api.SnapshotGetInfo, (p, m) => s.snapshotInfo(device(p, m))),
-    on(api.SnapshotWaitEvent, (p, m) => s.waitEvent(snapshotId(p, m), requireInteger(p, 'timeoutMs', m, 0, MAXIMUM_WAIT_MS))),
+    on(api.SnapshotWaitEvent, (p, m) => s.waitEvent(snapshotId(p, m), requireInteger(p, 'timeoutMs', m, 0, limits.maximumWaitMs))),
     on(api.SnapshotDestroy, (p, m) => done(s.destroySnapshot(snapshotId(p, m)))),
   ]);
 }

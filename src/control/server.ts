@@ -8,9 +8,6 @@ import { LineFramer } from './framing.js';
 import { dispatch, type Handler } from './handlers.js';
 import type { RpcResponse } from './protocol.js';
 
-const MAXIMUM_REQUESTS_IN_FLIGHT = 64;
-/** No new request of a connection starts while this many reply bytes wait for its client to read them. */
-const MAXIMUM_UNREAD_REPLY_BYTES = 1024 * 1024;
 
 function errorResponse(id: RpcResponse['id'], e: unknown): RpcResponse {
   const err = toBlkError(e);
@@ -73,9 +70,9 @@ export class ControlServer {
     let inFlight = 0;
     let isStartScheduled = false;
     const waiting: string[] = [];
-    const isReplyBacklogged = (): boolean => socket.writableLength >= MAXIMUM_UNREAD_REPLY_BYTES;
+    const isReplyBacklogged = (): boolean => socket.writableLength >= limits.maximumUnreadReplyBytes;
     const next = (): void => {
-      if (!isStartScheduled && !socket.destroyed && inFlight < MAXIMUM_REQUESTS_IN_FLIGHT && waiting.length > 0 && !isReplyBacklogged()) {
+      if (!isStartScheduled && !socket.destroyed && inFlight < limits.maximumRequestsInFlight && waiting.length > 0 && !isReplyBacklogged()) {
         inFlight++;
         this.#handleLine(waiting.shift() as string, send).finally(() => {
           inFlight--;

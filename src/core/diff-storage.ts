@@ -5,7 +5,7 @@ import { FileStorage } from '../backing/file-storage.js';
 import { openUnnamedFile } from '../os/async-fs.js';
 import type { Storage } from '../backing/storage.js';
 import { BlkError, toBlkError } from '../errors.js';
-import { SECTOR_SIZE } from '../params.js';
+import { diffStorageIo, SECTOR_SIZE } from '../params.js';
 import { Emitter } from '../util/emitter.js';
 
 
@@ -18,11 +18,6 @@ export interface DiffStorageOptions {
   devices: readonly Storage[];
 }
 
-/**
- * Image reads of kept chunks try the page cache first, as device reads do; chunk copies and image
- * writes are page-cache copies on the event loop while the kernel is far from throttling writers.
- */
-const STORE_OPTIONS = { cachedReadMaximum: 1024 * 1024, syncWriteMaximum: 1024 * 1024 };
 
 /**
  * One per snapshot, shared by its devices. Space is given out chunk by chunk from the front (a
@@ -70,10 +65,10 @@ export class DiffStorage {
       } catch (e) {
         throw new BlkError(toBlkError(e).code, `cannot create an unnamed file in ${target}: ${toBlkError(e).message}`);
       }
-      store = FileStorage.adopt(path.join(real, '(unnamed)'), fd, false, STORE_OPTIONS);
+      store = FileStorage.adopt(path.join(real, '(unnamed)'), fd, false, diffStorageIo);
       kind = 'directory';
     } else {
-      store = await FileStorage.open(target, STORE_OPTIONS);
+      store = await FileStorage.open(target, diffStorageIo);
       kind = store.isBlockDevice ? 'block' : 'file';
     }
     try {

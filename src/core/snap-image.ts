@@ -1,12 +1,11 @@
 // Owns a snapshot image: the read-write block device showing a device as it was at the take.
+import { buffers } from '../params.js';
 import type { Extent } from '../backing/storage.js';
 import type { BlockDevice, BlockDeviceFastPaths, IoFlags } from './block-device.js';
 import type { Device } from './device.js';
 import { RequestGate } from './request-gate.js';
 import type { DiffArea } from './diff-area.js';
 import type { DiffStorage } from './diff-storage.js';
-
-const ZERO_PIECE = 1024 * 1024;
 
 /**
  * blksnap's snapimage. Reads come from the kept originals and the device; writes land on the kept
@@ -70,7 +69,7 @@ export class SnapImage implements BlockDevice {
   }
 
   async zero(offset: number, length: number, flags: IoFlags): Promise<void> {
-    const zeroes = new Uint8Array(Math.min(length, ZERO_PIECE));
+    const zeroes = new Uint8Array(Math.min(length, buffers.zeroPieceBytes));
     for (let done = 0; done < length; done += zeroes.length) {
       await this.write(offset + done, zeroes.subarray(0, Math.min(zeroes.length, length - done)), flags);
     }

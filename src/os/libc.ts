@@ -19,8 +19,8 @@ const fadviseFn = libc.func('int posix_fadvise(int fd, int64_t offset, int64_t l
 const ioctlU64Fn = libc.func('int ioctl(int fd, unsigned long request, _Out_ uint64_t *value)');
 const ioctlPointerFn = libc.func('int ioctl(int fd, unsigned long request, void *arg)');
 const setsockoptFn = libc.func('int setsockopt(int fd, int level, int name, _In_ int *value, uint32_t length)');
-// The iovec is built by hand in `iovec` below: koffi marshalling a struct per call cost ~1 µs, a
-// third of a cached 4 KiB read.
+// The iovec is built by hand in `iovec` below: koffi marshalling a struct per call cost a third of
+// a cached 4 KiB read (docs/performance.md).
 const preadv2Fn = libc.func('int64_t preadv2(int fd, void *iov, int iovcnt, int64_t offset, int flags)');
 const memmoveFn = libc.func('uintptr_t memmove(void *to, void *from, size_t length)');
 const sendfileFn = libc.func('int64_t sendfile(int outFd, int inFd, _Inout_ int64_t *offset, size_t count)');

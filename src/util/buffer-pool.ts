@@ -1,6 +1,6 @@
 // Owns reusable I/O buffers: large request and reply buffers are recycled instead of allocated per request.
+import { buffers } from '../params.js';
 
-const SLAB_BYTES = 1024 * 1024;
 
 /**
  * Fresh large Buffers cost page faults on first touch (the allocator maps new memory for each),
@@ -12,7 +12,7 @@ export class BufferPool {
   #keptBytes = 0;
   /** The backing stores this pool allocated: the only ones release() takes. */
   #own = new WeakSet<ArrayBufferLike>();
-  #slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+  #slab = Buffer.allocUnsafeSlow(buffers.slabBytes);
   #slabUsed = 0;
   readonly maximumBytes: number;
   static readonly minimumPooledSize = 64 * 1024;
@@ -41,8 +41,8 @@ export class BufferPool {
    * would otherwise cost a malloc and a free every request. The slab lives while any piece does.
    */
   #carve(size: number): Buffer {
-    if (this.#slabUsed + size > SLAB_BYTES) {
-      this.#slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+    if (this.#slabUsed + size > buffers.slabBytes) {
+      this.#slab = Buffer.allocUnsafeSlow(buffers.slabBytes);
       this.#slabUsed = 0;
     }
     const piece = this.#slab.subarray(this.#slabUsed, this.#slabUsed + size);

@@ -1,5 +1,6 @@
 // Owns answering FUSE requests for one BlockDevice shown as the file `disk`: decoding each request in its
 // slot, serving it from the device, and writing exactly one reply (none for FORGET and INTERRUPT).
+import { fuse as fuseParams } from '../../params.js';
 import * as fs from 'node:fs';
 import type { BlockDevice } from '../../core/block-device.js';
 import { IoFlag } from '../../core/block-device.js';
@@ -13,10 +14,6 @@ const S_IFREG = 0o100000;
 const DT_DIR = 4;
 const DT_REG = 8;
 const O_ACCMODE = 3;
-/** The device's size does not change while it is attached: the kernel may cache attributes long. */
-const ATTR_VALID_SECONDS = 60;
-/** Replies up to this size are written on the event loop; larger ones by the thread pool. */
-const SYNC_REPLY_MAXIMUM = 64 * 1024;
 
 /** Where replies go and how a slot is handed back: the FUSE descriptor and the readers' shared memory. */
 export interface FuseReplies {
@@ -84,7 +81,7 @@ export class FuseRequests {
     const done = () => {
       w.writeOutHeader(b, w.OUT_HEADER_LENGTH + length, 0, unique);
       const reply = b.subarray(0, w.OUT_HEADER_LENGTH + length);
-      if (length <= SYNC_REPLY_MAXIMUM) {
+      if (length <= fuseParams.syncReplyMaximum) {
         this.#out.send(reply);
         return this.#release(slot);
       }
@@ -129,14 +126,14 @@ export class FuseRequests {
         return this.#init(w.readInitIn(b));
       case w.Opcode.LOOKUP:
         if (!isRoot || w.readName(b, length) !== DISK_FILE_NAME) throw new BlkError('ENOENT', 'no such file');
-        return w.encodeEntryOut(this.#attr(DISK_ID), ATTR_VALID_SECONDS);
+        return w.encodeEntryOut(this.#attr(DISK_ID), fuseParams.attributeValidSeconds);
       case w.Opcode.GETATTR:
-        return w.encodeAttrOut(this.#attr(h.nodeId), ATTR_VALID_SECONDS);
+        return w.encodeAttrOut(this.#attr(h.nodeId), fuseParams.attributeValidSeconds);
       case w.Opcode.SETATTR: {
         // Only what changes nothing: the device's size is fixed while it is attached.
         const s = w.readSetattrIn(b);
         if (s.valid & w.FATTR_SIZE && s.size !== device.size) throw new BlkError('EPERM', `${device.name} has a fixed size of ${device.size} bytes`);
-        return w.encodeAttrOut(this.#attr(h.nodeId), ATTR_VALID_SECONDS);
+        return w.encodeAttrOut(this.#attr(h.nodeId), fuseParams.attributeValidSeconds);
       }
       case w.Opcode.OPEN: {
         if ((w.readOpenIn(b).flags & O_ACCMODE) !== fs.constants.O_RDONLY && device.isReadOnly) throw new BlkError('EROFS', `${device.name} is read-only`);

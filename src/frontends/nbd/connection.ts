@@ -1,4 +1,5 @@
 // Owns one NBD connection's life: how its bytes are received, the handshake (with STARTTLS), transmission, close.
+import { nbdIo } from '../../params.js';
 import type * as net from 'node:net';
 import type * as tls from 'node:tls';
 import { raiseSendBuffer } from '../../os/libc.js';
@@ -9,9 +10,6 @@ import { Handshake, type ExportCatalogue, type TlsPolicy } from './handshake.js'
 import { adoptWithReceiver, ReceiveArena } from './receive-socket.js';
 import type { TlsServer } from './tls.js';
 import { Transmission } from './transmission.js';
-
-/** Two maximum-size replies' worth, so large reads leave in one piece. */
-const SEND_BUFFER_BYTES = 8 * 1024 * 1024;
 
 export interface ConnectionOptions {
   id: number;
@@ -62,7 +60,7 @@ export class NbdConnection {
         },
       });
       this.#fd = socketDescriptor(this.#socket);
-      if (this.#fd >= 0) raiseSendBuffer(this.#fd, SEND_BUFFER_BYTES);
+      if (this.#fd >= 0) raiseSendBuffer(this.#fd, nbdIo.sendBufferBytes);
     } else {
       this.#socket = accepted;
       this.#listen(accepted);

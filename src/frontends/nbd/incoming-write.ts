@@ -1,22 +1,19 @@
 // Owns one large NBD write while its payload comes off the socket: the buffer the socket reads it
 // into, and, where the device can, the device write its parts land in as they arrive.
+import { nbdIo } from '../../params.js';
 import { IoFlag, type BlockDevice } from '../../core/block-device.js';
 import type { WriteStream } from '../../core/write-stream.js';
 import { ioBuffers } from '../../util/buffer-pool.js';
 import { totalLength, type ByteQueue } from '../../util/byte-queue.js';
 import * as w from './wire.js';
 
-/** A streamed write lands its payload in parts of at least this size (and its last part). */
-const PART_MINIMUM = 64 * 1024;
-
 /**
  * The payload of a write whose header is parsed: what came with the header stays where it was
  * read (`head`, views of the receive arena) and the socket reads the rest straight into `buffer`.
  *
  * Where the device offers streamWrite, the payload lands as it arrives: the page-cache copy of
- * one part overlaps the client sending the next (1 MiB writes: 1.93 → 2.37 GB/s at depth 1,
- * 1.94 → 2.28 GB/s at depth 32, docs/performance.md). For the device it is one write, tracked
- * once and in flight until the last part.
+ * one part overlaps the client sending the next (measured: docs/performance.md, "Design choices,
+ * measured"). For the device it is one write, tracked once and in flight until the last part.
  */
 export class IncomingWrite {
   readonly header: w.RequestHeader;
@@ -85,7 +82,7 @@ export class IncomingWrite {
   received(n: number): boolean {
     this.filled += n;
     const isWhole = this.filled === this.buffer.length;
-    if (this.#stream !== null && (isWhole || this.filled - this.#landed >= PART_MINIMUM)) this.#landParts(this.#stream);
+    if (this.#stream !== null && (isWhole || this.filled - this.#landed >= nbdIo.streamPartMinimum)) this.#landParts(this.#stream);
     return isWhole;
   }
 

@@ -1,5 +1,6 @@
 // Owns reading an accepted connection into buffers the protocol chooses (Node's `onread`), which
 // net.Server does not offer for the sockets it accepts.
+import { nbdIo } from '../../params.js';
 import * as net from 'node:net';
 
 export interface Receiver {
@@ -44,9 +45,6 @@ export function adoptWithReceiver(accepted: net.Socket, receiver: Receiver): net
   return socket;
 }
 
-const ARENA_BYTES = 4 * 1024 * 1024;
-const READ_WINDOW_BYTES = 256 * 1024;
-const SMALLEST_WINDOW_BYTES = 16 * 1024;
 
 /**
  * Where reads that are not payload targets go: consecutive windows of one large buffer, so the
@@ -55,15 +53,15 @@ const SMALLEST_WINDOW_BYTES = 16 * 1024;
  * views keep an old arena alive until they are gone.
  */
 export class ReceiveArena {
-  #arena = Buffer.allocUnsafeSlow(ARENA_BYTES);
+  #arena = Buffer.allocUnsafeSlow(nbdIo.receiveArenaBytes);
   #used = 0;
 
   window(): Buffer {
-    if (ARENA_BYTES - this.#used < SMALLEST_WINDOW_BYTES) {
-      this.#arena = Buffer.allocUnsafeSlow(ARENA_BYTES);
+    if (nbdIo.receiveArenaBytes - this.#used < nbdIo.receiveSmallestWindowBytes) {
+      this.#arena = Buffer.allocUnsafeSlow(nbdIo.receiveArenaBytes);
       this.#used = 0;
     }
-    return this.#arena.subarray(this.#used, Math.min(ARENA_BYTES, this.#used + READ_WINDOW_BYTES));
+    return this.#arena.subarray(this.#used, Math.min(nbdIo.receiveArenaBytes, this.#used + nbdIo.receiveWindowBytes));
   }
 
   /** The first `n` bytes of the last window were filled; the next window starts after them. */

@@ -34,7 +34,7 @@ export class ReplyWriter {
    * requests are in flight, replies that complete in the same turn of the event loop leave in one
    * writev: the socket is corked until the turn's promise jobs have run. So are replies while more
    * requests wait in the receive queue (cached reads complete as they are parsed). A lone request's
-   * reply leaves at once: corking it only adds latency (4 KiB reads at depth 1: 30k → 34k IOPS).
+   * reply leaves at once: corking it only adds latency (docs/performance.md).
    */
   send(b: Buffer, sent?: () => void): void {
     const socket = this.#socket;

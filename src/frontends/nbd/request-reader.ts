@@ -1,5 +1,6 @@
 // Owns reading NBD requests off a connection: headers, write payloads (small ones from the queue, large
 // ones straight into their own buffer, streamed to the device as they come), refused payloads skipped.
+import { nbdIo } from '../../params.js';
 import type { BlockDevice } from '../../core/block-device.js';
 import type { BlkError } from '../../errors.js';
 import { ioBuffers } from '../../util/buffer-pool.js';
@@ -7,10 +8,6 @@ import type { ByteQueue } from '../../util/byte-queue.js';
 import { IncomingWrite } from './incoming-write.js';
 import * as w from './wire.js';
 
-/** Write payloads from this size on are received straight into their own buffer. */
-const DIRECT_PAYLOAD_MINIMUM = 128 * 1024;
-/** A streamed write whose client sends nothing for this long stops streaming (see #checkStall). */
-const STREAM_STALL_MS = 1000;
 
 export type TransmissionStep = { kind: 'more' } | { kind: 'paused' } | { kind: 'close'; reason: string };
 
@@ -86,7 +83,7 @@ export class RequestReader {
       if (this.#pending !== null) {
         const header = this.#pending;
         if (queue.length < header.length) {
-          if (header.length < DIRECT_PAYLOAD_MINIMUM) return { kind: 'more' };
+          if (header.length < nbdIo.directPayloadMinimum) return { kind: 'more' };
           // The socket reads the rest of this payload straight into its buffer (receiveTarget);
           // where the device can, its parts land as they come.
           const incoming = new IncomingWrite(header, queue, this.#device);
@@ -158,7 +155,7 @@ export class RequestReader {
   /**
    * A streamed write is in flight for the device until its last byte came, and a take waits for
    * the writes in flight. A client that stops mid-payload must not hold a take (or a detach)
-   * back: after STREAM_STALL_MS without a byte, what landed stays, the stream ends, and the rest
+   * back: after nbdIo.streamStallMs without a byte, what landed stays, the stream ends, and the rest
    * is written as a write of its own once it comes. Only then can a take fall inside this write.
    * One timer per connection, armed while a write streams.
    */
@@ -166,7 +163,7 @@ export class RequestReader {
     const incoming = this.#incoming;
     if (this.#stallWatch !== null || incoming === null) return;
     this.#stallWatch = { incoming, filled: incoming.filled };
-    setTimeout(() => this.#checkStall(), STREAM_STALL_MS).unref();
+    setTimeout(() => this.#checkStall(), nbdIo.streamStallMs).unref();
   }
 
   #checkStall(): void {

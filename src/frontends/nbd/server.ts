@@ -2,13 +2,10 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { claimSocketPath } from '../../os/socket-path.js';
-import { nbd as limits } from '../../params.js';
+import { nbd as limits, nbdIo } from '../../params.js';
 import { NbdConnection } from './connection.js';
 import type { ExportCatalogue } from './handshake.js';
 import type { TlsServer } from './tls.js';
-
-/** Below this a copy costs less than the page-cache probe and the extra system call. */
-const DEFAULT_SEND_FILE_MINIMUM = 64 * 1024;
 
 export interface NbdServerOptions {
   catalogue: ExportCatalogue;
@@ -85,7 +82,7 @@ export class NbdServer {
       catalogue,
       tls,
       handshakeTimeoutMs: this.#options.handshakeTimeoutMs ?? limits.handshakeTimeoutMs,
-      sendFileMinimum: this.#options.sendFileMinimum ?? DEFAULT_SEND_FILE_MINIMUM,
+      sendFileMinimum: this.#options.sendFileMinimum ?? nbdIo.sendFileMinimum,
       log,
       onClose: () => this.#connections.delete(connection),
     });

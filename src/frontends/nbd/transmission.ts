@@ -2,7 +2,7 @@
 import type { Socket } from 'node:net';
 import { IoFlag, type BlockDevice, type IoFlags } from '../../core/block-device.js';
 import { BlkError, toBlkError, toNbdErrno } from '../../errors.js';
-import { nbd as limits } from '../../params.js';
+import { nbd as limits, nbdIo } from '../../params.js';
 import { bytesReadable } from '../../os/libc.js';
 import { ioBuffers } from '../../util/buffer-pool.js';
 import type { ByteQueue } from '../../util/byte-queue.js';
@@ -12,11 +12,7 @@ import { RequestReader, type RequestSink, type TransmissionStep } from './reques
 import { ReplyWriter } from './reply-writer.js';
 import * as w from './wire.js';
 
-/** What a reply cut short by a full socket queues to learn when the socket has room again. */
-const WAIT_PIECE_BYTES = 64 * 1024;
 const EMPTY = Buffer.alloc(0);
-/** Writes from this size on go to the thread pool while the client has sent more requests. */
-const BACKGROUND_WRITE_MINIMUM = 256 * 1024;
 
 export type { TransmissionStep } from './request-reader.js';
 
@@ -192,7 +188,7 @@ export class Transmission implements RequestSink {
   #run(h: w.RequestHeader, payload: Buffer | Buffer[] | undefined): Promise<void> | undefined {
     const device = this.#device;
     let base: IoFlags = h.flags & w.NBD_CMD_FLAG_FUA ? IoFlag.Fua : IoFlag.None;
-    if (h.type === w.NBD_CMD_WRITE && h.length >= BACKGROUND_WRITE_MINIMUM && this.#hasMoreRequests()) base |= IoFlag.Background;
+    if (h.type === w.NBD_CMD_WRITE && h.length >= nbdIo.backgroundWriteMinimum && this.#hasMoreRequests()) base |= IoFlag.Background;
     switch (h.type) {
       case w.NBD_CMD_READ:
         return this.#read(h);
@@ -251,9 +247,9 @@ export class Transmission implements RequestSink {
 
   /**
    * Whether the client has sent more than this request: then a large write goes to the thread pool
-   * so its copy overlaps the event loop's reading of the next ones (1 MiB writes at depth 32:
-   * 1.55 → 1.79 GB/s); a client waiting for this reply is served quicker by a synchronous copy
-   * (1.71 vs 1.49 GB/s at depth 1). Requests in flight are no sign: synchronous writes leave none.
+   * so its copy overlaps the event loop's reading of the next ones; a client waiting for this reply
+   * is served quicker by a synchronous copy (both measured: docs/performance.md). Requests in
+   * flight are no sign: synchronous writes leave none.
    */
   #hasMoreRequests(): boolean {
     return this.#requestsInFlight > 1 || (this.#queue?.length ?? 0) > 0 || (this.#socketFd >= 0 && bytesReadable(this.#socketFd) > 0);
@@ -325,7 +321,7 @@ export class Transmission implements RequestSink {
         let piece = prefix.subarray(done);
         if (done >= prefix.length) {
           const at = done - prefix.length;
-          piece = Buffer.allocUnsafe(Math.min(WAIT_PIECE_BYTES, h.length - at));
+          piece = Buffer.allocUnsafe(Math.min(nbdIo.waitPieceBytes, h.length - at));
           await device.read(h.offset + at, piece);
         }
         await this.#replies.writeAndWait(piece);
