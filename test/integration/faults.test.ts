@@ -179,11 +179,25 @@ describe('faults', { skip: missing('nbdkit', 'nbdfuse', 'qemu-io') }, () => {
     const large = Buffer.concat([encodeRequest(NBD.WRITE, 0, 2n, 2 * MiB + 8192, 512 * 1024), Buffer.alloc(512 * 1024, 8)]);
     const read = encodeRequest(NBD.READ, 0, 3n, 0, 65536);
     const session = Buffer.concat([...handshake, small, large, read]);
+    // Every byte of the handshake and of the small write; the large payload every 997 bytes (every
+    // 61 with BLKSNAP_TEST_DURATION set: the long mode).
     const cuts = new Set<number>();
-    for (let i = 0; i < Buffer.concat(handshake).length + 64; i++) cuts.add(i);
-    for (let i = 0; i < session.length; i += 997) cuts.add(i);
+    const headed = Buffer.concat(handshake).length + small.length + 64;
+    for (let i = 0; i < headed; i++) cuts.add(i);
+    for (let i = 0; i < session.length; i += process.env.BLKSNAP_TEST_DURATION ? 61 : 997) cuts.add(i);
+    const connect = async (): Promise<RawNbd> => {
+      // Thousands of connections in a row can fill the listen backlog: wait for room, as a client would.
+      for (;;) {
+        try {
+          return await RawNbd.connect(daemon.nbdPath);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+          await new Promise((r) => setTimeout(r, 10));
+        }
+      }
+    };
     for (const at of [...cuts].sort((a, b) => a - b)) {
-      const c = await RawNbd.connect(daemon.nbdPath);
+      const c = await connect();
       c.write(session.subarray(0, at));
       c.socket.destroy();
     }
