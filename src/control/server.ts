@@ -8,7 +8,6 @@ import { LineFramer } from './framing.js';
 import { dispatch, type Handler } from './handlers.js';
 import type { RpcResponse } from './protocol.js';
 
-
 function errorResponse(id: RpcResponse['id'], e: unknown): RpcResponse {
   const err = toBlkError(e);
   return { jsonrpc: '2.0', id, error: { code: -err.errno, message: err.message, data: { errno: err.code } } };

@@ -1,7 +1,7 @@
 // Owns one NBD connection's life: how its bytes are received, the handshake (with STARTTLS), transmission, close.
-import { nbdIo } from '../../params.js';
 import type * as net from 'node:net';
 import type * as tls from 'node:tls';
+import { nbdIo } from '../../params.js';
 import { raiseSendBuffer } from '../../os/libc.js';
 import { socketDescriptor } from '../../os/socket-descriptor.js';
 import { ByteQueue } from '../../util/byte-queue.js';
