@@ -211,6 +211,7 @@ export class DiffArea {
 
   #imageError(): BlkError {
     const cause = this.#health.error;
+    if (cause === null && this.#isStopped) return new BlkError('ESHUTDOWN', `the snapshot of ${this.deviceName} is being destroyed`);
     return new BlkError('EIO', `snapshot image of ${this.deviceName} is corrupted${cause ? `: ${cause.toString()}` : ''}`);
   }
 
