@@ -43,6 +43,22 @@ export interface BlockDevice {
   readonly onClose: Event<void>;
   /** The fast paths, where the device has them; each may decline, and then the plain call follows. */
   readonly fast?: BlockDeviceFastPaths;
+  /** The change tracking behind it, as block status reports it; null where there is none. */
+  changes(): ChangeMap | null;
+}
+
+/**
+ * A device's change-block tracking as block status sees it (SPEC §8): one byte per tracking block,
+ * the active map for a device (every write so far), the read map for an image (as at its take).
+ */
+export interface ChangeMap {
+  readonly blockSize: number;
+  readonly blockCount: number;
+  /** The number of the last taken snapshot: contexts cbt-0 … cbt-changesNumber exist. */
+  readonly changesNumber: number;
+  /** A new generation means the bytes no longer compare with numbers from before it. */
+  readonly generationId: string;
+  byteAt(block: number): number;
 }
 
 /** Ways to serve a request without a promise or a copy; each says when it cannot. */

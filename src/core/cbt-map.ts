@@ -90,6 +90,16 @@ export class CbtMap {
     return this.#readMap.slice(start, end);
   }
 
+  /** One block's byte in the active map (what a device's block status reports). */
+  activeByte(block: number): number {
+    return this.#activeMap[block] ?? 0;
+  }
+
+  /** One block's byte in the read map (what an image's block status reports). */
+  readByte(block: number): number {
+    return this.#readMap[block] ?? 0;
+  }
+
   /** A copy of the active map, for tests and diagnostics. */
   activeMapCopy(): Uint8Array {
     return this.#activeMap.slice();

@@ -1,7 +1,7 @@
 // Owns an attached device: its backing store, its tracker, and the checked I/O every front end calls.
 import type { Extent, Storage } from '../backing/storage.js';
 import { totalLength } from '../util/byte-queue.js';
-import { IoFlag, type BlockDevice, type BlockDeviceFastPaths, type IoFlags } from './block-device.js';
+import { IoFlag, type BlockDevice, type BlockDeviceFastPaths, type ChangeMap, type IoFlags } from './block-device.js';
 import { RequestGate, checkRange } from './request-gate.js';
 import { Tracker } from './tracker.js';
 import { WriteStream } from './write-stream.js';
@@ -149,6 +149,13 @@ export class Device implements BlockDevice, BlockDeviceFastPaths {
 
   cache(offset: number, length: number): Promise<void> {
     return this.#gate.around('cache', offset, length, () => this.storage.cache(offset, length));
+  }
+
+  /** The active map: every write so far, with the number of the snapshot it came before. */
+  changes(): ChangeMap | null {
+    if (!this.tracker.isTracking) return null;
+    const cbt = this.tracker.cbt;
+    return { blockSize: cbt.blockSize, blockCount: cbt.blockCount, changesNumber: cbt.previousNumber, generationId: cbt.generationId, byteAt: (b) => cbt.activeByte(b) };
   }
 
   /** Marks ranges dirty in both CBT maps (markdirtyblock). */

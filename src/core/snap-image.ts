@@ -1,7 +1,7 @@
 // Owns a snapshot image: the read-write block device showing a device as it was at the take.
 import { buffers } from '../params.js';
 import type { Extent } from '../backing/storage.js';
-import type { BlockDevice, BlockDeviceFastPaths, IoFlags } from './block-device.js';
+import type { BlockDevice, BlockDeviceFastPaths, ChangeMap, IoFlags } from './block-device.js';
 import type { Device } from './device.js';
 import { RequestGate } from './request-gate.js';
 import type { DiffArea } from './diff-area.js';
@@ -94,6 +94,14 @@ export class SnapImage implements BlockDevice {
   async cache(offset: number, length: number): Promise<void> {
     this.#gate.enter('image cache', offset, length);
     this.#gate.leave();
+  }
+
+  /** The read map: the device's changes as they stood at the take. */
+  changes(): ChangeMap | null {
+    const tracker = this.device.tracker;
+    if (!tracker.isTracking) return null;
+    const cbt = tracker.cbt;
+    return { blockSize: cbt.blockSize, blockCount: cbt.blockCount, changesNumber: cbt.previousNumber, generationId: cbt.generationId, byteAt: (b) => cbt.readByte(b) };
   }
 
   /** Refuses new I/O, waits for what is in flight (the store's descriptor must outlive it), tells front ends. */

@@ -8,6 +8,7 @@ import { Registry } from '../../src/core/registry.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import { parseDaemonArgs } from '../../src/daemon/config.js';
 import { Handshake, type HandshakeStep, type TlsPolicy } from '../../src/frontends/nbd/handshake.js';
+import { matchContexts } from '../../src/frontends/nbd/meta-context.js';
 import { Transmission } from '../../src/frontends/nbd/transmission.js';
 import { FuseRequests } from '../../src/frontends/fuse/requests.js';
 import { ByteQueue } from '../../src/util/byte-queue.js';
@@ -213,7 +214,7 @@ export function transmissionTarget(): FuzzTarget {
       const transmission = new Transmission(
         sink as unknown as net.Socket,
         { socketFd: -1, sendFileMinimum: 0 },
-        { device, isStructured: structured, allocationContextId: rng.chance(0.5) ? 1 : 0, transmissionFlags: 0 },
+        { device, isStructured: structured, contexts: matchContexts(device, rng.pick([[], ['base:allocation'], ['base:allocation', 'x-blksnap:cbt', 'qemu:dirty-bitmap:cbt-0']]), false), transmissionFlags: 0 },
         () => progress(),
       );
       const queue = new ByteQueue();

@@ -2,6 +2,7 @@
 import type { BlockDevice } from '../../core/block-device.js';
 import { nbd as limits } from '../../params.js';
 import type { ByteQueue } from '../../util/byte-queue.js';
+import { matchContexts, type MetaContext } from './meta-context.js';
 import * as w from './wire.js';
 
 export interface ExportCatalogue {
@@ -13,8 +14,8 @@ export interface ExportCatalogue {
 export interface Agreement {
   device: BlockDevice;
   isStructured: boolean;
-  /** Context id of base:allocation, or 0 when not negotiated. */
-  allocationContextId: number;
+  /** The metadata contexts block status reports, in the order chosen (SET_META_CONTEXT). */
+  contexts: readonly MetaContext[];
   transmissionFlags: number;
 }
 
@@ -28,7 +29,6 @@ export type HandshakeStep =
 /** A listener's TLS policy: none offered, or required before anything but STARTTLS and ABORT. */
 export type TlsPolicy = 'none' | 'required';
 
-const ALLOCATION_CONTEXT_ID = 1;
 
 /** The transmission flags an export advertises. */
 export function transmissionFlags(device: BlockDevice, isStructured: boolean): number {
@@ -87,7 +87,7 @@ export class Handshake {
   #hasClientFlags = false;
   #hasNoZeroes = false;
   #isStructured = false;
-  #allocationContextId = 0;
+  #contexts: MetaContext[] = [];
   #option: w.OptionHeader | null = null;
   #tls: TlsPolicy;
   #isTlsActive = false;
@@ -242,22 +242,22 @@ export class Handshake {
       this.#error(option, w.NBD_REP_ERR_INVALID, 'malformed meta context request');
       return;
     }
-    if (!this.#catalogue.lookupExport(name)) {
+    const device = this.#catalogue.lookupExport(name);
+    if (!device) {
       this.#error(option, w.NBD_REP_ERR_UNKNOWN, `no export named '${name}'`);
       return;
     }
-    const matches = isSet
-      ? queries.some((q) => q === w.BASE_ALLOCATION)
-      : count === 0 || queries.some((q) => q === w.BASE_ALLOCATION || q === 'base:');
-    if (isSet) this.#allocationContextId = matches ? ALLOCATION_CONTEXT_ID : 0;
-    if (matches) this.#reply(option, w.NBD_REP_META_CONTEXT, w.encodeMetaContext(ALLOCATION_CONTEXT_ID, w.BASE_ALLOCATION));
+    const contexts = matchContexts(device, queries, !isSet);
+    if (isSet) this.#contexts = contexts;
+    // A LIST reply's context id means nothing (0); a SET reply's is the one block status will carry.
+    for (const c of contexts) this.#reply(option, w.NBD_REP_META_CONTEXT, w.encodeMetaContext(isSet ? c.id : 0, c.name));
     this.#reply(option, w.NBD_REP_ACK);
   }
 
   #agree(device: BlockDevice, flags: number): HandshakeStep {
     return {
       kind: 'transmission',
-      agreement: { device, isStructured: this.#isStructured, allocationContextId: this.#allocationContextId, transmissionFlags: flags },
+      agreement: { device, isStructured: this.#isStructured, contexts: this.#contexts, transmissionFlags: flags },
     };
   }
 }

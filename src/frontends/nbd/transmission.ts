@@ -8,6 +8,7 @@ import { ioBuffers } from '../../util/buffer-pool.js';
 import type { ByteQueue } from '../../util/byte-queue.js';
 import type { Agreement } from './handshake.js';
 import type { IncomingWrite } from './incoming-write.js';
+import { changeExtents } from './meta-context.js';
 import { RequestReader, type RequestSink, type TransmissionStep } from './request-reader.js';
 import { ReplyWriter } from './reply-writer.js';
 import * as w from './wire.js';
@@ -150,8 +151,8 @@ export class Transmission implements RequestSink {
     if (h.type === w.NBD_CMD_READ && h.length > limits.maximumBlockSize) {
       return new BlkError('EINVAL', `read of ${h.length} bytes exceeds the maximum block size ${limits.maximumBlockSize}`);
     }
-    if (h.type === w.NBD_CMD_BLOCK_STATUS && this.#agreement.allocationContextId === 0) {
-      return new BlkError('EINVAL', 'block status needs the base:allocation meta context');
+    if (h.type === w.NBD_CMD_BLOCK_STATUS && this.#agreement.contexts.length === 0) {
+      return new BlkError('EINVAL', 'block status needs a meta context (base:allocation, qemu:dirty-bitmap:cbt-J, x-blksnap:cbt)');
     }
     return null;
   }
@@ -345,14 +346,26 @@ export class Transmission implements RequestSink {
     }
   }
 
+  /** One block-status chunk per chosen context, the last one flagged done. */
   async #blockStatus(h: w.RequestHeader): Promise<void> {
     const maximum = h.flags & w.NBD_CMD_FLAG_REQ_ONE ? 1 : limits.maximumExtentsPerReply;
-    const extents = await this.#device.extents(h.offset, h.length, maximum);
-    const descriptors = extents.slice(0, maximum).map((e) => ({
-      length: Math.min(e.length, h.offset + h.length - e.offset),
-      flags: (e.isHole ? w.NBD_STATE_HOLE : 0) | (e.isZero ? w.NBD_STATE_ZERO : 0),
-    }));
-    this.#replies.send(w.encodeBlockStatus(h.cookie, this.#agreement.allocationContextId, descriptors));
+    const contexts = this.#agreement.contexts;
+    const chunks: Buffer[] = [];
+    for (const [i, context] of contexts.entries()) {
+      let descriptors: Array<{ length: number; flags: number }>;
+      if (context.kind === 'allocation') {
+        const extents = await this.#device.extents(h.offset, h.length, maximum);
+        descriptors = extents.slice(0, maximum).map((e) => ({
+          length: Math.min(e.length, h.offset + h.length - e.offset),
+          flags: (e.isHole ? w.NBD_STATE_HOLE : 0) | (e.isZero ? w.NBD_STATE_ZERO : 0),
+        }));
+      } else {
+        descriptors = changeExtents(context, this.#device.changes(), h.offset, h.length, maximum);
+      }
+      chunks.push(w.encodeBlockStatus(h.cookie, context.id, descriptors, i === contexts.length - 1));
+    }
+    // One socket write: the chunks of one reply never interleave with another reply's.
+    this.#replies.send(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks));
   }
 
   #replyOk(h: w.RequestHeader): void {

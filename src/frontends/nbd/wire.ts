@@ -224,10 +224,10 @@ export function encodeStructuredError(cookie: Buffer, error: number, message: st
 }
 
 /** A final NBD_REPLY_TYPE_BLOCK_STATUS chunk for one meta context. */
-export function encodeBlockStatus(cookie: Buffer, contextId: number, extents: ReadonlyArray<{ length: number; flags: number }>): Buffer {
+export function encodeBlockStatus(cookie: Buffer, contextId: number, extents: ReadonlyArray<{ length: number; flags: number }>, isLast = true): Buffer {
   const payload = 4 + 8 * extents.length;
   const b = Buffer.allocUnsafe(STRUCTURED_HEADER_LENGTH + payload);
-  writeStructuredHeader(b, 0, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, cookie, payload);
+  writeStructuredHeader(b, 0, isLast ? NBD_REPLY_FLAG_DONE : 0, NBD_REPLY_TYPE_BLOCK_STATUS, cookie, payload);
   b.writeUInt32BE(contextId, 20);
   let at = 24;
   for (const e of extents) {

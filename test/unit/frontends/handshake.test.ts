@@ -77,7 +77,7 @@ describe('NBD handshake', () => {
     if (step.kind !== 'transmission') return;
     assert.equal(step.agreement.device.name, 'disk0');
     assert.equal(step.agreement.isStructured, true);
-    assert.equal(step.agreement.allocationContextId, 1);
+    assert.deepEqual(step.agreement.contexts.map((c) => [c.id, c.name]), [[1, 'base:allocation']]);
   });
 
   it('gives the same replies however the input is split (re-splitting fuzz)', async () => {
