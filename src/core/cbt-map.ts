@@ -100,6 +100,39 @@ export class CbtMap {
     return this.#readMap[block] ?? 0;
   }
 
+  /**
+   * The whole map as bytes, for a state file: capacity (8), previous and active numbers (1 each),
+   * the generation UUID as text (36), then both maps.
+   */
+  serialize(): Buffer {
+    const head = Buffer.alloc(8 + 1 + 1 + 36);
+    head.writeBigUInt64LE(BigInt(this.capacity), 0);
+    head[8] = this.#previousNumber;
+    head[9] = this.#activeNumber;
+    head.write(this.#generationId, 10, 'latin1');
+    return Buffer.concat([head, this.#activeMap, this.#readMap]);
+  }
+
+  /** A map from serialize()'s bytes; EINVAL when they do not describe one (the caller starts anew). */
+  static deserialize(data: Buffer): CbtMap {
+    if (data.length < 46) throw new BlkError('EINVAL', 'CBT state too short');
+    const map = new CbtMap(Number(data.readBigUInt64LE(0)));
+    const previous = data[8] as number;
+    const active = data[9] as number;
+    const generation = data.toString('latin1', 10, 46);
+    if (data.length !== 46 + 2 * map.blockCount) throw new BlkError('EINVAL', `CBT state of ${data.length} bytes for ${map.blockCount} blocks`);
+    if (active < 1 || active > 255 || previous > 255 || (previous !== active - 1 && !(active === 1 && previous === 255))) {
+      throw new BlkError('EINVAL', `CBT state with numbers ${previous} and ${active}`);
+    }
+    if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(generation)) throw new BlkError('EINVAL', 'CBT state without a generation');
+    map.#previousNumber = previous;
+    map.#activeNumber = active;
+    map.#generationId = generation;
+    map.#activeMap.set(data.subarray(46, 46 + map.blockCount));
+    map.#readMap.set(data.subarray(46 + map.blockCount));
+    return map;
+  }
+
   /** A copy of the active map, for tests and diagnostics. */
   activeMapCopy(): Uint8Array {
     return this.#activeMap.slice();
