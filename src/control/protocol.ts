@@ -56,6 +56,10 @@ export interface CbtInfo {
   generationId: string;
   /** The number of the last taken snapshot (blksnap's changes_number). */
   changesNumber: number;
+  /** Where the map came from: new (see originReason), or restored as saved at a clean stop. */
+  origin: 'new' | 'restored' | 'recovered';
+  /** Why the generation is new, for origin "new". */
+  originReason?: string;
 }
 
 export interface CbtReadParams extends DeviceParams {

@@ -3,7 +3,7 @@ import type { Extent, Storage } from '../backing/storage.js';
 import { totalLength } from '../util/byte-queue.js';
 import { IoFlag, type BlockDevice, type BlockDeviceFastPaths, type ChangeMap, type IoFlags } from './block-device.js';
 import { RequestGate, checkRange } from './request-gate.js';
-import { Tracker } from './tracker.js';
+import { Tracker, type TrackerOptions } from './tracker.js';
 import { WriteStream } from './write-stream.js';
 
 export { checkRange } from './request-gate.js';
@@ -22,7 +22,7 @@ export class Device implements BlockDevice, BlockDeviceFastPaths {
   #gate: RequestGate;
   readonly onClose: RequestGate['onClose'];
 
-  constructor(name: string, storage: Storage, options: { tracking?: boolean } = {}) {
+  constructor(name: string, storage: Storage, options: TrackerOptions = {}) {
     this.name = name;
     this.storage = storage;
     this.tracker = new Tracker(storage, options);

@@ -5,6 +5,7 @@ import type { Storage } from '../backing/storage.js';
 import { BlkError } from '../errors.js';
 import type { BlockDevice } from './block-device.js';
 import { Device } from './device.js';
+import type { TrackerOptions } from './tracker.js';
 import type { SnapImage } from './snap-image.js';
 import { Snapshot, type ImagePublisher, type SnapshotOptions } from './snapshot.js';
 
@@ -43,7 +44,7 @@ export class Registry implements ImagePublisher {
   #snapshots = new Map<string, Snapshot>();
 
   /** Attaches a device over an opened store; the store is closed again if the name is taken. */
-  async attach(storage: Storage, options: { name?: string; tracking?: boolean } = {}): Promise<Device> {
+  async attach(storage: Storage, options: { name?: string } & TrackerOptions = {}): Promise<Device> {
     const name = options.name ?? defaultDeviceName(storage.path);
     try {
       if (!NAME_PATTERN.test(name)) {
@@ -59,7 +60,8 @@ export class Registry implements ImagePublisher {
       await storage.close();
       throw e;
     }
-    const device = new Device(name, storage, options.tracking === undefined ? {} : { tracking: options.tracking });
+    const { name: _name, ...tracker } = options;
+    const device = new Device(name, storage, tracker);
     this.#devices.set(name, device);
     return device;
   }

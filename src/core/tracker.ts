@@ -4,6 +4,17 @@ import { BlkError } from '../errors.js';
 import { CbtMap } from './cbt-map.js';
 import type { DiffArea } from './diff-area.js';
 
+/** Where a tracker's map came from (cbtinfo's origin). */
+export type TrackerOrigin = { kind: 'new'; reason: string } | { kind: 'restored' };
+
+export interface TrackerOptions {
+  tracking?: boolean;
+  /** The map as saved at a clean stop; used when the capacity is still the same. */
+  restored?: CbtMap;
+  /** Why the map is new (no state, a damaged state file, a crash, a changed store). */
+  newReason?: string;
+}
+
 /**
  * blksnap's tracker: every write of a device passes `beginWrite()` / `endWrite()` around its
  * CBT marking and store I/O. `hold()` stops admitting new writes and resolves when the ones in
@@ -21,9 +32,14 @@ export class Tracker {
   #held: Promise<void> | null = null;
   #releaseHeld: (() => void) | null = null;
 
-  constructor(storage: Storage, options: { tracking?: boolean } = {}) {
+  /** Where the map came from: a new one (and why), or restored from the state of a clean stop. */
+  readonly origin: TrackerOrigin;
+
+  constructor(storage: Storage, options: TrackerOptions = {}) {
     this.#storage = storage;
-    this.#cbt = new CbtMap(storage.size);
+    const restored = options.restored;
+    this.#cbt = restored && restored.capacity === storage.size ? restored : new CbtMap(storage.size);
+    this.origin = restored && this.#cbt === restored ? { kind: 'restored' } : { kind: 'new', reason: restored ? `capacity changed from ${restored.capacity} to ${storage.size} bytes` : (options.newReason ?? 'first attached') };
     this.isTracking = options.tracking ?? true;
   }
 

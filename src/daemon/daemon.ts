@@ -13,6 +13,7 @@ import type { Log } from './log.js';
 import { LoopDevices } from './loop-devices.js';
 import { OwnPaths } from './own-paths.js';
 import { BlksnapService } from './service.js';
+import { DeviceState } from './device-state.js';
 
 export class Daemon {
   readonly registry = new Registry();
@@ -60,6 +61,7 @@ export class Daemon {
       exportUri: (name) => `nbd+unix:///${encodeURIComponent(name)}?socket=${config.nbdPath}`,
       storageOptions: { cachedReadMaximum: config.cachedReadMaximum, syncWriteMaximum: config.syncWriteMaximum },
       isLoopForAll: config.loopAll,
+      state: new DeviceState(config.stateDir),
       log,
     });
     this.control = new ControlServer(config.controlPath, controlHandlers(this.service), log);
@@ -73,7 +75,15 @@ export class Daemon {
     await this.loopDevices.cleanLeftovers();
     await this.nbd.start();
     await this.control.start();
-    for (const a of this.config.attach) await this.service.attach({ path: a.path, ...(a.name ? { name: a.name } : {}) });
+    await this.service.restoreAttached();
+    for (const a of this.config.attach) {
+      const again = this.registry.devices().find((d) => d.path === a.path);
+      if (again) {
+        this.#log(`${a.path} is attached already (as ${again.name}, from the state directory)`);
+        continue;
+      }
+      await this.service.attach({ path: a.path, ...(a.name ? { name: a.name } : {}) });
+    }
     const tls = this.config.tls === null ? ' in the clear (--tls off)' : ' with TLS';
     const tcp = this.nbd.tcpPort === undefined ? '' : `, nbd tcp port ${this.nbd.tcpPort}${tls}`;
     this.#log(`ready: control ${this.config.controlPath}, nbd ${this.config.nbdPath}${tcp}`);
@@ -84,7 +94,10 @@ export class Daemon {
     await this.service.destroyAll();
     await this.loopDevices.releaseAll();
     await this.nbd.close();
-    for (const device of this.registry.devices()) await this.registry.detach(device);
+    // Detach waits for each device's last write; then the trackers are saved as of a clean stop.
+    const devices = this.registry.devices();
+    for (const device of devices) await this.registry.detach(device);
+    await this.service.saveTrackers(devices);
     if (this.#hasPidFile) fs.rmSync(this.#pidFile, { force: true });
     this.#log('stopped');
   }

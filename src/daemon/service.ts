@@ -11,6 +11,10 @@ import { BlkError, toBlkError } from '../errors.js';
 import { fileExtentsOn, freezeMountPoint } from '../os/async-fs.js';
 import type { LoopDevices } from './loop-devices.js';
 import type { OwnPaths } from './own-paths.js';
+import type { DeviceState } from './device-state.js';
+import type { TrackerOptions } from '../core/tracker.js';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 
 export const BLKSNAP_VERSION = '2.0.0';
 
@@ -24,6 +28,8 @@ export interface ServiceOptions {
   storageOptions: FileStorageOptions;
   /** Every attached device gets a kernel block device (blksnapd --loop). */
   isLoopForAll: boolean;
+  /** Where attached devices and their trackers are kept across restarts. */
+  state: DeviceState;
   log(line: string): void;
 }
 
@@ -44,13 +50,20 @@ export class BlksnapService implements ControlService {
 
   /** Opens the store (refused when it lies on one of our own devices), attaches it, gives it a block device if asked. */
   async attach(p: api.AttachParams): Promise<api.DeviceInfo> {
+    const device = await this.#attach(p, {});
+    await this.#saveAttached();
+    return this.#deviceInfo(device);
+  }
+
+  async #attach(p: api.AttachParams, tracker: TrackerOptions): Promise<Device> {
     const { registry, loopDevices, log } = this.#o;
     await this.#o.ownPaths.refuseOwn(p.path, 'store');
     const readOnly = p.readOnly ?? false;
     const tracking = p.tracking ?? true;
     const storage = await FileStorage.open(p.path, { readOnly, ...this.#o.storageOptions });
-    const device = await registry.attach(storage, { tracking, ...(p.name === undefined ? {} : { name: p.name }) });
-    log(`attached ${device.path} as ${device.name} (${device.size} bytes${readOnly ? ', read-only' : ''}${tracking ? '' : ', untracked'})`);
+    const device = await registry.attach(storage, { ...tracker, tracking, ...(p.name === undefined ? {} : { name: p.name }) });
+    const origin = device.tracker.origin;
+    log(`attached ${device.path} as ${device.name} (${device.size} bytes${readOnly ? ', read-only' : ''}${tracking ? '' : ', untracked'}; CBT ${origin.kind === 'restored' ? 'restored' : `new: ${origin.reason}`})`);
     if (p.loop ?? this.#o.isLoopForAll) {
       try {
         await loopDevices.expose(device.name);
@@ -59,7 +72,49 @@ export class BlksnapService implements ControlService {
         throw e;
       }
     }
-    return this.#deviceInfo(device);
+    return device;
+  }
+
+  /**
+   * At start: attaches again what the state says was attached, each with its tracker as saved at a
+   * clean stop, or a new one with the reason. A store that is gone is logged and left out. Each
+   * tracker is saved again at once as "running", so a crash from now on is told at the next start.
+   */
+  async restoreAttached(): Promise<void> {
+    const { state, log } = this.#o;
+    const { records, reason } = await state.loadAttached();
+    if (reason && !reason.includes('ENOENT')) log(`no devices restored: ${reason}`);
+    for (const r of records) {
+      try {
+        await fs.promises.stat(r.path);
+      } catch (e) {
+        log(`not attaching ${r.name} again: its store ${r.path} is gone (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+        continue;
+      }
+      const saved = r.tracking ? await state.loadTracker(r.name, r.path) : { reason: 'untracked' };
+      try {
+        const device = await this.#attach({ path: r.path, name: r.name, readOnly: r.readOnly, tracking: r.tracking, loop: r.loop }, 'map' in saved ? { restored: saved.map } : { newReason: saved.reason });
+        if (device.tracker.isTracking) await state.saveTracker(device, false);
+      } catch (e) {
+        log(`cannot attach ${r.name} again: ${toBlkError(e).toString()}`);
+      }
+    }
+    await this.#saveAttached();
+  }
+
+  /** At a clean stop, after the devices' last writes: every tracker saved as clean. */
+  async saveTrackers(devices: readonly Device[]): Promise<void> {
+    for (const d of devices) {
+      if (!d.tracker.isTracking) continue;
+      await this.#o.state.saveTracker(d, true).catch((e: unknown) => this.#o.log(`cannot save the tracker of ${d.name}: ${String(e)}`));
+    }
+  }
+
+  async #saveAttached(): Promise<void> {
+    const { registry, loopDevices } = this.#o;
+    await this.#o.state.saveAttached(
+      registry.devices().map((d) => ({ path: path.resolve(d.path), name: d.name, readOnly: d.isReadOnly, tracking: d.tracker.isTracking, loop: loopDevices.get(d.name) !== undefined })),
+    );
   }
 
   async detach(name: string): Promise<void> {
@@ -70,6 +125,9 @@ export class BlksnapService implements ControlService {
     if (mounted.length) throw new BlkError('EBUSY', `device ${device.name} is mounted on ${mounted.join(', ')}; unmount it first`);
     await loopDevices.release(device.name);
     await registry.detach(device);
+    // Detach ends tracking: nothing of it comes back at the next start.
+    await this.#o.state.forgetTracker(device.name);
+    await this.#saveAttached();
     log(`detached ${device.name}`);
   }
 
@@ -237,11 +295,14 @@ export class BlksnapService implements ControlService {
 
 function cbtInfo(device: Device): api.CbtInfo {
   const cbt = device.tracker.cbt;
+  const origin = device.tracker.origin;
   return {
     deviceCapacity: cbt.capacity,
     blockSize: cbt.blockSize,
     blockCount: cbt.blockCount,
     generationId: cbt.generationId,
     changesNumber: cbt.previousNumber,
+    origin: origin.kind,
+    ...(origin.kind === 'new' ? { originReason: origin.reason } : {}),
   };
 }

@@ -30,6 +30,11 @@ export class TestDaemon {
   /** Starts a daemon with its sockets and state in a new temp directory; resolves when it is ready. */
   static async start(extraArgs: string[] = []): Promise<TestDaemon> {
     const { dir, remove } = tempDir('blksnapd-');
+    return TestDaemon.startIn(dir, remove, extraArgs);
+  }
+
+  /** Starts a daemon on a state directory of its own choosing (a restart: the last one's); `remove` runs at stop(). */
+  static async startIn(dir: string, remove: () => void, extraArgs: string[] = []): Promise<TestDaemon> {
     const child = spawn(process.execPath, [blksnapd, '--control', path.join(dir, 'control.sock'), '--nbd', path.join(dir, 'nbd.sock'), '--state-dir', dir, ...extraArgs], {
       stdio: ['ignore', 'ignore', 'pipe'],
     });
@@ -62,8 +67,16 @@ export class TestDaemon {
     return JSON.parse(r.stdout) as T;
   }
 
-  /** SIGTERM, wait for exit (SIGKILL after 10 s), remove the temp directory. Returns the exit code. */
-  async stop(): Promise<number | null> {
+  /** SIGKILL, as a crash: the state directory stays for the next start. */
+  async kill(): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    const exited = new Promise((r) => this.child.once('exit', r));
+    this.child.kill('SIGKILL');
+    await exited;
+  }
+
+  /** SIGTERM, wait for exit (SIGKILL after 10 s), remove the temp directory unless `keep`. Returns the exit code. */
+  async stop(options: { keep?: boolean } = {}): Promise<number | null> {
     if (this.child.exitCode === null && this.child.signalCode === null) {
       const exited = new Promise((r) => this.child.once('exit', r));
       this.child.kill('SIGTERM');
@@ -71,7 +84,7 @@ export class TestDaemon {
       await exited;
       clearTimeout(timer);
     }
-    this.#removeDir();
+    if (!options.keep) this.#removeDir();
     return this.child.exitCode;
   }
 

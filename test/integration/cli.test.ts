@@ -46,7 +46,8 @@ describe('blksnap CLI', () => {
     const list = await daemon.json<{ devices: Array<Record<string, unknown>> }>('list');
     assert.deepEqual(list.devices.map((d) => d.name), ['vol1']);
     const info = await daemon.json<Record<string, unknown>>('cbtinfo', '--device', file);
-    assert.deepEqual(Object.keys(info).sort(), ['blockCount', 'blockSize', 'changesNumber', 'deviceCapacity', 'generationId']);
+    assert.deepEqual(Object.keys(info).sort(), ['blockCount', 'blockSize', 'changesNumber', 'deviceCapacity', 'generationId', 'origin', 'originReason']);
+    assert.deepEqual([info.origin, info.originReason], ['new', 'first attached']);
     const text = await daemon.cli('cbtinfo', '--device', 'vol1');
     assert.match(text.stdout, /^device_capacity=3145728$/m);
     assert.match(text.stdout, /^block_count=48$/m);

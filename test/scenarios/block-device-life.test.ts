@@ -3,8 +3,8 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { blksnapd, TestDaemon } from '../helpers/daemon.js';
-import { missing, run, sparseFile, tempDir } from '../helpers/tools.js';
+import { blksnapCli, blksnapd, TestDaemon } from '../helpers/daemon.js';
+import { check, missing, run, sparseFile, tempDir } from '../helpers/tools.js';
 import { spawn } from 'node:child_process';
 
 const skip = missing('nbdfuse', 'losetup', 'fusermount3');
@@ -66,9 +66,17 @@ for (const route of ['fuse', 'nbdfuse']) describe(`kernel block device life (--l
       assert.equal(loopsUnder(stateDir).length, 1, 'the crash left a loop device behind');
       second = await TestDaemon.start(['--state-dir', stateDir, '--control', path.join(stateDir, 'c.sock'), '--nbd', path.join(stateDir, 'n.sock')]);
       assert.match(second.log, /cleaning block device \/dev\/loop\d+ of d left by an earlier daemon/);
+      for (const pid of pids) assert.equal(isAlive(pid), false);
+      // The device itself comes back from the state directory (SPEC §8), with a block device of
+      // the new daemon's own: one loop device, released with everything else at a clean stop.
+      const listed = await check(process.execPath, [blksnapCli, 'list', '--json', '--control', path.join(stateDir, 'c.sock')]);
+      const devices = (JSON.parse(listed) as { devices: Array<{ name: string; blockDevice?: string }> }).devices;
+      assert.deepEqual(devices.map((d) => d.name), ['d']);
+      assert.match(devices[0]?.blockDevice ?? '', /^\/dev\/loop\d+$/);
+      assert.equal(loopsUnder(stateDir).length, 1);
+      await second.stop({ keep: true });
       assert.deepEqual(loopsUnder(stateDir), []);
       assert.deepEqual(fuseMountsUnder(stateDir), []);
-      for (const pid of pids) assert.equal(isAlive(pid), false);
     } finally {
       await second?.stop();
       for (const l of loopsUnder(stateDir)) await run('losetup', ['-d', `/dev/${l}`]);

@@ -31,6 +31,8 @@ export const cbtCommands: Command[] = [
         `block_count=${i.blockCount}`,
         `generation_id=${i.generationId}`,
         `changes_number=${i.changesNumber}`,
+        `origin=${i.origin}`,
+        ...(i.originReason === undefined ? [] : [`origin_reason=${i.originReason}`]),
       ].join('\n');
       io.print(i, text);
     },
