@@ -6,8 +6,6 @@ import { RequestGate, checkRange } from './request-gate.js';
 import { Tracker, type TrackerOptions } from './tracker.js';
 import { WriteStream } from './write-stream.js';
 
-export { checkRange } from './request-gate.js';
-
 /**
  * A device attached to the daemon. The daemon is the only writer of its store; every write goes
  * through the tracker (CBT marking, and the take's write gate) before it reaches the store.
