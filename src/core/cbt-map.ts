@@ -2,6 +2,7 @@
 import { randomUUID } from 'node:crypto';
 import { BlkError } from '../errors.js';
 import { tracking } from '../params.js';
+import type { ChangeMap } from './block-device.js';
 
 /** blksnap's block size rule: start at 2^16 and double while the count exceeds 2^21, capped at 2^26. */
 export function cbtBlockGeometry(capacity: number): { blockShift: number; blockCount: number } {
@@ -90,14 +91,10 @@ export class CbtMap {
     return this.#readMap.slice(start, end);
   }
 
-  /** One block's byte in the active map (what a device's block status reports). */
-  activeByte(block: number): number {
-    return this.#activeMap[block] ?? 0;
-  }
-
-  /** One block's byte in the read map (what an image's block status reports). */
-  readByte(block: number): number {
-    return this.#readMap[block] ?? 0;
+  /** The active map (a device's view) or the read map (an image's view), as block status reads it. */
+  changeMap(which: 'active' | 'read'): ChangeMap {
+    const map = which === 'active' ? this.#activeMap : this.#readMap;
+    return { blockSize: this.blockSize, blockCount: this.blockCount, changesNumber: this.#previousNumber, generationId: this.#generationId, byteAt: (b) => map[b] ?? 0 };
   }
 
   /**

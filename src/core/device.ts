@@ -151,9 +151,7 @@ export class Device implements BlockDevice, BlockDeviceFastPaths {
 
   /** The active map: every write so far, with the number of the snapshot it came before. */
   changes(): ChangeMap | null {
-    if (!this.tracker.isTracking) return null;
-    const cbt = this.tracker.cbt;
-    return { blockSize: cbt.blockSize, blockCount: cbt.blockCount, changesNumber: cbt.previousNumber, generationId: cbt.generationId, byteAt: (b) => cbt.activeByte(b) };
+    return this.tracker.isTracking ? this.tracker.cbt.changeMap('active') : null;
   }
 
   /** Marks ranges dirty in both CBT maps (markdirtyblock). */

@@ -99,9 +99,7 @@ export class SnapImage implements BlockDevice {
   /** The read map: the device's changes as they stood at the take. */
   changes(): ChangeMap | null {
     const tracker = this.device.tracker;
-    if (!tracker.isTracking) return null;
-    const cbt = tracker.cbt;
-    return { blockSize: cbt.blockSize, blockCount: cbt.blockCount, changesNumber: cbt.previousNumber, generationId: cbt.generationId, byteAt: (b) => cbt.readByte(b) };
+    return tracker.isTracking ? tracker.cbt.changeMap('read') : null;
   }
 
   /** Refuses new I/O, waits for what is in flight (the store's descriptor must outlive it), tells front ends. */

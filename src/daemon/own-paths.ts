@@ -16,7 +16,8 @@ const MAXIMUM_DEPTH = 8;
 /** The error for a path that is an attached device's store itself. */
 export type SameStore = (device: string, what: string) => BlkError;
 
-const busy: SameStore = (device, what) => new BlkError('EBUSY', `${what} is the store of attached device ${device}, in use`);
+/** An attached device's store given again: in use. */
+export const storeInUse: SameStore = (device, what) => new BlkError('EBUSY', `${what} is the store of attached device ${device}, in use`);
 
 /**
  * A path a client gives (a store to attach, a difference storage, a backup target) may lie on a
@@ -36,7 +37,7 @@ export class OwnPaths {
    * it when it is an attached device's store itself (EBUSY: in use); ENOENT etc. when it cannot be
    * looked at.
    */
-  async refuseOwn(p: string, purpose: string, sameStore: SameStore = busy): Promise<PathIdentity> {
+  async refuseOwn(p: string, purpose: string, sameStore: SameStore = storeInUse): Promise<PathIdentity> {
     let identity: PathIdentity;
     try {
       identity = await identifyPath(p);

@@ -10,7 +10,7 @@ import type { Snapshot } from '../core/snapshot.js';
 import { BlkError, toBlkError } from '../errors.js';
 import { fileExtentsOn, freezeMountPoint } from '../os/async-fs.js';
 import type { LoopDevices } from './loop-devices.js';
-import type { OwnPaths } from './own-paths.js';
+import { storeInUse, type OwnPaths } from './own-paths.js';
 import type { DeviceState } from './device-state.js';
 import type { TrackerOptions } from '../core/tracker.js';
 import * as fs from 'node:fs';
@@ -172,7 +172,7 @@ export class BlksnapService implements ControlService {
     const devices = await Promise.all(p.devices.map((n) => registry.find(n)));
     if (new Set(devices).size !== devices.length) throw new BlkError('EINVAL', 'snapshot.create: a device is listed twice');
     await this.#o.ownPaths.refuseOwn(p.diffStorage, 'difference storage', (name, what) =>
-      devices.some((d) => d.name === name) ? new BlkError('EINVAL', `${what} is a device of this snapshot (${name})`) : new BlkError('EBUSY', `${what} is the store of attached device ${name}, in use`),
+      devices.some((d) => d.name === name) ? new BlkError('EINVAL', `${what} is a device of this snapshot (${name})`) : storeInUse(name, what),
     );
     const snapshot = await registry.createSnapshot(devices, {
       diffStorage: p.diffStorage,
