@@ -39,8 +39,6 @@ let zeroBuffer: Buffer | undefined;
 
 export class FileStorage implements Storage, StorageFastPaths {
   readonly path: string;
-  readonly isBlockDevice: boolean;
-  readonly isReadOnly: boolean;
   readonly can: StorageCapabilities;
   /** Every file store has a page cache to answer from. */
   readonly fast: StorageFastPaths = this;
@@ -58,9 +56,7 @@ export class FileStorage implements Storage, StorageFastPaths {
   private constructor(path: string, fd: number, isBlockDevice: boolean, options: FileStorageOptions) {
     this.path = path;
     this.#fd = fd;
-    this.isBlockDevice = isBlockDevice;
-    this.isReadOnly = options.readOnly ?? false;
-    this.can = { isBlockDevice, isReadOnly: this.isReadOnly, grow: !isBlockDevice };
+    this.can = { isBlockDevice, isReadOnly: options.readOnly ?? false, grow: !isBlockDevice };
     this.#cachedReadMaximum = options.cachedReadMaximum ?? 0;
     this.#syncWriteMaximum = options.syncWriteMaximum ?? 0;
     this.#size = 0;
@@ -114,7 +110,7 @@ export class FileStorage implements Storage, StorageFastPaths {
   /** Device and inode, to recognise the same file under another path; a block device's own number. */
   identity(): { dev: number; ino: number; rdev: number } {
     const st = fs.fstatSync(this.#open());
-    return { dev: st.dev, ino: st.ino, rdev: this.isBlockDevice ? st.rdev : 0 };
+    return { dev: st.dev, ino: st.ino, rdev: this.can.isBlockDevice ? st.rdev : 0 };
   }
 
   get size(): number {
@@ -123,7 +119,7 @@ export class FileStorage implements Storage, StorageFastPaths {
 
   probeSize(): number {
     const fd = this.#open();
-    this.#size = this.isBlockDevice ? sizeOfBlockDevice(fd) : fs.fstatSync(fd).size;
+    this.#size = this.can.isBlockDevice ? sizeOfBlockDevice(fd) : fs.fstatSync(fd).size;
     return this.#size;
   }
 
@@ -317,7 +313,7 @@ export class FileStorage implements Storage, StorageFastPaths {
   async extents(offset: number, length: number, maximumCount: number): Promise<Extent[]> {
     const end = offset + length;
     const fd = this.#open();
-    if (this.isBlockDevice) return [{ offset, length, isHole: false, isZero: false }];
+    if (this.can.isBlockDevice) return [{ offset, length, isHole: false, isZero: false }];
     const out: Extent[] = [];
     let pos = offset;
     while (pos < end && out.length < maximumCount) {

@@ -69,7 +69,7 @@ export class DiffStorage {
       kind = 'directory';
     } else {
       store = await FileStorage.open(target, diffStorageIo);
-      kind = store.isBlockDevice ? 'block' : 'file';
+      kind = store.can.isBlockDevice ? 'block' : 'file';
     }
     try {
       const own = store.identity();
