@@ -24,3 +24,12 @@ export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? (s[(s.length - 1) / 2] as number) : ((s[s.length / 2 - 1] as number) + (s[s.length / 2] as number)) / 2;
 }
+
+/** Write completion latency of fio's first job, from its JSON output, in microseconds. */
+export function fioWriteLatency(out: string): { p99: number; p999: number; max: number } {
+  type Clat = { percentile?: Record<string, number>; max: number };
+  const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: Array<{ write: { clat_ns: Clat } }> }).jobs[0];
+  if (!job) throw new Error('fio printed no job');
+  const clat = job.write.clat_ns;
+  return { p99: (clat.percentile?.['99.000000'] ?? 0) / 1000, p999: (clat.percentile?.['99.900000'] ?? 0) / 1000, max: clat.max / 1000 };
+}

@@ -12,7 +12,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CbtMap } from '../src/core/cbt-map.js';
-import { fioMegabytesPerSecond, median, runTool } from './common.js';
+import { readIntent } from '../src/daemon/intent-files.js';
+import { fioMegabytesPerSecond, fioWriteLatency, median, runTool } from './common.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
@@ -100,15 +101,16 @@ const nbdkit: Server = {
   },
 };
 
-interface Result { mbps: number; iops: number }
+interface Result { mbps: number; iops: number; latency?: { p99: number; p999: number; max: number } }
 
-async function fio(uri: string, p: Profile): Promise<Result> {
+/** `fresh`: no ramp time, so the first writes into each region (the write-intent's first touches) count. */
+async function fio(uri: string, p: Profile, options: { size?: string; fresh?: boolean } = {}): Promise<Result> {
   const out = await runTool('fio', [
     '--name=bench', '--ioengine=nbd', `--uri=${uri}`, `--rw=${p.rw}`, `--bs=${p.bs}`, `--iodepth=${p.iodepth}`,
-    `--numjobs=${p.numjobs}`, '--size=1g', '--time_based', `--runtime=${runtime}`, '--ramp_time=1', '--group_reporting',
+    `--numjobs=${p.numjobs}`, `--size=${options.size ?? '1g'}`, '--time_based', `--runtime=${runtime}`, `--ramp_time=${options.fresh ? 0 : 1}`, '--group_reporting',
     '--randrepeat=0', '--output-format=json',
   ]);
-  return fioMegabytesPerSecond(out);
+  return { ...fioMegabytesPerSecond(out), ...(p.rw.includes('write') || p.rw === 'randrw' ? { latency: fioWriteLatency(out) } : {}) };
 }
 
 
@@ -140,6 +142,7 @@ async function trackingCost(dir: string, writeProfiles: Profile[]): Promise<void
     const costs: number[] = [];
     const tracked: number[] = [];
     const untracked: number[] = [];
+    const latencies: Record<'tracked' | 'untracked', Array<{ p99: number; p999: number; max: number }>> = { tracked: [], untracked: [] };
     for (let i = 0; i < trackingPairs; i++) {
       // Order flips every pair, roles every two pairs: with a multiple of 4 pairs both balance
       // (a second run in a pair tends to be quicker here, which a fixed order would count as cost).
@@ -148,7 +151,11 @@ async function trackingCost(dir: string, writeProfiles: Profile[]): Promise<void
       const s = await startBlksnapd(sdir, [{ name: 'tracked', file: trackedFile, tracked: !isTrackingControl }, { name: 'untracked', file: plainFile, tracked: false }]);
       const r: Record<string, Result> = {};
       try {
-        for (const name of i % 2 ? ['untracked', 'tracked'] : ['tracked', 'untracked']) r[name] = await fio(`nbd+unix:///${name}?socket=${s.nbd}`, p);
+        for (const name of i % 2 ? ['untracked', 'tracked'] : ['tracked', 'untracked']) {
+          r[name] = await fio(`nbd+unix:///${name}?socket=${s.nbd}`, p, { fresh: true });
+          const latency = r[name]?.latency;
+          if (latency) latencies[name as 'tracked' | 'untracked'].push(latency);
+        }
       } finally {
         await s.stop();
       }
@@ -160,8 +167,11 @@ async function trackingCost(dir: string, writeProfiles: Profile[]): Promise<void
     }
     const pct = (x: number): string => `${(x * 100).toFixed(1)}%`;
     console.log(`${p.name.padEnd(24)}${`${median(tracked).toFixed(0)} MB/s`.padEnd(14)}${`${median(untracked).toFixed(0)} MB/s`.padEnd(14)}${pct(median(costs)).padEnd(13)}${costs.map(pct).join(' ')}`);
+    const lat = (side: 'tracked' | 'untracked', key: 'p99' | 'p999' | 'max'): string => `${median(latencies[side].map((l) => l[key])).toFixed(0)}`;
+    console.log(`${''.padEnd(24)}write clat µs (median over pairs) p99 ${lat('tracked', 'p99')} vs ${lat('untracked', 'p99')}, p99.9 ${lat('tracked', 'p999')} vs ${lat('untracked', 'p999')}, max ${lat('tracked', 'max')} vs ${lat('untracked', 'max')}`);
     rates.push({ profile: p, iops: (median(tracked) * 1e6) / sizeOf(p.bs) });
   }
+  await metadataWrites(dir, files[0]);
   // What tracking adds to a write is CbtMap.mark(). Its CPU time against the daemon time each
   // request has at the measured rate (1 / IOPS) bounds the cost from above, without the noise.
   const map = new CbtMap(4 * GiB);
@@ -175,6 +185,39 @@ async function trackingCost(dir: string, writeProfiles: Profile[]): Promise<void
     const requestNs = 1e9 / iops;
     console.log(`${profile.name.padEnd(24)}${ns.toFixed(0).padStart(5)} ns per mark, ${(requestNs / 1000).toFixed(1)} µs per request: ${((ns / requestNs) * 100).toFixed(3)}%`);
   }
+}
+
+/**
+ * The metadata durable tracking writes under 4 KiB random writes over the whole device: write-intent
+ * record writes (the record's sequence number) and tracker state saves (each a new state file,
+ * watched by its inode), per second of the run.
+ */
+async function metadataWrites(dir: string, file: string): Promise<void> {
+  const sdir = fs.mkdtempSync(path.join(dir, 'metadata-'));
+  const s = await startBlksnapd(sdir, [{ name: 'tracked', file, tracked: true }]);
+  const stateFile = path.join(sdir, 'cbt', 'tracked.state');
+  const inodes = new Set<number>();
+  const watch = setInterval(() => {
+    try {
+      inodes.add(fs.statSync(stateFile).ino);
+    } catch {}
+  }, 50);
+  const before = await readIntent(path.join(sdir, 'cbt'), 'tracked');
+  const started = Date.now();
+  const p: Profile = { name: 'rand-write-4k-qd32', rw: 'randwrite', bs: '4k', iodepth: 32, numjobs: 1 };
+  let r: Result;
+  try {
+    r = await fio(`nbd+unix:///tracked?socket=${s.nbd}`, p, { size: '4g', fresh: true });
+  } finally {
+    clearInterval(watch);
+    await s.stop();
+  }
+  const seconds = (Date.now() - started) / 1000;
+  const after = await readIntent(path.join(sdir, 'cbt'), 'tracked');
+  const sequence = (x: typeof after): number => (x !== null && 'sequence' in x ? x.sequence : 0);
+  const recordWrites = sequence(after) - sequence(before); // the attach's own record write is in `before`
+  console.log(`\n# metadata under rand-write-4k-qd32 over the whole 4 GiB device (${seconds.toFixed(1)} s, ${r.iops.toFixed(0)} IOPS, 4 MiB regions, 5 s saves)`);
+  console.log(`write-intent record writes: ${recordWrites} (${(recordWrites / seconds).toFixed(1)}/s); tracker state saves: ${inodes.size - 1} (${((inodes.size - 1) / seconds).toFixed(2)}/s)`);
 }
 
 function sizeOf(bs: string): number {

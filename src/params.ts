@@ -8,6 +8,10 @@ export const tracking = {
   blockMaximumCount: 2_097_152,
   /** ... but never beyond 2^26 bytes. */
   blockMaximumShift: 26,
+  /** Default write-intent region (--cbt-region): a crash marks at most this much around each write of its last save interval. */
+  writeIntentRegion: 4 * 1024 * 1024,
+  /** Default save interval of a written-to map (--cbt-sync-interval). */
+  syncIntervalMs: 5000,
 } as const;
 
 /** NBD front-end limits. */

@@ -84,10 +84,10 @@ export class Device implements BlockDevice, BlockDeviceFastPaths {
   writeNow(offset: number, data: Uint8Array, flags: IoFlags): boolean {
     const tracker = this.tracker;
     const fast = this.storage.fast;
-    if (flags & (IoFlag.Fua | IoFlag.Background) || tracker.isHeld || tracker.diffArea !== null || !fast) return false;
+    if (flags & (IoFlag.Fua | IoFlag.Background) || !fast || !tracker.admitsAtOnce(offset, data.length)) return false;
     this.#gate.enterWrite('write', offset, data.length);
     try {
-      // Admitted as every write is (gate, mark; no copy-on-write by the checks above, so at once).
+      // Admitted as every write is (gate, mark, write intent; nothing waits by the checks above).
       // Should the store decline, write() marks again (the same number).
       const admitted = tracker.admitWrite(offset, data.length);
       if (admitted !== undefined) {
@@ -154,10 +154,11 @@ export class Device implements BlockDevice, BlockDeviceFastPaths {
     return this.tracker.isTracking ? this.tracker.cbt.changeMap('active') : null;
   }
 
-  /** Marks ranges dirty in both CBT maps (markdirtyblock). */
-  markDirty(ranges: ReadonlyArray<{ offset: number; length: number }>): void {
+  /** Marks ranges dirty in both CBT maps (markdirtyblock); resolves once that is in the write-intent record. */
+  async markDirty(ranges: ReadonlyArray<{ offset: number; length: number }>): Promise<void> {
     for (const r of ranges) checkRange('markdirtyblock', r.offset, r.length, this.tracker.cbt.capacity, 'EINVAL');
-    for (const r of ranges) this.tracker.cbt.markBoth(r.offset, r.length);
+    const recorded = ranges.map((r) => this.tracker.markBoth(r.offset, r.length));
+    await Promise.all(recorded);
   }
 
   /** Detach: refuses new I/O, waits for what is in flight, tells front ends, closes the store. */

@@ -43,19 +43,24 @@ export class Registry implements ImagePublisher {
   #images = new Map<string, BlockDevice>();
   #snapshots = new Map<string, Snapshot>();
 
+  /** EINVAL for a name a device may not have, EEXIST for one in use. */
+  checkNewName(name: string): void {
+    if (!NAME_PATTERN.test(name)) {
+      throw new BlkError('EINVAL', `invalid device name '${name}': use 1-128 letters, digits, '.', '_', '+' or '-'`);
+    }
+    if (name.endsWith(IMAGE_SUFFIX)) {
+      throw new BlkError('EINVAL', `invalid device name '${name}': names ending in '${IMAGE_SUFFIX}' are kept for snapshot images`);
+    }
+    if (this.#devices.has(name) || this.#images.has(name)) {
+      throw new BlkError('EEXIST', `a device or export named '${name}' already exists; pass another name`);
+    }
+  }
+
   /** Attaches a device over an opened store; the store is closed again if the name is taken. */
   async attach(storage: Storage, options: { name?: string } & TrackerOptions = {}): Promise<Device> {
     const name = options.name ?? defaultDeviceName(storage.path);
     try {
-      if (!NAME_PATTERN.test(name)) {
-        throw new BlkError('EINVAL', `invalid device name '${name}': use 1-128 letters, digits, '.', '_', '+' or '-'`);
-      }
-      if (name.endsWith(IMAGE_SUFFIX)) {
-        throw new BlkError('EINVAL', `invalid device name '${name}': names ending in '${IMAGE_SUFFIX}' are kept for snapshot images`);
-      }
-      if (this.#devices.has(name) || this.#images.has(name)) {
-        throw new BlkError('EEXIST', `a device or export named '${name}' already exists; pass another name`);
-      }
+      this.checkNewName(name);
     } catch (e) {
       await storage.close();
       throw e;

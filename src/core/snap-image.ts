@@ -59,13 +59,16 @@ export class SnapImage implements BlockDevice {
 
   write(offset: number, data: Uint8Array, _flags: IoFlags): Promise<void> {
     this.#gate.enterWrite('image write', offset, data.length);
+    let recorded: Promise<void> | undefined;
     try {
-      this.device.tracker.cbt.markBoth(offset, data.length);
+      recorded = this.device.tracker.markBoth(offset, data.length);
     } catch (e) {
       this.#gate.leave();
       throw e;
     }
-    return this.#area.writeImage(offset, data).finally(() => this.#gate.leave());
+    // The block now differs from what a backup of this image read: recorded as changed before the write is answered.
+    const written = this.#area.writeImage(offset, data);
+    return (recorded ? Promise.all([recorded, written]).then(() => undefined) : written).finally(() => this.#gate.leave());
   }
 
   async zero(offset: number, length: number, flags: IoFlags): Promise<void> {

@@ -3,16 +3,19 @@ import type { Storage } from '../backing/storage.js';
 import { BlkError } from '../errors.js';
 import { CbtMap } from './cbt-map.js';
 import type { DiffArea } from './diff-area.js';
+import type { WriteIntent } from './write-intent.js';
 
 /** Where a tracker's map came from (cbtinfo's origin). */
-export type TrackerOrigin = { kind: 'new'; reason: string } | { kind: 'restored' };
+export type TrackerOrigin = { kind: 'new'; reason: string } | { kind: 'restored' } | { kind: 'recovered'; reason: string };
 
 export interface TrackerOptions {
   tracking?: boolean;
-  /** The map as saved at a clean stop; used when the capacity is still the same. */
-  restored?: CbtMap;
-  /** Why the map is new (no state, a damaged state file, a crash, a changed store). */
-  newReason?: string;
+  /** The map to start from (restored, recovered, or new and already saved); used when the capacity is still the same. */
+  map?: CbtMap;
+  /** Where `map` came from (default: restored); without a map, why the new one is new (default: first attached). */
+  origin?: TrackerOrigin;
+  /** The write-intent record every mark passes (durable tracking); none: the map lives in memory only. */
+  intent?: WriteIntent;
 }
 
 /**
@@ -32,15 +35,28 @@ export class Tracker {
   #held: Promise<void> | null = null;
   #releaseHeld: (() => void) | null = null;
 
-  /** Where the map came from: a new one (and why), or restored from the state of a clean stop. */
+  #intent: WriteIntent | null;
+
+  /** Where the map came from: a new one (and why), restored as saved at a clean stop, or recovered after a crash. */
   readonly origin: TrackerOrigin;
 
   constructor(storage: Storage, options: TrackerOptions = {}) {
     this.#storage = storage;
-    const restored = options.restored;
-    this.#cbt = restored && restored.capacity === storage.size ? restored : new CbtMap(storage.size);
-    this.origin = restored && this.#cbt === restored ? { kind: 'restored' } : { kind: 'new', reason: restored ? `capacity changed from ${restored.capacity} to ${storage.size} bytes` : (options.newReason ?? 'first attached') };
+    const { map, origin } = options;
+    if (map && map.capacity === storage.size) {
+      this.#cbt = map;
+      this.origin = origin ?? { kind: 'restored' };
+    } else {
+      this.#cbt = new CbtMap(storage.size);
+      this.origin = { kind: 'new', reason: map ? `capacity changed from ${map.capacity} to ${storage.size} bytes` : origin?.kind === 'new' ? origin.reason : 'first attached' };
+    }
     this.isTracking = options.tracking ?? true;
+    this.#intent = this.isTracking ? (options.intent ?? null) : null;
+  }
+
+  /** The write-intent record, when tracking is durable. */
+  get intent(): WriteIntent | null {
+    return this.#intent;
   }
 
   /** Id of the snapshot the device belongs to (created or taken); a device is in at most one. */
@@ -91,35 +107,57 @@ export class Tracker {
   }
 
   /**
-   * Admits a write of [offset, offset+length): passes the take's gate, marks the CBT, and keeps
-   * the originals of the chunks it touches when a snapshot is taken. Returns a promise only when
-   * one of those has to wait. The write is in flight from here: endWrite() once its data landed.
+   * Admits a write of [offset, offset+length): passes the take's gate, marks the CBT (and, with durable
+   * tracking, waits until its regions are in the write-intent record), and keeps the originals of
+   * the chunks it touches when a snapshot is taken. Returns a promise only when one of those has to
+   * wait. The write is in flight from here: endWrite() once its data landed.
    */
   admitWrite(offset: number, length: number): Promise<void> | undefined {
     const gate = this.beginWrite();
-    if (gate === undefined && this.diffArea === null) {
-      try {
-        this.markWrite(offset, length);
-      } catch (e) {
-        this.endWrite();
-        throw e;
-      }
-      return undefined;
+    if (gate !== undefined) return this.#admitAfterGate(gate, offset, length);
+    let recorded: Promise<void> | undefined;
+    try {
+      recorded = this.#mark(offset, length);
+    } catch (e) {
+      this.endWrite();
+      throw e;
     }
-    return this.#admitLater(gate, offset, length);
+    if (recorded === undefined && this.diffArea === null) return undefined;
+    return this.#copyAfterRecord(recorded, offset, length);
+  }
+
+  /** True when a write of this range would be admitted at once: not held, no copy-on-write, its regions recorded. */
+  admitsAtOnce(offset: number, length: number): boolean {
+    return this.#held === null && this.diffArea === null && (this.#intent === null || !this.isTracking || this.#intent.covers(offset, length));
   }
 
   /** Rejects only after the gate was passed (the write is in flight: the caller ends it). */
-  async #admitLater(gate: Promise<void> | undefined, offset: number, length: number): Promise<void> {
-    if (gate) await gate;
-    this.markWrite(offset, length);
+  async #admitAfterGate(gate: Promise<void>, offset: number, length: number): Promise<void> {
+    await gate;
+    await this.#copyAfterRecord(this.#mark(offset, length), offset, length);
+  }
+
+  async #copyAfterRecord(recorded: Promise<void> | undefined, offset: number, length: number): Promise<void> {
+    if (recorded) await recorded;
+    // A take drains this write before it sets a diff area, so the one read here is the one admitted under.
     const cow = this.diffArea;
     if (cow) await cow.copyOnWrite(offset, length);
   }
 
-  /** Marks a write in the active map (after beginWrite, before the data lands). */
-  markWrite(offset: number, length: number): void {
-    if (this.isTracking) this.#cbt.mark(offset, length);
+  /** Marks a write in the active map (after beginWrite, before the data lands), in the same turn as its write intent. */
+  #mark(offset: number, length: number): Promise<void> | undefined {
+    if (!this.isTracking) return undefined;
+    this.#cbt.mark(offset, length);
+    return this.#intent?.admit(offset, length);
+  }
+
+  /**
+   * Marks both maps (markdirtyblock, snapshot image writes): the active map with the active number,
+   * the read map with the previous one. Resolves once the regions are in the write-intent record.
+   */
+  markBoth(offset: number, length: number): Promise<void> | undefined {
+    this.#cbt.markBoth(offset, length);
+    return this.isTracking ? this.#intent?.admit(offset, length) : undefined;
   }
 
   /** Stops admitting writes and waits for those in flight. */
@@ -148,7 +186,10 @@ export class Tracker {
    * active map is switched. Call with the device held; `capacity` as probed during the hold.
    */
   switchCbt(capacity: number = this.#storage.probeSize()): void {
-    if (capacity !== this.#cbt.capacity) this.#cbt = new CbtMap(capacity);
+    if (capacity !== this.#cbt.capacity) {
+      this.#cbt = new CbtMap(capacity);
+      this.#intent?.resize(capacity);
+    }
     this.#cbt.switch();
   }
 }

@@ -3,7 +3,8 @@ import * as path from 'node:path';
 import { defaultRuntimeDir } from '../control/paths.js';
 import type { LoopRoute } from './loop-devices.js';
 import type { TlsOptions } from '../frontends/nbd/tls.js';
-import { nbd as nbdLimits } from '../params.js';
+import { nbd as nbdLimits, tracking } from '../params.js';
+import { parseSize } from '../sizes.js';
 
 export interface DaemonConfig {
   controlPath: string;
@@ -25,6 +26,10 @@ export interface DaemonConfig {
   maximumConnections: number;
   /** An NBD handshake not finished by then closes the connection. */
   handshakeTimeoutMs: number;
+  /** Bytes one write-intent bit stands for (--cbt-region). */
+  cbtRegionSize: number;
+  /** How often a written-to CBT map is saved (--cbt-sync-interval). */
+  cbtSyncIntervalMs: number;
 }
 
 export const DAEMON_HELP = `Usage: blksnapd [options]
@@ -46,7 +51,15 @@ Options:
   --handshake-timeout SECONDS
                        an NBD client that has not finished its handshake by then is
                        disconnected (default 10)
-  --state-dir DIR      where the daemon keeps its state: pid file (default: $RUNTIME)
+  --state-dir DIR      where the daemon keeps its state: the attached devices and their change
+                       tracking, which come back at the next start, and its pid file
+                       (default: $RUNTIME)
+  --cbt-region SIZE    a write-intent region: before the first write into a region since the
+                       last save, the region is recorded durably; after a crash every recorded
+                       region is marked as changed (default 4M; N[K|M|G])
+  --cbt-sync-interval SECONDS
+                       how often a written-to CBT map is saved, so that regions not written
+                       since leave the write-intent record (default 5)
   --attach PATH[=NAME] attach a file or block device at start; may be repeated
   --loop               give every attached device (and its snapshot images) a Linux block
                        device /dev/loopN, as attach --loop does
@@ -87,6 +100,8 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
     tls: null,
     maximumConnections: nbdLimits.maximumConnections,
     handshakeTimeoutMs: nbdLimits.handshakeTimeoutMs,
+    cbtRegionSize: tracking.writeIntentRegion,
+    cbtSyncIntervalMs: tracking.syncIntervalMs,
   };
   let tlsMode: 'on' | 'off' | undefined;
   let certsDir: string | undefined;
@@ -148,6 +163,24 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
         const seconds = Number(value());
         if (!(seconds > 0 && seconds <= 3600)) throw new Error('--handshake-timeout takes seconds, more than 0 and at most 3600');
         config.handshakeTimeoutMs = seconds * 1000;
+        break;
+      }
+      case '--cbt-region': {
+        const v = value();
+        let size: number;
+        try {
+          size = parseSize(v);
+        } catch {
+          throw new Error(`--cbt-region takes a size N[K|M|G], not '${v}'`);
+        }
+        if (size < 4096 || size % 4096 !== 0) throw new Error('--cbt-region takes a multiple of 4K');
+        config.cbtRegionSize = size;
+        break;
+      }
+      case '--cbt-sync-interval': {
+        const seconds = Number(value());
+        if (!(seconds >= 0.05 && seconds <= 3600)) throw new Error('--cbt-sync-interval takes seconds, from 0.05 to 3600');
+        config.cbtSyncIntervalMs = seconds * 1000;
         break;
       }
       default:

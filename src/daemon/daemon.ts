@@ -14,6 +14,7 @@ import { LoopDevices } from './loop-devices.js';
 import { OwnPaths } from './own-paths.js';
 import { BlksnapService } from './service.js';
 import { DeviceState } from './device-state.js';
+import { CbtKeeper } from './cbt-keeper.js';
 
 export class Daemon {
   readonly registry = new Registry();
@@ -54,6 +55,7 @@ export class Daemon {
       }),
       loopDevices: () => this.loopDevices.kernelDevices(),
     });
+    const state = new DeviceState(config.stateDir);
     this.service = new BlksnapService({
       registry: this.registry,
       loopDevices: this.loopDevices,
@@ -61,7 +63,8 @@ export class Daemon {
       exportUri: (name) => `nbd+unix:///${encodeURIComponent(name)}?socket=${config.nbdPath}`,
       storageOptions: { cachedReadMaximum: config.cachedReadMaximum, syncWriteMaximum: config.syncWriteMaximum },
       isLoopForAll: config.loopAll,
-      state: new DeviceState(config.stateDir),
+      state,
+      keeper: new CbtKeeper({ state, regionSize: config.cbtRegionSize, syncIntervalMs: config.cbtSyncIntervalMs, log }),
       log,
     });
     this.control = new ControlServer(config.controlPath, controlHandlers(this.service), log);

@@ -3,7 +3,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CbtMap } from '../core/cbt-map.js';
-import type { Device } from '../core/device.js';
 import { readStateFile, writeStateFile } from '../os/state-file.js';
 
 /** An attached device as the next start attaches it again. */
@@ -20,15 +19,17 @@ const TRACKER_KIND = 2;
 const VERSION = 1;
 
 /** What a tracker's state file says besides the map: whether it was saved at a clean stop, and the store as it was then. */
-interface TrackerHeader {
+export interface TrackerHeader {
   clean: boolean;
   size: number;
   mtimeMs: number;
   ctimeMs: number;
   isBlockDevice: boolean;
+  /** When it was saved (wall clock): a crash's last writes came at most about a save interval later. */
+  savedAtMs: number;
 }
 
-export type RestoredTracker = { map: CbtMap } | { reason: string };
+export type SavedTracker = { map: CbtMap; header: TrackerHeader } | { reason: string };
 
 export class DeviceState {
   #dir: string;
@@ -41,8 +42,13 @@ export class DeviceState {
     return path.join(this.#dir, 'devices.state');
   }
 
+  /** Where the trackers' state files and write-intent records are. */
+  get trackerDir(): string {
+    return path.join(this.#dir, 'cbt');
+  }
+
   #trackerFile(name: string): string {
-    return path.join(this.#dir, 'cbt', `${name}.state`);
+    return path.join(this.trackerDir, `${name}.state`);
   }
 
   /** The devices to attach again; none (with the reason) when the file is missing or damaged. */
@@ -61,12 +67,8 @@ export class DeviceState {
     await writeStateFile(this.#devicesFile, DEVICES_KIND, VERSION, Buffer.from(JSON.stringify(records)));
   }
 
-  /**
-   * The tracker saved at the last clean stop, when it can be trusted: the file is whole, the stop
-   * was clean (a crash leaves the running mark), and the store is as it was then (size; a regular
-   * file's mtime and ctime). Otherwise why not, for cbtinfo.
-   */
-  async loadTracker(name: string, storePath: string): Promise<RestoredTracker> {
+  /** The tracker as last saved, when its file is whole; otherwise why not, for cbtinfo. */
+  async loadTracker(name: string): Promise<SavedTracker> {
     const r = await readStateFile(this.#trackerFile(name), TRACKER_KIND, VERSION);
     if (!r.ok) return { reason: r.reason.includes('ENOENT') ? 'no saved tracker' : `saved tracker refused: ${r.reason}` };
     let header: TrackerHeader;
@@ -77,37 +79,48 @@ export class DeviceState {
     } catch {
       return { reason: 'saved tracker refused: its header is not JSON' };
     }
-    if (!header.clean) return { reason: 'the daemon did not stop cleanly: changes since the last save may be missing' };
-    let st: fs.Stats;
     try {
-      st = await fs.promises.stat(storePath);
-    } catch (e) {
-      return { reason: `cannot look at the store: ${(e as NodeJS.ErrnoException).code ?? String(e)}` };
-    }
-    const size = header.isBlockDevice ? header.size : st.size;
-    if (size !== header.size) return { reason: `the store changed size while not attached (${header.size} → ${size} bytes)` };
-    if (!header.isBlockDevice && (st.mtimeMs !== header.mtimeMs || st.ctimeMs !== header.ctimeMs)) {
-      return { reason: 'the store was modified while not attached' };
-    }
-    try {
-      return { map: CbtMap.deserialize(r.payload.subarray(4 + headerLength)) };
+      return { map: CbtMap.deserialize(r.payload.subarray(4 + headerLength)), header };
     } catch (e) {
       return { reason: `saved tracker refused: ${(e as Error).message}` };
     }
   }
 
   /**
-   * Saves a device's tracker. `clean` only at a clean stop, after the last write; a start saves
-   * it not clean at once, so a crash from then on is known for one at the next start.
+   * Why the store cannot be trusted to be as the saved tracker knew it, or null: another size; for
+   * a regular file an mtime or ctime later than the save, by more than `lateMs` (after a crash the
+   * daemon's own last writes come after its last save).
    */
-  async saveTracker(device: Device, clean: boolean): Promise<void> {
-    const st = await fs.promises.stat(device.path);
-    const header: TrackerHeader = { clean, size: device.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, isBlockDevice: st.isBlockDevice() };
+  async storeChange(header: TrackerHeader, storePath: string, lateMs: number): Promise<string | null> {
+    let st: fs.Stats;
+    try {
+      st = await fs.promises.stat(storePath);
+    } catch (e) {
+      return `cannot look at the store: ${(e as NodeJS.ErrnoException).code ?? String(e)}`;
+    }
+    const size = header.isBlockDevice ? header.size : st.size;
+    if (size !== header.size) return `the store changed size while not attached (${header.size} → ${size} bytes)`;
+    if (header.isBlockDevice) return null;
+    const latest = Math.max(header.mtimeMs, header.ctimeMs) + lateMs;
+    if (lateMs === 0 ? st.mtimeMs !== header.mtimeMs || st.ctimeMs !== header.ctimeMs : st.mtimeMs > latest || st.ctimeMs > latest) {
+      return 'the store was modified while not attached';
+    }
+    return null;
+  }
+
+  /**
+   * Saves a device's tracker (its map as `CbtMap.serialize()` gave it). `clean` only at a clean
+   * stop, after the last write; while running it is saved not clean, so a crash is known for one.
+   */
+  async saveTracker(name: string, storePath: string, map: Buffer, clean: boolean): Promise<void> {
+    const st = await fs.promises.stat(storePath);
+    const size = st.isBlockDevice() ? Number(map.readBigUInt64LE(0)) : st.size;
+    const header: TrackerHeader = { clean, size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, isBlockDevice: st.isBlockDevice(), savedAtMs: Date.now() };
     const json = Buffer.from(JSON.stringify(header));
     const length = Buffer.alloc(4);
     length.writeUInt32LE(json.length);
-    await fs.promises.mkdir(path.dirname(this.#trackerFile(device.name)), { recursive: true, mode: 0o700 });
-    await writeStateFile(this.#trackerFile(device.name), TRACKER_KIND, VERSION, Buffer.concat([length, json, device.tracker.cbt.serialize()]));
+    await fs.promises.mkdir(this.trackerDir, { recursive: true, mode: 0o700 });
+    await writeStateFile(this.#trackerFile(name), TRACKER_KIND, VERSION, Buffer.concat([length, json, map]));
   }
 
   async forgetTracker(name: string): Promise<void> {

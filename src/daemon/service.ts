@@ -5,14 +5,14 @@ import * as api from '../control/protocol.js';
 import type { ControlService, DirtyRanges } from '../control/service.js';
 import type { Device } from '../core/device.js';
 import { holdAll } from '../core/hold.js';
-import { imageName, type Registry } from '../core/registry.js';
+import { defaultDeviceName, imageName, type Registry } from '../core/registry.js';
 import type { Snapshot } from '../core/snapshot.js';
 import { BlkError, toBlkError } from '../errors.js';
 import { fileExtentsOn, freezeMountPoint } from '../os/async-fs.js';
 import type { LoopDevices } from './loop-devices.js';
 import { storeInUse, type OwnPaths } from './own-paths.js';
 import type { DeviceState } from './device-state.js';
-import type { TrackerOptions } from '../core/tracker.js';
+import type { CbtKeeper } from './cbt-keeper.js';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
@@ -28,8 +28,10 @@ export interface ServiceOptions {
   storageOptions: FileStorageOptions;
   /** Every attached device gets a kernel block device (blksnapd --loop). */
   isLoopForAll: boolean;
-  /** Where attached devices and their trackers are kept across restarts. */
+  /** Where attached devices are kept across restarts. */
   state: DeviceState;
+  /** Keeps each tracker durable across restarts and crashes. */
+  keeper: CbtKeeper;
   log(line: string): void;
 }
 
@@ -50,25 +52,53 @@ export class BlksnapService implements ControlService {
 
   /** Opens the store (refused when it lies on one of our own devices), attaches it, gives it a block device if asked. */
   async attach(p: api.AttachParams): Promise<api.DeviceInfo> {
-    const device = await this.#attach(p, {});
+    const device = await this.#serially(() => this.#attach(p, false));
     await this.#saveAttached();
     return this.#deviceInfo(device);
   }
 
-  async #attach(p: api.AttachParams, tracker: TrackerOptions): Promise<Device> {
-    const { registry, loopDevices, log } = this.#o;
+  /** Attach and detach one at a time: a tracker's files are named after the device. */
+  #serially<T>(run: () => Promise<T>): Promise<T> {
+    const result = this.#lifeCycle.then(run, run);
+    this.#lifeCycle = result.catch(() => undefined);
+    return result;
+  }
+
+  #lifeCycle: Promise<unknown> = Promise.resolve();
+
+  /** `restore`: the tracker comes from the state directory (at start), else it is new. */
+  async #attach(p: api.AttachParams, restore: boolean): Promise<Device> {
+    const { registry, loopDevices, keeper, log } = this.#o;
     await this.#o.ownPaths.refuseOwn(p.path, 'store');
     const readOnly = p.readOnly ?? false;
     const tracking = p.tracking ?? true;
+    const name = p.name ?? defaultDeviceName(p.path);
+    registry.checkNewName(name); // before the tracker's files of that name are touched
     const storage = await FileStorage.open(p.path, { readOnly, ...this.#o.storageOptions });
-    const device = await registry.attach(storage, { ...tracker, tracking, ...(p.name === undefined ? {} : { name: p.name }) });
+    let kept: Awaited<ReturnType<CbtKeeper['open']>> | null = null;
+    let device: Device;
+    try {
+      if (tracking) kept = await keeper.open(name, p.path, storage.size, restore);
+    } catch (e) {
+      await storage.close();
+      throw e;
+    }
+    try {
+      device = await registry.attach(storage, { ...(kept?.tracker ?? {}), tracking, name });
+    } catch (e) {
+      if (kept) await keeper.abandon(kept);
+      throw e;
+    }
+    if (kept) keeper.keep(device, kept);
     const origin = device.tracker.origin;
-    log(`attached ${device.path} as ${device.name} (${device.size} bytes${readOnly ? ', read-only' : ''}${tracking ? '' : ', untracked'}; CBT ${origin.kind === 'restored' ? 'restored' : `new: ${origin.reason}`})`);
+    const cbt = !tracking ? '' : origin.kind === 'restored' ? '; CBT restored' : `; CBT ${origin.kind}: ${origin.reason}`;
+    log(`attached ${device.path} as ${device.name} (${device.size} bytes${readOnly ? ', read-only' : ''}${tracking ? '' : ', untracked'}${cbt})`);
     if (p.loop ?? this.#o.isLoopForAll) {
       try {
         await loopDevices.expose(device.name);
       } catch (e) {
         await registry.detach(device);
+        await keeper.forget(device.name);
         throw e;
       }
     }
@@ -76,9 +106,9 @@ export class BlksnapService implements ControlService {
   }
 
   /**
-   * At start: attaches again what the state says was attached, each with its tracker as saved at a
-   * clean stop, or a new one with the reason. A store that is gone is logged and left out. Each
-   * tracker is saved again at once as "running", so a crash from now on is told at the next start.
+   * At start: attaches again what the state says was attached, each with its tracker as the state
+   * directory has it (restored, recovered, or new with the reason). A store that is gone is logged
+   * and left out.
    */
   async restoreAttached(): Promise<void> {
     const { state, log } = this.#o;
@@ -91,10 +121,8 @@ export class BlksnapService implements ControlService {
         log(`not attaching ${r.name} again: its store ${r.path} is gone (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
         continue;
       }
-      const saved = r.tracking ? await state.loadTracker(r.name, r.path) : { reason: 'untracked' };
       try {
-        const device = await this.#attach({ path: r.path, name: r.name, readOnly: r.readOnly, tracking: r.tracking, loop: r.loop }, 'map' in saved ? { restored: saved.map } : { newReason: saved.reason });
-        if (device.tracker.isTracking) await state.saveTracker(device, false);
+        await this.#serially(() => this.#attach({ path: r.path, name: r.name, readOnly: r.readOnly, tracking: r.tracking, loop: r.loop }, true));
       } catch (e) {
         log(`cannot attach ${r.name} again: ${toBlkError(e).toString()}`);
       }
@@ -104,10 +132,7 @@ export class BlksnapService implements ControlService {
 
   /** At a clean stop, after the devices' last writes: every tracker saved as clean. */
   async saveTrackers(devices: readonly Device[]): Promise<void> {
-    for (const d of devices) {
-      if (!d.tracker.isTracking) continue;
-      await this.#o.state.saveTracker(d, true).catch((e: unknown) => this.#o.log(`cannot save the tracker of ${d.name}: ${String(e)}`));
-    }
+    for (const d of devices) await this.#o.keeper.stop(d);
   }
 
   async #saveAttached(): Promise<void> {
@@ -123,10 +148,12 @@ export class BlksnapService implements ControlService {
     registry.checkDetachable(device); // before its block device goes away
     const mounted = loopDevices.mountPoints(device.name);
     if (mounted.length) throw new BlkError('EBUSY', `device ${device.name} is mounted on ${mounted.join(', ')}; unmount it first`);
-    await loopDevices.release(device.name);
-    await registry.detach(device);
-    // Detach ends tracking: nothing of it comes back at the next start.
-    await this.#o.state.forgetTracker(device.name);
+    await this.#serially(async () => {
+      await loopDevices.release(device.name);
+      await registry.detach(device);
+      // Detach ends tracking: nothing of it comes back at the next start.
+      await this.#o.keeper.forget(device.name);
+    });
     await this.#saveAttached();
     log(`detached ${device.name}`);
   }
@@ -151,7 +178,7 @@ export class BlksnapService implements ControlService {
     const blockDevice = this.#o.loopDevices.get(device.name);
     if (!blockDevice) throw new BlkError('EINVAL', `device ${device.name} has no block device (attach it with --loop) to hold ${what.file}`);
     // The file lies on this daemon's own device by design: os/async-fs.ts keeps it off the event loop.
-    device.markDirty(await fileExtentsOn(what.file, blockDevice));
+    await device.markDirty(await fileExtentsOn(what.file, blockDevice));
   }
 
   /** The take's CBT step alone: hold, flush, switch, release. */
@@ -164,6 +191,7 @@ export class BlksnapService implements ControlService {
     } finally {
       release();
     }
+    await this.#o.keeper.saveNow(device); // the switch is durable before the answer
     return cbtInfo(device);
   }
 
@@ -218,6 +246,12 @@ export class BlksnapService implements ControlService {
       await snapshot.take((device) => imageName(device.name));
     } finally {
       for (const { thaw, mountPoint } of thaws) await thaw().catch((e: unknown) => log(`cannot thaw ${mountPoint}: ${String(e)}`));
+    }
+    // The CBT switch is durable before snapshot_take answers (SPEC §8).
+    for (const device of snapshot.devices) {
+      await this.#o.keeper.saveNow(device).catch((e: unknown) => {
+        warnings.push(`the CBT switch of ${device.name} could not be saved (${toBlkError(e).toString()}): after a crash it gets a new generation`);
+      });
     }
     for (const device of snapshot.devices) {
       const image = snapshot.image(device);
@@ -303,6 +337,6 @@ function cbtInfo(device: Device): api.CbtInfo {
     generationId: cbt.generationId,
     changesNumber: cbt.previousNumber,
     origin: origin.kind,
-    ...(origin.kind === 'new' ? { originReason: origin.reason } : {}),
+    ...(origin.kind === 'restored' ? {} : { originReason: origin.reason }),
   };
 }

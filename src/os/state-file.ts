@@ -35,11 +35,16 @@ export async function writeStateFile(file: string, kind: number, version: number
     await handle.close();
   }
   await fs.promises.rename(temp, file);
-  const dir = await fs.promises.open(path.dirname(file), 'r');
+  await syncDirectory(path.dirname(file));
+}
+
+/** Makes the entries of `dir` durable (a rename or a file created in it). */
+export async function syncDirectory(dir: string): Promise<void> {
+  const handle = await fs.promises.open(dir, 'r');
   try {
-    await dir.sync();
+    await handle.sync();
   } finally {
-    await dir.close();
+    await handle.close();
   }
 }
 

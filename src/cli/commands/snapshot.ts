@@ -3,15 +3,7 @@ import * as api from '../../control/protocol.js';
 import { BlkError } from '../../errors.js';
 import type { Command, CommandIo, ParsedOptions } from '../command.js';
 import { value } from '../command.js';
-
-/** Parses N[K|M|G|T] (binary units) into bytes. */
-export function parseSize(text: string): number {
-  const m = /^(\d+)([KMGT]?)i?B?$/i.exec(text.trim());
-  const unit = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 }[(m?.[2] ?? '').toUpperCase() as '' | 'K' | 'M' | 'G' | 'T'];
-  const n = m ? Number(m[1]) * unit : NaN;
-  if (!Number.isSafeInteger(n) || n <= 0) throw new BlkError('EINVAL', `invalid size '${text}': expected N[K|M|G|T]`);
-  return n;
-}
+import { parseSize } from '../../sizes.js';
 
 function integer(o: ParsedOptions, name: string): number | undefined {
   const v = o.values.get(name);

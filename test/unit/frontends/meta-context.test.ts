@@ -9,9 +9,9 @@ const BLOCK = 65536;
 
 describe('CBT meta contexts', () => {
   const device = new Device('d', new MemoryStorage(16 * BLOCK + 100));
-  device.tracker.markWrite(3 * BLOCK + 5, 10); // block 3: byte 1
+  device.tracker.cbt.mark(3 * BLOCK + 5, 10); // block 3: byte 1
   device.tracker.switchCbt(); // changes number 1
-  device.tracker.markWrite(5 * BLOCK, 2 * BLOCK); // blocks 5, 6: byte 2
+  device.tracker.cbt.mark(5 * BLOCK, 2 * BLOCK); // blocks 5, 6: byte 2
 
   it('LIST offers namespaces and all bitmaps; SET takes exact names only', () => {
     assert.deepEqual(matchContexts(device, [], true).map((c) => c.name), ['base:allocation', 'x-blksnap:cbt', 'qemu:dirty-bitmap:cbt-0', 'qemu:dirty-bitmap:cbt-1']);
