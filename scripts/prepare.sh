@@ -16,6 +16,7 @@ want mkfs.xfs xfsprogs
 want losetup mount
 want openssl openssl
 [ -e /usr/lib/python3/dist-packages/nbd.py ] || need="$need python3-libnbd"
+ldconfig -p 2>/dev/null | grep -q 'libzstd.so.1 ' || need="$need libzstd1"
 if [ -n "$need" ]; then
   echo "prepare: installing Debian packages:$need" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -131,3 +131,18 @@ export const snapshot = {
   /** Events kept per snapshot while nobody reads them; the oldest are dropped past this. */
   maximumQueuedEvents: 1024,
 } as const;
+
+/** The backup repository and attached backups. */
+export const backup = {
+  /** Worker threads a daemon uses to load the chunks of attached backups. */
+  loadWorkers: 2,
+  /** Decompressed chunks an attached backup keeps in memory. */
+  cacheBytes: 64 * 1024 * 1024,
+  /** NBD connections a backup reads an image over, and requests in flight on each. */
+  connections: 4,
+  requestsPerConnection: 8,
+  /** Bytes one read request asks for at most (whole chunks). */
+  readBytes: 1024 * 1024,
+  /** zstd level by default (backup_init --compress zstd:LEVEL). */
+  zstdLevel: 3,
+} as const;

@@ -21,6 +21,8 @@ export interface CommandIo {
   isJson: boolean;
   /** Prints a result: the JSON document with --json, else the text. */
   print(json: unknown, text: string): void;
+  /** The command ends with this exit status though it printed its result (a verify that found damage). */
+  exitStatus: number;
 }
 
 export interface Command {

@@ -2,12 +2,13 @@
 import { BlksnapClient } from '../client/connection.js';
 import { defaultControlPath } from '../control/paths.js';
 import { toBlkError, toExitStatus } from '../errors.js';
-import { type Command, commandHelp, parseOptions } from './command.js';
+import { type Command, type CommandIo, commandHelp, parseOptions } from './command.js';
 import { cbtCommands } from './commands/cbt.js';
 import { deviceCommands } from './commands/device.js';
 import { snapshotCommands } from './commands/snapshot.js';
+import { backupCommands } from './commands/backup.js';
 
-const commands: Command[] = [...deviceCommands, ...cbtCommands, ...snapshotCommands];
+const commands: Command[] = [...deviceCommands, ...cbtCommands, ...snapshotCommands, ...backupCommands];
 
 function mainHelp(): string {
   const width = Math.max(...commands.map((c) => c.name.length));
@@ -57,7 +58,8 @@ async function main(argv: string[]): Promise<number> {
     }
     const isJson = options.flags.has('json');
     const controlPath = options.values.get('control') ?? defaultControlPath();
-    await command.run(options, {
+    const io: CommandIo = {
+      exitStatus: 0,
       isJson,
       async client() {
         client ??= await BlksnapClient.connect(controlPath);
@@ -67,8 +69,9 @@ async function main(argv: string[]): Promise<number> {
         if (isJson) process.stdout.write(`${JSON.stringify(json, null, 2)}\n`);
         else if (text !== '') process.stdout.write(`${text}\n`);
       },
-    });
-    return 0;
+    };
+    await command.run(options, io);
+    return io.exitStatus;
   } catch (e) {
     const err = toBlkError(e);
     process.stderr.write(`blksnap ${name}: ${err.code}: ${err.message}\n`);

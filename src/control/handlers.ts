@@ -3,10 +3,13 @@
 import { BlkError } from '../errors.js';
 import { SECTOR_SIZE, control as limits } from '../params.js';
 import * as api from './protocol.js';
-import type { ControlService } from './service.js';
+import type { Caller, ControlService } from './service.js';
 import { asParams, optionalBoolean, optionalString, requireArray, requireInteger, requireString, type Params } from './validate.js';
 
-export type Handler = (params: Params) => Promise<unknown>;
+export type Handler = (params: Params, caller: Caller) => Promise<unknown>;
+
+/** A caller for requests that come on no connection (tests, fuzzing): nothing of theirs ever closes. */
+export const NO_CALLER: Caller = { onClose: () => undefined };
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -61,6 +64,19 @@ function parseSnapshotCreate(p: Params, m: string): api.SnapshotCreateParams {
     ...(diffStorageMinimum === undefined ? {} : { diffStorageMinimum }),
     ...(chunkMinimumShift === undefined ? {} : { chunkMinimumShift }),
     ...(chunkMaximumInQueue === undefined ? {} : { chunkMaximumInQueue }),
+    ...(optionalBoolean(p, 'ownedByConnection', m) ? { ownedByConnection: true } : {}),
+  };
+}
+
+function parseBackupAttach(p: Params, m: string): api.BackupAttachParams {
+  const name = optionalString(p, 'name', m);
+  return {
+    repo: requireString(p, 'repo', m),
+    id: requireString(p, 'id', m),
+    device: requireString(p, 'device', m),
+    ...(name === undefined ? {} : { name }),
+    ...(optionalBoolean(p, 'loop', m) ? { loop: true } : {}),
+    ...(optionalBoolean(p, 'writable', m) ? { writable: true } : {}),
   };
 }
 
@@ -68,8 +84,8 @@ function parseSnapshotCreate(p: Params, m: string): api.SnapshotCreateParams {
  * One entry: the method's name, and a handler whose result is the method's result type. `run`
  * gets the params parsed, so a handler reads as "method → service call".
  */
-function on<P, R>(m: api.Method<P, R>, run: (p: Params, method: string) => Promise<R> | R): [string, Handler] {
-  return [m.name, async (p) => run(p, m.name)];
+function on<P, R>(m: api.Method<P, R>, run: (p: Params, method: string, caller: Caller) => Promise<R> | R): [string, Handler] {
+  return [m.name, async (p, caller) => run(p, m.name, caller)];
 }
 
 /** The control methods over a service. */
@@ -86,7 +102,8 @@ export function controlHandlers(s: ControlService): ReadonlyMap<string, Handler>
     on(api.CbtRead, (p, m) => s.readCbt(device(p, m), requireInteger(p, 'offset', m), requireInteger(p, 'length', m, 0, limits.maximumCbtReadLength))),
     on(api.CbtMarkDirty, (p, m) => done(s.markDirty(device(p, m), parseDirty(p, m)))),
     on(api.CbtSwitch, (p, m) => s.switchCbt(device(p, m))),
-    on(api.SnapshotCreate, (p, m) => s.createSnapshot(parseSnapshotCreate(p, m))),
+    on(api.SnapshotCreate, (p, m, caller) => s.createSnapshot(parseSnapshotCreate(p, m), caller)),
+    on(api.BackupAttach, (p, m) => s.attachBackup(parseBackupAttach(p, m))),
     on(api.SnapshotAdd, (p, m) => done(s.addToSnapshot(snapshotId(p, m), device(p, m)))),
     on(api.SnapshotTake, (p, m) => s.takeSnapshot(snapshotId(p, m))),
     on(api.SnapshotCollect, () => ({ ids: s.snapshotIds() })),
@@ -97,11 +114,11 @@ export function controlHandlers(s: ControlService): ReadonlyMap<string, Handler>
 }
 
 /** Runs one method; unknown methods are EINVAL. */
-export function dispatch(handlers: ReadonlyMap<string, Handler>, method: string, params: unknown): Promise<unknown> {
+export function dispatch(handlers: ReadonlyMap<string, Handler>, method: string, params: unknown, caller: Caller = NO_CALLER): Promise<unknown> {
   const handler = handlers.get(method);
   if (!handler) return Promise.reject(new BlkError('EINVAL', `unknown control method '${method}'`));
   try {
-    return handler(asParams(params, method));
+    return handler(asParams(params, method), caller);
   } catch (e) {
     return Promise.reject(e);
   }

@@ -118,6 +118,17 @@ export type RpcResponse =
   | { jsonrpc: '2.0'; id: number | string | null; result: unknown }
   | { jsonrpc: '2.0'; id: number | string | null; error: RpcError };
 
+/** A device of a backup in a repository, served as a device (read-only, or with a throw-away overlay). */
+export interface BackupAttachParams {
+  repo: string;
+  id: string;
+  device: string;
+  /** The export name (default DEVICE@ID with '@' as '.', e.g. vm.img.20261127T184000Z-ab12). */
+  name?: string;
+  loop?: boolean;
+  writable?: boolean;
+}
+
 export interface SnapshotCreateParams {
   /** Devices (names or paths); more may be added with snapshot.add until the take. */
   devices: string[];
@@ -131,6 +142,8 @@ export interface SnapshotCreateParams {
   chunkMinimumShift?: number;
   /** Chunks copied at once per device, at most (default 256). */
   chunkMaximumInQueue?: number;
+  /** Destroyed when the control connection that created it closes (a backup's snapshot never outlives it). */
+  ownedByConnection?: boolean;
 }
 
 export interface SnapshotIdParams {
@@ -163,6 +176,7 @@ export interface SnapshotEventResult {
 }
 
 export const SnapshotCreate = method<SnapshotCreateParams, { id: string }>('snapshot.create');
+export const BackupAttach = method<BackupAttachParams, DeviceInfo>('backup.attach');
 export const SnapshotAdd = method<SnapshotIdParams & DeviceParams, Record<string, never>>('snapshot.add');
 export const SnapshotTake = method<SnapshotIdParams, { id: string; warnings: string[] }>('snapshot.take');
 export const SnapshotCollect = method<Record<string, never>, { ids: string[] }>('snapshot.collect');

@@ -7,6 +7,7 @@ import { control as limits } from '../params.js';
 import { LineFramer } from './framing.js';
 import { dispatch, type Handler } from './handlers.js';
 import type { RpcResponse } from './protocol.js';
+import type { Caller } from './service.js';
 
 function errorResponse(id: RpcResponse['id'], e: unknown): RpcResponse {
   const err = toBlkError(e);
@@ -58,6 +59,8 @@ export class ControlServer {
     this.#sockets.add(socket);
     socket.setEncoding('utf8');
     const framer = new LineFramer(limits.maximumLineLength);
+    const closeHooks: Array<() => void> = [];
+    const caller: Caller = { onClose: (run) => (socket.destroyed ? queueMicrotask(run) : closeHooks.push(run)) };
     const send = (r: RpcResponse): void => {
       if (!socket.destroyed) socket.write(`${JSON.stringify(r)}\n`);
     };
@@ -73,7 +76,7 @@ export class ControlServer {
     const next = (): void => {
       if (!isStartScheduled && !socket.destroyed && inFlight < limits.maximumRequestsInFlight && waiting.length > 0 && !isReplyBacklogged()) {
         inFlight++;
-        this.#handleLine(waiting.shift() as string, send).finally(() => {
+        this.#handleLine(waiting.shift() as string, send, caller).finally(() => {
           inFlight--;
           next();
         });
@@ -102,10 +105,13 @@ export class ControlServer {
       next();
     });
     socket.on('error', () => socket.destroy());
-    socket.on('close', () => this.#sockets.delete(socket));
+    socket.on('close', () => {
+      this.#sockets.delete(socket);
+      for (const run of closeHooks.splice(0)) run();
+    });
   }
 
-  #handleLine(line: string, send: (r: RpcResponse) => void): Promise<void> {
+  #handleLine(line: string, send: (r: RpcResponse) => void, caller: Caller): Promise<void> {
     let request: unknown;
     try {
       request = JSON.parse(line);
@@ -123,7 +129,7 @@ export class ControlServer {
       send(errorResponse(id, new BlkError('EINVAL', "control request has no 'method' string")));
       return Promise.resolve();
     }
-    return dispatch(this.#handlers, method, params).then(
+    return dispatch(this.#handlers, method, params, caller).then(
       (result) => send({ jsonrpc: '2.0', id, result }),
       (e: unknown) => send(errorResponse(id, e)),
     );

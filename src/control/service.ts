@@ -4,6 +4,11 @@ import type * as api from './protocol.js';
 /** Devices to mark dirty: sector ranges as bytes, or a file's extents on the device's block device. */
 export type DirtyRanges = { ranges: Array<{ offset: number; length: number }> } | { file: string };
 
+/** The control connection a request came on: what it owns ends when it closes. */
+export interface Caller {
+  onClose(run: () => void): void;
+}
+
 /**
  * The daemon as the control methods see it. Each method of protocol.ts is one call here, so the
  * handlers only check and convert parameters; life cycles (attach with its block device, take with
@@ -18,7 +23,8 @@ export interface ControlService {
   readCbt(device: string, firstBlock: number, blockCount: number): Promise<api.CbtReadResult>;
   markDirty(device: string, what: DirtyRanges): Promise<void>;
   switchCbt(device: string): Promise<api.CbtInfo>;
-  createSnapshot(params: api.SnapshotCreateParams): Promise<{ id: string }>;
+  createSnapshot(params: api.SnapshotCreateParams, caller: Caller): Promise<{ id: string }>;
+  attachBackup(params: api.BackupAttachParams): Promise<api.DeviceInfo>;
   addToSnapshot(id: string, device: string): Promise<void>;
   takeSnapshot(id: string): Promise<{ id: string; warnings: string[] }>;
   snapshotIds(): string[];

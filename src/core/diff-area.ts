@@ -1,5 +1,5 @@
 // Owns copy-on-write for one device of a taken snapshot: keeping chunk originals, and the image's view of them.
-import type { Storage } from '../backing/storage.js';
+import type { Extent, Storage } from '../backing/storage.js';
 import { BlkError, toBlkError } from '../errors.js';
 import { ioBuffers } from '../util/buffer-pool.js';
 import { InFlight } from '../util/in-flight.js';
@@ -47,6 +47,54 @@ export class DiffArea {
     this.#health = health;
     this.chunks = new ChunkMap(origin.size, options.chunkMinimumShift);
     this.#maximumInQueue = options.maximumInQueue;
+  }
+
+  /**
+   * The image's allocation: where its chunks are still untouched it is the device's (asked of the
+   * store, then checked again: a chunk copied meanwhile may have been trimmed on the device since,
+   * so it counts as data); every other chunk is data. Never a hole where the image has data.
+   */
+  async imageExtents(offset: number, length: number, maximumCount: number): Promise<Extent[]> {
+    const { chunks } = this;
+    const end = Math.min(offset + length, chunks.capacity);
+    const out: Extent[] = [];
+    const push = (e: Extent): void => {
+      const last = out.at(-1);
+      if (last && last.isHole === e.isHole && last.isZero === e.isZero && last.offset + last.length === e.offset) last.length += e.length;
+      else out.push({ ...e });
+    };
+    let pos = offset;
+    while (pos < end && out.length < maximumCount) {
+      let j = chunks.first(pos);
+      const isUntouched = chunks.state[j] === ChunkState.Untouched;
+      while ((j + 1) * chunks.chunkSize < end && (chunks.state[j + 1] === ChunkState.Untouched) === isUntouched) j++;
+      const runEnd = Math.min(end, (j + 1) * chunks.chunkSize);
+      if (!isUntouched) {
+        push({ offset: pos, length: runEnd - pos, isHole: false, isZero: false });
+        pos = runEnd;
+        continue;
+      }
+      const found = await this.#origin.extents(pos, runEnd - pos, maximumCount);
+      for (const e of found) {
+        const from = Math.max(e.offset, pos);
+        const to = Math.min(e.offset + e.length, runEnd);
+        for (let at = from; at < to; ) {
+          const i = chunks.first(at);
+          const pieceEnd = Math.min(to, (i + 1) * chunks.chunkSize);
+          const stillUntouched = chunks.state[i] === ChunkState.Untouched;
+          push({ offset: at, length: pieceEnd - at, isHole: stillUntouched && e.isHole, isZero: stillUntouched && e.isZero });
+          at = pieceEnd;
+        }
+      }
+      const covered = found.length > 0 ? Math.min(runEnd, Math.max(...found.map((e) => e.offset + e.length))) : runEnd;
+      if (covered <= pos) {
+        push({ offset: pos, length: runEnd - pos, isHole: false, isZero: false });
+        pos = runEnd;
+      } else {
+        pos = covered;
+      }
+    }
+    return out;
   }
 
   /** Chunks being copied now. */

@@ -88,10 +88,8 @@ export class SnapImage implements BlockDevice {
     return this.#gate.around('image flush', 0, 0, () => this.#diff.flush());
   }
 
-  async extents(offset: number, length: number): Promise<Extent[]> {
-    this.#gate.enter('image block status', offset, length);
-    this.#gate.leave();
-    return [{ offset, length, isHole: false, isZero: false }];
+  extents(offset: number, length: number, maximumCount: number): Promise<Extent[]> {
+    return this.#gate.around('image block status', offset, length, () => this.#area.imageExtents(offset, length, maximumCount));
   }
 
   async cache(offset: number, length: number): Promise<void> {

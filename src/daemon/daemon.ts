@@ -15,6 +15,8 @@ import { OwnPaths } from './own-paths.js';
 import { BlksnapService } from './service.js';
 import { DeviceState } from './device-state.js';
 import { CbtKeeper } from './cbt-keeper.js';
+import { WorkerPool } from '../backup/worker-pool.js';
+import { backup as backupParams } from '../params.js';
 
 export class Daemon {
   readonly registry = new Registry();
@@ -26,6 +28,7 @@ export class Daemon {
   #log: Log;
   #pidFile: string;
   #hasPidFile = false;
+  #backupWorkers: WorkerPool | undefined;
 
   constructor(config: DaemonConfig, log: Log) {
     this.config = config;
@@ -65,6 +68,12 @@ export class Daemon {
       isLoopForAll: config.loopAll,
       state,
       keeper: new CbtKeeper({ state, regionSize: config.cbtRegionSize, syncIntervalMs: config.cbtSyncIntervalMs, log }),
+      backupWorkers: () => {
+        this.#backupWorkers ??= new WorkerPool(backupParams.loadWorkers);
+        return this.#backupWorkers;
+      },
+      backupCacheBytes: backupParams.cacheBytes,
+      overlayDir: config.stateDir,
       log,
     });
     this.control = new ControlServer(config.controlPath, controlHandlers(this.service), log);
@@ -101,6 +110,7 @@ export class Daemon {
     const devices = this.registry.devices();
     for (const device of devices) await this.registry.detach(device);
     await this.service.saveTrackers(devices);
+    await this.#backupWorkers?.close();
     if (this.#hasPidFile) fs.rmSync(this.#pidFile, { force: true });
     this.#log('stopped');
   }

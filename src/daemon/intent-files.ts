@@ -5,6 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { IntentRecord } from '../core/write-intent.js';
 import { syncDirectory } from '../os/state-file.js';
+import { syncWriter } from '../os/sync-writer.js';
 
 const MAGIC = Buffer.from('BLKSNAPW', 'latin1');
 const VERSION = 1;
@@ -106,8 +107,8 @@ export class IntentFiles implements IntentRecord {
     this.#sequence++;
     const data = encode(this.#sequence, regionSize, regions);
     const handle = this.#handles[this.#sequence % 2] as fs.promises.FileHandle;
-    await handle.write(data, 0, data.length, 0);
-    await handle.datasync();
+    // On a thread of its own: through the libuv pool it would wait behind the stores' bulk writes.
+    await syncWriter.writeDurably(handle.fd, data, 0);
   }
 
   async close(): Promise<void> {

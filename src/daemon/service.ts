@@ -2,7 +2,9 @@
 // create, take (freeze, switch, images, their block devices, rollback), destroy, and the CBT switch.
 import { FileStorage, type FileStorageOptions } from '../backing/file-storage.js';
 import * as api from '../control/protocol.js';
-import type { ControlService, DirtyRanges } from '../control/service.js';
+import type { Caller, ControlService, DirtyRanges } from '../control/service.js';
+import { BackupStorage } from '../backing/backup-storage.js';
+import type { WorkerPool } from '../backup/worker-pool.js';
 import type { Device } from '../core/device.js';
 import { holdAll } from '../core/hold.js';
 import { defaultDeviceName, imageName, type Registry } from '../core/registry.js';
@@ -32,6 +34,12 @@ export interface ServiceOptions {
   state: DeviceState;
   /** Keeps each tracker durable across restarts and crashes. */
   keeper: CbtKeeper;
+  /** Worker threads that load backup chunks (made at the first backup_attach). */
+  backupWorkers: () => WorkerPool;
+  /** Bytes of backup chunks kept in memory per attached backup. */
+  backupCacheBytes: number;
+  /** Where the overlays of writable backup attaches live (unnamed files). */
+  overlayDir: string;
   log(line: string): void;
 }
 
@@ -65,6 +73,36 @@ export class BlksnapService implements ControlService {
   }
 
   #lifeCycle: Promise<unknown> = Promise.resolve();
+  /** Devices that are backups served again: never attached again at start. */
+  #backupDevices = new Set<string>();
+
+  /** Serves a device of a backup as a device: read-only, or with a throw-away overlay (--writable). */
+  async attachBackup(p: api.BackupAttachParams): Promise<api.DeviceInfo> {
+    const { registry, loopDevices, log } = this.#o;
+    const device = await this.#serially(async () => {
+      const name = p.name ?? defaultDeviceName(`${p.device}.${p.id}`);
+      registry.checkNewName(name);
+      const storage = await BackupStorage.open(path.resolve(p.repo), p.id, p.device, {
+        workers: this.#o.backupWorkers(),
+        cacheBytes: this.#o.backupCacheBytes,
+        ...(p.writable ? { overlayDir: this.#o.overlayDir } : {}),
+      });
+      const attached = await registry.attach(storage, { name, tracking: false });
+      this.#backupDevices.add(name);
+      log(`attached backup ${p.id} of ${p.device} in ${p.repo} as ${name} (${attached.size} bytes, ${p.writable ? 'writable: a throw-away overlay' : 'read-only'})`);
+      if (p.loop ?? this.#o.isLoopForAll) {
+        try {
+          await loopDevices.expose(name);
+        } catch (e) {
+          await registry.detach(attached);
+          this.#backupDevices.delete(name);
+          throw e;
+        }
+      }
+      return attached;
+    });
+    return this.#deviceInfo(device);
+  }
 
   /** `restore`: the tracker comes from the state directory (at start), else it is new. */
   async #attach(p: api.AttachParams, restore: boolean): Promise<Device> {
@@ -138,7 +176,7 @@ export class BlksnapService implements ControlService {
   async #saveAttached(): Promise<void> {
     const { registry, loopDevices } = this.#o;
     await this.#o.state.saveAttached(
-      registry.devices().map((d) => ({ path: path.resolve(d.path), name: d.name, readOnly: d.isReadOnly, tracking: d.tracker.isTracking, loop: loopDevices.get(d.name) !== undefined })),
+      registry.devices().filter((d) => !this.#backupDevices.has(d.name)).map((d) => ({ path: path.resolve(d.path), name: d.name, readOnly: d.isReadOnly, tracking: d.tracker.isTracking, loop: loopDevices.get(d.name) !== undefined })),
     );
   }
 
@@ -152,7 +190,7 @@ export class BlksnapService implements ControlService {
       await loopDevices.release(device.name);
       await registry.detach(device);
       // Detach ends tracking: nothing of it comes back at the next start.
-      await this.#o.keeper.forget(device.name);
+      if (!this.#backupDevices.delete(device.name)) await this.#o.keeper.forget(device.name);
     });
     await this.#saveAttached();
     log(`detached ${device.name}`);
@@ -195,7 +233,7 @@ export class BlksnapService implements ControlService {
     return cbtInfo(device);
   }
 
-  async createSnapshot(p: api.SnapshotCreateParams): Promise<{ id: string }> {
+  async createSnapshot(p: api.SnapshotCreateParams, caller: Caller): Promise<{ id: string }> {
     const { registry, log } = this.#o;
     const devices = await Promise.all(p.devices.map((n) => registry.find(n)));
     if (new Set(devices).size !== devices.length) throw new BlkError('EINVAL', 'snapshot.create: a device is listed twice');
@@ -211,6 +249,7 @@ export class BlksnapService implements ControlService {
     });
     log(`snapshot ${snapshot.id} created: ${devices.map((d) => d.name).join(', ')}; difference storage ${p.diffStorage} (${snapshot.diffStorage?.kind}), limit ${p.limit}`);
     snapshot.events.onPush((e) => log(`snapshot ${snapshot.id}: ${e.code} ${JSON.stringify(e.data)}`));
+    if (p.ownedByConnection) caller.onClose(() => void this.#destroyOrphan(snapshot));
     return { id: snapshot.id };
   }
 
@@ -297,6 +336,18 @@ export class BlksnapService implements ControlService {
   async destroySnapshot(id: string): Promise<void> {
     await this.#destroy(this.#o.registry.snapshot(id));
     this.#o.log(`snapshot ${id} destroyed`);
+  }
+
+  /** A snapshot whose owning control connection closed (its backup ended, or died): destroyed, after a take under way. */
+  async #destroyOrphan(snapshot: Snapshot): Promise<void> {
+    while (snapshot.phase === 'taking') await new Promise((r) => setTimeout(r, 50));
+    if (snapshot.phase === 'destroyed' || !this.#o.registry.snapshots().includes(snapshot)) return;
+    try {
+      await this.#destroy(snapshot);
+      this.#o.log(`snapshot ${snapshot.id} destroyed: the connection that owned it closed`);
+    } catch (e) {
+      this.#o.log(`cannot destroy snapshot ${snapshot.id} of a closed connection: ${toBlkError(e).toString()}`);
+    }
   }
 
   /** Destroys every snapshot (daemon stop); failures are logged, the rest go on. */

@@ -26,6 +26,7 @@ const memmoveFn = libc.func('uintptr_t memmove(void *to, void *from, size_t leng
 const sendfileFn = libc.func('int64_t sendfile(int outFd, int inFd, _Inout_ int64_t *offset, size_t count)');
 const copyFileRangeFn = libc.func('int64_t copy_file_range(int inFd, _Inout_ int64_t *inOffset, int outFd, _Inout_ int64_t *outOffset, size_t length, unsigned int flags)');
 const syscallFn = libc.func('long syscall(long number, ...)');
+const syncfsFn = libc.func('int syncfs(int fd)');
 const ioctlIntFn = libc.func('int ioctl(int fd, unsigned long request, _Out_ int *value)');
 
 export const FALLOC_FL_KEEP_SIZE = 0x01;
@@ -34,6 +35,7 @@ export const FALLOC_FL_ZERO_RANGE = 0x10;
 const SEEK_END = 2;
 const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
+const LOCK_SH = 1;
 const LOCK_EX = 2;
 const LOCK_NB = 4;
 const POSIX_FADV_WILLNEED = 3;
@@ -93,6 +95,19 @@ export function sizeOfBlockDevice(fd: number): number {
 }
 
 /** Takes an exclusive, non-blocking flock; EBUSY when another open file description holds it. */
+/** Makes every file of the filesystem holding `fd` durable at once (syncfs): one call after many writes. */
+export function syncFilesystem(fd: number): Promise<void> {
+  return callAsync(syncfsFn, [fd], 'syncfs');
+}
+
+/** flock(2) without waiting: true when the lock (shared or exclusive) was taken, false when another holds it. */
+export function tryLock(fd: number, exclusive: boolean): boolean {
+  if ((flockFn(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) as number) === 0) return true;
+  const code = errnoName(koffi.errno());
+  if (code === 'EAGAIN') return false;
+  throw new BlkError(code, 'flock failed');
+}
+
 export function lockExclusive(fd: number, path: string): void {
   if (flockFn(fd, LOCK_EX | LOCK_NB) !== 0) {
     const err = fail('flock', path);

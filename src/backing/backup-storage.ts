@@ -1,0 +1,225 @@
+// Owns a backup of a device as a store (backup_attach): chunks read on demand through worker threads,
+// checked against their digests, kept in a bounded cache; with --writable, writes go to a throw-away
+// overlay file (an unnamed file: gone at detach) in chunk-sized pieces copied up on first write.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { readIndex } from '../backup/digest-index.js';
+import { isZeroDigest, layout } from '../backup/layout.js';
+import { readManifest } from '../backup/manifest.js';
+import type { WorkerPool } from '../backup/worker-pool.js';
+import { BlkError, toBlkError } from '../errors.js';
+import { closeAsync, openUnnamedFile } from '../os/async-fs.js';
+import type { Extent, Storage, StorageCapabilities } from './storage.js';
+
+export interface BackupStorageOptions {
+  workers: WorkerPool;
+  /** Bytes of decompressed chunks kept in memory. */
+  cacheBytes: number;
+  /** Where the overlay of a writable attach lives (an unnamed file); none: read-only. */
+  overlayDir?: string;
+}
+
+/** The overlay of a writable attach: an unnamed file, which chunks it holds, copy-ups under way. */
+interface Overlay {
+  fd: number;
+  copied: Uint8Array;
+  copying: Map<number, Promise<void>>;
+}
+
+export class BackupStorage implements Storage {
+  readonly path: string;
+  readonly can: StorageCapabilities;
+  readonly size: number;
+  readonly chunkSize: number;
+  #repo: string;
+  #digests: Buffer;
+  #o: BackupStorageOptions;
+  /** Least recently used first (a Map keeps insertion order; a hit moves to the end). */
+  #cache = new Map<number, Uint8Array>();
+  #cachedBytes = 0;
+  #loading = new Map<number, Promise<Uint8Array>>();
+  #overlay: Overlay | null;
+  #isClosed = false;
+
+  private constructor(repo: string, label: string, size: number, chunkSize: number, digests: Buffer, options: BackupStorageOptions, overlayFd: number | null) {
+    this.path = label;
+    this.#repo = repo;
+    this.size = size;
+    this.chunkSize = chunkSize;
+    this.#digests = digests;
+    this.#o = options;
+    const count = Math.ceil(size / chunkSize);
+    this.#overlay = overlayFd === null ? null : { fd: overlayFd, copied: new Uint8Array(count), copying: new Map() };
+    this.can = { isBlockDevice: false, isReadOnly: overlayFd === null, grow: false };
+  }
+
+  /** Opens backup `id`'s device `device` in `repo`; ENOENT when there is no such backup or device, EIO when it is damaged. */
+  static async open(repo: string, id: string, device: string, options: BackupStorageOptions): Promise<BackupStorage> {
+    const manifestFile = layout.manifest(repo, id);
+    if (!fs.existsSync(manifestFile)) throw new BlkError('ENOENT', `no backup ${id} in ${repo}`);
+    const manifest = readManifest(manifestFile);
+    const entry = manifest.devices.find((d) => d.name === device);
+    if (!entry) throw new BlkError('ENOENT', `backup ${id} has no device ${device} (it has ${manifest.devices.map((d) => d.name).join(', ')})`);
+    const index = readIndex(repo, path.join(layout.backup(repo, id), path.basename(entry.index)));
+    const overlayFd = options.overlayDir === undefined ? null : await openUnnamedFile(options.overlayDir);
+    return new BackupStorage(repo, `${repo}#${id}/${device}`, index.size, index.chunkSize, index.digests, options, overlayFd);
+  }
+
+  probeSize(): number {
+    return this.size;
+  }
+
+  identity(): null {
+    return null;
+  }
+
+  async read(offset: number, into: Uint8Array): Promise<void> {
+    const end = offset + into.length;
+    const pieces: Array<Promise<void>> = [];
+    for (let c = Math.floor(offset / this.chunkSize); c * this.chunkSize < end; c++) {
+      const start = c * this.chunkSize;
+      const from = Math.max(offset, start);
+      const to = Math.min(end, start + this.chunkLength(c));
+      const target = into.subarray(from - offset, to - offset);
+      if (this.#overlay?.copied[c]) {
+        pieces.push(this.#readOverlay(from, target));
+      } else if (isZeroDigest(this.#digests, c * 32)) {
+        target.fill(0);
+      } else {
+        pieces.push(this.#chunk(c).then((data) => target.set(data.subarray(from - start, to - start))));
+      }
+    }
+    await Promise.all(pieces);
+  }
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    const overlay = this.#writableOverlay();
+    const end = offset + data.length;
+    for (let c = Math.floor(offset / this.chunkSize); c * this.chunkSize < end; c++) {
+      const start = c * this.chunkSize;
+      const covers = offset <= start && end >= start + this.chunkLength(c);
+      if (!overlay.copied[c] && !covers) await this.#copyUp(c);
+      overlay.copied[c] = 1;
+    }
+    let done = 0;
+    while (done < data.length) {
+      done += await new Promise<number>((resolve, reject) =>
+        fs.write(overlay.fd, data, done, data.length - done, offset + done, (e, n) => (e ? reject(e) : resolve(n))),
+      );
+    }
+  }
+
+  async flush(): Promise<void> {
+    const overlay = this.#overlay;
+    if (overlay) await new Promise<void>((resolve, reject) => fs.fdatasync(overlay.fd, (e) => (e ? reject(e) : resolve())));
+  }
+
+  async trim(offset: number, length: number): Promise<void> {
+    await this.zero(offset, length);
+  }
+
+  async zero(offset: number, length: number): Promise<void> {
+    this.#writableOverlay();
+    const piece = new Uint8Array(Math.min(length, 1024 * 1024));
+    for (let done = 0; done < length; done += piece.length) await this.write(offset + done, piece.subarray(0, Math.min(piece.length, length - done)));
+  }
+
+  /** Zero chunks (not overwritten) are holes: a copy of the backup stays sparse. */
+  async extents(offset: number, length: number, maximumCount: number): Promise<Extent[]> {
+    const out: Extent[] = [];
+    const end = Math.min(offset + length, this.size);
+    let at = offset;
+    while (at < end && out.length < maximumCount) {
+      const c = Math.floor(at / this.chunkSize);
+      const isHole = !this.#overlay?.copied[c] && isZeroDigest(this.#digests, c * 32);
+      const stop = Math.min(end, c * this.chunkSize + this.chunkLength(c));
+      const last = out.at(-1);
+      if (last && last.isHole === isHole) last.length += stop - at;
+      else out.push({ offset: at, length: stop - at, isHole, isZero: isHole });
+      at = stop;
+    }
+    return out;
+  }
+
+  async cache(): Promise<void> {}
+
+  async grow(): Promise<void> {
+    throw new BlkError('ENOTSUP', 'a backup does not grow');
+  }
+
+  async close(): Promise<void> {
+    if (this.#isClosed) return;
+    this.#isClosed = true;
+    this.#cache.clear();
+    if (this.#overlay) await closeAsync(this.#overlay.fd);
+  }
+
+  chunkLength(c: number): number {
+    return Math.min(this.chunkSize, this.size - c * this.chunkSize);
+  }
+
+  #writableOverlay(): Overlay {
+    if (!this.#overlay) throw new BlkError('EROFS', `${this.path} is attached read-only (backup_attach --writable gives a throw-away overlay)`);
+    return this.#overlay;
+  }
+
+  /** The chunk's backup bytes into the overlay, once, before a partial write lands on it. */
+  #copyUp(c: number): Promise<void> {
+    const overlay = this.#writableOverlay();
+    let copying = overlay.copying.get(c);
+    if (!copying) {
+      copying = (async () => {
+        const start = c * this.chunkSize;
+        const data = isZeroDigest(this.#digests, c * 32) ? new Uint8Array(this.chunkLength(c)) : await this.#chunk(c);
+        await new Promise<void>((resolve, reject) => fs.write(overlay.fd, data, 0, data.length, start, (e) => (e ? reject(e) : resolve())));
+        overlay.copied[c] = 1;
+      })().finally(() => overlay.copying.delete(c));
+      overlay.copying.set(c, copying);
+    }
+    return copying;
+  }
+
+  #readOverlay(offset: number, into: Uint8Array): Promise<void> {
+    const fd = this.#writableOverlay().fd;
+    return new Promise((resolve, reject) =>
+      fs.read(fd, into, 0, into.length, offset, (e, n) => (e ? reject(e) : n === into.length ? resolve() : reject(new BlkError('EIO', `overlay read of ${into.length} bytes at ${offset} gave ${n}`)))),
+    );
+  }
+
+  /** A chunk's bytes: from the cache, or loaded and checked by a worker (one load per chunk at a time). */
+  #chunk(c: number): Promise<Uint8Array> {
+    const hit = this.#cache.get(c);
+    if (hit) {
+      this.#cache.delete(c);
+      this.#cache.set(c, hit);
+      return Promise.resolve(hit);
+    }
+    let loading = this.#loading.get(c);
+    if (!loading) {
+      loading = this.#o.workers
+        .run({ kind: 'load', repo: this.#repo, digests: this.#digests.subarray(c * 32, c * 32 + 32), lengths: [this.chunkLength(c)], offsets: [c * this.chunkSize] })
+        .then((r) => {
+          const data = r.data[0] as Uint8Array;
+          this.#remember(c, data);
+          return data;
+        })
+        .catch((e: unknown) => {
+          throw new BlkError('EIO', `${this.path}: chunk ${c} at offset ${c * this.chunkSize}: ${toBlkError(e).message}`);
+        })
+        .finally(() => this.#loading.delete(c));
+      this.#loading.set(c, loading);
+    }
+    return loading;
+  }
+
+  #remember(c: number, data: Uint8Array): void {
+    if (this.#isClosed || data.length > this.#o.cacheBytes) return;
+    this.#cache.set(c, data);
+    this.#cachedBytes += data.length;
+    for (const [k, v] of this.#cache) {
+      if (this.#cachedBytes <= this.#o.cacheBytes) break;
+      this.#cache.delete(k);
+      this.#cachedBytes -= v.length;
+    }
+  }
+}

@@ -1,0 +1,191 @@
+// Owns backup_create: one snapshot across the devices (owned by this connection, so it never outlives
+// the backup), each image read over NBD (only the chunks CBT says changed, when the previous backup
+// of the device is of the same generation), chunks hashed, compressed and stored by worker threads,
+// indexes and chunks made durable, and the manifest written last.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { BlksnapClient } from '../client/connection.js';
+import type { NbdTlsOptions } from '../client/nbd-client.js';
+import * as api from '../control/protocol.js';
+import { BlkError, toBlkError } from '../errors.js';
+import { syncFilesystem } from '../os/libc.js';
+import { syncDirectory } from '../os/state-file.js';
+import { backup as params } from '../params.js';
+import { chunkCountOf, readIndex, writeIndex } from './digest-index.js';
+import { allocatedChunks, readRuns, runsOf } from './image-reader.js';
+import { layout, newBackupId } from './layout.js';
+import { encodeManifest, type ManifestDevice } from './manifest.js';
+import type { Progress } from './progress.js';
+import type { Repository } from './repository.js';
+import { WorkerPool } from './worker-pool.js';
+
+export interface CreateOptions {
+  devices: string[];
+  /** Difference storage of the backup's snapshot (default: a directory's unnamed file in the repository). */
+  diffStorage?: string;
+  /** Its largest size (default 1/4 of the devices' total, at least 1 GiB). */
+  limit?: number;
+  /** Read everything, even where an incremental could be made. */
+  full?: boolean;
+  /** The image's NBD URI from the daemon's (e.g. over its TCP listener); default: the daemon's Unix socket. */
+  imageUri?: (image: api.ImageInfo) => string;
+  tls?: NbdTlsOptions;
+  progress?: Progress;
+  /** Runs after the take, before any read: the images as the backup will read them (a test copies them). */
+  afterTake?: (images: Array<{ device: string; uri: string }>) => Promise<void>;
+}
+
+export interface CreateResult {
+  id: string;
+  time: string;
+  devices: Array<Pick<ManifestDevice, 'name' | 'size' | 'mode' | 'generationId' | 'changesNumber' | 'readBytes' | 'storedBytes'>>;
+  warnings: string[];
+}
+
+/** The newest complete backup of each device name, with its index, when it can be read. */
+function previousBackups(repo: Repository): Map<string, { id: string; device: ManifestDevice }> {
+  const out = new Map<string, { id: string; device: ManifestDevice }>();
+  for (const id of repo.backupIds()) {
+    try {
+      for (const device of repo.manifest(id).devices) out.set(device.name, { id, device });
+    } catch {
+      // A damaged manifest is not a base for an incremental; verify reports it.
+    }
+  }
+  return out;
+}
+
+async function readCbtMap(client: BlksnapClient, device: string, blockCount: number): Promise<Uint8Array> {
+  const map = new Uint8Array(blockCount);
+  for (let at = 0; at < blockCount; ) {
+    const r = await client.call(api.CbtRead, { device, offset: at, length: Math.min(blockCount - at, 1 << 20) });
+    const piece = Buffer.from(r.data, 'base64');
+    if (piece.length === 0) break;
+    map.set(piece, at);
+    at += piece.length;
+  }
+  return map;
+}
+
+export async function createBackup(repo: Repository, client: BlksnapClient, o: CreateOptions): Promise<CreateResult> {
+  if (o.devices.length === 0) throw new BlkError('EINVAL', 'backup_create: give at least one --device');
+  const release = await repo.lock(false, () => o.progress?.note('waiting for a prune to finish its sweep'));
+  const workers = new WorkerPool();
+  let snapshotId: string | null = null;
+  const time = new Date();
+  const id = newBackupId(time);
+  const partial = layout.partialBackup(repo.dir, id);
+  try {
+    fs.mkdirSync(partial, { recursive: true });
+    const sizes = await Promise.all(o.devices.map((d) => client.call(api.CbtGetInfo, { device: d }).then((i) => i.deviceCapacity)));
+    const total = sizes.reduce((a, b) => a + b, 0);
+    const created = await client.call(api.SnapshotCreate, {
+      devices: o.devices,
+      diffStorage: o.diffStorage ?? repo.dir,
+      limit: o.limit ?? Math.max(2 ** 30, Math.ceil(total / 4 / 4096) * 4096),
+      ownedByConnection: true,
+    });
+    snapshotId = created.id;
+    const taken = await client.call(api.SnapshotTake, { id: created.id });
+    if (o.afterTake) {
+      const images = await Promise.all(o.devices.map(async (device) => {
+        const image = (await client.call(api.SnapshotGetInfo, { device })).image;
+        if (!image) throw new BlkError('EIO', `device ${device} has no snapshot image`);
+        return { device, uri: o.imageUri ? o.imageUri(image) : image.uri };
+      }));
+      await o.afterTake(images);
+    }
+    const previous = previousBackups(repo);
+    const entries: ManifestDevice[] = [];
+    for (const name of o.devices) entries.push(await backupDevice(repo, client, workers, o, name, previous.get(name) ?? null, partial));
+    // Chunks, pages and index roots durable before the manifest makes the backup exist.
+    const dirFd = fs.openSync(repo.dir, 'r');
+    try {
+      await syncFilesystem(dirFd);
+    } finally {
+      fs.closeSync(dirFd);
+    }
+    const manifest = { version: 1 as const, id, time: time.toISOString(), devices: entries };
+    const manifestFd = fs.openSync(path.join(partial, 'manifest.json'), 'w', 0o644);
+    try {
+      fs.writeSync(manifestFd, encodeManifest(manifest));
+      fs.fsyncSync(manifestFd);
+    } finally {
+      fs.closeSync(manifestFd);
+    }
+    fs.renameSync(partial, layout.backup(repo.dir, id));
+    await syncDirectory(layout.backupsDir(repo.dir));
+    return {
+      id,
+      time: manifest.time,
+      devices: entries.map(({ name, size, mode, generationId, changesNumber, readBytes, storedBytes }) => ({ name, size, mode, generationId, changesNumber, readBytes, storedBytes })),
+      warnings: taken.warnings,
+    };
+  } finally {
+    fs.rmSync(partial, { recursive: true, force: true });
+    if (snapshotId !== null) await client.call(api.SnapshotDestroy, { id: snapshotId }).catch(() => undefined);
+    await workers.close();
+    release();
+  }
+}
+
+async function backupDevice(
+  repo: Repository,
+  client: BlksnapClient,
+  workers: WorkerPool,
+  o: CreateOptions,
+  name: string,
+  previous: { id: string; device: ManifestDevice } | null,
+  partial: string,
+): Promise<ManifestDevice> {
+  const info = await client.call(api.CbtGetInfo, { device: name });
+  const snap = await client.call(api.SnapshotGetInfo, { device: name });
+  if (!snap.image) throw new BlkError('EIO', `device ${name} has no snapshot image`);
+  const uri = o.imageUri ? o.imageUri(snap.image) : snap.image.uri;
+  const size = info.deviceCapacity;
+  const chunkSize = info.blockSize;
+  const count = chunkCountOf(size, chunkSize);
+  let digests: Buffer = Buffer.alloc(count * 32);
+  let mode: 'full' | 'incremental' = 'full';
+  let chunks: number[] | null = null;
+  const p = previous?.device;
+  if (!o.full && p && p.generationId === info.generationId && p.size === size && p.chunkSize === chunkSize && p.changesNumber < info.changesNumber) {
+    try {
+      const base = readIndex(repo.dir, path.join(layout.backup(repo.dir, (previous as { id: string }).id), p.index));
+      digests = base.digests;
+      const map = await readCbtMap(client, name, info.blockCount);
+      chunks = [];
+      for (let c = 0; c < count; c++) if ((map[c] as number) > p.changesNumber) chunks.push(c);
+      mode = 'incremental';
+    } catch (e) {
+      o.progress?.note(`the previous backup of ${name} cannot be read (${toBlkError(e).message}): a full backup`);
+      digests = Buffer.alloc(count * 32);
+    }
+  }
+  if (chunks === null) chunks = await allocatedChunks(uri, size, chunkSize, o.tls);
+  const runs = runsOf(chunks, Math.max(1, Math.floor(params.readBytes / chunkSize)));
+  const planned = chunks.reduce((a, c) => a + Math.min(chunkSize, size - c * chunkSize), 0);
+  o.progress?.start(`${name} (${mode})`, planned);
+  let readBytes = 0;
+  let storedBytes = 0;
+  const storing = new Set<Promise<void>>();
+  await readRuns({ uri, size, chunkSize, runs, ...(o.tls ? { tls: o.tls } : {}) }, async (run, data) => {
+    const bytes = data.length;
+    readBytes += bytes;
+    const lengths = Array.from({ length: run.count }, (_, i) => Math.min(chunkSize, size - (run.first + i) * chunkSize));
+    const task = workers.run({ kind: 'store', repo: repo.dir, level: repo.config.zstdLevel, data, lengths }, [data.buffer as ArrayBuffer]).then((r) => {
+      // Every chunk of the run gets its digest: a chunk now zero gets the zero digest.
+      Buffer.from(r.digests.buffer, r.digests.byteOffset, r.digests.byteLength).copy(digests, run.first * 32);
+      storedBytes += r.storedBytes;
+      o.progress?.advance(bytes);
+    });
+    storing.add(task);
+    void task.finally(() => storing.delete(task)).catch(() => undefined);
+    // Bounded memory: no more runs wait in the workers than they can work on.
+    while (storing.size >= workers.size * 2) await Promise.race(storing);
+  });
+  await Promise.all(storing);
+  storedBytes += writeIndex(repo.dir, layout.index(partial, name), { size, chunkSize, digests });
+  o.progress?.done();
+  return { name, size, chunkSize, mode, generationId: info.generationId, changesNumber: info.changesNumber, readBytes, storedBytes, index: `${name}.index` };
+}

@@ -1,0 +1,128 @@
+// Owns backup_prune: which backups a keep-last/daily/weekly policy keeps, their removal, then a sweep
+// of the chunks and index pages no remaining backup references. The sweep holds the repository's lock
+// exclusively, so it waits for running backups (which hold it shared) and they wait for it.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { BlkError } from '../errors.js';
+import { chunkFiles, referencesOf } from './backup-verify.js';
+import { BACKUP_ID_PATTERN, layout, TEMP_MARK } from './layout.js';
+import type { Progress } from './progress.js';
+import type { Repository } from './repository.js';
+
+export interface PruneOptions {
+  keepLast: number;
+  keepDaily?: number;
+  keepWeekly?: number;
+  dryRun?: boolean;
+  progress?: Progress;
+}
+
+export interface PruneResult {
+  kept: string[];
+  removed: string[];
+  removedChunks: number;
+  removedPages: number;
+  freedBytes: number;
+  dryRun: boolean;
+}
+
+/** ISO 8601 week of a date, as YYYY-Www. */
+function isoWeek(d: Date): string {
+  const t = new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate()));
+  const day = t.getUTCDay() || 7;
+  t.setUTCDate(t.getUTCDate() + 4 - day);
+  const yearStart = Date.UTC(t.getUTCFullYear(), 0, 1);
+  const week = Math.ceil(((t.getTime() - yearStart) / 86400000 + 1) / 7);
+  return `${t.getUTCFullYear()}-W${String(week).padStart(2, '0')}`;
+}
+
+/** The ids a policy keeps, of `backups` (newest first): the last N, and the newest of each of the last N days and weeks. */
+export function keptBy(backups: Array<{ id: string; time: Date }>, o: PruneOptions): Set<string> {
+  const kept = new Set(backups.slice(0, o.keepLast).map((b) => b.id));
+  const byPeriod = (n: number | undefined, period: (d: Date) => string): void => {
+    const seen = new Set<string>();
+    for (const b of backups) {
+      if (seen.size >= (n ?? 0)) break;
+      const key = period(b.time);
+      if (seen.has(key)) continue;
+      seen.add(key);
+      kept.add(b.id);
+    }
+  };
+  byPeriod(o.keepDaily, (d) => d.toISOString().slice(0, 10));
+  byPeriod(o.keepWeekly, isoWeek);
+  return kept;
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+export async function pruneRepository(repo: Repository, o: PruneOptions): Promise<PruneResult> {
+  if (!(o.keepLast >= 1)) throw new BlkError('EINVAL', 'backup_prune: --keep-last takes 1 or more (a prune never removes every backup)');
+  const backups = repo.list().map((b) => ({ id: b.id, time: new Date(b.time || 0) })).sort((a, b) => (a.id < b.id ? 1 : -1));
+  const kept = keptBy(backups, o);
+  const removed = backups.filter((b) => !kept.has(b.id)).map((b) => b.id);
+  const result: PruneResult = { kept: [...kept].sort(), removed, removedChunks: 0, removedPages: 0, freedBytes: 0, dryRun: o.dryRun ?? false };
+  if (o.dryRun) return result;
+  for (const id of removed) {
+    // Renamed first: a crash mid-removal leaves no half backup that looks whole.
+    const doomed = path.join(layout.backupsDir(repo.dir), `.removing-${id}`);
+    fs.renameSync(layout.backup(repo.dir, id), doomed);
+    fs.rmSync(doomed, { recursive: true, force: true });
+  }
+  const release = await repo.lock(true, () => o.progress?.note('waiting for running backups before the sweep'));
+  try {
+    const chunks = new Set<string>();
+    const pages = new Set<string>();
+    for (const id of repo.backupIds()) {
+      const r = referencesOf(repo, id);
+      // A backup whose references cannot all be read might still own chunks: sweep nothing.
+      if (r.problems.length > 0) throw new BlkError('EIO', `backup_prune: backups removed, but no sweep: ${r.problems[0]} (run backup_verify)`);
+      for (const c of r.chunks) chunks.add(c);
+      for (const p of r.pages) pages.add(p);
+    }
+    const remove = (file: string): void => {
+      result.freedBytes += fs.statSync(file).size;
+      fs.rmSync(file, { force: true });
+    };
+    for (const [hex, file] of chunkFiles(repo.dir)) {
+      if (chunks.has(hex)) continue;
+      remove(file);
+      result.removedChunks++;
+    }
+    const pagesDir = layout.pagesDir(repo.dir);
+    for (const sub of fs.existsSync(pagesDir) ? fs.readdirSync(pagesDir) : []) {
+      for (const name of fs.readdirSync(path.join(pagesDir, sub))) {
+        if (name.includes(TEMP_MARK) || pages.has(name)) continue;
+        remove(path.join(pagesDir, sub, name));
+        result.removedPages++;
+      }
+    }
+    sweepLeftovers(repo.dir);
+  } finally {
+    release();
+  }
+  return result;
+}
+
+/** Temporary files and partial backups of writers that are gone (a backup killed mid-way). */
+function sweepLeftovers(repo: string): void {
+  const pidOf = (name: string): number => Number(/(?:\.tmp\.|^\.partial-.*-)(\d+)(?:\.|$)/.exec(name)?.[1] ?? 0);
+  for (const top of [layout.chunksDir(repo), layout.pagesDir(repo)]) {
+    for (const sub of fs.existsSync(top) ? fs.readdirSync(top) : []) {
+      for (const name of fs.readdirSync(path.join(top, sub))) {
+        if (name.includes(TEMP_MARK) && !isAlive(pidOf(name))) fs.rmSync(path.join(top, sub, name), { force: true });
+      }
+    }
+  }
+  for (const name of fs.readdirSync(layout.backupsDir(repo))) {
+    if (BACKUP_ID_PATTERN.test(name)) continue;
+    if (name.startsWith('.removing-') || (name.startsWith('.partial-') && !isAlive(pidOf(name)))) fs.rmSync(path.join(layout.backupsDir(repo), name), { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,177 @@
+// Owns backup_restore: a device of a backup written to a file (sparse: zero chunks stay holes), a block
+// device, an NBD export, or an attached device of the daemon, where a backup of the device's own
+// generation is a rollback: only the chunks written since the backup are written back. Every chunk's
+// digest is checked (in worker threads) before it is written.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { BlksnapClient } from '../client/connection.js';
+import { NbdClient, type NbdTlsOptions, parseNbdUri } from '../client/nbd-client.js';
+import * as api from '../control/protocol.js';
+import { BlkError } from '../errors.js';
+import { sizeOfBlockDevice } from '../os/libc.js';
+import { backup as params } from '../params.js';
+import { chunkCountOf, readIndex } from './digest-index.js';
+import { runsOf } from './image-reader.js';
+import { isZeroDigest, layout } from './layout.js';
+import type { Progress } from './progress.js';
+import type { Repository } from './repository.js';
+import { WorkerPool } from './worker-pool.js';
+
+export interface RestoreOptions {
+  id: string;
+  device: string;
+  /** A file or block device path, an NBD URI, or the name or path of a device attached to the daemon. */
+  to: string;
+  /** The daemon, to find attached devices (and roll them back); null: paths and URIs only. */
+  client?: BlksnapClient | null;
+  tls?: NbdTlsOptions;
+  progress?: Progress;
+}
+
+export interface RestoreResult {
+  writtenBytes: number;
+  skippedBytes: number;
+  /** "file", "block device", "nbd", or "rollback" (only what changed since the backup was written). */
+  mode: 'file' | 'block device' | 'nbd' | 'rollback';
+}
+
+/** An attached device the target names (by name, store path or export URI), if any. */
+async function attachedTarget(client: BlksnapClient, to: string): Promise<api.DeviceInfo | null> {
+  const devices = (await client.call(api.DeviceList, {})).devices;
+  const byName = devices.find((d) => d.name === to || d.uri === to || (!to.includes('://') && path.resolve(d.path) === path.resolve(to)));
+  if (byName) return byName;
+  if (!to.includes('://')) return null;
+  const wanted = parseNbdUri(to);
+  return devices.find((d) => {
+    const t = parseNbdUri(d.uri);
+    return t.exportName === wanted.exportName && t.socketPath !== undefined && wanted.socketPath !== undefined && path.resolve(t.socketPath) === path.resolve(wanted.socketPath);
+  }) ?? null;
+}
+
+export async function restoreBackup(repo: Repository, o: RestoreOptions): Promise<RestoreResult> {
+  const manifest = repo.manifest(o.id);
+  const entry = manifest.devices.find((d) => d.name === o.device);
+  if (!entry) throw new BlkError('ENOENT', `backup ${o.id} has no device ${o.device} (it has ${manifest.devices.map((d) => d.name).join(', ')})`);
+  const index = readIndex(repo.dir, path.join(layout.backup(repo.dir, o.id), entry.index));
+  const count = chunkCountOf(index.size, index.chunkSize);
+  const attached = o.client ? await attachedTarget(o.client, o.to) : null;
+  const workers = new WorkerPool();
+  try {
+    if (attached || o.to.includes('://')) {
+      const uri = attached ? attached.uri : o.to;
+      let chunks: number[] = Array.from({ length: count }, (_, c) => c);
+      let mode: RestoreResult['mode'] = 'nbd';
+      if (attached && o.client) {
+        const info = await o.client.call(api.CbtGetInfo, { device: attached.name });
+        if (info.generationId === entry.generationId && info.deviceCapacity === index.size && info.blockSize === index.chunkSize) {
+          chunks = await changedSince(uri, index.size, index.chunkSize, entry.changesNumber, o.tls);
+          mode = 'rollback';
+        }
+      }
+      const written = await restoreOverNbd(repo, workers, uri, index, chunks, o);
+      return { writtenBytes: written, skippedBytes: index.size - written, mode };
+    }
+    return await restoreToPath(repo, workers, o.to, index, count, o);
+  } finally {
+    await workers.close();
+  }
+}
+
+/** Chunks of an attached device written after snapshot `k` (its active map over NBD, x-blksnap:cbt). */
+async function changedSince(uri: string, size: number, chunkSize: number, k: number, tls?: NbdTlsOptions): Promise<number[]> {
+  const client = await NbdClient.connect(uri, { metaContexts: ['x-blksnap:cbt'], ...(tls ? { tls } : {}) });
+  try {
+    if (!client.contexts.has('x-blksnap:cbt')) throw new BlkError('EOPNOTSUPP', `${uri} offers no x-blksnap:cbt`);
+    const out: number[] = [];
+    for (const e of await client.extents('x-blksnap:cbt', 0, size)) {
+      if (e.flags <= k) continue;
+      for (let c = Math.floor(e.offset / chunkSize); c * chunkSize < e.offset + e.length; c++) if (out.at(-1) !== c) out.push(c);
+    }
+    return out;
+  } finally {
+    await client.close();
+  }
+}
+
+type Index = { size: number; chunkSize: number; digests: Buffer };
+
+function lengthsOf(index: Index, first: number, n: number): { lengths: number[]; offsets: number[] } {
+  const lengths: number[] = [];
+  const offsets: number[] = [];
+  for (let c = first; c < first + n; c++) {
+    offsets.push(c * index.chunkSize);
+    lengths.push(Math.min(index.chunkSize, index.size - c * index.chunkSize));
+  }
+  return { lengths, offsets };
+}
+
+async function restoreOverNbd(repo: Repository, workers: WorkerPool, uri: string, index: Index, chunks: number[], o: RestoreOptions): Promise<number> {
+  const client = await NbdClient.connect(uri, o.tls ? { tls: o.tls } : {});
+  try {
+    if (client.isReadOnly) throw new BlkError('EROFS', `${uri} is read-only`);
+    if (client.size < index.size) throw new BlkError('ENOSPC', `${uri} holds ${client.size} bytes, the backup ${index.size}`);
+    const runs = runsOf(chunks, Math.max(1, Math.floor(params.readBytes / index.chunkSize)));
+    o.progress?.start(`restore to ${uri}`, chunks.length * index.chunkSize);
+    let written = 0;
+    const inFlight = new Set<Promise<void>>();
+    for (const run of runs) {
+      const { lengths, offsets } = lengthsOf(index, run.first, run.count);
+      const digests = index.digests.subarray(run.first * 32, (run.first + run.count) * 32);
+      const task = workers.run({ kind: 'load', repo: repo.dir, digests, lengths, offsets }).then(async (r) => {
+        await Promise.all(r.data.map((d, i) => {
+          const offset = offsets[i] as number;
+          written += d.length;
+          return isZeroDigest(digests, i * 32) ? client.writeZeroes(offset, d.length) : client.write(offset, d);
+        }));
+        o.progress?.advance(lengths.reduce((a, b) => a + b, 0));
+      });
+      inFlight.add(task);
+      void task.finally(() => inFlight.delete(task)).catch(() => undefined);
+      while (inFlight.size >= workers.size * 4) await Promise.race(inFlight);
+    }
+    await Promise.all(inFlight);
+    await client.flush();
+    o.progress?.done();
+    return written;
+  } finally {
+    await client.close();
+  }
+}
+
+async function restoreToPath(repo: Repository, workers: WorkerPool, target: string, index: Index, count: number, o: RestoreOptions): Promise<RestoreResult> {
+  let isBlockDevice = false;
+  try {
+    isBlockDevice = fs.statSync(target).isBlockDevice();
+  } catch {}
+  const fd = fs.openSync(target, isBlockDevice ? fs.constants.O_WRONLY : fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o644);
+  try {
+    if (isBlockDevice) {
+      const size = sizeOfBlockDevice(fd);
+      if (size < index.size) throw new BlkError('ENOSPC', `${target} is smaller than the backup (${index.size} bytes)`);
+    } else {
+      fs.ftruncateSync(fd, index.size); // zero chunks stay holes
+    }
+    const chunks: number[] = [];
+    for (let c = 0; c < count; c++) if (isBlockDevice || !isZeroDigest(index.digests, c * 32)) chunks.push(c);
+    o.progress?.start(`restore to ${target}`, chunks.length * index.chunkSize);
+    let written = 0;
+    const inFlight = new Set<Promise<void>>();
+    for (const run of runsOf(chunks, Math.max(1, Math.floor(params.readBytes / index.chunkSize)))) {
+      const { lengths, offsets } = lengthsOf(index, run.first, run.count);
+      const digests = index.digests.subarray(run.first * 32, (run.first + run.count) * 32);
+      const task = workers.run({ kind: 'load', repo: repo.dir, digests, lengths, offsets, fd, writeZeros: isBlockDevice }).then((r) => {
+        written += r.writtenBytes;
+        o.progress?.advance(lengths.reduce((a, b) => a + b, 0));
+      });
+      inFlight.add(task);
+      void task.finally(() => inFlight.delete(task)).catch(() => undefined);
+      while (inFlight.size >= workers.size * 2) await Promise.race(inFlight);
+    }
+    await Promise.all(inFlight);
+    fs.fsyncSync(fd);
+    o.progress?.done();
+    return { writtenBytes: written, skippedBytes: index.size - written, mode: isBlockDevice ? 'block device' : 'file' };
+  } finally {
+    fs.closeSync(fd);
+  }
+}

@@ -1,0 +1,91 @@
+// Owns a device's index in a backup: the SHA-256 of every chunk in order, kept as a tree of digest
+// pages stored under their own digest (pages/), so backups share every page that did not change and
+// an incremental writes index data in proportion to its change. The root (backups/ID/DEVICE.index)
+// lists the pages and is checked by its own SHA-256.
+import * as fs from 'node:fs';
+import { BlkError } from '../errors.js';
+import { sha256, writeFileAtomically } from './chunk-file.js';
+import { layout } from './layout.js';
+
+/** Digests per page: 16 KiB pages. */
+export const PAGE_DIGESTS = 512;
+const MAGIC = Buffer.from('BLKSNAPX', 'latin1');
+/** magic (8) · version (4) · page count (4) · chunk count (8) · chunk size (8) · device size (8). */
+const ROOT_HEADER = 40;
+
+export interface DeviceIndex {
+  size: number;
+  chunkSize: number;
+  /** chunkCount × 32 bytes; an all-zero digest is a chunk of zeros. */
+  digests: Buffer;
+}
+
+export function chunkCountOf(size: number, chunkSize: number): number {
+  return Math.ceil(size / chunkSize);
+}
+
+/**
+ * Writes the pages the repository lacks and the root file; returns the bytes of pages newly written.
+ * Pages and root are durable at the caller's syncfs, before the manifest.
+ */
+export function writeIndex(repo: string, rootFile: string, index: DeviceIndex): number {
+  const count = chunkCountOf(index.size, index.chunkSize);
+  const pageCount = Math.ceil(count / PAGE_DIGESTS);
+  const root = Buffer.alloc(ROOT_HEADER + pageCount * 32 + 32);
+  MAGIC.copy(root, 0);
+  root.writeUInt32LE(1, 8);
+  root.writeUInt32LE(pageCount, 12);
+  root.writeBigUInt64LE(BigInt(count), 16);
+  root.writeBigUInt64LE(BigInt(index.chunkSize), 24);
+  root.writeBigUInt64LE(BigInt(index.size), 32);
+  let written = 0;
+  for (let p = 0; p < pageCount; p++) {
+    const page = index.digests.subarray(p * PAGE_DIGESTS * 32, Math.min((p + 1) * PAGE_DIGESTS, count) * 32);
+    const digest = sha256(page);
+    digest.copy(root, ROOT_HEADER + p * 32);
+    const file = layout.page(repo, digest.toString('hex'));
+    if (!fs.existsSync(file)) {
+      writeFileAtomically(file, page);
+      written += page.length;
+    }
+  }
+  sha256(root.subarray(0, root.length - 32)).copy(root, root.length - 32);
+  writeFileAtomically(rootFile, root);
+  return written + root.length;
+}
+
+/** The page digests a root file lists, checked; EIO naming what is wrong. */
+export function readIndexRoot(rootFile: string): { size: number; chunkSize: number; count: number; pages: string[] } {
+  let root: Buffer;
+  try {
+    root = fs.readFileSync(rootFile);
+  } catch (e) {
+    throw new BlkError('EIO', `index ${rootFile} cannot be read: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+  }
+  if (root.length < ROOT_HEADER + 32 || !root.subarray(0, 8).equals(MAGIC)) throw new BlkError('EIO', `${rootFile} is not a blksnap index`);
+  const pageCount = root.readUInt32LE(12);
+  if (root.length !== ROOT_HEADER + pageCount * 32 + 32) throw new BlkError('EIO', `index ${rootFile} is truncated`);
+  if (!sha256(root.subarray(0, root.length - 32)).equals(root.subarray(root.length - 32))) throw new BlkError('EIO', `index ${rootFile} fails its checksum`);
+  const pages: string[] = [];
+  for (let p = 0; p < pageCount; p++) pages.push(root.toString('hex', ROOT_HEADER + p * 32, ROOT_HEADER + (p + 1) * 32));
+  return { count: Number(root.readBigUInt64LE(16)), chunkSize: Number(root.readBigUInt64LE(24)), size: Number(root.readBigUInt64LE(32)), pages };
+}
+
+/** A device's whole index, every page checked against its digest. */
+export function readIndex(repo: string, rootFile: string): DeviceIndex {
+  const root = readIndexRoot(rootFile);
+  const digests = Buffer.alloc(root.count * 32);
+  root.pages.forEach((hex, p) => {
+    let page: Buffer;
+    try {
+      page = fs.readFileSync(layout.page(repo, hex));
+    } catch {
+      throw new BlkError('EIO', `index page ${hex} of ${rootFile} is missing`);
+    }
+    if (sha256(page).toString('hex') !== hex) throw new BlkError('EIO', `index page ${hex} of ${rootFile} is damaged`);
+    const at = p * PAGE_DIGESTS * 32;
+    if (at + page.length > digests.length) throw new BlkError('EIO', `index page ${hex} of ${rootFile} is too long`);
+    page.copy(digests, at);
+  });
+  return { size: root.size, chunkSize: root.chunkSize, digests };
+}

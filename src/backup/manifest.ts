@@ -1,0 +1,52 @@
+// Owns a backup's manifest (backups/ID/manifest.json): what it holds, readable by a person, checked
+// by the SHA-256 of its body. Written last: a backup exists only once its manifest does.
+import * as fs from 'node:fs';
+import { BlkError } from '../errors.js';
+import { sha256 } from './chunk-file.js';
+
+export interface ManifestDevice {
+  name: string;
+  size: number;
+  /** The chunk size: the device's CBT block size at the backup. */
+  chunkSize: number;
+  mode: 'full' | 'incremental';
+  generationId: string;
+  /** The snapshot number of the backup's take: the next incremental reads blocks with CBT byte > this. */
+  changesNumber: number;
+  readBytes: number;
+  storedBytes: number;
+  /** The index root, beside the manifest. */
+  index: string;
+}
+
+export interface Manifest {
+  version: 1;
+  id: string;
+  time: string;
+  devices: ManifestDevice[];
+}
+
+export function encodeManifest(m: Manifest): Buffer {
+  const body = JSON.stringify(m, null, 2);
+  return Buffer.from(JSON.stringify({ manifest: m, sha256: sha256(Buffer.from(body)).toString('hex') }, null, 2));
+}
+
+/** A manifest, checked; EIO naming the file and what is wrong. */
+export function readManifest(file: string): Manifest {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new BlkError('EIO', `manifest ${file} cannot be read: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+  }
+  let doc: { manifest: Manifest; sha256: string };
+  try {
+    doc = JSON.parse(text) as { manifest: Manifest; sha256: string };
+  } catch {
+    throw new BlkError('EIO', `manifest ${file} is not JSON`);
+  }
+  if (!doc.manifest || sha256(Buffer.from(JSON.stringify(doc.manifest, null, 2))).toString('hex') !== doc.sha256) {
+    throw new BlkError('EIO', `manifest ${file} fails its checksum`);
+  }
+  return doc.manifest;
+}

@@ -1,0 +1,60 @@
+// Owns the repository's worker threads: tasks go to the least busy worker, results come back as
+// promises; the bytes of a chunk move between threads without a copy (transferred).
+import * as os from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { BlkError, type Errno } from '../errors.js';
+import type { ChunkResult, ChunkTask } from './chunk-worker.js';
+
+interface Slot {
+  worker: Worker;
+  busy: number;
+}
+
+export class WorkerPool {
+  #slots: Slot[];
+  #pending = new Map<number, { resolve: (r: ChunkResult) => void; reject: (e: unknown) => void; slot: Slot }>();
+  #nextId = 1;
+
+  constructor(size = Math.max(1, os.availableParallelism())) {
+    this.#slots = Array.from({ length: size }, () => {
+      const worker = new Worker(new URL('./chunk-worker.js', import.meta.url));
+      const slot: Slot = { worker, busy: 0 };
+      worker.on('message', (m: { id: number; result?: ChunkResult; error?: { code: Errno; message: string } }) => {
+        const p = this.#pending.get(m.id);
+        if (!p) return;
+        this.#pending.delete(m.id);
+        if (--p.slot.busy === 0) worker.unref();
+        if (m.error) p.reject(new BlkError(m.error.code, m.error.message));
+        else p.resolve(m.result as ChunkResult);
+      });
+      worker.on('error', (e) => {
+        for (const [id, p] of this.#pending) {
+          if (p.slot !== slot) continue;
+          this.#pending.delete(id);
+          p.reject(e);
+        }
+      });
+      worker.unref();
+      return slot;
+    });
+  }
+
+  get size(): number {
+    return this.#slots.length;
+  }
+
+  run<K extends ChunkTask['kind']>(task: Extract<ChunkTask, { kind: K }>, transfer: ArrayBuffer[] = []): Promise<Extract<ChunkResult, { kind: K }>> {
+    const slot = this.#slots.reduce((a, b) => (b.busy < a.busy ? b : a));
+    // A worker with tasks keeps the process alive; an idle one does not.
+    if (slot.busy++ === 0) slot.worker.ref();
+    const id = this.#nextId++;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve: resolve as (r: ChunkResult) => void, reject, slot });
+      slot.worker.postMessage({ id, task }, transfer);
+    });
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.#slots.map((s) => s.worker.terminate()));
+  }
+}

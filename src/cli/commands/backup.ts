@@ -1,0 +1,162 @@
+// Owns the backup repository commands of the CLI (SPEC §9): backup_init ... backup_attach, each a call
+// of the library's Repository with its typed result printed as text or as one JSON document.
+import { type Repository as RepositoryType, parseCompression, Repository } from '../../backup/repository.js';
+import { BlkError } from '../../errors.js';
+import { parseSize } from '../../sizes.js';
+import type { Command, CommandIo, ParsedOptions } from '../command.js';
+import { value } from '../command.js';
+import { progressBar } from '../progress-bar.js';
+
+const REPO = { kind: 'value', help: 'the repository directory', isRequired: true } as const;
+const ID = { kind: 'value', help: 'backup id (see backup_list)', isRequired: true } as const;
+
+function count(o: ParsedOptions, name: string): number | undefined {
+  const v = o.values.get(name);
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 0) throw new BlkError('EINVAL', `--${name} takes a whole number, not '${v}'`);
+  return n;
+}
+
+function open(o: ParsedOptions): Promise<RepositoryType> {
+  return Repository.open(value(o, 'repo'));
+}
+
+function mib(n: number): string {
+  return `${(n / 2 ** 20).toFixed(1)} MiB`;
+}
+
+/** A progress bar on a terminal, none with --json. */
+function progress(io: CommandIo): ReturnType<typeof progressBar> {
+  return io.isJson ? undefined : progressBar();
+}
+
+export const backupCommands: Command[] = [
+  {
+    name: 'backup_init',
+    summary: 'Make a backup repository in an empty (or new) directory.',
+    options: { repo: REPO, compress: { kind: 'value', help: 'zstd, zstd:LEVEL (1-19) or none (default zstd:3)' } },
+    async run(o, io) {
+      const repo = await Repository.init(value(o, 'repo'), { zstdLevel: parseCompression(o.values.get('compress') ?? 'zstd') });
+      io.print({ repo: repo.dir, compress: repo.config.zstdLevel === null ? 'none' : `zstd:${repo.config.zstdLevel}` }, `repository ${repo.dir}`);
+    },
+  },
+  {
+    name: 'backup_create',
+    summary:
+      'Back up devices: one snapshot across them all (filesystems frozen at the take), each image read over NBD and stored as chunks. ' +
+      'Incremental (only the blocks CBT says changed) when the previous backup of a device is of the same CBT generation; else a full read, deduplicated.',
+    options: {
+      repo: REPO,
+      device: { kind: 'list', help: 'devices (names or paths)', isRequired: true },
+      'diff-storage': { kind: 'value', help: "difference storage of the backup's snapshot (default: the repository directory)" },
+      limit: { kind: 'value', help: 'its largest size, N[K|M|G|T] (default 1/4 of the devices, at least 1G)' },
+      full: { kind: 'flag', help: 'read every allocated block, even where an incremental could be made' },
+    },
+    async run(o, io) {
+      const repo = await open(o);
+      const limit = o.values.get('limit');
+      const diffStorage = o.values.get('diff-storage');
+      const bar = progress(io);
+      const r = await repo.create(await io.client(), {
+        devices: o.lists.get('device') ?? [],
+        ...(diffStorage === undefined ? {} : { diffStorage }),
+        ...(limit === undefined ? {} : { limit: parseSize(limit) }),
+        full: o.flags.has('full'),
+        ...(bar ? { progress: bar } : {}),
+      });
+      for (const w of r.warnings) process.stderr.write(`blksnap backup_create: warning: ${w}\n`);
+      const { warnings: _w, ...json } = r;
+      io.print(json, [`backup ${r.id}`, ...r.devices.map((d) => `  ${d.name}: ${d.mode}, read ${mib(d.readBytes)}, stored ${mib(d.storedBytes)} (snapshot ${d.changesNumber}, generation ${d.generationId})`)].join('\n'));
+    },
+  },
+  {
+    name: 'backup_list',
+    summary: 'List the backups of a repository, oldest first.',
+    options: { repo: REPO },
+    async run(o, io) {
+      const backups = (await open(o)).list();
+      io.print({ backups }, backups.map((b) => `${b.id}  ${b.time}  ${b.devices.map((d) => `${d.name} (${d.mode}, ${d.size} bytes)`).join(', ')}`).join('\n'));
+    },
+  },
+  {
+    name: 'backup_restore',
+    summary:
+      "Restore a device of a backup to a file (sparse), a block device, an NBD URI, or an attached device (by name or path): when that device's CBT " +
+      'generation is the backup\'s, only the blocks written since the backup are written back (rollback). Every chunk is checked before it is written.',
+    options: {
+      repo: REPO,
+      id: ID,
+      device: { kind: 'value', help: 'the device of the backup', isRequired: true },
+      to: { kind: 'value', help: 'target: a file, a block device, an NBD URI, or an attached device', isRequired: true },
+    },
+    async run(o, io) {
+      const repo = await open(o);
+      const to = value(o, 'to');
+      // The daemon is asked only to find an attached device; a file or URI restores without it.
+      const client = await io.client().catch(() => null);
+      const bar = progress(io);
+      const r = await repo.restore({ id: value(o, 'id'), device: value(o, 'device'), to, client, ...(bar ? { progress: bar } : {}) });
+      io.print(r, `${r.mode}: wrote ${mib(r.writtenBytes)}, skipped ${mib(r.skippedBytes)}`);
+    },
+  },
+  {
+    name: 'backup_verify',
+    summary: 'Re-read and re-hash every chunk (or those of one backup), check every index and manifest; exit status 1 when anything is damaged.',
+    options: { repo: REPO, id: { kind: 'value', help: 'only this backup' } },
+    async run(o, io) {
+      const id = o.values.get('id');
+      const bar = progress(io);
+      const r = await (await open(o)).verify({ ...(id === undefined ? {} : { id }), ...(bar ? { progress: bar } : {}) });
+      io.print(r, r.ok ? `ok: ${r.checkedChunks} chunks checked` : [`DAMAGED: ${r.badChunks.length} bad chunks; backups affected: ${r.damagedBackups.join(', ') || 'none'}`, ...r.problems.map((p) => `  ${p}`)].join('\n'));
+      if (!r.ok) io.exitStatus = 1;
+    },
+  },
+  {
+    name: 'backup_prune',
+    summary: 'Remove backups a policy does not keep, then the chunks no backup references. Waits for running backups before it sweeps.',
+    options: {
+      repo: REPO,
+      'keep-last': { kind: 'value', help: 'keep the newest N backups', isRequired: true },
+      'keep-daily': { kind: 'value', help: 'and the newest backup of each of the last N days that have one' },
+      'keep-weekly': { kind: 'value', help: 'and the newest backup of each of the last N ISO weeks that have one' },
+      'dry-run': { kind: 'flag', help: 'say what would be removed; remove nothing' },
+    },
+    async run(o, io) {
+      const bar = progress(io);
+      const keepDaily = count(o, 'keep-daily');
+      const keepWeekly = count(o, 'keep-weekly');
+      const r = await (await open(o)).prune({
+        keepLast: count(o, 'keep-last') ?? 0,
+        ...(keepDaily === undefined ? {} : { keepDaily }),
+        ...(keepWeekly === undefined ? {} : { keepWeekly }),
+        dryRun: o.flags.has('dry-run'),
+        ...(bar ? { progress: bar } : {}),
+      });
+      io.print(r, `${r.dryRun ? 'would remove' : 'removed'} ${r.removed.length} backups (${r.removed.join(', ') || 'none'}); kept ${r.kept.length}${r.dryRun ? '' : `; ${r.removedChunks} chunks and ${r.removedPages} index pages freed ${mib(r.freedBytes)}`}`);
+    },
+  },
+  {
+    name: 'backup_attach',
+    summary: 'Serve a device of a backup as a device of the daemon (NBD, and /dev/loopN with --loop): read-only, or --writable with a throw-away overlay. detach ends it.',
+    options: {
+      repo: REPO,
+      id: ID,
+      device: { kind: 'value', help: 'the device of the backup', isRequired: true },
+      name: { kind: 'value', help: 'export name (default DEVICE.ID)' },
+      loop: { kind: 'flag', help: 'also give it a Linux block device /dev/loopN' },
+      writable: { kind: 'flag', help: 'accept writes into an overlay that is dropped at detach' },
+    },
+    async run(o, io) {
+      const name = o.values.get('name');
+      const d = await (await open(o)).attach(await io.client(), {
+        id: value(o, 'id'),
+        device: value(o, 'device'),
+        ...(name === undefined ? {} : { name }),
+        ...(o.flags.has('loop') ? { loop: true } : {}),
+        ...(o.flags.has('writable') ? { writable: true } : {}),
+      });
+      io.print(d, [d.name, d.uri, ...(d.blockDevice ? [d.blockDevice] : [])].join('\n'));
+    },
+  },
+];

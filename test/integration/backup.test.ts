@@ -1,0 +1,298 @@
+// The backup repository (SPEC §9) end to end against a real daemon: full and incremental backups of two
+// devices under a writer, restored bit-identical to the images at their takes; new generations;
+// damage found by verify and refused by restore; kill -9 of backup_create; prune during a backup;
+// rollback onto an attached device; a backup served again as a device (NBD and a mounted /dev/loopN).
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomFillSync, randomInt } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { describe, it } from 'node:test';
+import { Repository } from '../../src/backup/repository.js';
+import { BlksnapClient } from '../../src/client/connection.js';
+import { NbdClient } from '../../src/client/nbd-client.js';
+import * as api from '../../src/control/protocol.js';
+import { blksnapCli, TestDaemon } from '../helpers/daemon.js';
+import { Mounts, mkfs } from '../helpers/mounts.js';
+import { check, missing, run, sparseFile, tempDir } from '../helpers/tools.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const BLOCK = 64 * KiB;
+
+type Created = { id: string; devices: Array<{ name: string; mode: string; readBytes: number; storedBytes: number; changesNumber: number; generationId: string }> };
+
+/** Writes random 4-128 KiB pieces at random places of each device until stopped. */
+function writer(daemon: TestDaemon, devices: string[]): { stop: () => Promise<number> } {
+  let isStopped = false;
+  let writes = 0;
+  const loops = devices.map(async (name) => {
+    const client = await NbdClient.connect(daemon.uri(name));
+    try {
+      while (!isStopped) {
+        const length = (1 + randomInt(32)) * 4096;
+        const offset = randomInt(Math.floor((client.size - length) / 4096)) * 4096;
+        await client.write(offset, randomFillSync(Buffer.alloc(length)));
+        writes++;
+      }
+    } finally {
+      await client.close();
+    }
+  });
+  return {
+    stop: async () => {
+      isStopped = true;
+      await Promise.all(loops);
+      return writes;
+    },
+  };
+}
+
+async function withDaemon(devices: Record<string, number>, body: (daemon: TestDaemon, repo: Repository, dir: string) => Promise<void>, args: string[] = []): Promise<void> {
+  const { dir, remove } = tempDir('blksnap-backup-');
+  const attach = Object.entries(devices).flatMap(([name, size]) => ['--attach', `${sparseFile(path.join(dir, name), size)}=${name}`]);
+  const daemon = await TestDaemon.startIn(dir, remove, [...attach, ...args]);
+  try {
+    const repo = await Repository.init(path.join(dir, 'repo'));
+    await body(daemon, repo, dir);
+  } finally {
+    await daemon.stop();
+  }
+}
+
+async function control(daemon: TestDaemon): Promise<BlksnapClient> {
+  return BlksnapClient.connect(daemon.controlPath);
+}
+
+describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') }, () => {
+  it('a full and 5 incrementals of two devices under a writer restore bit-identical to the images at their takes; an incremental reads only the changed chunks', async () => {
+    await withDaemon({ 'a.img': 32 * MiB, 'b.img': 16 * MiB }, async (daemon, repo, dir) => {
+      const client = await control(daemon);
+      const w = writer(daemon, ['a.img', 'b.img']);
+      try {
+        const backups: Array<{ created: Awaited<ReturnType<Repository['create']>>; copies: Record<string, string>; changed: Record<string, number> }> = [];
+        for (let round = 0; round < 6; round++) {
+          const copies: Record<string, string> = {};
+          const changed: Record<string, number> = {};
+          const previous = backups.at(-1)?.created.devices;
+          const created = await repo.create(client, {
+            devices: ['a.img', 'b.img'],
+            diffStorage: dir,
+            afterTake: async (images) => {
+              for (const { device, uri } of images) {
+                copies[device] = path.join(dir, `${device}.${round}.copy`);
+                await check('nbdcopy', [uri, copies[device] as string]);
+                // Chunks the read map says changed since the previous backup: what an incremental may read.
+                const mapFile = path.join(dir, `${device}.${round}.map`);
+                await daemon.json('readcbtmap', '--device', device, '--file', mapFile);
+                const k = previous?.find((d) => d.name === device)?.changesNumber ?? 0;
+                changed[device] = [...fs.readFileSync(mapFile)].filter((b) => b > k).length;
+              }
+            },
+          });
+          backups.push({ created, copies, changed });
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        assert.ok((await w.stop()) > 50, 'the writer wrote during the backups');
+        for (const [round, b] of backups.entries()) {
+          for (const d of b.created.devices) {
+            assert.equal(d.mode, round === 0 ? 'full' : 'incremental', `${d.name} in backup ${round}`);
+            if (round > 0) assert.ok(d.readBytes <= (b.changed[d.name] as number) * BLOCK, `${d.name} incremental ${round} read ${d.readBytes} bytes for ${b.changed[d.name]} changed chunks`);
+            const restored = path.join(dir, `${d.name}.${round}.restored`);
+            const r = await repo.restore({ id: b.created.id, device: d.name, to: restored });
+            assert.equal(r.mode, 'file');
+            await check('cmp', [restored, b.copies[d.name] as string]);
+          }
+        }
+        const verified = await repo.verify();
+        assert.equal(verified.ok, true, verified.problems.join('; '));
+        assert.equal(repo.list().length, 6);
+      } finally {
+        await w.stop();
+        await client.close();
+      }
+    });
+  });
+
+  it('640 scattered 64 KiB writes: the incremental stores at most 1.5× the 40 MiB changed; a new generation reads all, dedup keeps it small', async () => {
+    await withDaemon({ 'big.img': 256 * MiB }, async (daemon, repo, dir) => {
+      const client = await control(daemon);
+      try {
+        const nbd = await NbdClient.connect(daemon.uri('big.img'));
+        for (let at = 0; at < 256 * MiB; at += 4 * MiB) await nbd.write(at, randomFillSync(Buffer.alloc(MiB)));
+        const full = await repo.create(client, { devices: ['big.img'], diffStorage: dir });
+        const blocks = new Set<number>();
+        while (blocks.size < 640) blocks.add(randomInt(256 * MiB / BLOCK));
+        await Promise.all([...blocks].map((b) => nbd.write(b * BLOCK, randomFillSync(Buffer.alloc(BLOCK)))));
+        await nbd.close();
+        const incremental = await repo.create(client, { devices: ['big.img'], diffStorage: dir });
+        const d = incremental.devices[0] as Created['devices'][number];
+        assert.equal(d.mode, 'incremental');
+        assert.equal(d.readBytes, 40 * MiB, 'read exactly the changed blocks');
+        assert.ok(d.storedBytes <= 1.5 * 40 * MiB, `stored ${d.storedBytes} bytes`);
+        assert.ok(d.storedBytes >= 40 * MiB, 'random data does not compress: every changed byte is stored');
+
+        // A new generation (detach and attach again): a full read, bit-identical, and nothing new stored.
+        await client.call(api.DeviceDetach, { device: 'big.img' });
+        await daemon.json('attach', '--device', path.join(dir, 'big.img'));
+        const again = await repo.create(client, { devices: ['big.img'], diffStorage: dir });
+        const g = again.devices[0] as Created['devices'][number];
+        assert.equal(g.mode, 'full');
+        assert.notEqual(g.generationId, d.generationId);
+        assert.ok(g.storedBytes < 1 * MiB, `a full read of unchanged data stored ${g.storedBytes} bytes (index only)`);
+        const restored = path.join(dir, 'big.restored');
+        await repo.restore({ id: again.id, device: 'big.img', to: restored });
+        await check('cmp', [restored, path.join(dir, 'big.img')]);
+        assert.equal((full.devices[0] as Created['devices'][number]).mode, 'full');
+      } finally {
+        await client.close();
+      }
+    });
+  });
+
+  it('a flipped byte in a chunk: verify names the chunk and exactly the backups using it; their restore fails naming the offset; the others restore', async () => {
+    await withDaemon({ 'v.img': 8 * MiB }, async (daemon, repo, dir) => {
+      const client = await control(daemon);
+      try {
+        const io = (c: string): Promise<string> => check('qemu-io', ['-f', 'raw', '-c', c, daemon.uri('v.img')]);
+        await io('write -P 1 0 8M');
+        const b1 = await repo.create(client, { devices: ['v.img'], diffStorage: dir });
+        await io('write -P 2 1M 64k'); // chunk 16 gets pattern 2: used by b2 and b3
+        const b2 = await repo.create(client, { devices: ['v.img'], diffStorage: dir });
+        const b3 = await repo.create(client, { devices: ['v.img'], diffStorage: dir });
+        await io('write -P 3 1M 64k');
+        const b4 = await repo.create(client, { devices: ['v.img'], diffStorage: dir });
+        // The chunk of pattern 2 over 64 KiB, found by its content's digest.
+        const { createHash } = await import('node:crypto');
+        const hex = createHash('sha256').update(Buffer.alloc(BLOCK, 2)).digest('hex');
+        const file = [path.join(repo.dir, 'chunks', hex.slice(0, 2), `${hex}.zst`), path.join(repo.dir, 'chunks', hex.slice(0, 2), hex)].find((f) => fs.existsSync(f)) as string;
+        const bytes = fs.readFileSync(file);
+        bytes[bytes.length >> 1] = (bytes[bytes.length >> 1] as number) ^ 0x40;
+        fs.writeFileSync(file, bytes);
+
+        const r = await daemon.cli('backup_verify', '--repo', repo.dir, '--json');
+        assert.equal(r.code, 1, 'verify exits 1 on damage');
+        const v = JSON.parse(r.stdout) as { ok: boolean; badChunks: string[]; damagedBackups: string[] };
+        assert.equal(v.ok, false);
+        assert.deepEqual(v.badChunks, [hex]);
+        assert.deepEqual(v.damagedBackups.sort(), [b2.id, b3.id].sort());
+        await assert.rejects(repo.restore({ id: b2.id, device: 'v.img', to: path.join(dir, 'r2') }), /offset 1048576.*damaged/);
+        for (const b of [b1, b4]) await repo.restore({ id: b.id, device: 'v.img', to: path.join(dir, `r-${b.id}`) });
+        await check('cmp', [path.join(dir, `r-${b4.id}`), path.join(dir, 'v.img')]);
+      } finally {
+        await client.close();
+      }
+    });
+  });
+
+  it('kill -9 of backup_create at random moments leaves a repository that verifies, no partial backup and no snapshot; prune waits for a running backup', async () => {
+    await withDaemon({ 'k.img': 128 * MiB }, async (daemon, repo, dir) => {
+      const nbd = await NbdClient.connect(daemon.uri('k.img'));
+      for (let at = 0; at < 128 * MiB; at += MiB) await nbd.write(at, randomFillSync(Buffer.alloc(MiB)));
+      await nbd.close();
+      const create = (): ReturnType<typeof spawn> =>
+        spawn(process.execPath, [blksnapCli, 'backup_create', '--repo', repo.dir, '--device', 'k.img', '--diff-storage', dir, '--json'], {
+          env: { ...process.env, BLKSNAP_CONTROL: daemon.controlPath },
+          stdio: 'ignore',
+        });
+      for (let round = 0; round < 3; round++) {
+        const child = create();
+        await new Promise((r) => setTimeout(r, 150 + randomInt(700)));
+        child.kill('SIGKILL');
+        await new Promise((r) => child.once('exit', r));
+        // The daemon destroys the snapshot of the connection that went away.
+        for (let i = 0; i < 50 && (await daemon.json<{ ids: string[] }>('snapshot_collect')).ids.length > 0; i++) await new Promise((r) => setTimeout(r, 100));
+        assert.deepEqual((await daemon.json<{ ids: string[] }>('snapshot_collect')).ids, [], `round ${round}: no snapshot left`);
+        const v = await repo.verify();
+        assert.equal(v.ok, true, v.problems.join('; '));
+        assert.deepEqual(repo.list(), [], 'the killed backup is not visible');
+      }
+      // A backup runs while a prune comes: the prune waits for it, the repository verifies after.
+      const running = create();
+      const exited = new Promise<number | null>((r) => running.once('exit', (code) => r(code)));
+      // Once its partial backup exists it holds the repository's lock (shared).
+      const backupsDir = path.join(repo.dir, 'backups');
+      for (let i = 0; i < 100 && !fs.readdirSync(backupsDir).some((n) => n.startsWith(`.partial-`) && n.endsWith(`-${running.pid}`)); i++) await new Promise((r) => setTimeout(r, 20));
+      let waited = false;
+      const pruned = await repo.prune({ keepLast: 1, progress: { start() {}, advance() {}, done() {}, note: () => (waited = true) } });
+      assert.ok(waited, 'the prune waited for the running backup before its sweep');
+      assert.equal(await exited, 0, 'the backup finished');
+      assert.deepEqual(pruned.removed, []);
+      assert.equal(repo.list().length, 1);
+      const v = await repo.verify();
+      assert.equal(v.ok, true, v.problems.join('; '));
+      assert.ok(!fs.readdirSync(path.join(repo.dir, 'backups')).some((n) => n.startsWith('.')), 'the sweep removed what killed backups left');
+      const after = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 'k.img', '--diff-storage', dir);
+      assert.equal(after.devices[0]?.mode, 'incremental');
+    });
+  });
+
+  it('rollback onto the attached device writes only the blocks changed since the backup', async () => {
+    await withDaemon({ 'r.img': 32 * MiB }, async (daemon, repo, dir) => {
+      const client = await control(daemon);
+      try {
+        await check('qemu-io', ['-f', 'raw', '-c', 'write -P 5 0 32M', daemon.uri('r.img')]);
+        const b = await repo.create(client, { devices: ['r.img'], diffStorage: dir });
+        const saved = path.join(dir, 'saved.img');
+        fs.copyFileSync(path.join(dir, 'r.img'), saved);
+        const nbd = await NbdClient.connect(daemon.uri('r.img'));
+        const touched = new Set<number>();
+        for (let i = 0; i < 40; i++) {
+          const offset = randomInt(32 * MiB / 4096 - 16) * 4096;
+          await nbd.write(offset, randomFillSync(Buffer.alloc(16 * 4096)));
+          for (let c = Math.floor(offset / BLOCK); c <= Math.floor((offset + 16 * 4096 - 1) / BLOCK); c++) touched.add(c);
+        }
+        await nbd.close();
+        const r = await repo.restore({ id: b.id, device: 'r.img', to: 'r.img', client });
+        assert.equal(r.mode, 'rollback');
+        assert.equal(r.writtenBytes, touched.size * BLOCK, 'exactly the changed blocks were written');
+        const now = path.join(dir, 'now.img');
+        await check('nbdcopy', [daemon.uri('r.img'), now]);
+        await check('cmp', [now, saved]);
+      } finally {
+        await client.close();
+      }
+    });
+  });
+
+  it('backup_attach serves a backup: qemu-img compare with its restore; --writable drops its writes at detach; --loop mounts an ext4 backup', { skip: missing('mkfs.ext4', 'losetup') }, async () => {
+    await withDaemon({}, async (daemon, repo, dir) => {
+      const mounts = new Mounts(dir);
+      try {
+        const dev = await daemon.json<{ blockDevice: string }>('attach', '--device', sparseFile(path.join(dir, 'fs.img'), 64 * MiB), '--name', 'fs', '--loop');
+        await mkfs('ext4', dev.blockDevice);
+        const mnt = await mounts.mount(dev.blockDevice, 'src');
+        fs.writeFileSync(path.join(mnt, 'data.bin'), randomFillSync(Buffer.alloc(3 * MiB)));
+        const sum = (await check('sha256sum', [path.join(mnt, 'data.bin')])).split(' ')[0];
+        const created = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 'fs', '--diff-storage', dir);
+        await mounts.umount(mnt);
+
+        const restored = path.join(dir, 'fs.restored');
+        await daemon.json('backup_restore', '--repo', repo.dir, '--id', created.id, '--device', 'fs', '--to', restored);
+        const served = await daemon.json<{ name: string; uri: string; readOnly: boolean }>('backup_attach', '--repo', repo.dir, '--id', created.id, '--device', 'fs');
+        assert.equal(served.readOnly, true);
+        await check('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', restored, served.uri]);
+        const refused = await run('qemu-io', ['-f', 'raw', '-c', 'write 0 4k', served.uri]);
+        assert.notEqual(refused.code === 0 && !/failed|Permission|read-only/i.test(refused.stdout + refused.stderr), true, 'a read-only backup refuses writes');
+        await daemon.json('detach', '--device', served.name);
+
+        const writable = await daemon.json<{ name: string; uri: string }>('backup_attach', '--repo', repo.dir, '--id', created.id, '--device', 'fs', '--writable', '--name', 'scratch');
+        await check('qemu-io', ['-f', 'raw', '-c', 'write -P 9 1000k 8k', writable.uri]);
+        const read = await check('qemu-io', ['-f', 'raw', '-c', 'read -P 9 1000k 8k', writable.uri]);
+        assert.match(read, /read 8192\/8192/);
+        await daemon.json('detach', '--device', 'scratch');
+        const again = await daemon.json<{ uri: string }>('backup_attach', '--repo', repo.dir, '--id', created.id, '--device', 'fs', '--writable', '--name', 'scratch');
+        await check('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', restored, again.uri]);
+        await daemon.json('detach', '--device', 'scratch');
+
+        const looped = await daemon.json<{ name: string; blockDevice: string }>('backup_attach', '--repo', repo.dir, '--id', created.id, '--device', 'fs', '--loop');
+        const ro = await mounts.mount(looped.blockDevice, 'backup', ['ro', 'noload']);
+        assert.equal((await check('sha256sum', [path.join(ro, 'data.bin')])).split(' ')[0], sum);
+        await mounts.umount(ro);
+        await daemon.json('detach', '--device', looped.name);
+      } finally {
+        await mounts.cleanup();
+      }
+    });
+  });
+});
