@@ -194,6 +194,7 @@ export class NbdClient {
           const type = rh.readUInt32BE(12);
           const body = await r.read(rh.readUInt32BE(16));
           replies.push({ type, data: body });
+          if (type === w.NBD_REP_ERR_TLS_REQD) throw new BlkError('EACCES', 'the NBD server requires TLS: use an nbds:// URI with TLS credentials');
           if (type === w.NBD_REP_ACK || type >= 0x80000000) return replies;
         }
       };

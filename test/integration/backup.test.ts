@@ -295,4 +295,27 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
       }
     });
   });
+
+  it("backup_create reads over the daemon's TCP listener with TLS (PSK) and restores bit-identical", { skip: missing('openssl') }, async () => {
+    const { dir: keys, remove } = tempDir('blksnap-psk-');
+    try {
+      const pskFile = path.join(keys, 'keys.psk');
+      fs.writeFileSync(pskFile, `backup:${randomFillSync(Buffer.alloc(32)).toString('hex')}\n`, { mode: 0o600 });
+      await withDaemon({ 't.img': 16 * MiB }, async (daemon, repo, dir) => {
+        await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x3c 2M 5M', daemon.uri('t.img')]);
+        const port = /nbd tcp port (\d+)/.exec(daemon.log)?.[1];
+        assert.ok(port, 'the daemon listens on TCP');
+        const created = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 't.img', '--diff-storage', dir, '--nbd', `127.0.0.1:${port}`, '--tls-psk', pskFile);
+        assert.equal(created.devices[0]?.readBytes, 5 * MiB, 'only the allocated data was read');
+        const restored = path.join(dir, 't.restored');
+        await daemon.json('backup_restore', '--repo', repo.dir, '--id', created.id, '--device', 't.img', '--to', restored);
+        await check('cmp', [restored, path.join(dir, 't.img')]);
+        const plain = await daemon.cli('backup_create', '--repo', repo.dir, '--device', 't.img', '--diff-storage', dir, '--nbd', `127.0.0.1:${port}`);
+        assert.notEqual(plain.code, 0, 'without TLS the listener refuses');
+        assert.match(plain.stderr, /EACCES|TLS/);
+      }, ['--listen', '127.0.0.1:0', '--tls-psk', pskFile]);
+    } finally {
+      remove();
+    }
+  });
 });

@@ -1,6 +1,9 @@
 // Owns the backup repository commands of the CLI (SPEC §9): backup_init ... backup_attach, each a call
 // of the library's Repository with its typed result printed as text or as one JSON document.
+import * as fs from 'node:fs';
+import type { CreateOptions } from '../../backup/backup-create.js';
 import { type Repository as RepositoryType, parseCompression, Repository } from '../../backup/repository.js';
+import type { NbdTlsOptions } from '../../client/nbd-client.js';
 import { BlkError } from '../../errors.js';
 import { parseSize } from '../../sizes.js';
 import type { Command, CommandIo, ParsedOptions } from '../command.js';
@@ -31,6 +34,29 @@ function progress(io: CommandIo): ReturnType<typeof progressBar> {
   return io.isJson ? undefined : progressBar();
 }
 
+/** --nbd HOST:PORT with --tls-certs or --tls-psk: where and how backup_create reads the images. */
+function imageOverTcp(o: ParsedOptions): Pick<CreateOptions, 'imageUri' | 'tls'> {
+  const address = o.values.get('nbd');
+  const certsDir = o.values.get('tls-certs');
+  const pskFile = o.values.get('tls-psk');
+  if (address === undefined) {
+    if (certsDir !== undefined || pskFile !== undefined) throw new BlkError('EINVAL', 'backup_create: --tls-certs and --tls-psk go with --nbd HOST:PORT');
+    return {};
+  }
+  if (!/^[^\s/]+:\d+$/.test(address)) throw new BlkError('EINVAL', `backup_create: --nbd takes HOST:PORT, not '${address}'`);
+  let tls: NbdTlsOptions | undefined;
+  if (pskFile !== undefined) {
+    const line = fs.readFileSync(pskFile, 'utf8').split('\n').find((l) => l.includes(':'));
+    if (!line) throw new BlkError('EINVAL', `${pskFile} holds no username:hexkey line`);
+    const [identity, key] = line.trim().split(':') as [string, string];
+    tls = { psk: { identity, key } };
+  } else if (certsDir !== undefined) {
+    tls = { certsDir };
+  }
+  const scheme = tls ? 'nbds' : 'nbd';
+  return { imageUri: (image) => `${scheme}://${address}/${encodeURIComponent(image.name)}`, ...(tls ? { tls } : {}) };
+}
+
 export const backupCommands: Command[] = [
   {
     name: 'backup_init',
@@ -52,6 +78,9 @@ export const backupCommands: Command[] = [
       'diff-storage': { kind: 'value', help: "difference storage of the backup's snapshot (default: the repository directory)" },
       limit: { kind: 'value', help: 'its largest size, N[K|M|G|T] (default 1/4 of the devices, at least 1G)' },
       full: { kind: 'flag', help: 'read every allocated block, even where an incremental could be made' },
+      nbd: { kind: 'value', help: "read the images over the daemon's TCP listener HOST:PORT (default: its Unix socket)" },
+      'tls-certs': { kind: 'value', help: 'with --nbd: TLS with X.509, QEMU\'s layout (ca-cert.pem; client-cert.pem, client-key.pem)' },
+      'tls-psk': { kind: 'value', help: "with --nbd: TLS with a pre-shared key, nbdkit's file format (the first username:hexkey line)" },
     },
     async run(o, io) {
       const repo = await open(o);
@@ -59,6 +88,7 @@ export const backupCommands: Command[] = [
       const diffStorage = o.values.get('diff-storage');
       const bar = progress(io);
       const r = await repo.create(await io.client(), {
+        ...imageOverTcp(o),
         devices: o.lists.get('device') ?? [],
         ...(diffStorage === undefined ? {} : { diffStorage }),
         ...(limit === undefined ? {} : { limit: parseSize(limit) }),
