@@ -51,7 +51,7 @@ function du(dir: string): number {
 
 /** 1/4 random, 1/4 compressible text (distinct words, so no chunk repeats), 1/4 a copy of the first quarter, 1/4 never written. */
 function makeDataSet(file: string): void {
-  const fd = fs.openSync(file, 'w');
+  const fd = fs.openSync(file, 'w+');
   fs.ftruncateSync(fd, 4 * quarter);
   const random = randomBytes(64 * MiB);
   for (let at = 0; at < quarter; at += random.length) {

@@ -4,7 +4,7 @@
 // pairs (median of the pairs' costs), and the CPU time of the CBT marking itself.
 //   node dist/bench/nbd-throughput.js            (or: npm run bench)
 //   BENCH_ROUNDS=3 BENCH_RUNTIME=4 BENCH_PROFILES=seq-read-qd32,rand-read-4k-qd32 BENCH_DAEMON_ARGS='--sync-write-max 0'
-//   BENCH_TRACKING_PAIRS=8 (a multiple of 4 balances order and files; 0 skips the tracking part)
+//   BENCH_TRACKING_PAIRS=8 (a multiple of 4 balances order and files; 0 skips the tracking part); BENCH_ROUNDS=0: the tracking part alone
 //   BENCH_TRACKING_CONTROL=1: an A/A control, both disks untracked: what the pairs show without any cost
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -104,10 +104,10 @@ const nbdkit: Server = {
 interface Result { mbps: number; iops: number; latency?: { p99: number; p999: number; max: number } }
 
 /** `fresh`: no ramp time, so the first writes into each region (the write-intent's first touches) count. */
-async function fio(uri: string, p: Profile, options: { size?: string; fresh?: boolean } = {}): Promise<Result> {
+async function fio(uri: string, p: Profile, options: { size?: string; fresh?: boolean; seconds?: number } = {}): Promise<Result> {
   const out = await runTool('fio', [
     '--name=bench', '--ioengine=nbd', `--uri=${uri}`, `--rw=${p.rw}`, `--bs=${p.bs}`, `--iodepth=${p.iodepth}`,
-    `--numjobs=${p.numjobs}`, `--size=${options.size ?? '1g'}`, '--time_based', `--runtime=${runtime}`, `--ramp_time=${options.fresh ? 0 : 1}`, '--group_reporting',
+    `--numjobs=${p.numjobs}`, `--size=${options.size ?? '1g'}`, '--time_based', `--runtime=${options.seconds ?? runtime}`, `--ramp_time=${options.fresh ? 0 : 1}`, '--group_reporting',
     '--randrepeat=0', '--output-format=json',
   ]);
   return { ...fioMegabytesPerSecond(out), ...(p.rw.includes('write') || p.rw === 'randrw' ? { latency: fioWriteLatency(out) } : {}) };
@@ -207,7 +207,8 @@ async function metadataWrites(dir: string, file: string): Promise<void> {
   const p: Profile = { name: 'rand-write-4k-qd32', rw: 'randwrite', bs: '4k', iodepth: 32, numjobs: 1 };
   let r: Result;
   try {
-    r = await fio(`nbd+unix:///tracked?socket=${s.nbd}`, p, { size: '4g', fresh: true });
+    // Long enough for several saves (every 5 s): each shrinks the record, so first touches recur.
+    r = await fio(`nbd+unix:///tracked?socket=${s.nbd}`, p, { size: '4g', fresh: true, seconds: Math.max(runtime, 16) });
   } finally {
     clearInterval(watch);
     await s.stop();
@@ -250,7 +251,7 @@ async function main(): Promise<void> {
         }
       }
     }
-    printTable(samples);
+    if (rounds > 0) printTable(samples);
     const writeProfiles = profiles.filter((p) => p.rw.includes('write') || p.rw === 'randrw');
     if (trackingPairs > 0 && writeProfiles.length > 0) await trackingCost(dir, writeProfiles);
   } finally {

@@ -3,6 +3,7 @@
 // overlay file (an unnamed file: gone at detach) in chunk-sized pieces copied up on first write.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { ChunkIndex } from '../backup/chunk-index.js';
 import { readIndex } from '../backup/digest-index.js';
 import { isZeroDigest, layout } from '../backup/layout.js';
 import { readManifest } from '../backup/manifest.js';
@@ -33,6 +34,8 @@ export class BackupStorage implements Storage {
   readonly chunkSize: number;
   #repo: string;
   #digests: Buffer;
+  /** Where the repository's chunks are, as of the attach. */
+  #chunks: ChunkIndex;
   #o: BackupStorageOptions;
   /** Least recently used first (a Map keeps insertion order; a hit moves to the end). */
   #cache = new Map<number, Uint8Array>();
@@ -41,8 +44,9 @@ export class BackupStorage implements Storage {
   #overlay: Overlay | null;
   #isClosed = false;
 
-  private constructor(repo: string, label: string, size: number, chunkSize: number, digests: Buffer, options: BackupStorageOptions, overlayFd: number | null) {
+  private constructor(repo: string, label: string, size: number, chunkSize: number, digests: Buffer, chunks: ChunkIndex, options: BackupStorageOptions, overlayFd: number | null) {
     this.path = label;
+    this.#chunks = chunks;
     this.#repo = repo;
     this.size = size;
     this.chunkSize = chunkSize;
@@ -61,8 +65,9 @@ export class BackupStorage implements Storage {
     const entry = manifest.devices.find((d) => d.name === device);
     if (!entry) throw new BlkError('ENOENT', `backup ${id} has no device ${device} (it has ${manifest.devices.map((d) => d.name).join(', ')})`);
     const index = readIndex(repo, path.join(layout.backup(repo, id), path.basename(entry.index)));
+    const chunks = ChunkIndex.load(repo);
     const overlayFd = options.overlayDir === undefined ? null : await openUnnamedFile(options.overlayDir);
-    return new BackupStorage(repo, `${repo}#${id}/${device}`, index.size, index.chunkSize, index.digests, options, overlayFd);
+    return new BackupStorage(repo, `${repo}#${id}/${device}`, index.size, index.chunkSize, index.digests, chunks, options, overlayFd);
   }
 
   probeSize(): number {
@@ -197,7 +202,7 @@ export class BackupStorage implements Storage {
     let loading = this.#loading.get(c);
     if (!loading) {
       loading = this.#o.workers
-        .run({ kind: 'load', repo: this.#repo, digests: this.#digests.subarray(c * 32, c * 32 + 32), lengths: [this.chunkLength(c)], offsets: [c * this.chunkSize] })
+        .run({ kind: 'load', items: this.#chunks.loadItems(this.#repo, { size: this.size, chunkSize: this.chunkSize, digests: this.#digests }, c, 1) })
         .then((r) => {
           const data = r.data[0] as Uint8Array;
           this.#remember(c, data);

@@ -13,11 +13,15 @@ import { syncDirectory } from '../os/state-file.js';
 import { backup as params } from '../params.js';
 import { chunkCountOf, readIndex, writeIndex } from './digest-index.js';
 import { allocatedChunks, readRuns, runsOf } from './image-reader.js';
-import { layout, newBackupId } from './layout.js';
+import { isZeroDigest, layout, newBackupId } from './layout.js';
+import { ChunkIndex, type ChunkLocation } from './chunk-index.js';
 import { encodeManifest, type ManifestDevice } from './manifest.js';
 import type { Progress } from './progress.js';
 import type { Repository } from './repository.js';
 import { WorkerPool } from './worker-pool.js';
+
+/** Where a chunk this backup is storing will be: only whether it is known matters here. */
+const PENDING: ChunkLocation = { pack: '', offset: 0, storedLength: 0, flags: 0, size: 0 };
 
 export interface CreateOptions {
   devices: string[];
@@ -96,9 +100,12 @@ export async function createBackup(repo: Repository, client: BlksnapClient, o: C
       await o.afterTake(images);
     }
     const previous = previousBackups(repo);
+    // What the repository holds: a chunk found here is not stored again.
+    const known = ChunkIndex.load(repo.dir);
     const entries: ManifestDevice[] = [];
-    for (const name of o.devices) entries.push(await backupDevice(repo, client, workers, o, name, previous.get(name) ?? null, partial));
-    // Chunks, pages and index roots durable before the manifest makes the backup exist.
+    for (const name of o.devices) entries.push(await backupDevice(repo, client, workers, known, o, name, previous.get(name) ?? null, partial));
+    // Packs closed (fdatasync, indexed, renamed); then pages and index roots durable, before the manifest makes the backup exist.
+    await workers.runOnAll({ kind: 'finish' });
     const dirFd = fs.openSync(repo.dir, 'r');
     try {
       await syncFilesystem(dirFd);
@@ -133,6 +140,7 @@ async function backupDevice(
   repo: Repository,
   client: BlksnapClient,
   workers: WorkerPool,
+  known: ChunkIndex,
   o: CreateOptions,
   name: string,
   previous: { id: string; device: ManifestDevice } | null,
@@ -169,14 +177,26 @@ async function backupDevice(
   let readBytes = 0;
   let storedBytes = 0;
   const storing = new Set<Promise<void>>();
+  const chunksDir = layout.chunksDir(repo.dir);
+  let taskId = 0;
   await readRuns({ uri, size, chunkSize, runs, ...(o.tls ? { tls: o.tls } : {}) }, async (run, data) => {
     const bytes = data.length;
     readBytes += bytes;
     const lengths = Array.from({ length: run.count }, (_, i) => Math.min(chunkSize, size - (run.first + i) * chunkSize));
-    const task = workers.run({ kind: 'store', repo: repo.dir, level: repo.config.zstdLevel, data, lengths }, [data.buffer as ArrayBuffer]).then((r) => {
+    const id = taskId++;
+    const on = workers.pick();
+    const task = workers.run({ kind: 'hash', id, data, lengths }, [data.buffer as ArrayBuffer], on).then(async (h) => {
       // Every chunk of the run gets its digest: a chunk now zero gets the zero digest.
-      Buffer.from(r.digests.buffer, r.digests.byteOffset, r.digests.byteLength).copy(digests, run.first * 32);
-      storedBytes += r.storedBytes;
+      Buffer.from(h.digests.buffer, h.digests.byteOffset, h.digests.byteLength).copy(digests, run.first * 32);
+      // New to the repository (and to this backup so far): stored by the worker that holds the bytes.
+      const which: number[] = [];
+      for (let i = 0; i < run.count; i++) {
+        if (isZeroDigest(h.digests, i * 32) || known.has(h.digests, i * 32)) continue;
+        known.add(h.digests, i * 32, PENDING);
+        which.push(i);
+      }
+      const stored = await workers.run({ kind: 'store', id, which, chunksDir, level: repo.config.zstdLevel }, [], on);
+      storedBytes += stored.storedBytes;
       o.progress?.advance(bytes);
     });
     storing.add(task);

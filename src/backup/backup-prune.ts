@@ -1,10 +1,13 @@
-// Owns backup_prune: which backups a keep-last/daily/weekly policy keeps, their removal, then a sweep
-// of the chunks and index pages no remaining backup references. The sweep holds the repository's lock
+// Owns backup_prune: which backups a keep-last/daily/weekly policy keeps, their removal, then a sweep:
+// packs with no live chunk removed, packs with some rewritten with only those, unreferenced index pages
+// removed. The sweep holds the repository's lock
 // exclusively, so it waits for running backups (which hold it shared) and they wait for it.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BlkError } from '../errors.js';
-import { chunkFiles, referencesOf } from './backup-verify.js';
+import { referencesOf } from './backup-verify.js';
+import { packIds } from './chunk-index.js';
+import { PackWriter, packPaths, RECORD_HEADER, readIdx } from './pack.js';
 import { BACKUP_ID_PATTERN, layout, TEMP_MARK } from './layout.js';
 import type { Progress } from './progress.js';
 import type { Repository } from './repository.js';
@@ -91,10 +94,31 @@ export async function pruneRepository(repo: Repository, o: PruneOptions): Promis
       result.freedBytes += fs.statSync(file).size;
       fs.rmSync(file, { force: true });
     };
-    for (const [hex, file] of chunkFiles(repo.dir)) {
-      if (chunks.has(hex)) continue;
-      remove(file);
-      result.removedChunks++;
+    const chunksDir = layout.chunksDir(repo.dir);
+    for (const id of packIds(repo.dir)) {
+      const { pack, idx } = packPaths(chunksDir, id);
+      const entries = readIdx(idx);
+      const live = entries.filter((e) => chunks.has(e.digest.toString('hex')));
+      if (live.length === entries.length) continue;
+      result.removedChunks += entries.length - live.length;
+      if (live.length > 0) {
+        // The live records into a new pack, visible before the old one goes: a chunk is never absent.
+        const writer = new PackWriter(chunksDir, null);
+        const fd = fs.openSync(pack, 'r');
+        try {
+          for (const e of live) {
+            const stored = Buffer.allocUnsafe(e.storedLength);
+            if (fs.readSync(fd, stored, 0, stored.length, e.offset + RECORD_HEADER) !== stored.length) throw new BlkError('EIO', `pack ${id} is cut short; run backup_verify`);
+            writer.appendStored(e.digest, stored, e.flags, e.size);
+          }
+        } finally {
+          fs.closeSync(fd);
+        }
+        writer.close();
+        for (const created of writer.closed) result.freedBytes -= fs.statSync(packPaths(chunksDir, created).pack).size + fs.statSync(packPaths(chunksDir, created).idx).size;
+      }
+      remove(idx);
+      remove(pack);
     }
     const pagesDir = layout.pagesDir(repo.dir);
     for (const sub of fs.existsSync(pagesDir) ? fs.readdirSync(pagesDir) : []) {
@@ -114,13 +138,18 @@ export async function pruneRepository(repo: Repository, o: PruneOptions): Promis
 /** Temporary files and partial backups of writers that are gone (a backup killed mid-way). */
 function sweepLeftovers(repo: string): void {
   const pidOf = (name: string): number => Number(/(?:\.tmp\.|^\.partial-.*-)(\d+)(?:\.|$)/.exec(name)?.[1] ?? 0);
-  for (const top of [layout.chunksDir(repo), layout.pagesDir(repo)]) {
-    for (const sub of fs.existsSync(top) ? fs.readdirSync(top) : []) {
-      for (const name of fs.readdirSync(path.join(top, sub))) {
-        if (name.includes(TEMP_MARK) && !isAlive(pidOf(name))) fs.rmSync(path.join(top, sub, name), { force: true });
-      }
+  const leftovers = (dir: string): void => {
+    for (const name of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
+      if (name.includes(TEMP_MARK) && !isAlive(pidOf(name))) fs.rmSync(path.join(dir, name), { force: true });
     }
+  };
+  leftovers(layout.chunksDir(repo));
+  // A pack whose index never came (its writer died between the two renames) is garbage too.
+  for (const name of fs.readdirSync(layout.chunksDir(repo))) {
+    if (name.endsWith('.pack') && !fs.existsSync(path.join(layout.chunksDir(repo), `${name.slice(0, -5)}.idx`))) fs.rmSync(path.join(layout.chunksDir(repo), name), { force: true });
   }
+  const pages = layout.pagesDir(repo);
+  for (const sub of fs.existsSync(pages) ? fs.readdirSync(pages) : []) leftovers(path.join(pages, sub));
   for (const name of fs.readdirSync(layout.backupsDir(repo))) {
     if (BACKUP_ID_PATTERN.test(name)) continue;
     if (name.startsWith('.removing-') || (name.startsWith('.partial-') && !isAlive(pidOf(name)))) fs.rmSync(path.join(layout.backupsDir(repo), name), { recursive: true, force: true });

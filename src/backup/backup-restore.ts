@@ -16,6 +16,8 @@ import { isZeroDigest, layout } from './layout.js';
 import type { Progress } from './progress.js';
 import type { Repository } from './repository.js';
 import { WorkerPool } from './worker-pool.js';
+import { ChunkIndex } from './chunk-index.js';
+import type { LoadItem } from './chunk-index.js';
 
 export interface RestoreOptions {
   id: string;
@@ -55,6 +57,7 @@ export async function restoreBackup(repo: Repository, o: RestoreOptions): Promis
   const index = readIndex(repo.dir, path.join(layout.backup(repo.dir, o.id), entry.index));
   const count = chunkCountOf(index.size, index.chunkSize);
   const attached = o.client ? await attachedTarget(o.client, o.to) : null;
+  const packed = ChunkIndex.load(repo.dir);
   const workers = new WorkerPool();
   try {
     if (attached || o.to.includes('://')) {
@@ -68,10 +71,10 @@ export async function restoreBackup(repo: Repository, o: RestoreOptions): Promis
           mode = 'rollback';
         }
       }
-      const written = await restoreOverNbd(repo, workers, uri, index, chunks, o);
+      const written = await restoreOverNbd(repo, workers, packed, uri, index, chunks, o);
       return { writtenBytes: written, skippedBytes: index.size - written, mode };
     }
-    return await restoreToPath(repo, workers, o.to, index, count, o);
+    return await restoreToPath(repo, workers, packed, o.to, index, count, o);
   } finally {
     await workers.close();
   }
@@ -95,35 +98,24 @@ async function changedSince(uri: string, size: number, chunkSize: number, k: num
 
 type Index = { size: number; chunkSize: number; digests: Buffer };
 
-function lengthsOf(index: Index, first: number, n: number): { lengths: number[]; offsets: number[] } {
-  const lengths: number[] = [];
-  const offsets: number[] = [];
-  for (let c = first; c < first + n; c++) {
-    offsets.push(c * index.chunkSize);
-    lengths.push(Math.min(index.chunkSize, index.size - c * index.chunkSize));
-  }
-  return { lengths, offsets };
-}
-
-async function restoreOverNbd(repo: Repository, workers: WorkerPool, uri: string, index: Index, chunks: number[], o: RestoreOptions): Promise<number> {
+async function restoreOverNbd(repo: Repository, workers: WorkerPool, chunks: ChunkIndex, uri: string, index: Index, wanted: number[], o: RestoreOptions): Promise<number> {
   const client = await NbdClient.connect(uri, o.tls ? { tls: o.tls } : {});
   try {
     if (client.isReadOnly) throw new BlkError('EROFS', `${uri} is read-only`);
     if (client.size < index.size) throw new BlkError('ENOSPC', `${uri} holds ${client.size} bytes, the backup ${index.size}`);
-    const runs = runsOf(chunks, Math.max(1, Math.floor(params.readBytes / index.chunkSize)));
-    o.progress?.start(`restore to ${uri}`, chunks.length * index.chunkSize);
+    const runs = runsOf(wanted, Math.max(1, Math.floor(params.readBytes / index.chunkSize)));
+    o.progress?.start(`restore to ${uri}`, wanted.length * index.chunkSize);
     let written = 0;
     const inFlight = new Set<Promise<void>>();
     for (const run of runs) {
-      const { lengths, offsets } = lengthsOf(index, run.first, run.count);
-      const digests = index.digests.subarray(run.first * 32, (run.first + run.count) * 32);
-      const task = workers.run({ kind: 'load', repo: repo.dir, digests, lengths, offsets }).then(async (r) => {
+      const items = chunks.loadItems(repo.dir, index, run.first, run.count);
+      const task = workers.run({ kind: 'load', items }).then(async (r) => {
         await Promise.all(r.data.map((d, i) => {
-          const offset = offsets[i] as number;
+          const item = items[i] as LoadItem;
           written += d.length;
-          return isZeroDigest(digests, i * 32) ? client.writeZeroes(offset, d.length) : client.write(offset, d);
+          return item.where === null ? client.writeZeroes(item.offset, d.length) : client.write(item.offset, d);
         }));
-        o.progress?.advance(lengths.reduce((a, b) => a + b, 0));
+        o.progress?.advance(items.reduce((a, it) => a + it.length, 0));
       });
       inFlight.add(task);
       void task.finally(() => inFlight.delete(task)).catch(() => undefined);
@@ -138,7 +130,7 @@ async function restoreOverNbd(repo: Repository, workers: WorkerPool, uri: string
   }
 }
 
-async function restoreToPath(repo: Repository, workers: WorkerPool, target: string, index: Index, count: number, o: RestoreOptions): Promise<RestoreResult> {
+async function restoreToPath(repo: Repository, workers: WorkerPool, chunks: ChunkIndex, target: string, index: Index, count: number, o: RestoreOptions): Promise<RestoreResult> {
   let isBlockDevice = false;
   try {
     isBlockDevice = fs.statSync(target).isBlockDevice();
@@ -151,17 +143,16 @@ async function restoreToPath(repo: Repository, workers: WorkerPool, target: stri
     } else {
       fs.ftruncateSync(fd, index.size); // zero chunks stay holes
     }
-    const chunks: number[] = [];
-    for (let c = 0; c < count; c++) if (isBlockDevice || !isZeroDigest(index.digests, c * 32)) chunks.push(c);
-    o.progress?.start(`restore to ${target}`, chunks.length * index.chunkSize);
+    const wanted: number[] = [];
+    for (let c = 0; c < count; c++) if (isBlockDevice || !isZeroDigest(index.digests, c * 32)) wanted.push(c);
+    o.progress?.start(`restore to ${target}`, wanted.length * index.chunkSize);
     let written = 0;
     const inFlight = new Set<Promise<void>>();
-    for (const run of runsOf(chunks, Math.max(1, Math.floor(params.readBytes / index.chunkSize)))) {
-      const { lengths, offsets } = lengthsOf(index, run.first, run.count);
-      const digests = index.digests.subarray(run.first * 32, (run.first + run.count) * 32);
-      const task = workers.run({ kind: 'load', repo: repo.dir, digests, lengths, offsets, fd, writeZeros: isBlockDevice }).then((r) => {
+    for (const run of runsOf(wanted, Math.max(1, Math.floor(params.readBytes / index.chunkSize)))) {
+      const items = chunks.loadItems(repo.dir, index, run.first, run.count);
+      const task = workers.run({ kind: 'load', items, fd, writeZeros: isBlockDevice }).then((r) => {
         written += r.writtenBytes;
-        o.progress?.advance(lengths.reduce((a, b) => a + b, 0));
+        o.progress?.advance(items.reduce((a, it) => a + it.length, 0));
       });
       inFlight.add(task);
       void task.finally(() => inFlight.delete(task)).catch(() => undefined);

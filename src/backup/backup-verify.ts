@@ -1,17 +1,20 @@
-// Owns backup_verify: every chunk file re-read and re-hashed (in worker threads), every manifest and
-// index (root and pages) checked, and each damaged or missing chunk mapped to the backups it breaks.
+// Owns backup_verify: every pack re-read and every chunk in it re-hashed (in worker threads), every
+// pack index, manifest and device index (root and pages) checked, and each damaged or missing chunk
+// mapped to the backups it breaks.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { toBlkError } from '../errors.js';
-import { readIndexRoot } from './digest-index.js';
-import { isZeroDigest, layout, TEMP_MARK } from './layout.js';
 import { sha256 } from './chunk-file.js';
+import { ChunkIndex, packIds } from './chunk-index.js';
+import { readIndexRoot } from './digest-index.js';
+import { isZeroDigest, layout } from './layout.js';
+import { packPaths } from './pack.js';
 import type { Progress } from './progress.js';
 import type { Repository } from './repository.js';
 import { WorkerPool } from './worker-pool.js';
 
 export interface VerifyOptions {
-  /** Only this backup's chunks, indexes and manifest. */
+  /** Only this backup's chunks (the packs holding them), indexes and manifest. */
   id?: string;
   progress?: Progress;
 }
@@ -26,20 +29,7 @@ export interface VerifyResult {
   problems: string[];
 }
 
-/** Every stored chunk file (`hex` or `hex.zst`), by digest. */
-export function chunkFiles(repo: string): Map<string, string> {
-  const out = new Map<string, string>();
-  const root = layout.chunksDir(repo);
-  for (const sub of fs.existsSync(root) ? fs.readdirSync(root) : []) {
-    for (const name of fs.readdirSync(path.join(root, sub))) {
-      if (name.includes(TEMP_MARK)) continue;
-      out.set(name.replace(/\.zst$/, ''), path.join(root, sub, name));
-    }
-  }
-  return out;
-}
-
-/** Digests a backup references (its chunks, and its index pages), or why they cannot be read. */
+/** Digests a backup references (its chunks, and its index pages), or why they cannot all be read. */
 export function referencesOf(repo: Repository, id: string): { chunks: Set<string>; pages: Set<string>; problems: string[] } {
   const chunks = new Set<string>();
   const pages = new Set<string>();
@@ -73,33 +63,39 @@ export async function verifyRepository(repo: Repository, o: VerifyOptions): Prom
   const ids = o.id === undefined ? repo.backupIds() : [o.id];
   if (o.id !== undefined) repo.manifest(o.id); // ENOENT for an unknown id
   const refs = new Map(ids.map((id) => [id, referencesOf(repo, id)]));
-  const stored = chunkFiles(repo.dir);
-  let toCheck: Map<string, string>;
-  if (o.id === undefined) toCheck = stored;
-  else {
-    toCheck = new Map();
+  const problems: string[] = [];
+  const index = ChunkIndex.load(repo.dir, problems);
+  // The packs to read: all, or those holding a chunk of the one backup.
+  let packs = packIds(repo.dir);
+  if (o.id !== undefined) {
+    const wanted = new Set<string>();
     for (const hex of (refs.get(o.id) as { chunks: Set<string> }).chunks) {
-      const file = stored.get(hex);
-      if (file) toCheck.set(hex, file);
+      const at = index.find(Buffer.from(hex, 'hex'));
+      if (at >= 0) wanted.add(index.location(at).pack);
     }
+    packs = packs.filter((p) => wanted.has(p));
   }
   const bad = new Map<string, string>();
+  let checked = 0;
   const workers = new WorkerPool();
   try {
-    const files = [...toCheck.values()];
-    o.progress?.start('verify', files.reduce((a, f) => a + fs.statSync(f).size, 0));
-    const batches: string[][] = [];
-    for (let i = 0; i < files.length; i += 64) batches.push(files.slice(i, i + 64));
-    await Promise.all(batches.map(async (batch) => {
-      const r = await workers.run({ kind: 'check', files: batch });
-      for (const b of r.bad) bad.set(path.basename(b.file).replace(/\.zst$/, ''), b.reason);
-      o.progress?.advance(batch.reduce((a, f) => a + fs.statSync(f).size, 0));
+    const chunksDir = layout.chunksDir(repo.dir);
+    const sizeOf = (id: string): number => fs.statSync(packPaths(chunksDir, id).pack, { throwIfNoEntry: false })?.size ?? 0;
+    o.progress?.start('verify', packs.reduce((a, p) => a + sizeOf(p), 0));
+    await Promise.all(packs.map(async (id) => {
+      const { pack, idx } = packPaths(chunksDir, id);
+      const r = await workers.run({ kind: 'checkPack', pack, idx }).catch((e: unknown) => ({ checked: 0, bad: [{ digest: '', reason: `pack ${id}: ${toBlkError(e).message}` }] }));
+      checked += r.checked;
+      for (const b of r.bad) {
+        if (b.digest === '') problems.push(b.reason);
+        else bad.set(b.digest, b.reason);
+      }
+      o.progress?.advance(sizeOf(id));
     }));
     o.progress?.done();
   } finally {
     await workers.close();
   }
-  const problems: string[] = [];
   for (const [hex, reason] of bad) problems.push(`chunk ${hex} is damaged: ${reason}`);
   const damaged: string[] = [];
   for (const [id, r] of refs) {
@@ -107,7 +103,7 @@ export async function verifyRepository(repo: Repository, o: VerifyOptions): Prom
     let isDamaged = r.problems.length > 0;
     for (const hex of r.chunks) {
       if (bad.has(hex)) isDamaged = true;
-      else if (!stored.has(hex)) {
+      else if (!index.has(Buffer.from(hex, 'hex'))) {
         bad.set(hex, 'missing');
         problems.push(`chunk ${hex} is missing (backup ${id})`);
         isDamaged = true;
@@ -115,5 +111,5 @@ export async function verifyRepository(repo: Repository, o: VerifyOptions): Prom
     }
     if (isDamaged) damaged.push(id);
   }
-  return { ok: bad.size === 0 && damaged.length === 0, checkedChunks: toCheck.size, badChunks: [...bad.keys()].sort(), damagedBackups: damaged, problems };
+  return { ok: bad.size === 0 && damaged.length === 0 && problems.length === 0, checkedChunks: checked, badChunks: [...bad.keys()].sort(), damagedBackups: damaged, problems };
 }

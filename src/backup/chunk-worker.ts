@@ -1,87 +1,156 @@
-// Owns the work of one worker thread of the repository: hashing, compressing and storing chunks;
-// loading and checking them (and writing them to a restore target); checking stored files.
+// Owns the work of one worker thread of the repository: hashing chunks, appending the new ones to a pack
+// of its own (compressed), loading and checking chunks (and writing them to a restore target), and
+// checking whole packs.
 import * as fs from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { BlkError, toBlkError } from '../errors.js';
-import { checkChunkFile, isAllZero, loadChunk, sha256, storeChunk } from './chunk-file.js';
-import { isZeroDigest } from './layout.js';
+import { isAllZero } from './chunk-file.js';
+import type { ChunkLocation, LoadItem } from './chunk-index.js';
+import { decodeRecord, PackWriter, RECORD_HEADER, readIdx, sha256, writeAll } from './pack.js';
 
 export type ChunkTask =
-  /** Hashes and stores consecutive chunks of `data` (lengths in order). */
-  | { kind: 'store'; repo: string; level: number | null; data: Uint8Array; lengths: number[] }
-  /**
-   * Loads chunks by digest and checks them. With `fd`: writes each at its offset (zero chunks only
-   * when `writeZeros`), else returns their bytes.
-   */
-  | { kind: 'load'; repo: string; digests: Uint8Array; lengths: number[]; offsets: number[]; fd?: number; writeZeros?: boolean }
-  /** Checks stored chunk files against their names. */
-  | { kind: 'check'; files: string[] };
+  /** Hashes consecutive chunks of `data`; keeps the bytes under `id` for a `store` to follow. */
+  | { kind: 'hash'; id: number; data: Uint8Array; lengths: number[] }
+  /** Appends chunks `which` of hashed task `id` to this worker's pack, then forgets the task's bytes. */
+  | { kind: 'store'; id: number; which: number[]; chunksDir: string; level: number | null }
+  /** Closes this worker's pack: durable, indexed, visible. */
+  | { kind: 'finish' }
+  /** Loads and checks chunks. With `fd`: writes each at its offset (zero chunks only when `writeZeros`), else returns their bytes. */
+  | { kind: 'load'; items: LoadItem[]; fd?: number; writeZeros?: boolean }
+  /** Reads a pack whole and checks every record against its index and its digest. */
+  | { kind: 'checkPack'; pack: string; idx: string };
 
 export type ChunkResult =
-  | { kind: 'store'; digests: Uint8Array; storedBytes: number; newChunks: number }
+  | { kind: 'hash'; digests: Uint8Array }
+  | { kind: 'store'; locations: Array<ChunkLocation & { index: number }>; storedBytes: number }
+  | { kind: 'finish'; packs: string[] }
   | { kind: 'load'; data: Uint8Array[]; writtenBytes: number }
-  | { kind: 'check'; bad: Array<{ file: string; reason: string }> };
+  | { kind: 'checkPack'; checked: number; bad: Array<{ digest: string; reason: string }> };
+
+const hashed = new Map<number, { data: Uint8Array; lengths: number[] }>();
+let writer: PackWriter | null = null;
+const packFds = new Map<string, number>();
+
+function packFd(file: string): number {
+  let fd = packFds.get(file);
+  if (fd === undefined) {
+    fd = fs.openSync(file, 'r');
+    packFds.set(file, fd);
+  }
+  return fd;
+}
+
+function loadItem(item: LoadItem, into: Uint8Array): void {
+  const where = item.where as ChunkLocation & { file: string };
+  const stored = Buffer.allocUnsafe(where.storedLength);
+  let fd: number;
+  try {
+    fd = packFd(where.file);
+  } catch (e) {
+    throw new BlkError('EIO', `the chunk at offset ${item.offset}: its pack ${where.pack} cannot be opened (${toBlkError(e).code})`);
+  }
+  const n = fs.readSync(fd, stored, 0, stored.length, where.offset + RECORD_HEADER);
+  const reason = n !== stored.length ? 'its pack is cut short' : decodeRecord(stored, where.flags, item.digest, into);
+  if (reason !== null) {
+    throw new BlkError('EIO', `the chunk at offset ${item.offset}: chunk ${Buffer.from(item.digest).toString('hex')} is damaged: ${reason}`);
+  }
+}
 
 function run(task: ChunkTask): { result: ChunkResult; transfer: ArrayBuffer[] } {
   switch (task.kind) {
-    case 'store': {
+    case 'hash': {
       const digests = new Uint8Array(task.lengths.length * 32);
       let at = 0;
-      let storedBytes = 0;
-      let newChunks = 0;
       task.lengths.forEach((length, i) => {
         const chunk = task.data.subarray(at, at + length);
         at += length;
-        if (isAllZero(chunk)) return; // the zero digest: never stored
-        const digest = sha256(chunk);
-        digests.set(digest, i * 32);
-        const n = storeChunk(task.repo, digest.toString('hex'), chunk, task.level);
-        storedBytes += n;
-        if (n > 0) newChunks++;
+        if (!isAllZero(chunk)) digests.set(sha256(chunk), i * 32); // zeros: the zero digest, never stored
       });
-      return { result: { kind: 'store', digests, storedBytes, newChunks }, transfer: [digests.buffer as ArrayBuffer] };
+      hashed.set(task.id, { data: task.data, lengths: task.lengths });
+      return { result: { kind: 'hash', digests }, transfer: [digests.buffer as ArrayBuffer] };
+    }
+    case 'store': {
+      const h = hashed.get(task.id);
+      hashed.delete(task.id);
+      if (!h) throw new BlkError('EINVAL', `no hashed chunks under ${task.id}`);
+      writer ??= new PackWriter(task.chunksDir, task.level);
+      const starts: number[] = [];
+      let at = 0;
+      for (const l of h.lengths) {
+        starts.push(at);
+        at += l;
+      }
+      const locations: Array<ChunkLocation & { index: number }> = [];
+      let storedBytes = 0;
+      for (const i of task.which) {
+        const chunk = h.data.subarray(starts[i] as number, (starts[i] as number) + (h.lengths[i] as number));
+        const { pack, entry } = writer.append(sha256(chunk), chunk);
+        storedBytes += RECORD_HEADER + entry.storedLength;
+        locations.push({ index: i, pack, offset: entry.offset, storedLength: entry.storedLength, flags: entry.flags, size: entry.size });
+      }
+      return { result: { kind: 'store', locations, storedBytes }, transfer: [] };
+    }
+    case 'finish': {
+      writer?.close();
+      const packs = writer ? [...writer.closed] : [];
+      writer = null;
+      for (const fd of packFds.values()) fs.closeSync(fd);
+      packFds.clear();
+      return { result: { kind: 'finish', packs }, transfer: [] };
     }
     case 'load': {
       const data: Uint8Array[] = [];
       let writtenBytes = 0;
       let zeros: Uint8Array | null = null;
-      task.lengths.forEach((length, i) => {
-        const isZero = isZeroDigest(task.digests, i * 32);
+      for (const item of task.items) {
         let chunk: Uint8Array;
-        if (isZero) {
-          if (task.fd !== undefined && !task.writeZeros) return;
+        if (item.where === null) {
+          if (task.fd !== undefined && !task.writeZeros) continue;
           if (task.fd !== undefined) {
-            if (zeros === null || zeros.length < length) zeros = new Uint8Array(length);
-            chunk = zeros.subarray(0, length);
+            if (zeros === null || zeros.length < item.length) zeros = new Uint8Array(item.length);
+            chunk = zeros.subarray(0, item.length);
           } else {
-            chunk = new Uint8Array(length);
+            chunk = new Uint8Array(item.length);
           }
         } else {
-          chunk = new Uint8Array(length);
-          try {
-            loadChunk(task.repo, Buffer.from(task.digests.subarray(i * 32, i * 32 + 32)).toString('hex'), chunk);
-          } catch (e) {
-            throw new BlkError('EIO', `the chunk at offset ${task.offsets[i]}: ${toBlkError(e).message}`);
-          }
+          chunk = new Uint8Array(item.length);
+          loadItem(item, chunk);
         }
         if (task.fd !== undefined) {
-          const offset = task.offsets[i] as number;
-          let done = 0;
-          while (done < length) done += fs.writeSync(task.fd, chunk, done, length - done, offset + done);
-          writtenBytes += length;
+          writeAll(task.fd, chunk, item.offset);
+          writtenBytes += item.length;
         } else {
           data.push(chunk);
         }
-      });
+      }
       return { result: { kind: 'load', data, writtenBytes }, transfer: data.map((d) => d.buffer as ArrayBuffer) };
     }
-    case 'check': {
-      const bad: Array<{ file: string; reason: string }> = [];
-      for (const file of task.files) {
-        const reason = checkChunkFile(file);
-        if (reason !== null) bad.push({ file, reason });
+    case 'checkPack': {
+      const bad: Array<{ digest: string; reason: string }> = [];
+      let entries: ReturnType<typeof readIdx>;
+      try {
+        entries = readIdx(task.idx);
+      } catch (e) {
+        return { result: { kind: 'checkPack', checked: 0, bad: [{ digest: '', reason: toBlkError(e).message }] }, transfer: [] };
       }
-      return { result: { kind: 'check', bad }, transfer: [] };
+      const byOffset = [...entries].sort((a, b) => a.offset - b.offset);
+      const fd = fs.openSync(task.pack, 'r');
+      try {
+        const header = Buffer.alloc(RECORD_HEADER);
+        for (const e of byOffset) {
+          const hex = e.digest.toString('hex');
+          const stored = Buffer.allocUnsafe(e.storedLength);
+          const n = fs.readSync(fd, header, 0, RECORD_HEADER, e.offset) === RECORD_HEADER ? fs.readSync(fd, stored, 0, stored.length, e.offset + RECORD_HEADER) : -1;
+          let reason: string | null;
+          if (n !== stored.length) reason = 'its pack is cut short';
+          else if (!header.subarray(0, 32).equals(e.digest) || header.readUInt32LE(32) !== e.storedLength) reason = 'its record header does not match the pack index';
+          else reason = decodeRecord(stored, e.flags, e.digest, new Uint8Array(e.size));
+          if (reason !== null) bad.push({ digest: hex, reason });
+        }
+      } finally {
+        fs.closeSync(fd);
+      }
+      return { result: { kind: 'checkPack', checked: entries.length, bad }, transfer: [] };
     }
   }
 }
@@ -92,6 +161,6 @@ parentPort?.on('message', (message: { id: number; task: ChunkTask }) => {
     parentPort?.postMessage({ id: message.id, result }, transfer);
   } catch (e) {
     const err = toBlkError(e);
-    parentPort?.postMessage({ id: message.id, error: { code: err.code, message: err.message, detail: (err as BlkError).detail ?? null } });
+    parentPort?.postMessage({ id: message.id, error: { code: err.code, message: err.message } });
   }
 });

@@ -43,8 +43,16 @@ export class WorkerPool {
     return this.#slots.length;
   }
 
-  run<K extends ChunkTask['kind']>(task: Extract<ChunkTask, { kind: K }>, transfer: ArrayBuffer[] = []): Promise<Extract<ChunkResult, { kind: K }>> {
-    const slot = this.#slots.reduce((a, b) => (b.busy < a.busy ? b : a));
+  /** The least busy worker's number. */
+  pick(): number {
+    let best = 0;
+    for (let i = 1; i < this.#slots.length; i++) if ((this.#slots[i] as Slot).busy < (this.#slots[best] as Slot).busy) best = i;
+    return best;
+  }
+
+  /** Runs a task on worker `on` (default: the least busy): a `store` goes where its `hash` went. */
+  run<K extends ChunkTask['kind']>(task: Extract<ChunkTask, { kind: K }>, transfer: ArrayBuffer[] = [], on = this.pick()): Promise<Extract<ChunkResult, { kind: K }>> {
+    const slot = this.#slots[on] as Slot;
     // A worker with tasks keeps the process alive; an idle one does not.
     if (slot.busy++ === 0) slot.worker.ref();
     const id = this.#nextId++;
@@ -52,6 +60,11 @@ export class WorkerPool {
       this.#pending.set(id, { resolve: resolve as (r: ChunkResult) => void, reject, slot });
       slot.worker.postMessage({ id, task }, transfer);
     });
+  }
+
+  /** Runs a task on every worker (finish: each closes its pack). */
+  runOnAll<K extends ChunkTask['kind']>(task: Extract<ChunkTask, { kind: K }>): Promise<Array<Extract<ChunkResult, { kind: K }>>> {
+    return Promise.all(this.#slots.map((_, i) => this.run(task, [], i)));
   }
 
   async close(): Promise<void> {

@@ -1,0 +1,171 @@
+// Owns pack files, where chunks live (chunks/ID.pack with its index chunks/ID.idx): records appended
+// one after another, each self-describing (digest, stored length, flags) so a pack can be read without
+// its index; the index, written when the pack is closed, lists every record sorted by digest and is
+// checked by a SHA-256. Synchronous on purpose: it runs in worker threads.
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { threadId } from 'node:worker_threads';
+import { BlkError } from '../errors.js';
+import { zstdCompress, zstdDecompress } from '../os/zstd.js';
+import { sha256 } from './chunk-file.js';
+import { TEMP_MARK } from './layout.js';
+
+export { sha256 };
+
+/** digest (32) · stored length (u32) · flags (u32: 1 = zstd) · uncompressed length (u32) · reserved (u32). */
+export const RECORD_HEADER = 48;
+export const FLAG_ZSTD = 1;
+const IDX_MAGIC = Buffer.from('BLKSNAPK', 'latin1');
+/** digest (32) · record offset (u64) · stored length (u32) · flags (u16) · reserved (u16) · uncompressed length (u32) · reserved (u32). */
+export const IDX_ENTRY = 56;
+/** A pack is closed once it holds this much. */
+const PACK_BYTES = 512 * 1024 * 1024;
+
+export interface PackEntry {
+  digest: Buffer;
+  /** Offset of the record (its header) in the pack. */
+  offset: number;
+  storedLength: number;
+  flags: number;
+  size: number;
+}
+
+export function packPaths(chunksDir: string, id: string): { pack: string; idx: string } {
+  return { pack: path.join(chunksDir, `${id}.pack`), idx: path.join(chunksDir, `${id}.idx`) };
+}
+
+export function encodeIdx(entries: PackEntry[]): Buffer {
+  const sorted = [...entries].sort((a, b) => Buffer.compare(a.digest, b.digest));
+  const out = Buffer.alloc(16 + sorted.length * IDX_ENTRY + 32);
+  IDX_MAGIC.copy(out, 0);
+  out.writeUInt32LE(1, 8);
+  out.writeUInt32LE(sorted.length, 12);
+  sorted.forEach((e, i) => {
+    const at = 16 + i * IDX_ENTRY;
+    e.digest.copy(out, at);
+    out.writeBigUInt64LE(BigInt(e.offset), at + 32);
+    out.writeUInt32LE(e.storedLength, at + 40);
+    out.writeUInt16LE(e.flags, at + 44);
+    out.writeUInt32LE(e.size, at + 48);
+  });
+  sha256(out.subarray(0, out.length - 32)).copy(out, out.length - 32);
+  return out;
+}
+
+/** A pack's index, checked; EIO naming the file and what is wrong. */
+export function readIdx(file: string): PackEntry[] {
+  let data: Buffer;
+  try {
+    data = fs.readFileSync(file);
+  } catch (e) {
+    throw new BlkError('EIO', `pack index ${file} cannot be read: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+  }
+  if (data.length < 48 || !data.subarray(0, 8).equals(IDX_MAGIC)) throw new BlkError('EIO', `${file} is not a pack index`);
+  const count = data.readUInt32LE(12);
+  if (data.length !== 16 + count * IDX_ENTRY + 32) throw new BlkError('EIO', `pack index ${file} is truncated`);
+  if (!sha256(data.subarray(0, data.length - 32)).equals(data.subarray(data.length - 32))) throw new BlkError('EIO', `pack index ${file} fails its checksum`);
+  const out: PackEntry[] = [];
+  for (let i = 0; i < count; i++) {
+    const at = 16 + i * IDX_ENTRY;
+    out.push({ digest: data.subarray(at, at + 32), offset: Number(data.readBigUInt64LE(at + 32)), storedLength: data.readUInt32LE(at + 40), flags: data.readUInt16LE(at + 44), size: data.readUInt32LE(at + 48) });
+  }
+  return out;
+}
+
+/** Decodes one record's stored bytes into `into` (its uncompressed size) and checks the digest; the reason when it fails. */
+export function decodeRecord(stored: Uint8Array, flags: number, digest: Uint8Array, into: Uint8Array): string | null {
+  try {
+    if (flags & FLAG_ZSTD) zstdDecompress(stored, into);
+    else if (stored.length !== into.length) return `${stored.length} bytes stored, ${into.length} expected`;
+    else into.set(stored);
+  } catch (e) {
+    return (e as Error).message;
+  }
+  return sha256(into).equals(Buffer.from(digest.buffer, digest.byteOffset, 32)) ? null : 'content does not match its digest';
+}
+
+interface OpenPack {
+  id: string;
+  temp: string;
+  fd: number;
+  size: number;
+  entries: PackEntry[];
+}
+
+/** Appends chunks to packs of its own: one writer per worker thread and backup. */
+export class PackWriter {
+  #chunksDir: string;
+  #level: number | null;
+  #current: OpenPack | null = null;
+  /** Packs closed so far (ids). */
+  readonly closed: string[] = [];
+
+  constructor(chunksDir: string, level: number | null) {
+    this.#chunksDir = chunksDir;
+    this.#level = level;
+  }
+
+  /** Appends a chunk, compressed when that makes it smaller; returns where it went. */
+  append(digest: Buffer, data: Uint8Array): { pack: string; entry: PackEntry } {
+    if (this.#level !== null) {
+      const packed = zstdCompress(data, this.#level);
+      if (packed.length < data.length) return this.appendStored(digest, packed, FLAG_ZSTD, data.length);
+    }
+    return this.appendStored(digest, data, 0, data.length);
+  }
+
+  /** Appends a record as it is stored elsewhere (a prune's repack). */
+  appendStored(digest: Buffer, stored: Uint8Array, flags: number, size: number): { pack: string; entry: PackEntry } {
+    const pack = this.#open();
+    const header = Buffer.alloc(RECORD_HEADER);
+    digest.copy(header, 0);
+    header.writeUInt32LE(stored.length, 32);
+    header.writeUInt32LE(flags, 36);
+    header.writeUInt32LE(size, 40);
+    const entry: PackEntry = { digest, offset: pack.size, storedLength: stored.length, flags, size };
+    writeAll(pack.fd, header, pack.size);
+    writeAll(pack.fd, stored, pack.size + RECORD_HEADER);
+    pack.size += RECORD_HEADER + stored.length;
+    pack.entries.push(entry);
+    const id = pack.id;
+    if (pack.size >= PACK_BYTES) this.close();
+    return { pack: id, entry };
+  }
+
+  /** Makes the open pack durable and visible: fdatasync, its index written, both renamed into place. */
+  close(): void {
+    const p = this.#current;
+    if (!p) return;
+    this.#current = null;
+    fs.fdatasyncSync(p.fd);
+    fs.closeSync(p.fd);
+    const { pack, idx } = packPaths(this.#chunksDir, p.id);
+    const idxTemp = `${idx}${TEMP_MARK}${process.pid}.${threadId}`;
+    const fd = fs.openSync(idxTemp, 'w', 0o644);
+    try {
+      writeAll(fd, encodeIdx(p.entries), 0);
+      fs.fdatasyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    // The pack first: an index never names a pack that is not there.
+    fs.renameSync(p.temp, pack);
+    fs.renameSync(idxTemp, idx);
+    this.closed.push(p.id);
+  }
+
+  #open(): OpenPack {
+    if (this.#current) return this.#current;
+    const id = randomBytes(16).toString('hex');
+    const temp = `${packPaths(this.#chunksDir, id).pack}${TEMP_MARK}${process.pid}.${threadId}`;
+    fs.mkdirSync(this.#chunksDir, { recursive: true });
+    this.#current = { id, temp, fd: fs.openSync(temp, 'w', 0o644), size: 0, entries: [] };
+    return this.#current;
+  }
+}
+
+export function writeAll(fd: number, data: Uint8Array, position: number): void {
+  let done = 0;
+  while (done < data.length) done += fs.writeSync(fd, data, done, data.length - done, position + done);
+}
