@@ -27,7 +27,7 @@ export type ChunkResult =
   | { kind: 'load'; data: Uint8Array[]; writtenBytes: number }
   | { kind: 'checkPack'; checked: number; bad: Array<{ digest: string; reason: string }> };
 
-const hashed = new Map<number, { data: Uint8Array; lengths: number[] }>();
+const hashed = new Map<number, { data: Uint8Array; lengths: number[]; digests: Uint8Array }>();
 let writer: PackWriter | null = null;
 const packFds = new Map<string, number>();
 
@@ -66,7 +66,7 @@ function run(task: ChunkTask): { result: ChunkResult; transfer: ArrayBuffer[] } 
         at += length;
         if (!isAllZero(chunk)) digests.set(sha256(chunk), i * 32); // zeros: the zero digest, never stored
       });
-      hashed.set(task.id, { data: task.data, lengths: task.lengths });
+      hashed.set(task.id, { data: task.data, lengths: task.lengths, digests: digests.slice() });
       return { result: { kind: 'hash', digests }, transfer: [digests.buffer as ArrayBuffer] };
     }
     case 'store': {
@@ -84,7 +84,7 @@ function run(task: ChunkTask): { result: ChunkResult; transfer: ArrayBuffer[] } 
       let storedBytes = 0;
       for (const i of task.which) {
         const chunk = h.data.subarray(starts[i] as number, (starts[i] as number) + (h.lengths[i] as number));
-        const { pack, entry } = writer.append(sha256(chunk), chunk);
+        const { pack, entry } = writer.append(Buffer.from(h.digests.buffer, h.digests.byteOffset + i * 32, 32), chunk);
         storedBytes += RECORD_HEADER + entry.storedLength;
         locations.push({ index: i, pack, offset: entry.offset, storedLength: entry.storedLength, flags: entry.flags, size: entry.size });
       }

@@ -94,3 +94,12 @@ export function value(o: ParsedOptions, name: string): string {
   if (v === undefined) throw new BlkError('EINVAL', `--${name} is required`);
   return v;
 }
+
+/** A whole-number option (0 or more), or undefined when absent; EINVAL naming it otherwise. */
+export function wholeNumber(o: ParsedOptions, name: string): number | undefined {
+  const v = o.values.get(name);
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 0) throw new BlkError('EINVAL', `--${name} takes a whole number, not '${v}'`);
+  return n;
+}

@@ -284,7 +284,7 @@ export class NbdClient {
   /** Ends the connection politely (NBD_CMD_DISC), or at once when it already failed. */
   async close(): Promise<void> {
     if (this.#closed) return;
-    const h = header(w.NBD_CMD_DISC, 0, this.#cookie++, 0, 0);
+    const h = encodeRequest(w.NBD_CMD_DISC, 0, this.#cookie++, 0, 0);
     await new Promise<void>((resolve) => {
       this.#socket.end(h, () => resolve());
       setTimeout(resolve, 1000).unref();
@@ -305,7 +305,7 @@ export class NbdClient {
       }
       (p as Pending & { what: string }).what = `${what} ${offset}+${length}`;
       this.#pending.set(cookie, p);
-      this.#socket.write(header(type, flags, cookie, offset, length));
+      this.#socket.write(encodeRequest(type, flags, cookie, offset, length));
       if (payload) this.#socket.write(payload);
     });
   }
@@ -414,7 +414,8 @@ function u32(n: number): Buffer {
   return b;
 }
 
-function header(type: number, flags: number, cookie: bigint, offset: number, length: number): Buffer {
+/** A 28-byte NBD request header (a bigint offset lets a test send one past 2^53). */
+export function encodeRequest(type: number, flags: number, cookie: bigint, offset: number | bigint, length: number): Buffer {
   const h = Buffer.alloc(28);
   h.writeUInt32BE(w.REQUEST_MAGIC, 0);
   h.writeUInt16BE(flags, 4);

@@ -1,15 +1,7 @@
 // Owns the libc calls Node lacks (fallocate, lseek SEEK_DATA/SEEK_HOLE, ioctl, flock, posix_fadvise), through koffi.
-import { createRequire } from 'node:module';
 import { BlkError, errnoName } from '../errors.js';
+import { type KoffiFunction, koffi } from './koffi.js';
 
-interface KoffiFunction {
-  (...args: unknown[]): unknown;
-  async(...args: unknown[]): void;
-}
-interface KoffiLib { func(signature: string): KoffiFunction }
-interface Koffi { load(path: string): KoffiLib; errno(): number; struct(name: string, fields: Record<string, string>): unknown }
-
-const koffi = createRequire(import.meta.url)('koffi') as Koffi;
 const libc = koffi.load('libc.so.6');
 
 const fallocateFn = libc.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)');

@@ -1,11 +1,7 @@
 // Owns zstd compression through the system's libzstd (koffi): one call per chunk, usable in worker threads.
-import { createRequire } from 'node:module';
 import { BlkError } from '../errors.js';
+import { koffi } from './koffi.js';
 
-type KoffiFunction = (...args: unknown[]) => unknown;
-interface Koffi { load(path: string): { func(signature: string): KoffiFunction } }
-
-const koffi = createRequire(import.meta.url)('koffi') as Koffi;
 const lib = koffi.load('libzstd.so.1');
 const compressFn = lib.func('size_t ZSTD_compress(void *dst, size_t dstCapacity, const void *src, size_t srcSize, int level)');
 const decompressFn = lib.func('size_t ZSTD_decompress(void *dst, size_t dstCapacity, const void *src, size_t compressedSize)');

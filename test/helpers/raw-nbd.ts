@@ -3,17 +3,9 @@ import * as net from 'node:net';
 
 const IHAVEOPT = 0x49484156454f5054n;
 
-/** A 28-byte NBD request header. */
-export function encodeRequest(type: number, flags: number, cookie: bigint, offset: number | bigint, length: number): Buffer {
-  const h = Buffer.alloc(28);
-  h.writeUInt32BE(0x25609513, 0);
-  h.writeUInt16BE(flags, 4);
-  h.writeUInt16BE(type, 6);
-  h.writeBigUInt64BE(cookie, 8);
-  h.writeBigUInt64BE(BigInt(offset), 16);
-  h.writeUInt32BE(length, 24);
-  return h;
-}
+import { encodeRequest } from '../../src/client/nbd-client.js';
+
+export { encodeRequest };
 
 export class RawNbd {
   readonly socket: net.Socket;

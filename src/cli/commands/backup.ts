@@ -7,19 +7,12 @@ import type { NbdTlsOptions } from '../../client/nbd-client.js';
 import { BlkError } from '../../errors.js';
 import { parseSize } from '../../sizes.js';
 import type { Command, CommandIo, ParsedOptions } from '../command.js';
-import { value } from '../command.js';
+import { value, wholeNumber } from '../command.js';
 import { progressBar } from '../progress-bar.js';
 
 const REPO = { kind: 'value', help: 'the repository directory', isRequired: true } as const;
 const ID = { kind: 'value', help: 'backup id (see backup_list)', isRequired: true } as const;
 
-function count(o: ParsedOptions, name: string): number | undefined {
-  const v = o.values.get(name);
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < 0) throw new BlkError('EINVAL', `--${name} takes a whole number, not '${v}'`);
-  return n;
-}
 
 function open(o: ParsedOptions): Promise<RepositoryType> {
   return Repository.open(value(o, 'repo'));
@@ -154,10 +147,10 @@ export const backupCommands: Command[] = [
     },
     async run(o, io) {
       const bar = progress(io);
-      const keepDaily = count(o, 'keep-daily');
-      const keepWeekly = count(o, 'keep-weekly');
+      const keepDaily = wholeNumber(o, 'keep-daily');
+      const keepWeekly = wholeNumber(o, 'keep-weekly');
       const r = await (await open(o)).prune({
-        keepLast: count(o, 'keep-last') ?? 0,
+        keepLast: wholeNumber(o, 'keep-last') ?? 0,
         ...(keepDaily === undefined ? {} : { keepDaily }),
         ...(keepWeekly === undefined ? {} : { keepWeekly }),
         dryRun: o.flags.has('dry-run'),

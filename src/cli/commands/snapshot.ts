@@ -1,17 +1,10 @@
 // Owns the snapshot commands of the CLI: blksnap's snapshot_create ... snapshot_destroy.
 import * as api from '../../control/protocol.js';
 import { BlkError } from '../../errors.js';
-import type { Command, CommandIo, ParsedOptions } from '../command.js';
-import { value } from '../command.js';
+import type { Command, CommandIo } from '../command.js';
+import { value, wholeNumber } from '../command.js';
 import { parseSize } from '../../sizes.js';
 
-function integer(o: ParsedOptions, name: string): number | undefined {
-  const v = o.values.get(name);
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < 0) throw new BlkError('EINVAL', `--${name} takes a whole number, not '${v}'`);
-  return n;
-}
 
 async function waitEvent(io: CommandIo, id: string, timeoutMs: number): Promise<api.SnapshotEventResult> {
   return (await io.client()).call(api.SnapshotWaitEvent, { id, timeoutMs });
@@ -39,7 +32,7 @@ export const snapshotCommands: Command[] = [
       const params: api.SnapshotCreateParams = { devices: o.lists.get('device') ?? [], diffStorage: value(o, 'file'), limit: parseSize(value(o, 'limit')) };
       const minimum = o.values.get('diff-storage-minimum');
       if (minimum !== undefined) params.diffStorageMinimum = parseSize(minimum);
-      const shift = integer(o, 'chunk-minimum-shift');
+      const shift = wholeNumber(o, 'chunk-minimum-shift');
       if (shift !== undefined) params.chunkMinimumShift = shift;
       const r = await (await io.client()).call(api.SnapshotCreate, params);
       io.print(r, r.id);
@@ -95,7 +88,7 @@ export const snapshotCommands: Command[] = [
     summary: 'Wait for the next event of a snapshot (corrupted, no_space) or the timeout.',
     options: { id: ID, timeout: { kind: 'value', help: 'milliseconds to wait', isRequired: true } },
     async run(o, io) {
-      const e = await waitEvent(io, value(o, 'id'), integer(o, 'timeout') ?? 0);
+      const e = await waitEvent(io, value(o, 'id'), wholeNumber(o, 'timeout') ?? 0);
       io.print(e, describeEvent(e));
     },
   },

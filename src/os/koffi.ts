@@ -1,0 +1,17 @@
+// Owns the one FFI the project uses (koffi), typed as far as the project calls it: libc and libzstd load through it.
+import { createRequire } from 'node:module';
+
+export interface KoffiFunction {
+  (...args: unknown[]): unknown;
+  async(...args: unknown[]): void;
+}
+export interface KoffiLib {
+  func(signature: string): KoffiFunction;
+}
+export interface Koffi {
+  load(path: string): KoffiLib;
+  errno(): number;
+  struct(name: string, fields: Record<string, string>): unknown;
+}
+
+export const koffi = createRequire(import.meta.url)('koffi') as Koffi;
