@@ -40,17 +40,38 @@ function packFd(file: string): number {
   return fd;
 }
 
-function loadItem(item: LoadItem, into: Uint8Array): void {
-  const where = item.where as ChunkLocation & { file: string };
-  const stored = Buffer.allocUnsafe(where.storedLength);
+/** Records that follow one another in one pack, read with one pread. */
+function readSpan(items: LoadItem[], first: number): { stored: Buffer[]; next: number } {
+  const head = items[first] as LoadItem;
+  const where = head.where as ChunkLocation & { file: string };
+  let end = first + 1;
+  let bytes = RECORD_HEADER + where.storedLength;
+  for (; end < items.length; end++) {
+    const w = (items[end] as LoadItem).where;
+    if (w === null || w.file !== where.file || w.offset !== where.offset + bytes || bytes > 8 * 1024 * 1024) break;
+    bytes += RECORD_HEADER + w.storedLength;
+  }
   let fd: number;
   try {
     fd = packFd(where.file);
   } catch (e) {
-    throw new BlkError('EIO', `the chunk at offset ${item.offset}: its pack ${where.pack} cannot be opened (${toBlkError(e).code})`);
+    throw new BlkError('EIO', `the chunk at offset ${head.offset}: its pack ${where.pack} cannot be opened (${toBlkError(e).code})`);
   }
-  const n = fs.readSync(fd, stored, 0, stored.length, where.offset + RECORD_HEADER);
-  const reason = n !== stored.length ? 'its pack is cut short' : decodeRecord(stored, where.flags, item.digest, into);
+  const span = Buffer.allocUnsafe(bytes);
+  const n = fs.readSync(fd, span, 0, bytes, where.offset);
+  const stored: Buffer[] = [];
+  let at = 0;
+  for (let i = first; i < end; i++) {
+    const w = (items[i] as LoadItem).where as ChunkLocation;
+    stored.push(span.subarray(at + RECORD_HEADER, Math.min(n, at + RECORD_HEADER + w.storedLength)));
+    at += RECORD_HEADER + w.storedLength;
+  }
+  return { stored, next: end };
+}
+
+function decodeItem(item: LoadItem, stored: Uint8Array, into: Uint8Array): void {
+  const where = item.where as ChunkLocation;
+  const reason = stored.length !== where.storedLength ? 'its pack is cut short' : decodeRecord(stored, where.flags, item.digest, into);
   if (reason !== null) {
     throw new BlkError('EIO', `the chunk at offset ${item.offset}: chunk ${Buffer.from(item.digest).toString('hex')} is damaged: ${reason}`);
   }
@@ -102,10 +123,11 @@ function run(task: ChunkTask): { result: ChunkResult; transfer: ArrayBuffer[] } 
       const data: Uint8Array[] = [];
       let writtenBytes = 0;
       let zeros: Uint8Array | null = null;
-      for (const item of task.items) {
+      let pending: { stored: Buffer[]; base: number } = { stored: [], base: 0 };
+      task.items.forEach((item, i) => {
         let chunk: Uint8Array;
         if (item.where === null) {
-          if (task.fd !== undefined && !task.writeZeros) continue;
+          if (task.fd !== undefined && !task.writeZeros) return;
           if (task.fd !== undefined) {
             if (zeros === null || zeros.length < item.length) zeros = new Uint8Array(item.length);
             chunk = zeros.subarray(0, item.length);
@@ -113,8 +135,9 @@ function run(task: ChunkTask): { result: ChunkResult; transfer: ArrayBuffer[] } 
             chunk = new Uint8Array(item.length);
           }
         } else {
+          if (i - pending.base >= pending.stored.length) pending = { stored: readSpan(task.items, i).stored, base: i };
           chunk = new Uint8Array(item.length);
-          loadItem(item, chunk);
+          decodeItem(item, pending.stored[i - pending.base] as Buffer, chunk);
         }
         if (task.fd !== undefined) {
           writeAll(task.fd, chunk, item.offset);
@@ -122,7 +145,7 @@ function run(task: ChunkTask): { result: ChunkResult; transfer: ArrayBuffer[] } 
         } else {
           data.push(chunk);
         }
-      }
+      });
       return { result: { kind: 'load', data, writtenBytes }, transfer: data.map((d) => d.buffer as ArrayBuffer) };
     }
     case 'checkPack': {
