@@ -4,6 +4,7 @@
 import * as fs from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { BlkError, toBlkError } from '../errors.js';
+import { startWriteback } from '../os/libc.js';
 import { isAllZero } from './chunk-file.js';
 import type { ChunkLocation, LoadItem } from './chunk-index.js';
 import { decodeRecord, PackWriter, RECORD_HEADER, readIdx, sha256, writeAll } from './pack.js';
@@ -146,6 +147,10 @@ function run(task: ChunkTask): { result: ChunkResult; transfer: ArrayBuffer[] } 
           data.push(chunk);
         }
       });
+      // The restore ends in fsync: the disk writes start now, beside the work still to come.
+      const first = task.items[0];
+      const last = task.items.at(-1);
+      if (task.fd !== undefined && first && last && writtenBytes > 0) startWriteback(task.fd, first.offset, last.offset + last.length - first.offset);
       return { result: { kind: 'load', data, writtenBytes }, transfer: data.map((d) => d.buffer as ArrayBuffer) };
     }
     case 'checkPack': {
