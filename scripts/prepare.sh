@@ -28,3 +28,4 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm ci --no-audit --no-fund
 fi
 npx tsc -p tsconfig.json
+node dist/src/cli/generate-docs.js dist/share

@@ -4,7 +4,7 @@
 import * as fs from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { BlkError, toBlkError } from '../errors.js';
-import { startWriteback } from '../os/libc.js';
+import { startWriteback } from '../os/writeback-range.js';
 import { isAllZero } from './chunk-file.js';
 import type { ChunkLocation, LoadItem } from './chunk-index.js';
 import { decodeRecord, PackWriter, RECORD_HEADER, readIdx, sha256, writeAll } from './pack.js';

@@ -32,18 +32,28 @@ export interface Command {
   run(options: ParsedOptions, io: CommandIo): Promise<void>;
 }
 
-export function commandHelp(c: Command): string {
-  const lines = [`Usage: blksnap ${c.name}${Object.entries(c.options).map(([n, o]) => (o.isRequired ? ` --${n} ${o.kind === 'flag' ? '' : 'VALUE'}` : '')).join('')} [options]`, '', c.summary, '', 'Options:'];
-  const all: Array<[string, OptionSpec]> = [
+/** A command's options and the ones every command takes: what --help, the man page and the completion list. */
+export function commandOptions(c: Command): Array<[string, OptionSpec]> {
+  return [
     ...Object.entries(c.options),
     ['json', { kind: 'flag', help: 'print exactly one JSON document on stdout' }],
     ['control', { kind: 'value', help: 'control socket of the daemon (default: $BLKSNAP_CONTROL, else the runtime directory)' }],
     ['help', { kind: 'flag', help: 'this text' }],
   ];
-  for (const [name, o] of all) {
-    const arg = o.kind === 'flag' ? '' : o.kind === 'list' ? ' VALUE...' : ' VALUE';
-    lines.push(`  --${(name + arg).padEnd(22)} ${o.help}${o.isRequired ? ' (required)' : ''}`);
-  }
+}
+
+/** `--name VALUE`, `--name VALUE...` or `--name`. */
+export function optionSynopsis(name: string, o: OptionSpec): string {
+  return `--${name}${o.kind === 'flag' ? '' : o.kind === 'list' ? ' VALUE...' : ' VALUE'}`;
+}
+
+export function commandUsage(c: Command): string {
+  return `blksnap ${c.name}${Object.entries(c.options).map(([n, o]) => (o.isRequired ? ` --${n}${o.kind === 'flag' ? '' : ' VALUE'}` : '')).join('')} [options]`;
+}
+
+export function commandHelp(c: Command): string {
+  const lines = [`Usage: ${commandUsage(c)}`, '', c.summary, '', 'Options:'];
+  for (const [name, o] of commandOptions(c)) lines.push(`  ${optionSynopsis(name, o).padEnd(24)} ${o.help}${o.isRequired ? ' (required)' : ''}`);
   return `${lines.join('\n')}\n`;
 }
 

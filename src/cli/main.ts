@@ -2,13 +2,8 @@
 import { BlksnapClient } from '../client/connection.js';
 import { defaultControlPath } from '../control/paths.js';
 import { toBlkError, toExitStatus } from '../errors.js';
-import { type Command, type CommandIo, commandHelp, parseOptions } from './command.js';
-import { cbtCommands } from './commands/cbt.js';
-import { deviceCommands } from './commands/device.js';
-import { snapshotCommands } from './commands/snapshot.js';
-import { backupCommands } from './commands/backup.js';
-
-const commands: Command[] = [...deviceCommands, ...cbtCommands, ...snapshotCommands, ...backupCommands];
+import { type CommandIo, commandHelp, parseOptions } from './command.js';
+import { commands } from './commands/index.js';
 
 function mainHelp(): string {
   const width = Math.max(...commands.map((c) => c.name.length));

@@ -20,11 +20,15 @@ export class ControlServer {
   #socketPath: string;
   #handlers: ReadonlyMap<string, Handler>;
   #log: (line: string) => void;
+  /** Logs each connection as it opens and closes (blksnapd --verbose). */
+  #isVerbose: boolean;
+  #connectionCount = 0;
 
-  constructor(socketPath: string, handlers: ReadonlyMap<string, Handler>, log: (line: string) => void) {
+  constructor(socketPath: string, handlers: ReadonlyMap<string, Handler>, log: (line: string) => void, options: { isVerbose?: boolean } = {}) {
     this.#socketPath = socketPath;
     this.#handlers = handlers;
     this.#log = log;
+    this.#isVerbose = options.isVerbose ?? false;
   }
 
   async start(): Promise<void> {
@@ -57,6 +61,11 @@ export class ControlServer {
       return;
     }
     this.#sockets.add(socket);
+    const id = ++this.#connectionCount;
+    if (this.#isVerbose) {
+      this.#log(`control connection ${id} opened`);
+      socket.once('close', () => this.#log(`control connection ${id} closed`));
+    }
     socket.setEncoding('utf8');
     const framer = new LineFramer(limits.maximumLineLength);
     const closeHooks: Array<() => void> = [];

@@ -1,4 +1,5 @@
 // Owns the daemon's command line and defaults: where the sockets and the state live, what to attach at start.
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { defaultRuntimeDir } from '../control/paths.js';
 import type { LoopRoute } from './loop-devices.js';
@@ -30,6 +31,10 @@ export interface DaemonConfig {
   cbtRegionSize: number;
   /** How often a written-to CBT map is saved (--cbt-sync-interval). */
   cbtSyncIntervalMs: number;
+  /** One line of text per event, or one JSON object (for journald and log shippers). */
+  logFormat: 'text' | 'json';
+  /** Also log each connection's life. */
+  isVerbose: boolean;
 }
 
 export const DAEMON_HELP = `Usage: blksnapd [options]
@@ -78,6 +83,13 @@ Options:
                        instead of the thread pool, while the kernel's dirty pages stay far
                        below the point where it throttles writers (default 1048576; 0 turns
                        it off; see docs/performance.md)
+  --config FILE        options from a file, one per line: "option = value" or "option" for a
+                       flag, # starts a comment; the command line wins (default
+                       /etc/blksnap/blksnapd.conf when it exists)
+  --log-format text|json
+                       one line of text per event (default), or one JSON object per line
+                       with time, program and message
+  --verbose            also log each NBD and control connection as it opens and closes
   --help               this text
 
 $RUNTIME is $BLKSNAP_RUNTIME_DIR, else /run/blksnap for root, else $XDG_RUNTIME_DIR/blksnap.
@@ -102,6 +114,8 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
     handshakeTimeoutMs: nbdLimits.handshakeTimeoutMs,
     cbtRegionSize: tracking.writeIntentRegion,
     cbtSyncIntervalMs: tracking.syncIntervalMs,
+    logFormat: 'text',
+    isVerbose: false,
   };
   let tlsMode: 'on' | 'off' | undefined;
   let certsDir: string | undefined;
@@ -165,6 +179,18 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
         config.handshakeTimeoutMs = seconds * 1000;
         break;
       }
+      case '--config':
+        value(); // read by withConfigFile() before this
+        break;
+      case '--log-format': {
+        const v = value();
+        if (v !== 'text' && v !== 'json') throw new Error(`--log-format takes text or json, not '${v}'`);
+        config.logFormat = v;
+        break;
+      }
+      case '--verbose':
+        config.isVerbose = true;
+        break;
       case '--cbt-region': {
         const v = value();
         let size: number;
@@ -205,4 +231,45 @@ function byteCount(option: string, text: string): number {
   const n = Number(text);
   if (!Number.isSafeInteger(n) || n < 0) throw new Error(`${option} takes a byte count, not '${text}'`);
   return n;
+}
+
+export const DEFAULT_CONFIG_FILE = '/etc/blksnap/blksnapd.conf';
+
+/** The daemon's options, as --help lists them: the names a config file may use. */
+export function daemonOptionNames(): string[] {
+  return [...DAEMON_HELP.matchAll(/^ {2}--([a-z][a-z0-9-]*)/gm)].map((m) => m[1] as string);
+}
+
+/** A config file's lines as command-line arguments; an Error naming file and line on a bad one. */
+export function configFileArgs(text: string, file: string): string[] {
+  const known = new Set(daemonOptionNames());
+  const out: string[] = [];
+  text.split('\n').forEach((raw, i) => {
+    const line = raw.replace(/(^|\s)#.*$/, '').trim();
+    if (line === '') return;
+    const m = /^([a-z][a-z0-9-]*)\s*(?:=\s*(.*))?$/.exec(line);
+    if (!m) throw new Error(`${file}:${i + 1}: expected "option = value" or "option", not '${raw.trim()}'`);
+    const name = m[1] as string;
+    if (!known.has(name) || name === 'config' || name === 'help') throw new Error(`${file}:${i + 1}: unknown option '${name}' (see blksnapd --help)`);
+    out.push(`--${name}`, ...(m[2] === undefined ? [] : [m[2].trim()]));
+  });
+  return out;
+}
+
+/**
+ * The arguments parseDaemonArgs reads: a config file's (--config FILE, else `defaultFile` when it
+ * exists) first, then the command line's, so the command line wins.
+ */
+export function withConfigFile(argv: readonly string[], defaultFile: string = DEFAULT_CONFIG_FILE): string[] {
+  const at = argv.indexOf('--config');
+  if (at >= 0 && argv[at + 1] === undefined) throw new Error('--config needs a value');
+  const file = at >= 0 ? (argv[at + 1] as string) : fs.existsSync(defaultFile) ? defaultFile : null;
+  if (file === null) return [...argv];
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new Error(`cannot read config file ${file}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+  }
+  return [...configFileArgs(text, file), ...argv];
 }

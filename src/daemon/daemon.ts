@@ -39,6 +39,7 @@ export class Daemon {
       tls: config.tls === null ? null : new TlsServer(config.tls),
       maximumConnections: config.maximumConnections,
       handshakeTimeoutMs: config.handshakeTimeoutMs,
+      isVerbose: config.isVerbose,
       socketPath: config.nbdPath,
       sendFileMinimum: config.sendFileMinimum,
       log,
@@ -76,7 +77,7 @@ export class Daemon {
       overlayDir: config.stateDir,
       log,
     });
-    this.control = new ControlServer(config.controlPath, controlHandlers(this.service), log);
+    this.control = new ControlServer(config.controlPath, controlHandlers(this.service), log, { isVerbose: config.isVerbose });
   }
 
   async start(): Promise<void> {

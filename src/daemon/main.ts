@@ -1,14 +1,13 @@
 // Owns the blksnapd process: arguments, signals, and turning start-up failures into a clear exit.
 import { toBlkError } from '../errors.js';
-import { DAEMON_HELP, parseDaemonArgs } from './config.js';
+import { DAEMON_HELP, parseDaemonArgs, withConfigFile } from './config.js';
 import { Daemon } from './daemon.js';
 import { createLog } from './log.js';
 
 async function main(): Promise<void> {
-  const log = createLog();
   let config: ReturnType<typeof parseDaemonArgs>;
   try {
-    config = parseDaemonArgs(process.argv.slice(2));
+    config = parseDaemonArgs(withConfigFile(process.argv.slice(2)));
   } catch (e) {
     process.stderr.write(`blksnapd: EINVAL: ${(e as Error).message}\n${DAEMON_HELP}`);
     process.exit(2);
@@ -17,6 +16,7 @@ async function main(): Promise<void> {
     process.stdout.write(DAEMON_HELP);
     return;
   }
+  const log = createLog(config.logFormat);
   let daemon: Daemon;
   try {
     daemon = new Daemon(config, log);

@@ -19,7 +19,6 @@ const sendfileFn = libc.func('int64_t sendfile(int outFd, int inFd, _Inout_ int6
 const copyFileRangeFn = libc.func('int64_t copy_file_range(int inFd, _Inout_ int64_t *inOffset, int outFd, _Inout_ int64_t *outOffset, size_t length, unsigned int flags)');
 const syscallFn = libc.func('long syscall(long number, ...)');
 const syncfsFn = libc.func('int syncfs(int fd)');
-const syncFileRangeFn = libc.func('int sync_file_range(int fd, int64_t offset, int64_t nbytes, unsigned int flags)');
 const ioctlIntFn = libc.func('int ioctl(int fd, unsigned long request, _Out_ int *value)');
 
 export const FALLOC_FL_KEEP_SIZE = 0x01;
@@ -91,14 +90,6 @@ export function sizeOfBlockDevice(fd: number): number {
 /** Makes every file of the filesystem holding `fd` durable at once (syncfs): one call after many writes. */
 export function syncFilesystem(fd: number): Promise<void> {
   return callAsync(syncfsFn, [fd], 'syncfs');
-}
-
-/**
- * Starts writeback of a range now (sync_file_range SYNC_FILE_RANGE_WRITE), without waiting for it:
- * a long write that ends in fsync overlaps its disk writes with the rest of its work.
- */
-export function startWriteback(fd: number, offset: number, length: number): void {
-  syncFileRangeFn(fd, offset, length, 2);
 }
 
 /** flock(2) without waiting: true when the lock (shared or exclusive) was taken, false when another holds it. */

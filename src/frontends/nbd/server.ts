@@ -21,6 +21,8 @@ export interface NbdServerOptions {
   /** Reads from this size on are sent by the kernel (sendfile) where the device can; 0: never. */
   sendFileMinimum?: number;
   log: (line: string) => void;
+  /** Also log each connection as it opens and closes (blksnapd --verbose). */
+  isVerbose?: boolean;
 }
 
 /** Parses "HOST:PORT", "[v6]:PORT" or ":PORT". */
@@ -84,9 +86,13 @@ export class NbdServer {
       handshakeTimeoutMs: this.#options.handshakeTimeoutMs ?? limits.handshakeTimeoutMs,
       sendFileMinimum: this.#options.sendFileMinimum ?? nbdIo.sendFileMinimum,
       log,
-      onClose: () => this.#connections.delete(connection),
+      onClose: () => {
+        this.#connections.delete(connection);
+        if (this.#options.isVerbose) log(`nbd connection ${id} closed`);
+      },
     });
     this.#connections.add(connection);
+    if (this.#options.isVerbose) log(`nbd connection ${id} opened (${accepted.remoteAddress ? `tcp from ${accepted.remoteAddress}:${accepted.remotePort}` : 'unix socket'})`);
   }
 }
 

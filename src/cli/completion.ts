@@ -1,0 +1,37 @@
+// Owns the bash completion of blksnap, made from the command table: commands, each command's
+// options, attached device names after --device (asked of the running daemon), paths after options
+// that take one.
+import { type Command, commandOptions } from './command.js';
+
+/** Options whose value is a path on this machine. */
+const PATH_OPTIONS = ['file', 'repo', 'to', 'diff-storage', 'control'];
+
+export function bashCompletion(commands: readonly Command[]): string {
+  const cases = commands.map((c) => `    ${c.name}) opts="${commandOptions(c).map(([n]) => `--${n}`).join(' ')}" ;;`);
+  return `# bash completion for blksnap (made from its command table)
+_blksnap() {
+  local cur="\${COMP_WORDS[COMP_CWORD]}" prev="\${COMP_WORDS[COMP_CWORD-1]}" opts=""
+  if [ "$COMP_CWORD" -eq 1 ]; then
+    COMPREPLY=( $(compgen -W "${commands.map((c) => c.name).join(' ')} --help" -- "$cur") )
+    return
+  fi
+  case "$prev" in
+    ${PATH_OPTIONS.map((o) => `--${o}`).join('|')})
+      COMPREPLY=( $(compgen -f -- "$cur") )
+      return ;;
+    --device)
+      if [ "\${COMP_WORDS[1]}" = attach ]; then
+        COMPREPLY=( $(compgen -f -- "$cur") )
+      else
+        COMPREPLY=( $(compgen -W "$(blksnap list --json 2>/dev/null | sed -n 's/^ *"name": "\\(.*\\)",\\{0,1\\}$/\\1/p')" -- "$cur") )
+      fi
+      return ;;
+  esac
+  case "\${COMP_WORDS[1]}" in
+${cases.join('\n')}
+  esac
+  COMPREPLY=( $(compgen -W "$opts" -- "$cur") )
+}
+complete -F _blksnap blksnap
+`;
+}
