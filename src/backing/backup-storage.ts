@@ -1,6 +1,7 @@
 // Owns a backup of a device as a store (backup_attach): chunks read on demand through worker threads,
 // checked against their digests, kept in a bounded cache; with --writable, writes go to a throw-away
 // overlay file (an unnamed file: gone at detach) in chunk-sized pieces copied up on first write.
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ChunkIndex } from '../backup/chunk-index.js';
@@ -44,8 +45,11 @@ export class BackupStorage implements Storage {
   #overlay: Overlay | null;
   #isClosed = false;
 
-  private constructor(repo: string, label: string, size: number, chunkSize: number, digests: Buffer, chunks: ChunkIndex, options: BackupStorageOptions, overlayFd: number | null) {
+  #hold: string;
+
+  private constructor(repo: string, label: string, size: number, chunkSize: number, digests: Buffer, chunks: ChunkIndex, options: BackupStorageOptions, overlayFd: number | null, hold: string) {
     this.path = label;
+    this.#hold = hold;
     this.#chunks = chunks;
     this.#repo = repo;
     this.size = size;
@@ -66,8 +70,16 @@ export class BackupStorage implements Storage {
     if (!entry) throw new BlkError('ENOENT', `backup ${id} has no device ${device} (it has ${manifest.devices.map((d) => d.name).join(', ')})`);
     const index = readIndex(repo, path.join(layout.backup(repo, id), path.basename(entry.index)));
     const chunks = ChunkIndex.load(repo);
-    const overlayFd = options.overlayDir === undefined ? null : await openUnnamedFile(options.overlayDir);
-    return new BackupStorage(repo, `${repo}#${id}/${device}`, index.size, index.chunkSize, index.digests, chunks, options, overlayFd);
+    // A prune keeps a backup that is served, while this process lives.
+    const hold = layout.hold(repo, id, process.pid, randomBytes(4).toString('hex'));
+    fs.writeFileSync(hold, `${device}\n`);
+    try {
+      const overlayFd = options.overlayDir === undefined ? null : await openUnnamedFile(options.overlayDir);
+      return new BackupStorage(repo, `${repo}#${id}/${device}`, index.size, index.chunkSize, index.digests, chunks, options, overlayFd, hold);
+    } catch (e) {
+      fs.rmSync(hold, { force: true });
+      throw e;
+    }
   }
 
   probeSize(): number {
@@ -156,6 +168,7 @@ export class BackupStorage implements Storage {
     if (this.#isClosed) return;
     this.#isClosed = true;
     this.#cache.clear();
+    fs.rmSync(this.#hold, { force: true });
     if (this.#overlay) await closeAsync(this.#overlay.fd);
   }
 
@@ -201,10 +214,17 @@ export class BackupStorage implements Storage {
     }
     let loading = this.#loading.get(c);
     if (!loading) {
-      loading = this.#o.workers
-        .run({ kind: 'load', items: this.#chunks.loadItems(this.#repo, { size: this.size, chunkSize: this.chunkSize, digests: this.#digests }, c, 1) })
-        .then((r) => {
-          const data = r.data[0] as Uint8Array;
+      const load = (): Promise<Uint8Array> =>
+        this.#o.workers
+          .run({ kind: 'load', items: this.#chunks.loadItems(this.#repo, { size: this.size, chunkSize: this.chunkSize, digests: this.#digests }, c, 1) })
+          .then((r) => r.data[0] as Uint8Array);
+      loading = load()
+        .catch(() => {
+          // A prune may have moved the chunk into another pack since the attach: look again, once.
+          this.#chunks = ChunkIndex.load(this.#repo);
+          return load();
+        })
+        .then((data) => {
           this.#remember(c, data);
           return data;
         })

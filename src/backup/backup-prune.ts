@@ -21,6 +21,7 @@ export interface PruneOptions {
 }
 
 export interface PruneResult {
+  /** Kept by the policy, or because a daemon serves them (backup_attach). */
   kept: string[];
   removed: string[];
   removedChunks: number;
@@ -57,6 +58,10 @@ export function keptBy(backups: Array<{ id: string; time: Date }>, o: PruneOptio
   return kept;
 }
 
+function isHeld(repo: string, id: string): boolean {
+  return fs.readdirSync(layout.backup(repo, id)).some((n) => n.startsWith('.held-by-') && isAlive(Number(n.split('-')[2])));
+}
+
 function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -70,6 +75,8 @@ export async function pruneRepository(repo: Repository, o: PruneOptions): Promis
   if (!(o.keepLast >= 1)) throw new BlkError('EINVAL', 'backup_prune: --keep-last takes 1 or more (a prune never removes every backup)');
   const backups = repo.list().map((b) => ({ id: b.id, time: new Date(b.time || 0) })).sort((a, b) => (a.id < b.id ? 1 : -1));
   const kept = keptBy(backups, o);
+  // A backup a live daemon serves as a device (backup_attach) stays, whatever the policy says.
+  for (const b of backups) if (isHeld(repo.dir, b.id)) kept.add(b.id);
   const removed = backups.filter((b) => !kept.has(b.id)).map((b) => b.id);
   const result: PruneResult = { kept: [...kept].sort(), removed, removedChunks: 0, removedPages: 0, freedBytes: 0, dryRun: o.dryRun ?? false };
   if (o.dryRun) return result;

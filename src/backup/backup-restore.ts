@@ -18,6 +18,7 @@ import type { Repository } from './repository.js';
 import { WorkerPool } from './worker-pool.js';
 import { ChunkIndex } from './chunk-index.js';
 import type { LoadItem } from './chunk-index.js';
+import type { ManifestDevice } from './manifest.js';
 
 export interface RestoreOptions {
   id: string;
@@ -57,6 +58,16 @@ export async function restoreBackup(repo: Repository, o: RestoreOptions): Promis
   const index = readIndex(repo.dir, path.join(layout.backup(repo.dir, o.id), entry.index));
   const count = chunkCountOf(index.size, index.chunkSize);
   const attached = o.client ? await attachedTarget(o.client, o.to) : null;
+  // Shared, as a backup being made: a prune's sweep does not move packs under the restore.
+  const release = await repo.lock(false, () => o.progress?.note('waiting for a prune to finish its sweep'));
+  try {
+    return await restoreLocked(repo, o, entry, index, count, attached);
+  } finally {
+    release();
+  }
+}
+
+async function restoreLocked(repo: Repository, o: RestoreOptions, entry: ManifestDevice, index: Index, count: number, attached: api.DeviceInfo | null): Promise<RestoreResult> {
   const packed = ChunkIndex.load(repo.dir);
   const workers = new WorkerPool();
   try {

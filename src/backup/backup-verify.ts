@@ -60,6 +60,16 @@ export function referencesOf(repo: Repository, id: string): { chunks: Set<string
 }
 
 export async function verifyRepository(repo: Repository, o: VerifyOptions): Promise<VerifyResult> {
+  // Shared, as a backup being made: a prune's sweep does not move packs under the check.
+  const release = await repo.lock(false, () => o.progress?.note('waiting for a prune to finish its sweep'));
+  try {
+    return await verifyLocked(repo, o);
+  } finally {
+    release();
+  }
+}
+
+async function verifyLocked(repo: Repository, o: VerifyOptions): Promise<VerifyResult> {
   const ids = o.id === undefined ? repo.backupIds() : [o.id];
   if (o.id !== undefined) repo.manifest(o.id); // ENOENT for an unknown id
   const refs = new Map(ids.map((id) => [id, referencesOf(repo, id)]));

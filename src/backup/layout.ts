@@ -22,6 +22,8 @@ export const layout = {
   backup: (repo: string, id: string): string => path.join(repo, 'backups', id),
   manifest: (repo: string, id: string): string => path.join(repo, 'backups', id, 'manifest.json'),
   index: (dir: string, device: string): string => path.join(dir, `${device}.index`),
+  /** A backup served as a device (backup_attach) by process `pid`: a prune keeps it while that process lives. */
+  hold: (repo: string, id: string, pid: number, tag: string): string => path.join(repo, 'backups', id, `.held-by-${pid}-${tag}`),
   /** A backup being written: invisible (no manifest under backups/ID) until renamed into place. */
   partialBackup: (repo: string, id: string): string => path.join(repo, 'backups', `.partial-${id}-${process.pid}`),
 };

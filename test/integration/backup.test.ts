@@ -279,6 +279,11 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
         const served = await daemon.json<{ name: string; uri: string; readOnly: boolean }>('backup_attach', '--repo', repo.dir, '--id', created.id, '--device', 'fs');
         assert.equal(served.readOnly, true);
         await check('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', restored, served.uri]);
+        // While served, a prune keeps it whatever the policy says, and it stays readable.
+        const newer = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 'fs', '--diff-storage', dir);
+        const held = await daemon.json<{ kept: string[]; removed: string[] }>('backup_prune', '--repo', repo.dir, '--keep-last', '1');
+        assert.deepEqual([held.kept.sort(), held.removed], [[created.id, newer.id].sort(), []]);
+        await check('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', restored, served.uri]);
         const refused = await run('qemu-io', ['-f', 'raw', '-c', 'write 0 4k', served.uri]);
         assert.notEqual(refused.code === 0 && !/failed|Permission|read-only/i.test(refused.stdout + refused.stderr), true, 'a read-only backup refuses writes');
         await daemon.json('detach', '--device', served.name);
@@ -297,6 +302,8 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
         assert.equal((await check('sha256sum', [path.join(ro, 'data.bin')])).split(' ')[0], sum);
         await mounts.umount(ro);
         await daemon.json('detach', '--device', looped.name);
+        const released = await daemon.json<{ removed: string[] }>('backup_prune', '--repo', repo.dir, '--keep-last', '1');
+        assert.deepEqual(released.removed, [created.id], 'detached, it goes by the policy');
       } finally {
         await mounts.cleanup();
       }
