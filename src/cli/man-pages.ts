@@ -44,7 +44,7 @@ export function daemonOptions(help: string = DAEMON_HELP): Array<{ synopsis: str
   const out: Array<{ synopsis: string; help: string }> = [];
   for (const line of lines) {
     // The argument is in capitals (PATH[=NAME], HOST:PORT) or a choice (on|off); the help follows.
-    const m = /^ {2}(--[a-z0-9-]+(?: (?:[A-Z][A-Z0-9:[\]=.]*|[a-z]+(?:\|[a-z]+)+))?)(?: +(.*))?$/.exec(line);
+    const m = /^ {2}(--[a-z0-9-]+(?: (?:\[?[A-Z][A-Z0-9:[\]=.]*|[a-z]+(?:\|[a-z]+)+))?)(?: +(.*))?$/.exec(line);
     if (m) out.push({ synopsis: m[1] as string, help: m[2] ?? '' });
     else if (out.length > 0) {
       const last = out[out.length - 1] as { help: string };

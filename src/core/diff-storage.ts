@@ -103,6 +103,11 @@ export class DiffStorage {
     return this.#limit;
   }
 
+  /** Bytes given out to chunk copies so far. */
+  get used(): number {
+    return this.#filled;
+  }
+
   /** Bytes usable now (allocated file size, or the device's usable size). */
   get capacity(): number {
     return this.#capacity;

@@ -35,6 +35,8 @@ export interface DaemonConfig {
   logFormat: 'text' | 'json';
   /** Also log each connection's life. */
   isVerbose: boolean;
+  /** [HOST:]PORT of the Prometheus endpoint (host 127.0.0.1 unless given); none: no metrics. */
+  metrics?: string;
 }
 
 export const DAEMON_HELP = `Usage: blksnapd [options]
@@ -90,6 +92,10 @@ Options:
                        one line of text per event (default), or one JSON object per line
                        with time, program and message
   --verbose            also log each NBD and control connection as it opens and closes
+  --metrics [HOST:]PORT
+                       serve Prometheus metrics at http://HOST:PORT/metrics: NBD requests,
+                       bytes and latency per export, CBT and snapshot state, connections
+                       (host 127.0.0.1 unless given: loopback only by default)
   --help               this text
 
 $RUNTIME is $BLKSNAP_RUNTIME_DIR, else /run/blksnap for root, else $XDG_RUNTIME_DIR/blksnap.
@@ -191,6 +197,12 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
       case '--verbose':
         config.isVerbose = true;
         break;
+      case '--metrics': {
+        const v = value();
+        if (!/^(?:\S+:)?\d{1,5}$/.test(v) || Number(v.slice(v.lastIndexOf(':') + 1)) > 65535) throw new Error(`--metrics takes [HOST:]PORT, not '${v}'`);
+        config.metrics = v;
+        break;
+      }
       case '--cbt-region': {
         const v = value();
         let size: number;

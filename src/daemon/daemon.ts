@@ -15,6 +15,7 @@ import { OwnPaths } from './own-paths.js';
 import { BlksnapService } from './service.js';
 import { DeviceState } from './device-state.js';
 import { CbtKeeper } from './cbt-keeper.js';
+import { Metrics } from './metrics.js';
 import { WorkerPool } from '../backup/worker-pool.js';
 import { backup as backupParams } from '../params.js';
 
@@ -30,9 +31,14 @@ export class Daemon {
   #hasPidFile = false;
   #backupWorkers: WorkerPool | undefined;
 
+  /** The Prometheus endpoint, with --metrics. */
+  readonly metrics: Metrics | null;
+
   constructor(config: DaemonConfig, log: Log) {
     this.config = config;
     this.#log = log;
+    this.metrics = config.metrics === undefined ? null : new Metrics({ devices: this.registry, nbdConnections: () => this.nbd.connectionCount });
+    const metrics = this.metrics;
     this.#pidFile = path.join(config.stateDir, 'blksnapd.pid');
     this.nbd = new NbdServer({
       catalogue: this.registry,
@@ -40,6 +46,7 @@ export class Daemon {
       maximumConnections: config.maximumConnections,
       handshakeTimeoutMs: config.handshakeTimeoutMs,
       isVerbose: config.isVerbose,
+      ...(metrics ? { observers: (name: string) => metrics.observer(name) } : {}),
       socketPath: config.nbdPath,
       sendFileMinimum: config.sendFileMinimum,
       log,
@@ -97,12 +104,17 @@ export class Daemon {
       }
       await this.service.attach({ path: a.path, ...(a.name ? { name: a.name } : {}) });
     }
+    if (this.metrics && this.config.metrics !== undefined) {
+      const at = await this.metrics.listen(this.config.metrics);
+      this.#log(`metrics on http://${at.family === 'IPv6' ? `[${at.address}]` : at.address}:${at.port}/metrics`);
+    }
     const tls = this.config.tls === null ? ' in the clear (--tls off)' : ' with TLS';
     const tcp = this.nbd.tcpPort === undefined ? '' : `, nbd tcp port ${this.nbd.tcpPort}${tls}`;
     this.#log(`ready: control ${this.config.controlPath}, nbd ${this.config.nbdPath}${tcp}`);
   }
 
   async stop(): Promise<void> {
+    await this.metrics?.close();
     await this.control.close();
     await this.service.destroyAll();
     await this.loopDevices.releaseAll();

@@ -7,6 +7,7 @@ import { socketDescriptor } from '../../os/socket-descriptor.js';
 import { ByteQueue } from '../../util/byte-queue.js';
 import type { Disposable } from '../../util/emitter.js';
 import { Handshake, type ExportCatalogue, type TlsPolicy } from './handshake.js';
+import type { RequestObservers } from './request-observer.js';
 import { adoptWithReceiver, ReceiveArena } from './receive-socket.js';
 import type { TlsServer } from './tls.js';
 import { Transmission } from './transmission.js';
@@ -20,6 +21,8 @@ export interface ConnectionOptions {
   sendFileMinimum: number;
   log: (line: string) => void;
   onClose: () => void;
+  /** Tells metrics about each request of an export (blksnapd --metrics). */
+  observers?: RequestObservers;
 }
 
 /**
@@ -120,7 +123,8 @@ export class NbdConnection {
       if (this.#handshakeTimer) clearTimeout(this.#handshakeTimer);
       this.#handshakeTimer = null;
       const { agreement } = step;
-      transmission = new Transmission(socket, { socketFd: this.#fd, sendFileMinimum: this.#options.sendFileMinimum }, agreement, () => this.#onProgress());
+      const observer = this.#options.observers?.(agreement.device.name) ?? null;
+      transmission = new Transmission(socket, { socketFd: this.#fd, sendFileMinimum: this.#options.sendFileMinimum, observer }, agreement, () => this.#onProgress());
       this.#transmission = transmission;
       this.#deviceWatch = agreement.device.onClose(() => this.end(`export ${agreement.device.name} went away`));
     }

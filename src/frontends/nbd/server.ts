@@ -4,6 +4,7 @@ import * as net from 'node:net';
 import { claimSocketPath } from '../../os/socket-path.js';
 import { nbd as limits, nbdIo } from '../../params.js';
 import { NbdConnection } from './connection.js';
+import type { RequestObservers } from './request-observer.js';
 import type { ExportCatalogue } from './handshake.js';
 import type { TlsServer } from './tls.js';
 
@@ -23,6 +24,8 @@ export interface NbdServerOptions {
   log: (line: string) => void;
   /** Also log each connection as it opens and closes (blksnapd --verbose). */
   isVerbose?: boolean;
+  /** Tells metrics about each request, per export (blksnapd --metrics). */
+  observers?: RequestObservers;
 }
 
 /** Parses "HOST:PORT", "[v6]:PORT" or ":PORT". */
@@ -37,6 +40,11 @@ export class NbdServer {
   #options: NbdServerOptions;
   #servers: net.Server[] = [];
   #connections = new Set<NbdConnection>();
+
+  /** Connections open now, over all listeners. */
+  get connectionCount(): number {
+    return this.#connections.size;
+  }
   #connectionCount = 0;
   tcpPort: number | undefined;
 
@@ -86,6 +94,7 @@ export class NbdServer {
       handshakeTimeoutMs: this.#options.handshakeTimeoutMs ?? limits.handshakeTimeoutMs,
       sendFileMinimum: this.#options.sendFileMinimum ?? nbdIo.sendFileMinimum,
       log,
+      ...(this.#options.observers ? { observers: this.#options.observers } : {}),
       onClose: () => {
         this.#connections.delete(connection);
         if (this.#options.isVerbose) log(`nbd connection ${id} closed`);

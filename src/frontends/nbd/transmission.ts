@@ -11,6 +11,7 @@ import type { IncomingWrite } from './incoming-write.js';
 import { changeExtents } from './meta-context.js';
 import { RequestReader, type RequestSink, type TransmissionStep } from './request-reader.js';
 import { ReplyWriter } from './reply-writer.js';
+import type { RequestObserver } from './request-observer.js';
 import * as w from './wire.js';
 
 const EMPTY = Buffer.alloc(0);
@@ -52,7 +53,10 @@ export class Transmission implements RequestSink {
   /** Reads from this size on are sent with sendfile where the device can; 0: never. */
   #sendFileMinimum: number;
 
-  constructor(socket: Socket, replies: { socketFd: number; sendFileMinimum: number }, agreement: Agreement, onProgress: () => void) {
+  #observer: RequestObserver | null;
+
+  constructor(socket: Socket, replies: { socketFd: number; sendFileMinimum: number; observer?: RequestObserver | null }, agreement: Agreement, onProgress: () => void) {
+    this.#observer = replies.observer ?? null;
     this.#socket = socket;
     this.#replies = new ReplyWriter(socket, () => this.#requestsInFlight > 1 || (this.#queue?.length ?? 0) >= w.REQUEST_HEADER_LENGTH);
     this.#socketFd = replies.socketFd;
@@ -112,10 +116,12 @@ export class Transmission implements RequestSink {
   }
 
   refuse(h: w.RequestHeader, error: BlkError): void {
+    this.#observer?.done(h.type, 0, 0, true);
     this.#replyError(h, error);
   }
 
   streamStarted(h: w.RequestHeader): void {
+    if (this.#observer) h.startedAt = performance.now();
     this.#requestsInFlight++;
     this.#bytesInFlight += h.length;
   }
@@ -127,10 +133,15 @@ export class Transmission implements RequestSink {
   /** A streamed write's payload is whole: replies once every part landed. */
   streamWhole(incoming: IncomingWrite): void {
     const h = incoming.header;
+    let isError = false;
     void incoming.finish(this.#device).then(
       () => this.#replyOk(h),
-      (e: unknown) => this.#replyError(h, toBlkError(e)),
+      (e: unknown) => {
+        isError = true;
+        this.#replyError(h, toBlkError(e));
+      },
     ).then(() => {
+      this.#observer?.done(h.type, h.length, (performance.now() - (h.startedAt ?? performance.now())) / 1000, isError);
       incoming.release();
       this.#requestsInFlight--;
       this.#bytesInFlight -= h.length;
@@ -158,17 +169,25 @@ export class Transmission implements RequestSink {
   }
 
   #dispatch(h: w.RequestHeader, payload: Buffer | Buffer[] | undefined): void {
+    const observer = this.#observer;
+    const startedAt = observer ? performance.now() : 0;
     const error = payload === undefined ? this.#validate(h) : null;
-    if (error) return this.#replyError(h, error);
+    if (error) {
+      observer?.done(h.type, 0, 0, true);
+      return this.#replyError(h, error);
+    }
     this.#requestsInFlight++;
     const weight = h.type === w.NBD_CMD_READ || h.type === w.NBD_CMD_WRITE ? h.length : 0;
     this.#bytesInFlight += weight;
+    let isError = false;
     const done = (): void => {
       this.#requestsInFlight--;
       this.#bytesInFlight -= weight;
+      observer?.done(h.type, weight, (performance.now() - startedAt) / 1000, isError);
       this.#onProgress();
     };
     const failed = (e: unknown): void => {
+      isError = true;
       this.#replyError(h, toBlkError(e));
       done();
     };

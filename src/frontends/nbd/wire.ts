@@ -177,6 +177,8 @@ export interface RequestHeader {
   cookie: Buffer;
   offset: number;
   length: number;
+  /** performance.now() when a streamed write began (its arrival, for metrics). */
+  startedAt?: number;
 }
 
 /** Decodes a 28-byte request header. Offsets beyond 2^53 decode as Infinity and fail range checks. */
