@@ -15,6 +15,9 @@ want mkfs.ext4 e2fsprogs
 want mkfs.xfs xfsprogs
 want losetup mount
 want openssl openssl
+want lintian lintian
+want dpkg-deb dpkg
+want curl curl
 [ -e /usr/lib/python3/dist-packages/nbd.py ] || need="$need python3-libnbd"
 ldconfig -p 2>/dev/null | grep -q 'libzstd.so.1 ' || need="$need libzstd1"
 if [ -n "$need" ]; then
