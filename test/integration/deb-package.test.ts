@@ -10,7 +10,7 @@ import { repoRoot } from '../helpers/daemon.js';
 import { check, missing, run, sparseFile, tempDir } from '../helpers/tools.js';
 
 const hasSystemd = fs.existsSync('/run/systemd/system');
-const installed = (): Promise<boolean> => run('dpkg-query', ['-W', '-f=${Status}', 'blksnap']).then((r) => r.stdout.includes('install ok installed'));
+const installed = (): Promise<boolean> => run('dpkg-query', ['-s', 'blksnap']).then((r) => r.stdout.includes('Status: install ok installed'));
 
 describe('Debian package', { skip: missing('dpkg-deb', 'dpkg', 'lintian', 'qemu-io', 'man') }, () => {
   it('builds, passes lintian, installs, runs as the service, and purges to nothing', { timeout: 300_000 }, async (t) => {
