@@ -17,6 +17,15 @@ cp -r dist/src "$lib/dist-src"
 mkdir -p "$lib/dist" && mv "$lib/dist-src" "$lib/dist/src"
 find "$lib/dist" -name '*.d.ts' -delete -o -name '*.map' -delete
 cp bin/blksnapd bin/blksnap "$lib/bin/"
+# blksnap's "tests from the installed package": the scenario suite, run against this install.
+mkdir -p "$lib/dist/test" "$lib/tests"
+cp -r dist/test/helpers dist/test/scenarios "$lib/dist/test/"
+cat > "$lib/tests/all.sh" <<'EOF'
+#!/bin/sh
+# Runs blksnap's scenario suite against the installed program (needs root, qemu-utils, libnbd-bin,
+# e2fsprogs, xfsprogs, fuse3). Arguments go to node --test (e.g. --test-name-pattern=corrupt).
+exec /usr/bin/node --test "$@" /usr/lib/blksnap/dist/test/scenarios/*.test.js
+EOF
 node -e 'const p=require("./package.json"); delete p.devDependencies; delete p.scripts; p.files=undefined; require("fs").writeFileSync(process.argv[1], JSON.stringify(p,null,2)+"\n")' "$lib/package.json"
 
 # Production dependencies only, as npm resolves them; koffi keeps the build for this machine alone.
@@ -28,7 +37,9 @@ done
 rm -rf "$lib/node_modules/@koromix/koffi-linux-x64/musl_x64" "$lib/node_modules/koffi/doc" "$lib/node_modules/koffi/cnoke.cjs"
 find "$lib/node_modules" \( -name '*.md' -o -name '*.ts' -o -name '*.map' -o -name 'LICENSE*' -o -name '.npmignore' \) -type f -delete
 find "$lib" -type d -exec chmod 0755 {} + && find "$lib" -type f -exec chmod 0644 {} +
-chmod 0755 "$lib/bin/blksnapd" "$lib/bin/blksnap"
+chmod 0755 "$lib/bin/blksnapd" "$lib/bin/blksnap" "$lib/tests/all.sh"
+printf '#!/bin/sh\nexec /usr/lib/blksnap/tests/all.sh "$@"\n' > "$stage/usr/bin/blksnap-tests"
+chmod 0755 "$stage/usr/bin/blksnap-tests"
 
 for cmd in blksnapd blksnap; do
   printf '#!/bin/sh\nexec /usr/bin/node /usr/lib/blksnap/bin/%s "$@"\n' "$cmd" > "$stage/usr/bin/$cmd"

@@ -37,7 +37,7 @@ export class Daemon {
   constructor(config: DaemonConfig, log: Log) {
     this.config = config;
     this.#log = log;
-    this.metrics = config.metrics === undefined ? null : new Metrics({ devices: this.registry, nbdConnections: () => this.nbd.connectionCount });
+    this.metrics = config.metrics === undefined ? null : new Metrics({ devices: this.registry, nbdConnections: () => this.nbd.connectionCount, blockDevices: () => this.loopDevices.kernelDevices().length });
     const metrics = this.metrics;
     this.#pidFile = path.join(config.stateDir, 'blksnapd.pid');
     this.nbd = new NbdServer({

@@ -22,6 +22,8 @@ const COMMANDS: Record<number, string> = {
 export interface MetricsOptions {
   devices: Devices;
   nbdConnections: () => number;
+  /** Kernel block devices (/dev/loopN over the FUSE front end) exposed now. */
+  blockDevices: () => number;
 }
 
 export class Metrics {
@@ -50,6 +52,7 @@ export class Metrics {
     };
     const { devices } = options;
     gauge('blksnap_nbd_connections', 'NBD connections open now', [], (g) => g.set(options.nbdConnections()));
+    gauge('blksnap_block_devices', 'kernel block devices (/dev/loopN) the FUSE front end serves now', [], (g) => g.set(options.blockDevices()));
     gauge('blksnap_device_size_bytes', 'size of each attached device', ['device'], (g) => {
       for (const d of devices.devices()) g.set({ device: d.name }, d.size);
     });

@@ -1,6 +1,7 @@
 // The Debian package: built with dpkg-deb, lintian without errors, installed on this machine, the
 // service started (systemd where it runs, else the unit's ExecStart by hand), used with the tool's
-// defaults, then purged leaving nothing behind.
+// defaults, blksnap-tests (the scenario suite) run from the installed package, then purged leaving
+// nothing behind.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -24,7 +25,7 @@ describe('Debian package', { skip: missing('dpkg-deb', 'dpkg', 'lintian', 'qemu-
       assert.deepEqual(lint.stdout.split('\n').filter((l) => l.startsWith('E:')), [], lint.stdout);
 
       await check('dpkg', ['-i', deb], { timeoutMs: 120_000 });
-      for (const f of ['/usr/bin/blksnapd', '/usr/bin/blksnap', '/usr/lib/systemd/system/blksnapd.service', '/etc/blksnap/blksnapd.conf', '/usr/share/bash-completion/completions/blksnap']) assert.ok(fs.existsSync(f), f);
+      for (const f of ['/usr/bin/blksnapd', '/usr/bin/blksnap', '/usr/bin/blksnap-tests', '/usr/lib/systemd/system/blksnapd.service', '/etc/blksnap/blksnapd.conf', '/usr/share/bash-completion/completions/blksnap']) assert.ok(fs.existsSync(f), f);
       assert.match(await check('man', ['-w', 'blksnap']), /\/usr\/share\/man\/man8\/blksnap\.8\.gz/);
       if (hasSystemd) {
         await check('systemctl', ['start', 'blksnapd']);
@@ -47,6 +48,12 @@ describe('Debian package', { skip: missing('dpkg-deb', 'dpkg', 'lintian', 'qemu-
       await check('qemu-io', ['-f', 'raw', '-c', 'write 0 1M', attached.uri]);
       assert.match(await check('blksnap', ['cbtinfo', '--device', attached.name]), /changes_number=0/);
       await check('blksnap', ['detach', '--device', attached.name]);
+      // blksnap's tests from the installed package: the scenario suite against the installed program.
+      // Without this test runner's own context, the suite reports as a run of its own (TAP on stdout).
+      const { NODE_TEST_CONTEXT: _context, ...env } = process.env;
+      const suite = await run('blksnap-tests', [], { timeoutMs: 240_000, env });
+      assert.equal(suite.code, 0, suite.stdout.slice(-3000));
+      assert.match(suite.stdout, /# pass [1-9]\d*\n# fail 0/);
     } finally {
       if (hasSystemd) await run('systemctl', ['stop', 'blksnapd']);
       else if (daemon && daemon.exitCode === null) {
@@ -59,7 +66,7 @@ describe('Debian package', { skip: missing('dpkg-deb', 'dpkg', 'lintian', 'qemu-
       if (await installed()) await check('dpkg', ['--purge', 'blksnap'], { timeoutMs: 120_000 });
       remove();
     }
-    for (const f of ['/usr/lib/blksnap', '/usr/bin/blksnapd', '/usr/bin/blksnap', '/etc/blksnap', '/var/lib/blksnap', '/usr/lib/systemd/system/blksnapd.service']) assert.ok(!fs.existsSync(f), `${f} is gone after purge`);
+    for (const f of ['/usr/lib/blksnap', '/usr/bin/blksnapd', '/usr/bin/blksnap', '/usr/bin/blksnap-tests', '/etc/blksnap', '/var/lib/blksnap', '/usr/lib/systemd/system/blksnapd.service']) assert.ok(!fs.existsSync(f), `${f} is gone after purge`);
     assert.equal(await installed(), false);
   });
 });

@@ -42,6 +42,8 @@ describe('metrics', { skip: missing('curl', 'fio') }, () => {
       assert.equal(sample(after, 'blksnap_snapshot_diff_storage_limit_bytes', `snapshot="${id}"`), 256 * MiB);
       assert.equal(sample(after, 'blksnap_snapshot_state', `phase="taken"`), 1);
       assert.match(after, /^blksnapd_process_cpu_seconds_total /m);
+      assert.match(after, /^blksnap_nbd_connections \d+$/m);
+      assert.match(after, /^blksnap_block_devices 0$/m);
       const notFound = await run('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', url.replace('/metrics', '/other')]);
       assert.equal(notFound.stdout, '404');
       await daemon.json('snapshot_destroy', '--id', id);
