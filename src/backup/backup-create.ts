@@ -4,6 +4,7 @@
 // indexes and chunks made durable, and the manifest written last.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { Cbt } from '../client/cbt.js';
 import type { BlksnapClient } from '../client/connection.js';
 import type { NbdTlsOptions } from '../client/nbd-client.js';
 import * as api from '../control/protocol.js';
@@ -19,6 +20,7 @@ import { encodeManifest, type ManifestDevice } from './manifest.js';
 import type { Progress } from './progress.js';
 import type { Repository } from './repository.js';
 import { WorkerPool } from './worker-pool.js';
+import { TaskWindow } from '../util/task-window.js';
 
 /** Where a chunk this backup is storing will be: only whether it is known matters here. */
 const PENDING: ChunkLocation = { pack: '', offset: 0, storedLength: 0, flags: 0, size: 0 };
@@ -57,18 +59,6 @@ function previousBackups(repo: Repository): Map<string, { id: string; device: Ma
     }
   }
   return out;
-}
-
-async function readCbtMap(client: BlksnapClient, device: string, blockCount: number): Promise<Uint8Array> {
-  const map = new Uint8Array(blockCount);
-  for (let at = 0; at < blockCount; ) {
-    const r = await client.call(api.CbtRead, { device, offset: at, length: Math.min(blockCount - at, 1 << 20) });
-    const piece = Buffer.from(r.data, 'base64');
-    if (piece.length === 0) break;
-    map.set(piece, at);
-    at += piece.length;
-  }
-  return map;
 }
 
 export async function createBackup(repo: Repository, client: BlksnapClient, o: CreateOptions): Promise<CreateResult> {
@@ -161,7 +151,7 @@ async function backupDevice(
     try {
       const base = readIndex(repo.dir, path.join(layout.backup(repo.dir, (previous as { id: string }).id), p.index));
       digests = base.digests;
-      const map = await readCbtMap(client, name, info.blockCount);
+      const map = await new Cbt(client, name).readMap();
       chunks = [];
       for (let c = 0; c < count; c++) if ((map[c] as number) > p.changesNumber) chunks.push(c);
       mode = 'incremental';
@@ -176,7 +166,8 @@ async function backupDevice(
   o.progress?.start(`${name} (${mode})`, planned);
   let readBytes = 0;
   let storedBytes = 0;
-  const storing = new Set<Promise<void>>();
+  // Bounded memory: no more runs wait in the workers than they can work on.
+  const storing = new TaskWindow(workers.size * 2);
   const chunksDir = layout.chunksDir(repo.dir);
   let taskId = 0;
   await readRuns({ uri, size, chunkSize, runs, ...(o.tls ? { tls: o.tls } : {}) }, async (run, data) => {
@@ -199,12 +190,9 @@ async function backupDevice(
       storedBytes += stored.storedBytes;
       o.progress?.advance(bytes);
     });
-    storing.add(task);
-    void task.finally(() => storing.delete(task)).catch(() => undefined);
-    // Bounded memory: no more runs wait in the workers than they can work on.
-    while (storing.size >= workers.size * 2) await Promise.race(storing);
+    await storing.add(task);
   });
-  await Promise.all(storing);
+  await storing.drain();
   storedBytes += writeIndex(repo.dir, layout.index(partial, name), { size, chunkSize, digests });
   o.progress?.done();
   return { name, size, chunkSize, mode, generationId: info.generationId, changesNumber: info.changesNumber, readBytes, storedBytes, index: `${name}.index` };

@@ -16,6 +16,7 @@ import { isZeroDigest, layout } from './layout.js';
 import type { Progress } from './progress.js';
 import type { Repository } from './repository.js';
 import { WorkerPool } from './worker-pool.js';
+import { TaskWindow } from '../util/task-window.js';
 import { ChunkIndex } from './chunk-index.js';
 import type { LoadItem } from './chunk-index.js';
 import type { ManifestDevice } from './manifest.js';
@@ -117,7 +118,7 @@ async function restoreOverNbd(repo: Repository, workers: WorkerPool, chunks: Chu
     const runs = runsOf(wanted, Math.max(1, Math.floor(params.readBytes / index.chunkSize)));
     o.progress?.start(`restore to ${uri}`, wanted.length * index.chunkSize);
     let written = 0;
-    const inFlight = new Set<Promise<void>>();
+    const inFlight = new TaskWindow(workers.size * 4);
     for (const run of runs) {
       const items = chunks.loadItems(repo.dir, index, run.first, run.count);
       const task = workers.run({ kind: 'load', items }).then(async (r) => {
@@ -128,11 +129,9 @@ async function restoreOverNbd(repo: Repository, workers: WorkerPool, chunks: Chu
         }));
         o.progress?.advance(items.reduce((a, it) => a + it.length, 0));
       });
-      inFlight.add(task);
-      void task.finally(() => inFlight.delete(task)).catch(() => undefined);
-      while (inFlight.size >= workers.size * 4) await Promise.race(inFlight);
+      await inFlight.add(task);
     }
-    await Promise.all(inFlight);
+    await inFlight.drain();
     await client.flush();
     o.progress?.done();
     return written;
@@ -158,18 +157,16 @@ async function restoreToPath(repo: Repository, workers: WorkerPool, chunks: Chun
     for (let c = 0; c < count; c++) if (isBlockDevice || !isZeroDigest(index.digests, c * 32)) wanted.push(c);
     o.progress?.start(`restore to ${target}`, wanted.length * index.chunkSize);
     let written = 0;
-    const inFlight = new Set<Promise<void>>();
+    const inFlight = new TaskWindow(workers.size * 2);
     for (const run of runsOf(wanted, Math.max(1, Math.floor(params.readBytes / index.chunkSize)))) {
       const items = chunks.loadItems(repo.dir, index, run.first, run.count);
       const task = workers.run({ kind: 'load', items, fd, writeZeros: isBlockDevice }).then((r) => {
         written += r.writtenBytes;
         o.progress?.advance(items.reduce((a, it) => a + it.length, 0));
       });
-      inFlight.add(task);
-      void task.finally(() => inFlight.delete(task)).catch(() => undefined);
-      while (inFlight.size >= workers.size * 2) await Promise.race(inFlight);
+      await inFlight.add(task);
     }
-    await Promise.all(inFlight);
+    await inFlight.drain();
     fs.fsyncSync(fd);
     o.progress?.done();
     return { writtenBytes: written, skippedBytes: index.size - written, mode: isBlockDevice ? 'block device' : 'file' };

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import * as tls from 'node:tls';
 import { BlkError, errnoName } from '../errors.js';
 import * as w from '../frontends/nbd/wire.js';
-import { ByteQueue } from './byte-queue.js';
+import { ByteQueue } from '../util/byte-queue.js';
 
 const REPLY_TYPE_OFFSET_HOLE = 2;
 const REPLY_TYPE_ERROR_BIT = 1 << 15;
@@ -116,10 +116,9 @@ class HandshakeReader {
   #serve(): void {
     const w = this.#wanted;
     if (!w) return;
-    const b = this.#queue.take(w.n);
-    if (b === null) return;
+    if (this.#queue.length < w.n) return;
     this.#wanted = null;
-    w.resolve(Buffer.from(b));
+    w.resolve(Buffer.from(this.#queue.take(w.n)));
   }
 
   #fail(e: Error): void {
@@ -314,12 +313,11 @@ export class NbdClient {
     const q = this.#queue;
     for (;;) {
       if (this.#partial === null) {
-        const magicBytes = q.peek(4);
-        if (magicBytes === null) return;
-        const magic = magicBytes.readUInt32BE(0);
+        if (q.length < 4) return;
+        const magic = q.peek(4).readUInt32BE(0);
         if (magic === w.SIMPLE_REPLY_MAGIC) {
+          if (q.length < 16) return;
           const h = q.peek(16);
-          if (h === null) return;
           const errno = h.readUInt32BE(4);
           const cookie = h.readBigUInt64BE(8);
           const p = this.#pending.get(cookie);
@@ -331,9 +329,8 @@ export class NbdClient {
           }
           this.#partial = { cookie, kind: 'simple-data', flags: 0, type: 0, length: p.length };
         } else if (magic === w.STRUCTURED_REPLY_MAGIC) {
-          const h = q.peek(20);
-          if (h === null) return;
-          q.skip(20);
+          if (q.length < 20) return;
+          const h = q.take(20);
           this.#partial = { cookie: h.readBigUInt64BE(8), kind: 'structured', flags: h.readUInt16BE(4), type: h.readUInt16BE(6), length: h.readUInt32BE(16) };
         } else {
           return this.#fail(new BlkError('EPROTO', `the NBD server sent a reply with magic 0x${magic.toString(16)}`));
@@ -345,7 +342,7 @@ export class NbdClient {
       const p = this.#pending.get(part.cookie);
       if (!p) return this.#fail(new BlkError('EPROTO', `the NBD server answered an unknown request ${part.cookie}`));
       if (part.kind === 'simple-data') {
-        q.takeInto(part.length, p.data as Buffer, 0);
+        q.takeInto(p.data as Buffer, part.length);
         this.#finish(part.cookie, p);
         continue;
       }
@@ -359,22 +356,22 @@ export class NbdClient {
     const q = this.#queue;
     const what = (p as Pending & { what: string }).what;
     if (type === w.NBD_REPLY_TYPE_OFFSET_DATA && p.kind === 'read' && length >= 8) {
-      const at = Number((q.take(8) as Buffer).readBigUInt64BE(0)) - p.offset;
+      const at = Number(q.take(8).readBigUInt64BE(0)) - p.offset;
       const n = length - 8;
       if (at < 0 || at + n > p.length) {
         q.skip(n);
         p.error ??= new BlkError('EPROTO', `${what}: data outside the request`);
       } else {
-        q.takeInto(n, p.data as Buffer, at);
+        q.takeInto((p.data as Buffer).subarray(at), n);
       }
     } else if (type === REPLY_TYPE_OFFSET_HOLE && p.kind === 'read' && length === 12) {
-      const b = q.take(12) as Buffer;
+      const b = q.take(12);
       const at = Number(b.readBigUInt64BE(0)) - p.offset;
       const n = b.readUInt32BE(8);
       if (at < 0 || at + n > p.length) p.error ??= new BlkError('EPROTO', `${what}: hole outside the request`);
       // The buffer starts zeroed: a hole needs nothing.
     } else if (type === w.NBD_REPLY_TYPE_BLOCK_STATUS && p.kind === 'status' && length >= 4) {
-      const b = q.take(length) as Buffer;
+      const b = q.take(length);
       if (b.readUInt32BE(0) === p.contextId) {
         let at = p.offset;
         for (let i = 4; i + 8 <= b.length; i += 8) {
@@ -384,7 +381,7 @@ export class NbdClient {
         }
       }
     } else if (type & REPLY_TYPE_ERROR_BIT) {
-      const b = q.take(length) as Buffer;
+      const b = q.take(length);
       const errno = length >= 4 ? b.readUInt32BE(0) : 5;
       const messageLength = length >= 6 ? b.readUInt16BE(4) : 0;
       p.error ??= nbdError(errno, what, b.toString('utf8', 6, 6 + messageLength));
