@@ -140,12 +140,23 @@ async function restoreOverNbd(repo: Repository, workers: WorkerPool, chunks: Chu
   }
 }
 
+/** Opens `target` a second time with O_DIRECT; null where the file system refuses it (tmpfs) or chunks are not whole pages. */
+function openDirect(target: string, chunkSize: number): number | null {
+  if (chunkSize % 4096 !== 0) return null;
+  try {
+    return fs.openSync(target, fs.constants.O_WRONLY | fs.constants.O_DIRECT);
+  } catch {
+    return null;
+  }
+}
+
 async function restoreToPath(repo: Repository, workers: WorkerPool, chunks: ChunkIndex, target: string, index: Index, count: number, o: RestoreOptions): Promise<RestoreResult> {
   let isBlockDevice = false;
   try {
     isBlockDevice = fs.statSync(target).isBlockDevice();
   } catch {}
   const fd = fs.openSync(target, isBlockDevice ? fs.constants.O_WRONLY : fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o644);
+  let directFd: number | null = null;
   try {
     if (isBlockDevice) {
       const size = sizeOfBlockDevice(fd);
@@ -153,14 +164,16 @@ async function restoreToPath(repo: Repository, workers: WorkerPool, chunks: Chun
     } else {
       fs.ftruncateSync(fd, index.size); // zero chunks stay holes
     }
+    directFd = openDirect(target, index.chunkSize);
     const wanted: number[] = [];
     for (let c = 0; c < count; c++) if (isBlockDevice || !isZeroDigest(index.digests, c * 32)) wanted.push(c);
     o.progress?.start(`restore to ${target}`, wanted.length * index.chunkSize);
     let written = 0;
-    const inFlight = new TaskWindow(workers.size * 2);
+    // Two runs per worker decode while two more are being written.
+    const inFlight = new TaskWindow(workers.size * 4);
     for (const run of runsOf(wanted, Math.max(1, Math.floor(params.readBytes / index.chunkSize)))) {
       const items = chunks.loadItems(repo.dir, index, run.first, run.count);
-      const task = workers.run({ kind: 'load', items, fd, writeZeros: isBlockDevice }).then((r) => {
+      const task = workers.run({ kind: 'write', items, fd: directFd ?? fd, direct: directFd !== null, bufferedFd: fd, writeZeros: isBlockDevice }).then((r) => {
         written += r.writtenBytes;
         o.progress?.advance(items.reduce((a, it) => a + it.length, 0));
       });
@@ -171,6 +184,7 @@ async function restoreToPath(repo: Repository, workers: WorkerPool, chunks: Chun
     o.progress?.done();
     return { writtenBytes: written, skippedBytes: index.size - written, mode: isBlockDevice ? 'block device' : 'file' };
   } finally {
+    if (directFd !== null) fs.closeSync(directFd);
     fs.closeSync(fd);
   }
 }

@@ -124,7 +124,8 @@ export class ChunkIndex {
     const items: LoadItem[] = [];
     for (let c = first; c < first + n; c++) {
       const offset = c * device.chunkSize;
-      const digest = device.digests.subarray(c * 32, c * 32 + 32);
+      // A copy: a view would take the whole digest array with it to the worker (a clone per task).
+      const digest = new Uint8Array(device.digests.subarray(c * 32, c * 32 + 32));
       let where: LoadItem['where'] = null;
       if (!isZeroDigest(device.digests, c * 32)) {
         const at = this.find(device.digests, c * 32);

@@ -4,10 +4,11 @@
 import * as fs from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { BlkError, toBlkError } from '../errors.js';
+import { koffi } from '../os/koffi.js';
 import { startWriteback } from '../os/writeback-range.js';
 import { isAllZero } from './chunk-file.js';
 import type { ChunkLocation, LoadItem } from './chunk-index.js';
-import { decodeRecord, PackWriter, RECORD_HEADER, readIdx, sha256, writeAll } from './pack.js';
+import { decodeRecord, PackWriter, RECORD_HEADER, readIdx, sha256 } from './pack.js';
 
 export type ChunkTask =
   /** Hashes consecutive chunks of `data`; keeps the bytes under `id` for a `store` to follow. */
@@ -16,8 +17,14 @@ export type ChunkTask =
   | { kind: 'store'; id: number; which: number[]; chunksDir: string; level: number | null }
   /** Closes this worker's pack: durable, indexed, visible. */
   | { kind: 'finish' }
-  /** Loads and checks chunks. With `fd`: writes each at its offset (zero chunks only when `writeZeros`), else returns their bytes. */
-  | { kind: 'load'; items: LoadItem[]; fd?: number; writeZeros?: boolean }
+  /** Loads and checks chunks; returns their bytes. */
+  | { kind: 'load'; items: LoadItem[] }
+  /**
+   * Loads and checks consecutive chunks and writes them at their offsets (zero chunks only when
+   * `writeZeros`). `fd` may be opened O_DIRECT (`direct`): pieces not aligned to 4 KiB then go
+   * through `bufferedFd`.
+   */
+  | { kind: 'write'; items: LoadItem[]; fd: number; direct: boolean; bufferedFd: number; writeZeros: boolean }
   /** Reads a pack whole and checks every record against its index and its digest. */
   | { kind: 'checkPack'; pack: string; idx: string };
 
@@ -25,7 +32,8 @@ export type ChunkResult =
   | { kind: 'hash'; digests: Uint8Array }
   | { kind: 'store'; locations: Array<ChunkLocation & { index: number }>; storedBytes: number }
   | { kind: 'finish'; packs: string[] }
-  | { kind: 'load'; data: Uint8Array[]; writtenBytes: number }
+  | { kind: 'load'; data: Uint8Array[] }
+  | { kind: 'write'; writtenBytes: number }
   | { kind: 'checkPack'; checked: number; bad: Array<{ digest: string; reason: string }> };
 
 const hashed = new Map<number, { data: Uint8Array; lengths: number[]; digests: Uint8Array }>();
@@ -41,33 +49,78 @@ function packFd(file: string): number {
   return fd;
 }
 
-/** Records that follow one another in one pack, read with one pread. */
-function readSpan(items: LoadItem[], first: number): { stored: Buffer[]; next: number } {
-  const head = items[first] as LoadItem;
-  const where = head.where as ChunkLocation & { file: string };
-  let end = first + 1;
-  let bytes = RECORD_HEADER + where.storedLength;
-  for (; end < items.length; end++) {
-    const w = (items[end] as LoadItem).where;
-    if (w === null || w.file !== where.file || w.offset !== where.offset + bytes || bytes > 8 * 1024 * 1024) break;
-    bytes += RECORD_HEADER + w.storedLength;
+/** Records that follow one another in one pack (items first … end-1), read with one pread. */
+interface Span {
+  first: number;
+  end: number;
+  /** Where the first record starts in its pack, and the bytes of all. */
+  offset: number;
+  bytes: number;
+}
+
+function spansOf(items: LoadItem[]): Span[] {
+  const spans: Span[] = [];
+  for (let first = 0; first < items.length; ) {
+    const where = (items[first] as LoadItem).where;
+    if (where === null) {
+      first++;
+      continue;
+    }
+    let end = first + 1;
+    let bytes = RECORD_HEADER + where.storedLength;
+    for (; end < items.length; end++) {
+      const w = (items[end] as LoadItem).where;
+      if (w === null || w.file !== where.file || w.offset !== where.offset + bytes || bytes > 8 * 1024 * 1024) break;
+      bytes += RECORD_HEADER + w.storedLength;
+    }
+    spans.push({ first, end, offset: where.offset, bytes });
+    first = end;
   }
-  let fd: number;
+  return spans;
+}
+
+function spanFd(items: LoadItem[], span: Span): number {
+  const head = items[span.first] as LoadItem;
+  const where = head.where as ChunkLocation & { file: string };
   try {
-    fd = packFd(where.file);
+    return packFd(where.file);
   } catch (e) {
     throw new BlkError('EIO', `the chunk at offset ${head.offset}: its pack ${where.pack} cannot be opened (${toBlkError(e).code})`);
   }
-  const span = Buffer.allocUnsafe(bytes);
-  const n = fs.readSync(fd, span, 0, bytes, where.offset);
-  const stored: Buffer[] = [];
+}
+
+/** Cuts a span's bytes (`n` of them read) into its records' stored bytes, at their items' places in `out`. */
+function cutSpan(items: LoadItem[], span: Span, data: Buffer, n: number, out: Array<Buffer | null>): void {
   let at = 0;
-  for (let i = first; i < end; i++) {
+  for (let i = span.first; i < span.end; i++) {
     const w = (items[i] as LoadItem).where as ChunkLocation;
-    stored.push(span.subarray(at + RECORD_HEADER, Math.min(n, at + RECORD_HEADER + w.storedLength)));
+    out[i] = data.subarray(at + RECORD_HEADER, Math.min(n, at + RECORD_HEADER + w.storedLength));
     at += RECORD_HEADER + w.storedLength;
   }
-  return { stored, next: end };
+}
+
+/** Every item's stored bytes (null for zero chunks), each span of records read with one pread. */
+function readStored(items: LoadItem[]): Array<Buffer | null> {
+  const out: Array<Buffer | null> = items.map(() => null);
+  for (const span of spansOf(items)) {
+    const data = Buffer.allocUnsafe(span.bytes);
+    cutSpan(items, span, data, fs.readSync(spanFd(items, span), data, 0, span.bytes, span.offset), out);
+  }
+  return out;
+}
+
+/** As readStored, with the reads in the thread pool: this thread decodes meanwhile. */
+async function readStoredAsync(items: LoadItem[]): Promise<Array<Buffer | null>> {
+  const out: Array<Buffer | null> = items.map(() => null);
+  await Promise.all(
+    spansOf(items).map(async (span) => {
+      const data = Buffer.allocUnsafe(span.bytes);
+      const fd = spanFd(items, span);
+      const n = await new Promise<number>((resolve, reject) => fs.read(fd, data, 0, span.bytes, span.offset, (e, read) => (e ? reject(e) : resolve(read))));
+      cutSpan(items, span, data, n, out);
+    }),
+  );
+  return out;
 }
 
 function decodeItem(item: LoadItem, stored: Uint8Array, into: Uint8Array): void {
@@ -76,6 +129,79 @@ function decodeItem(item: LoadItem, stored: Uint8Array, into: Uint8Array): void 
   if (reason !== null) {
     throw new BlkError('EIO', `the chunk at offset ${item.offset}: chunk ${Buffer.from(item.digest).toString('hex')} is damaged: ${reason}`);
   }
+}
+
+const DIRECT_ALIGN = 4096;
+/** This thread's buffers for runs of decoded chunks, aligned for O_DIRECT; free ones wait here. */
+const freeBuffers: Uint8Array[] = [];
+
+function alignedBuffer(bytes: number): Uint8Array {
+  const kept = freeBuffers.pop();
+  if (kept && kept.length >= bytes) return kept;
+  const raw = new Uint8Array(bytes + DIRECT_ALIGN);
+  const skip = (DIRECT_ALIGN - Number(koffi.address(raw) % BigInt(DIRECT_ALIGN))) % DIRECT_ALIGN;
+  return raw.subarray(skip, skip + bytes);
+}
+
+function writeAsync(fd: number, data: Uint8Array, position: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const step = (done: number): void => {
+      if (done === data.length) return resolve();
+      fs.write(fd, data, done, data.length - done, position + done, (e, n) => (e ? reject(e) : step(done + n)));
+    };
+    step(0);
+  });
+}
+
+/**
+ * Decodes a run into one buffer and writes each stretch of it with one pwrite, in the thread pool
+ * so that this thread decodes the next run meanwhile. With O_DIRECT the bytes go from this buffer
+ * to the disk: no page-cache copy and no final flood of writeback; two threads writing one file
+ * through the page cache spun on its inode lock (measured: docs/performance.md).
+ */
+async function writeItems(task: Extract<ChunkTask, { kind: 'write' }>): Promise<number> {
+  const items = task.items;
+  const first = items[0];
+  if (!first) return 0;
+  const last = items.at(-1) as LoadItem;
+  const stored = await readStoredAsync(items);
+  const span = alignedBuffer(last.offset + last.length - first.offset);
+  const writes: Array<Promise<void>> = [];
+  let written = 0;
+  let stretchStart = -1;
+  const flush = (end: number): void => {
+    if (stretchStart < 0) return;
+    const startOffset = (items[stretchStart] as LoadItem).offset;
+    const data = span.subarray(startOffset - first.offset, end - first.offset);
+    const aligned = task.direct ? data.length - (data.length % DIRECT_ALIGN) : 0;
+    if (aligned > 0) writes.push(writeAsync(task.fd, data.subarray(0, aligned), startOffset));
+    if (aligned < data.length) writes.push(writeAsync(task.bufferedFd, data.subarray(aligned), startOffset + aligned));
+    written += data.length;
+    stretchStart = -1;
+  };
+  try {
+    items.forEach((item, i) => {
+      const into = span.subarray(item.offset - first.offset, item.offset - first.offset + item.length);
+      if (item.where === null) {
+        if (!task.writeZeros) {
+          flush(item.offset);
+          return;
+        }
+        into.fill(0);
+      } else {
+        decodeItem(item, stored[i] as Buffer, into);
+      }
+      if (stretchStart < 0) stretchStart = i;
+    });
+    flush(last.offset + last.length);
+  } finally {
+    // Never back into use while a write of it may still run.
+    void Promise.allSettled(writes).then(() => freeBuffers.push(span));
+  }
+  await Promise.all(writes);
+  // Through the page cache, the restore ends in fsync: its disk writes start now, beside the work still to come.
+  if (!task.direct && written > 0) startWriteback(task.fd, first.offset, last.offset + last.length - first.offset);
+  return written;
 }
 
 function run(task: ChunkTask): { result: ChunkResult; transfer: ArrayBuffer[] } {
@@ -121,38 +247,17 @@ function run(task: ChunkTask): { result: ChunkResult; transfer: ArrayBuffer[] } 
       return { result: { kind: 'finish', packs }, transfer: [] };
     }
     case 'load': {
-      const data: Uint8Array[] = [];
-      let writtenBytes = 0;
-      let zeros: Uint8Array | null = null;
-      let pending: { stored: Buffer[]; base: number } = { stored: [], base: 0 };
-      task.items.forEach((item, i) => {
-        let chunk: Uint8Array;
-        if (item.where === null) {
-          if (task.fd !== undefined && !task.writeZeros) return;
-          if (task.fd !== undefined) {
-            if (zeros === null || zeros.length < item.length) zeros = new Uint8Array(item.length);
-            chunk = zeros.subarray(0, item.length);
-          } else {
-            chunk = new Uint8Array(item.length);
-          }
-        } else {
-          if (i - pending.base >= pending.stored.length) pending = { stored: readSpan(task.items, i).stored, base: i };
-          chunk = new Uint8Array(item.length);
-          decodeItem(item, pending.stored[i - pending.base] as Buffer, chunk);
-        }
-        if (task.fd !== undefined) {
-          writeAll(task.fd, chunk, item.offset);
-          writtenBytes += item.length;
-        } else {
-          data.push(chunk);
-        }
+      const stored = readStored(task.items);
+      const data = task.items.map((item, i) => {
+        const chunk = new Uint8Array(item.length);
+        const bytes = stored[i];
+        if (bytes) decodeItem(item, bytes, chunk);
+        return chunk;
       });
-      // The restore ends in fsync: the disk writes start now, beside the work still to come.
-      const first = task.items[0];
-      const last = task.items.at(-1);
-      if (task.fd !== undefined && first && last && writtenBytes > 0) startWriteback(task.fd, first.offset, last.offset + last.length - first.offset);
-      return { result: { kind: 'load', data, writtenBytes }, transfer: data.map((d) => d.buffer as ArrayBuffer) };
+      return { result: { kind: 'load', data }, transfer: data.map((d) => d.buffer as ArrayBuffer) };
     }
+    case 'write':
+      throw new BlkError('EINVAL', 'write tasks run asynchronously');
     case 'checkPack': {
       const bad: Array<{ digest: string; reason: string }> = [];
       let entries: ReturnType<typeof readIdx>;
@@ -183,12 +288,22 @@ function run(task: ChunkTask): { result: ChunkResult; transfer: ArrayBuffer[] } 
   }
 }
 
+function fail(id: number, e: unknown): void {
+  const err = toBlkError(e);
+  parentPort?.postMessage({ id, error: { code: err.code, message: err.message } });
+}
+
 parentPort?.on('message', (message: { id: number; task: ChunkTask }) => {
+  const task = message.task;
+  if (task.kind === 'write') {
+    // Asynchronous: the next task is decoded while this one's writes run.
+    writeItems(task).then((writtenBytes) => parentPort?.postMessage({ id: message.id, result: { kind: 'write', writtenBytes } }), (e: unknown) => fail(message.id, e));
+    return;
+  }
   try {
-    const { result, transfer } = run(message.task);
+    const { result, transfer } = run(task);
     parentPort?.postMessage({ id: message.id, result }, transfer);
   } catch (e) {
-    const err = toBlkError(e);
-    parentPort?.postMessage({ id: message.id, error: { code: err.code, message: err.message } });
+    fail(message.id, e);
   }
 });

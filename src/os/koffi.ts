@@ -12,6 +12,8 @@ export interface Koffi {
   load(path: string): KoffiLib;
   errno(): number;
   struct(name: string, fields: Record<string, string>): unknown;
+  /** The address of a typed array's first byte (its offset included). */
+  address(value: ArrayBufferView): bigint;
 }
 
 export const koffi = createRequire(import.meta.url)('koffi') as Koffi;

@@ -5,6 +5,7 @@ import type { CreateOptions } from '../../backup/backup-create.js';
 import { type Repository as RepositoryType, parseCompression, Repository } from '../../backup/repository.js';
 import type { NbdTlsOptions } from '../../client/nbd-client.js';
 import { BlkError } from '../../errors.js';
+import { backup as backupParams } from '../../params.js';
 import { parseSize } from '../../sizes.js';
 import type { Command, CommandIo, ParsedOptions } from '../command.js';
 import { value, wholeNumber } from '../command.js';
@@ -54,7 +55,7 @@ export const backupCommands: Command[] = [
   {
     name: 'backup_init',
     summary: 'Make a backup repository in an empty (or new) directory.',
-    options: { repo: REPO, compress: { kind: 'value', help: 'zstd, zstd:LEVEL (1-19) or none (default zstd:3)' } },
+    options: { repo: REPO, compress: { kind: 'value', help: `zstd, zstd:LEVEL (1-19) or none (default zstd:${backupParams.zstdLevel})` } },
     async run(o, io) {
       const repo = await Repository.init(value(o, 'repo'), { zstdLevel: parseCompression(o.values.get('compress') ?? 'zstd') });
       io.print({ repo: repo.dir, compress: repo.config.zstdLevel === null ? 'none' : `zstd:${repo.config.zstdLevel}` }, `repository ${repo.dir}`);
