@@ -61,6 +61,20 @@ export interface ChangeMap {
   byteAt(block: number): number;
 }
 
+/**
+ * A client's socket, for sends the kernel makes by page reference (sendfile): the page stays shared
+ * with the socket until the client has read it, so a write that would change it must wait for that.
+ */
+export interface SendSink {
+  readonly fd: number;
+  /** Whether this socket can tell when its peer has read everything (a Unix socket can; TCP cannot: an acknowledged byte may still wait unread in the peer's queue on this host). */
+  readonly knowsWhenRead: boolean;
+  /** True when the peer has read every byte sent so far. */
+  isRead(): boolean;
+  /** Resolves once the peer has read every byte sent so far; nothing more goes out on the socket meanwhile, so the wait is bounded by one socket's worth. */
+  whenRead(): Promise<void>;
+}
+
 /** Ways to serve a request without a promise or a copy; each says when it cannot. */
 export interface BlockDeviceFastPaths {
   /** Reads at once when memory holds the whole range (never waits); false when it cannot: then read(). */
@@ -69,10 +83,10 @@ export interface BlockDeviceFastPaths {
    * Writes `prefix` (a reply header), then the range, to a non-blocking descriptor (a client's
    * socket) without copying the range through this process, when all of it is in memory. Returns
    * the bytes sent of both (fewer when the descriptor is full), or null when it cannot and sent
-   * nothing (then read() it). Only where bytes may change after they are sent: the kernel hands
-   * over page references, not copies.
+   * nothing (then read() it). The kernel hands over page references, not copies: a device lets a
+   * later write change bytes sent but not yet read; an image holds such a write back (SendSink).
    */
-  sendTo(fd: number, prefix: Uint8Array, offset: number, length: number): number | null;
+  sendTo(sink: SendSink, prefix: Uint8Array, offset: number, length: number): number | null;
   /**
    * Writes at once when nothing has to wait (see StorageFastPaths.writeNow); false otherwise, having
    * written nothing: then write() (a CBT mark already made is the same one write() makes).

@@ -1,7 +1,7 @@
 // Owns an attached device: its backing store, its tracker, and the checked I/O every front end calls.
 import type { Extent, Storage } from '../backing/storage.js';
 import { totalLength } from '../util/byte-queue.js';
-import { IoFlag, type BlockDevice, type BlockDeviceFastPaths, type ChangeMap, type IoFlags } from './block-device.js';
+import { IoFlag, type BlockDevice, type BlockDeviceFastPaths, type ChangeMap, type IoFlags, type SendSink } from './block-device.js';
 import { RequestGate, checkRange } from './request-gate.js';
 import { Tracker, type TrackerOptions } from './tracker.js';
 import { WriteStream } from './write-stream.js';
@@ -58,15 +58,15 @@ export class Device implements BlockDevice, BlockDeviceFastPaths {
   /**
    * Zero-copy send of cached data. A later write may change the sent pages before the client has
    * read them off its socket; that write is concurrent with this read (the client has not got the
-   * reply), so either content is a correct answer. Snapshot images do not offer this: their bytes
-   * must never change once read.
+   * reply), so either content is a correct answer. Snapshot images hold such writes back until
+   * the client has read what was sent (DiffArea.sendImageNow).
    */
-  sendTo(fd: number, prefix: Uint8Array, offset: number, length: number): number | null {
+  sendTo(sink: SendSink, prefix: Uint8Array, offset: number, length: number): number | null {
     const fast = this.storage.fast;
     if (!fast) return null;
     this.#gate.enter('read', offset, length);
     try {
-      return fast.isCached(offset, length) ? fast.sendTo(fd, prefix, offset, length) : null;
+      return fast.isCached(offset, length) ? fast.sendTo(sink.fd, prefix, offset, length) : null;
     } finally {
       this.#gate.leave();
     }

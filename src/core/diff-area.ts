@@ -5,6 +5,7 @@ import { ioBuffers } from '../util/buffer-pool.js';
 import { InFlight } from '../util/in-flight.js';
 import { settleAll, settleThenThrow } from '../util/settle.js';
 import { ChunkMap, ChunkState } from './chunk-map.js';
+import type { SendSink } from './block-device.js';
 import type { DiffStorage } from './diff-storage.js';
 
 /** What a diff area needs from its snapshot: the sticky error, and a way to set it. */
@@ -23,6 +24,9 @@ export interface SnapshotHealth {
  * A failed copy never fails the device write: it corrupts the snapshot (sticky, first error wins),
  * copy-on-write stops, image I/O fails with EIO, and the device goes on unharmed.
  */
+/** Chunks with sent-to entries beyond which the entries of sockets already read are dropped. */
+const SENT_SWEEP_AT = 4096;
+
 export class DiffArea {
   readonly deviceName: string;
   readonly chunks: ChunkMap;
@@ -35,6 +39,11 @@ export class DiffArea {
   #queueWaiters: Array<() => void> = [];
   /** Image reads that read a chunk straight from the device; a COW write waits for them. */
   #originReaders = new Map<number, { count: number; waiters: Array<() => void> }>();
+  /**
+   * Sockets an untouched chunk was sent to by page reference (sendImageNow): a COW write waits until
+   * each has been read, since the write changes those very pages. Entries go once seen read.
+   */
+  #sentTo = new Map<number, { sinks: SendSink[]; read?: Promise<void> }>();
   /** Set by stop() at destroy: no copy starts after it, so drain() ends and the store can close. */
   #isStopped = false;
   /** copyOnWrite() calls under way: one may be between windows with no copy in flight. */
@@ -134,6 +143,15 @@ export class DiffArea {
     for (let i = first; i <= last; i++) {
       const readers = this.#originReaders.get(i);
       if (readers) await new Promise<void>((resolve) => readers.waiters.push(resolve));
+      const sent = this.#sentTo.get(i);
+      if (sent) {
+        // The original is kept now, so no more sends of this chunk from the device: what went out
+        // must be read before the write lands. Other writes to the chunk wait for the same.
+        sent.read ??= Promise.all(sent.sinks.map((sink) => (sink.isRead() ? undefined : sink.whenRead()))).then(() => {
+          this.#sentTo.delete(i);
+        });
+        await sent.read;
+      }
     }
   }
 
@@ -210,6 +228,48 @@ export class DiffArea {
       pos = runEnd;
     }
     return true;
+  }
+
+  /**
+   * Sends a range of the image by page reference (sendfile) when every chunk of it is untouched
+   * and cached, and the socket can tell when it has been read; returns the bytes sent of `prefix`
+   * and range (fewer when the socket is full), or null having sent nothing. A COW write to those
+   * chunks then waits, after keeping the original, until the client has read them (#copyRange):
+   * the pages sent are the ones the write changes.
+   */
+  sendImageNow(sink: SendSink, prefix: Uint8Array, offset: number, length: number): number | null {
+    const origin = this.#origin.fast;
+    if (this.#health.error || this.#isStopped || !origin || !sink.knowsWhenRead) return null;
+    const { chunks } = this;
+    const first = chunks.first(offset);
+    const last = chunks.last(offset, length);
+    for (let i = first; i <= last; i++) if (chunks.state[i] !== ChunkState.Untouched) return null;
+    if (!origin.isCached(offset, length)) return null;
+    const sent = origin.sendTo(sink.fd, prefix, offset, length);
+    const dataSent = sent - prefix.length;
+    if (dataSent > 0) {
+      for (let i = first; i <= chunks.last(offset, dataSent); i++) {
+        const sent = this.#sentTo.get(i);
+        if (!sent) this.#sentTo.set(i, { sinks: [sink] });
+        else if (!sent.sinks.includes(sink)) sent.sinks.push(sink);
+      }
+      if (this.#sentTo.size > SENT_SWEEP_AT) this.#forgetRead();
+    }
+    return sent;
+  }
+
+  /** Drops the entries of sockets whose client has read everything (asked once per socket). */
+  #forgetRead(): void {
+    const read = new Map<SendSink, boolean>();
+    for (const [i, sent] of this.#sentTo) {
+      if (sent.read) continue; // a write waits on these
+      sent.sinks = sent.sinks.filter((sink) => {
+        let isRead = read.get(sink);
+        if (isRead === undefined) read.set(sink, (isRead = sink.isRead()));
+        return !isRead;
+      });
+      if (sent.sinks.length === 0) this.#sentTo.delete(i);
+    }
   }
 
   /** Writes the image: the chunk's original is kept first, then the write lands on the kept copy. */

@@ -1,7 +1,7 @@
 // Owns a snapshot image: the read-write block device showing a device as it was at the take.
 import { buffers } from '../params.js';
 import type { Extent } from '../backing/storage.js';
-import type { BlockDevice, BlockDeviceFastPaths, ChangeMap, IoFlags } from './block-device.js';
+import type { BlockDevice, BlockDeviceFastPaths, ChangeMap, IoFlags, SendSink } from './block-device.js';
 import type { Device } from './device.js';
 import { RequestGate } from './request-gate.js';
 import type { DiffArea } from './diff-area.js';
@@ -18,12 +18,13 @@ export class SnapImage implements BlockDevice {
   readonly isReadOnly = false;
   readonly canTrim = false;
   /**
-   * Image reads may answer at once; nothing else is fast here: an image's bytes must not change
-   * once read, so no sendfile, and its writes land on kept copies, never as a stream.
+   * Image reads may answer at once, or go by sendfile from untouched chunks (a write to those waits
+   * until the client has read them: an image's bytes never change once read); its writes land on
+   * kept copies, never as a stream.
    */
   readonly fast: BlockDeviceFastPaths = {
     readNow: (offset, into) => this.readNow(offset, into),
-    sendTo: () => null,
+    sendTo: (sink, prefix, offset, length) => this.sendTo(sink, prefix, offset, length),
     writeNow: () => false,
     streamWrite: () => null,
     writeChunks: (offset, chunks, flags) => this.write(offset, Buffer.concat(chunks as Buffer[]), flags),
@@ -52,6 +53,15 @@ export class SnapImage implements BlockDevice {
     this.#gate.enter('image read', offset, into.length);
     try {
       return this.#area.readImageNow(offset, into);
+    } finally {
+      this.#gate.leave();
+    }
+  }
+
+  sendTo(sink: SendSink, prefix: Uint8Array, offset: number, length: number): number | null {
+    this.#gate.enter('image read', offset, length);
+    try {
+      return this.#area.sendImageNow(sink, prefix, offset, length);
     } finally {
       this.#gate.leave();
     }

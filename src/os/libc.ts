@@ -177,6 +177,18 @@ export function bytesReadable(fd: number): number {
   return ioctlIntFn(fd, FIONREAD, readableCount) === 0 ? (readableCount[0] as number) : 0;
 }
 
+const SIOCOUTQ = 0x5411;
+const unsentCount = [0];
+
+/**
+ * Bytes a socket holds that its peer has not read yet (SIOCOUTQ); -1 when it cannot tell. On a Unix
+ * stream socket this counts until the peer has read them (their buffers are freed only then), so
+ * 0 means the peer has read everything sent.
+ */
+export function bytesUnread(fd: number): number {
+  return ioctlIntFn(fd, SIOCOUTQ, unsentCount) === 0 ? (unsentCount[0] as number) : -1;
+}
+
 const sendfileOffset = [0];
 
 /**

@@ -87,6 +87,43 @@ describe('read replies sent by the kernel', () => {
     assert.doesNotMatch(daemon.log, /bad request magic/);
   });
 
+  it('an image read sent by the kernel keeps the bytes of the take when a device write lands on its chunks before the client has read it', async () => {
+    // Sendfile hands the socket references to the device's page-cache pages; a copy-on-write keeps
+    // the original elsewhere, then the device write changes those very pages. Unless that write
+    // waits until the client has read the reply, the image reader would get the new bytes.
+    const { id } = await daemon.json<{ id: string }>('snapshot_create', '--device', 'disk', '--file', tmp.dir, '--limit', '64M');
+    await daemon.json('snapshot_take', '--id', id);
+    const image = await NbdClient.connect(daemon.nbdPath, 'disk-image');
+    try {
+      const ranges = Array.from({ length: 16 }, (_, i) => ({ offset: 8 * MiB + i * 512 * KiB, length: 256 * KiB }));
+      image.pause();
+      const reads = ranges.map((r) => image.pread(r.offset, r.length));
+      await new Promise((r) => setTimeout(r, 150)); // the replies wait in the socket, unread
+      let writesDoneAt = 0;
+      const writes = Promise.all(ranges.map((r) => client.pwrite(r.offset, pattern(r.offset, 64 * KiB, 3)))).then(() => {
+        writesDoneAt = performance.now();
+      });
+      await new Promise((r) => setTimeout(r, 300));
+      const resumedAt = performance.now();
+      image.resume();
+      const data = await Promise.all(reads);
+      data.forEach((d, i) => {
+        const r = ranges[i] as { offset: number; length: number };
+        assert.ok(d.equals(pattern(r.offset, r.length, 1)), `image read at ${r.offset} shows bytes written after the take`);
+      });
+      await writes;
+      // The writes waited for the image's client to read (proof that its replies went by sendfile).
+      assert.ok(writesDoneAt >= resumedAt, 'the device writes landed while image replies sent by reference were unread');
+      for (const r of ranges) {
+        assert.ok((await image.pread(r.offset, r.length)).equals(pattern(r.offset, r.length, 1)), 'the image keeps the take');
+        assert.ok((await client.pread(r.offset, 64 * KiB)).equals(pattern(r.offset, 64 * KiB, 3)), 'the device has the write');
+      }
+    } finally {
+      image.close();
+      await daemon.json('snapshot_destroy', '--id', id);
+    }
+  });
+
   it('ends the connection cleanly when the client goes away mid-reply, and serves the next client', async () => {
     const quitter = await NbdClient.connect(daemon.nbdPath, 'disk');
     quitter.pause();

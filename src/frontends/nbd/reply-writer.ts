@@ -1,5 +1,6 @@
 // Owns putting NBD replies on a connection's socket: one write per reply, corked while more are
-// coming, and held back while a reply sent partly by the kernel (sendfile) is being finished.
+// coming, and held back while a reply sent partly by the kernel (sendfile) is being finished or
+// while the client must read what the socket holds.
 import type { Socket } from 'node:net';
 
 export class ReplyWriter {
@@ -12,6 +13,8 @@ export class ReplyWriter {
    * went by sendfile, the rest is being read): nothing may come between them. Null when none waits.
    */
   #held: Array<{ reply: Buffer; sent: (() => void) | undefined }> | null = null;
+  /** hold() calls not yet released: a reply being finished and a wait for the client to read may overlap. */
+  #holds = 0;
 
   constructor(socket: Socket, isMoreComing: () => boolean) {
     this.#socket = socket;
@@ -55,13 +58,17 @@ export class ReplyWriter {
     else socket.write(b);
   }
 
-  /** Every reply sent from now on waits until release(): a reply is being finished piece by piece. */
+  /**
+   * Every reply sent from now on waits until release(): a reply is being finished piece by piece,
+   * or the client must read what the socket holds. Holds nest.
+   */
   hold(): void {
-    this.#held = [];
+    if (this.#holds++ === 0) this.#held = [];
   }
 
-  /** Sends what was held, in order. */
+  /** Sends what was held, in order, once every hold is released. */
   release(): void {
+    if (this.#holds === 0 || --this.#holds > 0) return;
     const held = this.#held ?? [];
     this.#held = null;
     for (const r of held) this.send(r.reply, r.sent);

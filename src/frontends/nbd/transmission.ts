@@ -1,9 +1,9 @@
 // Owns running one connection's NBD requests (handed over by its RequestReader) and their replies: dispatch to the device, read strategies (page cache at once, sendfile, thread pool), block status, errors.
 import type { Socket } from 'node:net';
-import { IoFlag, type BlockDevice, type IoFlags } from '../../core/block-device.js';
+import { IoFlag, type BlockDevice, type IoFlags, type SendSink } from '../../core/block-device.js';
 import { BlkError, toBlkError, toNbdErrno } from '../../errors.js';
 import { nbd as limits, nbdIo } from '../../params.js';
-import { bytesReadable } from '../../os/libc.js';
+import { bytesReadable, bytesUnread } from '../../os/libc.js';
 import { ioBuffers } from '../../util/buffer-pool.js';
 import type { ByteQueue } from '../../util/byte-queue.js';
 import type { Agreement } from './handshake.js';
@@ -47,6 +47,8 @@ export class Transmission implements RequestSink {
   #queue: ByteQueue | null = null;
   /** The socket's descriptor for replies sent by the kernel (sendfile); -1 when unknown. */
   #socketFd: number;
+  /** The socket as the device sees it for sendfile: an image asks it when the client has read what was sent. */
+  #sink: SendSink;
   #replies: ReplyWriter;
   #onProgress: () => void;
 
@@ -60,6 +62,14 @@ export class Transmission implements RequestSink {
     this.#socket = socket;
     this.#replies = new ReplyWriter(socket, () => this.#requestsInFlight > 1 || (this.#queue?.length ?? 0) >= w.REQUEST_HEADER_LENGTH);
     this.#socketFd = replies.socketFd;
+    const fd = replies.socketFd;
+    this.#sink = {
+      fd,
+      // A Unix socket frees a sent buffer once its peer has read it; TCP only tells what was acknowledged.
+      knowsWhenRead: fd >= 0 && typeof socket.remoteAddress !== 'string',
+      isRead: () => bytesUnread(fd) <= 0,
+      whenRead: () => this.#whenRead(),
+    };
     this.#sendFileMinimum = replies.sendFileMinimum > 0 ? replies.sendFileMinimum : Infinity;
     this.#agreement = agreement;
     this.#device = agreement.device;
@@ -281,7 +291,7 @@ export class Transmission implements RequestSink {
     if (fast && h.length >= this.#sendFileMinimum && this.#canSendDirectly()) {
       const prefix = Buffer.allocUnsafe(prefixLength);
       this.#writeReadPrefix(prefix, h);
-      const sent = fast.sendTo(this.#socketFd, prefix, h.offset, h.length);
+      const sent = fast.sendTo(this.#sink, prefix, h.offset, h.length);
       if (sent !== null && sent > 0) {
         if (sent < prefixLength + h.length) return this.#finishSentRead(h, prefix, sent);
         return undefined;
@@ -319,6 +329,23 @@ export class Transmission implements RequestSink {
     }
   }
 
+  /**
+   * Resolves once the client has read everything on the socket. Replies are held meanwhile, so the
+   * wait ends after one socket's worth however busy the connection is; a closed socket ends it.
+   */
+  async #whenRead(): Promise<void> {
+    const fd = this.#socketFd;
+    if (bytesUnread(fd) <= 0) return;
+    this.#replies.hold();
+    try {
+      for (let pause = 0; !this.#socket.destroyed && bytesUnread(fd) > 0; pause = Math.min(pause + 1, 10)) {
+        await new Promise((resolve) => setTimeout(resolve, pause));
+      }
+    } finally {
+      this.#replies.release();
+    }
+  }
+
   /** Sendfile where the device can and nothing of ours waits on the socket. */
   #canSendDirectly(): boolean {
     return this.#socketFd >= 0 && this.#replies.isIdle;
@@ -348,7 +375,7 @@ export class Transmission implements RequestSink {
         done += piece.length;
         if (done === total) break;
         const at = done - prefix.length;
-        const n = device.fast?.sendTo(this.#socketFd, EMPTY, h.offset + at, h.length - at) ?? null;
+        const n = device.fast?.sendTo(this.#sink, EMPTY, h.offset + at, h.length - at) ?? null;
         if (n === null) {
           // No longer all cached: the rest goes as a copy.
           const rest = ioBuffers.acquire(h.length - at);
