@@ -265,7 +265,10 @@ export class DiffArea {
       if (sent.read) continue; // a write waits on these
       sent.sinks = sent.sinks.filter((sink) => {
         let isRead = read.get(sink);
-        if (isRead === undefined) read.set(sink, (isRead = sink.isRead()));
+        if (isRead === undefined) {
+          isRead = sink.isRead();
+          read.set(sink, isRead);
+        }
         return !isRead;
       });
       if (sent.sinks.length === 0) this.#sentTo.delete(i);
