@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { defaultRuntimeDir } from '../control/paths.js';
 import type { LoopRoute } from './loop-devices.js';
 import type { TlsOptions } from '../frontends/nbd/tls.js';
-import { nbd as nbdLimits, tracking } from '../params.js';
+import { nbd as nbdLimits, nbdIo, tracking } from '../params.js';
 import { parseSize } from '../sizes.js';
 
 export interface DaemonConfig {
@@ -16,6 +16,7 @@ export interface DaemonConfig {
   cachedReadMaximum: number;
   /** NBD reads from this size on leave by sendfile when cached; 0: never. */
   sendFileMinimum: number;
+  busyPollMicroseconds: number;
   syncWriteMaximum: number;
   /** Every attached device also gets a kernel block device. */
   loopAll: boolean;
@@ -79,7 +80,11 @@ Options:
                        event loop (preadv2 RWF_NOWAIT: never waits for a disk) (default 1048576)
   --sendfile-min BYTES NBD reads of this size and more from an attached device whose range is
                        in the page cache are sent by the kernel (sendfile: no copy in the
-                       daemon; never for snapshot images) (default 65536; 0 turns it off)
+                       daemon; a snapshot image's untouched chunks on a Unix socket too)
+                       (default 65536; 0 turns it off)
+  --busy-poll-us N     an NBD client sending one request at a time is waited for by spinning
+                       up to N µs after each answer instead of sleeping, while its requests come
+                       that quickly (default 50; 0 turns it off)
   --sync-write-max BYTES
                        writes up to this size use a synchronous pwrite on the event loop
                        instead of the thread pool, while the kernel's dirty pages stay far
@@ -112,6 +117,7 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
     attach: [],
     cachedReadMaximum: 1024 * 1024,
     sendFileMinimum: 64 * 1024,
+    busyPollMicroseconds: nbdIo.busyPollMicroseconds,
     syncWriteMaximum: 1024 * 1024,
     loopAll: false,
     loopRoute: 'fuse',
@@ -158,6 +164,13 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
       case '--sendfile-min':
         config.sendFileMinimum = byteCount(arg, value());
         break;
+      case '--busy-poll-us': {
+        const v = value();
+        const n = Number(v);
+        if (!(Number.isSafeInteger(n) && n >= 0 && n <= 1000)) throw new Error(`--busy-poll-us takes microseconds from 0 to 1000, not '${v}'`);
+        config.busyPollMicroseconds = n;
+        break;
+      }
       case '--cached-read-max':
         config.cachedReadMaximum = byteCount(arg, value());
         break;

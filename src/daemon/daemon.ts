@@ -49,6 +49,7 @@ export class Daemon {
       ...(metrics ? { observers: (name: string) => metrics.observer(name) } : {}),
       socketPath: config.nbdPath,
       sendFileMinimum: config.sendFileMinimum,
+      busyPollMicroseconds: config.busyPollMicroseconds,
       log,
       ...(config.listen === undefined ? {} : { listen: config.listen }),
     });

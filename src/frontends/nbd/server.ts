@@ -21,6 +21,8 @@ export interface NbdServerOptions {
   handshakeTimeoutMs?: number;
   /** Reads from this size on are sent by the kernel (sendfile) where the device can; 0: never. */
   sendFileMinimum?: number;
+  /** A client sending one request at a time is waited for by spinning this long after an answer; 0: never. */
+  busyPollMicroseconds?: number;
   log: (line: string) => void;
   /** Also log each connection as it opens and closes (blksnapd --verbose). */
   isVerbose?: boolean;
@@ -93,6 +95,7 @@ export class NbdServer {
       tls,
       handshakeTimeoutMs: this.#options.handshakeTimeoutMs ?? limits.handshakeTimeoutMs,
       sendFileMinimum: this.#options.sendFileMinimum ?? nbdIo.sendFileMinimum,
+      busyPollMicroseconds: this.#options.busyPollMicroseconds ?? nbdIo.busyPollMicroseconds,
       log,
       ...(this.#options.observers ? { observers: this.#options.observers } : {}),
       onClose: () => {

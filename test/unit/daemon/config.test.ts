@@ -31,6 +31,9 @@ describe('daemon configuration', () => {
       assert.throws(() => configFileArgs('config = /etc/other\n', file), /unknown option 'config'/);
       assert.throws(() => withConfigFile(['--config', path.join(dir, 'missing.conf')]), /cannot read config file .*ENOENT/);
       assert.throws(() => parseDaemonArgs(withConfigFile(['--config', file, '--log-format', 'xml'], '/nonexistent')), /--log-format takes text or json/);
+      assert.equal(parseDaemonArgs(['--busy-poll-us', '0'])?.busyPollMicroseconds, 0);
+      assert.equal(parseDaemonArgs([])?.busyPollMicroseconds, 50);
+      assert.throws(() => parseDaemonArgs(['--busy-poll-us', '5000']), /--busy-poll-us takes microseconds from 0 to 1000, not '5000'/);
     } finally {
       remove();
     }
@@ -38,7 +41,7 @@ describe('daemon configuration', () => {
 
   it('every option --help lists is one a config file takes, and --help lists them all', () => {
     const names = daemonOptionNames();
-    for (const n of ['control', 'nbd', 'listen', 'state-dir', 'attach', 'loop', 'cbt-region', 'cbt-sync-interval', 'config', 'log-format', 'verbose']) assert.ok(names.includes(n), n);
+    for (const n of ['control', 'nbd', 'listen', 'state-dir', 'attach', 'loop', 'cbt-region', 'cbt-sync-interval', 'config', 'log-format', 'verbose', 'busy-poll-us']) assert.ok(names.includes(n), n);
     assert.match(DAEMON_HELP, /--verbose/);
   });
 
