@@ -343,6 +343,8 @@ export class Transmission implements RequestSink {
       }
     } finally {
       this.#replies.release();
+      // Reading requests paused while replies were held; nothing else of this connection may wake it.
+      this.#onProgress();
     }
   }
 
