@@ -141,6 +141,10 @@ export class FileStorage implements Storage, StorageFastPaths {
     return operation(fd).finally(() => this.#ops.leave());
   }
 
+  readDescriptor(): number {
+    return this.#open();
+  }
+
   readNow(offset: number, into: Uint8Array): boolean {
     if (this.#isClosed) return false;
     return into.length <= this.#cachedReadMaximum && this.#readCached(offset, into) === into.length;

@@ -65,6 +65,8 @@ export interface Storage {
 export interface StorageFastPaths {
   /** Reads at once when memory holds the whole range (never waits for a disk). */
   readNow(offset: number, into: Uint8Array): boolean;
+  /** The store's open descriptor: another thread may read its cached pages (preadv2 RWF_NOWAIT) as readNow() would. */
+  readDescriptor?(): number;
   /** Whether a read of the range would be served from memory alone. */
   isCached(offset: number, length: number): boolean;
   /**

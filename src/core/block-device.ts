@@ -88,6 +88,12 @@ export interface BlockDeviceFastPaths {
    */
   sendTo(sink: SendSink, prefix: Uint8Array, offset: number, length: number): number | null;
   /**
+   * A descriptor whose cached pages another thread may read (preadv2 RWF_NOWAIT) and answer with,
+   * as read() would; null where reads must pass through the device (a snapshot image's kept chunks,
+   * a store in memory). The caller duplicates it to keep.
+   */
+  readDescriptor(): number | null;
+  /**
    * Writes at once when nothing has to wait (see StorageFastPaths.writeNow); false otherwise, having
    * written nothing: then write() (a CBT mark already made is the same one write() makes).
    */

@@ -72,6 +72,11 @@ export class Device implements BlockDevice, BlockDeviceFastPaths {
     }
   }
 
+  /** Reads of a device need nothing of it but the store's bytes: a read racing a write may see either. */
+  readDescriptor(): number | null {
+    return this.storage.fast?.readDescriptor?.() ?? null;
+  }
+
   write(offset: number, data: Uint8Array, flags: IoFlags): Promise<void> {
     this.#gate.enterWrite('write', offset, data.length);
     return this.#tracked(offset, data.length, flags, () => this.storage.write(offset, data, (flags & IoFlag.Background) !== 0));

@@ -25,6 +25,7 @@ export class SnapImage implements BlockDevice {
   readonly fast: BlockDeviceFastPaths = {
     readNow: (offset, into) => this.readNow(offset, into),
     sendTo: (sink, prefix, offset, length) => this.sendTo(sink, prefix, offset, length),
+    readDescriptor: () => null,
     writeNow: () => false,
     streamWrite: () => null,
     writeChunks: (offset, chunks, flags) => this.write(offset, Buffer.concat(chunks as Buffer[]), flags),

@@ -20,6 +20,7 @@ const copyFileRangeFn = libc.func('int64_t copy_file_range(int inFd, _Inout_ int
 const syscallFn = libc.func('long syscall(long number, ...)');
 const syncfsFn = libc.func('int syncfs(int fd)');
 const ioctlIntFn = libc.func('int ioctl(int fd, unsigned long request, _Out_ int *value)');
+const dupFn = libc.func('int dup(int fd)');
 
 export const FALLOC_FL_KEEP_SIZE = 0x01;
 export const FALLOC_FL_PUNCH_HOLE = 0x02;
@@ -105,6 +106,13 @@ export function lockExclusive(fd: number, path: string): void {
     const err = fail('flock', path);
     throw new BlkError(err.code, `${path} is in use by another attach or process`, { path });
   }
+}
+
+/** A second descriptor of the same open file (dup(2)), for another owner to close when it is done. */
+export function duplicate(fd: number): number {
+  const n = dupFn(fd) as number;
+  if (n < 0) throw fail('dup', `of descriptor ${fd}`);
+  return n;
 }
 
 /** Asks the kernel to read a range ahead into the page cache (NBD_CMD_CACHE). */

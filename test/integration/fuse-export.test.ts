@@ -104,6 +104,66 @@ describe('in-daemon FUSE front end', { skip }, () => {
   });
 });
 
+describe('FUSE reads answered by the reader threads', { skip: missing('losetup') }, () => {
+  it('a cached READ is answered from the device descriptor with the bytes read() would give; uncached and end-of-device reads go to the device', async () => {
+    const tmp = tempDir();
+    const size = 8 << 20;
+    const backing = path.join(tmp.dir, 'backing');
+    const bytes = randomBytes(size);
+    fs.writeFileSync(backing, bytes); // written, so cached
+    const fd = fs.openSync(backing, 'r');
+    let deviceReads = 0;
+    const device = {
+      name: 'cached',
+      size: size - 1000, // the device ends inside a page: reads there are short, and the daemon's
+      isReadOnly: true,
+      canTrim: false,
+      onClose: () => ({ dispose() {} }),
+      fast: { readDescriptor: () => fd },
+      read: async (offset: number, into: Uint8Array) => {
+        deviceReads++;
+        fs.readSync(fd, into, 0, into.length, offset);
+      },
+    } as unknown as BlockDevice;
+    const fuse = FuseExport.mount(device, path.join(tmp.dir, 'm'));
+    try {
+      // Asynchronous reads: this thread answers the kernel's other requests (open, uncached reads).
+      const file = await fs.promises.open(fuse.file, fs.constants.O_RDONLY | fs.constants.O_DIRECT);
+      try {
+        const block = Buffer.alloc(64 << 10);
+        const readAt = async (offset: number, length: number): Promise<Buffer> => {
+          const { bytesRead } = await file.read(block, 0, length, offset);
+          return Buffer.from(block.subarray(0, bytesRead));
+        };
+        for (let i = 0; i < 64; i++) {
+          const offset = ((i * 7919) % 120) * 65536;
+          assert.deepEqual(await readAt(offset, 65536), bytes.subarray(offset, offset + 65536), `cached read at ${offset}`);
+        }
+        assert.ok(fuse.readsAnsweredByReaders >= 64, `${fuse.readsAnsweredByReaders} reads answered by the readers`);
+        assert.equal(deviceReads, 0, 'no cached read went to the device');
+        // The end: short, by the device.
+        const tail = await readAt(size - 65536, 65536);
+        assert.deepEqual(tail, bytes.subarray(size - 65536, size - 1000));
+        assert.ok(deviceReads > 0, 'a read reaching the end went to the device');
+        // Out of the page cache (written back first: dirty pages are not dropped): the device serves it, with the same bytes.
+        const writable = fs.openSync(backing, 'r+');
+        fs.fsyncSync(writable);
+        fs.closeSync(writable);
+        fs.writeFileSync('/proc/sys/vm/drop_caches', '1');
+        const before = deviceReads;
+        assert.deepEqual(await readAt(3 << 20, 65536), bytes.subarray(3 << 20, (3 << 20) + 65536));
+        assert.ok(deviceReads > before, 'an uncached read went to the device');
+      } finally {
+        await file.close();
+      }
+    } finally {
+      await fuse.unmount();
+      fs.closeSync(fd);
+      tmp.remove();
+    }
+  });
+});
+
 describe('FUSE export life', { skip: missing('losetup') }, () => {
   it('mounted and unmounted at once, 30 times: the process survives (readers are never killed mid-start)', async () => {
     // Terminating a reader while it still loads its FFI aborted the whole process; a snapshot

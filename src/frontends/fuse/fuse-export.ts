@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { BlockDevice } from '../../core/block-device.js';
 import { toBlkError } from '../../errors.js';
-import { mountFuse, unmountLazy } from '../../os/libc.js';
+import { duplicate, mountFuse, unmountLazy } from '../../os/libc.js';
 import { DISK_FILE_NAME, FuseRequests } from './requests.js';
 import { sharedMemoryFor, SlotState, type ReaderMessage, type ReaderShared } from './slots.js';
 import * as w from './wire.js';
@@ -22,6 +22,8 @@ export interface FuseExportOptions {
    * reader page by page, so two readers put both cores on it (bench/block-device.ts).
    */
   readerCount?: number;
+  /** Readers answer cached reads of a device themselves (default true; false for A/B runs). */
+  readerCachedReads?: boolean;
   log?: (line: string) => void;
 }
 
@@ -36,6 +38,8 @@ export class FuseExport {
   #ended: Promise<void>;
   #log: (line: string) => void;
   #isClosed = false;
+  /** A duplicate of the device's descriptor for the readers' cached reads; -1 when none. */
+  #readFd = -1;
 
   /** Mounts a FUSE filesystem at `mountpoint` whose only file, `disk`, is `device`. */
   static mount(device: BlockDevice, mountpoint: string, options: FuseExportOptions = {}): FuseExport {
@@ -71,11 +75,15 @@ export class FuseExport {
       release: (slot) => this.#release(slot),
       log: this.#log,
     });
+    const deviceFd = device.fast?.readDescriptor() ?? null;
+    // Its own descriptor: the device may close its own while a reader is still reading.
+    if (deviceFd !== null && options.readerCachedReads !== false) this.#readFd = duplicate(deviceFd);
+    const cachedReads = this.#readFd >= 0 ? { fd: this.#readFd, size: device.size } : null;
     const readerCount = Math.max(1, Math.min(options.readerCount ?? 2, slotCount));
     const perReader = Math.floor(slotCount / readerCount);
     this.#workers = Array.from({ length: readerCount }, (_, r) => {
       const own = r === readerCount - 1 ? slotCount - r * perReader : perReader;
-      const shared: ReaderShared = { fd, memory, slotCount, slotSize, firstSlot: r * perReader, ownSlotCount: own };
+      const shared: ReaderShared = { fd, memory, slotCount, slotSize, firstSlot: r * perReader, ownSlotCount: own, cachedReads };
       const worker = new Worker(new URL('./reader-worker.js', import.meta.url), { workerData: shared });
       worker.unref();
       worker.on('message', (m: ReaderMessage) => {
@@ -97,6 +105,11 @@ export class FuseExport {
           }),
       ),
     );
+  }
+
+  /** READs the reader threads answered from the page cache themselves. */
+  get readsAnsweredByReaders(): number {
+    return Atomics.load(this.#control, SlotState.answeredIndex);
   }
 
   /**
@@ -122,6 +135,8 @@ export class FuseExport {
     await Promise.all(this.#workers.map((worker) => exited(worker, 5000)));
     fs.closeSync(this.#fd);
     this.#fd = -1;
+    if (this.#readFd >= 0) fs.closeSync(this.#readFd);
+    this.#readFd = -1;
     try {
       fs.rmdirSync(this.mountpoint);
     } catch {

@@ -10,6 +10,12 @@ export interface ReaderShared {
   /** This reader's slots: [firstSlot, firstSlot + ownSlotCount). */
   firstSlot: number;
   ownSlotCount: number;
+  /**
+   * The device's own descriptor (a duplicate) and size, when its reads need nothing but its bytes:
+   * the reader answers a READ whose range is all in the page cache itself, with no hop to the
+   * daemon's thread. Null for images and stores in memory.
+   */
+  cachedReads: { fd: number; size: number } | null;
 }
 
 /** From the worker: a request of `length` bytes in `slot`, or the end of the connection. */
@@ -17,12 +23,14 @@ export type ReaderMessage = { slot: number; length: number } | { ended: string }
 
 /**
  * Int32 words at the start of the memory: a stop flag, a wake counter bumped when a slot is freed,
- * then one state word per slot; the slots' bytes start at the first page boundary after them.
+ * a count of reads the readers answered themselves, then one state word per slot; the slots' bytes
+ * start at the first page boundary after them.
  */
 export const SlotState = {
   stopIndex: 0,
   wakeIndex: 1,
-  headerInts: 2,
+  answeredIndex: 2,
+  headerInts: 3,
   free: 0,
   busy: 1,
   dataOffset: 4096,

@@ -67,7 +67,8 @@ export class Transmission implements RequestSink {
       fd,
       // A Unix socket frees a sent buffer once its peer has read it; TCP only tells what was acknowledged.
       knowsWhenRead: fd >= 0 && typeof socket.remoteAddress !== 'string',
-      isRead: () => bytesUnread(fd) <= 0,
+      // A closed socket's number may already name another one: never ask it then.
+      isRead: () => socket.destroyed || bytesUnread(fd) <= 0,
       whenRead: () => this.#whenRead(),
     };
     this.#sendFileMinimum = replies.sendFileMinimum > 0 ? replies.sendFileMinimum : Infinity;
