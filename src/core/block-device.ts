@@ -75,6 +75,34 @@ export interface SendSink {
   whenRead(): Promise<void>;
 }
 
+/**
+ * A descriptor of the store whose cached pages hold the answer (the caller duplicates it to keep),
+ * and for a snapshot image the gate every such read passes: the chunks' states (only untouched
+ * ones are read from the device) and counters the read holds while it reads (ImageReadGate).
+ */
+export interface SharedReads {
+  fd: number;
+  image?: ImageReadGate;
+}
+
+/**
+ * Shared memory by which a thread other than the daemon's reads untouched chunks of an image from
+ * the device: it adds 1 to `pins[1 + chunk % (pins.length - 1)]` for each chunk of the range, then
+ * reads only when `pins[0]` is 0 (the image is readable) and every chunk's `state` is 0
+ * (untouched) or 2 (kept: read from the difference storage at its slot), then takes the pins back.
+ * A copy-on-write write waits for its chunks' pins to be 0 after leaving the untouched state,
+ * before it lands.
+ */
+export interface ImageReadGate {
+  state: Uint8Array;
+  pins: Int32Array;
+  chunkShift: number;
+  /** Where a kept chunk (state 2) is in the difference storage, in chunks; set before its state. */
+  slot: Uint32Array;
+  /** The difference storage's descriptor (kept chunks never move, so no pin), or -1: kept chunks go to the daemon. */
+  diffFd: number;
+}
+
 /** Ways to serve a request without a promise or a copy; each says when it cannot. */
 export interface BlockDeviceFastPaths {
   /** Reads at once when memory holds the whole range (never waits); false when it cannot: then read(). */
@@ -88,11 +116,10 @@ export interface BlockDeviceFastPaths {
    */
   sendTo(sink: SendSink, prefix: Uint8Array, offset: number, length: number): number | null;
   /**
-   * A descriptor whose cached pages another thread may read (preadv2 RWF_NOWAIT) and answer with,
-   * as read() would; null where reads must pass through the device (a snapshot image's kept chunks,
-   * a store in memory). The caller duplicates it to keep.
+   * What another thread needs to answer reads of cached pages itself (preadv2 RWF_NOWAIT) as read()
+   * would; null where reads must pass through the device (a store in memory).
    */
-  readDescriptor(): number | null;
+  sharedReads(): SharedReads | null;
   /**
    * Writes at once when nothing has to wait (see StorageFastPaths.writeNow); false otherwise, having
    * written nothing: then write() (a CBT mark already made is the same one write() makes).

@@ -41,8 +41,9 @@ export class ChunkMap {
     this.chunkShift = chunkShift;
     this.chunkSize = 2 ** chunkShift;
     this.chunkCount = chunkCount;
-    this.state = new Uint8Array(chunkCount);
-    this.slot = new Uint32Array(chunkCount);
+    // Shared, as the slots: FUSE reader threads read image chunks themselves (ImageReadGate).
+    this.state = new Uint8Array(new SharedArrayBuffer(chunkCount));
+    this.slot = new Uint32Array(new SharedArrayBuffer(4 * chunkCount));
   }
 
   /** Bytes of chunk i (the last one may be partial). */

@@ -1,7 +1,7 @@
 // Owns an attached device: its backing store, its tracker, and the checked I/O every front end calls.
 import type { Extent, Storage } from '../backing/storage.js';
 import { totalLength } from '../util/byte-queue.js';
-import { IoFlag, type BlockDevice, type BlockDeviceFastPaths, type ChangeMap, type IoFlags, type SendSink } from './block-device.js';
+import { IoFlag, type BlockDevice, type BlockDeviceFastPaths, type ChangeMap, type IoFlags, type SendSink, type SharedReads } from './block-device.js';
 import { RequestGate, checkRange } from './request-gate.js';
 import { Tracker, type TrackerOptions } from './tracker.js';
 import { WriteStream } from './write-stream.js';
@@ -73,8 +73,9 @@ export class Device implements BlockDevice, BlockDeviceFastPaths {
   }
 
   /** Reads of a device need nothing of it but the store's bytes: a read racing a write may see either. */
-  readDescriptor(): number | null {
-    return this.storage.fast?.readDescriptor?.() ?? null;
+  sharedReads(): SharedReads | null {
+    const fd = this.storage.fast?.readDescriptor?.();
+    return fd === undefined ? null : { fd };
   }
 
   write(offset: number, data: Uint8Array, flags: IoFlags): Promise<void> {

@@ -5,7 +5,7 @@ import { ioBuffers } from '../util/buffer-pool.js';
 import { InFlight } from '../util/in-flight.js';
 import { settleAll, settleThenThrow } from '../util/settle.js';
 import { ChunkMap, ChunkState } from './chunk-map.js';
-import type { SendSink } from './block-device.js';
+import type { ImageReadGate, SendSink } from './block-device.js';
 import type { DiffStorage } from './diff-storage.js';
 
 /** What a diff area needs from its snapshot: the sticky error, and a way to set it. */
@@ -24,6 +24,9 @@ export interface SnapshotHealth {
  * A failed copy never fails the device write: it corrupts the snapshot (sticky, first error wins),
  * copy-on-write stops, image I/O fails with EIO, and the device goes on unharmed.
  */
+/** Counters of other threads' reads of untouched chunks (chunk i uses 1 + i % this): a write to a chunk waits for its counter to be 0. */
+const READ_PIN_SLOTS = 1024;
+
 /** Chunks with sent-to entries beyond which the entries of sockets already read are dropped. */
 const SENT_SWEEP_AT = 4096;
 
@@ -49,12 +52,22 @@ export class DiffArea {
   /** copyOnWrite() calls under way: one may be between windows with no copy in flight. */
   #calls = new InFlight();
 
+  /** For threads that answer image reads of untouched chunks themselves (ImageReadGate); pins[0] = 1: the image is closed or corrupted. */
+  readonly readGate: ImageReadGate;
+
   constructor(deviceName: string, origin: Storage, diff: DiffStorage, health: SnapshotHealth, options: { chunkMinimumShift?: number; maximumInQueue: number }) {
     this.deviceName = deviceName;
     this.#origin = origin;
     this.#diff = diff;
     this.#health = health;
     this.chunks = new ChunkMap(origin.size, options.chunkMinimumShift);
+    this.readGate = {
+      state: this.chunks.state,
+      pins: new Int32Array(new SharedArrayBuffer(4 * (1 + READ_PIN_SLOTS))),
+      chunkShift: this.chunks.chunkShift,
+      slot: this.chunks.slot,
+      diffFd: diff.store?.fast?.readDescriptor?.() ?? -1,
+    };
     this.#maximumInQueue = options.maximumInQueue;
   }
 
@@ -152,6 +165,9 @@ export class DiffArea {
         });
         await sent.read;
       }
+      // Another thread may be reading this chunk from the device, having seen it untouched.
+      const pin = 1 + (i % READ_PIN_SLOTS);
+      while (Atomics.load(this.readGate.pins, pin) > 0) await new Promise((resolve) => setImmediate(resolve));
     }
   }
 
@@ -300,6 +316,12 @@ export class DiffArea {
   /** Destroy: no copy starts from now on; the writes go on without keeping originals. */
   stop(): void {
     this.#isStopped = true;
+    this.closeReadGate();
+  }
+
+  /** Other threads stop reading the image themselves (destroyed, or corrupted: every read must fail as readImage's). */
+  closeReadGate(): void {
+    Atomics.store(this.readGate.pins, 0, 1);
   }
 
   /**
@@ -332,7 +354,8 @@ export class DiffArea {
     const inFlight = this.#copies.get(i);
     if (inFlight) return inFlight;
     if (this.#health.error || this.#isStopped) return undefined; // corrupted or destroyed: copy-on-write has stopped
-    this.chunks.state[i] = ChunkState.Copying;
+    // Atomic: ordered before this write's look at the pins of other threads' reads (#copyRange).
+    Atomics.store(this.chunks.state, i, ChunkState.Copying);
     const copy = this.#copy(i).finally(() => this.#copies.delete(i));
     this.#copies.set(i, copy);
     return copy;
@@ -358,9 +381,11 @@ export class DiffArea {
         await this.#diff.write(at, buffer);
       }
       chunks.slot[i] = at / chunks.chunkSize;
-      chunks.state[i] = ChunkState.Stored;
+      // Atomic: another thread that sees the state also sees the slot.
+      Atomics.store(chunks.state, i, ChunkState.Stored);
     } catch (e) {
       chunks.state[i] = ChunkState.Failed;
+      this.closeReadGate();
       this.#health.corrupt(this.deviceName, toBlkError(e));
     } finally {
       if (buffer) ioBuffers.release(buffer);

@@ -25,7 +25,10 @@ export class SnapImage implements BlockDevice {
   readonly fast: BlockDeviceFastPaths = {
     readNow: (offset, into) => this.readNow(offset, into),
     sendTo: (sink, prefix, offset, length) => this.sendTo(sink, prefix, offset, length),
-    readDescriptor: () => null,
+    sharedReads: () => {
+      const origin = this.device.sharedReads();
+      return origin ? { fd: origin.fd, image: this.#area.readGate } : null;
+    },
     writeNow: () => false,
     streamWrite: () => null,
     writeChunks: (offset, chunks, flags) => this.write(offset, Buffer.concat(chunks as Buffer[]), flags),

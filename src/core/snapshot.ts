@@ -142,6 +142,7 @@ export class Snapshot implements SnapshotHealth {
   corrupt(device: string, error: BlkError): void {
     if (this.#error || this.#phase === 'destroyed') return;
     this.#error = error;
+    for (const area of this.#areas.values()) area.closeReadGate();
     this.events.push({ code: 'corrupted', time: Date.now(), data: { device, errorCode: -error.errno } });
   }
 

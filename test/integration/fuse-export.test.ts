@@ -102,6 +102,41 @@ describe('in-daemon FUSE front end', { skip }, () => {
     const out = await check('fio', [...common, '--rw=randwrite', '--verify_only=1', '--output-format=terse'], { timeoutMs: 120_000 });
     assert.doesNotMatch(out, /verify|bad/i);
   });
+
+  it('the image\'s /dev/loopN reads the take while the device is written (reader threads read untouched chunks themselves)', async () => {
+    const take = randomBytes(SIZE);
+    await nbd.pwrite(0, take);
+    const { id } = await daemon.json<{ id: string }>('snapshot_create', '--device', 'disk', '--file', tmp.dir, '--limit', '32M');
+    await daemon.json('snapshot_take', '--id', id);
+    try {
+      const info = await daemon.json<{ image?: { blockDevice?: string } }>('snapshot_info', '--device', 'disk');
+      const imageLoop = info?.image?.blockDevice;
+      assert.ok(imageLoop, 'the image has a loop device');
+      let isWriting = true;
+      let writes = 0;
+      const writer = (async () => {
+        for (let i = 0; isWriting; i++) {
+          await nbd.pwrite(((i * 2654435761) % (SIZE / 4096)) * 4096, randomBytes(4096));
+          writes++;
+        }
+      })();
+      try {
+        for (let round = 0; round < 4; round++) {
+          const copy = path.join(tmp.dir, `image-${round}`);
+          await check('dd', [`if=${imageLoop}`, `of=${copy}`, 'bs=64K', 'iflag=direct', 'status=none']);
+          const read = fs.readFileSync(copy);
+          const bad = read.findIndex((b, i) => b !== take[i]);
+          assert.equal(bad, -1, `round ${round}: the image read differs from the take at byte ${bad}`);
+        }
+      } finally {
+        isWriting = false;
+        await writer;
+      }
+      assert.ok(writes > 20, `the device was written meanwhile (${writes} writes)`);
+    } finally {
+      await daemon.json('snapshot_destroy', '--id', id);
+    }
+  });
 });
 
 describe('FUSE reads answered by the reader threads', { skip: missing('losetup') }, () => {
@@ -119,7 +154,7 @@ describe('FUSE reads answered by the reader threads', { skip: missing('losetup')
       isReadOnly: true,
       canTrim: false,
       onClose: () => ({ dispose() {} }),
-      fast: { readDescriptor: () => fd },
+      fast: { sharedReads: () => ({ fd }) },
       read: async (offset: number, into: Uint8Array) => {
         deviceReads++;
         fs.readSync(fd, into, 0, into.length, offset);

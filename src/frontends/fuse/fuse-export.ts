@@ -38,8 +38,9 @@ export class FuseExport {
   #ended: Promise<void>;
   #log: (line: string) => void;
   #isClosed = false;
-  /** A duplicate of the device's descriptor for the readers' cached reads; -1 when none. */
+  /** Duplicates of the device's descriptor (and an image's difference storage's) for the readers' cached reads; -1 when none. */
   #readFd = -1;
+  #diffFd = -1;
 
   /** Mounts a FUSE filesystem at `mountpoint` whose only file, `disk`, is `device`. */
   static mount(device: BlockDevice, mountpoint: string, options: FuseExportOptions = {}): FuseExport {
@@ -75,10 +76,12 @@ export class FuseExport {
       release: (slot) => this.#release(slot),
       log: this.#log,
     });
-    const deviceFd = device.fast?.readDescriptor() ?? null;
+    const shared = options.readerCachedReads === false ? null : (device.fast?.sharedReads() ?? null);
     // Its own descriptor: the device may close its own while a reader is still reading.
-    if (deviceFd !== null && options.readerCachedReads !== false) this.#readFd = duplicate(deviceFd);
-    const cachedReads = this.#readFd >= 0 ? { fd: this.#readFd, size: device.size } : null;
+    if (shared) this.#readFd = duplicate(shared.fd);
+    if (shared?.image && shared.image.diffFd >= 0) this.#diffFd = duplicate(shared.image.diffFd);
+    const image = shared?.image ? { ...shared.image, diffFd: this.#diffFd } : null;
+    const cachedReads = shared ? { fd: this.#readFd, size: device.size, ...(image ? { image } : {}) } : null;
     const readerCount = Math.max(1, Math.min(options.readerCount ?? 2, slotCount));
     const perReader = Math.floor(slotCount / readerCount);
     this.#workers = Array.from({ length: readerCount }, (_, r) => {
@@ -135,8 +138,9 @@ export class FuseExport {
     await Promise.all(this.#workers.map((worker) => exited(worker, 5000)));
     fs.closeSync(this.#fd);
     this.#fd = -1;
-    if (this.#readFd >= 0) fs.closeSync(this.#readFd);
+    for (const readFd of [this.#readFd, this.#diffFd]) if (readFd >= 0) fs.closeSync(readFd);
     this.#readFd = -1;
+    this.#diffFd = -1;
     try {
       fs.rmdirSync(this.mountpoint);
     } catch {

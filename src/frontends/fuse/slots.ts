@@ -1,4 +1,5 @@
 // Owns the layout of the memory the FUSE reader worker and the daemon's thread share.
+import type { ImageReadGate } from '../../core/block-device.js';
 
 /** What the daemon gives the reader worker. */
 export interface ReaderShared {
@@ -11,11 +12,11 @@ export interface ReaderShared {
   firstSlot: number;
   ownSlotCount: number;
   /**
-   * The device's own descriptor (a duplicate) and size, when its reads need nothing but its bytes:
-   * the reader answers a READ whose range is all in the page cache itself, with no hop to the
-   * daemon's thread. Null for images and stores in memory.
+   * The device's own descriptor (a duplicate) and size, and for an image the gate its reads pass:
+   * the reader answers a READ whose range is all in the page cache (and, for an image, in
+   * untouched chunks) itself, with no hop to the daemon's thread. Null for stores in memory.
    */
-  cachedReads: { fd: number; size: number } | null;
+  cachedReads: { fd: number; size: number; image?: ImageReadGate } | null;
 }
 
 /** From the worker: a request of `length` bytes in `slot`, or the end of the connection. */

@@ -207,6 +207,38 @@ describe('DiffArea races', () => {
     );
   });
 
+  it('a chunk another thread reads from the device (ImageReadGate) holds a write to it until that read ends; a read starting after the write began backs off', async () => {
+    const origin = new MemoryStorage(16 * CHUNK).withFastPaths();
+    origin.bytes.fill(0x11);
+    const device = new Device('d', origin);
+    const area = new DiffArea('d', origin, memoryDiff(new MemoryStorage(16 * CHUNK), 16 * CHUNK), health(), { chunkMinimumShift: 12, maximumInQueue: 4 });
+    device.tracker.diffArea = area;
+    const gate = area.readGate;
+    const chunk = 3;
+    const pin = 1 + (chunk % (gate.pins.length - 1));
+    const original = () => origin.bytes.subarray(chunk * CHUNK, (chunk + 1) * CHUNK);
+    // A FUSE reader thread, as it does: pin, see the chunk untouched, read while pinned.
+    Atomics.add(gate.pins, pin, 1);
+    assert.equal(Atomics.load(gate.pins, 0), 0, 'the image is readable');
+    assert.equal(Atomics.load(gate.state, chunk), 0, 'the chunk is untouched');
+    let hasLanded = false;
+    const write = device.write(chunk * CHUNK, Buffer.alloc(CHUNK, 0x22), IoFlag.None).then(() => {
+      hasLanded = true;
+    });
+    for (let i = 0; i < 50; i++) await new Promise((r) => setImmediate(r));
+    assert.notEqual(Atomics.load(gate.state, chunk), 0, 'the chunk left the untouched state: a reader starting now backs off');
+    assert.equal(hasLanded, false, 'the write landed while another thread was reading the chunk from the device');
+    assert.ok(original().every((b) => b === 0x11), 'the pinned reader still reads the original');
+    Atomics.sub(gate.pins, pin, 1);
+    await write;
+    assert.ok(original().every((b) => b === 0x22));
+    const kept = Buffer.alloc(CHUNK);
+    await area.readImage(chunk * CHUNK, kept);
+    assert.ok(kept.every((b) => b === 0x11), 'the image keeps the original');
+    area.stop();
+    assert.equal(Atomics.load(gate.pins, 0), 1, 'a destroyed image is read by the daemon alone (it fails there)');
+  });
+
   it('a write over many chunks keeps at most chunk_maximum_in_queue copies under way', async () => {
     const origin = new JitteryStorage(64 * CHUNK, () => 1);
     const device = new Device('d', origin);
