@@ -2,7 +2,7 @@
 import { buffers } from '../params.js';
 import * as fs from 'node:fs';
 import { BlkError, toBlkError } from '../errors.js';
-import { copyFileRange, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate, isRangeCached, lockExclusive, readCached, seekData, seekHole, sendFile, sizeOfBlockDevice, willNeed } from '../os/libc.js';
+import { copyFileRange, copyFileRangeAsync, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate, isRangeCached, lockExclusive, readCached, seekData, seekHole, sendFile, sizeOfBlockDevice, willNeed } from '../os/libc.js';
 import { writeback } from '../os/writeback.js';
 import { totalLength } from '../util/byte-queue.js';
 import { InFlight } from '../util/in-flight.js';
@@ -210,6 +210,14 @@ export class FileStorage implements Storage, StorageFastPaths {
       return false;
     }
     if (copied < length) throw new BlkError('EIO', `copy of ${length} bytes at ${offset} ended after ${copied} bytes`);
+    return true;
+  }
+
+  async copyTo(offset: number, length: number, target: Storage, targetOffset: number): Promise<boolean> {
+    if (!(target instanceof FileStorage) || this.#isClosed || target.#isClosed || this.#cannotCopyTo.has(target)) return false;
+    const targetFd = target.#open();
+    const copied = await this.#held((fd) => copyFileRangeAsync(fd, offset, targetFd, targetOffset, length));
+    if (copied === null || copied < length) return false;
     return true;
   }
 

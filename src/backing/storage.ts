@@ -79,6 +79,8 @@ export interface StorageFastPaths {
   writeNow(offset: number, data: Uint8Array): boolean;
   /** Copies a range of this store into `target` inside the kernel, at once, when it can (copy_file_range). */
   copyToNow(offset: number, length: number, target: Storage, targetOffset: number): boolean;
+  /** As copyToNow, in the thread pool: resolves false (having copied nothing that counts) when the kernel cannot. */
+  copyTo?(offset: number, length: number, target: Storage, targetOffset: number): Promise<boolean>;
   /** Writes consecutive pieces as one write (pwritev); saves joining them first. */
   writeChunks(offset: number, chunks: readonly Buffer[], inBackground?: boolean): Promise<void>;
 }

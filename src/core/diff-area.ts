@@ -374,8 +374,9 @@ export class DiffArea {
         return;
       }
       const at = await this.#diff.allocate(chunks.chunkSize, chunks.chunkSize);
-      // Page cache to page cache inside the kernel where it can (one copy instead of two).
-      if (!this.#diff.copyNow(this.#origin, offset, length, at)) {
+      // Page cache to page cache inside the kernel where it can (one copy instead of two): at once,
+      // else in the thread pool (the kernel throttling writers, or the original not cached).
+      if (!this.#diff.copyNow(this.#origin, offset, length, at) && !(await this.#diff.copy(this.#origin, offset, length, at))) {
         buffer = ioBuffers.acquire(length);
         await this.#origin.read(offset, buffer);
         await this.#diff.write(at, buffer);

@@ -152,6 +152,11 @@ export class DiffStorage {
     return origin.fast?.copyToNow(offset, length, this.store, at) ?? false;
   }
 
+  /** As copyNow, in the thread pool, for when it cannot copy at once; false when the kernel cannot copy between them. */
+  copy(origin: Storage, offset: number, length: number, at: number): Promise<boolean> {
+    return origin.fast?.copyTo?.(offset, length, this.store, at) ?? Promise.resolve(false);
+  }
+
   flush(): Promise<void> {
     return this.store.flush();
   }

@@ -244,6 +244,25 @@ export function copyFileRange(inFd: number, inOffset: number, outFd: number, out
 }
 
 /**
+ * copy_file_range(2) on a thread-pool thread, for a range that may not be cached: the bytes
+ * copied (fewer only at the end of `inFd`), or null when a call failed; the caller then copies by
+ * read and write, which report any I/O error with its errno.
+ */
+export async function copyFileRangeAsync(inFd: number, inOffset: number, outFd: number, outOffset: number, length: number): Promise<number | null> {
+  let done = 0;
+  while (done < length) {
+    const n = await new Promise<number>((resolve) => {
+      // Offsets of their own: other copies run at the same time.
+      copyFileRangeFn.async(inFd, [inOffset + done], outFd, [outOffset + done], length - done, 0, (err: unknown, rc: unknown) => resolve(err ? -1 : Number(rc)));
+    });
+    if (n < 0) return null;
+    if (n === 0) break;
+    done += n;
+  }
+  return done;
+}
+
+/**
  * Freezes (FIFREEZE) or thaws (FITHAW) the filesystem whose mount point `fd` is open on. Off the
  * event loop: a freeze writes back dirty data, which may flow through this very daemon.
  */

@@ -58,6 +58,13 @@ function memoryDiff(store: MemoryStorage, limit: number): DiffStorage {
       return true;
     },
     readNow: (o: number, b: Uint8Array) => store.fast?.readNow(o, b) ?? false,
+    // As copy_file_range in the thread pool: the origin's bytes when the copy runs, or (at random) "cannot".
+    copy: async (origin: MemoryStorage, offset: number, length: number, at: number) => {
+      await new Promise((r) => setImmediate(r));
+      if (!store.fast?.readNow(0, new Uint8Array(0))) return false;
+      store.bytes.set(origin.bytes.subarray(offset, offset + length), at);
+      return true;
+    },
     write: (o: number, b: Uint8Array) => store.write(o, b),
   } as unknown as DiffStorage;
 }

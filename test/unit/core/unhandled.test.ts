@@ -43,6 +43,7 @@ describe('no unhandled rejections', () => {
       readNow: () => false,
       write: (o: number, b: Uint8Array) => diffStore.write(o, b),
       copyNow: () => false,
+      copy: async () => false,
     } as unknown as DiffStorage;
     return new DiffArea('dev', origin, diff, { error: null, corrupt() {} }, { chunkMinimumShift: 12, maximumInQueue: 4 });
   }
