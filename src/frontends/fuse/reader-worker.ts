@@ -1,7 +1,7 @@
 // Owns waiting on /dev/fuse: a worker thread blocks in read(2) so the event loop never does, and
 // hands each request to the daemon's thread in a shared slot (no copy: the kernel writes it there).
-// A device's READ whose range is all in the page cache it answers itself: a hop to the event loop
-// and back costs several times the read.
+// A READ whose range is all in the page cache (for an image: in untouched or kept chunks, through
+// its ImageReadGate) it answers itself: a hop to the event loop and back costs several times the read.
 import * as fs from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { readCached, readRaw, waitReadable } from '../../os/libc.js';
