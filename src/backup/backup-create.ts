@@ -166,8 +166,10 @@ async function backupDevice(
   o.progress?.start(`${name} (${mode})`, planned);
   let readBytes = 0;
   let storedBytes = 0;
-  // Bounded memory: no more runs wait in the workers than they can work on.
-  const storing = new TaskWindow(workers.size * 2);
+  // Bounded memory (6 runs of at most 1 MiB per worker), yet enough queued that a worker never
+  // waits for the main thread between a run's hash and its store: 2 per worker left the cores
+  // 40 % idle (a 4 GiB full backup 11–12.5 s; 8.9–9.2 s with 6, no better with 12).
+  const storing = new TaskWindow(workers.size * 6);
   const chunksDir = layout.chunksDir(repo.dir);
   let taskId = 0;
   await readRuns({ uri, size, chunkSize, runs, ...(o.tls ? { tls: o.tls } : {}) }, async (run, data) => {

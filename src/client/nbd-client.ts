@@ -64,6 +64,8 @@ interface Pending {
   offset: number;
   length: number;
   data?: Buffer;
+  /** Bytes of a structured read's answer so far (data and holes): all of it must be answered. */
+  covered?: number;
   extents?: Extent[];
   contextId?: number;
   error?: BlkError;
@@ -297,7 +299,8 @@ export class NbdClient {
     const cookie = this.#cookie++;
     return new Promise((resolve, reject) => {
       const p: Pending = { kind: type === w.NBD_CMD_READ ? 'read' : type === w.NBD_CMD_BLOCK_STATUS ? 'status' : 'other', offset, length, resolve, reject };
-      if (type === w.NBD_CMD_READ) p.data = Buffer.alloc(length);
+      // Not zeroed (a memset of every byte read): every byte is filled by data or a hole, or the read fails.
+      if (type === w.NBD_CMD_READ) p.data = Buffer.allocUnsafeSlow(length);
       if (type === w.NBD_CMD_BLOCK_STATUS) {
         p.extents = [];
         if (contextId !== undefined) p.contextId = contextId;
@@ -347,7 +350,11 @@ export class NbdClient {
         continue;
       }
       this.#chunk(p, part.type, part.length);
-      if (part.flags & w.NBD_REPLY_FLAG_DONE) this.#finish(part.cookie, p, p.error);
+      if (part.flags & w.NBD_REPLY_FLAG_DONE) {
+        // Chunks do not overlap (proto.md), so a full count means every byte was answered.
+        if (p.kind === 'read' && !p.error && (p.covered ?? 0) !== p.length) p.error = new BlkError('EPROTO', `${(p as Pending & { what: string }).what}: the reply answered ${p.covered ?? 0} of ${p.length} bytes`);
+        this.#finish(part.cookie, p, p.error);
+      }
     }
   }
 
@@ -363,13 +370,17 @@ export class NbdClient {
         p.error ??= new BlkError('EPROTO', `${what}: data outside the request`);
       } else {
         q.takeInto((p.data as Buffer).subarray(at), n);
+        p.covered = (p.covered ?? 0) + n;
       }
     } else if (type === REPLY_TYPE_OFFSET_HOLE && p.kind === 'read' && length === 12) {
       const b = q.take(12);
       const at = Number(b.readBigUInt64BE(0)) - p.offset;
       const n = b.readUInt32BE(8);
       if (at < 0 || at + n > p.length) p.error ??= new BlkError('EPROTO', `${what}: hole outside the request`);
-      // The buffer starts zeroed: a hole needs nothing.
+      else {
+        (p.data as Buffer).fill(0, at, at + n);
+        p.covered = (p.covered ?? 0) + n;
+      }
     } else if (type === w.NBD_REPLY_TYPE_BLOCK_STATUS && p.kind === 'status' && length >= 4) {
       const b = q.take(length);
       if (b.readUInt32BE(0) === p.contextId) {
