@@ -27,8 +27,11 @@ export interface SnapshotHealth {
 /** Counters of other threads' reads of untouched chunks (chunk i uses 1 + i % this): a write to a chunk waits for its counter to be 0. */
 const READ_PIN_SLOTS = 1024;
 
-/** Chunks with sent-to entries beyond which the entries of sockets already read are dropped. */
+/** Chunks with sent-to entries beyond which the entries of sockets already read are dropped (at most every 10 ms)... */
 const SENT_SWEEP_AT = 4096;
+const SENT_SWEEP_EVERY_MS = 10;
+/** ... and beyond which image reads are copied, not sent: memory stays bounded while clients keep their sockets full. */
+const SENT_MAXIMUM = 16384;
 
 export class DiffArea {
   readonly deviceName: string;
@@ -47,6 +50,7 @@ export class DiffArea {
    * each has been read, since the write changes those very pages. Entries go once seen read.
    */
   #sentTo = new Map<number, { sinks: SendSink[]; read?: Promise<void> }>();
+  #lastSweepAt = -Infinity;
   /** Set by stop() at destroy: no copy starts after it, so drain() ends and the store can close. */
   #isStopped = false;
   /** copyOnWrite() calls under way: one may be between windows with no copy in flight. */
@@ -260,6 +264,8 @@ export class DiffArea {
     const first = chunks.first(offset);
     const last = chunks.last(offset, length);
     for (let i = first; i <= last; i++) if (chunks.state[i] !== ChunkState.Untouched) return null;
+    if (this.#sentTo.size > SENT_SWEEP_AT) this.#forgetRead();
+    if (this.#sentTo.size + (last - first + 1) > SENT_MAXIMUM) return null;
     if (!origin.isCached(offset, length)) return null;
     const sent = origin.sendTo(sink.fd, prefix, offset, length);
     const dataSent = sent - prefix.length;
@@ -269,13 +275,15 @@ export class DiffArea {
         if (!sent) this.#sentTo.set(i, { sinks: [sink] });
         else if (!sent.sinks.includes(sink)) sent.sinks.push(sink);
       }
-      if (this.#sentTo.size > SENT_SWEEP_AT) this.#forgetRead();
     }
     return sent;
   }
 
-  /** Drops the entries of sockets whose client has read everything (asked once per socket). */
+  /** Drops the entries of sockets whose client has read everything (asked once per socket), at most every 10 ms. */
   #forgetRead(): void {
+    const now = performance.now();
+    if (now - this.#lastSweepAt < SENT_SWEEP_EVERY_MS) return;
+    this.#lastSweepAt = now;
     const read = new Map<SendSink, boolean>();
     for (const [i, sent] of this.#sentTo) {
       if (sent.read) continue; // a write waits on these

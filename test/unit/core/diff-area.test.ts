@@ -214,6 +214,20 @@ describe('DiffArea races', () => {
     );
   });
 
+  it('image sends a client has not read yet are remembered for at most 16384 chunks, then reads are copied (bounded memory)', async () => {
+    const origin = { size: 32768 * CHUNK, fast: { isCached: () => true, sendTo: (_fd: number, prefix: Uint8Array, _offset: number, length: number) => prefix.length + length } } as unknown as MemoryStorage;
+    const area = new DiffArea('d', origin, memoryDiff(new MemoryStorage(CHUNK), CHUNK), health(), { chunkMinimumShift: 12, maximumInQueue: 4 });
+    let isRead = false;
+    const sink = { fd: 3, knowsWhenRead: true, isRead: () => isRead, whenRead: async () => {} };
+    let sent = 0;
+    for (let i = 0; i < 32768; i++) if (area.sendImageNow(sink, new Uint8Array(16), i * CHUNK, CHUNK) !== null) sent++;
+    assert.equal(sent, 16384, 'sends stop at the bound while the client has read nothing');
+    // Once the client has read everything, the next sweep forgets the entries and sends go on.
+    isRead = true;
+    await new Promise((r) => setTimeout(r, 15));
+    assert.notEqual(area.sendImageNow(sink, new Uint8Array(16), 0, CHUNK), null);
+  });
+
   it('a chunk another thread reads from the device (ImageReadGate) holds a write to it until that read ends; a read starting after the write began backs off', async () => {
     const origin = new MemoryStorage(16 * CHUNK).withFastPaths();
     origin.bytes.fill(0x11);
