@@ -286,12 +286,15 @@ export class BlksnapService implements ControlService {
     } finally {
       for (const { thaw, mountPoint } of thaws) await thaw().catch((e: unknown) => log(`cannot thaw ${mountPoint}: ${String(e)}`));
     }
-    // The CBT switch is durable before snapshot_take answers (SPEC §8).
-    for (const device of snapshot.devices) {
-      await this.#o.keeper.saveNow(device).catch((e: unknown) => {
-        warnings.push(`the CBT switch of ${device.name} could not be saved (${toBlkError(e).toString()}): after a crash it gets a new generation`);
-      });
-    }
+    // The CBT switch is durable before snapshot_take answers (SPEC §8); the devices' files are
+    // their own, so their saves (each ending in fsyncs) run at once.
+    await Promise.all(
+      snapshot.devices.map((device) =>
+        this.#o.keeper.saveNow(device).catch((e: unknown) => {
+          warnings.push(`the CBT switch of ${device.name} could not be saved (${toBlkError(e).toString()}): after a crash it gets a new generation`);
+        }),
+      ),
+    );
     for (const device of snapshot.devices) {
       const image = snapshot.image(device);
       if (!image || !loopDevices.get(device.name)) continue;
