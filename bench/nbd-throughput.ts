@@ -33,6 +33,8 @@ const allProfiles: Profile[] = [
   { name: 'seq-read-qd32', rw: 'read', bs: '1m', iodepth: 32, numjobs: 1 },
   { name: 'rand-read-4k-qd1', rw: 'randread', bs: '4k', iodepth: 1, numjobs: 1 },
   { name: 'rand-read-4k-qd32', rw: 'randread', bs: '4k', iodepth: 32, numjobs: 1 },
+  // Four clients one request at a time each: a busy-poll spin for one must not hold the others back.
+  { name: 'rand-read-4k-4jobs-qd1', rw: 'randread', bs: '4k', iodepth: 1, numjobs: 4 },
   { name: 'rand-write-4k-qd1', rw: 'randwrite', bs: '4k', iodepth: 1, numjobs: 1 },
   { name: 'rand-write-4k-qd32', rw: 'randwrite', bs: '4k', iodepth: 32, numjobs: 1 },
   { name: 'rand-rw-4k-2jobs-qd16', rw: 'randrw', bs: '4k', iodepth: 16, numjobs: 2 },

@@ -50,9 +50,10 @@ export const nbdIo = {
   /** What a reply cut short by a full socket queues to learn when the socket has room again. */
   waitPieceBytes: 64 * 1024,
   /**
-   * A client that sends its next request within this many µs of the last answer (one request at a
-   * time) is waited for by spinning this long, not by sleeping: a sleep and wake-up of the event
-   * loop cost more than the gap on a VM (docs/performance.md). 0: never spin (--busy-poll-us).
+   * A client that sends its next request within twice this many µs of the last answer (one request
+   * at a time), while no other connection is receiving, is waited for by spinning this long, not by
+   * sleeping: a sleep and wake-up of the event loop cost more than the gap on a VM
+   * (docs/performance.md). 0: never spin (--busy-poll-us).
    */
   busyPollMicroseconds: 50,
   /** The socket's send buffer: two maximum-size replies' worth, so large reads leave in one piece. */

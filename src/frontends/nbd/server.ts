@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { claimSocketPath } from '../../os/socket-path.js';
 import { nbd as limits, nbdIo } from '../../params.js';
-import { NbdConnection } from './connection.js';
+import { type ConnectionActivity, NbdConnection } from './connection.js';
 import type { RequestObservers } from './request-observer.js';
 import type { ExportCatalogue } from './handshake.js';
 import type { TlsServer } from './tls.js';
@@ -42,6 +42,8 @@ export class NbdServer {
   #options: NbdServerOptions;
   #servers: net.Server[] = [];
   #connections = new Set<NbdConnection>();
+  /** Which connection last received bytes: a busy-poll spin is only for a client alone. */
+  #activity: ConnectionActivity = { lastId: -1, switchedAt: 0 };
 
   /** Connections open now, over all listeners. */
   get connectionCount(): number {
@@ -96,6 +98,7 @@ export class NbdServer {
       handshakeTimeoutMs: this.#options.handshakeTimeoutMs ?? limits.handshakeTimeoutMs,
       sendFileMinimum: this.#options.sendFileMinimum ?? nbdIo.sendFileMinimum,
       busyPollMicroseconds: this.#options.busyPollMicroseconds ?? nbdIo.busyPollMicroseconds,
+      activity: this.#activity,
       log,
       ...(this.#options.observers ? { observers: this.#options.observers } : {}),
       onClose: () => {
