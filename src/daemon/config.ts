@@ -84,7 +84,7 @@ Options:
                        (default 65536; 0 turns it off)
   --busy-poll-us N     an NBD client sending one request at a time is waited for by spinning
                        up to N µs after each answer instead of sleeping, while its requests come
-                       that quickly (default 50; 0 turns it off)
+                       that quickly and no other client is sending (default 50; 0 turns it off)
   --sync-write-max BYTES
                        writes up to this size use a synchronous pwrite on the event loop
                        instead of the thread pool, while the kernel's dirty pages stay far
