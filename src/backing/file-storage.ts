@@ -3,6 +3,7 @@ import { buffers } from '../params.js';
 import * as fs from 'node:fs';
 import { BlkError, toBlkError } from '../errors.js';
 import { copyFileRange, copyFileRangeAsync, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate, isRangeCached, lockExclusive, readCached, seekData, seekHole, sendFile, sizeOfBlockDevice, willNeed } from '../os/libc.js';
+import { writeFully } from '../os/fd-io.js';
 import { writeback } from '../os/writeback.js';
 import { totalLength } from '../util/byte-queue.js';
 import { InFlight } from '../util/in-flight.js';
@@ -216,9 +217,7 @@ export class FileStorage implements Storage, StorageFastPaths {
   async copyTo(offset: number, length: number, target: Storage, targetOffset: number): Promise<boolean> {
     if (!(target instanceof FileStorage) || this.#isClosed || target.#isClosed || this.#cannotCopyTo.has(target)) return false;
     const targetFd = target.#open();
-    const copied = await this.#held((fd) => copyFileRangeAsync(fd, offset, targetFd, targetOffset, length));
-    if (copied === null || copied < length) return false;
-    return true;
+    return (await this.#held((fd) => copyFileRangeAsync(fd, offset, targetFd, targetOffset, length))) === length;
   }
 
   writeNow(offset: number, data: Uint8Array): boolean {
@@ -242,16 +241,7 @@ export class FileStorage implements Storage, StorageFastPaths {
         return Promise.reject(e);
       }
     }
-    return this.#held((fd) => new Promise((resolve, reject) => {
-      const step = (done: number): void => {
-        fs.write(fd, data, done, data.length - done, offset + done, (err, n) => {
-          if (err) return reject(toBlkError(err));
-          if (done + n < data.length) return step(done + n);
-          resolve();
-        });
-      };
-      step(0);
-    }));
+    return this.#held((fd) => writeFully(fd, data, offset).catch((e: unknown) => Promise.reject(toBlkError(e))));
   }
 
   #isSyncWrite(length: number): boolean {

@@ -59,13 +59,7 @@ export async function restoreBackup(repo: Repository, o: RestoreOptions): Promis
   const index = readIndex(repo.dir, path.join(layout.backup(repo.dir, o.id), entry.index));
   const count = chunkCountOf(index.size, index.chunkSize);
   const attached = o.client ? await attachedTarget(o.client, o.to) : null;
-  // Shared, as a backup being made: a prune's sweep does not move packs under the restore.
-  const release = await repo.lock(false, () => o.progress?.note('waiting for a prune to finish its sweep'));
-  try {
-    return await restoreLocked(repo, o, entry, index, count, attached);
-  } finally {
-    release();
-  }
+  return repo.whileShared(o.progress, () => restoreLocked(repo, o, entry, index, count, attached));
 }
 
 async function restoreLocked(repo: Repository, o: RestoreOptions, entry: ManifestDevice, index: Index, count: number, attached: api.DeviceInfo | null): Promise<RestoreResult> {

@@ -60,13 +60,7 @@ export function referencesOf(repo: Repository, id: string): { chunks: Set<string
 }
 
 export async function verifyRepository(repo: Repository, o: VerifyOptions): Promise<VerifyResult> {
-  // Shared, as a backup being made: a prune's sweep does not move packs under the check.
-  const release = await repo.lock(false, () => o.progress?.note('waiting for a prune to finish its sweep'));
-  try {
-    return await verifyLocked(repo, o);
-  } finally {
-    release();
-  }
+  return repo.whileShared(o.progress, () => verifyLocked(repo, o));
 }
 
 async function verifyLocked(repo: Repository, o: VerifyOptions): Promise<VerifyResult> {

@@ -4,6 +4,7 @@
 import * as fs from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { BlkError, toBlkError } from '../errors.js';
+import { readAt, writeFully } from '../os/fd-io.js';
 import { koffi } from '../os/koffi.js';
 import { startWriteback } from '../os/writeback-range.js';
 import { isAllZero } from './chunk-file.js';
@@ -99,27 +100,22 @@ function cutSpan(items: LoadItem[], span: Span, data: Buffer, n: number, out: Ar
   }
 }
 
+/** Each span of records with its pack's descriptor and a buffer for its bytes. */
+function spanReads(items: LoadItem[]): Array<{ span: Span; fd: number; data: Buffer }> {
+  return spansOf(items).map((span) => ({ span, fd: spanFd(items, span), data: Buffer.allocUnsafe(span.bytes) }));
+}
+
 /** Every item's stored bytes (null for zero chunks), each span of records read with one pread. */
 function readStored(items: LoadItem[]): Array<Buffer | null> {
   const out: Array<Buffer | null> = items.map(() => null);
-  for (const span of spansOf(items)) {
-    const data = Buffer.allocUnsafe(span.bytes);
-    cutSpan(items, span, data, fs.readSync(spanFd(items, span), data, 0, span.bytes, span.offset), out);
-  }
+  for (const { span, fd, data } of spanReads(items)) cutSpan(items, span, data, fs.readSync(fd, data, 0, span.bytes, span.offset), out);
   return out;
 }
 
 /** As readStored, with the reads in the thread pool: this thread decodes meanwhile. */
 async function readStoredAsync(items: LoadItem[]): Promise<Array<Buffer | null>> {
   const out: Array<Buffer | null> = items.map(() => null);
-  await Promise.all(
-    spansOf(items).map(async (span) => {
-      const data = Buffer.allocUnsafe(span.bytes);
-      const fd = spanFd(items, span);
-      const n = await new Promise<number>((resolve, reject) => fs.read(fd, data, 0, span.bytes, span.offset, (e, read) => (e ? reject(e) : resolve(read))));
-      cutSpan(items, span, data, n, out);
-    }),
-  );
+  await Promise.all(spanReads(items).map(async ({ span, fd, data }) => cutSpan(items, span, data, await readAt(fd, data, span.offset), out)));
   return out;
 }
 
@@ -145,16 +141,6 @@ function alignedBuffer(bytes: number): Uint8Array {
   return raw.subarray(skip, skip + bytes);
 }
 
-function writeAsync(fd: number, data: Uint8Array, position: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const step = (done: number): void => {
-      if (done === data.length) return resolve();
-      fs.write(fd, data, done, data.length - done, position + done, (e, n) => (e ? reject(e) : step(done + n)));
-    };
-    step(0);
-  });
-}
-
 /**
  * Decodes a run into one buffer and writes each stretch of it with one pwrite, in the thread pool
  * so that this thread decodes the next run meanwhile. With O_DIRECT the bytes go from this buffer
@@ -176,8 +162,8 @@ async function writeItems(task: Extract<ChunkTask, { kind: 'write' }>): Promise<
     const startOffset = (items[stretchStart] as LoadItem).offset;
     const data = span.subarray(startOffset - first.offset, end - first.offset);
     const aligned = task.direct ? data.length - (data.length % DIRECT_ALIGN) : 0;
-    if (aligned > 0) writes.push(writeAsync(task.fd, data.subarray(0, aligned), startOffset));
-    if (aligned < data.length) writes.push(writeAsync(task.bufferedFd, data.subarray(aligned), startOffset + aligned));
+    if (aligned > 0) writes.push(writeFully(task.fd, data.subarray(0, aligned), startOffset));
+    if (aligned < data.length) writes.push(writeFully(task.bufferedFd, data.subarray(aligned), startOffset + aligned));
     written += data.length;
     stretchStart = -1;
   };
@@ -206,7 +192,7 @@ async function writeItems(task: Extract<ChunkTask, { kind: 'write' }>): Promise<
   return written;
 }
 
-function run(task: ChunkTask): { result: ChunkResult; transfer: ArrayBuffer[] } {
+function run(task: Exclude<ChunkTask, { kind: 'write' }>): { result: ChunkResult; transfer: ArrayBuffer[] } {
   switch (task.kind) {
     case 'hash': {
       const digests = new Uint8Array(task.lengths.length * 32);
@@ -258,8 +244,6 @@ function run(task: ChunkTask): { result: ChunkResult; transfer: ArrayBuffer[] } 
       });
       return { result: { kind: 'load', data }, transfer: data.map((d) => d.buffer as ArrayBuffer) };
     }
-    case 'write':
-      throw new BlkError('EINVAL', 'write tasks run asynchronously');
     case 'checkPack': {
       const bad: Array<{ digest: string; reason: string }> = [];
       let entries: ReturnType<typeof readIdx>;

@@ -14,8 +14,6 @@ export const layout = {
   config: (repo: string): string => path.join(repo, 'config.json'),
   lock: (repo: string): string => path.join(repo, 'lock'),
   chunksDir: (repo: string): string => path.join(repo, 'chunks'),
-  /** A chunk's file: its digest in hex, `.zst` when zstd-compressed, under a folder of its first two hex digits. */
-  chunk: (repo: string, hex: string, isCompressed: boolean): string => path.join(repo, 'chunks', hex.slice(0, 2), isCompressed ? `${hex}.zst` : hex),
   pagesDir: (repo: string): string => path.join(repo, 'pages'),
   page: (repo: string, hex: string): string => path.join(repo, 'pages', hex.slice(0, 2), hex),
   backupsDir: (repo: string): string => path.join(repo, 'backups'),

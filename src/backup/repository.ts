@@ -114,6 +114,19 @@ export class Repository {
     return () => fs.closeSync(fd);
   }
 
+  /**
+   * Runs `work` under the lock held shared, as a backup being made does: a prune's sweep does not
+   * move packs under it. `progress` hears when it has to wait for one.
+   */
+  async whileShared<T>(progress: { note(text: string): void } | undefined, work: () => Promise<T>): Promise<T> {
+    const release = await this.lock(false, () => progress?.note('waiting for a prune to finish its sweep'));
+    try {
+      return await work();
+    } finally {
+      release();
+    }
+  }
+
   create(client: BlksnapClient, options: CreateOptions): Promise<CreateResult> {
     return createBackup(this, client, options);
   }

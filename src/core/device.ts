@@ -47,12 +47,7 @@ export class Device implements BlockDevice, BlockDeviceFastPaths {
   readNow(offset: number, into: Uint8Array): boolean {
     const fast = this.storage.fast;
     if (!fast) return false;
-    this.#gate.enter('read', offset, into.length);
-    try {
-      return fast.readNow(offset, into);
-    } finally {
-      this.#gate.leave();
-    }
+    return this.#gate.during('read', offset, into.length, () => fast.readNow(offset, into));
   }
 
   /**
@@ -64,12 +59,7 @@ export class Device implements BlockDevice, BlockDeviceFastPaths {
   sendTo(sink: SendSink, prefix: Uint8Array, offset: number, length: number): number | null {
     const fast = this.storage.fast;
     if (!fast) return null;
-    this.#gate.enter('read', offset, length);
-    try {
-      return fast.isCached(offset, length) ? fast.sendTo(sink.fd, prefix, offset, length) : null;
-    } finally {
-      this.#gate.leave();
-    }
+    return this.#gate.during('read', offset, length, () => (fast.isCached(offset, length) ? fast.sendTo(sink.fd, prefix, offset, length) : null));
   }
 
   /** Reads of a device need nothing of it but the store's bytes: a read racing a write may see either. */

@@ -60,6 +60,16 @@ export class RequestGate {
     this.#ops.leave();
   }
 
+  /** Runs synchronous `work` (a fast path) inside the gate. */
+  during<T>(what: string, offset: number, length: number, work: () => T): T {
+    this.enter(what, offset, length);
+    try {
+      return work();
+    } finally {
+      this.leave();
+    }
+  }
+
   /** Runs `work` inside the gate: entered now, left when it settles. */
   around<T>(what: string, offset: number, length: number, work: () => Promise<T>): Promise<T> {
     this.enter(what, offset, length);

@@ -54,21 +54,11 @@ export class SnapImage implements BlockDevice {
   }
 
   readNow(offset: number, into: Uint8Array): boolean {
-    this.#gate.enter('image read', offset, into.length);
-    try {
-      return this.#area.readImageNow(offset, into);
-    } finally {
-      this.#gate.leave();
-    }
+    return this.#gate.during('image read', offset, into.length, () => this.#area.readImageNow(offset, into));
   }
 
   sendTo(sink: SendSink, prefix: Uint8Array, offset: number, length: number): number | null {
-    this.#gate.enter('image read', offset, length);
-    try {
-      return this.#area.sendImageNow(sink, prefix, offset, length);
-    } finally {
-      this.#gate.leave();
-    }
+    return this.#gate.during('image read', offset, length, () => this.#area.sendImageNow(sink, prefix, offset, length));
   }
 
   write(offset: number, data: Uint8Array, _flags: IoFlags): Promise<void> {

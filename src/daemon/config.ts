@@ -149,12 +149,9 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
       case '--loop':
         config.loopAll = true;
         break;
-      case '--loop-via': {
-        const v = value();
-        if (v !== 'fuse' && v !== 'nbdfuse') throw new Error(`--loop-via takes fuse or nbdfuse, not '${v}'`);
-        config.loopRoute = v;
+      case '--loop-via':
+        config.loopRoute = oneOf(arg, value(), ['fuse', 'nbdfuse'] as const);
         break;
-      }
       case '--attach': {
         const v = value();
         const eq = v.lastIndexOf('=');
@@ -201,12 +198,9 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
       case '--config':
         value(); // read by withConfigFile() before this
         break;
-      case '--log-format': {
-        const v = value();
-        if (v !== 'text' && v !== 'json') throw new Error(`--log-format takes text or json, not '${v}'`);
-        config.logFormat = v;
+      case '--log-format':
+        config.logFormat = oneOf(arg, value(), ['text', 'json'] as const);
         break;
-      }
       case '--verbose':
         config.isVerbose = true;
         break;
@@ -250,6 +244,12 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
     config.tls = { ...(certsDir === undefined ? {} : { certsDir }), ...(pskFile === undefined ? {} : { pskFile }), verifyPeer };
   }
   return config;
+}
+
+/** `text` when it is one of `choices`; else an error naming the option and what it takes. */
+function oneOf<T extends string>(option: string, text: string, choices: readonly T[]): T {
+  if (!(choices as readonly string[]).includes(text)) throw new Error(`${option} takes ${choices.join(' or ')}, not '${text}'`);
+  return text as T;
 }
 
 function byteCount(option: string, text: string): number {

@@ -12,10 +12,7 @@ const decompressFn = lib.func('size_t ZSTD_decompressDCtx(void *dctx, void *dst,
 const boundFn = lib.func('size_t ZSTD_compressBound(size_t srcSize)');
 const isErrorFn = lib.func('unsigned int ZSTD_isError(size_t code)');
 const errorNameFn = lib.func('const char *ZSTD_getErrorName(size_t code)');
-const contentSizeFn = lib.func('unsigned long long ZSTD_getFrameContentSize(const void *src, size_t srcSize)');
 
-/** zstd's frame magic number, little-endian: what every compressed chunk file starts with. */
-export const ZSTD_MAGIC = 0xfd2fb528;
 
 function checked(result: unknown, what: string): number {
   const n = Number(result);
@@ -45,12 +42,4 @@ export function zstdDecompress(src: Uint8Array, into: Uint8Array): void {
   dctx ??= createDCtx();
   const n = checked(decompressFn(dctx, into, into.length, src, src.length), 'decompress');
   if (n !== into.length) throw new BlkError('EIO', `zstd decompress: ${n} bytes, expected ${into.length}`);
-}
-
-/** The decompressed size a zstd frame declares; EIO when it declares none or is not a frame. */
-export function zstdContentSize(frame: Uint8Array, maximum: number): number {
-  const n = Number(contentSizeFn(frame, frame.length));
-  // ZSTD_CONTENTSIZE_UNKNOWN and _ERROR are the two largest 64-bit values.
-  if (!(n >= 0 && n <= maximum)) throw new BlkError('EIO', 'zstd frame without a usable content size');
-  return n;
 }

@@ -1,0 +1,19 @@
+// Owns whole reads and writes at an offset through the thread pool, for code on any thread (it loads
+// no FFI: the repository's worker threads use it, and must not load libc.ts's koffi types again).
+import * as fs from 'node:fs';
+
+/** pwrite(2) of all of `data` at `position` in the thread pool, again after a short write. */
+export function writeFully(fd: number, data: Uint8Array, position: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const step = (done: number): void => {
+      if (done === data.length) return resolve();
+      fs.write(fd, data, done, data.length - done, position + done, (e, n) => (e ? reject(e) : step(done + n)));
+    };
+    step(0);
+  });
+}
+
+/** One pread(2) into `into` at `position` in the thread pool: the bytes read. */
+export function readAt(fd: number, into: Uint8Array, position: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.read(fd, into, 0, into.length, position, (e, n) => (e ? reject(e) : resolve(n))));
+}
