@@ -1,6 +1,6 @@
 // Benchmark: fio (libaio, direct=1) on the kernel block device of a device and of its snapshot image,
 // against the same fio on a loop device bound straight to the backing file. Prints ratios.
-//   node dist/bench/block-device.js      (BENCH_RUNTIME=4 seconds per profile, BENCH_ROUTES=fuse,nbdfuse)
+//   node dist/bench/block-device.js      (BENCH_RUNTIME=4 seconds per profile, BENCH_ROUTES=fuse,fuse-rw,nbdfuse)
 import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -24,10 +24,17 @@ function fio(device: string, rw: string, bs: string): number {
   return fioMegabytesPerSecond(out).mbps;
 }
 
+/** fuse: the daemon's FUSE server by io_uring where the kernel has it; fuse-rw: the same by read/write on /dev/fuse. */
+function routeArgs(route: string): string[] {
+  if (route === 'fuse') return ['--loop-via', 'fuse', '--fuse-io-uring', 'on'];
+  if (route === 'fuse-rw') return ['--loop-via', 'fuse', '--fuse-io-uring', 'off'];
+  return ['--loop-via', route];
+}
+
 /** fio on a device's and on its image's block device, with the daemon using `route`; MB/s per profile. */
 async function measureRoute(dir: string, file: string, route: string): Promise<{ device: number[]; image: number[] }> {
   const control = path.join(dir, `control-${route}.sock`);
-  const args = [path.join(root, 'bin/blksnapd'), '--control', control, '--nbd', path.join(dir, `nbd-${route}.sock`), '--state-dir', path.join(dir, route), '--loop-via', route];
+  const args = [path.join(root, 'bin/blksnapd'), '--control', control, '--nbd', path.join(dir, `nbd-${route}.sock`), '--state-dir', path.join(dir, route), ...routeArgs(route)];
   const daemon = spawn(process.execPath, [...args, ...(process.env.BENCH_DAEMON_ARGS ?? '').split(' ').filter(Boolean)], { stdio: 'ignore' });
   for (let i = 0; i < 500 && !fs.existsSync(control); i++) await new Promise((r) => setTimeout(r, 20));
   const client = await BlksnapClient.connect(control);
@@ -54,7 +61,7 @@ async function main(): Promise<void> {
   fs.writeFileSync(file, Buffer.alloc(0));
   fs.truncateSync(file, 2 ** 30);
   execFileSync('dd', [`if=/dev/urandom`, `of=${file}`, 'bs=1M', 'count=600', 'conv=notrunc', 'status=none']);
-  const routes = (process.env.BENCH_ROUTES ?? 'fuse,nbdfuse').split(',');
+  const routes = (process.env.BENCH_ROUTES ?? 'fuse,fuse-rw,nbdfuse').split(',');
   const rows: string[] = [];
   try {
     const plain = execFileSync('losetup', ['-f', '--show', file], { encoding: 'utf8' }).trim();
@@ -67,7 +74,7 @@ async function main(): Promise<void> {
     const measured = new Map<string, { device: number[]; image: number[] }>();
     for (const route of routes) measured.set(route, await measureRoute(dir, file, route));
     rows.push(`# fio libaio direct=1 depth 16, ${runtime}s per profile, 1 GiB file; ratios to a plain (buffered) loop device on the same file`);
-    rows.push(`# routes: fuse = /dev/loopN over blksnapd's own FUSE file; nbdfuse = /dev/loopN over nbdfuse over blksnapd's NBD`);
+    rows.push(`# routes: fuse = /dev/loopN over blksnapd's own FUSE file (requests by io_uring where the kernel offers it); fuse-rw = the same by read/write on /dev/fuse; nbdfuse = /dev/loopN over nbdfuse over blksnapd's NBD`);
     const f = (x: number | undefined) => `${(x ?? 0).toFixed(0)}`.padStart(8);
     const ratio = (x: number | undefined, base: number | undefined) => `${((x ?? 0) / (base ?? 1)).toFixed(2)}×`.padStart(7);
     rows.push(`${'MB/s'.padEnd(20)}${'plain'.padStart(8)}${routes.map((r) => `${`${r} dev`.padStart(15)}${`${r} img`.padStart(15)}`).join('')}`);

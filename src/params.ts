@@ -76,6 +76,8 @@ export const fuse = {
   attributeValidSeconds: 60,
   /** Replies up to this size are written on the event loop; larger ones by the thread pool (the kernel's copy runs on the other core). */
   syncReplyMaximum: 64 * 1024,
+  /** A ring thread answers cached READs up to this size itself; larger ones go to the daemon's thread. */
+  ringCachedReadMaximum: 1024 * 1024,
 } as const;
 
 /** Buffers and pieces. */

@@ -22,6 +22,8 @@ export interface DaemonConfig {
   loopAll: boolean;
   /** How kernel block devices reach the devices. */
   loopRoute: LoopRoute;
+  /** The in-daemon FUSE server takes requests through io_uring where the kernel offers it. */
+  fuseIoUring: boolean;
   /** TLS of the TCP listener: null with --tls off (or without --listen). */
   tls: TlsOptions | null;
   /** NBD connections at once; more are closed at accept. */
@@ -75,6 +77,11 @@ Options:
                        how /dev/loopN reaches a device: fuse (default) serves the loop
                        device's file from the daemon's own FUSE server; nbdfuse runs
                        Debian's nbdfuse over the daemon's NBD export (one hop more)
+  --fuse-io-uring on|off
+                       on (default): the FUSE server takes the kernel's requests through
+                       io_uring (Linux 6.14+ with CONFIG_FUSE_IO_URING; turns the fuse
+                       module's enable_uring on); off, or where the kernel lacks it: read(2)
+                       and write(2) on /dev/fuse
   --cached-read-max BYTES
                        reads up to this size are first served from the page cache on the
                        event loop (preadv2 RWF_NOWAIT: never waits for a disk) (default 1048576)
@@ -121,6 +128,7 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
     syncWriteMaximum: 1024 * 1024,
     loopAll: false,
     loopRoute: 'fuse',
+    fuseIoUring: true,
     tls: null,
     maximumConnections: nbdLimits.maximumConnections,
     handshakeTimeoutMs: nbdLimits.handshakeTimeoutMs,
@@ -151,6 +159,9 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
         break;
       case '--loop-via':
         config.loopRoute = oneOf(arg, value(), ['fuse', 'nbdfuse'] as const);
+        break;
+      case '--fuse-io-uring':
+        config.fuseIoUring = oneOf(arg, value(), ['on', 'off'] as const) === 'on';
         break;
       case '--attach': {
         const v = value();

@@ -57,6 +57,7 @@ export class Daemon {
       stateDir: config.stateDir,
       nbdSocket: config.nbdPath,
       route: config.loopRoute,
+      fuseIoUring: config.fuseIoUring,
       lookupExport: (name) => this.registry.lookupExport(name),
       log,
     });

@@ -14,6 +14,8 @@ export interface LoopDevicesOptions {
   stateDir: string;
   nbdSocket: string;
   route: LoopRoute;
+  /** The in-daemon FUSE route takes requests through io_uring where the kernel offers it. */
+  fuseIoUring: boolean;
   /** The exports the in-daemon FUSE route serves. */
   lookupExport: (name: string) => BlockDevice | undefined;
   log: Log;
@@ -91,7 +93,7 @@ export class LoopDevices {
   async #exposeThroughFuse(exportName: string, mountpoint: string): Promise<LoopRecord> {
     const device = this.#options.lookupExport(exportName);
     if (!device) throw new BlkError('ENOENT', `no export named ${exportName}`);
-    const fuse = FuseExport.mount(device, mountpoint, { log: this.#log });
+    const fuse = FuseExport.mount(device, mountpoint, { log: this.#log, ioUring: this.#options.fuseIoUring });
     try {
       const loop = await bindLoop(fuse.file);
       this.#fuseExports.set(exportName, fuse);

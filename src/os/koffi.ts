@@ -13,7 +13,9 @@ export interface Koffi {
   errno(): number;
   struct(name: string, fields: Record<string, string>): unknown;
   /** The address of a typed array's first byte (its offset included). */
-  address(value: ArrayBufferView): bigint;
+  address(value: ArrayBufferView | unknown): bigint;
+  /** An ArrayBuffer over `length` bytes of native memory at `pointer` (kept alive by the caller). */
+  view(pointer: unknown, length: number): ArrayBuffer;
 }
 
 export const koffi = createRequire(import.meta.url)('koffi') as Koffi;

@@ -342,3 +342,14 @@ export function waitReadable(fd: number, timeoutMs: number): boolean {
   const fds = [{ fd, events: POLLIN, revents: 0 }];
   return (pollFn(fds, 1, timeoutMs) as number) > 0;
 }
+
+const eventfdFn = libc.func('int eventfd(unsigned int initial, int flags)');
+const EFD_NONBLOCK = 0x800;
+const EFD_CLOEXEC = 0x80000;
+
+/** A non-blocking eventfd: one thread bumps it to wake another that polls it. */
+export function createEventFd(): number {
+  const fd = eventfdFn(0, EFD_NONBLOCK | EFD_CLOEXEC) as number;
+  if (fd < 0) throw fail('eventfd', '');
+  return fd;
+}

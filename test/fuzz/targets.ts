@@ -323,8 +323,8 @@ export function fuseTarget(): FuzzTarget {
       };
       const requests = new FuseRequests(device, [slot], {
         maxTransfer: 1 << 20,
-        send: (head, body) => check(head, body?.length ?? 0),
-        sendAsync: (reply, sent) => {
+        send: (_slot, head, body) => check(head, body?.length ?? 0),
+        sendAsync: (_slot, reply, sent) => {
           check(reply.subarray(0, 16), reply.length - 16);
           queueMicrotask(sent);
         },

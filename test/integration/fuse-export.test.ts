@@ -8,14 +8,20 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { BlockDevice } from '../../src/core/block-device.js';
 import { FuseExport } from '../../src/frontends/fuse/fuse-export.js';
+import { possibleCpuCount } from '../../src/frontends/fuse/ring-switch.js';
 import { TestDaemon } from '../helpers/daemon.js';
 import { NbdClient } from '../helpers/nbd-client.js';
 import { check, missing, sparseFile, tempDir } from '../helpers/tools.js';
 
 const SIZE = 16 << 20;
+const readOr = (file: string): string => (fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '');
 const skip = missing('losetup', 'fio', 'fallocate', 'blkdiscard');
 
-describe('in-daemon FUSE front end', { skip }, () => {
+/** The kernel has FUSE over io_uring (6.14+, CONFIG_FUSE_IO_URING) and at most 16 CPUs (the daemon's limit for rings). */
+const hasFuseRing = fs.existsSync('/sys/module/fuse/parameters/enable_uring') && possibleCpuCount() <= 16 && !/^[12]/.test(readOr('/proc/sys/kernel/io_uring_disabled'));
+
+for (const ioUring of ['on', 'off'] as const)
+describe(`in-daemon FUSE front end, requests by ${ioUring === 'on' ? 'io_uring' : 'read/write'}`, { skip }, () => {
   let tmp: ReturnType<typeof tempDir>;
   let daemon: TestDaemon;
   let nbd: NbdClient;
@@ -24,7 +30,7 @@ describe('in-daemon FUSE front end', { skip }, () => {
 
   before(async () => {
     tmp = tempDir();
-    daemon = await TestDaemon.start(['--loop-via', 'fuse']);
+    daemon = await TestDaemon.start(['--loop-via', 'fuse', '--fuse-io-uring', ioUring]);
     const attached = await daemon.json<{ blockDevice: string }>('attach', '--device', sparseFile(path.join(tmp.dir, 'disk'), SIZE), '--name', 'disk', '--loop');
     loop = attached.blockDevice;
     file = path.join(daemon.dir, 'fuse', 'disk', 'disk');
@@ -103,7 +109,7 @@ describe('in-daemon FUSE front end', { skip }, () => {
     assert.doesNotMatch(out, /verify|bad/i);
   });
 
-  it('the image\'s /dev/loopN reads the take while the device is written (reader threads read untouched chunks themselves)', async () => {
+  it('the image\'s /dev/loopN reads the take while the device is written (reader or ring threads read untouched chunks themselves)', async () => {
     const take = randomBytes(SIZE);
     await nbd.pwrite(0, take);
     const { id } = await daemon.json<{ id: string }>('snapshot_create', '--device', 'disk', '--file', tmp.dir, '--limit', '32M');
@@ -139,8 +145,9 @@ describe('in-daemon FUSE front end', { skip }, () => {
   });
 });
 
-describe('FUSE reads answered by the reader threads', { skip: missing('losetup') }, () => {
-  it('a cached READ is answered from the device descriptor with the bytes read() would give; uncached and end-of-device reads go to the device', async () => {
+describe('FUSE reads answered by the reader and ring threads', { skip: missing('losetup') }, () => {
+  for (const ioUring of [true, false])
+  it(`a cached READ is answered from the device descriptor with the bytes read() would give; uncached and end-of-device reads go to the device (${ioUring ? 'io_uring' : 'read/write'})`, async () => {
     const tmp = tempDir();
     const size = 8 << 20;
     const backing = path.join(tmp.dir, 'backing');
@@ -160,8 +167,13 @@ describe('FUSE reads answered by the reader threads', { skip: missing('losetup')
         fs.readSync(fd, into, 0, into.length, offset);
       },
     } as unknown as BlockDevice;
-    const fuse = FuseExport.mount(device, path.join(tmp.dir, 'm'));
+    const fuse = FuseExport.mount(device, path.join(tmp.dir, 'm'), { ioUring });
     try {
+      if (ioUring && hasFuseRing) {
+        // The kernel's INIT at mount (read by a /dev/fuse reader) starts the rings; then they register.
+        await Promise.race([fuse.ringsReady, new Promise((_, reject) => setTimeout(() => reject(new Error('the rings did not start')), 5000))]);
+        await new Promise((r) => setTimeout(r, 50));
+      }
       // Asynchronous reads: this thread answers the kernel's other requests (open, uncached reads).
       const file = await fs.promises.open(fuse.file, fs.constants.O_RDONLY | fs.constants.O_DIRECT);
       try {
@@ -175,6 +187,10 @@ describe('FUSE reads answered by the reader threads', { skip: missing('losetup')
           assert.deepEqual(await readAt(offset, 65536), bytes.subarray(offset, offset + 65536), `cached read at ${offset}`);
         }
         assert.ok(fuse.readsAnsweredByReaders >= 64, `${fuse.readsAnsweredByReaders} reads answered by the readers`);
+        if (ioUring && hasFuseRing) {
+          assert.equal(fuse.route, 'io_uring');
+          assert.ok(fuse.readsAnsweredByRings >= 60, `${fuse.readsAnsweredByRings} reads answered by the rings`);
+        } else assert.equal(fuse.readsAnsweredByRings, 0);
         assert.equal(deviceReads, 0, 'no cached read went to the device');
         // The end: short, by the device.
         const tail = await readAt(size - 65536, 65536);
@@ -200,15 +216,17 @@ describe('FUSE reads answered by the reader threads', { skip: missing('losetup')
 });
 
 describe('FUSE export life', { skip: missing('losetup') }, () => {
-  it('mounted and unmounted at once, 30 times: the process survives (readers are never killed mid-start)', async () => {
+  for (const ioUring of [false, true])
+  it(`mounted and unmounted at once, 30 times: the process survives (readers${ioUring ? ' and rings' : ''} are never killed mid-start)`, async () => {
     // Terminating a reader while it still loads its FFI aborted the whole process; a snapshot
-    // destroyed right after its take did exactly that.
+    // destroyed right after its take did exactly that. Rings start after INIT, maybe after the unmount began.
     const tmp = tempDir();
     const device = { name: 'churn', size: 1 << 20, isReadOnly: false, canTrim: false, onClose: () => ({ dispose() {} }) } as unknown as BlockDevice;
     try {
       for (let i = 0; i < 30; i++) {
-        const fuse = FuseExport.mount(device, path.join(tmp.dir, `m${i % 3}`));
-        if (i % 2) await new Promise((r) => setTimeout(r, i % 5));
+        const fuse = FuseExport.mount(device, path.join(tmp.dir, `m${i % 3}`), { ioUring });
+        if (ioUring && hasFuseRing && i % 3 === 0) await fuse.ringsReady;
+        else if (i % 2) await new Promise((r) => setTimeout(r, i % 5));
         await fuse.unmount();
       }
       assert.doesNotMatch(fs.readFileSync('/proc/mounts', 'utf8'), new RegExp(tmp.dir));

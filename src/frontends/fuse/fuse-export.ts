@@ -5,9 +5,12 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { BlockDevice } from '../../core/block-device.js';
 import { toBlkError } from '../../errors.js';
-import { duplicate, mountFuse, unmountLazy } from '../../os/libc.js';
+import { koffi } from '../../os/koffi.js';
+import { createEventFd, duplicate, mountFuse, unmountLazy } from '../../os/libc.js';
+import type { CachedReads } from './cached-read.js';
 import { DISK_FILE_NAME, FuseRequests } from './requests.js';
-import { sharedMemoryFor, SlotState, type ReaderMessage, type ReaderShared } from './slots.js';
+import { possibleCpuCount, turnOnFuseRing } from './ring-switch.js';
+import { RingEntry, sharedMemoryFor, SlotState, type ReaderMessage, type ReaderShared, type RingShared } from './slots.js';
 import * as w from './wire.js';
 
 const S_IFDIR = 0o040000;
@@ -24,8 +27,33 @@ export interface FuseExportOptions {
   readerCount?: number;
   /** Readers answer cached reads of a device themselves (default true; false for A/B runs). */
   readerCachedReads?: boolean;
+  /**
+   * Requests through io_uring where the kernel offers it (default true; turns the fuse module's
+   * enable_uring on where it is off), else read(2)/write(2) on /dev/fuse. The ring threads (as many
+   * as readers) spread their entries over the kernel's queues, one per possible CPU.
+   */
+  ioUring?: boolean;
+  /** Ring entries in all (at least two per queue), each holding one request of up to maxTransfer. */
+  ringEntryCount?: number;
   log?: (line: string) => void;
 }
+
+/** The rings of one export: their memory, control words and threads. */
+interface Rings {
+  /** Entries per ring thread; thread t holds entries [t * perThread, (t + 1) * perThread). */
+  perThread: number;
+  memory: SharedArrayBuffer;
+  entryBase: number;
+  control: Int32Array;
+  headers: Buffer[];
+  payloads: Buffer[];
+  /** Whether the request relayed in each entry has had its reply (this thread's view: the entry's state word may already say the next request's). */
+  isAnswered: Uint8Array;
+  wakeFds: number[];
+  workers: Worker[];
+}
+
+const ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 
 export class FuseExport {
   readonly mountpoint: string;
@@ -41,6 +69,17 @@ export class FuseExport {
   /** Duplicates of the device's descriptor (and an image's difference storage's) for the readers' cached reads; -1 when none. */
   #readFd = -1;
   #diffFd = -1;
+  #slotCount: number;
+  #maxTransfer: number;
+  #cachedReads: CachedReads | null;
+  #ringsWanted: { queues: number; threads: number; entries: number } | null;
+  #rings: Rings | null = null;
+  #ringsReady: () => void = () => undefined;
+  /**
+   * Resolves once every ring thread is registering its entries (the kernel then moves requests to
+   * the rings); never without rings.
+   */
+  readonly ringsReady = new Promise<void>((resolve) => (this.#ringsReady = resolve));
 
   /** Mounts a FUSE filesystem at `mountpoint` whose only file, `disk`, is `device`. */
   static mount(device: BlockDevice, mountpoint: string, options: FuseExportOptions = {}): FuseExport {
@@ -63,18 +102,32 @@ export class FuseExport {
     this.#fd = fd;
     this.#log = options.log ?? (() => undefined);
     const maxTransfer = options.maxTransfer ?? 2 ** 20;
-    const slotCount = options.slotCount ?? 16;
+    this.#maxTransfer = maxTransfer;
+    const queues = options.ioUring === false ? 0 : possibleCpuCount();
+    // Ring threads as many as readers; entries at least two per queue (each queue needs one, and a
+    // CPU's requests one at a time would wait for each other), each one transfer's memory: past 16
+    // CPUs (32 MiB of entries) the export stays with read/write.
+    const ringThreads = Math.max(1, Math.min(queues, options.readerCount ?? 2));
+    this.#ringsWanted = queues > 0 && queues <= 16 && turnOnFuseRing(this.#log) ? { queues, threads: ringThreads, entries: Math.max(2 * queues, options.ringEntryCount ?? 16) } : null;
+    // With rings, /dev/fuse carries only what comes before them (INIT, the first lookups) and forgets.
+    const slotCount = options.slotCount ?? (this.#ringsWanted ? 4 : 16);
+    this.#slotCount = slotCount;
     // The kernel refuses a read(2) buffer smaller than max_write plus room for the headers.
     const slotSize = maxTransfer + w.BUFFER_HEADER_ROOM;
     const memory = sharedMemoryFor(slotCount, slotSize);
     this.#control = new Int32Array(memory, 0, SlotState.headerInts + slotCount);
     const slots = Array.from({ length: slotCount }, (_, i) => Buffer.from(memory, SlotState.dataOffset + i * slotSize, slotSize));
-    this.#requests = new FuseRequests(device, slots, {
+    const ringEntries = this.#ringsWanted?.entries ?? 0;
+    // Ring entries' request areas follow the /dev/fuse slots; their memory exists once the rings start.
+    const allSlots = [...slots, ...Array.from({ length: ringEntries }, () => Buffer.alloc(0))];
+    this.#requests = new FuseRequests(device, allSlots, {
       maxTransfer,
-      send: (head, body) => this.#send(head, body),
-      sendAsync: (reply, sent) => this.#sendAsync(reply, sent),
+      send: (slot, head, body) => this.#send(slot, head, body),
+      sendAsync: (slot, reply, sent) => this.#sendAsync(slot, reply, sent),
       release: (slot) => this.#release(slot),
       log: this.#log,
+      offersRing: this.#ringsWanted !== null,
+      ringAccepted: () => this.#startRings(allSlots),
     });
     const shared = options.readerCachedReads === false ? null : (device.fast?.sharedReads() ?? null);
     // Its own descriptor: the device may close its own while a reader is still reading.
@@ -82,7 +135,8 @@ export class FuseExport {
     if (shared?.image && shared.image.diffFd >= 0) this.#diffFd = duplicate(shared.image.diffFd);
     const image = shared?.image ? { ...shared.image, diffFd: this.#diffFd } : null;
     const cachedReads = shared ? { fd: this.#readFd, size: device.size, ...(image ? { image } : {}) } : null;
-    const readerCount = Math.max(1, Math.min(options.readerCount ?? 2, slotCount));
+    this.#cachedReads = cachedReads;
+    const readerCount = Math.max(1, Math.min(options.readerCount ?? (this.#ringsWanted ? 1 : 2), slotCount));
     const perReader = Math.floor(slotCount / readerCount);
     this.#workers = Array.from({ length: readerCount }, (_, r) => {
       const own = r === readerCount - 1 ? slotCount - r * perReader : perReader;
@@ -90,7 +144,7 @@ export class FuseExport {
       const worker = new Worker(new URL('./reader-worker.js', import.meta.url), { workerData: shared });
       worker.unref();
       worker.on('message', (m: ReaderMessage) => {
-        if (!('ended' in m)) this.#requests.serve(m.slot, m.length);
+        if ('slot' in m) this.#requests.serve(m.slot, m.length);
       });
       return worker;
     });
@@ -110,9 +164,99 @@ export class FuseExport {
     );
   }
 
-  /** READs the reader threads answered from the page cache themselves. */
+  /** READs the reader and ring threads answered from the page cache themselves. */
   get readsAnsweredByReaders(): number {
-    return Atomics.load(this.#control, SlotState.answeredIndex);
+    return Atomics.load(this.#control, SlotState.answeredIndex) + (this.#rings ? Atomics.load(this.#rings.control, RingEntry.answeredIndex) : 0);
+  }
+
+  /** READs the ring threads answered from the page cache (0 without rings). */
+  get readsAnsweredByRings(): number {
+    return this.#rings ? Atomics.load(this.#rings.control, RingEntry.answeredIndex) : 0;
+  }
+
+  /** How requests reach the daemon: 'io_uring' once the kernel has taken the rings, else 'read/write'. */
+  get route(): 'io_uring' | 'read/write' {
+    return this.#rings ? 'io_uring' : 'read/write';
+  }
+
+  /**
+   * After the INIT reply agreed to io_uring: a ring thread per possible CPU registers its entries;
+   * the kernel moves requests to the rings once every queue has one. Entry e is FuseRequests' slot
+   * `slotCount + e`, a view of its request area.
+   */
+  #startRings(allSlots: Buffer[]): void {
+    const wanted = this.#ringsWanted;
+    if (!wanted || this.#rings || this.#isClosed) return;
+    const perThread = Math.floor(wanted.entries / wanted.threads);
+    const entryBytes = RingEntry.bytes(this.#maxTransfer);
+    const memory = new SharedArrayBuffer(4096 + perThread * wanted.threads * entryBytes);
+    const address = Number(koffi.address(new Uint8Array(memory)) % 4096n);
+    const entryBase = (4096 - address) % 4096;
+    const control = new Int32Array(new SharedArrayBuffer(4 * (RingEntry.stateIndex + wanted.entries)));
+    const entries = perThread * wanted.threads;
+    const at = (e: number): number => entryBase + e * entryBytes;
+    for (let e = 0; e < entries; e++) allSlots[this.#slotCount + e] = Buffer.from(memory, at(e) + RingEntry.requestAt, RingEntry.payloadAt - RingEntry.requestAt + this.#maxTransfer);
+    const rings: Rings = {
+      perThread,
+      memory,
+      entryBase,
+      control,
+      headers: Array.from({ length: entries }, (_, e) => Buffer.from(memory, at(e) + RingEntry.headerAt, w.Ring.headerBytes)),
+      payloads: Array.from({ length: entries }, (_, e) => Buffer.from(memory, at(e) + RingEntry.payloadAt, this.#maxTransfer)),
+      isAnswered: new Uint8Array(entries),
+      wakeFds: [],
+      workers: [],
+    };
+    this.#rings = rings;
+    let readyCount = 0;
+    for (let thread = 0; thread < wanted.threads; thread++) {
+      const wakeFd = createEventFd();
+      rings.wakeFds.push(wakeFd);
+      const shared: RingShared = { fd: this.#fd, queueCount: wanted.queues, memory, entryBase, maxTransfer: this.#maxTransfer, firstEntry: thread * perThread, entryCount: perThread, firstSlot: this.#slotCount + thread * perThread, control: control.buffer as SharedArrayBuffer, wakeFd, cachedReads: this.#cachedReads };
+      const worker = new Worker(new URL('./ring-worker.js', import.meta.url), { workerData: shared });
+      worker.unref();
+      worker.on('message', (m: ReaderMessage) => {
+        if ('slot' in m) {
+          rings.isAnswered[m.slot - this.#slotCount] = 0;
+          this.#requests.serve(m.slot, m.length);
+        } else if ('ready' in m) {
+          if (++readyCount === wanted.threads) this.#ringsReady();
+        } else if (m.ended !== 'ENOTCONN') this.#log(`fuse ring ${thread} of ${this.#device.name} ended: ${m.ended}`);
+      });
+      worker.on('error', (e) => this.#log(`fuse ring ${thread} of ${this.#device.name} failed: ${String(e)}`));
+      rings.workers.push(worker);
+    }
+  }
+
+  /** The reply to a relayed ring request: into its entry's header and payload (in place when it is already there), then its ring is woken to commit it. */
+  #ringReply(entry: number, head: Buffer, body?: Buffer): void {
+    const rings = this.#rings as Rings;
+    const header = rings.headers[entry] as Buffer;
+    const payload = rings.payloads[entry] as Buffer;
+    let length = 0;
+    let error = head.readInt32LE(4);
+    for (const part of [head.subarray(w.OUT_HEADER_LENGTH), body ?? Buffer.alloc(0)]) {
+      if (part.length === 0) continue;
+      if (length + part.length > payload.length) {
+        error = -5; // EIO: no reply is larger than a transfer
+        length = 0;
+        break;
+      }
+      const isInPlace = part.buffer === payload.buffer && part.byteOffset === payload.byteOffset + length;
+      if (!isInPlace) part.copy(payload, length);
+      length += part.length;
+    }
+    header.writeUInt32LE(w.OUT_HEADER_LENGTH + length, 0);
+    header.writeInt32LE(error, 4);
+    head.copy(header, 8, 8, 16); // unique
+    header.writeUInt32LE(length, w.Ring.payloadSizeOffset);
+    rings.isAnswered[entry] = 1;
+    Atomics.store(rings.control, RingEntry.stateIndex + entry, RingEntry.replied);
+    try {
+      fs.writeSync(rings.wakeFds[Math.floor(entry / rings.perThread)] as number, ONE);
+    } catch {
+      // The ring has stopped: the connection is gone, nobody to answer.
+    }
   }
 
   /**
@@ -135,7 +279,13 @@ export class FuseExport {
     Atomics.notify(this.#control, SlotState.wakeIndex);
     // The readers see the stop flag within one poll period and return. Not terminate(): stopping
     // a worker inside its FFI calls (or still loading them) can take the whole process down.
-    await Promise.all(this.#workers.map((worker) => exited(worker, 5000)));
+    const rings = this.#rings;
+    if (rings) {
+      Atomics.store(rings.control, RingEntry.stopIndex, 1);
+      for (const wakeFd of rings.wakeFds) fs.writeSync(wakeFd, ONE);
+    }
+    await Promise.all([...this.#workers, ...(rings?.workers ?? [])].map((worker) => exited(worker, 5000)));
+    for (const wakeFd of rings?.wakeFds ?? []) fs.closeSync(wakeFd);
     fs.closeSync(this.#fd);
     this.#fd = -1;
     for (const readFd of [this.#readFd, this.#diffFd]) if (readFd >= 0) fs.closeSync(readFd);
@@ -152,8 +302,9 @@ export class FuseExport {
    * One reply, one write(2): the kernel copies it into the waiting request and returns. An
    * interrupted request (ENOENT) or a gone connection (ENODEV) leaves nobody to answer.
    */
-  #send(head: Buffer, body?: Buffer): void {
+  #send(slot: number, head: Buffer, body?: Buffer): void {
     if (this.#fd < 0) return; // closed: the number may belong to another file by now
+    if (slot >= this.#slotCount) return this.#ringReply(slot - this.#slotCount, head, body);
     try {
       if (body && body.length > 0) fs.writevSync(this.#fd, [head, body]);
       else fs.writeSync(this.#fd, head);
@@ -163,8 +314,12 @@ export class FuseExport {
     }
   }
 
-  #sendAsync(reply: Buffer, sent: () => void): void {
+  #sendAsync(slot: number, reply: Buffer, sent: () => void): void {
     if (this.#fd < 0) return sent();
+    if (slot >= this.#slotCount) {
+      this.#ringReply(slot - this.#slotCount, reply);
+      return sent();
+    }
     fs.write(this.#fd, reply, 0, reply.length, null, (e) => {
       if (e && e.code !== 'ENOENT' && e.code !== 'ENODEV') this.#log(`fuse reply for ${this.#device.name}: ${String(e)}`);
       sent();
@@ -172,6 +327,17 @@ export class FuseExport {
   }
 
   #release(slot: number): void {
+    if (slot >= this.#slotCount) {
+      // A ring entry goes back by its commit; one left without a reply (a malformed request) gets EIO.
+      const entry = slot - this.#slotCount;
+      if (this.#rings && this.#rings.isAnswered[entry] === 0) {
+        const head = Buffer.alloc(w.OUT_HEADER_LENGTH);
+        (this.#rings.headers[entry] as Buffer).copy(head, 8, 8, 16);
+        w.writeOutHeader(head, w.OUT_HEADER_LENGTH, -5, head.readBigUInt64LE(8));
+        this.#ringReply(entry, head);
+      }
+      return;
+    }
     Atomics.store(this.#control, SlotState.headerInts + slot, SlotState.free);
     Atomics.add(this.#control, SlotState.wakeIndex, 1);
     Atomics.notify(this.#control, SlotState.wakeIndex);

@@ -4,8 +4,8 @@
 // its ImageReadGate) it answers itself: a hop to the event loop and back costs several times the read.
 import * as fs from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
-import { readCached, readRaw, waitReadable } from '../../os/libc.js';
-import type { ImageReadGate } from '../../core/block-device.js';
+import { readRaw, waitReadable } from '../../os/libc.js';
+import { readFromCache } from './cached-read.js';
 import { SlotState, type ReaderShared, type ReaderMessage } from './slots.js';
 import * as w from './wire.js';
 
@@ -18,46 +18,14 @@ const { fd, memory, slotCount, slotSize, firstSlot, ownSlotCount, cachedReads } 
 /** This reader's reply buffer for cached reads: the slot keeps the request in case the daemon must serve it. */
 const reply = cachedReads ? Buffer.alloc(slotSize) : null;
 
-/**
- * Reads an image range as the ImageReadGate allows: untouched chunks from the device (pinned while
- * read), kept ones from the difference storage, all from the page cache; false when it cannot.
- */
-function readImage(gate: ImageReadGate, deviceFd: number, into: Buffer, offset: number): boolean {
-  const chunkSize = 2 ** gate.chunkShift;
-  const first = Math.floor(offset / chunkSize);
-  const last = Math.floor((offset + into.length - 1) / chunkSize);
-  const slots = gate.pins.length - 1;
-  for (let i = first; i <= last; i++) Atomics.add(gate.pins, 1 + (i % slots), 1);
-  try {
-    if (Atomics.load(gate.pins, 0) !== 0) return false;
-    for (let pos = offset; pos < offset + into.length; ) {
-      const i = Math.floor(pos / chunkSize);
-      const end = Math.min(offset + into.length, (i + 1) * chunkSize);
-      const piece = into.subarray(pos - offset, end - offset);
-      const state = Atomics.load(gate.state, i);
-      let n: number;
-      if (state === 0) n = readCached(deviceFd, piece, pos);
-      else if (state === 2 && gate.diffFd >= 0) n = readCached(gate.diffFd, piece, (gate.slot[i] as number) * chunkSize + (pos - i * chunkSize));
-      else return false; // being copied, or failed: the daemon answers
-      if (n !== piece.length) return false;
-      pos = end;
-    }
-    return true;
-  } finally {
-    for (let i = first; i <= last; i++) Atomics.sub(gate.pins, 1 + (i % slots), 1);
-  }
-}
-
 /** Answers a READ of the slot's request from the page cache; false (having sent nothing) when it cannot. */
 function answeredFromCache(request: Buffer, length: number): boolean {
   if (!cachedReads || !reply || length < w.IN_HEADER_LENGTH + w.IO_IN_LENGTH) return false;
   const h = w.readInHeader(request);
   if (h.opcode !== w.Opcode.READ || h.length !== length) return false;
   const { offset, size } = w.readIoIn(request);
-  // Reads reaching the end (short), empty or larger than a reply: the daemon's thread.
-  if (size === 0 || offset + size > cachedReads.size || w.OUT_HEADER_LENGTH + size > reply.length) return false;
-  const data = reply.subarray(w.OUT_HEADER_LENGTH, w.OUT_HEADER_LENGTH + size);
-  if (!(cachedReads.image ? readImage(cachedReads.image, cachedReads.fd, data, offset) : readCached(cachedReads.fd, data, offset) === size)) return false;
+  if (w.OUT_HEADER_LENGTH + size > reply.length) return false;
+  if (!readFromCache(cachedReads, reply.subarray(w.OUT_HEADER_LENGTH, w.OUT_HEADER_LENGTH + size), offset)) return false;
   w.writeOutHeader(reply, w.OUT_HEADER_LENGTH + size, 0, h.unique);
   Atomics.add(control, SlotState.answeredIndex, 1);
   try {

@@ -15,14 +15,18 @@ const DT_DIR = 4;
 const DT_REG = 8;
 const O_ACCMODE = 3;
 
-/** Where replies go and how a slot is handed back: the FUSE descriptor and the readers' shared memory. */
+/** Where replies go and how a slot is handed back: the FUSE descriptor or ring, and the readers' shared memory. */
 export interface FuseReplies {
   /** Largest READ/WRITE the kernel may send. */
   maxTransfer: number;
-  send(head: Buffer, body?: Buffer): void;
-  sendAsync(reply: Buffer, sent: () => void): void;
+  /** The reply to the request in `slot`: its out header first (16 bytes), then its arguments. */
+  send(slot: number, head: Buffer, body?: Buffer): void;
+  sendAsync(slot: number, reply: Buffer, sent: () => void): void;
   release(slot: number): void;
   log(line: string): void;
+  /** Asks the kernel at INIT for requests through io_uring; `ringAccepted` runs once the INIT reply agreeing to it is sent. */
+  offersRing?: boolean;
+  ringAccepted?(): void;
 }
 
 /**
@@ -64,6 +68,10 @@ export class FuseRequests {
         case w.Opcode.INTERRUPT:
           // No reply: the requests they refer to complete on their own.
           return this.#release(slot);
+        case w.Opcode.INIT: {
+          const init = this.#init(w.readInitIn(b));
+          return this.#settle(slot, h.unique, init.reply, init.isRing);
+        }
         default:
           return this.#settle(slot, h.unique, this.#metadata(b, h, length));
       }
@@ -77,16 +85,18 @@ export class FuseRequests {
     const { offset, size } = w.readIoIn(b);
     // Reads at or past the end are short, as for any file.
     const length = Math.max(0, Math.min(size, this.#device.size - offset, this.#maxTransfer));
-    const data = b.subarray(w.OUT_HEADER_LENGTH, w.OUT_HEADER_LENGTH + length);
+    // The data goes where a WRITE's payload is (a ring entry's payload buffer), the header just before.
+    const data = b.subarray(w.WRITE_PAYLOAD_OFFSET, w.WRITE_PAYLOAD_OFFSET + length);
+    const headAt = w.WRITE_PAYLOAD_OFFSET - w.OUT_HEADER_LENGTH;
     const done = () => {
-      w.writeOutHeader(b, w.OUT_HEADER_LENGTH + length, 0, unique);
-      const reply = b.subarray(0, w.OUT_HEADER_LENGTH + length);
+      w.writeOutHeader(b.subarray(headAt), w.OUT_HEADER_LENGTH + length, 0, unique);
+      const reply = b.subarray(headAt, w.WRITE_PAYLOAD_OFFSET + length);
       if (length <= fuseParams.syncReplyMaximum) {
-        this.#out.send(reply);
+        this.#out.send(slot, reply);
         return this.#release(slot);
       }
       // The kernel's copy of a large reply runs on a thread-pool thread, on the other core.
-      this.#out.sendAsync(reply, () => this.#release(slot));
+      this.#out.sendAsync(slot, reply, () => this.#release(slot));
     };
     if (length === 0) return done();
     this.#device.read(offset, data).then(done, (e: unknown) => this.#fail(slot, unique, e));
@@ -110,7 +120,7 @@ export class FuseRequests {
         w.writeOutHeader(b, w.OUT_HEADER_LENGTH + 8, 0, unique);
         b.writeUInt32LE(size, w.OUT_HEADER_LENGTH);
         b.writeUInt32LE(0, w.OUT_HEADER_LENGTH + 4);
-        this.#out.send(b.subarray(0, w.OUT_HEADER_LENGTH + 8));
+        this.#out.send(slot, b.subarray(0, w.OUT_HEADER_LENGTH + 8));
         this.#release(slot);
       },
       (e: unknown) => this.#fail(slot, unique, pastEnd(e)),
@@ -122,8 +132,6 @@ export class FuseRequests {
     const device = this.#device;
     const isRoot = h.nodeId === w.FUSE_ROOT_ID;
     switch (h.opcode) {
-      case w.Opcode.INIT:
-        return this.#init(w.readInitIn(b));
       case w.Opcode.LOOKUP:
         if (!isRoot || w.readName(b, length) !== DISK_FILE_NAME) throw new BlkError('ENOENT', 'no such file');
         return w.encodeEntryOut(this.#attr(DISK_ID), fuseParams.attributeValidSeconds);
@@ -171,18 +179,22 @@ export class FuseRequests {
     }
   }
 
-  #init(i: w.InitIn): Buffer {
+  #init(i: w.InitIn): { reply: Buffer; isRing: boolean } {
     if (i.major !== w.FUSE_KERNEL_VERSION || i.minor < 23) throw new BlkError('EPROTO', `fuse protocol ${i.major}.${i.minor} is not served (7.23 or newer)`);
-    const wanted = w.InitFlag.ASYNC_READ | w.InitFlag.BIG_WRITES | w.InitFlag.ASYNC_DIO | w.InitFlag.MAX_PAGES | w.InitFlag.PARALLEL_DIROPS;
-    return w.encodeInitOut({
+    // The kernel offers io_uring only when its fuse module's enable_uring is on.
+    const isRing = this.#out.offersRing === true && (i.flags2 & w.InitFlag2.OVER_IO_URING) !== 0;
+    const wanted = w.InitFlag.ASYNC_READ | w.InitFlag.BIG_WRITES | w.InitFlag.ASYNC_DIO | w.InitFlag.MAX_PAGES | w.InitFlag.PARALLEL_DIROPS | (isRing ? w.InitFlag.INIT_EXT : 0);
+    const reply = w.encodeInitOut({
       minor: Math.min(i.minor, w.FUSE_KERNEL_MINOR_VERSION),
       maxReadahead: i.maxReadahead,
       flags: i.flags & wanted,
+      flags2: isRing ? w.InitFlag2.OVER_IO_URING : 0,
       maxBackground: 64,
       congestionThreshold: 48,
       maxWrite: this.#maxTransfer,
       maxPages: this.#maxTransfer / 4096,
     });
+    return { reply, isRing };
   }
 
   #fallocate(f: { offset: number; length: number; mode: number }): Promise<void> {
@@ -201,12 +213,13 @@ export class FuseRequests {
     return { ino: DISK_ID, size: this.#device.size, mode, nlink: 1, mtimeSeconds: this.#mountedAt };
   }
 
-  #settle(slot: number, unique: bigint, answer: Promise<Buffer> | Buffer): void {
+  #settle(slot: number, unique: bigint, answer: Promise<Buffer> | Buffer, isRingAccepted = false): void {
     const ok = (body: Buffer) => {
       const header = Buffer.alloc(w.OUT_HEADER_LENGTH);
       w.writeOutHeader(header, w.OUT_HEADER_LENGTH + body.length, 0, unique);
-      this.#out.send(header, body);
+      this.#out.send(slot, header, body);
       this.#release(slot);
+      if (isRingAccepted) this.#out.ringAccepted?.();
     };
     if (Buffer.isBuffer(answer)) ok(answer);
     else answer.then(ok, (e: unknown) => this.#fail(slot, unique, e));
@@ -217,7 +230,7 @@ export class FuseRequests {
     if (error.code !== 'ENOSYS' && error.code !== 'ENOENT') this.#out.log(`fuse ${this.#device.name}: ${error.toString()}`);
     const header = Buffer.alloc(w.OUT_HEADER_LENGTH);
     w.writeOutHeader(header, w.OUT_HEADER_LENGTH, -errnoNumber(error.code), unique);
-    this.#out.send(header);
+    this.#out.send(slot, header);
     this.#release(slot);
   }
 

@@ -1,5 +1,5 @@
 // Owns the layout of the memory the FUSE reader worker and the daemon's thread share.
-import type { ImageReadGate } from '../../core/block-device.js';
+import type { CachedReads } from './cached-read.js';
 
 /** What the daemon gives the reader worker. */
 export interface ReaderShared {
@@ -16,11 +16,11 @@ export interface ReaderShared {
    * the reader answers a READ whose range is all in the page cache (and, for an image, in
    * untouched chunks) itself, with no hop to the daemon's thread. Null for stores in memory.
    */
-  cachedReads: { fd: number; size: number; image?: ImageReadGate } | null;
+  cachedReads: CachedReads | null;
 }
 
-/** From the worker: a request of `length` bytes in `slot`, or the end of the connection. */
-export type ReaderMessage = { slot: number; length: number } | { ended: string };
+/** From a worker: a request of `length` bytes in `slot`, the end of the connection, or (a ring) its entries are being registered. */
+export type ReaderMessage = { slot: number; length: number } | { ended: string } | { ready: true };
 
 /**
  * Int32 words at the start of the memory: a stop flag, a wake counter bumped when a slot is freed,
@@ -40,4 +40,46 @@ export const SlotState = {
 export function sharedMemoryFor(slotCount: number, slotSize: number): SharedArrayBuffer {
   if ((SlotState.headerInts + slotCount) * 4 > SlotState.dataOffset) throw new RangeError(`too many slots: ${slotCount}`);
   return new SharedArrayBuffer(SlotState.dataOffset + slotCount * slotSize);
+}
+
+/**
+ * FUSE over io_uring: each ring entry's memory is `RingEntry.bytes(maxTransfer)` bytes from a page
+ * boundary: a page for the ring header, then the request as the daemon's thread reads it (in header
+ * and first argument rebuilt just before the payload), then the payload buffer the kernel fills,
+ * page-aligned, where a WRITE's data and a READ's reply stay in place.
+ */
+export const RingEntry = {
+  headerAt: 0,
+  requestAt: 8192 - 80,
+  payloadAt: 8192,
+  bytes: (maxTransfer: number): number => 8192 + maxTransfer,
+  /** Entry states in the ring control words. */
+  inRing: 0,
+  relayed: 1,
+  replied: 2,
+  /** Int32 words of the ring control memory: a stop flag, a count of reads the rings answered, then a state per entry. */
+  stopIndex: 0,
+  answeredIndex: 1,
+  stateIndex: 2,
+} as const;
+
+/**
+ * What one ring thread gets. Its entries are spread over all the kernel's queues (entry e, counted
+ * over all rings, serves queue e % queueCount), so that the requests of one busy CPU are taken by every ring thread.
+ */
+export interface RingShared {
+  fd: number;
+  queueCount: number;
+  memory: SharedArrayBuffer;
+  /** Offset of entry 0 in `memory` (its first page boundary). */
+  entryBase: number;
+  maxTransfer: number;
+  /** This queue's entries: [firstEntry, firstEntry + entryCount); entry e is FuseRequests' slot `firstSlot + e`. */
+  firstEntry: number;
+  entryCount: number;
+  firstSlot: number;
+  control: SharedArrayBuffer;
+  /** An eventfd the daemon's thread bumps after replying to a relayed request or to stop the ring. */
+  wakeFd: number;
+  cachedReads: CachedReads | null;
 }

@@ -44,6 +44,11 @@ export const InitFlag = {
   INIT_EXT: 1 << 30,
 } as const;
 
+/** init flags2 (bit n stands for 1 << (32 + n) of the 64-bit flags): requests through io_uring (6.14+). */
+export const InitFlag2 = {
+  OVER_IO_URING: 1 << 9,
+} as const;
+
 /** open_out.open_flags. */
 export const OpenFlag = {
   DIRECT_IO: 1 << 0,
@@ -94,11 +99,15 @@ export interface InitIn {
   minor: number;
   maxReadahead: number;
   flags: number;
+  /** The second flag word (valid with INIT_EXT). */
+  flags2: number;
 }
 
 export function readInitIn(b: Buffer): InitIn {
   const at = IN_HEADER_LENGTH;
-  return { major: b.readUInt32LE(at), minor: b.readUInt32LE(at + 4), maxReadahead: b.readUInt32LE(at + 8), flags: b.readUInt32LE(at + 12) };
+  const flags = b.readUInt32LE(at + 12);
+  const flags2 = flags & InitFlag.INIT_EXT ? b.readUInt32LE(at + 16) : 0;
+  return { major: b.readUInt32LE(at), minor: b.readUInt32LE(at + 4), maxReadahead: b.readUInt32LE(at + 8), flags, flags2 };
 }
 
 export interface InitOut {
@@ -109,6 +118,7 @@ export interface InitOut {
   congestionThreshold: number;
   maxWrite: number;
   maxPages: number;
+  flags2: number;
 }
 
 /** fuse_init_out: 64 bytes (24 for kernels before 7.23, which this daemon does not serve). */
@@ -123,6 +133,7 @@ export function encodeInitOut(o: InitOut): Buffer {
   b.writeUInt32LE(o.maxWrite, 20);
   b.writeUInt32LE(1, 24); // time_gran: nanoseconds
   b.writeUInt16LE(o.maxPages, 28);
+  b.writeUInt32LE(o.flags2 >>> 0, 32);
   return b;
 }
 
@@ -220,4 +231,51 @@ export function readFallocateIn(b: Buffer): { offset: number; length: number; mo
 export function readName(b: Buffer, length: number): string {
   const end = b.indexOf(0, IN_HEADER_LENGTH);
   return b.toString('utf8', IN_HEADER_LENGTH, end < 0 || end > length ? length : end);
+}
+
+/**
+ * FUSE over io_uring (linux/fuse.h, 7.42): each ring entry is a header (fuse_uring_req_header: the
+ * in/out header, the op's first argument, then fuse_uring_ent_in_out) and a payload buffer holding
+ * the request's further arguments and, on the way back, the reply's arguments.
+ */
+export const Ring = {
+  headerBytes: 288,
+  opInOffset: 128,
+  commitIdOffset: 256 + 8,
+  payloadSizeOffset: 256 + 16,
+  commandRegister: 1,
+  commandCommitAndFetch: 2,
+} as const;
+
+/** The size of each opcode's first argument (its fixed `*_in` struct); 0 where it has none. */
+export function opInLength(opcode: number): number {
+  switch (opcode) {
+    case Opcode.READ:
+    case Opcode.WRITE:
+    case Opcode.READDIR:
+    case Opcode.READDIRPLUS:
+      return 40;
+    case Opcode.SETATTR:
+      return 88;
+    case Opcode.FALLOCATE:
+      return 32;
+    case Opcode.RELEASE:
+    case Opcode.RELEASEDIR:
+    case Opcode.FLUSH:
+    case Opcode.LSEEK:
+      return 24;
+    case Opcode.GETATTR:
+    case Opcode.FSYNC:
+    case Opcode.FSYNCDIR:
+      return 16;
+    case Opcode.OPEN:
+    case Opcode.OPENDIR:
+    case Opcode.ACCESS:
+    case Opcode.GETXATTR:
+    case Opcode.LISTXATTR:
+    case Opcode.SYNCFS:
+      return 8;
+    default:
+      return 0;
+  }
 }
