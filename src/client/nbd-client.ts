@@ -6,6 +6,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import * as tls from 'node:tls';
 import { BlkError, errnoName } from '../errors.js';
+import { adoptWithReceiver, ReceiveArena } from '../frontends/nbd/receive-socket.js';
 import * as w from '../frontends/nbd/wire.js';
 import { ByteQueue } from '../util/byte-queue.js';
 
@@ -79,6 +80,14 @@ function nbdError(errno: number, what: string, message = ''): BlkError {
   return new BlkError(code, `${what}: the server answered ${code}${message ? ` (${message})` : ''}`);
 }
 
+/** Where a read's data still to come goes: [at, at + remaining) of `into`, then `done`. */
+interface DirectTarget {
+  into: Buffer;
+  at: number;
+  remaining: number;
+  done: () => void;
+}
+
 /** Reads handshake bytes in exact pieces. */
 class HandshakeReader {
   #queue = new ByteQueue();
@@ -143,17 +152,37 @@ export class NbdClient {
   #closed: BlkError | null = null;
   /** Parsing state of a reply whose payload has not fully come. */
   #partial: { cookie: bigint; kind: 'simple-data' | 'structured'; flags: number; type: number; length: number } | null = null;
+  /** A read's data still to come, received straight into the read's buffer (no copy in between). */
+  #direct: DirectTarget | null = null;
+  /** Whether the last buffer handed to the socket was the direct target. */
+  #isReadingDirect = false;
 
   private constructor(socket: net.Socket | tls.TLSSocket, queue: ByteQueue, size: number, flags: number, contexts: Map<string, number>) {
-    this.#socket = socket;
     this.#queue = queue;
     this.size = size;
     this.transmissionFlags = flags;
     this.contexts = contexts;
-    socket.on('data', (b: Buffer) => {
-      this.#queue.push(b);
-      this.#parse();
-    });
+    if (socket instanceof tls.TLSSocket) {
+      this.#socket = socket;
+      socket.on('data', (b: Buffer) => this.#receive(b));
+    } else {
+      // Plain sockets read with onread: a reply's data straight into the read's buffer, the rest
+      // into windows of one arena (Node's default is a fresh 64 KiB buffer per read(2)).
+      const arena = new ReceiveArena();
+      this.#socket = adoptWithReceiver(socket, {
+        nextBuffer: () => {
+          const d = this.#direct;
+          this.#isReadingDirect = d !== null && this.#queue.length === 0;
+          return d && this.#isReadingDirect ? d.into.subarray(d.at, d.at + d.remaining) : arena.window();
+        },
+        received: (n) => {
+          if (this.#isReadingDirect) this.#advanceDirect(n);
+          else this.#queue.push(arena.filled(n));
+          this.#parse();
+        },
+      });
+    }
+    socket = this.#socket;
     socket.on('close', () => this.#fail(new BlkError('ECONNRESET', 'the NBD connection closed')));
     socket.on('error', (e) => this.#fail(new BlkError('ECONNRESET', `the NBD connection failed: ${e.message}`)));
     if (queue.length > 0) this.#parse();
@@ -312,9 +341,39 @@ export class NbdClient {
     });
   }
 
+  /** Bytes from a 'data' event (TLS): the direct target's share first, the rest to the queue. */
+  #receive(b: Buffer): void {
+    const d = this.#direct;
+    if (d) {
+      const n = Math.min(b.length, d.remaining);
+      b.copy(d.into, d.at, 0, n);
+      this.#advanceDirect(n);
+      b = b.subarray(n);
+    }
+    this.#queue.push(b);
+    this.#parse();
+  }
+
+  #advanceDirect(n: number): void {
+    const d = this.#direct as DirectTarget;
+    d.at += n;
+    d.remaining -= n;
+    if (d.remaining > 0) return;
+    this.#direct = null;
+    d.done();
+  }
+
+  /** Receives `length` bytes into `into` at `at`: what is queued now, the rest as it comes; then `done`. */
+  #receiveInto(into: Buffer, at: number, length: number, done: () => void): void {
+    const now = Math.min(this.#queue.length, length);
+    this.#queue.takeInto(into.subarray(at), now);
+    if (now === length) return done();
+    this.#direct = { into, at: at + now, remaining: length - now, done };
+  }
+
   #parse(): void {
     const q = this.#queue;
-    for (;;) {
+    while (this.#direct === null) {
       if (this.#partial === null) {
         if (q.length < 4) return;
         const magic = q.peek(4).readUInt32BE(0);
@@ -340,22 +399,40 @@ export class NbdClient {
         }
       }
       const part = this.#partial;
-      if (q.length < part.length) return;
-      this.#partial = null;
       const p = this.#pending.get(part.cookie);
       if (!p) return this.#fail(new BlkError('EPROTO', `the NBD server answered an unknown request ${part.cookie}`));
       if (part.kind === 'simple-data') {
-        q.takeInto(p.data as Buffer, part.length);
-        this.#finish(part.cookie, p);
+        this.#partial = null;
+        this.#receiveInto(p.data as Buffer, 0, part.length, () => this.#finish(part.cookie, p));
         continue;
       }
-      this.#chunk(p, part.type, part.length);
-      if (part.flags & w.NBD_REPLY_FLAG_DONE) {
-        // Chunks do not overlap (proto.md), so a full count means every byte was answered.
-        if (p.kind === 'read' && !p.error && (p.covered ?? 0) !== p.length) p.error = new BlkError('EPROTO', `${(p as Pending & { what: string }).what}: the reply answered ${p.covered ?? 0} of ${p.length} bytes`);
-        this.#finish(part.cookie, p, p.error);
+      // A data chunk goes straight into the read's buffer once its offset is known.
+      if (part.type === w.NBD_REPLY_TYPE_OFFSET_DATA && p.kind === 'read' && part.length >= 8 && q.length >= 8) {
+        const at = Number(q.peek(8).readBigUInt64BE(0)) - p.offset;
+        const n = part.length - 8;
+        if (at >= 0 && at + n <= p.length) {
+          q.skip(8);
+          this.#partial = null;
+          this.#receiveInto(p.data as Buffer, at, n, () => {
+            p.covered = (p.covered ?? 0) + n;
+            this.#chunkDone(part.cookie, p, part.flags);
+          });
+          continue;
+        }
       }
+      if (q.length < part.length) return;
+      this.#partial = null;
+      this.#chunk(p, part.type, part.length);
+      this.#chunkDone(part.cookie, p, part.flags);
     }
+  }
+
+  /** After a structured reply's chunk: the reply ends with its DONE flag. */
+  #chunkDone(cookie: bigint, p: Pending, flags: number): void {
+    if (!(flags & w.NBD_REPLY_FLAG_DONE)) return;
+    // Chunks do not overlap (proto.md), so a full count means every byte was answered.
+    if (p.kind === 'read' && !p.error && (p.covered ?? 0) !== p.length) p.error = new BlkError('EPROTO', `${(p as Pending & { what: string }).what}: the reply answered ${p.covered ?? 0} of ${p.length} bytes`);
+    this.#finish(cookie, p, p.error);
   }
 
   /** One structured reply chunk of `length` bytes, still in the queue. */
@@ -410,6 +487,7 @@ export class NbdClient {
   #fail(e: BlkError): void {
     if (this.#closed) return;
     this.#closed = e;
+    this.#direct = null;
     this.#socket.destroy();
     for (const p of this.#pending.values()) p.reject(e);
     this.#pending.clear();

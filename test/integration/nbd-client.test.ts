@@ -1,9 +1,12 @@
 // The library's NBD client against another server (qemu-nbd): structured replies that answer a read
-// with data and holes fill every byte of the buffer (it is not zeroed beforehand).
+// with data and holes fill every byte of the buffer (it is not zeroed beforehand), also when the
+// replies arrive cut in pieces of a few bytes (the client receives a read's data straight into its
+// buffer and must switch between that and its queue at any byte).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { NbdClient } from '../../src/client/nbd-client.js';
@@ -12,7 +15,7 @@ import { missing, tempDir } from '../helpers/tools.js';
 const MiB = 1 << 20;
 
 describe('library NBD client', { skip: missing('qemu-nbd') }, () => {
-  it('reads data and holes of a sparse file from qemu-nbd byte for byte, on buffers that were not zeroed', async () => {
+  it('reads data and holes of a sparse file from qemu-nbd byte for byte, on buffers that were not zeroed, whole and in pieces', async () => {
     const tmp = tempDir();
     const file = path.join(tmp.dir, 'sparse.img');
     const socket = path.join(tmp.dir, 'nbd.sock');
@@ -22,23 +25,61 @@ describe('library NBD client', { skip: missing('qemu-nbd') }, () => {
     const fd = fs.openSync(file, 'r+');
     fs.writeSync(fd, data, 0, data.length, 3 * MiB); // data at 3 MiB; holes around it
     fs.closeSync(fd);
-    const server = spawn('qemu-nbd', ['-f', 'raw', '-k', socket, '-t', file], { stdio: 'ignore' });
+    const server = spawn('qemu-nbd', ['-f', 'raw', '-k', socket, '-t', '-e', '4', file], { stdio: 'ignore' });
+    // Between client and server: the server's bytes passed on in pieces of 1 to 40 bytes, one per turn of the event loop.
+    const choppedSocket = path.join(tmp.dir, 'chopped.sock');
+    const chopper = net.createServer((c) => {
+      const up = net.connect(socket);
+      c.pipe(up);
+      let sending = Promise.resolve();
+      up.on('data', (b: Buffer) => {
+        sending = sending.then(async () => {
+          for (let at = 0; at < b.length; ) {
+            const n = 1 + Math.floor(Math.random() * 40);
+            c.write(b.subarray(at, at + n));
+            at += n;
+            if (Math.random() < 0.3) await new Promise((r) => setImmediate(r));
+          }
+        });
+      });
+      c.on('close', () => up.destroy());
+      up.on('close', () => c.destroy());
+      // The server closes first after the client's disconnect: the pipe's last write may find it gone.
+      c.on('error', () => up.destroy());
+      up.on('error', () => c.destroy());
+    });
+    await new Promise<void>((r) => chopper.listen(choppedSocket, r));
     try {
       for (let i = 0; i < 100 && !fs.existsSync(socket); i++) await new Promise((r) => setTimeout(r, 50));
+      const expected = Buffer.alloc(3 * MiB);
+      data.copy(expected, MiB);
       const client = await NbdClient.connect(`nbd+unix:///?socket=${socket}`);
       try {
         // Fill the process's free memory with non-zero bytes, so a buffer left unfilled would show.
         for (let i = 0; i < 64; i++) Buffer.allocUnsafeSlow(4 * MiB).fill(0xee);
         for (let round = 0; round < 8; round++) {
           const read = await client.read(2 * MiB, 3 * MiB);
-          const expected = Buffer.alloc(3 * MiB);
-          data.copy(expected, MiB);
           assert.ok(read.equals(expected), `round ${round}: holes read as zeros and data as written`);
         }
       } finally {
         await client.close();
       }
+      const chopped = await NbdClient.connect(`nbd+unix:///?socket=${choppedSocket}`);
+      try {
+        // Several reads in flight, of data, holes and both, each answered in pieces.
+        const ranges = Array.from({ length: 24 }, (_, i) => ({ offset: (i * 397 * 1024) % (7 * MiB), length: 1024 + ((i * 7919) % (256 * 1024)) }));
+        const reads = await Promise.all(ranges.map((r) => chopped.read(r.offset, r.length)));
+        const whole = Buffer.alloc(8 * MiB);
+        data.copy(whole, 3 * MiB);
+        reads.forEach((read, i) => {
+          const r = ranges[i] as { offset: number; length: number };
+          assert.ok(read.equals(whole.subarray(r.offset, r.offset + r.length)), `chopped read ${r.offset}+${r.length}`);
+        });
+      } finally {
+        await chopped.close();
+      }
     } finally {
+      chopper.close();
       server.kill('SIGTERM');
       await new Promise((r) => server.once('exit', r));
       tmp.remove();
