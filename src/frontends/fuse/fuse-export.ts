@@ -75,6 +75,7 @@ export class FuseExport {
   #ringsWanted: { queues: number; threads: number; entries: number } | null;
   #rings: Rings | null = null;
   #ringsReady: () => void = () => undefined;
+  #areRingsReady = false;
   /**
    * Resolves once every ring thread is registering its entries (the kernel then moves requests to
    * the rings); never without rings.
@@ -174,9 +175,9 @@ export class FuseExport {
     return this.#rings ? Atomics.load(this.#rings.control, RingEntry.answeredIndex) : 0;
   }
 
-  /** How requests reach the daemon: 'io_uring' once the kernel has taken the rings, else 'read/write'. */
+  /** How requests reach the daemon: 'io_uring' once every ring thread is registering its entries, else 'read/write'. */
   get route(): 'io_uring' | 'read/write' {
-    return this.#rings ? 'io_uring' : 'read/write';
+    return this.#areRingsReady ? 'io_uring' : 'read/write';
   }
 
   /**
@@ -220,7 +221,10 @@ export class FuseExport {
           rings.isAnswered[m.slot - this.#slotCount] = 0;
           this.#requests.serve(m.slot, m.length);
         } else if ('ready' in m) {
-          if (++readyCount === wanted.threads) this.#ringsReady();
+          if (++readyCount === wanted.threads) {
+            this.#areRingsReady = true;
+            this.#ringsReady();
+          }
         } else if (m.ended !== 'ENOTCONN') this.#log(`fuse ring ${thread} of ${this.#device.name} ended: ${m.ended}`);
       });
       worker.on('error', (e) => this.#log(`fuse ring ${thread} of ${this.#device.name} failed: ${String(e)}`));
