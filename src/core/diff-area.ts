@@ -7,6 +7,7 @@ import { settleAll, settleThenThrow } from '../util/settle.js';
 import { ChunkMap, ChunkState } from './chunk-map.js';
 import type { ImageReadGate, SendSink } from './block-device.js';
 import type { DiffStorage } from './diff-storage.js';
+import { OriginReaders } from './origin-readers.js';
 
 /** What a diff area needs from its snapshot: the sticky error, and a way to set it. */
 export interface SnapshotHealth {
@@ -24,15 +25,6 @@ export interface SnapshotHealth {
  * A failed copy never fails the device write: it corrupts the snapshot (sticky, first error wins),
  * copy-on-write stops, image I/O fails with EIO, and the device goes on unharmed.
  */
-/** Counters of other threads' reads of untouched chunks (chunk i uses 1 + i % this): a write to a chunk waits for its counter to be 0. */
-const READ_PIN_SLOTS = 1024;
-
-/** Chunks with sent-to entries beyond which the entries of sockets already read are dropped (at most every 10 ms)... */
-const SENT_SWEEP_AT = 4096;
-const SENT_SWEEP_EVERY_MS = 10;
-/** ... and beyond which image reads are copied, not sent: memory stays bounded while clients keep their sockets full. */
-const SENT_MAXIMUM = 16384;
-
 export class DiffArea {
   readonly deviceName: string;
   readonly chunks: ChunkMap;
@@ -43,14 +35,8 @@ export class DiffArea {
   #maximumInQueue: number;
   #inQueue = 0;
   #queueWaiters: Array<() => void> = [];
-  /** Image reads that read a chunk straight from the device; a COW write waits for them. */
-  #originReaders = new Map<number, { count: number; waiters: Array<() => void> }>();
-  /**
-   * Sockets an untouched chunk was sent to by page reference (sendImageNow): a COW write waits until
-   * each has been read, since the write changes those very pages. Entries go once seen read.
-   */
-  #sentTo = new Map<number, { sinks: SendSink[]; read?: Promise<void> }>();
-  #lastSweepAt = -Infinity;
+  /** Image reads of untouched chunks from the device (here, by sendfile, in other threads): a COW write waits for them. */
+  #originReaders = new OriginReaders();
   /** Set by stop() at destroy: no copy starts after it, so drain() ends and the store can close. */
   #isStopped = false;
   /** copyOnWrite() calls under way: one may be between windows with no copy in flight. */
@@ -67,7 +53,7 @@ export class DiffArea {
     this.chunks = new ChunkMap(origin.size, options.chunkMinimumShift);
     this.readGate = {
       state: this.chunks.state,
-      pins: new Int32Array(new SharedArrayBuffer(4 * (1 + READ_PIN_SLOTS))),
+      pins: this.#originReaders.threadPins,
       chunkShift: this.chunks.chunkShift,
       slot: this.chunks.slot,
       diffFd: diff.store?.fast?.readDescriptor?.() ?? -1,
@@ -157,22 +143,7 @@ export class DiffArea {
       }
     }
     if (pending.length) await Promise.all(pending);
-    for (let i = first; i <= last; i++) {
-      const readers = this.#originReaders.get(i);
-      if (readers) await new Promise<void>((resolve) => readers.waiters.push(resolve));
-      const sent = this.#sentTo.get(i);
-      if (sent) {
-        // The original is kept now, so no more sends of this chunk from the device: what went out
-        // must be read before the write lands. Other writes to the chunk wait for the same.
-        sent.read ??= Promise.all(sent.sinks.map((sink) => (sink.isRead() ? undefined : sink.whenRead()))).then(() => {
-          this.#sentTo.delete(i);
-        });
-        await sent.read;
-      }
-      // Another thread may be reading this chunk from the device, having seen it untouched.
-      const pin = 1 + (i % READ_PIN_SLOTS);
-      while (Atomics.load(this.readGate.pins, pin) > 0) await new Promise((resolve) => setImmediate(resolve));
-    }
+    for (let i = first; i <= last; i++) await this.#originReaders.drained(i);
   }
 
   /** Reads the image: kept originals from the difference storage, the rest from the device. */
@@ -202,9 +173,9 @@ export class DiffArea {
         let j = i;
         while ((j + 1) * chunks.chunkSize < end && chunks.state[j + 1] === ChunkState.Untouched) j++;
         const runEnd = Math.min(end, (j + 1) * chunks.chunkSize);
-        for (let k = i; k <= j; k++) this.#pin(k);
+        for (let k = i; k <= j; k++) this.#originReaders.pin(k);
         work.push(this.#origin.read(pos, into.subarray(pos - offset, runEnd - offset)).finally(() => {
-          for (let k = i; k <= j; k++) this.#unpin(k);
+          for (let k = i; k <= j; k++) this.#originReaders.unpin(k);
         }));
         pos = runEnd;
       }
@@ -264,39 +235,12 @@ export class DiffArea {
     const first = chunks.first(offset);
     const last = chunks.last(offset, length);
     for (let i = first; i <= last; i++) if (chunks.state[i] !== ChunkState.Untouched) return null;
-    if (this.#sentTo.size > SENT_SWEEP_AT) this.#forgetRead();
-    if (this.#sentTo.size + (last - first + 1) > SENT_MAXIMUM) return null;
+    if (!this.#originReaders.maySend(first, last)) return null;
     if (!origin.isCached(offset, length)) return null;
     const sent = origin.sendTo(sink.fd, prefix, offset, length);
     const dataSent = sent - prefix.length;
-    if (dataSent > 0) {
-      for (let i = first; i <= chunks.last(offset, dataSent); i++) {
-        const sent = this.#sentTo.get(i);
-        if (!sent) this.#sentTo.set(i, { sinks: [sink] });
-        else if (!sent.sinks.includes(sink)) sent.sinks.push(sink);
-      }
-    }
+    if (dataSent > 0) this.#originReaders.sent(first, chunks.last(offset, dataSent), sink);
     return sent;
-  }
-
-  /** Drops the entries of sockets whose client has read everything (asked once per socket), at most every 10 ms. */
-  #forgetRead(): void {
-    const now = performance.now();
-    if (now - this.#lastSweepAt < SENT_SWEEP_EVERY_MS) return;
-    this.#lastSweepAt = now;
-    const read = new Map<SendSink, boolean>();
-    for (const [i, sent] of this.#sentTo) {
-      if (sent.read) continue; // a write waits on these
-      sent.sinks = sent.sinks.filter((sink) => {
-        let isRead = read.get(sink);
-        if (isRead === undefined) {
-          isRead = sink.isRead();
-          read.set(sink, isRead);
-        }
-        return !isRead;
-      });
-      if (sent.sinks.length === 0) this.#sentTo.delete(i);
-    }
   }
 
   /** Writes the image: the chunk's original is kept first, then the write lands on the kept copy. */
@@ -329,7 +273,7 @@ export class DiffArea {
 
   /** Other threads stop reading the image themselves (destroyed, or corrupted: every read must fail as readImage's). */
   closeReadGate(): void {
-    Atomics.store(this.readGate.pins, 0, 1);
+    this.#originReaders.closeToThreads();
   }
 
   /**
@@ -414,18 +358,5 @@ export class DiffArea {
     const next = this.#queueWaiters.shift();
     if (next) next(); // the slot passes straight to the next copy
     else this.#inQueue--;
-  }
-
-  #pin(i: number): void {
-    const r = this.#originReaders.get(i);
-    if (r) r.count++;
-    else this.#originReaders.set(i, { count: 1, waiters: [] });
-  }
-
-  #unpin(i: number): void {
-    const r = this.#originReaders.get(i);
-    if (!r || --r.count > 0) return;
-    this.#originReaders.delete(i);
-    for (const wake of r.waiters) wake();
   }
 }
