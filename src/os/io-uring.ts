@@ -138,3 +138,21 @@ export class IoUring {
     closeFn(this.fd);
   }
 }
+
+let isUsable: boolean | null = null;
+
+/**
+ * Whether this process may set up an io_uring with big SQEs (asked once): containers' seccomp
+ * profiles and kernel.io_uring_disabled refuse it with EPERM, older kernels with ENOSYS or EINVAL.
+ */
+export function ioUringIsUsable(): boolean {
+  if (isUsable === null) {
+    try {
+      new IoUring(2).close();
+      isUsable = true;
+    } catch {
+      isUsable = false;
+    }
+  }
+  return isUsable;
+}

@@ -2,7 +2,7 @@
 // device, agrees byte for byte with NBD; its edges (end of device, size changes, holes) behave as a
 // file's; fio's verify over many requests in flight finds no torn or misplaced block.
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -210,6 +210,44 @@ describe('FUSE reads answered by the reader and ring threads', { skip: missing('
     } finally {
       await fuse.unmount();
       fs.closeSync(fd);
+      tmp.remove();
+    }
+  });
+});
+
+describe('FUSE over io_uring refused', { skip: !hasFuseRing || !fs.existsSync('/proc/sys/kernel/io_uring_disabled') }, () => {
+  it('where the process may not use io_uring (kernel.io_uring_disabled=2, as a container\'s seccomp profile), an export serves by read/write', async () => {
+    const tmp = tempDir();
+    const backing = path.join(tmp.dir, 'backing');
+    const bytes = randomBytes(1 << 20);
+    fs.writeFileSync(backing, bytes);
+    // A fresh process: whether io_uring may be used is asked once per process.
+    const script = path.join(tmp.dir, 'serve.mjs');
+    fs.writeFileSync(script, `
+      import * as fs from 'node:fs';
+      const { FuseExport } = await import(${JSON.stringify(new URL('../../src/frontends/fuse/fuse-export.js', import.meta.url).href)});
+      const fd = fs.openSync(${JSON.stringify(backing)}, 'r');
+      const device = { name: 'refused', size: ${bytes.length}, isReadOnly: true, canTrim: false, onClose: () => ({ dispose() {} }),
+        read: async (offset, into) => { fs.readSync(fd, into, 0, into.length, offset); } };
+      const log = [];
+      const fuse = FuseExport.mount(device, ${JSON.stringify(path.join(tmp.dir, 'm'))}, { ioUring: true, log: (line) => log.push(line) });
+      const file = await fs.promises.open(fuse.file, fs.constants.O_RDONLY | fs.constants.O_DIRECT);
+      const block = Buffer.alloc(${bytes.length});
+      const { bytesRead } = await file.read(block, 0, block.length, 0);
+      await file.close();
+      await new Promise((r) => setTimeout(r, 300)); // a ring thread that tried would have failed by now
+      process.stdout.write(JSON.stringify({ route: fuse.route, log, digest: (await import('node:crypto')).createHash('sha256').update(block.subarray(0, bytesRead)).digest('hex') }));
+      await fuse.unmount();
+    `);
+    const before = fs.readFileSync('/proc/sys/kernel/io_uring_disabled', 'utf8').trim();
+    fs.writeFileSync('/proc/sys/kernel/io_uring_disabled', '2');
+    try {
+      const out = JSON.parse(await check(process.execPath, [script], { timeoutMs: 30_000 })) as { route: string; log: string[]; digest: string };
+      assert.equal(out.route, 'read/write');
+      assert.deepEqual(out.log.filter((line) => /ring/.test(line)), [], 'no ring was tried');
+      assert.equal(out.digest, createHash('sha256').update(bytes).digest('hex'), 'the file reads as the device');
+    } finally {
+      fs.writeFileSync('/proc/sys/kernel/io_uring_disabled', before);
       tmp.remove();
     }
   });

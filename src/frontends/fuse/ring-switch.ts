@@ -1,6 +1,7 @@
 // Owns the system facts FUSE over io_uring depends on: the kernel's queue count (one per possible
 // CPU) and the fuse module's enable_uring switch.
 import * as fs from 'node:fs';
+import { ioUringIsUsable } from '../../os/io-uring.js';
 
 const ENABLE_URING = '/sys/module/fuse/parameters/enable_uring';
 
@@ -21,15 +22,11 @@ export function possibleCpuCount(): number {
 /**
  * True when the kernel will offer io_uring to FUSE servers, turning the switch on where it is off
  * (it changes nothing for a server that does not ask for io_uring at INIT). False on kernels
- * without CONFIG_FUSE_IO_URING, with io_uring disabled, or when the switch cannot be written.
+ * without CONFIG_FUSE_IO_URING, where this process may not use io_uring (a container's seccomp
+ * profile, kernel.io_uring_disabled), or when the switch cannot be written.
  */
 export function turnOnFuseRing(log: (line: string) => void): boolean {
-  try {
-    // kernel.io_uring_disabled: 1 allows only a group's members, 2 nobody.
-    if (Number(fs.readFileSync('/proc/sys/kernel/io_uring_disabled', 'utf8').trim() || 0) !== 0) return false;
-  } catch {
-    // Older kernels have no such switch.
-  }
+  if (!fs.existsSync(ENABLE_URING) || !ioUringIsUsable()) return false;
   try {
     if (fs.readFileSync(ENABLE_URING, 'utf8').trim() === 'Y') return true;
     fs.writeFileSync(ENABLE_URING, 'Y');
