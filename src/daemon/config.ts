@@ -80,8 +80,8 @@ Options:
   --fuse-io-uring on|off
                        on (default): the FUSE server takes the kernel's requests through
                        io_uring (Linux 6.14+ with CONFIG_FUSE_IO_URING; turns the fuse
-                       module's enable_uring on); off, or where the kernel lacks it: read(2)
-                       and write(2) on /dev/fuse
+                       module's enable_uring on); off, or where the kernel or a seccomp
+                       profile refuses io_uring: read(2) and write(2) on /dev/fuse
   --cached-read-max BYTES
                        reads up to this size are first served from the page cache on the
                        event loop (preadv2 RWF_NOWAIT: never waits for a disk) (default 1048576)

@@ -34,6 +34,10 @@ describe('daemon configuration', () => {
       assert.equal(parseDaemonArgs(['--busy-poll-us', '0'])?.busyPollMicroseconds, 0);
       assert.equal(parseDaemonArgs([])?.busyPollMicroseconds, 50);
       assert.throws(() => parseDaemonArgs(['--busy-poll-us', '5000']), /--busy-poll-us takes microseconds from 0 to 1000, not '5000'/);
+      assert.equal(parseDaemonArgs([])?.fuseIoUring, true);
+      assert.equal(parseDaemonArgs(['--fuse-io-uring', 'off'])?.fuseIoUring, false);
+      assert.equal(parseDaemonArgs(withConfigFile(['--config', file, '--fuse-io-uring', 'on'], '/nonexistent'))?.fuseIoUring, true);
+      assert.throws(() => parseDaemonArgs(['--fuse-io-uring', 'yes']), /--fuse-io-uring/);
     } finally {
       remove();
     }
@@ -41,7 +45,7 @@ describe('daemon configuration', () => {
 
   it('every option --help lists is one a config file takes, and --help lists them all', () => {
     const names = daemonOptionNames();
-    for (const n of ['control', 'nbd', 'listen', 'state-dir', 'attach', 'loop', 'cbt-region', 'cbt-sync-interval', 'config', 'log-format', 'verbose', 'busy-poll-us']) assert.ok(names.includes(n), n);
+    for (const n of ['control', 'nbd', 'listen', 'state-dir', 'attach', 'loop', 'cbt-region', 'cbt-sync-interval', 'config', 'log-format', 'verbose', 'busy-poll-us', 'fuse-io-uring']) assert.ok(names.includes(n), n);
     assert.match(DAEMON_HELP, /--verbose/);
   });
 
