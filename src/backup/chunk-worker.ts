@@ -6,6 +6,7 @@ import { parentPort } from 'node:worker_threads';
 import { BlkError, toBlkError } from '../errors.js';
 import { readAt, writeFully } from '../os/fd-io.js';
 import { koffi } from '../os/koffi.js';
+import { adviseWillNeed } from '../os/libc.js';
 import { startWriteback } from '../os/writeback-range.js';
 import { isAllZero } from './chunk-file.js';
 import type { ChunkLocation, LoadItem } from './chunk-index.js';
@@ -255,6 +256,8 @@ function run(task: Exclude<ChunkTask, { kind: 'write' }>): { result: ChunkResult
       const byOffset = [...entries].sort((a, b) => a.offset - b.offset);
       const fd = fs.openSync(task.pack, 'r');
       try {
+        // The whole pack read ahead at once, so the disk works while this thread hashes.
+        adviseWillNeed(fd, 0, 0);
         // The pack front to back in large reads (a cold cache saw one small read per record), each
         // record decoded into one buffer kept for the pack.
         let window = Buffer.alloc(0);

@@ -115,6 +115,11 @@ export function duplicate(fd: number): number {
   return n;
 }
 
+/** Asks the kernel to read a range ahead into the page cache, from a worker thread (it only starts the reads); length 0: to the end. */
+export function adviseWillNeed(fd: number, offset: number, length: number): void {
+  fadviseFn(fd, offset, length, POSIX_FADV_WILLNEED);
+}
+
 /** Asks the kernel to read a range ahead into the page cache (NBD_CMD_CACHE). */
 export function willNeed(fd: number, offset: number, length: number): Promise<void> {
   return new Promise((resolve) => {
