@@ -45,9 +45,10 @@ export class Transmission implements RequestSink {
   #bytesInFlight = 0;
   /** The receive queue feed() works on: replies wait (corked) while it holds more requests. */
   #queue: ByteQueue | null = null;
-  /** The socket's descriptor for replies sent by the kernel (sendfile); -1 when unknown. */
-  #socketFd: number;
-  /** The socket as the device sees it for sendfile: an image asks it when the client has read what was sent. */
+  /**
+   * The socket as the device sees it for sendfile (its descriptor, -1 when unknown): an image asks
+   * it when the client has read what was sent.
+   */
   #sink: SendSink;
   #replies: ReplyWriter;
   #onProgress: () => void;
@@ -61,7 +62,6 @@ export class Transmission implements RequestSink {
     this.#observer = replies.observer ?? null;
     this.#socket = socket;
     this.#replies = new ReplyWriter(socket, () => this.#requestsInFlight > 1 || (this.#queue?.length ?? 0) >= w.REQUEST_HEADER_LENGTH);
-    this.#socketFd = replies.socketFd;
     const fd = replies.socketFd;
     this.#sink = {
       fd,
@@ -283,7 +283,7 @@ export class Transmission implements RequestSink {
    * flight are no sign: synchronous writes leave none.
    */
   #hasMoreRequests(): boolean {
-    return this.#requestsInFlight > 1 || (this.#queue?.length ?? 0) > 0 || (this.#socketFd >= 0 && bytesReadable(this.#socketFd) > 0);
+    return this.#requestsInFlight > 1 || (this.#queue?.length ?? 0) > 0 || (this.#sink.fd >= 0 && bytesReadable(this.#sink.fd) > 0);
   }
 
   #read(h: w.RequestHeader): Promise<void> | undefined {
@@ -335,7 +335,7 @@ export class Transmission implements RequestSink {
    * wait ends after one socket's worth however busy the connection is; a closed socket ends it.
    */
   async #whenRead(): Promise<void> {
-    const fd = this.#socketFd;
+    const fd = this.#sink.fd;
     if (bytesUnread(fd) <= 0) return;
     this.#replies.hold();
     try {
@@ -351,7 +351,7 @@ export class Transmission implements RequestSink {
 
   /** Sendfile where the device can and nothing of ours waits on the socket. */
   #canSendDirectly(): boolean {
-    return this.#socketFd >= 0 && this.#replies.isIdle;
+    return this.#sink.fd >= 0 && this.#replies.isIdle;
   }
 
   /**
