@@ -38,12 +38,10 @@ export interface FuseExportOptions {
   log?: (line: string) => void;
 }
 
-/** The rings of one export: their memory, control words and threads. */
+/** The rings of one export: their entries' headers and payloads (views of shared memory), control words and threads. */
 interface Rings {
   /** Entries per ring thread; thread t holds entries [t * perThread, (t + 1) * perThread). */
   perThread: number;
-  memory: SharedArrayBuffer;
-  entryBase: number;
   control: Int32Array;
   headers: Buffer[];
   payloads: Buffer[];
@@ -53,7 +51,8 @@ interface Rings {
   workers: Worker[];
 }
 
-const ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
+/** What a write(2) to an eventfd adds: 1, as a 64-bit integer. */
+const EVENTFD_ONE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 
 export class FuseExport {
   readonly mountpoint: string;
@@ -199,8 +198,6 @@ export class FuseExport {
     for (let e = 0; e < entries; e++) allSlots[this.#slotCount + e] = Buffer.from(memory, at(e) + RingEntry.requestAt, RingEntry.payloadAt - RingEntry.requestAt + this.#maxTransfer);
     const rings: Rings = {
       perThread,
-      memory,
-      entryBase,
       control,
       headers: Array.from({ length: entries }, (_, e) => Buffer.from(memory, at(e) + RingEntry.headerAt, w.Ring.headerBytes)),
       payloads: Array.from({ length: entries }, (_, e) => Buffer.from(memory, at(e) + RingEntry.payloadAt, this.#maxTransfer)),
@@ -257,7 +254,7 @@ export class FuseExport {
     rings.isAnswered[entry] = 1;
     Atomics.store(rings.control, RingEntry.stateIndex + entry, RingEntry.replied);
     try {
-      fs.writeSync(rings.wakeFds[Math.floor(entry / rings.perThread)] as number, ONE);
+      fs.writeSync(rings.wakeFds[Math.floor(entry / rings.perThread)] as number, EVENTFD_ONE);
     } catch {
       // The ring has stopped: the connection is gone, nobody to answer.
     }
@@ -286,7 +283,7 @@ export class FuseExport {
     const rings = this.#rings;
     if (rings) {
       Atomics.store(rings.control, RingEntry.stopIndex, 1);
-      for (const wakeFd of rings.wakeFds) fs.writeSync(wakeFd, ONE);
+      for (const wakeFd of rings.wakeFds) fs.writeSync(wakeFd, EVENTFD_ONE);
     }
     await Promise.all([...this.#workers, ...(rings?.workers ?? [])].map((worker) => exited(worker, 5000)));
     for (const wakeFd of rings?.wakeFds ?? []) fs.closeSync(wakeFd);
