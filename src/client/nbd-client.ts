@@ -172,8 +172,9 @@ export class NbdClient {
       this.#socket = adoptWithReceiver(socket, {
         nextBuffer: () => {
           const d = this.#direct;
-          this.#isReadingDirect = d !== null && this.#queue.length === 0;
-          return d && this.#isReadingDirect ? d.into.subarray(d.at, d.at + d.remaining) : arena.window();
+          // While a read's data is coming the queue is empty: #receiveInto took all of it first.
+          this.#isReadingDirect = d !== null;
+          return d ? d.into.subarray(d.at, d.at + d.remaining) : arena.window();
         },
         received: (n) => {
           if (this.#isReadingDirect) this.#advanceDirect(n);

@@ -1,5 +1,5 @@
-// Owns whole reads and writes at an offset through the thread pool, for code on any thread (it loads
-// no FFI: the repository's worker threads use it, and must not load libc.ts's koffi types again).
+// Owns whole reads and writes at an offset through the thread pool, for code on any thread (the
+// file store, the repository's worker threads); plain node:fs, no FFI.
 import * as fs from 'node:fs';
 
 /** pwrite(2) of all of `data` at `position` in the thread pool, again after a short write. */

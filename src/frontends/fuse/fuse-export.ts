@@ -4,13 +4,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { BlockDevice } from '../../core/block-device.js';
-import { toBlkError } from '../../errors.js';
+import { errnoNumber, toBlkError } from '../../errors.js';
 import { koffi } from '../../os/koffi.js';
 import { createEventFd, duplicate, mountFuse, unmountLazy } from '../../os/libc.js';
 import type { CachedReads } from './cached-read.js';
 import { DISK_FILE_NAME, FuseRequests } from './requests.js';
 import { possibleCpuCount, turnOnFuseRing } from './ring-switch.js';
-import { RingEntry, sharedMemoryFor, SlotState, type ReaderMessage, type ReaderShared, type RingShared } from './slots.js';
+import { RingEntry, ringEntryViews, sharedMemoryFor, SlotState, type ReaderMessage, type ReaderShared, type RingEntryViews, type RingShared } from './slots.js';
 import * as w from './wire.js';
 
 const S_IFDIR = 0o040000;
@@ -38,13 +38,12 @@ export interface FuseExportOptions {
   log?: (line: string) => void;
 }
 
-/** The rings of one export: their entries' headers and payloads (views of shared memory), control words and threads. */
+/** The rings of one export: their entries (views of shared memory), control words and threads. */
 interface Rings {
   /** Entries per ring thread; thread t holds entries [t * perThread, (t + 1) * perThread). */
   perThread: number;
   control: Int32Array;
-  headers: Buffer[];
-  payloads: Buffer[];
+  entries: RingEntryViews[];
   /** Whether the request relayed in each entry has had its reply (this thread's view: the entry's state word may already say the next request's). */
   isAnswered: Uint8Array;
   wakeFds: number[];
@@ -180,28 +179,27 @@ export class FuseExport {
   }
 
   /**
-   * After the INIT reply agreed to io_uring: a ring thread per possible CPU registers its entries;
-   * the kernel moves requests to the rings once every queue has one. Entry e is FuseRequests' slot
-   * `slotCount + e`, a view of its request area.
+   * After the INIT reply agreed to io_uring: the ring threads register their entries, spread over
+   * the kernel's queues; the kernel moves requests to the rings once every queue has one. Entry e
+   * is FuseRequests' slot `slotCount + e`, a view of its request area.
    */
   #startRings(allSlots: Buffer[]): void {
     const wanted = this.#ringsWanted;
     if (!wanted || this.#rings || this.#isClosed) return;
     const perThread = Math.floor(wanted.entries / wanted.threads);
-    const entryBytes = RingEntry.bytes(this.#maxTransfer);
-    const memory = new SharedArrayBuffer(4096 + perThread * wanted.threads * entryBytes);
+    const memory = new SharedArrayBuffer(4096 + perThread * wanted.threads * RingEntry.bytes(this.#maxTransfer));
     const address = Number(koffi.address(new Uint8Array(memory)) % 4096n);
     const entryBase = (4096 - address) % 4096;
     const control = new Int32Array(new SharedArrayBuffer(4 * (RingEntry.stateIndex + wanted.entries)));
-    const entries = perThread * wanted.threads;
-    const at = (e: number): number => entryBase + e * entryBytes;
-    for (let e = 0; e < entries; e++) allSlots[this.#slotCount + e] = Buffer.from(memory, at(e) + RingEntry.requestAt, RingEntry.payloadAt - RingEntry.requestAt + this.#maxTransfer);
+    const entries = Array.from({ length: perThread * wanted.threads }, (_, e) => ringEntryViews(memory, entryBase, this.#maxTransfer, e));
+    entries.forEach((entry, e) => {
+      allSlots[this.#slotCount + e] = entry.request;
+    });
     const rings: Rings = {
       perThread,
       control,
-      headers: Array.from({ length: entries }, (_, e) => Buffer.from(memory, at(e) + RingEntry.headerAt, w.Ring.headerBytes)),
-      payloads: Array.from({ length: entries }, (_, e) => Buffer.from(memory, at(e) + RingEntry.payloadAt, this.#maxTransfer)),
-      isAnswered: new Uint8Array(entries),
+      entries,
+      isAnswered: new Uint8Array(entries.length),
       wakeFds: [],
       workers: [],
     };
@@ -229,17 +227,20 @@ export class FuseExport {
     }
   }
 
-  /** The reply to a relayed ring request: into its entry's header and payload (in place when it is already there), then its ring is woken to commit it. */
+  /**
+   * The reply to a relayed ring request: its error and arguments into the entry's header and
+   * payload (in place when they are already there), then its ring is woken to commit it. The
+   * header still holds the request's `unique`, where the out header has it too.
+   */
   #ringReply(entry: number, head: Buffer, body?: Buffer): void {
     const rings = this.#rings as Rings;
-    const header = rings.headers[entry] as Buffer;
-    const payload = rings.payloads[entry] as Buffer;
+    const { header, payload } = rings.entries[entry] as RingEntryViews;
     let length = 0;
     let error = head.readInt32LE(4);
     for (const part of [head.subarray(w.OUT_HEADER_LENGTH), body ?? Buffer.alloc(0)]) {
       if (part.length === 0) continue;
       if (length + part.length > payload.length) {
-        error = -5; // EIO: no reply is larger than a transfer
+        error = -errnoNumber('EIO'); // no reply is larger than a transfer
         length = 0;
         break;
       }
@@ -249,7 +250,6 @@ export class FuseExport {
     }
     header.writeUInt32LE(w.OUT_HEADER_LENGTH + length, 0);
     header.writeInt32LE(error, 4);
-    head.copy(header, 8, 8, 16); // unique
     header.writeUInt32LE(length, w.Ring.payloadSizeOffset);
     rings.isAnswered[entry] = 1;
     Atomics.store(rings.control, RingEntry.stateIndex + entry, RingEntry.replied);
@@ -333,8 +333,7 @@ export class FuseExport {
       const entry = slot - this.#slotCount;
       if (this.#rings && this.#rings.isAnswered[entry] === 0) {
         const head = Buffer.alloc(w.OUT_HEADER_LENGTH);
-        (this.#rings.headers[entry] as Buffer).copy(head, 8, 8, 16);
-        w.writeOutHeader(head, w.OUT_HEADER_LENGTH, -5, head.readBigUInt64LE(8));
+        head.writeInt32LE(-errnoNumber('EIO'), 4);
         this.#ringReply(entry, head);
       }
       return;

@@ -12,7 +12,7 @@ import { IoUring } from '../../os/io-uring.js';
 import { readRaw } from '../../os/libc.js';
 import { fuse as fuseParams } from '../../params.js';
 import { readFromCache } from './cached-read.js';
-import { RingEntry, type ReaderMessage, type RingShared } from './slots.js';
+import { RingEntry, ringEntryViews, type ReaderMessage, type RingEntryViews, type RingShared } from './slots.js';
 import * as w from './wire.js';
 
 const EINTR = 4;
@@ -26,20 +26,17 @@ const { fd, queueCount, entryBase, maxTransfer, firstEntry, entryCount, firstSlo
 const control = new Int32Array(shared.control);
 const post = (m: ReaderMessage) => parentPort?.postMessage(m);
 
-const entryBytes = RingEntry.bytes(maxTransfer);
-const at = (e: number): number => entryBase + (firstEntry + e) * entryBytes;
-const headers = Array.from({ length: entryCount }, (_, e) => Buffer.from(shared.memory, at(e) + RingEntry.headerAt, w.Ring.headerBytes));
-const requests = Array.from({ length: entryCount }, (_, e) => Buffer.from(shared.memory, at(e) + RingEntry.requestAt, RingEntry.payloadAt - RingEntry.requestAt + maxTransfer));
+const entries = Array.from({ length: entryCount }, (_, e) => ringEntryViews(shared.memory, entryBase, maxTransfer, firstEntry + e));
 const commitIds = new BigUint64Array(entryCount);
 // The two buffers each entry registers, kept alive for the ring's life.
 const iovecs = Buffer.alloc(entryCount * 32);
 const memoryAddress = koffi.address(new Uint8Array(shared.memory));
-for (let e = 0; e < entryCount; e++) {
-  iovecs.writeBigUInt64LE(memoryAddress + BigInt(at(e) + RingEntry.headerAt), e * 32);
-  iovecs.writeBigUInt64LE(BigInt(w.Ring.headerBytes), e * 32 + 8);
-  iovecs.writeBigUInt64LE(memoryAddress + BigInt(at(e) + RingEntry.payloadAt), e * 32 + 16);
-  iovecs.writeBigUInt64LE(BigInt(maxTransfer), e * 32 + 24);
-}
+entries.forEach((entry, e) => {
+  iovecs.writeBigUInt64LE(memoryAddress + BigInt(entry.headerOffset), e * 32);
+  iovecs.writeBigUInt64LE(BigInt(entry.header.length), e * 32 + 8);
+  iovecs.writeBigUInt64LE(memoryAddress + BigInt(entry.payloadOffset), e * 32 + 16);
+  iovecs.writeBigUInt64LE(BigInt(entry.payload.length), e * 32 + 24);
+});
 const iovecsAddress = koffi.address(iovecs);
 
 const ring = new IoUring(entryCount + 2);
@@ -55,15 +52,12 @@ function command(e: number, op: number): void {
 
 /** Answers from the page cache, or rebuilds the request as the daemon's thread reads it and relays it. */
 function take(e: number): void {
-  const h = headers[e] as Buffer;
-  const request = requests[e] as Buffer;
+  const { header: h, request, payload } = entries[e] as RingEntryViews;
   commitIds[e] = h.readBigUInt64LE(w.Ring.commitIdOffset);
   const opcode = h.readUInt32LE(4);
   const payloadLength = h.readUInt32LE(w.Ring.payloadSizeOffset);
-  const payload = request.subarray(RingEntry.payloadAt - RingEntry.requestAt);
   if (opcode === w.Opcode.READ && cachedReads) {
-    const offset = Number(h.readBigUInt64LE(w.Ring.opInOffset + 8));
-    const size = h.readUInt32LE(w.Ring.opInOffset + 16);
+    const { offset, size } = w.readIoIn(h, w.Ring.opInOffset);
     if (size <= fuseParams.ringCachedReadMaximum && readFromCache(cachedReads, payload.subarray(0, size), offset)) {
       // The out header sits where the in header was; `unique` is at the same place in both.
       h.writeUInt32LE(w.OUT_HEADER_LENGTH + size, 0);

@@ -1,5 +1,6 @@
 // Owns the layout of the memory the FUSE reader worker and the daemon's thread share.
 import type { CachedReads } from './cached-read.js';
+import { Ring } from './wire.js';
 
 /** What the daemon gives the reader worker. */
 export interface ReaderShared {
@@ -63,6 +64,30 @@ export const RingEntry = {
   stateIndex: 2,
 } as const;
 
+/** One ring entry in the rings' memory: views of its three parts and where they start in the memory. */
+export interface RingEntryViews {
+  header: Buffer;
+  /** The request as the daemon's thread reads it; its tail is the payload. */
+  request: Buffer;
+  payload: Buffer;
+  headerOffset: number;
+  payloadOffset: number;
+}
+
+/** Entry `e` of rings whose first entry starts at `entryBase` (a page boundary) of `memory`. */
+export function ringEntryViews(memory: SharedArrayBuffer, entryBase: number, maxTransfer: number, e: number): RingEntryViews {
+  const at = entryBase + e * RingEntry.bytes(maxTransfer);
+  const headerOffset = at + RingEntry.headerAt;
+  const payloadOffset = at + RingEntry.payloadAt;
+  return {
+    header: Buffer.from(memory, headerOffset, Ring.headerBytes),
+    request: Buffer.from(memory, at + RingEntry.requestAt, RingEntry.payloadAt - RingEntry.requestAt + maxTransfer),
+    payload: Buffer.from(memory, payloadOffset, maxTransfer),
+    headerOffset,
+    payloadOffset,
+  };
+}
+
 /**
  * What one ring thread gets. Its entries are spread over all the kernel's queues (entry e, counted
  * over all rings, serves queue e % queueCount), so that the requests of one busy CPU are taken by every ring thread.
@@ -74,7 +99,7 @@ export interface RingShared {
   /** Offset of entry 0 in `memory` (its first page boundary). */
   entryBase: number;
   maxTransfer: number;
-  /** This queue's entries: [firstEntry, firstEntry + entryCount); entry e is FuseRequests' slot `firstSlot + e`. */
+  /** This thread's entries: [firstEntry, firstEntry + entryCount); entry e is FuseRequests' slot `firstSlot + e`. */
   firstEntry: number;
   entryCount: number;
   firstSlot: number;

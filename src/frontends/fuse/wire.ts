@@ -89,9 +89,9 @@ export function writeOutHeader(b: Buffer, length: number, negativeErrno: number,
   b.writeBigUInt64LE(unique, 8);
 }
 
-/** READ, WRITE and READDIR arguments (same leading layout). */
-export function readIoIn(b: Buffer): { offset: number; size: number } {
-  return { offset: Number(b.readBigUInt64LE(IN_HEADER_LENGTH + 8)), size: b.readUInt32LE(IN_HEADER_LENGTH + 16) };
+/** READ, WRITE and READDIR arguments (same leading layout), after the in header or at `at` (a ring header's op_in). */
+export function readIoIn(b: Buffer, at: number = IN_HEADER_LENGTH): { offset: number; size: number } {
+  return { offset: Number(b.readBigUInt64LE(at + 8)), size: b.readUInt32LE(at + 16) };
 }
 
 export interface InitIn {
