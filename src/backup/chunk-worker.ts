@@ -309,3 +309,6 @@ parentPort?.on('message', (message: { id: number; task: ChunkTask }) => {
     fail(message.id, e);
   }
 });
+
+// Every import above is loaded: the pool may now let the process end, or terminate this thread.
+parentPort?.postMessage({ loaded: true });

@@ -8,6 +8,9 @@ import type { ChunkResult, ChunkTask } from './chunk-worker.js';
 interface Slot {
   worker: Worker;
   busy: number;
+  /** Resolves once the worker's modules are loaded (its first message). */
+  loaded: Promise<void>;
+  isLoaded: boolean;
 }
 
 export class WorkerPool {
@@ -18,23 +21,33 @@ export class WorkerPool {
   constructor(size = Math.max(1, os.availableParallelism())) {
     this.#slots = Array.from({ length: size }, () => {
       const worker = new Worker(new URL('./chunk-worker.js', import.meta.url));
-      const slot: Slot = { worker, busy: 0 };
-      worker.on('message', (m: { id: number; result?: ChunkResult; error?: { code: Errno; message: string } }) => {
+      let markLoaded = () => {};
+      const slot: Slot = { worker, busy: 0, loaded: new Promise((resolve) => (markLoaded = resolve)), isLoaded: false };
+      // Stays referenced until loaded: a process ending (or a terminate) while the worker still
+      // loads the FFI aborts the whole process inside koffi (FATAL ERROR ... napi_throw).
+      worker.on('message', (m: { id: number; loaded?: true; result?: ChunkResult; error?: { code: Errno; message: string } }) => {
+        if (m.loaded) {
+          slot.isLoaded = true;
+          markLoaded();
+          if (slot.busy === 0) worker.unref();
+          return;
+        }
         const p = this.#pending.get(m.id);
         if (!p) return;
         this.#pending.delete(m.id);
-        if (--p.slot.busy === 0) worker.unref();
+        if (--p.slot.busy === 0 && slot.isLoaded) worker.unref();
         if (m.error) p.reject(new BlkError(m.error.code, m.error.message));
         else p.resolve(m.result as ChunkResult);
       });
       worker.on('error', (e) => {
+        markLoaded();
         for (const [id, p] of this.#pending) {
           if (p.slot !== slot) continue;
           this.#pending.delete(id);
           p.reject(e);
         }
       });
-      worker.unref();
+      worker.once('exit', markLoaded);
       return slot;
     });
   }
@@ -68,6 +81,9 @@ export class WorkerPool {
   }
 
   async close(): Promise<void> {
-    await Promise.all(this.#slots.map((s) => s.worker.terminate()));
+    await Promise.all(this.#slots.map(async (s) => {
+      await s.loaded;
+      await s.worker.terminate();
+    }));
   }
 }
