@@ -1,5 +1,8 @@
 // Benchmark: copy-on-write and snapshot costs.
 //  - COW first-write throughput: sequential 1 MiB writes into fresh chunks with a snapshot held, vs passthrough
+//    overwriting cached pages, and vs passthrough into never-written ranges (which, like the difference
+//    storage's copies, need new page-cache pages: on a VM that gives free memory back to the host,
+//    each new page costs a host fault, docs/performance.md "Session 9")
 //  - image reads vs device reads (untouched chunks come from the device, kept ones from the difference storage)
 //  - take latency with 4 sparse devices of 1 TiB
 //  - daemon RSS with a 4 TiB sparse device and a snapshot held; metadata bytes per chunk
@@ -29,10 +32,10 @@ async function startDaemon(dir: string): Promise<{ child: ChildProcess; client: 
 }
 
 /** fio sequential pass over the first sizeMiB (not time based: every chunk is touched exactly once). */
-async function fioPass(uri: string, rw: 'write' | 'read', iodepth: number): Promise<number> {
+async function fioPass(uri: string, rw: 'write' | 'read', iodepth: number, offsetMiB = 0): Promise<number> {
   // Every pass starts with no dirty pages: one pass's writeback must not slow the next (runs swung 0.4–0.8× without it).
   await runTool('sync', []);
-  const out = await runTool('fio', ['--name=b', '--ioengine=nbd', `--uri=${uri}`, `--rw=${rw}`, '--bs=1m', `--iodepth=${iodepth}`, `--size=${sizeMiB}m`, '--output-format=json']);
+  const out = await runTool('fio', ['--name=b', '--ioengine=nbd', `--uri=${uri}`, `--rw=${rw}`, '--bs=1m', `--iodepth=${iodepth}`, `--size=${sizeMiB}m`, `--offset=${offsetMiB}m`, '--output-format=json']);
   return fioMegabytesPerSecond(out).mbps;
 }
 
@@ -48,13 +51,15 @@ async function main(): Promise<void> {
   try {
     const file = path.join(dir, 'disk.raw');
     fs.writeFileSync(file, '');
-    fs.truncateSync(file, 4 * 2 ** 30);
+    // The first sizeMiB are prefilled; each round's fresh-pages pass writes its own never-written range after them.
+    fs.truncateSync(file, (rounds + 1) * sizeMiB * 2 ** 20);
     await client.call(api.DeviceAttach, { path: file, name: 'disk' });
     const uri = (name: string) => `nbd+unix:///${name}?socket=${nbd}`;
     await fioPass(uri('disk'), 'write', 32); // allocate, so passthrough and COW both overwrite data
-    const results = { passthrough: [] as number[], cow: [] as number[], device: [] as number[], imageUntouched: [] as number[], imageKept: [] as number[] };
+    const results = { passthrough: [] as number[], freshPages: [] as number[], cow: [] as number[], device: [] as number[], imageUntouched: [] as number[], imageKept: [] as number[] };
     for (let r = 0; r < rounds; r++) {
       results.passthrough.push(await fioPass(uri('disk'), 'write', 32));
+      results.freshPages.push(await fioPass(uri('disk'), 'write', 32, (r + 1) * sizeMiB));
       results.device.push(await fioPass(uri('disk'), 'read', 32));
       const { id } = await client.call(api.SnapshotCreate, { devices: ['disk'], diffStorage: dir, limit: 8 * 2 ** 30 });
       await client.call(api.SnapshotTake, { id });
@@ -64,18 +69,21 @@ async function main(): Promise<void> {
       await client.call(api.SnapshotDestroy, { id });
     }
     const p = median(results.passthrough);
+    const f = median(results.freshPages);
     const c = median(results.cow);
     const d = median(results.device);
     const iu = median(results.imageUntouched);
     const ik = median(results.imageKept);
     console.log(`# ${rounds} rounds, ${sizeMiB} MiB sequential passes, 1 MiB requests at depth 32, chunks 256 KiB, ${os.cpus().length} cores`);
-    console.log(`passthrough write       ${p.toFixed(0).padStart(6)} MB/s`);
-    console.log(`COW first write         ${c.toFixed(0).padStart(6)} MB/s   ratio ${(c / p).toFixed(2)}× (target ≥ 0.45×)`);
+    const perRound = (of: number[], to: number[]) => of.map((x, i) => `${(x / (to[i] as number)).toFixed(2)}×`).join(' ');
+    console.log(`passthrough write       ${p.toFixed(0).padStart(6)} MB/s   (over cached pages)`);
+    console.log(`passthrough, new pages  ${f.toFixed(0).padStart(6)} MB/s   (never-written ranges: the page cache takes new pages, as the COW copies do)`);
+    console.log(`COW first write         ${c.toFixed(0).padStart(6)} MB/s   ratio ${(c / p).toFixed(2)}× (target ≥ 0.45×), ${(c / f).toFixed(2)}× of passthrough into new pages`);
     // Each round's own ratio: the target is a steady one.
-    console.log(`  per round               ${results.cow.map((x, i) => `${(x / (results.passthrough[i] as number)).toFixed(2)}×`).join(' ')}`);
+    console.log(`  per round               ${perRound(results.cow, results.passthrough)}; to new pages ${perRound(results.cow, results.freshPages)}`);
     console.log(`device read             ${d.toFixed(0).padStart(6)} MB/s`);
     console.log(`image read (untouched)  ${iu.toFixed(0).padStart(6)} MB/s   ratio ${(iu / d).toFixed(2)}× (target ≥ 0.95×)`);
-    console.log(`  per round               ${results.imageUntouched.map((x, i) => `${(x / (results.device[i] as number)).toFixed(2)}×`).join(' ')}`);
+    console.log(`  per round               ${perRound(results.imageUntouched, results.device)}`);
     console.log(`image read (all kept)   ${ik.toFixed(0).padStart(6)} MB/s   ratio ${(ik / d).toFixed(2)}×`);
     await client.call(api.DeviceDetach, { device: 'disk' });
 
