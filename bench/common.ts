@@ -1,6 +1,10 @@
 // Owns what the benchmarks share: running a tool for its output, and medians.
 import { spawn } from 'node:child_process';
 
+// A reader that stops early (`| head`) must not leave daemons, loop devices and files behind: what
+// is printed to the closed pipe is dropped, and the bench runs on to its own clean-up.
+process.stdout.on('error', () => undefined);
+
 /** Runs a program and resolves with its stdout; rejects with its stderr when it fails. */
 export function runTool(program: string, args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {

@@ -32,10 +32,20 @@ export class Scenario {
   /** A daemon with sparse devices of the given sizes attached as dev0, dev1, ... */
   static async start(deviceSizes: number[]): Promise<Scenario> {
     const { dir, remove } = tempDir('blksnap-scenario-');
-    const args = deviceSizes.flatMap((size, i) => ['--attach', `${sparseFile(path.join(dir, `dev${i}`), size)}=dev${i}`]);
-    const daemon = await TestDaemon.start(args);
-    const client = await BlksnapClient.connect(daemon.controlPath);
-    return new Scenario(daemon, client, dir, remove);
+    try {
+      const args = deviceSizes.flatMap((size, i) => ['--attach', `${sparseFile(path.join(dir, `dev${i}`), size)}=dev${i}`]);
+      const daemon = await TestDaemon.start(args);
+      try {
+        const client = await BlksnapClient.connect(daemon.controlPath);
+        return new Scenario(daemon, client, dir, remove);
+      } catch (e) {
+        await daemon.stop();
+        throw e;
+      }
+    } catch (e) {
+      remove(); // a daemon that did not come up leaves nothing behind
+      throw e;
+    }
   }
 
   path(name: string): string {
