@@ -217,7 +217,10 @@ export class FileStorage implements Storage, StorageFastPaths {
   async copyTo(offset: number, length: number, target: Storage, targetOffset: number): Promise<boolean> {
     if (!(target instanceof FileStorage) || this.#isClosed || target.#isClosed || this.#cannotCopyTo.has(target)) return false;
     const targetFd = target.#open();
-    return (await this.#held((fd) => copyFileRangeAsync(fd, offset, targetFd, targetOffset, length))) === length;
+    const copied = await this.#held((fd) => copyFileRangeAsync(fd, offset, targetFd, targetOffset, length));
+    // As copyToNow: where the kernel cannot copy between the two, no copy tries again.
+    if (copied === null) this.#cannotCopyTo.add(target);
+    return copied === length;
   }
 
   writeNow(offset: number, data: Uint8Array): boolean {

@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { BlkError, toBlkError } from '../errors.js';
 import { readAt, writeFully } from '../os/fd-io.js';
-import { koffi } from '../os/koffi.js';
+import { bytesToAlignment } from '../os/koffi.js';
 import { adviseWillNeed } from '../os/libc.js';
 import { startWriteback } from '../os/writeback-range.js';
 import { isAllZero } from './chunk-file.js';
@@ -138,7 +138,7 @@ function alignedBuffer(bytes: number): Uint8Array {
   const kept = freeBuffers.pop();
   if (kept && kept.length >= bytes) return kept;
   const raw = new Uint8Array(bytes + DIRECT_ALIGN);
-  const skip = (DIRECT_ALIGN - Number(koffi.address(raw) % BigInt(DIRECT_ALIGN))) % DIRECT_ALIGN;
+  const skip = bytesToAlignment(raw, DIRECT_ALIGN);
   return raw.subarray(skip, skip + bytes);
 }
 

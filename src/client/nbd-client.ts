@@ -62,6 +62,8 @@ export interface Extent {
 
 interface Pending {
   kind: 'read' | 'status' | 'other';
+  /** The request as errors name it: command, offset and length. */
+  what: string;
   offset: number;
   length: number;
   data?: Buffer;
@@ -328,14 +330,14 @@ export class NbdClient {
     if (this.#closed) return Promise.reject(this.#closed);
     const cookie = this.#cookie++;
     return new Promise((resolve, reject) => {
-      const p: Pending = { kind: type === w.NBD_CMD_READ ? 'read' : type === w.NBD_CMD_BLOCK_STATUS ? 'status' : 'other', offset, length, resolve, reject };
+      const kind = type === w.NBD_CMD_READ ? 'read' : type === w.NBD_CMD_BLOCK_STATUS ? 'status' : 'other';
+      const p: Pending = { kind, what: `${what} ${offset}+${length}`, offset, length, resolve, reject };
       // Not zeroed (a memset of every byte read): every byte is filled by data or a hole, or the read fails.
       if (type === w.NBD_CMD_READ) p.data = Buffer.allocUnsafeSlow(length);
       if (type === w.NBD_CMD_BLOCK_STATUS) {
         p.extents = [];
         if (contextId !== undefined) p.contextId = contextId;
       }
-      (p as Pending & { what: string }).what = `${what} ${offset}+${length}`;
       this.#pending.set(cookie, p);
       this.#socket.write(encodeRequest(type, flags, cookie, offset, length));
       if (payload) this.#socket.write(payload);
@@ -387,7 +389,7 @@ export class NbdClient {
           if (!p) return this.#fail(new BlkError('EPROTO', `the NBD server answered an unknown request ${cookie}`));
           q.skip(16);
           if (errno !== 0 || p.kind !== 'read') {
-            this.#finish(cookie, p, errno === 0 ? undefined : nbdError(errno, (p as Pending & { what: string }).what));
+            this.#finish(cookie, p, errno === 0 ? undefined : nbdError(errno, p.what));
             continue;
           }
           this.#partial = { cookie, kind: 'simple-data', flags: 0, type: 0, length: p.length };
@@ -432,14 +434,14 @@ export class NbdClient {
   #chunkDone(cookie: bigint, p: Pending, flags: number): void {
     if (!(flags & w.NBD_REPLY_FLAG_DONE)) return;
     // Chunks do not overlap (proto.md), so a full count means every byte was answered.
-    if (p.kind === 'read' && !p.error && (p.covered ?? 0) !== p.length) p.error = new BlkError('EPROTO', `${(p as Pending & { what: string }).what}: the reply answered ${p.covered ?? 0} of ${p.length} bytes`);
+    if (p.kind === 'read' && !p.error && (p.covered ?? 0) !== p.length) p.error = new BlkError('EPROTO', `${p.what}: the reply answered ${p.covered ?? 0} of ${p.length} bytes`);
     this.#finish(cookie, p, p.error);
   }
 
   /** One structured reply chunk of `length` bytes, still in the queue. */
   #chunk(p: Pending, type: number, length: number): void {
     const q = this.#queue;
-    const what = (p as Pending & { what: string }).what;
+    const what = p.what;
     if (type === w.NBD_REPLY_TYPE_OFFSET_DATA && p.kind === 'read' && length >= 8) {
       const at = Number(q.take(8).readBigUInt64BE(0)) - p.offset;
       const n = length - 8;

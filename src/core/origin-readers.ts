@@ -12,6 +12,11 @@ const SENT_SWEEP_EVERY_MS = 10;
 /** ... and beyond which image reads are copied, not sent: memory stays bounded while clients keep their sockets full. */
 const SENT_MAXIMUM = 16384;
 
+/** The counter in `pins` (ImageReadGate.pins) that a thread reading chunk `chunk` from the device holds. */
+export function threadPinOf(pins: Int32Array, chunk: number): number {
+  return 1 + (chunk % (pins.length - 1));
+}
+
 export class OriginReaders {
   /** Other threads' pins, shared (ImageReadGate.pins): a thread pins a chunk, checks word 0 and the chunk's state, reads, unpins. */
   readonly threadPins = new Int32Array(new SharedArrayBuffer(4 * (1 + THREAD_PIN_SLOTS)));
@@ -69,7 +74,7 @@ export class OriginReaders {
       });
       await sent.read;
     }
-    const pin = 1 + (i % THREAD_PIN_SLOTS);
+    const pin = threadPinOf(this.threadPins, i);
     while (Atomics.load(this.threadPins, pin) > 0) await new Promise((resolve) => setImmediate(resolve));
   }
 

@@ -1,6 +1,7 @@
 // Owns one io_uring instance driven by one thread: set-up, the mapped submission and completion rings,
 // URING_CMD and POLL_ADD submissions, waiting, and reaping completions, by the raw syscalls (the
 // machine has no liburing; the FUSE ring needs nothing more).
+import * as fs from 'node:fs';
 import { BlkError, errnoName } from '../errors.js';
 import { koffi } from './koffi.js';
 
@@ -9,7 +10,6 @@ const setupFn = libc.func('long syscall(long number, unsigned int entries, void 
 const enterFn = libc.func('long syscall(long number, int fd, unsigned int toSubmit, unsigned int minComplete, unsigned int flags, void *arg, size_t argSize)');
 const mmapFn = libc.func('void *mmap(void *address, size_t length, int protection, int flags, int fd, int64_t offset)');
 const munmapFn = libc.func('int munmap(void *address, size_t length)');
-const closeFn = libc.func('int close(int fd)');
 
 const SYS_IO_URING_SETUP = 425;
 const SYS_IO_URING_ENTER = 426;
@@ -24,7 +24,7 @@ const IORING_OP_URING_CMD = 46;
 /** A big SQE: 64 bytes plus the 80-byte command area a URING_CMD carries from offset 48 on. */
 const SQE_BYTES = 128;
 const CQE_BYTES = 16;
-export const SQE_COMMAND_OFFSET = 48;
+const SQE_COMMAND_OFFSET = 48;
 
 /** io_uring_params: the ring offsets the kernel fills in (io_sqring_offsets at 40, io_cqring_offsets at 80). */
 const PARAMS_BYTES = 120;
@@ -66,7 +66,7 @@ export class IoUring {
     this.#sqesPointer = mmapFn(null, this.#sqesBytes, PROT_READ_WRITE, MAP_SHARED_POPULATE, fd, IORING_OFF_SQES);
     if (koffi.address(this.#ringPointer as ArrayBufferView) === 2n ** 64n - 1n || koffi.address(this.#sqesPointer as ArrayBufferView) === 2n ** 64n - 1n) {
       const code = errnoName(koffi.errno());
-      closeFn(fd);
+      fs.closeSync(fd);
       throw new BlkError(code, 'mmap of the io_uring rings failed');
     }
     const ring = koffi.view(this.#ringPointer, this.#ringBytes);
@@ -135,7 +135,7 @@ export class IoUring {
   close(): void {
     munmapFn(this.#sqesPointer, this.#sqesBytes);
     munmapFn(this.#ringPointer, this.#ringBytes);
-    closeFn(this.fd);
+    fs.closeSync(this.fd);
   }
 }
 

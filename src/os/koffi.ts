@@ -13,9 +13,14 @@ export interface Koffi {
   errno(): number;
   struct(name: string, fields: Record<string, string>): unknown;
   /** The address of a typed array's first byte (its offset included). */
-  address(value: ArrayBufferView | unknown): bigint;
+  address(value: unknown): bigint;
   /** An ArrayBuffer over `length` bytes of native memory at `pointer` (kept alive by the caller). */
   view(pointer: unknown, length: number): ArrayBuffer;
 }
 
 export const koffi = createRequire(import.meta.url)('koffi') as Koffi;
+
+/** How many bytes from the start of `view` to its first `alignment`-aligned address (a power of two). */
+export function bytesToAlignment(view: ArrayBufferView, alignment: number): number {
+  return (alignment - Number(koffi.address(view) % BigInt(alignment))) % alignment;
+}

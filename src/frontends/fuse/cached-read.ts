@@ -1,6 +1,8 @@
 // Owns reading a device's or an image's range from the page cache in a FUSE worker thread, without
 // the event loop: the fast path of the readers and the ring threads alike.
 import type { ImageReadGate } from '../../core/block-device.js';
+import { ChunkState } from '../../core/chunk-map.js';
+import { threadPinOf } from '../../core/origin-readers.js';
 import { readCached } from '../../os/libc.js';
 
 /** The device's own descriptor (a duplicate) and size, and for an image the gate its reads pass. */
@@ -18,8 +20,7 @@ function readImage(gate: ImageReadGate, deviceFd: number, into: Buffer, offset: 
   const chunkSize = 2 ** gate.chunkShift;
   const first = Math.floor(offset / chunkSize);
   const last = Math.floor((offset + into.length - 1) / chunkSize);
-  const slots = gate.pins.length - 1;
-  for (let i = first; i <= last; i++) Atomics.add(gate.pins, 1 + (i % slots), 1);
+  for (let i = first; i <= last; i++) Atomics.add(gate.pins, threadPinOf(gate.pins, i), 1);
   try {
     if (Atomics.load(gate.pins, 0) !== 0) return false;
     for (let pos = offset; pos < offset + into.length; ) {
@@ -28,15 +29,15 @@ function readImage(gate: ImageReadGate, deviceFd: number, into: Buffer, offset: 
       const piece = into.subarray(pos - offset, end - offset);
       const state = Atomics.load(gate.state, i);
       let n: number;
-      if (state === 0) n = readCached(deviceFd, piece, pos);
-      else if (state === 2 && gate.diffFd >= 0) n = readCached(gate.diffFd, piece, (gate.slot[i] as number) * chunkSize + (pos - i * chunkSize));
+      if (state === ChunkState.Untouched) n = readCached(deviceFd, piece, pos);
+      else if (state === ChunkState.Stored && gate.diffFd >= 0) n = readCached(gate.diffFd, piece, (gate.slot[i] as number) * chunkSize + (pos - i * chunkSize));
       else return false; // being copied, or failed: the daemon answers
       if (n !== piece.length) return false;
       pos = end;
     }
     return true;
   } finally {
-    for (let i = first; i <= last; i++) Atomics.sub(gate.pins, 1 + (i % slots), 1);
+    for (let i = first; i <= last; i++) Atomics.sub(gate.pins, threadPinOf(gate.pins, i), 1);
   }
 }
 

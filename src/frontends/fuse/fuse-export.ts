@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { BlockDevice } from '../../core/block-device.js';
 import { errnoNumber, toBlkError } from '../../errors.js';
-import { koffi } from '../../os/koffi.js';
+import { bytesToAlignment } from '../../os/koffi.js';
 import { createEventFd, duplicate, mountFuse, unmountLazy } from '../../os/libc.js';
 import type { CachedReads } from './cached-read.js';
 import { DISK_FILE_NAME, FuseRequests } from './requests.js';
@@ -48,6 +48,11 @@ interface Rings {
   isAnswered: Uint8Array;
   wakeFds: number[];
   workers: Worker[];
+}
+
+/** Copies `part` to `payload` at `at`, unless it is already there (a READ's data read in place). */
+function copyUnlessThere(part: Buffer, payload: Buffer, at: number): void {
+  if (part.length > 0 && !(part.buffer === payload.buffer && part.byteOffset === payload.byteOffset + at)) part.copy(payload, at);
 }
 
 /** What a write(2) to an eventfd adds: 1, as a 64-bit integer. */
@@ -188,8 +193,7 @@ export class FuseExport {
     if (!wanted || this.#rings || this.#isClosed) return;
     const perThread = Math.floor(wanted.entries / wanted.threads);
     const memory = new SharedArrayBuffer(4096 + perThread * wanted.threads * RingEntry.bytes(this.#maxTransfer));
-    const address = Number(koffi.address(new Uint8Array(memory)) % 4096n);
-    const entryBase = (4096 - address) % 4096;
+    const entryBase = bytesToAlignment(new Uint8Array(memory), 4096);
     const control = new Int32Array(new SharedArrayBuffer(4 * (RingEntry.stateIndex + wanted.entries)));
     const entries = Array.from({ length: perThread * wanted.threads }, (_, e) => ringEntryViews(memory, entryBase, this.#maxTransfer, e));
     entries.forEach((entry, e) => {
@@ -235,18 +239,15 @@ export class FuseExport {
   #ringReply(entry: number, head: Buffer, body?: Buffer): void {
     const rings = this.#rings as Rings;
     const { header, payload } = rings.entries[entry] as RingEntryViews;
-    let length = 0;
+    const args = head.subarray(w.OUT_HEADER_LENGTH);
     let error = head.readInt32LE(4);
-    for (const part of [head.subarray(w.OUT_HEADER_LENGTH), body ?? Buffer.alloc(0)]) {
-      if (part.length === 0) continue;
-      if (length + part.length > payload.length) {
-        error = -errnoNumber('EIO'); // no reply is larger than a transfer
-        length = 0;
-        break;
-      }
-      const isInPlace = part.buffer === payload.buffer && part.byteOffset === payload.byteOffset + length;
-      if (!isInPlace) part.copy(payload, length);
-      length += part.length;
+    let length = args.length + (body?.length ?? 0);
+    if (length > payload.length) {
+      error = -errnoNumber('EIO'); // no reply is larger than a transfer
+      length = 0;
+    } else {
+      copyUnlessThere(args, payload, 0);
+      if (body) copyUnlessThere(body, payload, args.length);
     }
     header.writeUInt32LE(w.OUT_HEADER_LENGTH + length, 0);
     header.writeInt32LE(error, 4);
