@@ -1,7 +1,6 @@
 // Owns copy-on-write for one device of a taken snapshot: keeping chunk originals, and the image's view of them.
 import type { Extent, Storage } from '../backing/storage.js';
 import { BlkError, toBlkError } from '../errors.js';
-import { ioBuffers } from '../util/buffer-pool.js';
 import { InFlight } from '../util/in-flight.js';
 import { settleAll, settleThenThrow } from '../util/settle.js';
 import { ChunkMap, ChunkState } from './chunk-map.js';
@@ -56,7 +55,7 @@ export class DiffArea {
       pins: this.#originReaders.threadPins,
       chunkShift: this.chunks.chunkShift,
       slot: this.chunks.slot,
-      diffFd: diff.store?.fast?.readDescriptor?.() ?? -1,
+      diffFd: diff.pageCacheDescriptor(),
     };
     this.#maximumInQueue = options.maximumInQueue;
   }
@@ -162,7 +161,10 @@ export class DiffArea {
           state = chunks.state[i];
         }
         if (state === ChunkState.Stored) {
-          const pieceEnd = Math.min(end, (i + 1) * chunks.chunkSize);
+          // Kept chunks in consecutive slots (copied one after another) are one read of the store.
+          let j = i;
+          while ((j + 1) * chunks.chunkSize < end && chunks.state[j + 1] === ChunkState.Stored && chunks.slot[j + 1] === (chunks.slot[j] as number) + 1) j++;
+          const pieceEnd = Math.min(end, (j + 1) * chunks.chunkSize);
           const at = (chunks.slot[i] as number) * chunks.chunkSize + (pos - i * chunks.chunkSize);
           work.push(this.#diff.read(at, into.subarray(pos - offset, pieceEnd - offset)));
           pos = pieceEnd;
@@ -318,7 +320,6 @@ export class DiffArea {
     await this.#enterQueue();
     const length = chunks.lengthOf(i);
     const offset = i * chunks.chunkSize;
-    let buffer: Buffer | null = null;
     try {
       if (this.#isStopped) {
         // Destroyed while this copy waited for a slot: the original is of no use any more.
@@ -326,13 +327,7 @@ export class DiffArea {
         return;
       }
       const at = await this.#diff.allocate(chunks.chunkSize, chunks.chunkSize);
-      // Page cache to page cache inside the kernel where it can (one copy instead of two): at once,
-      // else in the thread pool (the kernel throttling writers, or the original not cached).
-      if (!this.#diff.copyNow(this.#origin, offset, length, at) && !(await this.#diff.copy(this.#origin, offset, length, at))) {
-        buffer = ioBuffers.acquire(length);
-        await this.#origin.read(offset, buffer);
-        await this.#diff.write(at, buffer);
-      }
+      await this.#diff.keep(this.#origin, offset, length, at);
       chunks.slot[i] = at / chunks.chunkSize;
       // Atomic: another thread that sees the state also sees the slot.
       Atomics.store(chunks.state, i, ChunkState.Stored);
@@ -341,7 +336,6 @@ export class DiffArea {
       this.closeReadGate();
       this.#health.corrupt(this.deviceName, toBlkError(e));
     } finally {
-      if (buffer) ioBuffers.release(buffer);
       this.#leaveQueue();
     }
   }

@@ -1,11 +1,13 @@
 // Owns a snapshot's difference storage: where the originals of changed chunks are kept, and how it grows.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { DirectFile } from '../backing/direct-file.js';
 import { FileStorage } from '../backing/file-storage.js';
 import { openUnnamedFile } from '../os/async-fs.js';
 import type { Storage } from '../backing/storage.js';
 import { BlkError, toBlkError } from '../errors.js';
 import { diffStorageIo, SECTOR_SIZE } from '../params.js';
+import { ioBuffers } from '../util/buffer-pool.js';
 import { Emitter } from '../util/emitter.js';
 
 
@@ -16,6 +18,12 @@ export interface DiffStorageOptions {
   minimum: number;
   /** Stores of the snapshot's devices: the difference storage may not be one of them. */
   devices: readonly Storage[];
+  /**
+   * Bypass the page cache (O_DIRECT), as blksnap's module writes its difference storage with bios:
+   * copies then cost no new page-cache pages. Where the filesystem refuses direct I/O, the page
+   * cache is used.
+   */
+  isDirect?: boolean;
 }
 
 
@@ -35,6 +43,8 @@ export class DiffStorage {
   #growing: Promise<void> | null = null;
   #noSpace = new Emitter<{ requestedSectors: number }>();
   readonly onNoSpace = this.#noSpace.event;
+  /** Every access goes here when set (O_DIRECT); the store's own descriptor then only grows and syncs the file. */
+  #direct: DirectFile | null = null;
 
   private constructor(store: Storage, kind: DiffStorage['kind'], options: Omit<DiffStorageOptions, 'devices'>, capacity: number) {
     this.store = store;
@@ -78,7 +88,16 @@ export class DiffStorage {
         const isSame = d !== null && (kind === 'block' ? d.rdev === own.rdev : d.rdev === 0 && d.dev === own.dev && d.ino === own.ino);
         if (isSame) throw new BlkError('EINVAL', `difference storage ${target} is the store of a device of this snapshot`);
       }
-      return await DiffStorage.over(store, kind, options);
+      const diff = await DiffStorage.over(store, kind, options);
+      if (options.isDirect) {
+        try {
+          diff.#direct = await DirectFile.reopen(store.path, store.readDescriptor(), 0);
+        } catch (e) {
+          await diff.close();
+          throw e;
+        }
+      }
+      return diff;
     } catch (e) {
       await store.close();
       throw e;
@@ -134,27 +153,47 @@ export class DiffStorage {
     }
   }
 
-  read(offset: number, into: Uint8Array): Promise<void> {
-    return this.store.read(offset, into);
+  /** Whether I/O bypasses the page cache (O_DIRECT). */
+  get isDirect(): boolean {
+    return this.#direct !== null;
   }
 
-  /** Reads at once when the page cache holds the range; false otherwise. */
+  /** A descriptor other threads may read kept chunks through from the page cache; -1 when it holds none of them (direct). */
+  pageCacheDescriptor(): number {
+    return this.#direct ? -1 : (this.store.fast?.readDescriptor?.() ?? -1);
+  }
+
+  read(offset: number, into: Uint8Array): Promise<void> {
+    return this.#direct ? this.#direct.read(offset, into) : this.store.read(offset, into);
+  }
+
+  /** Reads at once when the page cache holds the range; false otherwise (always, when direct). */
   readNow(offset: number, into: Uint8Array): boolean {
-    return this.store.fast?.readNow(offset, into) ?? false;
+    return this.#direct === null && (this.store.fast?.readNow(offset, into) ?? false);
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {
-    return this.store.write(offset, data);
+    return this.#direct ? this.#direct.write(offset, data) : this.store.write(offset, data);
   }
 
-  /** Keeps `length` bytes of `origin` at `offset` here at `at` inside the kernel, at once where it can (Storage.copyToNow). */
-  copyNow(origin: Storage, offset: number, length: number, at: number): boolean {
-    return origin.fast?.copyToNow(offset, length, this.store, at) ?? false;
-  }
-
-  /** As copyNow, in the thread pool, for when it cannot copy at once; false when the kernel cannot copy between them. */
-  copy(origin: Storage, offset: number, length: number, at: number): Promise<boolean> {
-    return origin.fast?.copyTo?.(offset, length, this.store, at) ?? Promise.resolve(false);
+  /**
+   * Keeps `length` bytes of `origin` at `offset` here at `at` (a new slot, aligned, nobody reads or
+   * writes it yet). Direct: read into aligned memory, written past the page cache. Otherwise page
+   * cache to page cache inside the kernel where it can (one copy instead of two): at once, else in
+   * the thread pool (the kernel throttling writers, or the original not cached); else through
+   * memory.
+   */
+  async keep(origin: Storage, offset: number, length: number, at: number): Promise<void> {
+    if (this.#direct) return this.#direct.writeFrom(at, length, (into) => origin.read(offset, into));
+    if (origin.fast?.copyToNow(offset, length, this.store, at)) return;
+    if (await (origin.fast?.copyTo?.(offset, length, this.store, at) ?? false)) return;
+    const buffer = ioBuffers.acquire(length);
+    try {
+      await origin.read(offset, buffer);
+      await this.store.write(at, buffer);
+    } finally {
+      ioBuffers.release(buffer);
+    }
   }
 
   flush(): Promise<void> {
@@ -163,6 +202,7 @@ export class DiffStorage {
 
   async close(): Promise<void> {
     await this.#growing?.catch(() => {});
+    await this.#direct?.close();
     await this.store.close();
   }
 

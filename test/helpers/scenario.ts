@@ -30,11 +30,11 @@ export class Scenario {
   }
 
   /** A daemon with sparse devices of the given sizes attached as dev0, dev1, ... */
-  static async start(deviceSizes: number[]): Promise<Scenario> {
+  static async start(deviceSizes: number[], daemonArgs: string[] = []): Promise<Scenario> {
     const { dir, remove } = tempDir('blksnap-scenario-');
     try {
       const args = deviceSizes.flatMap((size, i) => ['--attach', `${sparseFile(path.join(dir, `dev${i}`), size)}=dev${i}`]);
-      const daemon = await TestDaemon.start(args);
+      const daemon = await TestDaemon.start([...args, ...daemonArgs]);
       try {
         const client = await BlksnapClient.connect(daemon.controlPath);
         return new Scenario(daemon, client, dir, remove);

@@ -11,48 +11,53 @@ import { check, missing, run } from '../helpers/tools.js';
 const MiB = 1024 * 1024;
 const SIZE = 32 * MiB;
 
+/** blksnap's snapimage_write: random sector ranges written to the device and the image at once, then both verified. */
+async function snapimageWrite(s: Scenario, deviceName: string, io: 'direct' | 'cached'): Promise<void> {
+  const device = await NbdClient.connect(s.daemon.nbdPath, deviceName);
+  await device.pwrite(0, stampSectors(Buffer.alloc(SIZE), 0, 0));
+  const id = await s.take([deviceName], { chunkMinimumShift: 16 });
+  const created = s.daemon.log.split('\n').find((line) => line.includes(`snapshot ${id} created`)) ?? '';
+  assert.equal(/\(directory, O_DIRECT\)/.test(created), io === 'direct', `the difference storage's I/O: ${created}`);
+  const image = await NbdClient.connect(s.daemon.nbdPath, await s.imageName(deviceName));
+  const sectors = SIZE / SECTOR;
+  const deviceSeq = new Uint32Array(sectors);
+  const imageSeq = new Uint32Array(sectors);
+  const rnd = random(42);
+  const deadline = Date.now() + durationMs();
+  let seq = 0;
+  do {
+    const ops: Array<Promise<void>> = [];
+    // Writes in one round never overlap on the same target, so the expected content is known.
+    const usedDevice = new Set<number>();
+    const usedImage = new Set<number>();
+    for (let k = 0; k < 24; k++) {
+      const isImage = k % 2 === 1;
+      const count = 1 + Math.floor(rnd() * 300);
+      const first = Math.floor(rnd() * (sectors - count));
+      const block = Math.floor(first / 512);
+      const used = isImage ? usedImage : usedDevice;
+      if (used.has(block) || used.has(Math.floor((first + count) / 512))) continue;
+      used.add(block).add(Math.floor((first + count) / 512));
+      seq++;
+      (isImage ? imageSeq : deviceSeq).fill(seq, first, first + count);
+      const data = stampSectors(Buffer.alloc(count * SECTOR), first, seq);
+      ops.push(isImage ? image.pwrite(first * SECTOR, data) : device.pwrite(first * SECTOR, data));
+    }
+    await Promise.all(ops);
+  } while (Date.now() < deadline);
+  assert.equal(verifySectors(await device.pread(0, SIZE), 0, (x) => deviceSeq[x] as number), null, 'device');
+  assert.equal(verifySectors(await image.pread(0, SIZE), 0, (x) => imageSeq[x] as number), null, 'image');
+  device.close();
+  image.close();
+  await s.destroy(id);
+}
+
 describe('snapshot images', () => {
   let s: Scenario;
   before(async () => (s = await Scenario.start([SIZE, SIZE])));
   after(async () => s?.stop());
 
-  it('snapimage_write: image and device written at once, both verified', async () => {
-    const device = await NbdClient.connect(s.daemon.nbdPath, 'dev0');
-    await device.pwrite(0, stampSectors(Buffer.alloc(SIZE), 0, 0));
-    const id = await s.take(['dev0'], { chunkMinimumShift: 16 });
-    const image = await NbdClient.connect(s.daemon.nbdPath, await s.imageName('dev0'));
-    const sectors = SIZE / SECTOR;
-    const deviceSeq = new Uint32Array(sectors);
-    const imageSeq = new Uint32Array(sectors);
-    const rnd = random(42);
-    const deadline = Date.now() + durationMs();
-    let seq = 0;
-    do {
-      const ops: Array<Promise<void>> = [];
-      // Writes in one round never overlap on the same target, so the expected content is known.
-      const usedDevice = new Set<number>();
-      const usedImage = new Set<number>();
-      for (let k = 0; k < 24; k++) {
-        const isImage = k % 2 === 1;
-        const count = 1 + Math.floor(rnd() * 300);
-        const first = Math.floor(rnd() * (sectors - count));
-        const block = Math.floor(first / 512);
-        const used = isImage ? usedImage : usedDevice;
-        if (used.has(block) || used.has(Math.floor((first + count) / 512))) continue;
-        used.add(block).add(Math.floor((first + count) / 512));
-        seq++;
-        (isImage ? imageSeq : deviceSeq).fill(seq, first, first + count);
-        const data = stampSectors(Buffer.alloc(count * SECTOR), first, seq);
-        ops.push(isImage ? image.pwrite(first * SECTOR, data) : device.pwrite(first * SECTOR, data));
-      }
-      await Promise.all(ops);
-    } while (Date.now() < deadline);
-    assert.equal(verifySectors(await device.pread(0, SIZE), 0, (x) => deviceSeq[x] as number), null, 'device');
-    assert.equal(verifySectors(await image.pread(0, SIZE), 0, (x) => imageSeq[x] as number), null, 'image');
-    device.close();
-    image.close();
-    await s.destroy(id);
-  });
+  it('snapimage_write: image and device written at once, both verified', () => snapimageWrite(s, 'dev0', 'direct'));
 
   it('destroy with I/O running on device and image: image requests fail cleanly, the device is unharmed', async () => {
     const device = await NbdClient.connect(s.daemon.nbdPath, 'dev1');
@@ -121,4 +126,12 @@ describe('snapshot images', () => {
     device.close();
     await s.destroy(id);
   });
+});
+
+describe('snapshot images with the difference storage in the page cache (--diff-storage-io cached)', () => {
+  let s: Scenario;
+  before(async () => (s = await Scenario.start([SIZE], ['--diff-storage-io', 'cached'])));
+  after(async () => s?.stop());
+
+  it('snapimage_write', () => snapimageWrite(s, 'dev0', 'cached'));
 });

@@ -6,8 +6,9 @@ import { MemoryStorage } from '../../../src/backing/memory-storage.js';
 import { IoFlag } from '../../../src/core/block-device.js';
 import { Device } from '../../../src/core/device.js';
 import { DiffArea } from '../../../src/core/diff-area.js';
-import type { DiffStorage } from '../../../src/core/diff-storage.js';
+import { DiffStorage } from '../../../src/core/diff-storage.js';
 import { BlkError } from '../../../src/errors.js';
+import { tempDir } from '../../helpers/tools.js';
 
 const CHUNK = 4096;
 const SIZE = 16 * CHUNK + 1000; // a partial last chunk
@@ -51,21 +52,27 @@ function memoryDiff(store: MemoryStorage, limit: number): DiffStorage {
       return at;
     },
     read: (o: number, b: Uint8Array) => store.read(o, b),
-    // As copy_file_range: the origin's bytes as they are now, or (at random) "cannot, read and write".
-    copyNow: (origin: MemoryStorage, offset: number, length: number, at: number) => {
-      if (!store.fast?.readNow(0, new Uint8Array(0))) return false;
-      store.bytes.set(origin.bytes.subarray(offset, offset + length), at);
-      return true;
-    },
     readNow: (o: number, b: Uint8Array) => store.fast?.readNow(o, b) ?? false,
-    // As copy_file_range in the thread pool: the origin's bytes when the copy runs, or (at random) "cannot".
-    copy: async (origin: MemoryStorage, offset: number, length: number, at: number) => {
+    pageCacheDescriptor: () => -1,
+    // As DiffStorage.keep: copy_file_range at once (the origin's bytes now), or in the thread pool
+    // (the origin's bytes when the copy runs), or a read and a write through memory: whichever the
+    // store's coin says.
+    keep: async (origin: MemoryStorage, offset: number, length: number, at: number) => {
+      if (store.fast?.readNow(0, new Uint8Array(0))) {
+        store.bytes.set(origin.bytes.subarray(offset, offset + length), at);
+        return;
+      }
       await new Promise((r) => setImmediate(r));
-      if (!store.fast?.readNow(0, new Uint8Array(0))) return false;
-      store.bytes.set(origin.bytes.subarray(offset, offset + length), at);
-      return true;
+      if (store.fast?.readNow(0, new Uint8Array(0))) {
+        store.bytes.set(origin.bytes.subarray(offset, offset + length), at);
+        return;
+      }
+      const buffer = new Uint8Array(length);
+      await origin.read(offset, buffer);
+      await store.write(at, buffer);
     },
     write: (o: number, b: Uint8Array) => store.write(o, b),
+    close: async () => {},
   } as unknown as DiffStorage;
 }
 
@@ -101,73 +108,100 @@ async function streamInParts(device: Device, offset: number, data: Uint8Array, p
   await stream.end();
 }
 
+/**
+ * Random device writes (whole and streamed), image reads and image writes, at once and racing:
+ * the device ends as its writes say, the image as the take plus its own writes, and every image
+ * read sees exactly that. `makeDiff` gives the difference storage of each run.
+ */
+function imagesUnderRaces(makeDiff: (jitter: () => number) => Promise<DiffStorage>) {
+  return fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: 40 }), fc.integer({ min: 0, max: 2 ** 31 }), fc.integer({ min: 1, max: 4 }), async (ops, seed, inQueue) => {
+      let x = seed;
+      const jitter = () => {
+        x = (x * 1103515245 + 12345) & 0x7fffffff;
+        return x % 4;
+      };
+      const origin = new JitteryStorage(SIZE, jitter);
+      for (let i = 0; i < SIZE; i++) origin.bytes[i] = (i * 7 + 3) & 0xff;
+      const atTake = origin.bytes.slice();
+      const device = new Device('d', origin);
+      const h = health();
+      const diff = await makeDiff(jitter);
+      const area = new DiffArea('d', origin, diff, h, { chunkMinimumShift: 12, maximumInQueue: inQueue });
+      device.tracker.diffArea = area;
+      // Model: device = every device write in order of issue (they never overlap in flight here,
+      // see below); image = take-time data plus image writes.
+      const expectDevice = atTake.slice();
+      const expectImage = atTake.slice();
+      const running: Array<Promise<void>> = [];
+      const busyImage: Array<[number, number]> = [];
+      const busyDevice: Array<[number, number]> = [];
+      const busyImageReads: Array<[number, number]> = [];
+      const overlaps = (list: Array<[number, number]>, a: number, b: number) => list.some(([s, e]) => a < e && s < b);
+      for (const o of ops) {
+        const end = Math.min(SIZE, o.offset + o.length);
+        const length = end - o.offset;
+        if (o.kind === 'deviceWrite' || o.kind === 'deviceStream') {
+          if (overlaps(busyDevice, o.offset, end)) await Promise.all(running);
+          expectDevice.fill(o.byte, o.offset, end);
+          busyDevice.push([o.offset, end]);
+          const data = new Uint8Array(length).fill(o.byte);
+          if (o.kind === 'deviceWrite') running.push(device.write(o.offset, data, IoFlag.None));
+          // A payload arriving in parts, some event-loop turns apart, while everything else runs.
+          else running.push(streamInParts(device, o.offset, data, o.kind === 'deviceStream' ? o.parts : 1, jitter));
+        } else if (o.kind === 'imageWrite') {
+          // Like any block device, an image read racing an image write of the same bytes may see
+          // either; the model keeps them apart (reads racing *device* writes are the point).
+          if (overlaps(busyImage, o.offset, end) || overlaps(busyImageReads, o.offset, end)) await Promise.all(running);
+          expectImage.fill(o.byte, o.offset, end);
+          busyImage.push([o.offset, end]);
+          running.push(area.writeImage(o.offset, new Uint8Array(length).fill(o.byte)));
+        } else {
+          // A read racing writes to the same range of the image would be undefined; of the device, it is the point.
+          if (overlaps(busyImage, o.offset, end)) await Promise.all(running);
+          busyImageReads.push([o.offset, end]);
+          const into = new Uint8Array(length);
+          const want = expectImage.slice(o.offset, end);
+          // At once where nothing can race it (readImageNow), else the async path.
+          if (area.readImageNow(o.offset, into)) assert.deepEqual(into, want, `image read at once ${o.offset}+${length}`);
+          else running.push(area.readImage(o.offset, into).then(() => assert.deepEqual(into, want, `image read ${o.offset}+${length}`)));
+        }
+      }
+      await Promise.all(running);
+      assert.equal(h.error, null);
+      assert.deepEqual(origin.bytes, expectDevice, 'device');
+      const image = new Uint8Array(SIZE);
+      await area.readImage(0, image);
+      assert.deepEqual(image, expectImage, 'image');
+      await diff.close();
+  });
+}
+
 describe('DiffArea races', () => {
   it('images show the take-time data under concurrent device writes; image writes never reach the device', async () => {
     await fc.assert(
-      fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: 40 }), fc.integer({ min: 0, max: 2 ** 31 }), fc.integer({ min: 1, max: 4 }), async (ops, seed, inQueue) => {
-        let x = seed;
-        const jitter = () => {
-          x = (x * 1103515245 + 12345) & 0x7fffffff;
-          return x % 4;
-        };
-        const origin = new JitteryStorage(SIZE, jitter);
-        for (let i = 0; i < SIZE; i++) origin.bytes[i] = (i * 7 + 3) & 0xff;
-        const atTake = origin.bytes.slice();
-        const device = new Device('d', origin);
-        const h = health();
-        const area = new DiffArea('d', origin, memoryDiff(new JitteryStorage(64 * CHUNK, jitter), 64 * CHUNK), h, { chunkMinimumShift: 12, maximumInQueue: inQueue });
-        device.tracker.diffArea = area;
-        // Model: device = every device write in order of issue (they never overlap in flight here,
-        // see below); image = take-time data plus image writes.
-        const expectDevice = atTake.slice();
-        const expectImage = atTake.slice();
-        const running: Array<Promise<void>> = [];
-        const busyImage: Array<[number, number]> = [];
-        const busyDevice: Array<[number, number]> = [];
-        const busyImageReads: Array<[number, number]> = [];
-        const overlaps = (list: Array<[number, number]>, a: number, b: number) => list.some(([s, e]) => a < e && s < b);
-        for (const o of ops) {
-          const end = Math.min(SIZE, o.offset + o.length);
-          const length = end - o.offset;
-          if (o.kind === 'deviceWrite' || o.kind === 'deviceStream') {
-            if (overlaps(busyDevice, o.offset, end)) await Promise.all(running);
-            expectDevice.fill(o.byte, o.offset, end);
-            busyDevice.push([o.offset, end]);
-            const data = new Uint8Array(length).fill(o.byte);
-            if (o.kind === 'deviceWrite') running.push(device.write(o.offset, data, IoFlag.None));
-            // A payload arriving in parts, some event-loop turns apart, while everything else runs.
-            else running.push(streamInParts(device, o.offset, data, o.kind === 'deviceStream' ? o.parts : 1, jitter));
-          } else if (o.kind === 'imageWrite') {
-            // Like any block device, an image read racing an image write of the same bytes may see
-            // either; the model keeps them apart (reads racing *device* writes are the point).
-            if (overlaps(busyImage, o.offset, end) || overlaps(busyImageReads, o.offset, end)) await Promise.all(running);
-            expectImage.fill(o.byte, o.offset, end);
-            busyImage.push([o.offset, end]);
-            running.push(area.writeImage(o.offset, new Uint8Array(length).fill(o.byte)));
-          } else {
-            // A read racing writes to the same range of the image would be undefined; of the device, it is the point.
-            if (overlaps(busyImage, o.offset, end)) await Promise.all(running);
-            busyImageReads.push([o.offset, end]);
-            const into = new Uint8Array(length);
-            const want = expectImage.slice(o.offset, end);
-            // At once where nothing can race it (readImageNow), else the async path.
-            if (area.readImageNow(o.offset, into)) assert.deepEqual(into, want, `image read at once ${o.offset}+${length}`);
-            else running.push(area.readImage(o.offset, into).then(() => assert.deepEqual(into, want, `image read ${o.offset}+${length}`)));
-          }
-        }
-        await Promise.all(running);
-        assert.equal(h.error, null);
-        assert.deepEqual(origin.bytes, expectDevice, 'device');
-        const image = new Uint8Array(SIZE);
-        await area.readImage(0, image);
-        assert.deepEqual(image, expectImage, 'image');
-      }),
+      imagesUnderRaces(async (jitter) => memoryDiff(new JitteryStorage(64 * CHUNK, jitter), 64 * CHUNK)),
       {
         numRuns: Number(process.env.BLKSNAP_PROPERTY_RUNS ?? 150),
         // Once found: a read spanning a chunk being copied and the next chunk, racing an image write there.
         examples: [[[{ kind: 'deviceWrite', offset: 0, length: 1, byte: 1 }, { kind: 'imageRead', offset: 0, length: 4097 }, { kind: 'imageWrite', offset: 4096, length: 1, byte: 1 }, { kind: 'deviceWrite', offset: 0, length: 1, byte: 1 }], 0, 1]],
       },
     );
+  });
+
+  it('the same races over a difference storage on disk with O_DIRECT: partial-block image writes to one block lose nothing', async () => {
+    const tmp = tempDir();
+    try {
+      await fc.assert(
+        imagesUnderRaces(async () => {
+          const diff = await DiffStorage.open(tmp.dir, { limit: 64 * CHUNK, minimum: 64 * CHUNK, devices: [], isDirect: true });
+          assert.equal(diff.isDirect, true, 'this filesystem takes O_DIRECT: the direct path is what runs');
+          return diff;
+        }),
+        { numRuns: Number(process.env.BLKSNAP_PROPERTY_RUNS ?? 100) },
+      );
+    } finally {
+      tmp.remove();
+    }
   });
 
   it('a take in the middle of writes and streamed writes finds each wholly in or wholly out', async () => {

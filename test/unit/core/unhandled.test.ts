@@ -32,25 +32,14 @@ describe('no unhandled rejections', () => {
     await new Promise((r) => setTimeout(r, 30));
   }
 
-  function area(origin: MemoryStorage, diffStore: MemoryStorage): DiffArea {
-    let filled = 0;
-    const diff = {
-      allocate: async (length: number) => {
-        filled += length;
-        return filled - length;
-      },
-      read: (o: number, b: Uint8Array) => diffStore.read(o, b),
-      readNow: () => false,
-      write: (o: number, b: Uint8Array) => diffStore.write(o, b),
-      copyNow: () => false,
-      copy: async () => false,
-    } as unknown as DiffStorage;
+  async function area(origin: MemoryStorage, diffStore: MemoryStorage): Promise<DiffArea> {
+    const diff = await DiffStorage.over(diffStore, 'file', { limit: 1024 * 1024, minimum: 16 * CHUNK });
     return new DiffArea('dev', origin, diff, { error: null, corrupt() {} }, { chunkMinimumShift: 12, maximumInQueue: 4 });
   }
 
   it('an image read that fails on a later chunk leaves no earlier read unhandled', async () => {
     unhandled.length = 0;
-    const a = area(new FailingLater(4 * CHUNK), new MemoryStorage(4 * CHUNK));
+    const a = await area(new FailingLater(4 * CHUNK), new MemoryStorage(4 * CHUNK));
     a.chunks.state[1] = ChunkState.Failed;
     await assert.rejects(a.readImage(0, new Uint8Array(2 * CHUNK)), (e: BlkError) => e.code === 'EIO');
     await settle();
@@ -59,7 +48,7 @@ describe('no unhandled rejections', () => {
 
   it('an image write that fails on a later chunk leaves no earlier write unhandled', async () => {
     unhandled.length = 0;
-    const a = area(new MemoryStorage(4 * CHUNK), new FailingLater(16 * CHUNK));
+    const a = await area(new MemoryStorage(4 * CHUNK), new FailingLater(16 * CHUNK));
     a.chunks.state[0] = ChunkState.Stored; // kept: its write goes to the failing store
     a.chunks.slot[0] = 0;
     a.chunks.state[1] = ChunkState.Failed;
