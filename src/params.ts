@@ -135,6 +135,8 @@ export const snapshot = {
   chunkMaximumShift: 26,
   /** Chunks read and waiting to be stored, at most, per device; writers wait past that. */
   chunkMaximumInQueue: 256,
+  /** Consecutive chunks one write touches are kept by one copy of up to this many bytes. */
+  copyRunMaximumBytes: 1024 * 1024,
   /** The difference storage file grows in steps of this many bytes. */
   diffStorageMinimum: 1024 * 1024 * 1024,
   /** Events kept per snapshot while nobody reads them; the oldest are dropped past this. */

@@ -7,6 +7,7 @@ import { ChunkMap, ChunkState } from './chunk-map.js';
 import type { ImageReadGate, SendSink } from './block-device.js';
 import type { DiffStorage } from './diff-storage.js';
 import { OriginReaders } from './origin-readers.js';
+import { snapshot as params } from '../params.js';
 
 /** What a diff area needs from its snapshot: the sticky error, and a way to set it. */
 export interface SnapshotHealth {
@@ -18,8 +19,9 @@ export interface SnapshotHealth {
 /**
  * blksnap's diff_area. Before the first write after the take touches a chunk, the chunk's
  * original is read from the device and stored in the difference storage; only then may the write
- * land. Concurrent writers of one chunk share one copy (one promise per chunk in flight). At most
- * `maximumInQueue` chunks are being copied (held in memory) at once; writers wait past that.
+ * land. Concurrent writers of one chunk share one copy (one promise per chunk in flight); the
+ * consecutive untouched chunks one write touches are kept by one copy into consecutive slots. At
+ * most `maximumInQueue` chunks are being copied (held in memory) at once; writers wait past that.
  *
  * A failed copy never fails the device write: it corrupts the snapshot (sticky, first error wins),
  * copy-on-write stops, image I/O fails with EIO, and the device goes on unharmed.
@@ -33,7 +35,7 @@ export class DiffArea {
   #copies = new Map<number, Promise<void>>();
   #maximumInQueue: number;
   #inQueue = 0;
-  #queueWaiters: Array<() => void> = [];
+  #queueWaiters: Array<{ count: number; resolve: () => void }> = [];
   /** Image reads of untouched chunks from the device (here, by sendfile, in other threads): a COW write waits for them. */
   #originReaders = new OriginReaders();
   /** Set by stop() at destroy: no copy starts after it, so drain() ends and the store can close. */
@@ -130,15 +132,21 @@ export class DiffArea {
     const { chunks } = this;
     const first = chunks.first(offset);
     const last = chunks.last(offset, length);
-    // In windows of the queue's size: a trim of a whole large device must not create a promise
-    // per chunk at once.
+    // In windows of the queue's size (in chunks): a trim of a whole large device must not create a
+    // promise per chunk at once.
     let pending: Array<Promise<void>> = [];
-    for (let i = first; i <= last; i++) {
-      const p = this.#ensureCopied(i);
-      if (p) pending.push(p);
-      if (pending.length >= this.#maximumInQueue) {
+    let pendingChunks = 0;
+    for (let i = first; i <= last; ) {
+      const { copy, count } = this.#ensureCopiedFrom(i, last);
+      if (copy) {
+        pending.push(copy);
+        pendingChunks += count;
+      }
+      i += count;
+      if (pendingChunks >= this.#maximumInQueue) {
         await Promise.all(pending);
         pending = [];
+        pendingChunks = 0;
       }
     }
     if (pending.length) await Promise.all(pending);
@@ -303,54 +311,79 @@ export class DiffArea {
   }
 
   #ensureCopied(i: number): Promise<void> | undefined {
-    const state = this.chunks.state[i];
-    if (state === ChunkState.Stored || state === ChunkState.Failed) return undefined;
-    const inFlight = this.#copies.get(i);
-    if (inFlight) return inFlight;
-    if (this.#health.error || this.#isStopped) return undefined; // corrupted or destroyed: copy-on-write has stopped
-    // Atomic: ordered before this write's look at the pins of other threads' reads (#copyRange).
-    Atomics.store(this.chunks.state, i, ChunkState.Copying);
-    const copy = this.#copy(i).finally(() => this.#copies.delete(i));
-    this.#copies.set(i, copy);
-    return copy;
+    return this.#ensureCopiedFrom(i, i).copy;
   }
 
-  async #copy(i: number): Promise<void> {
+  /**
+   * Makes sure chunk `i` is kept, or being kept: its copy in flight, or a new one. A new copy takes
+   * along the untouched chunks after it up to `last` (at most copyRunMaximumBytes, and the queue's
+   * size): one read and one write of consecutive slots, where a chunk at a time cost a system call
+   * pair each (direct writes of 1 MiB move 10–40 % more a second than of 256 KiB on this disk).
+   * Returns that copy (none when nothing is to wait for) and how many chunks from `i` it covers.
+   */
+  #ensureCopiedFrom(i: number, last: number): { copy: Promise<void> | undefined; count: number } {
     const { chunks } = this;
-    await this.#enterQueue();
-    const length = chunks.lengthOf(i);
-    const offset = i * chunks.chunkSize;
+    const state = chunks.state[i];
+    if (state === ChunkState.Stored || state === ChunkState.Failed) return { copy: undefined, count: 1 };
+    const inFlight = this.#copies.get(i);
+    if (inFlight) return { copy: inFlight, count: 1 };
+    if (this.#health.error || this.#isStopped) return { copy: undefined, count: 1 }; // corrupted or destroyed: copy-on-write has stopped
+    const most = Math.max(1, Math.min(this.#maximumInQueue, Math.floor(params.copyRunMaximumBytes / chunks.chunkSize)));
+    let end = i + 1;
+    while (end <= last && end - i < most && chunks.state[end] === ChunkState.Untouched) end++;
+    // Atomic: ordered before this write's look at the pins of other threads' reads (#copyRange).
+    for (let k = i; k < end; k++) Atomics.store(chunks.state, k, ChunkState.Copying);
+    const copy = this.#copy(i, end - i).finally(() => {
+      for (let k = i; k < end; k++) this.#copies.delete(k);
+    });
+    for (let k = i; k < end; k++) this.#copies.set(k, copy);
+    return { copy, count: end - i };
+  }
+
+  /** Keeps chunks [first, first+count) in consecutive slots. */
+  async #copy(first: number, count: number): Promise<void> {
+    const { chunks } = this;
+    await this.#enterQueue(count);
+    const offset = first * chunks.chunkSize;
+    const length = Math.min(chunks.capacity, (first + count) * chunks.chunkSize) - offset;
+    const end = first + count;
     try {
       if (this.#isStopped) {
-        // Destroyed while this copy waited for a slot: the original is of no use any more.
-        chunks.state[i] = ChunkState.Untouched;
+        // Destroyed while this copy waited for a slot: the originals are of no use any more.
+        for (let k = first; k < end; k++) chunks.state[k] = ChunkState.Untouched;
         return;
       }
-      const at = await this.#diff.allocate(chunks.chunkSize, chunks.chunkSize);
+      const at = await this.#diff.allocate(count * chunks.chunkSize, chunks.chunkSize);
       await this.#diff.keep(this.#origin, offset, length, at);
-      chunks.slot[i] = at / chunks.chunkSize;
-      // Atomic: another thread that sees the state also sees the slot.
-      Atomics.store(chunks.state, i, ChunkState.Stored);
+      for (let k = first; k < end; k++) {
+        chunks.slot[k] = at / chunks.chunkSize + (k - first);
+        // Atomic: another thread that sees the state also sees the slot.
+        Atomics.store(chunks.state, k, ChunkState.Stored);
+      }
     } catch (e) {
-      chunks.state[i] = ChunkState.Failed;
+      for (let k = first; k < end; k++) chunks.state[k] = ChunkState.Failed;
       this.closeReadGate();
       this.#health.corrupt(this.deviceName, toBlkError(e));
     } finally {
-      this.#leaveQueue();
+      this.#leaveQueue(count);
     }
   }
 
-  #enterQueue(): Promise<void> | void {
-    if (this.#inQueue < this.#maximumInQueue) {
-      this.#inQueue++;
+  /** Waits until `count` more chunks may be held in memory; first come, first served. */
+  #enterQueue(count: number): Promise<void> | void {
+    if (this.#queueWaiters.length === 0 && this.#inQueue + count <= this.#maximumInQueue) {
+      this.#inQueue += count;
       return;
     }
-    return new Promise((resolve) => this.#queueWaiters.push(resolve));
+    return new Promise((resolve) => this.#queueWaiters.push({ count, resolve }));
   }
 
-  #leaveQueue(): void {
-    const next = this.#queueWaiters.shift();
-    if (next) next(); // the slot passes straight to the next copy
-    else this.#inQueue--;
+  #leaveQueue(count: number): void {
+    this.#inQueue -= count;
+    for (let next = this.#queueWaiters[0]; next && this.#inQueue + next.count <= this.#maximumInQueue; next = this.#queueWaiters[0]) {
+      this.#queueWaiters.shift();
+      this.#inQueue += next.count;
+      next.resolve();
+    }
   }
 }
