@@ -6,6 +6,7 @@ import { FileStorage } from '../backing/file-storage.js';
 import { openUnnamedFile } from '../os/async-fs.js';
 import type { Storage } from '../backing/storage.js';
 import { BlkError, toBlkError } from '../errors.js';
+import { adviseNoReadAhead } from '../os/libc.js';
 import { diffStorageIo, SECTOR_SIZE } from '../params.js';
 import { ioBuffers } from '../util/buffer-pool.js';
 import { Emitter } from '../util/emitter.js';
@@ -19,11 +20,11 @@ export interface DiffStorageOptions {
   /** Stores of the snapshot's devices: the difference storage may not be one of them. */
   devices: readonly Storage[];
   /**
-   * Bypass the page cache (O_DIRECT), as blksnap's module writes its difference storage with bios:
-   * copies then cost no new page-cache pages. Where the filesystem refuses direct I/O, the page
-   * cache is used.
+   * Copy-on-write copies go past the page cache (O_DIRECT), as blksnap's module writes its
+   * difference storage with bios: a copy then costs no new page-cache pages. Where the filesystem
+   * refuses direct I/O, they go through the page cache.
    */
-  isDirect?: boolean;
+  isCopyDirect?: boolean;
 }
 
 
@@ -43,7 +44,10 @@ export class DiffStorage {
   #growing: Promise<void> | null = null;
   #noSpace = new Emitter<{ requestedSectors: number }>();
   readonly onNoSpace = this.#noSpace.event;
-  /** Every access goes here when set (O_DIRECT); the store's own descriptor then only grows and syncs the file. */
+  /**
+   * Copies go here when set (O_DIRECT, into new slots only); reads and image writes use the store's
+   * page cache, with read-ahead off so that no page of a slot is cached before its copy is written.
+   */
   #direct: DirectFile | null = null;
 
   private constructor(store: Storage, kind: DiffStorage['kind'], options: Omit<DiffStorageOptions, 'devices'>, capacity: number) {
@@ -89,9 +93,10 @@ export class DiffStorage {
         if (isSame) throw new BlkError('EINVAL', `difference storage ${target} is the store of a device of this snapshot`);
       }
       const diff = await DiffStorage.over(store, kind, options);
-      if (options.isDirect) {
+      if (options.isCopyDirect) {
         try {
           diff.#direct = await DirectFile.reopen(store.path, store.readDescriptor(), 0);
+          if (diff.#direct) adviseNoReadAhead(store.readDescriptor());
         } catch (e) {
           await diff.close();
           throw e;
@@ -153,32 +158,33 @@ export class DiffStorage {
     }
   }
 
-  /** Whether I/O bypasses the page cache (O_DIRECT). */
-  get isDirect(): boolean {
+  /** Whether copies bypass the page cache (O_DIRECT). */
+  get isCopyDirect(): boolean {
     return this.#direct !== null;
   }
 
-  /** A descriptor other threads may read kept chunks through from the page cache; -1 when it holds none of them (direct). */
+  /** The store's descriptor, for other threads to read kept chunks from the page cache; -1 for a memory store. */
   pageCacheDescriptor(): number {
-    return this.#direct ? -1 : (this.store.fast?.readDescriptor?.() ?? -1);
+    return this.store.fast?.readDescriptor?.() ?? -1;
   }
 
   read(offset: number, into: Uint8Array): Promise<void> {
-    return this.#direct ? this.#direct.read(offset, into) : this.store.read(offset, into);
+    return this.store.read(offset, into);
   }
 
-  /** Reads at once when the page cache holds the range; false otherwise (always, when direct). */
+  /** Reads at once when the page cache holds the range; false otherwise. */
   readNow(offset: number, into: Uint8Array): boolean {
-    return this.#direct === null && (this.store.fast?.readNow(offset, into) ?? false);
+    return this.store.fast?.readNow(offset, into) ?? false;
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {
-    return this.#direct ? this.#direct.write(offset, data) : this.store.write(offset, data);
+    return this.store.write(offset, data);
   }
 
   /**
    * Keeps `length` bytes of `origin` at `offset` here at `at` (a new slot, aligned, nobody reads or
-   * writes it yet). Direct: read into aligned memory, written past the page cache. Otherwise page
+   * writes it until this resolves). Direct: read into aligned memory, written past the page cache
+   * (no page of the slot is cached: nothing has read it, and read-ahead is off). Otherwise page
    * cache to page cache inside the kernel where it can (one copy instead of two): at once, else in
    * the thread pool (the kernel throttling writers, or the original not cached); else through
    * memory.

@@ -20,8 +20,8 @@ export interface SnapshotOptions {
   chunkMinimumShift?: number;
   /** Chunks copied at once per device, at most (default 256). */
   chunkMaximumInQueue?: number;
-  /** The difference storage bypasses the page cache (O_DIRECT) where its filesystem allows. */
-  isDiffStorageDirect?: boolean;
+  /** Copy-on-write copies bypass the page cache (O_DIRECT) where the difference storage's filesystem allows. */
+  isCowCopyDirect?: boolean;
 }
 
 /** Where images go: the daemon registers them as exports. */
@@ -89,7 +89,7 @@ export class Snapshot implements SnapshotHealth {
       limit: this.options.limit,
       minimum: this.options.diffStorageMinimum ?? params.diffStorageMinimum,
       devices: this.#devices.map((d) => d.storage),
-      isDirect: this.options.isDiffStorageDirect ?? false,
+      isCopyDirect: this.options.isCowCopyDirect ?? false,
     });
     this.#diff.onNoSpace(({ requestedSectors }) => this.events.push({ code: 'no_space', time: Date.now(), data: { requestedSectors } }));
   }

@@ -24,8 +24,8 @@ export interface DaemonConfig {
   loopRoute: LoopRoute;
   /** The in-daemon FUSE server takes requests through io_uring where the kernel offers it. */
   fuseIoUring: boolean;
-  /** How snapshots' difference storages are read and written: past the page cache, or through it. */
-  diffStorageIo: 'direct' | 'cached';
+  /** How copy-on-write writes a chunk's original to the difference storage: past the page cache, or through it. */
+  cowCopy: 'direct' | 'cached';
   /** TLS of the TCP listener: null with --tls off (or without --listen). */
   tls: TlsOptions | null;
   /** NBD connections at once; more are closed at accept. */
@@ -84,12 +84,13 @@ Options:
                        io_uring (Linux 6.14+ with CONFIG_FUSE_IO_URING; turns the fuse
                        module's enable_uring on); off, or where the kernel or a seccomp
                        profile refuses io_uring: read(2) and write(2) on /dev/fuse
-  --diff-storage-io direct|cached
-                       direct (default): snapshots' difference storages are read and
-                       written with O_DIRECT, past the page cache, as blksnap's module
-                       writes its own (copy-on-write then needs no new page-cache pages);
-                       cached: through the page cache (kept chunks read back from memory).
-                       Where a filesystem refuses O_DIRECT, the page cache is used
+  --cow-copy direct|cached
+                       how copy-on-write keeps a chunk's original in the difference storage:
+                       direct (default) writes it with O_DIRECT, past the page cache, as
+                       blksnap's module does (no new page-cache pages per copy; kept chunks
+                       are read back from the disk the first time); cached copies it page
+                       cache to page cache (copy_file_range). Where a filesystem refuses
+                       O_DIRECT, cached
   --cached-read-max BYTES
                        reads up to this size are first served from the page cache on the
                        event loop (preadv2 RWF_NOWAIT: never waits for a disk) (default 1048576)
@@ -137,7 +138,7 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
     loopAll: false,
     loopRoute: 'fuse',
     fuseIoUring: true,
-    diffStorageIo: 'direct',
+    cowCopy: 'direct',
     tls: null,
     maximumConnections: nbdLimits.maximumConnections,
     handshakeTimeoutMs: nbdLimits.handshakeTimeoutMs,
@@ -172,8 +173,8 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
       case '--fuse-io-uring':
         config.fuseIoUring = oneOf(arg, value(), ['on', 'off'] as const) === 'on';
         break;
-      case '--diff-storage-io':
-        config.diffStorageIo = oneOf(arg, value(), ['direct', 'cached'] as const);
+      case '--cow-copy':
+        config.cowCopy = oneOf(arg, value(), ['direct', 'cached'] as const);
         break;
       case '--attach': {
         const v = value();

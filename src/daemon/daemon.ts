@@ -75,7 +75,7 @@ export class Daemon {
       ownPaths,
       exportUri: (name) => `nbd+unix:///${encodeURIComponent(name)}?socket=${config.nbdPath}`,
       storageOptions: { cachedReadMaximum: config.cachedReadMaximum, syncWriteMaximum: config.syncWriteMaximum },
-      isDiffStorageDirect: config.diffStorageIo === 'direct',
+      isCowCopyDirect: config.cowCopy === 'direct',
       isLoopForAll: config.loopAll,
       state,
       keeper: new CbtKeeper({ state, regionSize: config.cbtRegionSize, syncIntervalMs: config.cbtSyncIntervalMs, log }),

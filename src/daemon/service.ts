@@ -28,8 +28,8 @@ export interface ServiceOptions {
   exportUri(name: string): string;
   /** Options every attached store gets. */
   storageOptions: FileStorageOptions;
-  /** Difference storages bypass the page cache (blksnapd --diff-storage-io direct). */
-  isDiffStorageDirect: boolean;
+  /** Copy-on-write copies bypass the page cache (blksnapd --cow-copy direct). */
+  isCowCopyDirect: boolean;
   /** Every attached device gets a kernel block device (blksnapd --loop). */
   isLoopForAll: boolean;
   /** Where attached devices are kept across restarts. */
@@ -245,12 +245,12 @@ export class BlksnapService implements ControlService {
     const snapshot = await registry.createSnapshot(devices, {
       diffStorage: p.diffStorage,
       limit: p.limit,
-      isDiffStorageDirect: this.#o.isDiffStorageDirect,
+      isCowCopyDirect: this.#o.isCowCopyDirect,
       ...(p.diffStorageMinimum === undefined ? {} : { diffStorageMinimum: p.diffStorageMinimum }),
       ...(p.chunkMinimumShift === undefined ? {} : { chunkMinimumShift: p.chunkMinimumShift }),
       ...(p.chunkMaximumInQueue === undefined ? {} : { chunkMaximumInQueue: p.chunkMaximumInQueue }),
     });
-    log(`snapshot ${snapshot.id} created: ${devices.map((d) => d.name).join(', ')}; difference storage ${p.diffStorage} (${snapshot.diffStorage?.kind}${snapshot.diffStorage?.isDirect ? ', O_DIRECT' : ''}), limit ${p.limit}`);
+    log(`snapshot ${snapshot.id} created: ${devices.map((d) => d.name).join(', ')}; difference storage ${p.diffStorage} (${snapshot.diffStorage?.kind}${snapshot.diffStorage?.isCopyDirect ? ', copies by O_DIRECT' : ''}), limit ${p.limit}`);
     snapshot.events.onPush((e) => log(`snapshot ${snapshot.id}: ${e.code} ${JSON.stringify(e.data)}`));
     if (p.ownedByConnection) caller.onClose(() => void this.#destroyOrphan(snapshot));
     return { id: snapshot.id };

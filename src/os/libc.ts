@@ -31,6 +31,7 @@ const SEEK_HOLE = 4;
 const LOCK_SH = 1;
 const LOCK_EX = 2;
 const LOCK_NB = 4;
+const POSIX_FADV_RANDOM = 1;
 const POSIX_FADV_WILLNEED = 3;
 const BLKGETSIZE64 = 0x80081272;
 const RWF_NOWAIT = 0x08;
@@ -113,6 +114,15 @@ export function duplicate(fd: number): number {
   const n = dupFn(fd) as number;
   if (n < 0) throw fail('dup', `of descriptor ${fd}`);
   return n;
+}
+
+/**
+ * No read-ahead on this open file (POSIX_FADV_RANDOM, for every descriptor dup'd from it): a read
+ * brings exactly its own pages into the page cache, none past them.
+ */
+export function adviseNoReadAhead(fd: number): void {
+  const errno = fadviseFn(fd, 0, 0, POSIX_FADV_RANDOM) as number; // the error itself, not -1
+  if (errno !== 0) throw new BlkError(errnoName(errno), `posix_fadvise(POSIX_FADV_RANDOM) on descriptor ${fd} failed`);
 }
 
 /** Asks the kernel to read a range ahead into the page cache, from a worker thread (it only starts the reads); length 0: to the end. */

@@ -17,7 +17,7 @@ async function snapimageWrite(s: Scenario, deviceName: string, io: 'direct' | 'c
   await device.pwrite(0, stampSectors(Buffer.alloc(SIZE), 0, 0));
   const id = await s.take([deviceName], { chunkMinimumShift: 16 });
   const created = s.daemon.log.split('\n').find((line) => line.includes(`snapshot ${id} created`)) ?? '';
-  assert.equal(/\(directory, O_DIRECT\)/.test(created), io === 'direct', `the difference storage's I/O: ${created}`);
+  assert.equal(/\(directory, copies by O_DIRECT\)/.test(created), io === 'direct', `the difference storage's I/O: ${created}`);
   const image = await NbdClient.connect(s.daemon.nbdPath, await s.imageName(deviceName));
   const sectors = SIZE / SECTOR;
   const deviceSeq = new Uint32Array(sectors);
@@ -128,9 +128,9 @@ describe('snapshot images', () => {
   });
 });
 
-describe('snapshot images with the difference storage in the page cache (--diff-storage-io cached)', () => {
+describe('snapshot images with copy-on-write copies through the page cache (--cow-copy cached)', () => {
   let s: Scenario;
-  before(async () => (s = await Scenario.start([SIZE], ['--diff-storage-io', 'cached'])));
+  before(async () => (s = await Scenario.start([SIZE], ['--cow-copy', 'cached'])));
   after(async () => s?.stop());
 
   it('snapimage_write', () => snapimageWrite(s, 'dev0', 'cached'));

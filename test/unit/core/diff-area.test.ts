@@ -188,13 +188,13 @@ describe('DiffArea races', () => {
     );
   });
 
-  it('the same races over a difference storage on disk with O_DIRECT: partial-block image writes to one block lose nothing', async () => {
+  it('the same races over a difference storage on disk whose copies are written with O_DIRECT and read through the page cache', async () => {
     const tmp = tempDir();
     try {
       await fc.assert(
         imagesUnderRaces(async () => {
-          const diff = await DiffStorage.open(tmp.dir, { limit: 64 * CHUNK, minimum: 64 * CHUNK, devices: [], isDirect: true });
-          assert.equal(diff.isDirect, true, 'this filesystem takes O_DIRECT: the direct path is what runs');
+          const diff = await DiffStorage.open(tmp.dir, { limit: 64 * CHUNK, minimum: 64 * CHUNK, devices: [], isCopyDirect: true });
+          assert.equal(diff.isCopyDirect, true, 'this filesystem takes O_DIRECT: the direct copies are what run');
           return diff;
         }),
         { numRuns: Number(process.env.BLKSNAP_PROPERTY_RUNS ?? 100) },

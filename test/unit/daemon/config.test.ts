@@ -38,9 +38,9 @@ describe('daemon configuration', () => {
       assert.equal(parseDaemonArgs(['--fuse-io-uring', 'off'])?.fuseIoUring, false);
       assert.equal(parseDaemonArgs(withConfigFile(['--config', file, '--fuse-io-uring', 'on'], '/nonexistent'))?.fuseIoUring, true);
       assert.throws(() => parseDaemonArgs(['--fuse-io-uring', 'yes']), /--fuse-io-uring/);
-      assert.equal(parseDaemonArgs([])?.diffStorageIo, 'direct');
-      assert.equal(parseDaemonArgs(['--diff-storage-io', 'cached'])?.diffStorageIo, 'cached');
-      assert.throws(() => parseDaemonArgs(['--diff-storage-io', 'buffered']), /--diff-storage-io/);
+      assert.equal(parseDaemonArgs([])?.cowCopy, 'direct');
+      assert.equal(parseDaemonArgs(['--cow-copy', 'cached'])?.cowCopy, 'cached');
+      assert.throws(() => parseDaemonArgs(['--cow-copy', 'buffered']), /--cow-copy/);
     } finally {
       remove();
     }
@@ -48,7 +48,7 @@ describe('daemon configuration', () => {
 
   it('every option --help lists is one a config file takes, and --help lists them all', () => {
     const names = daemonOptionNames();
-    for (const n of ['control', 'nbd', 'listen', 'state-dir', 'attach', 'loop', 'cbt-region', 'cbt-sync-interval', 'config', 'log-format', 'verbose', 'busy-poll-us', 'fuse-io-uring', 'diff-storage-io']) assert.ok(names.includes(n), n);
+    for (const n of ['control', 'nbd', 'listen', 'state-dir', 'attach', 'loop', 'cbt-region', 'cbt-sync-interval', 'config', 'log-format', 'verbose', 'busy-poll-us', 'fuse-io-uring', 'cow-copy']) assert.ok(names.includes(n), n);
     assert.match(DAEMON_HELP, /--verbose/);
   });
 
