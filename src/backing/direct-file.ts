@@ -1,4 +1,4 @@
-// Owns O_DIRECT writes into a file store (the difference storage's copies): aligned memory to the disk, no page-cache pages.
+// Owns O_DIRECT access to a file store (the difference storage): copies written, uncached kept chunks read, without page-cache pages.
 import * as fs from 'node:fs';
 import { BlkError, toBlkError } from '../errors.js';
 import { closeAsync, openAsync } from '../os/async-fs.js';
@@ -8,6 +8,7 @@ import { bytesToAlignment } from '../os/koffi.js';
 /** Offsets, lengths and buffer addresses of direct I/O: the largest logical block size in use. */
 export const DIRECT_ALIGNMENT = 4096;
 
+const alignDown = (n: number): number => Math.floor(n / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT;
 const alignUp = (n: number): number => Math.ceil(n / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT;
 
 /**
@@ -56,6 +57,34 @@ export class DirectFile {
       await closeAsync(directFd);
       if (toBlkError(e).code === 'EINVAL') return null;
       throw toBlkError(e);
+    }
+  }
+
+  /**
+   * Fills `into` from `offset`, any alignment (the aligned range around it is read, the part asked
+   * for copied out), past the page cache: a range whose pages are not cached is read from the disk
+   * without allocating pages for it. Dirty cached pages of the range are written back first by the
+   * kernel, so the read sees them.
+   */
+  async read(offset: number, into: Uint8Array): Promise<void> {
+    const start = alignDown(offset);
+    const end = alignUp(offset + into.length);
+    const isAligned = start === offset && end === offset + into.length && bytesToAlignment(into, DIRECT_ALIGNMENT) === 0;
+    const target = isAligned ? into : this.#acquire(end - start);
+    try {
+      for (let done = 0; done < target.length; ) {
+        let n: number;
+        try {
+          n = await readAt(this.#fd, target.subarray(done), start + done);
+        } catch (e) {
+          throw new BlkError(toBlkError(e).code, `direct read of ${target.length} bytes at ${start} from ${this.path}: ${toBlkError(e).message}`);
+        }
+        if (n === 0) throw new BlkError('EIO', `short read from ${this.path}: ${done} of ${target.length} bytes at ${start}`);
+        done += n; // a short direct read ends on a block boundary: the rest stays aligned
+      }
+      if (!isAligned) into.set(target.subarray(offset - start, offset - start + into.length));
+    } finally {
+      if (!isAligned) this.#release(target as Buffer);
     }
   }
 

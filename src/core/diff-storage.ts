@@ -168,7 +168,13 @@ export class DiffStorage {
     return this.store.fast?.readDescriptor?.() ?? -1;
   }
 
+  /**
+   * With direct copies, a range not all in the page cache (a kept chunk nobody wrote or read
+   * since its copy) is read past it: from the disk straight into memory, with no page-cache pages
+   * allocated for it.
+   */
   read(offset: number, into: Uint8Array): Promise<void> {
+    if (this.#direct && !this.store.fast?.isCached(offset, into.length)) return this.#direct.read(offset, into);
     return this.store.read(offset, into);
   }
 

@@ -5,7 +5,7 @@ import { describe, it } from 'node:test';
 import { MemoryStorage } from '../../../src/backing/memory-storage.js';
 import { DiffStorage } from '../../../src/core/diff-storage.js';
 import { BlkError } from '../../../src/errors.js';
-import { isRangeCached } from '../../../src/os/libc.js';
+import { isRangeCached, readCached } from '../../../src/os/libc.js';
 import { tempDir } from '../../helpers/tools.js';
 
 const KiB = 1024;
@@ -62,7 +62,7 @@ describe('difference storage', () => {
     assert.equal(diff.readNow(at, back), true);
   });
 
-  it('copies by O_DIRECT cache no page; a read of a kept chunk caches no page of the slot after it (no read-ahead), so the next copy is never hidden by a stale page', async () => {
+  it('copies by O_DIRECT cache no page, nor do reads of kept chunks not in the page cache; reads from other threads bring in no page of the slot after theirs (no read-ahead)', async () => {
     const tmp = tempDir();
     const origin = new MemoryStorage(4 * CHUNK);
     for (let i = 0; i < origin.bytes.length; i++) origin.bytes[i] = (i * 13 + 5) & 0xff;
@@ -78,14 +78,18 @@ describe('difference storage', () => {
       const a = await diff.allocate(CHUNK, CHUNK);
       await diff.keep(origin, 0, CHUNK, a);
       assert.equal(cachedPages(0, 64 * CHUNK), 0, 'the copy went past the page cache');
-      // Image reads of the kept chunk, front to back, through the page cache: the pattern the
-      // kernel reads ahead for.
-      const piece = Buffer.alloc(16 * KiB);
-      for (let at = 0; at < CHUNK; at += piece.length) {
+      // Image reads of the kept chunk, front to back, at odd offsets: read past the page cache.
+      const piece = Buffer.alloc(16 * KiB + 100);
+      for (let at = 50; at + piece.length <= CHUNK; at += piece.length) {
         await diff.read(a + at, piece);
         assert.deepEqual(piece, Buffer.from(origin.bytes.subarray(at, at + piece.length)));
       }
-      assert.ok(cachedPages(a, a + CHUNK) >= 1, 'the read is cached (the check sees cached pages)');
+      assert.equal(cachedPages(0, 64 * CHUNK), 0, 'uncached kept chunks are read past the page cache');
+      // A FUSE reader thread tries the page cache (preadv2 RWF_NOWAIT) front to back: the pattern
+      // the kernel reads ahead for, and a miss starts that read.
+      for (let at = 0; at < CHUNK; at += 16 * KiB) readCached(fd, Buffer.alloc(16 * KiB), a + at);
+      for (let i = 0; i < 100 && cachedPages(a, a + CHUNK) === 0; i++) await new Promise((r) => setTimeout(r, 5));
+      assert.ok(cachedPages(a, a + CHUNK) >= 1, 'those reads bring pages of their slot in (the check sees cached pages)');
       const b = await diff.allocate(CHUNK, CHUNK);
       assert.equal(cachedPages(b, b + CHUNK), 0, 'no page of the next slot was read ahead');
       await diff.keep(origin, CHUNK, CHUNK, b);
