@@ -3,6 +3,8 @@
 // writes, restore of the latest to a file, verify of all data; wall times, repository sizes, ratios.
 //   node dist/bench/backup.js          (installs restic and borgbackup from Debian when missing)
 //   BENCH_BACKUP_GIB=1: a smaller data set (each quarter 1/4 GiB)
+//   BENCH_DAEMON_ARGS='--cow-copy cached': more blksnapd options (A/B runs)
+//   BENCH_PEERS=none: our figures alone (A/B runs; no ratios)
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes, randomInt } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -104,7 +106,7 @@ async function ours(dir: string, file: string): Promise<Figures & { readBytes: n
   const control = path.join(dir, 'control.sock');
   const nbd = path.join(dir, 'nbd.sock');
   const repo = path.join(dir, 'repo');
-  const daemon = spawn(process.execPath, [path.join(root, 'bin/blksnapd'), '--control', control, '--nbd', nbd, '--state-dir', state, '--attach', `${file}=disk`], { stdio: 'ignore' });
+  const daemon = spawn(process.execPath, [path.join(root, 'bin/blksnapd'), '--control', control, '--nbd', nbd, '--state-dir', state, '--attach', `${file}=disk`, ...(process.env.BENCH_DAEMON_ARGS ?? '').split(' ').filter(Boolean)], { stdio: 'ignore' });
   for (let i = 0; i < 200 && !fs.existsSync(control); i++) await new Promise((r) => setTimeout(r, 50));
   await new Promise((r) => setTimeout(r, 300));
   const cli = (...args: string[]): Promise<string> => runTool(process.execPath, [path.join(root, 'bin/blksnap'), ...args, '--control', control]);
@@ -198,6 +200,10 @@ async function main(): Promise<void> {
     const gib = (4 * quarter) / 2 ** 30;
     console.log(`# backup benchmark: a ${gib} GiB device file (random, text, a copy of the random part, never written), ${os.availableParallelism()} cores`);
     const o = await ours(path.join(dir, "ours"), file);
+    if (process.env.BENCH_PEERS === 'none') {
+      console.log(`blksnap: full ${o.full.toFixed(1)} s, incremental ${o.incremental.toFixed(1)} s, +${(o.growth / 1e6).toFixed(0)} MB, restore ${o.restore.toFixed(1)} s, verify ${o.verify.toFixed(1)} s, repository ${(o.size / 1e6).toFixed(0)} MB`);
+      return;
+    }
     fs.mkdirSync(path.join(dir, 'r'));
     // The peers back up the file as it was before our incremental's writes, then after the same kind of change.
     const fresh = path.join(dir, 'peer.img');
