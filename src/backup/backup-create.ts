@@ -172,7 +172,14 @@ async function backupDevice(
   const storing = new TaskWindow(workers.size * 6);
   const chunksDir = layout.chunksDir(repo.dir);
   let taskId = 0;
-  await readRuns({ uri, size, chunkSize, runs, ...(o.tls ? { tls: o.tls } : {}) }, async (run, data) => {
+  // Read buffers go to a worker and come back with its store: memory used again stays backed, where
+  // a new buffer per read cost a fresh page per 4 KiB (docs/performance.md, session 10).
+  const spare: ArrayBuffer[] = [];
+  const bufferFor = (length: number): Buffer | undefined => {
+    const b = spare.pop();
+    return b && b.byteLength >= length ? Buffer.from(b, 0, length) : undefined;
+  };
+  await readRuns({ uri, size, chunkSize, runs, bufferFor, ...(o.tls ? { tls: o.tls } : {}) }, async (run, data) => {
     const bytes = data.length;
     readBytes += bytes;
     const lengths = Array.from({ length: run.count }, (_, i) => Math.min(chunkSize, size - (run.first + i) * chunkSize));
@@ -190,6 +197,7 @@ async function backupDevice(
       }
       const stored = await workers.run({ kind: 'store', id, which, chunksDir, level: repo.config.zstdLevel }, [], on);
       storedBytes += stored.storedBytes;
+      spare.push(stored.data.buffer as ArrayBuffer);
       o.progress?.advance(bytes);
     });
     await storing.add(task);

@@ -32,7 +32,8 @@ export type ChunkTask =
 
 export type ChunkResult =
   | { kind: 'hash'; digests: Uint8Array }
-  | { kind: 'store'; locations: Array<ChunkLocation & { index: number }>; storedBytes: number }
+  /** `data`: the hashed bytes' buffer, handed back for the next read. */
+  | { kind: 'store'; locations: Array<ChunkLocation & { index: number }>; storedBytes: number; data: Uint8Array }
   | { kind: 'finish'; packs: string[] }
   | { kind: 'load'; data: Uint8Array[] }
   | { kind: 'write'; writtenBytes: number }
@@ -225,7 +226,7 @@ function run(task: Exclude<ChunkTask, { kind: 'write' }>): { result: ChunkResult
         storedBytes += RECORD_HEADER + entry.storedLength;
         locations.push({ index: i, pack, offset: entry.offset, storedLength: entry.storedLength, flags: entry.flags, size: entry.size });
       }
-      return { result: { kind: 'store', locations, storedBytes }, transfer: [] };
+      return { result: { kind: 'store', locations, storedBytes, data: h.data }, transfer: [h.data.buffer as ArrayBuffer] };
     }
     case 'finish': {
       writer?.close();

@@ -29,6 +29,8 @@ export interface ReadPlan {
   chunkSize: number;
   runs: ChunkRun[];
   tls?: NbdTlsOptions;
+  /** A buffer to read `length` bytes into (its first `length` bytes are used), or none for a new one. */
+  bufferFor?: (length: number) => Buffer | undefined;
 }
 
 /**
@@ -46,7 +48,7 @@ export async function readRuns(plan: ReadPlan, consume: (run: ChunkRun, data: Bu
         const run = plan.runs[next++] as ChunkRun;
         const offset = run.first * plan.chunkSize;
         const length = Math.min(run.count * plan.chunkSize, plan.size - offset);
-        const data = await client.read(offset, length);
+        const data = await client.read(offset, length, plan.bufferFor?.(length));
         await consume(run, data);
       }
     };

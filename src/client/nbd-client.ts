@@ -268,9 +268,13 @@ export class NbdClient {
     }
   }
 
-  /** Reads [offset, offset+length) into a new buffer (holes come back as zeros). */
-  read(offset: number, length: number): Promise<Buffer> {
-    return this.#request(w.NBD_CMD_READ, 0, offset, length, undefined, 'read') as Promise<Buffer>;
+  /**
+   * Reads [offset, offset+length) into the first `length` bytes of `into` (which the caller must
+   * not touch until this settles), or a new buffer; holes come back as zeros.
+   */
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    if (into && into.length < length) return Promise.reject(new BlkError('EINVAL', `a read of ${length} bytes into a buffer of ${into.length}`));
+    return this.#request(w.NBD_CMD_READ, 0, offset, length, undefined, 'read', undefined, into?.subarray(0, length)) as Promise<Buffer>;
   }
 
   async write(offset: number, data: Uint8Array, fua = false): Promise<void> {
@@ -326,14 +330,14 @@ export class NbdClient {
     this.#fail(new BlkError('ESHUTDOWN', 'the NBD client was closed'));
   }
 
-  #request(type: number, flags: number, offset: number, length: number, payload: Uint8Array | undefined, what: string, contextId?: number): Promise<unknown> {
+  #request(type: number, flags: number, offset: number, length: number, payload: Uint8Array | undefined, what: string, contextId?: number, into?: Buffer): Promise<unknown> {
     if (this.#closed) return Promise.reject(this.#closed);
     const cookie = this.#cookie++;
     return new Promise((resolve, reject) => {
       const kind = type === w.NBD_CMD_READ ? 'read' : type === w.NBD_CMD_BLOCK_STATUS ? 'status' : 'other';
       const p: Pending = { kind, what: `${what} ${offset}+${length}`, offset, length, resolve, reject };
       // Not zeroed (a memset of every byte read): every byte is filled by data or a hole, or the read fails.
-      if (type === w.NBD_CMD_READ) p.data = Buffer.allocUnsafeSlow(length);
+      if (type === w.NBD_CMD_READ) p.data = into ?? Buffer.allocUnsafeSlow(length);
       if (type === w.NBD_CMD_BLOCK_STATUS) {
         p.extents = [];
         if (contextId !== undefined) p.contextId = contextId;

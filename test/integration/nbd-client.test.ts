@@ -61,6 +61,17 @@ describe('library NBD client', { skip: missing('qemu-nbd') }, () => {
           const read = await client.read(2 * MiB, 3 * MiB);
           assert.ok(read.equals(expected), `round ${round}: holes read as zeros and data as written`);
         }
+        // Into a buffer used before (as a backup reuses its read buffers): every byte is written again.
+        const reused = Buffer.alloc(4 * MiB, 0xee);
+        for (let round = 0; round < 2; round++) {
+          const read = await client.read(2 * MiB, 3 * MiB, reused);
+          assert.equal(read.buffer, reused.buffer, 'the read landed in the given buffer');
+          assert.equal(read.length, 3 * MiB);
+          assert.ok(read.equals(expected), `reused buffer, round ${round}`);
+          assert.ok(reused.subarray(3 * MiB).every((b) => b === 0xee), 'nothing past the read was touched');
+          reused.fill(0xee, 0, 3 * MiB);
+        }
+        await assert.rejects(client.read(0, 2 * MiB, Buffer.alloc(MiB)), { code: 'EINVAL' });
       } finally {
         await client.close();
       }
