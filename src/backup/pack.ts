@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { threadId } from 'node:worker_threads';
 import { BlkError } from '../errors.js';
+import { startWriteback } from '../os/writeback-range.js';
 import { zstdCompress, zstdDecompress } from '../os/zstd.js';
 import { sha256 } from './chunk-file.js';
 import { TEMP_MARK } from './layout.js';
@@ -21,6 +22,8 @@ const IDX_MAGIC = Buffer.from('BLKSNAPK', 'latin1');
 export const IDX_ENTRY = 56;
 /** A pack is closed once it holds this much. */
 const PACK_BYTES = 512 * 1024 * 1024;
+/** Bytes appended to a pack between two starts of its writeback. */
+const WRITEBACK_STEP = 8 * 1024 * 1024;
 
 export interface PackEntry {
   digest: Buffer;
@@ -90,6 +93,8 @@ interface OpenPack {
   temp: string;
   fd: number;
   size: number;
+  /** Where the last started writeback ended. */
+  writtenBackTo: number;
   entries: PackEntry[];
 }
 
@@ -128,6 +133,12 @@ export class PackWriter {
     writeAll(pack.fd, stored, pack.size + RECORD_HEADER);
     pack.size += RECORD_HEADER + stored.length;
     pack.entries.push(entry);
+    // The disk writes start as the pack grows: the fdatasync at its close then waits for the last
+    // few MiB, not for the whole pack (which stalled both workers at once for about a second).
+    if (pack.size - pack.writtenBackTo >= WRITEBACK_STEP) {
+      startWriteback(pack.fd, pack.writtenBackTo, pack.size - pack.writtenBackTo);
+      pack.writtenBackTo = pack.size;
+    }
     const id = pack.id;
     if (pack.size >= PACK_BYTES) this.close();
     return { pack: id, entry };
@@ -160,7 +171,7 @@ export class PackWriter {
     const id = randomBytes(16).toString('hex');
     const temp = `${packPaths(this.#chunksDir, id).pack}${TEMP_MARK}${process.pid}.${threadId}`;
     fs.mkdirSync(this.#chunksDir, { recursive: true });
-    this.#current = { id, temp, fd: fs.openSync(temp, 'w', 0o644), size: 0, entries: [] };
+    this.#current = { id, temp, fd: fs.openSync(temp, 'w', 0o644), size: 0, writtenBackTo: 0, entries: [] };
     return this.#current;
   }
 }
