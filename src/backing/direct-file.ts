@@ -12,12 +12,14 @@ const alignDown = (n: number): number => Math.floor(n / DIRECT_ALIGNMENT) * DIRE
 const alignUp = (n: number): number => Math.ceil(n / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT;
 
 /**
- * A second descriptor of a file or block device, opened with O_DIRECT, for writing ranges nobody
- * reads yet (a chunk's new slot): the bytes go from aligned memory to the disk with no page-cache
- * page allocated for them (on a VM whose freed memory goes back to the host, a new page costs more
- * than the disk write; docs/performance.md). Safe beside buffered reads of the same file only while
- * no page of such a range can be in the page cache: the caller reads nothing of it before the
- * write is done, and turns read-ahead off (adviseNoReadAhead) so no read of a neighbour brings it in.
+ * A second descriptor of a file or block device, opened with O_DIRECT: bytes move between aligned
+ * memory and the disk with no page-cache page allocated for them (on a VM whose freed memory goes
+ * back to the host, a new page costs more than the disk I/O; docs/performance.md). Writes are for
+ * ranges nobody reads yet (a chunk's new slot): safe beside buffered I/O of the same file only while
+ * no page of such a range can be in the page cache, so the caller reads nothing of it before the
+ * write is done and turns read-ahead off (adviseNoReadAhead), so no read of a neighbour brings it
+ * in. Reads are for ranges not in the page cache (the kernel writes dirty pages of the range back
+ * first, so a direct read sees them).
  */
 export class DirectFile {
   readonly path: string;
