@@ -103,7 +103,7 @@ export const writebackWatch = {
   backOffMs: 5000,
 } as const;
 
-/** The difference storage's file: image reads of kept chunks try the page cache first, and copies are page-cache copies while the kernel is far from throttling. */
+/** The difference storage's file: image reads of kept chunks try the page cache first; copies through the page cache (--cow-copy cached) are synchronous while the kernel is far from throttling. */
 export const diffStorageIo = { cachedReadMaximum: 1024 * 1024, syncWriteMaximum: 1024 * 1024 } as const;
 
 /** Control API limits. */
