@@ -101,6 +101,8 @@ export interface ImageReadGate {
   slot: Uint32Array;
   /** The difference storage's descriptor (kept chunks never move, so no pin), or -1: kept chunks go to the daemon. */
   diffFd: number;
+  /** Kept chunks not in the page cache are read past it: a thread asks the cache first (cachestat), so a miss starts no read into it. */
+  isDiffCheckedFirst: boolean;
 }
 
 /** Ways to serve a request without a promise or a copy; each says when it cannot. */

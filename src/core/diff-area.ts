@@ -58,6 +58,7 @@ export class DiffArea {
       chunkShift: this.chunks.chunkShift,
       slot: this.chunks.slot,
       diffFd: diff.pageCacheDescriptor(),
+      isDiffCheckedFirst: diff.isCopyDirect,
     };
     this.#maximumInQueue = options.maximumInQueue;
   }

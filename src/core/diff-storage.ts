@@ -178,9 +178,15 @@ export class DiffStorage {
     return this.store.read(offset, into);
   }
 
-  /** Reads at once when the page cache holds the range; false otherwise. */
+  /**
+   * Reads at once when the page cache holds the range; false otherwise. With direct copies the
+   * cache is asked first (cachestat): a page-cache read that misses starts a read into the cache,
+   * which read() would then do again past it.
+   */
   readNow(offset: number, into: Uint8Array): boolean {
-    return this.store.fast?.readNow(offset, into) ?? false;
+    const fast = this.store.fast;
+    if (!fast || (this.#direct && !fast.isCached(offset, into.length))) return false;
+    return fast.readNow(offset, into);
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {

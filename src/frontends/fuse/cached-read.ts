@@ -3,7 +3,7 @@
 import type { ImageReadGate } from '../../core/block-device.js';
 import { ChunkState } from '../../core/chunk-map.js';
 import { threadPinOf } from '../../core/origin-readers.js';
-import { readCached } from '../../os/libc.js';
+import { isRangeCached, readCached } from '../../os/libc.js';
 
 /** The device's own descriptor (a duplicate) and size, and for an image the gate its reads pass. */
 export interface CachedReads {
@@ -30,8 +30,11 @@ function readImage(gate: ImageReadGate, deviceFd: number, into: Buffer, offset: 
       const state = Atomics.load(gate.state, i);
       let n: number;
       if (state === ChunkState.Untouched) n = readCached(deviceFd, piece, pos);
-      else if (state === ChunkState.Stored && gate.diffFd >= 0) n = readCached(gate.diffFd, piece, (gate.slot[i] as number) * chunkSize + (pos - i * chunkSize));
-      else return false; // being copied, or failed: the daemon answers
+      else if (state === ChunkState.Stored && gate.diffFd >= 0) {
+        const at = (gate.slot[i] as number) * chunkSize + (pos - i * chunkSize);
+        if (gate.isDiffCheckedFirst && !isRangeCached(gate.diffFd, at, piece.length)) return false;
+        n = readCached(gate.diffFd, piece, at);
+      } else return false; // being copied, or failed: the daemon answers
       if (n !== piece.length) return false;
       pos = end;
     }
