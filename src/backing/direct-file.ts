@@ -3,10 +3,7 @@ import * as fs from 'node:fs';
 import { BlkError, toBlkError } from '../errors.js';
 import { closeAsync, openAsync } from '../os/async-fs.js';
 import { readAt, writeFully } from '../os/fd-io.js';
-import { bytesToAlignment } from '../os/koffi.js';
-
-/** Offsets, lengths and buffer addresses of direct I/O: the largest logical block size in use. */
-export const DIRECT_ALIGNMENT = 4096;
+import { alignedBuffer, bytesToAlignment, DIRECT_ALIGNMENT } from '../os/koffi.js';
 
 const alignDown = (n: number): number => Math.floor(n / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT;
 const alignUp = (n: number): number => Math.ceil(n / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT;
@@ -120,9 +117,7 @@ export class DirectFile {
       this.#keptBytes -= length;
       return kept;
     }
-    const raw = Buffer.allocUnsafeSlow(length + DIRECT_ALIGNMENT);
-    const skip = bytesToAlignment(raw, DIRECT_ALIGNMENT);
-    return raw.subarray(skip, skip + length);
+    return alignedBuffer(length);
   }
 
   #release(buffer: Buffer): void {

@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { BlkError, toBlkError } from '../errors.js';
 import { readAt, writeFully } from '../os/fd-io.js';
-import { bytesToAlignment } from '../os/koffi.js';
+import { alignedBuffer, DIRECT_ALIGNMENT } from '../os/koffi.js';
 import { adviseWillNeed } from '../os/libc.js';
 import { startWriteback } from '../os/writeback-range.js';
 import { isAllZero } from './chunk-file.js';
@@ -129,18 +129,14 @@ function decodeItem(item: LoadItem, stored: Uint8Array, into: Uint8Array): void 
   }
 }
 
-const DIRECT_ALIGN = 4096;
 /** A pack check reads this much at a time. */
 const CHECK_READ_BYTES = 8 * 1024 * 1024;
 /** This thread's buffers for runs of decoded chunks, aligned for O_DIRECT; free ones wait here. */
 const freeBuffers: Uint8Array[] = [];
 
-function alignedBuffer(bytes: number): Uint8Array {
+function runBuffer(bytes: number): Uint8Array {
   const kept = freeBuffers.pop();
-  if (kept && kept.length >= bytes) return kept;
-  const raw = new Uint8Array(bytes + DIRECT_ALIGN);
-  const skip = bytesToAlignment(raw, DIRECT_ALIGN);
-  return raw.subarray(skip, skip + bytes);
+  return kept && kept.length >= bytes ? kept : alignedBuffer(bytes);
 }
 
 /**
@@ -155,7 +151,7 @@ async function writeItems(task: Extract<ChunkTask, { kind: 'write' }>): Promise<
   if (!first) return 0;
   const last = items.at(-1) as LoadItem;
   const stored = await readStoredAsync(items);
-  const span = alignedBuffer(last.offset + last.length - first.offset);
+  const span = runBuffer(last.offset + last.length - first.offset);
   const writes: Array<Promise<void>> = [];
   let written = 0;
   let stretchStart = -1;
@@ -163,7 +159,7 @@ async function writeItems(task: Extract<ChunkTask, { kind: 'write' }>): Promise<
     if (stretchStart < 0) return;
     const startOffset = (items[stretchStart] as LoadItem).offset;
     const data = span.subarray(startOffset - first.offset, end - first.offset);
-    const aligned = task.direct ? data.length - (data.length % DIRECT_ALIGN) : 0;
+    const aligned = task.direct ? data.length - (data.length % DIRECT_ALIGNMENT) : 0;
     if (aligned > 0) writes.push(writeFully(task.fd, data.subarray(0, aligned), startOffset));
     if (aligned < data.length) writes.push(writeFully(task.bufferedFd, data.subarray(aligned), startOffset + aligned));
     written += data.length;

@@ -46,9 +46,24 @@ export class ChunkMap {
     this.slot = new Uint32Array(new SharedArrayBuffer(4 * chunkCount));
   }
 
-  /** Bytes of chunk i (the last one may be partial). */
-  lengthOf(i: number): number {
-    return Math.min(this.chunkSize, this.capacity - i * this.chunkSize);
+  /**
+   * The last chunk of the run from chunk i that lies before byte `end` and is in `state` (as chunk i
+   * is); a run of kept chunks also has consecutive slots, so it is one read of the store.
+   */
+  lastOfRun(i: number, end: number, state: number): number {
+    let j = i;
+    while ((j + 1) * this.chunkSize < end && this.state[j + 1] === state && (state !== ChunkState.Stored || this.slot[j + 1] === (this.slot[j] as number) + 1)) j++;
+    return j;
+  }
+
+  /** Where byte `pos` of kept chunk i lies in the difference storage. */
+  keptAt(i: number, pos: number): number {
+    return (this.slot[i] as number) * this.chunkSize + (pos - i * this.chunkSize);
+  }
+
+  /** Bytes of chunks [i, i+count) (the last chunk may be short). */
+  lengthOf(i: number, count = 1): number {
+    return Math.min(count * this.chunkSize, this.capacity - i * this.chunkSize);
   }
 
   first(offset: number): number {

@@ -1,13 +1,13 @@
 // Owns copy-on-write for one device of a taken snapshot: keeping chunk originals, and the image's view of them.
 import type { Extent, Storage } from '../backing/storage.js';
 import { BlkError, toBlkError } from '../errors.js';
+import { snapshot as params } from '../params.js';
 import { InFlight } from '../util/in-flight.js';
 import { settleAll, settleThenThrow } from '../util/settle.js';
 import { ChunkMap, ChunkState } from './chunk-map.js';
 import type { ImageReadGate, SendSink } from './block-device.js';
 import type { DiffStorage } from './diff-storage.js';
 import { OriginReaders } from './origin-readers.js';
-import { snapshot as params } from '../params.js';
 
 /** What a diff area needs from its snapshot: the sticky error, and a way to set it. */
 export interface SnapshotHealth {
@@ -170,19 +170,14 @@ export class DiffArea {
           state = chunks.state[i];
         }
         if (state === ChunkState.Stored) {
-          // Kept chunks in consecutive slots (copied one after another) are one read of the store.
-          let j = i;
-          while ((j + 1) * chunks.chunkSize < end && chunks.state[j + 1] === ChunkState.Stored && chunks.slot[j + 1] === (chunks.slot[j] as number) + 1) j++;
-          const pieceEnd = Math.min(end, (j + 1) * chunks.chunkSize);
-          const at = (chunks.slot[i] as number) * chunks.chunkSize + (pos - i * chunks.chunkSize);
-          work.push(this.#diff.read(at, into.subarray(pos - offset, pieceEnd - offset)));
+          const pieceEnd = Math.min(end, (chunks.lastOfRun(i, end, state) + 1) * chunks.chunkSize);
+          work.push(this.#diff.read(chunks.keptAt(i, pos), into.subarray(pos - offset, pieceEnd - offset)));
           pos = pieceEnd;
           continue;
         }
         if (state !== ChunkState.Untouched) throw this.#imageError();
         // A run of untouched chunks is one device read; its chunks are pinned against COW writes.
-        let j = i;
-        while ((j + 1) * chunks.chunkSize < end && chunks.state[j + 1] === ChunkState.Untouched) j++;
+        const j = chunks.lastOfRun(i, end, state);
         const runEnd = Math.min(end, (j + 1) * chunks.chunkSize);
         for (let k = i; k <= j; k++) this.#originReaders.pin(k);
         work.push(this.#origin.read(pos, into.subarray(pos - offset, runEnd - offset)).finally(() => {
@@ -216,17 +211,10 @@ export class DiffArea {
     let pos = offset;
     while (pos < end) {
       const i = chunks.first(pos);
-      if (chunks.state[i] === ChunkState.Stored) {
-        const pieceEnd = Math.min(end, (i + 1) * chunks.chunkSize);
-        const at = (chunks.slot[i] as number) * chunks.chunkSize + (pos - i * chunks.chunkSize);
-        if (!this.#diff.readNow(at, into.subarray(pos - offset, pieceEnd - offset))) return false;
-        pos = pieceEnd;
-        continue;
-      }
-      let j = i;
-      while ((j + 1) * chunks.chunkSize < end && chunks.state[j + 1] === ChunkState.Untouched) j++;
-      const runEnd = Math.min(end, (j + 1) * chunks.chunkSize);
-      if (!origin.readNow(pos, into.subarray(pos - offset, runEnd - offset))) return false;
+      const state = chunks.state[i] as number;
+      const runEnd = Math.min(end, (chunks.lastOfRun(i, end, state) + 1) * chunks.chunkSize);
+      const piece = into.subarray(pos - offset, runEnd - offset);
+      if (!(state === ChunkState.Stored ? this.#diff.readNow(chunks.keptAt(i, pos), piece) : origin.readNow(pos, piece))) return false;
       pos = runEnd;
     }
     return true;
@@ -266,8 +254,7 @@ export class DiffArea {
         await this.#ensureCopied(i);
         if (chunks.state[i] !== ChunkState.Stored) throw this.#imageError();
         const pieceEnd = Math.min(end, (i + 1) * chunks.chunkSize);
-        const at = (chunks.slot[i] as number) * chunks.chunkSize + (pos - i * chunks.chunkSize);
-        work.push(this.#diff.write(at, data.subarray(pos - offset, pieceEnd - offset)));
+        work.push(this.#diff.write(chunks.keptAt(i, pos), data.subarray(pos - offset, pieceEnd - offset)));
         pos = pieceEnd;
       }
     } catch (e) {
@@ -346,7 +333,7 @@ export class DiffArea {
     const { chunks } = this;
     await this.#enterQueue(count);
     const offset = first * chunks.chunkSize;
-    const length = Math.min(chunks.capacity, (first + count) * chunks.chunkSize) - offset;
+    const length = chunks.lengthOf(first, count);
     const end = first + count;
     try {
       if (this.#isStopped) {

@@ -20,6 +20,16 @@ export interface Koffi {
 
 export const koffi = createRequire(import.meta.url)('koffi') as Koffi;
 
+/** Offsets, lengths and buffer addresses of O_DIRECT I/O: the largest logical block size in use. */
+export const DIRECT_ALIGNMENT = 4096;
+
+/** `bytes` of new memory that begins at a `DIRECT_ALIGNMENT`-aligned address, for O_DIRECT I/O. */
+export function alignedBuffer(bytes: number): Buffer {
+  const raw = Buffer.allocUnsafeSlow(bytes + DIRECT_ALIGNMENT);
+  const skip = bytesToAlignment(raw, DIRECT_ALIGNMENT);
+  return raw.subarray(skip, skip + bytes);
+}
+
 /** How many bytes from the start of `view` to its first `alignment`-aligned address (a power of two). */
 export function bytesToAlignment(view: ArrayBufferView, alignment: number): number {
   return (alignment - Number(koffi.address(view) % BigInt(alignment))) % alignment;

@@ -5,7 +5,8 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { DIRECT_ALIGNMENT, DirectFile } from '../../../src/backing/direct-file.js';
+import { DirectFile } from '../../../src/backing/direct-file.js';
+import { DIRECT_ALIGNMENT } from '../../../src/os/koffi.js';
 import { check, run, tempDir } from '../../helpers/tools.js';
 
 describe('DirectFile', () => {
