@@ -7,8 +7,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { threadId } from 'node:worker_threads';
 import { BlkError } from '../errors.js';
-import { startWriteback } from '../os/writeback-range.js';
-import { zstdCompress, zstdDecompress } from '../os/zstd.js';
+import { AppendFile, writeAll } from '../os/append-file.js';
+import { zstdBound, zstdCompressInto, zstdDecompress } from '../os/zstd.js';
 import { sha256 } from './chunk-file.js';
 import { TEMP_MARK } from './layout.js';
 
@@ -22,8 +22,6 @@ const IDX_MAGIC = Buffer.from('BLKSNAPK', 'latin1');
 export const IDX_ENTRY = 56;
 /** A pack is closed once it holds this much. */
 const PACK_BYTES = 512 * 1024 * 1024;
-/** Bytes appended to a pack between two starts of its writeback. */
-const WRITEBACK_STEP = 8 * 1024 * 1024;
 
 export interface PackEntry {
   digest: Buffer;
@@ -91,10 +89,7 @@ export function decodeRecord(stored: Uint8Array, flags: number, digest: Uint8Arr
 interface OpenPack {
   id: string;
   temp: string;
-  fd: number;
-  size: number;
-  /** Where the last started writeback ended. */
-  writtenBackTo: number;
+  file: AppendFile;
   entries: PackEntry[];
 }
 
@@ -113,34 +108,42 @@ export class PackWriter {
 
   /** Appends a chunk, compressed when that makes it smaller; returns where it went. */
   append(digest: Buffer, data: Uint8Array): { pack: string; entry: PackEntry } {
-    if (this.#level !== null) {
-      const packed = zstdCompress(data, this.#level);
-      if (packed.length < data.length) return this.appendStored(digest, packed, FLAG_ZSTD, data.length);
-    }
-    return this.appendStored(digest, data, 0, data.length);
+    if (this.#level === null) return this.appendStored(digest, data, 0, data.length);
+    const level = this.#level;
+    const pack = this.#open();
+    const offset = pack.file.size;
+    let storedLength = 0;
+    let flags = 0;
+    // Compressed straight into the pack's staging buffer; kept as it is when that is not smaller.
+    pack.file.appendInPlace(RECORD_HEADER + Math.max(zstdBound(data.length), data.length), (into) => {
+      storedLength = zstdCompressInto(data, level, into.subarray(RECORD_HEADER));
+      flags = FLAG_ZSTD;
+      if (storedLength >= data.length) {
+        into.set(data, RECORD_HEADER);
+        storedLength = data.length;
+        flags = 0;
+      }
+      writeRecordHeader(into, digest, storedLength, flags, data.length);
+      return RECORD_HEADER + storedLength;
+    });
+    return this.#appended(pack, { digest, offset, storedLength, flags, size: data.length });
   }
 
   /** Appends a record as it is stored elsewhere (a prune's repack). */
   appendStored(digest: Buffer, stored: Uint8Array, flags: number, size: number): { pack: string; entry: PackEntry } {
     const pack = this.#open();
     const header = Buffer.alloc(RECORD_HEADER);
-    digest.copy(header, 0);
-    header.writeUInt32LE(stored.length, 32);
-    header.writeUInt32LE(flags, 36);
-    header.writeUInt32LE(size, 40);
-    const entry: PackEntry = { digest, offset: pack.size, storedLength: stored.length, flags, size };
-    writeAll(pack.fd, header, pack.size);
-    writeAll(pack.fd, stored, pack.size + RECORD_HEADER);
-    pack.size += RECORD_HEADER + stored.length;
+    writeRecordHeader(header, digest, stored.length, flags, size);
+    const entry: PackEntry = { digest, offset: pack.file.size, storedLength: stored.length, flags, size };
+    pack.file.append(header);
+    pack.file.append(stored);
+    return this.#appended(pack, entry);
+  }
+
+  #appended(pack: OpenPack, entry: PackEntry): { pack: string; entry: PackEntry } {
     pack.entries.push(entry);
-    // The disk writes start as the pack grows: the fdatasync at its close then waits for the last
-    // few MiB, not for the whole pack (which stalled both workers at once for about a second).
-    if (pack.size - pack.writtenBackTo >= WRITEBACK_STEP) {
-      startWriteback(pack.fd, pack.writtenBackTo, pack.size - pack.writtenBackTo);
-      pack.writtenBackTo = pack.size;
-    }
     const id = pack.id;
-    if (pack.size >= PACK_BYTES) this.close();
+    if (pack.file.size >= PACK_BYTES) this.close();
     return { pack: id, entry };
   }
 
@@ -149,8 +152,7 @@ export class PackWriter {
     const p = this.#current;
     if (!p) return;
     this.#current = null;
-    fs.fdatasyncSync(p.fd);
-    fs.closeSync(p.fd);
+    p.file.finish();
     const { pack, idx } = packPaths(this.#chunksDir, p.id);
     const idxTemp = `${idx}${TEMP_MARK}${process.pid}.${threadId}`;
     const fd = fs.openSync(idxTemp, 'w', 0o644);
@@ -171,12 +173,16 @@ export class PackWriter {
     const id = randomBytes(16).toString('hex');
     const temp = `${packPaths(this.#chunksDir, id).pack}${TEMP_MARK}${process.pid}.${threadId}`;
     fs.mkdirSync(this.#chunksDir, { recursive: true });
-    this.#current = { id, temp, fd: fs.openSync(temp, 'w', 0o644), size: 0, writtenBackTo: 0, entries: [] };
+    this.#current = { id, temp, file: AppendFile.create(temp), entries: [] };
     return this.#current;
   }
 }
 
-export function writeAll(fd: number, data: Uint8Array, position: number): void {
-  let done = 0;
-  while (done < data.length) done += fs.writeSync(fd, data, done, data.length - done, position + done);
+function writeRecordHeader(into: Uint8Array, digest: Buffer, storedLength: number, flags: number, size: number): void {
+  const view = Buffer.from(into.buffer, into.byteOffset, RECORD_HEADER);
+  digest.copy(view, 0);
+  view.writeUInt32LE(storedLength, 32);
+  view.writeUInt32LE(flags, 36);
+  view.writeUInt32LE(size, 40);
+  view.fill(0, 44, RECORD_HEADER);
 }

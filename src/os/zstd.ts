@@ -23,18 +23,16 @@ function checked(result: unknown, what: string): number {
 // This thread's contexts (module state is per thread), made on first use and kept for its life.
 let cctx: unknown = null;
 let dctx: unknown = null;
-let scratch = Buffer.alloc(0);
 
-/**
- * Compresses `src` at `level`; returns the compressed bytes in this thread's scratch buffer, valid
- * until the next call (callers write them out at once: no allocation per chunk).
- */
-export function zstdCompress(src: Uint8Array, level: number): Buffer {
+/** The most bytes zstd may write for `size` bytes of input. */
+export function zstdBound(size: number): number {
+  return Number(boundFn(size));
+}
+
+/** Compresses `src` at `level` into `into` (at least zstdBound(src.length) bytes); returns the bytes written. */
+export function zstdCompressInto(src: Uint8Array, level: number, into: Uint8Array): number {
   cctx ??= createCCtx();
-  const bound = Number(boundFn(src.length));
-  if (scratch.length < bound) scratch = Buffer.allocUnsafe(bound);
-  const n = checked(compressFn(cctx, scratch, scratch.length, src, src.length, level), 'compress');
-  return scratch.subarray(0, n);
+  return checked(compressFn(cctx, into, into.length, src, src.length, level), 'compress');
 }
 
 /** Decompresses a whole zstd frame of `size` bytes into `into` (exactly that many bytes, else EIO). */
