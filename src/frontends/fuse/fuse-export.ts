@@ -10,7 +10,7 @@ import { createEventFd, duplicate, mountFuse, unmountLazy } from '../../os/libc.
 import type { CachedReads } from './cached-read.js';
 import { DISK_FILE_NAME, FuseRequests } from './requests.js';
 import { possibleCpuCount, turnOnFuseRing } from './ring-switch.js';
-import { RingEntry, ringEntryViews, sharedMemoryFor, SlotState, type ReaderMessage, type ReaderShared, type RingEntryViews, type RingShared } from './slots.js';
+import { RingEntry, ringEntryViews, sharedMemoryFor, SlotState, type ReaderMessage, type ReaderShared, type RingEntryViews, type RingMessage, type RingShared } from './slots.js';
 import * as w from './wire.js';
 
 const S_IFDIR = 0o040000;
@@ -47,6 +47,8 @@ interface Rings {
   /** Whether the request relayed in each entry has had its reply (this thread's view: the entry's state word may already say the next request's). */
   isAnswered: Uint8Array;
   wakeFds: number[];
+  /** Per ring thread: a wake-up is due once the replies of this turn are all in. */
+  isWakeDue: Uint8Array;
   workers: Worker[];
 }
 
@@ -205,6 +207,7 @@ export class FuseExport {
       entries,
       isAnswered: new Uint8Array(entries.length),
       wakeFds: [],
+      isWakeDue: new Uint8Array(wanted.threads),
       workers: [],
     };
     this.#rings = rings;
@@ -215,10 +218,13 @@ export class FuseExport {
       const shared: RingShared = { fd: this.#fd, queueCount: wanted.queues, memory, entryBase, maxTransfer: this.#maxTransfer, firstEntry: thread * perThread, entryCount: perThread, firstSlot: this.#slotCount + thread * perThread, control: control.buffer as SharedArrayBuffer, wakeFd, cachedReads: this.#cachedReads };
       const worker = new Worker(new URL('./ring-worker.js', import.meta.url), { workerData: shared });
       worker.unref();
-      worker.on('message', (m: ReaderMessage) => {
-        if ('slot' in m) {
-          rings.isAnswered[m.slot - this.#slotCount] = 0;
-          this.#requests.serve(m.slot, m.length);
+      worker.on('message', (m: RingMessage) => {
+        if ('relayed' in m) {
+          for (let i = 0; i < m.relayed.length; i += 2) {
+            const slot = m.relayed[i] as number;
+            rings.isAnswered[slot - this.#slotCount] = 0;
+            this.#requests.serve(slot, m.relayed[i + 1] as number);
+          }
         } else if ('ready' in m) {
           if (++readyCount === wanted.threads) {
             this.#areRingsReady = true;
@@ -254,11 +260,20 @@ export class FuseExport {
     header.writeUInt32LE(length, w.Ring.payloadSizeOffset);
     rings.isAnswered[entry] = 1;
     Atomics.store(rings.control, RingEntry.stateIndex + entry, RingEntry.replied);
-    try {
-      fs.writeSync(rings.wakeFds[Math.floor(entry / rings.perThread)] as number, EVENTFD_ONE);
-    } catch {
-      // The ring has stopped: the connection is gone, nobody to answer.
-    }
+    // One wake-up for the replies made in this turn of the event loop (a relayed batch answered at
+    // once): the ring thread commits every replied entry it finds when woken. A microtask runs
+    // before any I/O callback, so before unmount() can close the descriptor.
+    const thread = Math.floor(entry / rings.perThread);
+    if (rings.isWakeDue[thread]) return;
+    rings.isWakeDue[thread] = 1;
+    queueMicrotask(() => {
+      rings.isWakeDue[thread] = 0;
+      try {
+        fs.writeSync(rings.wakeFds[thread] as number, EVENTFD_ONE);
+      } catch {
+        // The ring has stopped: the connection is gone, nobody to answer.
+      }
+    });
   }
 
   /**

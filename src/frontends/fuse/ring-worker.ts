@@ -12,7 +12,7 @@ import { IoUring } from '../../os/io-uring.js';
 import { readRaw } from '../../os/libc.js';
 import { fuse as fuseParams } from '../../params.js';
 import { readFromCache } from './cached-read.js';
-import { RingEntry, ringEntryViews, type ReaderMessage, type RingEntryViews, type RingShared } from './slots.js';
+import { RingEntry, ringEntryViews, type RingEntryViews, type RingMessage, type RingShared } from './slots.js';
 import * as w from './wire.js';
 
 const EINTR = 4;
@@ -24,7 +24,7 @@ const WAKE = 0xffffffff;
 const shared = workerData as RingShared;
 const { fd, queueCount, entryBase, maxTransfer, firstEntry, entryCount, firstSlot, wakeFd, cachedReads } = shared;
 const control = new Int32Array(shared.control);
-const post = (m: ReaderMessage) => parentPort?.postMessage(m);
+const post = (m: RingMessage) => parentPort?.postMessage(m);
 
 const entries = Array.from({ length: entryCount }, (_, e) => ringEntryViews(shared.memory, entryBase, maxTransfer, firstEntry + e));
 const commitIds = new BigUint64Array(entryCount);
@@ -77,8 +77,12 @@ function take(e: number): void {
   const length = argumentsAt + opLength + payloadLength;
   request.writeUInt32LE(length, 0);
   Atomics.store(control, RingEntry.stateIndex + firstEntry + e, RingEntry.relayed);
-  post({ slot: firstSlot + e, length });
+  relayed.push(firstSlot + e, length);
 }
+
+// Requests to relay from one wake, sent together: a message each cost the daemon's thread a wake-up
+// and a dispatch per request.
+const relayed: number[] = [];
 
 const wakeCount = Buffer.alloc(8);
 for (let e = 0; e < entryCount; e++) command(e, w.Ring.commandRegister);
@@ -103,6 +107,10 @@ while (Atomics.load(control, RingEntry.stopIndex) === 0 && ended < entryCount) {
       firstError ||= -result;
     }
   });
+  if (relayed.length > 0) {
+    post({ relayed: relayed.slice() });
+    relayed.length = 0;
+  }
   if (isWoken) {
     readRaw(wakeFd, wakeCount);
     ring.poll(wakeFd, POLLIN, WAKE);

@@ -21,7 +21,9 @@ export interface ReaderShared {
 }
 
 /** From a worker: a request of `length` bytes in `slot`, the end of the connection, or (a ring) its entries are being registered. */
-export type ReaderMessage = { slot: number; length: number } | { ended: string } | { ready: true };
+export type ReaderMessage = { slot: number; length: number } | { ended: string };
+/** `relayed`: the requests a ring thread passes on from one wake, as (slot, length) pairs: one message for them all. */
+export type RingMessage = { relayed: number[] } | { ended: string } | { ready: true };
 
 /**
  * Int32 words at the start of the memory: a stop flag, a wake counter bumped when a slot is freed,
