@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
-import { check, run } from './tools.js';
+import { check, run, tempDir } from './tools.js';
 
 export class Mounts {
   #mounted: string[] = [];
@@ -29,6 +29,24 @@ export class Mounts {
   async cleanup(): Promise<void> {
     for (const dir of this.#mounted.reverse()) await run('umount', ['-l', dir]);
     this.#mounted = [];
+  }
+}
+
+/** Whether this process may mount (root); tests that need a mount skip with this reason otherwise. */
+export const mountSkip = process.getuid?.() !== 0 ? 'needs root to mount' : false;
+
+/**
+ * Runs `body` in a fresh ramfs mount (a filesystem that refuses O_DIRECT), unmounted and removed
+ * after, even when `body` fails.
+ */
+export async function onRamfs<T>(body: (dir: string) => Promise<T> | T): Promise<T> {
+  const tmp = tempDir();
+  await check('mount', ['-t', 'ramfs', 'ramfs', tmp.dir]);
+  try {
+    return await body(tmp.dir);
+  } finally {
+    await run('umount', [tmp.dir]);
+    tmp.remove();
   }
 }
 

@@ -7,7 +7,8 @@ import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { DirectFile } from '../../../src/backing/direct-file.js';
 import { DIRECT_ALIGNMENT } from '../../../src/os/koffi.js';
-import { check, run, tempDir } from '../../helpers/tools.js';
+import { mountSkip, onRamfs } from '../../helpers/mounts.js';
+import { tempDir } from '../../helpers/tools.js';
 
 describe('DirectFile', () => {
   it('reads any offset and length as the file holds it; writeFrom pads a partial block with zeroes', async () => {
@@ -37,11 +38,9 @@ describe('DirectFile', () => {
     }
   });
 
-  it('is null where the filesystem refuses O_DIRECT (ramfs): the page cache serves instead', { skip: process.getuid?.() !== 0 ? 'needs root to mount ramfs' : false }, async () => {
-    const tmp = tempDir();
-    await check('mount', ['-t', 'ramfs', 'ramfs', tmp.dir]);
-    try {
-      const name = path.join(tmp.dir, 'store');
+  it('is null where the filesystem refuses O_DIRECT (ramfs): the page cache serves instead', { skip: mountSkip }, () =>
+    onRamfs(async (dir) => {
+      const name = path.join(dir, 'store');
       fs.writeFileSync(name, Buffer.alloc(DIRECT_ALIGNMENT));
       const fd = fs.openSync(name, 'r+');
       try {
@@ -49,9 +48,5 @@ describe('DirectFile', () => {
       } finally {
         fs.closeSync(fd);
       }
-    } finally {
-      await run('umount', [tmp.dir]);
-      tmp.remove();
-    }
-  });
+    }));
 });

@@ -7,7 +7,8 @@ import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { AppendFile } from '../../../src/os/append-file.js';
 import { isRangeCached } from '../../../src/os/libc.js';
-import { check, run, tempDir } from '../../helpers/tools.js';
+import { mountSkip, onRamfs } from '../../helpers/mounts.js';
+import { tempDir } from '../../helpers/tools.js';
 
 const MiB = 1024 * 1024;
 
@@ -57,21 +58,15 @@ describe('AppendFile', () => {
     }
   });
 
-  it('writes through the page cache where the filesystem refuses O_DIRECT (ramfs)', { skip: process.getuid?.() !== 0 ? 'needs root to mount ramfs' : false }, async () => {
-    const tmp = tempDir();
-    await check('mount', ['-t', 'ramfs', 'ramfs', tmp.dir]);
-    try {
-      const name = path.join(tmp.dir, 'pack');
+  it('writes through the page cache where the filesystem refuses O_DIRECT (ramfs)', { skip: mountSkip }, () =>
+    onRamfs((dir) => {
+      const name = path.join(dir, 'pack');
       const file = AppendFile.create(name);
       assert.equal(file.isDirect, false);
       const expected = fill(file);
       file.finish();
       assert.ok(fs.readFileSync(name).equals(expected));
-    } finally {
-      await run('umount', [tmp.dir]);
-      tmp.remove();
-    }
-  });
+    }));
 
   it('an empty file stays empty', () => {
     const tmp = tempDir();
