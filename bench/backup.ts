@@ -10,10 +10,8 @@ import { createHash, randomBytes, randomInt } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { runTool } from './common.js';
+import { root, runTool, spawnBlksnapd } from './common.js';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const quarter = Number(process.env.BENCH_BACKUP_GIB ?? 4) * 2 ** 30 / 4;
 const MiB = 2 ** 20;
 
@@ -102,12 +100,10 @@ interface Figures {
 }
 
 async function ours(dir: string, file: string): Promise<Figures & { readBytes: number }> {
-  const state = path.join(dir, 'state');
-  const control = path.join(dir, 'control.sock');
-  const nbd = path.join(dir, 'nbd.sock');
   const repo = path.join(dir, 'repo');
-  const daemon = spawn(process.execPath, [path.join(root, 'bin/blksnapd'), '--control', control, '--nbd', nbd, '--state-dir', state, '--attach', `${file}=disk`, ...(process.env.BENCH_DAEMON_ARGS ?? '').split(' ').filter(Boolean)], { stdio: 'ignore' });
-  for (let i = 0; i < 200 && !fs.existsSync(control); i++) await new Promise((r) => setTimeout(r, 50));
+  fs.mkdirSync(dir, { recursive: true });
+  const daemon = await spawnBlksnapd(dir, { args: ['--attach', `${file}=disk`], stateDir: path.join(dir, 'state') });
+  const { control, nbd } = daemon;
   await new Promise((r) => setTimeout(r, 300));
   const cli = (...args: string[]): Promise<string> => runTool(process.execPath, [path.join(root, 'bin/blksnap'), ...args, '--control', control]);
   try {
@@ -135,10 +131,7 @@ async function ours(dir: string, file: string): Promise<Figures & { readBytes: n
     const verify = await timed(() => cli('backup_verify', '--repo', repo, '--json'));
     return { full, incremental, growth, restore, verify, size, readBytes };
   } finally {
-    await new Promise((resolve) => {
-      daemon.once('exit', resolve);
-      daemon.kill('SIGTERM');
-    });
+    await daemon.stop();
   }
 }
 

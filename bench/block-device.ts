@@ -1,16 +1,14 @@
 // Benchmark: fio (libaio, direct=1) on the kernel block device of a device and of its snapshot image,
 // against the same fio on a loop device bound straight to the backing file. Prints ratios.
 //   node dist/bench/block-device.js      (BENCH_RUNTIME=4 seconds per profile, BENCH_ROUTES=fuse,fuse-rw,nbdfuse)
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { fioMegabytesPerSecond } from './common.js';
+import { fioMegabytesPerSecond, spawnBlksnapd } from './common.js';
 import { BlksnapClient } from '../src/client/connection.js';
 import * as api from '../src/control/protocol.js';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const runtime = Number(process.env.BENCH_RUNTIME ?? 4);
 const profiles = [
   { name: 'seq-read-1m-qd16', rw: 'read', bs: '1m' },
@@ -33,11 +31,8 @@ function routeArgs(route: string): string[] {
 
 /** fio on a device's and on its image's block device, with the daemon using `route`; MB/s per profile. */
 async function measureRoute(dir: string, file: string, route: string): Promise<{ device: number[]; image: number[] }> {
-  const control = path.join(dir, `control-${route}.sock`);
-  const args = [path.join(root, 'bin/blksnapd'), '--control', control, '--nbd', path.join(dir, `nbd-${route}.sock`), '--state-dir', path.join(dir, route), ...routeArgs(route)];
-  const daemon = spawn(process.execPath, [...args, ...(process.env.BENCH_DAEMON_ARGS ?? '').split(' ').filter(Boolean)], { stdio: 'ignore' });
-  for (let i = 0; i < 500 && !fs.existsSync(control); i++) await new Promise((r) => setTimeout(r, 20));
-  const client = await BlksnapClient.connect(control);
+  const daemon = await spawnBlksnapd(dir, { args: routeArgs(route), stateDir: path.join(dir, route), tag: `-${route}` });
+  const client = await BlksnapClient.connect(daemon.control);
   try {
     const device = await client.call(api.DeviceAttach, { path: file, name: 'disk', loop: true });
     const onDevice = profiles.map((p) => fio(device.blockDevice as string, p.rw, p.bs));
@@ -50,8 +45,7 @@ async function measureRoute(dir: string, file: string, route: string): Promise<{
     return { device: onDevice, image: onImage };
   } finally {
     await client.close();
-    daemon.kill('SIGTERM');
-    await new Promise((r) => daemon.once('exit', r));
+    await daemon.stop();
   }
 }
 

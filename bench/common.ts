@@ -1,5 +1,14 @@
-// Owns what the benchmarks share: running a tool for its output, and medians.
-import { spawn } from 'node:child_process';
+// Owns what the benchmarks share: starting blksnapd and other servers, running a tool for its output, and medians.
+import { type ChildProcess, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The package's root (benches run from dist/bench). */
+export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+
+/** More blksnapd options from BENCH_DAEMON_ARGS, for A/B runs ('--cow-copy cached', '--sync-write-max 0'). */
+export const daemonArgs = (process.env.BENCH_DAEMON_ARGS ?? '').split(' ').filter((a) => a !== '');
 
 // A reader that stops early (`| head`) must not leave daemons, loop devices and files behind: what
 // is printed to the closed pipe is dropped, and the bench runs on to its own clean-up.
@@ -15,6 +24,47 @@ export function runTool(program: string, args: string[]): Promise<string> {
     child.stderr.on('data', (d) => (err += d));
     child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`${program} failed: ${err}`))));
   });
+}
+
+/** Resolves once `check` holds; rejects when `child` exits first or 15 s pass. */
+export function waitFor(check: () => boolean, what: string, child: ChildProcess): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const deadline = Date.now() + 15_000;
+    const poll = (): void => {
+      if (check()) return resolve();
+      if (child.exitCode !== null || Date.now() > deadline) return reject(new Error(`${what} did not start`));
+      setTimeout(poll, 20);
+    };
+    poll();
+  });
+}
+
+/** SIGTERM to a server the bench started (by its pid); resolves once it has exited. */
+export function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    child.once('exit', () => resolve());
+    child.kill('SIGTERM');
+  });
+}
+
+export interface BenchDaemon {
+  child: ChildProcess;
+  control: string;
+  nbd: string;
+  stop: () => Promise<void>;
+}
+
+/**
+ * Starts blksnapd with its sockets in `dir` (names ending in `tag`), its state in `stateDir`
+ * (default `dir`), `args` and then BENCH_DAEMON_ARGS; resolves once its control socket is there.
+ */
+export async function spawnBlksnapd(dir: string, options: { args?: string[]; stateDir?: string; tag?: string } = {}): Promise<BenchDaemon> {
+  const control = path.join(dir, `control${options.tag ?? ''}.sock`);
+  const nbd = path.join(dir, `nbd${options.tag ?? ''}.sock`);
+  const child = spawn(process.execPath, [path.join(root, 'bin/blksnapd'), '--control', control, '--nbd', nbd, '--state-dir', options.stateDir ?? dir, ...(options.args ?? []), ...daemonArgs], { stdio: 'ignore' });
+  await waitFor(() => fs.existsSync(control), 'blksnapd', child);
+  return { child, control, nbd, stop: () => stopChild(child) };
 }
 
 /** Bytes per second (read + write) of fio's first job, from its JSON output, in MB/s. */

@@ -8,19 +8,16 @@
 //   BENCH_ROUNDS=3 BENCH_RUNTIME=4 BENCH_PROFILES=seq-read-qd32,rand-read-4k-qd32 BENCH_DAEMON_ARGS='--sync-write-max 0'
 //   BENCH_TRACKING_PAIRS=8 (a multiple of 4 balances order and files; 0 skips the tracking part); BENCH_ROUNDS=0: the tracking part alone
 //   BENCH_TRACKING_CONTROL=1: an A/A control, both disks untracked: what the pairs show without any cost
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { CbtMap } from '../src/core/cbt-map.js';
 import { readIntent } from '../src/daemon/intent-files.js';
-import { fioMegabytesPerSecond, fioWriteLatency, median, runTool } from './common.js';
+import { daemonArgs, fioMegabytesPerSecond, fioWriteLatency, median, root, runTool, spawnBlksnapd, stopChild, waitFor } from './common.js';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 const runtime = Number(process.env.BENCH_RUNTIME ?? 4);
-const daemonArgs = (process.env.BENCH_DAEMON_ARGS ?? '').split(' ').filter((a) => a !== '');
 const trackingPairs = Number(process.env.BENCH_TRACKING_PAIRS ?? 8);
 const isTrackingControl = process.env.BENCH_TRACKING_CONTROL === '1';
 const GiB = 1024 ** 3;
@@ -44,37 +41,13 @@ const profiles = wanted ? allProfiles.filter((p) => wanted.includes(p.name)) : a
 
 interface Server { name: string; start(dir: string, file: string): Promise<{ uri: string; stop: () => Promise<void> }> }
 
-function waitFor(check: () => boolean, what: string, child: ChildProcess): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const deadline = Date.now() + 15_000;
-    const poll = (): void => {
-      if (check()) return resolve();
-      if (child.exitCode !== null || Date.now() > deadline) return reject(new Error(`${what} did not start`));
-      setTimeout(poll, 20);
-    };
-    poll();
-  });
-}
-
-function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    child.once('exit', () => resolve());
-    child.kill('SIGTERM');
-  });
-}
-
-
 /** Starts blksnapd with the given files attached (name → file, tracked or not); returns the NBD socket. */
 async function startBlksnapd(dir: string, disks: Array<{ name: string; file: string; tracked: boolean }>): Promise<{ nbd: string; stop: () => Promise<void> }> {
-  const control = path.join(dir, 'control.sock');
-  const nbd = path.join(dir, 'nbd.sock');
-  const child = spawn(process.execPath, [path.join(root, 'bin/blksnapd'), '--control', control, '--nbd', nbd, '--state-dir', dir, ...daemonArgs], { stdio: 'ignore' });
-  await waitFor(() => fs.existsSync(control), 'blksnapd', child);
+  const { control, nbd, stop } = await spawnBlksnapd(dir);
   for (const d of disks) {
     await runTool(process.execPath, [path.join(root, 'bin/blksnap'), 'attach', '--control', control, '--device', d.file, '--name', d.name, ...(d.tracked ? [] : ['--untracked'])]);
   }
-  return { nbd, stop: () => stopChild(child) };
+  return { nbd, stop };
 }
 
 const blksnapd: Server = {

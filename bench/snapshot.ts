@@ -7,28 +7,22 @@
 //  - take latency with 4 sparse devices of 1 TiB
 //  - daemon RSS with a 4 TiB sparse device and a snapshot held; metadata bytes per chunk
 //   node dist/bench/snapshot.js     (BENCH_ROUNDS=3 BENCH_SIZE_MIB=1024 BENCH_DAEMON_ARGS='--sendfile-min 0')
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { fioMegabytesPerSecond, median, runTool } from './common.js';
+import { fioMegabytesPerSecond, median, runTool, spawnBlksnapd } from './common.js';
 import { BlksnapClient } from '../src/client/connection.js';
 import * as api from '../src/control/protocol.js';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 1024);
-const daemonArgs = (process.env.BENCH_DAEMON_ARGS ?? '').split(' ').filter((a) => a !== '');
 const TiB = 2 ** 40;
 
 
-async function startDaemon(dir: string): Promise<{ child: ChildProcess; client: BlksnapClient; nbd: string }> {
-  const control = path.join(dir, 'control.sock');
-  const nbd = path.join(dir, 'nbd.sock');
-  const child = spawn(process.execPath, [path.join(root, 'bin/blksnapd'), '--control', control, '--nbd', nbd, '--state-dir', dir, ...daemonArgs], { stdio: 'ignore' });
-  for (let i = 0; i < 500 && !fs.existsSync(control); i++) await new Promise((r) => setTimeout(r, 20));
-  return { child, client: await BlksnapClient.connect(control), nbd };
+async function startDaemon(dir: string): Promise<{ child: ChildProcess; client: BlksnapClient; nbd: string; stop: () => Promise<void> }> {
+  const daemon = await spawnBlksnapd(dir);
+  return { ...daemon, client: await BlksnapClient.connect(daemon.control) };
 }
 
 /** fio sequential pass over the first sizeMiB (not time based: every chunk is touched exactly once). */
@@ -47,7 +41,7 @@ function rssKiB(pid: number): number {
 
 async function main(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blksnap-bench-snap-'));
-  const { child, client, nbd } = await startDaemon(dir);
+  const { client, nbd, stop } = await startDaemon(dir);
   try {
     const file = path.join(dir, 'disk.raw');
     fs.writeFileSync(file, '');
@@ -126,13 +120,11 @@ async function main(): Promise<void> {
       await fresh.client.call(api.SnapshotDestroy, { id });
     } finally {
       await fresh.client.close();
-      fresh.child.kill('SIGTERM');
-      await new Promise((r) => fresh.child.once('exit', r));
+      await fresh.stop();
     }
   } finally {
     await client.close();
-    child.kill('SIGTERM');
-    await new Promise((r) => child.once('exit', r));
+    await stop();
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }
