@@ -62,7 +62,8 @@ export interface BenchDaemon {
 export async function spawnBlksnapd(dir: string, options: { args?: string[]; stateDir?: string; tag?: string } = {}): Promise<BenchDaemon> {
   const control = path.join(dir, `control${options.tag ?? ''}.sock`);
   const nbd = path.join(dir, `nbd${options.tag ?? ''}.sock`);
-  const child = spawn(process.execPath, [path.join(root, 'bin/blksnapd'), '--control', control, '--nbd', nbd, '--state-dir', options.stateDir ?? dir, ...(options.args ?? []), ...daemonArgs], { stdio: 'ignore' });
+  // --exit-with-parent: a bench stopped half-way (Ctrl-C, a killed terminal) leaves no daemon behind.
+  const child = spawn(process.execPath, [path.join(root, 'bin/blksnapd'), '--exit-with-parent', '--control', control, '--nbd', nbd, '--state-dir', options.stateDir ?? dir, ...(options.args ?? []), ...daemonArgs], { stdio: 'ignore' });
   await waitFor(() => fs.existsSync(control), 'blksnapd', child);
   return { child, control, nbd, stop: () => stopChild(child) };
 }

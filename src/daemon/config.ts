@@ -40,6 +40,8 @@ export interface DaemonConfig {
   logFormat: 'text' | 'json';
   /** Also log each connection's life. */
   isVerbose: boolean;
+  /** Shut down when the process that started the daemon exits (--exit-with-parent). */
+  exitWithParent: boolean;
   /** [HOST:]PORT of the Prometheus endpoint (host 127.0.0.1 unless given); none: no metrics. */
   metrics?: string;
 }
@@ -113,6 +115,9 @@ Options:
                        one line of text per event (default), or one JSON object per line
                        with time, program and message
   --verbose            also log each NBD and control connection as it opens and closes
+  --exit-with-parent   shut down, as on SIGTERM, when the process that started blksnapd exits
+                       (as nbdkit's option: a test harness or script that dies, even by
+                       kill -9, leaves no daemon, mount or loop device behind)
   --metrics [HOST:]PORT
                        serve Prometheus metrics at http://HOST:PORT/metrics: NBD requests,
                        bytes and latency per export, CBT and snapshot state, connections
@@ -146,6 +151,7 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
     cbtSyncIntervalMs: tracking.syncIntervalMs,
     logFormat: 'text',
     isVerbose: false,
+    exitWithParent: false,
   };
   let tlsMode: 'on' | 'off' | undefined;
   let certsDir: string | undefined;
@@ -224,6 +230,9 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
         break;
       case '--log-format':
         config.logFormat = oneOf(arg, value(), ['text', 'json'] as const);
+        break;
+      case '--exit-with-parent':
+        config.exitWithParent = true;
         break;
       case '--verbose':
         config.isVerbose = true;

@@ -1,5 +1,6 @@
 // Owns the blksnapd process: arguments, signals, and turning start-up failures into a clear exit.
 import { toBlkError } from '../errors.js';
+import { terminateWithParent } from '../os/libc.js';
 import { DAEMON_HELP, parseDaemonArgs, withConfigFile } from './config.js';
 import { Daemon } from './daemon.js';
 import { createLog } from './log.js';
@@ -42,6 +43,10 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  if (config.exitWithParent && !terminateWithParent()) {
+    log('--exit-with-parent: the process that started blksnapd has already exited');
+    process.exit(1);
+  }
   try {
     await daemon.start();
   } catch (e) {

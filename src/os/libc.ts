@@ -21,6 +21,7 @@ const syscallFn = libc.func('long syscall(long number, ...)');
 const syncfsFn = libc.func('int syncfs(int fd)');
 const ioctlIntFn = libc.func('int ioctl(int fd, unsigned long request, _Out_ int *value)');
 const dupFn = libc.func('int dup(int fd)');
+const prctlFn = libc.func('int prctl(int option, ...)');
 
 export const FALLOC_FL_KEEP_SIZE = 0x01;
 export const FALLOC_FL_PUNCH_HOLE = 0x02;
@@ -37,6 +38,8 @@ const BLKGETSIZE64 = 0x80081272;
 const RWF_NOWAIT = 0x08;
 const FIFREEZE = 0xc0045877;
 const FITHAW = 0xc0045878;
+const PR_SET_PDEATHSIG = 1;
+const SIGTERM = 15;
 const FS_IOC_FIEMAP = 0xc020660b;
 const FIEMAP_FLAG_SYNC = 1;
 const FIEMAP_EXTENT_LAST = 1;
@@ -367,4 +370,14 @@ export function createEventFd(): number {
   const fd = eventfdFn(0, EFD_NONBLOCK | EFD_CLOEXEC) as number;
   if (fd < 0) throw fail('eventfd', '');
   return fd;
+}
+
+/**
+ * Asks the kernel for SIGTERM when the process that started this one exits (prctl
+ * PR_SET_PDEATHSIG); false if that parent is already gone (then nobody will send it).
+ */
+export function terminateWithParent(): boolean {
+  const parent = process.ppid;
+  if ((prctlFn(PR_SET_PDEATHSIG, 'unsigned long', SIGTERM) as number) !== 0) throw fail('prctl', '(PR_SET_PDEATHSIG)');
+  return process.ppid === parent && parent !== 1;
 }

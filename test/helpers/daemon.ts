@@ -35,7 +35,8 @@ export class TestDaemon {
 
   /** Starts a daemon on a state directory of its own choosing (a restart: the last one's); `remove` runs at stop(). */
   static async startIn(dir: string, remove: () => void, extraArgs: string[] = []): Promise<TestDaemon> {
-    const child = spawn(process.execPath, [blksnapd, '--control', path.join(dir, 'control.sock'), '--nbd', path.join(dir, 'nbd.sock'), '--state-dir', dir, ...extraArgs], {
+    // --exit-with-parent: a test runner killed mid-test (a timeout) leaves no daemon, mount or loop device.
+    const child = spawn(process.execPath, [blksnapd, '--exit-with-parent', '--control', path.join(dir, 'control.sock'), '--nbd', path.join(dir, 'nbd.sock'), '--state-dir', dir, ...extraArgs], {
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     const daemon = new TestDaemon(child, dir, remove);

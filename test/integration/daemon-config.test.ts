@@ -1,10 +1,12 @@
 // A daemon configured by a file (--config): its devices attached, its log as JSON lines, --verbose
 // telling each connection's life; a bad config file stops the start with the file and line.
+// --exit-with-parent: a daemon whose starter is killed -9 shuts down and leaves nothing behind.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { blksnapd, TestDaemon } from '../helpers/daemon.js';
+import { blksnapCli, blksnapd, TestDaemon } from '../helpers/daemon.js';
 import { check, missing, run, sparseFile, tempDir } from '../helpers/tools.js';
 
 describe('daemon configuration file and logs', { skip: missing('qemu-io') }, () => {
@@ -37,6 +39,52 @@ describe('daemon configuration file and logs', { skip: missing('qemu-io') }, () 
       assert.match(r.stderr, /bad\.conf:2: unknown option 'max-conections'/);
     } finally {
       removeBad();
+    }
+  });
+
+  it('--exit-with-parent: when the process that started it is killed -9, the daemon shuts down, its loop device and FUSE mount gone', async () => {
+    const { dir, remove } = tempDir('blksnapd-parent-');
+    const disk = sparseFile(path.join(dir, 'disk.img'), 8 * 1024 * 1024);
+    const control = path.join(dir, 'c.sock');
+    // The starter: spawns the daemon, prints its pid, and waits to be killed.
+    const starter = spawn(process.execPath, ['-e', `
+      const { spawn } = require('node:child_process');
+      const d = spawn(process.execPath, ${JSON.stringify([blksnapd, '--exit-with-parent', '--loop', '--attach', `${disk}=disk`, '--control', control, '--nbd', path.join(dir, 'n.sock'), '--state-dir', dir])}, { stdio: 'ignore' });
+      console.log(d.pid);
+      setInterval(() => {}, 1000);
+    `], { stdio: ['ignore', 'pipe', 'ignore'] });
+    let daemonPid = 0;
+    try {
+      daemonPid = Number(await new Promise<string>((resolve) => starter.stdout.once('data', (d: Buffer) => resolve(d.toString()))));
+      assert.ok(daemonPid > 0);
+      let blockDevice = '';
+      for (let i = 0; i < 200 && !blockDevice; i++) {
+        const r = await run(process.execPath, [blksnapCli, 'list', '--json', '--control', control]);
+        if (r.code === 0) blockDevice = (JSON.parse(r.stdout) as { devices: Array<{ blockDevice?: string }> }).devices[0]?.blockDevice ?? '';
+        if (!blockDevice) await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.match(blockDevice, /^\/dev\/loop\d+$/, 'the daemon gave the device a loop device');
+      const mounts = (): string => fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(dir)).join('\n');
+      assert.notEqual(mounts(), '', 'its FUSE file is mounted');
+      starter.kill('SIGKILL');
+      let isGone = false;
+      for (let i = 0; i < 200 && !isGone; i++) {
+        isGone = !fs.existsSync(`/proc/${daemonPid}`);
+        if (!isGone) await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.ok(isGone, 'the daemon exited within 10 s of its parent');
+      assert.equal(mounts(), '', 'no FUSE mount is left');
+      const loops = await check('losetup', ['-a']);
+      assert.ok(!loops.includes(dir), `no loop device is left: ${loops}`);
+      assert.ok(!fs.existsSync(control), 'its control socket is removed');
+    } finally {
+      starter.kill('SIGKILL');
+      // A daemon still there (the test failed) is stopped cleanly, so its mount and loop device go too.
+      if (daemonPid > 0 && fs.existsSync(`/proc/${daemonPid}`)) {
+        process.kill(daemonPid, 'SIGTERM');
+        for (let i = 0; i < 200 && fs.existsSync(`/proc/${daemonPid}`); i++) await new Promise((r) => setTimeout(r, 50));
+      }
+      remove();
     }
   });
 });

@@ -40,6 +40,8 @@ describe('daemon configuration', () => {
       assert.throws(() => parseDaemonArgs(['--fuse-io-uring', 'yes']), /--fuse-io-uring/);
       assert.equal(parseDaemonArgs([])?.cowCopy, 'direct');
       assert.equal(parseDaemonArgs(['--cow-copy', 'cached'])?.cowCopy, 'cached');
+      assert.equal(parseDaemonArgs([])?.exitWithParent, false);
+      assert.equal(parseDaemonArgs(['--exit-with-parent'])?.exitWithParent, true);
       assert.throws(() => parseDaemonArgs(['--cow-copy', 'buffered']), /--cow-copy/);
     } finally {
       remove();
