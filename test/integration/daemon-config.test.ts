@@ -1,6 +1,7 @@
 // A daemon configured by a file (--config): its devices attached, its log as JSON lines, --verbose
 // telling each connection's life; a bad config file stops the start with the file and line.
 // --exit-with-parent: a daemon whose starter is killed -9 shuts down and leaves nothing behind.
+// A log nobody reads any more (stderr a pipe whose reader is gone) stops nothing.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -84,6 +85,37 @@ describe('daemon configuration file and logs', { skip: missing('qemu-io') }, () 
         process.kill(daemonPid, 'SIGTERM');
         for (let i = 0; i < 200 && fs.existsSync(`/proc/${daemonPid}`); i++) await new Promise((r) => setTimeout(r, 50));
       }
+      remove();
+    }
+  });
+
+  it('a log nobody reads any more (stderr a pipe whose reader closed it: EPIPE) stops nothing: requests are answered and the daemon stays idle', async () => {
+    const { dir, remove } = tempDir('blksnapd-epipe-');
+    const control = path.join(dir, 'c.sock');
+    const daemon = spawn(process.execPath, [blksnapd, '--exit-with-parent', '--control', control, '--nbd', path.join(dir, 'n.sock'), '--state-dir', dir], { stdio: ['ignore', 'ignore', 'pipe'] });
+    try {
+      await new Promise<void>((resolve) => daemon.stderr.on('data', (d: Buffer) => d.toString().includes('ready:') && resolve()));
+      daemon.stderr.destroy(); // the reader goes: the daemon's next log line meets EPIPE
+      const cpuSeconds = (): number => {
+        const fields = fs.readFileSync(`/proc/${daemon.pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+        return (Number(fields[11]) + Number(fields[12])) / 100;
+      };
+      // Each attach and detach logs a line.
+      for (let i = 0; i < 3; i++) {
+        const disk = sparseFile(path.join(dir, `d${i}.img`), 1024 * 1024);
+        const attached = await run(process.execPath, [blksnapCli, 'attach', '--device', disk, '--name', `d${i}`, '--control', control], { timeoutMs: 10_000 });
+        assert.equal(attached.code, 0, `attach answered: ${attached.stderr}`);
+        const detached = await run(process.execPath, [blksnapCli, 'detach', '--device', `d${i}`, '--control', control], { timeoutMs: 10_000 });
+        assert.equal(detached.code, 0, `detach answered: ${detached.stderr}`);
+      }
+      const before = cpuSeconds();
+      await new Promise((r) => setTimeout(r, 1000));
+      const used = cpuSeconds() - before;
+      assert.ok(used < 0.5, `the daemon used ${used.toFixed(2)} CPU-s in 1 s while idle`);
+    } finally {
+      daemon.kill('SIGTERM');
+      for (let i = 0; i < 200 && daemon.exitCode === null && daemon.signalCode === null; i++) await new Promise((r) => setTimeout(r, 50));
+      if (daemon.exitCode === null && daemon.signalCode === null) daemon.kill('SIGKILL');
       remove();
     }
   });

@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { Writable } from 'node:stream';
 import { describe, it } from 'node:test';
 import { configFileArgs, DAEMON_HELP, daemonOptionNames, parseDaemonArgs, withConfigFile } from '../../../src/daemon/config.js';
 import { createLog } from '../../../src/daemon/log.js';
@@ -56,12 +57,12 @@ describe('daemon configuration', () => {
 
   it('logs one line per event: timestamped text, or one JSON object with time, program and message', () => {
     let out = '';
-    const stream = {
-      write: (s: string): boolean => {
-        out += s;
-        return true;
+    const stream = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        out += chunk.toString();
+        done();
       },
-    } as unknown as NodeJS.WritableStream;
+    });
     createLog('json', stream)('attached /srv/a.img as a');
     const doc = JSON.parse(out.trim()) as { time: string; program: string; message: string };
     assert.equal(doc.program, 'blksnapd');
