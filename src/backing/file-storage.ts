@@ -3,7 +3,7 @@ import { buffers } from '../params.js';
 import * as fs from 'node:fs';
 import { BlkError, toBlkError } from '../errors.js';
 import { copyFileRange, copyFileRangeAsync, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate, isRangeCached, lockExclusive, readCached, seekData, seekHole, sendFile, sizeOfBlockDevice, willNeed } from '../os/libc.js';
-import { writeFully } from '../os/fd-io.js';
+import { writeFully, writeFullySync } from '../os/fd-io.js';
 import { writeback } from '../os/writeback.js';
 import { totalLength } from '../util/byte-queue.js';
 import { InFlight } from '../util/in-flight.js';
@@ -226,10 +226,7 @@ export class FileStorage implements Storage, StorageFastPaths {
   writeNow(offset: number, data: Uint8Array): boolean {
     const fd = this.#open();
     if (!this.#isSyncWrite(data.length)) return false;
-    this.#timedSyncWrite(() => {
-      let done = 0;
-      while (done < data.length) done += fs.writeSync(fd, data, done, data.length - done, offset + done);
-    });
+    this.#timedSyncWrite(() => writeFullySync(fd, data, offset));
     return true;
   }
 

@@ -7,7 +7,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { threadId } from 'node:worker_threads';
 import { BlkError } from '../errors.js';
-import { AppendFile, writeAll } from '../os/append-file.js';
+import { AppendFile } from '../os/append-file.js';
+import { writeFullySync } from '../os/fd-io.js';
 import { zstdBound, zstdCompressInto, zstdDecompress } from '../os/zstd.js';
 import { sha256 } from './chunk-file.js';
 import { TEMP_MARK } from './layout.js';
@@ -157,7 +158,7 @@ export class PackWriter {
     const idxTemp = `${idx}${TEMP_MARK}${process.pid}.${threadId}`;
     const fd = fs.openSync(idxTemp, 'w', 0o644);
     try {
-      writeAll(fd, encodeIdx(p.entries), 0);
+      writeFullySync(fd, encodeIdx(p.entries), 0);
       fs.fdatasyncSync(fd);
     } finally {
       fs.closeSync(fd);

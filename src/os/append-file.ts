@@ -3,8 +3,9 @@
 // Synchronous on purpose: it runs in worker threads.
 import * as fs from 'node:fs';
 import { BlkError, toBlkError } from '../errors.js';
-import { startWriteback } from './writeback-range.js';
+import { writeFullySync } from './fd-io.js';
 import { alignedBuffer, DIRECT_ALIGNMENT } from './koffi.js';
+import { startWriteback } from './writeback-range.js';
 
 /** Bytes gathered before a direct write. */
 const STAGE_BYTES = 4 * 1024 * 1024;
@@ -23,9 +24,9 @@ export class AppendFile {
   /** Bytes appended so far: the file's length once finished. */
   size = 0;
   #fd: number;
-  #directFd: number | null;
-  #stage: Buffer | null;
-  /** Bytes of #stage not yet written; the stage holds file bytes from #stageStart. */
+  /** The O_DIRECT descriptor and the aligned buffer appends gather in; null: buffered writes. */
+  #direct: { fd: number; stage: Buffer } | null;
+  /** Bytes of the stage not yet written; the stage holds file bytes from #stageStart. */
   #staged = 0;
   #stageStart = 0;
   #writtenBackTo = 0;
@@ -33,46 +34,48 @@ export class AppendFile {
   private constructor(path: string) {
     this.path = path;
     this.#fd = fs.openSync(path, 'w', 0o644);
-    this.#directFd = openDirect(path);
-    this.#stage = this.#directFd === null ? null : alignedBuffer(STAGE_BYTES);
+    const directFd = openDirect(path);
+    this.#direct = directFd === null ? null : { fd: directFd, stage: alignedBuffer(STAGE_BYTES) };
   }
 
   /** Opens `path` anew (truncated); a filesystem that opens O_DIRECT but refuses its writes gets buffered ones. */
   static create(path: string): AppendFile {
     const file = new AppendFile(path);
-    if (file.#stage) {
+    const direct = file.#direct;
+    if (direct) {
       // Some filesystems (FUSE ones, for instance) open with O_DIRECT and fail the first write.
-      file.#stage.fill(0, 0, DIRECT_ALIGNMENT);
+      direct.stage.fill(0, 0, DIRECT_ALIGNMENT);
       try {
-        file.#writeDirect(DIRECT_ALIGNMENT);
+        file.#writeDirect(direct, DIRECT_ALIGNMENT);
       } catch (e) {
         if ((e as BlkError).code !== 'EINVAL') {
           file.close();
           throw e;
         }
-        fs.closeSync(file.#directFd as number);
-        file.#directFd = null;
-        file.#stage = null;
+        fs.closeSync(direct.fd);
+        file.#direct = null;
       }
     }
     return file;
   }
 
   get isDirect(): boolean {
-    return this.#directFd !== null;
+    return this.#direct !== null;
   }
 
   append(data: Uint8Array): void {
-    if (!this.#stage) {
-      writeAll(this.#fd, data, this.size);
+    const direct = this.#direct;
+    if (!direct) {
+      writeFullySync(this.#fd, data, this.size);
       this.size += data.length;
       this.#startWriteback();
       return;
     }
+    const { stage } = direct;
     for (let done = 0; done < data.length; ) {
-      if (this.#staged === this.#stage.length) this.#flush();
-      const n = Math.min(data.length - done, this.#stage.length - this.#staged);
-      this.#stage.set(data.subarray(done, done + n), this.#staged);
+      if (this.#staged === stage.length) this.#flush(direct);
+      const n = Math.min(data.length - done, stage.length - this.#staged);
+      stage.set(data.subarray(done, done + n), this.#staged);
       this.#staged += n;
       done += n;
     }
@@ -84,13 +87,14 @@ export class AppendFile {
    * copy): `fill` returns how many bytes it wrote.
    */
   appendInPlace(maximum: number, fill: (into: Buffer) => number): void {
-    if (!this.#stage || maximum > this.#stage.length - DIRECT_ALIGNMENT) {
+    const direct = this.#direct;
+    if (!direct || maximum > direct.stage.length - DIRECT_ALIGNMENT) {
       const scratch = Buffer.allocUnsafe(maximum);
       this.append(scratch.subarray(0, fill(scratch)));
       return;
     }
-    if (this.#stage.length - this.#staged < maximum) this.#flush();
-    const n = fill(this.#stage.subarray(this.#staged, this.#staged + maximum));
+    if (direct.stage.length - this.#staged < maximum) this.#flush(direct);
+    const n = fill(direct.stage.subarray(this.#staged, this.#staged + maximum));
     this.#staged += n;
     this.size += n;
   }
@@ -98,10 +102,11 @@ export class AppendFile {
   /** Makes every byte appended durable (the last block's padding cut off) and closes the file. */
   finish(): void {
     try {
-      if (this.#stage) {
+      const direct = this.#direct;
+      if (direct) {
         const end = Math.ceil(this.#staged / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT;
-        this.#stage.fill(0, this.#staged, end);
-        if (end > 0) this.#writeDirect(end);
+        direct.stage.fill(0, this.#staged, end);
+        if (end > 0) this.#writeDirect(direct, end);
         fs.ftruncateSync(this.#fd, this.size);
       }
       fs.fdatasyncSync(this.#fd);
@@ -112,28 +117,26 @@ export class AppendFile {
 
   /** Closes without making anything durable (a failed write: the file is removed after). */
   close(): void {
-    if (this.#directFd !== null) fs.closeSync(this.#directFd);
-    this.#directFd = null;
+    if (this.#direct) fs.closeSync(this.#direct.fd);
+    this.#direct = null;
     if (this.#fd >= 0) fs.closeSync(this.#fd);
     this.#fd = -1;
   }
 
   /** Writes the stage's whole blocks; the partial last block moves to the front of the stage. */
-  #flush(): void {
-    const stage = this.#stage as Buffer;
+  #flush(direct: { fd: number; stage: Buffer }): void {
     const whole = Math.floor(this.#staged / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT;
     if (whole === 0) return;
-    this.#writeDirect(whole);
-    stage.copy(stage, 0, whole, this.#staged);
+    this.#writeDirect(direct, whole);
+    direct.stage.copy(direct.stage, 0, whole, this.#staged);
     this.#stageStart += whole;
     this.#staged -= whole;
   }
 
-  #writeDirect(length: number): void {
-    const stage = this.#stage as Buffer;
-    let done = 0;
+  /** Writes the stage's first `length` bytes (whole blocks) where they belong in the file. */
+  #writeDirect(direct: { fd: number; stage: Buffer }, length: number): void {
     try {
-      while (done < length) done += fs.writeSync(this.#directFd as number, stage, done, length - done, this.#stageStart + done);
+      writeFullySync(direct.fd, direct.stage.subarray(0, length), this.#stageStart);
     } catch (e) {
       const error = toBlkError(e);
       throw new BlkError(error.code, `direct write of ${length} bytes at ${this.#stageStart} to ${this.path}: ${error.message}`);
@@ -155,9 +158,4 @@ function openDirect(path: string): number | null {
     if ((e as NodeJS.ErrnoException).code === 'EINVAL') return null;
     throw e;
   }
-}
-
-export function writeAll(fd: number, data: Uint8Array, position: number): void {
-  let done = 0;
-  while (done < data.length) done += fs.writeSync(fd, data, done, data.length - done, position + done);
 }

@@ -1,5 +1,5 @@
-// Owns whole reads and writes at an offset through the thread pool, for code on any thread (the
-// file store, the repository's worker threads); plain node:fs, no FFI.
+// Owns whole reads and writes at an offset, through the thread pool or at once, for code on any
+// thread (the file store, the repository's worker threads); plain node:fs, no FFI.
 import * as fs from 'node:fs';
 
 /** pwrite(2) of all of `data` at `position` in the thread pool, again after a short write. */
@@ -11,6 +11,11 @@ export function writeFully(fd: number, data: Uint8Array, position: number): Prom
     };
     step(0);
   });
+}
+
+/** pwrite(2) of all of `data` at `position` at once (this thread waits), again after a short write. */
+export function writeFullySync(fd: number, data: Uint8Array, position: number): void {
+  for (let done = 0; done < data.length; ) done += fs.writeSync(fd, data, done, data.length - done, position + done);
 }
 
 /** One pread(2) into `into` at `position` in the thread pool: the bytes read. */

@@ -82,7 +82,7 @@ function take(e: number): void {
 
 // Requests to relay from one wake, sent together: a message each cost the daemon's thread a wake-up
 // and a dispatch per request.
-const relayed: number[] = [];
+let relayed: number[] = [];
 
 const wakeCount = Buffer.alloc(8);
 for (let e = 0; e < entryCount; e++) command(e, w.Ring.commandRegister);
@@ -108,8 +108,8 @@ while (Atomics.load(control, RingEntry.stopIndex) === 0 && ended < entryCount) {
     }
   });
   if (relayed.length > 0) {
-    post({ relayed: relayed.slice() });
-    relayed.length = 0;
+    post({ relayed });
+    relayed = [];
   }
   if (isWoken) {
     readRaw(wakeFd, wakeCount);

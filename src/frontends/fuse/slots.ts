@@ -20,9 +20,12 @@ export interface ReaderShared {
   cachedReads: CachedReads | null;
 }
 
-/** From a worker: a request of `length` bytes in `slot`, the end of the connection, or (a ring) its entries are being registered. */
+/** From a reader thread: a request of `length` bytes in `slot`, or the end of the connection. */
 export type ReaderMessage = { slot: number; length: number } | { ended: string };
-/** `relayed`: the requests a ring thread passes on from one wake, as (slot, length) pairs: one message for them all. */
+/**
+ * From a ring thread: the requests it passes on from one wake as (slot, length) pairs, in one
+ * message; the end of its entries; or that its entries are registered.
+ */
 export type RingMessage = { relayed: number[] } | { ended: string } | { ready: true };
 
 /**
