@@ -32,13 +32,14 @@ export class DirectFile {
   }
 
   /**
-   * Opens `fd`'s file again with O_DIRECT and checks that the filesystem takes a direct read at
-   * `probeOffset`; null where it does not (EINVAL: tmpfs before Linux 6.6, some FUSE filesystems).
+   * Opens `fd`'s file again with O_DIRECT (for reading only unless `writable`) and checks that the
+   * filesystem takes a direct read at `probeOffset`; null where it does not (EINVAL: tmpfs before
+   * Linux 6.6, some FUSE filesystems).
    */
-  static async reopen(path: string, fd: number, probeOffset: number): Promise<DirectFile | null> {
+  static async reopen(path: string, fd: number, probeOffset: number, writable = true): Promise<DirectFile | null> {
     let directFd: number;
     try {
-      directFd = await openAsync(`/proc/self/fd/${fd}`, fs.constants.O_RDWR | fs.constants.O_DIRECT);
+      directFd = await openAsync(`/proc/self/fd/${fd}`, (writable ? fs.constants.O_RDWR : fs.constants.O_RDONLY) | fs.constants.O_DIRECT);
     } catch (e) {
       if (toBlkError(e).code === 'EINVAL') return null;
       throw new BlkError(toBlkError(e).code, `cannot open ${path} for direct I/O: ${toBlkError(e).message}`);

@@ -9,6 +9,7 @@ import { totalLength } from '../util/byte-queue.js';
 import { InFlight } from '../util/in-flight.js';
 import { openAsync } from '../os/async-fs.js';
 import type { Extent, Storage, StorageCapabilities, StorageFastPaths } from './storage.js';
+import { DirectFile } from './direct-file.js';
 
 export interface FileStorageOptions {
   readOnly?: boolean;
@@ -53,6 +54,9 @@ export class FileStorage implements Storage, StorageFastPaths {
   #isClosed = false;
   /** Asynchronous operations holding the descriptor; close waits for them. */
   #ops = new InFlight();
+  /** The store opened again with O_DIRECT (openDirect), for ranges read once; null where not opened or refused. */
+  #direct: DirectFile | null = null;
+  #directOpening: Promise<DirectFile | null> | null = null;
 
   private constructor(path: string, fd: number, isBlockDevice: boolean, options: FileStorageOptions) {
     this.path = path;
@@ -89,13 +93,27 @@ export class FileStorage implements Storage, StorageFastPaths {
       const why = err.code === 'EBUSY' ? 'it is in use (mounted, or held by another process)' : err.message;
       throw new BlkError(err.code, `cannot open ${path}: ${why}`, { path });
     }
+    let storage: FileStorage;
     try {
       if (!isBlockDevice) lockExclusive(fd, path);
-      return new FileStorage(path, fd, isBlockDevice, options);
+      storage = new FileStorage(path, fd, isBlockDevice, options);
     } catch (e) {
       fs.closeSync(fd);
       throw e;
     }
+    // Ready before the first read once: a read through the page cache would start read-ahead,
+    // and the reads after it would find their ranges cached.
+    await storage.openDirect().catch(() => null);
+    return storage;
+  }
+
+  /**
+   * Opens the store a second time with O_DIRECT, once; null where the filesystem refuses direct
+   * I/O. Reads of ranges read once (read(…, true)) then go past the page cache when not cached.
+   */
+  openDirect(): Promise<DirectFile | null> {
+    this.#directOpening ??= this.#held((fd) => DirectFile.reopen(this.path, fd, 0, !this.can.isReadOnly)).then((direct) => (this.#direct = direct));
+    return this.#directOpening;
   }
 
   /** Wraps a descriptor opened elsewhere (an unnamed O_TMPFILE file); the store owns it from now on. */
@@ -146,9 +164,24 @@ export class FileStorage implements Storage, StorageFastPaths {
     return this.#open();
   }
 
-  readNow(offset: number, into: Uint8Array): boolean {
-    if (this.#isClosed) return false;
-    return into.length <= this.#cachedReadMaximum && this.#readCached(offset, into) === into.length;
+  /**
+   * `once` (see read()): a range not all cached is left to read() without trying the page cache,
+   * since a page-cache read that misses starts a read into the cache, which read() would then do
+   * again past it.
+   */
+  readNow(offset: number, into: Uint8Array, once = false): boolean {
+    if (this.#isClosed || into.length > this.#cachedReadMaximum || this.#isReadPastCache(offset, into.length, once)) return false;
+    return this.#readCached(offset, into) === into.length;
+  }
+
+  /**
+   * Whether a read goes past the page cache: read once, with the O_DIRECT descriptor open, and
+   * not all cached. Then the disk reads straight into the caller's memory and no page-cache page
+   * is allocated (on a VM whose freed memory goes back to the host, each new page costs a fault
+   * in the host, more than the read: docs/performance.md).
+   */
+  #isReadPastCache(offset: number, length: number, once: boolean): boolean {
+    return once && this.#direct !== null && !this.isCached(offset, length);
   }
 
   #readCached(offset: number, into: Uint8Array): number {
@@ -160,7 +193,12 @@ export class FileStorage implements Storage, StorageFastPaths {
     }
   }
 
-  read(offset: number, into: Uint8Array): Promise<void> {
+  /** `once`: the caller reads the range this once (a snapshot image, the difference storage): past the page cache when not cached. */
+  read(offset: number, into: Uint8Array, once = false): Promise<void> {
+    if (this.#isReadPastCache(offset, into.length, once)) {
+      const direct = this.#direct as DirectFile;
+      return this.#held(() => direct.read(offset, into));
+    }
     let start = 0;
     if (into.length <= this.#cachedReadMaximum) {
       start = this.#readCached(offset, into);
@@ -345,6 +383,7 @@ export class FileStorage implements Storage, StorageFastPaths {
     // Operations under way hold the descriptor: closing under them would let them reach whatever
     // file is opened next under the same number.
     await this.#ops.idle();
+    await this.#direct?.close();
     await new Promise<void>((resolve) => fs.close(this.#fd, () => resolve()));
   }
 

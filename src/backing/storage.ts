@@ -30,8 +30,11 @@ export interface Storage {
   readonly can: StorageCapabilities;
   /** Size in bytes as of the last `probeSize()` (or open). */
   readonly size: number;
-  /** Fills `into` wholly, or rejects (EIO on a short read). */
-  read(offset: number, into: Uint8Array): Promise<void>;
+  /**
+   * Fills `into` wholly, or rejects (EIO on a short read). `once`: the caller reads the range this
+   * once (a backup reading a snapshot image), so a store may read it past its page cache.
+   */
+  read(offset: number, into: Uint8Array, once?: boolean): Promise<void>;
   /**
    * `inBackground`: the caller has more work waiting; run the write off its thread even where a
    * synchronous copy would be quicker alone, so copies overlap.
@@ -63,8 +66,8 @@ export interface Storage {
 
 /** Answers from memory, or copies inside the kernel, at once; each says false (having done nothing) when it would have to wait. */
 export interface StorageFastPaths {
-  /** Reads at once when memory holds the whole range (never waits for a disk). */
-  readNow(offset: number, into: Uint8Array): boolean;
+  /** Reads at once when memory holds the whole range (never waits for a disk). `once`: as for read(). */
+  readNow(offset: number, into: Uint8Array, once?: boolean): boolean;
   /** The store's open descriptor: another thread may read its cached pages (preadv2 RWF_NOWAIT) as readNow() would. */
   readDescriptor?(): number;
   /** Whether a read of the range would be served from memory alone. */

@@ -12,6 +12,10 @@ import { ByteQueue } from '../util/byte-queue.js';
 
 const REPLY_TYPE_OFFSET_HOLE = 2;
 const REPLY_TYPE_ERROR_BIT = 1 << 15;
+/** A structured reply's header; a data chunk's offset follows it. */
+const STRUCTURED_HEADER = 20;
+/** Reads from this size on are worth a read(2) for their headers alone (see #headerBytesWanted). */
+const LARGE_READ = 64 * 1024;
 
 /** Where an NBD export is: a Unix socket or a TCP address, and the export's name. */
 export interface NbdTarget {
@@ -158,6 +162,8 @@ export class NbdClient {
   #direct: DirectTarget | null = null;
   /** Whether the last buffer handed to the socket was the direct target. */
   #isReadingDirect = false;
+  /** Reads in flight of LARGE_READ bytes or more: while any is, the socket is read a header at a time. */
+  #largeReads = 0;
 
   private constructor(socket: net.Socket | tls.TLSSocket, queue: ByteQueue, size: number, flags: number, contexts: Map<string, number>) {
     this.#queue = queue;
@@ -176,7 +182,8 @@ export class NbdClient {
           const d = this.#direct;
           // While a read's data is coming the queue is empty: #receiveInto took all of it first.
           this.#isReadingDirect = d !== null;
-          return d ? d.into.subarray(d.at, d.at + d.remaining) : arena.window();
+          if (d) return d.into.subarray(d.at, d.at + d.remaining);
+          return this.#largeReads > 0 ? arena.window(this.#headerBytesWanted()) : arena.window();
         },
         received: (n) => {
           if (this.#isReadingDirect) this.#advanceDirect(n);
@@ -337,7 +344,10 @@ export class NbdClient {
       const kind = type === w.NBD_CMD_READ ? 'read' : type === w.NBD_CMD_BLOCK_STATUS ? 'status' : 'other';
       const p: Pending = { kind, what: `${what} ${offset}+${length}`, offset, length, resolve, reject };
       // Not zeroed (a memset of every byte read): every byte is filled by data or a hole, or the read fails.
-      if (type === w.NBD_CMD_READ) p.data = into ?? Buffer.allocUnsafeSlow(length);
+      if (type === w.NBD_CMD_READ) {
+        p.data = into ?? Buffer.allocUnsafeSlow(length);
+        if (length >= LARGE_READ) this.#largeReads++;
+      }
       if (type === w.NBD_CMD_BLOCK_STATUS) {
         p.extents = [];
         if (contextId !== undefined) p.contextId = contextId;
@@ -414,7 +424,9 @@ export class NbdClient {
         continue;
       }
       // A data chunk goes straight into the read's buffer once its offset is known.
-      if (part.type === w.NBD_REPLY_TYPE_OFFSET_DATA && p.kind === 'read' && part.length >= 8 && q.length >= 8) {
+      if (part.type === w.NBD_REPLY_TYPE_OFFSET_DATA && p.kind === 'read' && part.length >= 8) {
+        // The offset first: waiting for the whole chunk in the queue would copy its data once more.
+        if (q.length < 8) return;
         const at = Number(q.peek(8).readBigUInt64BE(0)) - p.offset;
         const n = part.length - 8;
         if (at >= 0 && at + n <= p.length) {
@@ -487,6 +499,7 @@ export class NbdClient {
 
   #finish(cookie: bigint, p: Pending, error?: BlkError): void {
     this.#pending.delete(cookie);
+    if (p.kind === 'read' && p.length >= LARGE_READ) this.#largeReads--;
     if (error) p.reject(error);
     else p.resolve(p.kind === 'read' ? p.data : p.kind === 'status' ? p.extents : undefined);
   }
@@ -498,6 +511,20 @@ export class NbdClient {
     this.#socket.destroy();
     for (const p of this.#pending.values()) p.reject(e);
     this.#pending.clear();
+    this.#largeReads = 0;
+  }
+
+  /**
+   * The bytes that complete what the parser waits for, when that is not a read's data: a reply
+   * header (with a data chunk's offset), a chunk's offset, or the rest of another chunk. A larger
+   * window would take the start of a large read's data into the arena: one more copy, into pages
+   * touched for the first time (a 4 GiB backup spent a fifth of its CPU in that copy).
+   */
+  #headerBytesWanted(): number {
+    const queued = this.#queue.length;
+    const part = this.#partial;
+    const wanted = part === null ? STRUCTURED_HEADER + 8 : part.type === w.NBD_REPLY_TYPE_OFFSET_DATA && queued < 8 ? 8 : part.length;
+    return Math.max(1, wanted - queued);
   }
 }
 

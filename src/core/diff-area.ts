@@ -154,7 +154,7 @@ export class DiffArea {
     for (let i = first; i <= last; i++) await this.#originReaders.drained(i);
   }
 
-  /** Reads the image: kept originals from the difference storage, the rest from the device. */
+  /** Reads the image: kept originals from the difference storage, the rest from the device (read once: a backup reads an image through). */
   async readImage(offset: number, into: Uint8Array): Promise<void> {
     this.#checkHealthy();
     const { chunks } = this;
@@ -180,7 +180,7 @@ export class DiffArea {
         const j = chunks.lastOfRun(i, end, state);
         const runEnd = Math.min(end, (j + 1) * chunks.chunkSize);
         for (let k = i; k <= j; k++) this.#originReaders.pin(k);
-        work.push(this.#origin.read(pos, into.subarray(pos - offset, runEnd - offset)).finally(() => {
+        work.push(this.#origin.read(pos, into.subarray(pos - offset, runEnd - offset), true).finally(() => {
           for (let k = i; k <= j; k++) this.#originReaders.unpin(k);
         }));
         pos = runEnd;
@@ -214,7 +214,7 @@ export class DiffArea {
       const state = chunks.state[i] as number;
       const runEnd = Math.min(end, (chunks.lastOfRun(i, end, state) + 1) * chunks.chunkSize);
       const piece = into.subarray(pos - offset, runEnd - offset);
-      if (!(state === ChunkState.Stored ? this.#diff.readNow(chunks.keptAt(i, pos), piece) : origin.readNow(pos, piece))) return false;
+      if (!(state === ChunkState.Stored ? this.#diff.readNow(chunks.keptAt(i, pos), piece) : origin.readNow(pos, piece, true))) return false;
       pos = runEnd;
     }
     return true;

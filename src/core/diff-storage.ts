@@ -1,7 +1,7 @@
 // Owns a snapshot's difference storage: where the originals of changed chunks are kept, and how it grows.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { DirectFile } from '../backing/direct-file.js';
+import type { DirectFile } from '../backing/direct-file.js';
 import { FileStorage } from '../backing/file-storage.js';
 import { openUnnamedFile } from '../os/async-fs.js';
 import type { Storage } from '../backing/storage.js';
@@ -95,7 +95,7 @@ export class DiffStorage {
       const diff = await DiffStorage.over(store, kind, options);
       if (options.isCopyDirect) {
         try {
-          diff.#direct = await DirectFile.reopen(store.path, store.readDescriptor(), 0);
+          diff.#direct = await store.openDirect();
           if (diff.#direct) adviseNoReadAhead(store.readDescriptor());
         } catch (e) {
           await diff.close();
@@ -169,24 +169,16 @@ export class DiffStorage {
   }
 
   /**
-   * With direct copies, a range not all in the page cache (a kept chunk nobody wrote or read
-   * since its copy) is read past it: from the disk straight into memory, with no page-cache pages
-   * allocated for it.
+   * With direct copies, reads are reads once (FileStorage.read): a range not all in the page cache
+   * (a kept chunk nobody wrote or read since its copy) is read past it.
    */
   read(offset: number, into: Uint8Array): Promise<void> {
-    if (this.#direct && !this.store.fast?.isCached(offset, into.length)) return this.#direct.read(offset, into);
-    return this.store.read(offset, into);
+    return this.store.read(offset, into, this.#direct !== null);
   }
 
-  /**
-   * Reads at once when the page cache holds the range; false otherwise. With direct copies the
-   * cache is asked first (cachestat): a page-cache read that misses starts a read into the cache,
-   * which read() would then do again past it.
-   */
+  /** Reads at once when the page cache holds the range; false otherwise. */
   readNow(offset: number, into: Uint8Array): boolean {
-    const fast = this.store.fast;
-    if (!fast || (this.#direct && !fast.isCached(offset, into.length))) return false;
-    return fast.readNow(offset, into);
+    return this.store.fast?.readNow(offset, into, this.#direct !== null) ?? false;
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {
@@ -220,8 +212,7 @@ export class DiffStorage {
 
   async close(): Promise<void> {
     await this.#growing?.catch(() => {});
-    await this.#direct?.close();
-    await this.store.close();
+    await this.store.close(); // its O_DIRECT descriptor with it
   }
 
   #canGrow(): boolean {

@@ -1,17 +1,23 @@
 // Owns reusable I/O buffers: large request and reply buffers are recycled instead of allocated per request.
 import { buffers } from '../params.js';
+import { bytesToAlignment, DIRECT_ALIGNMENT } from '../os/koffi.js';
 
 
 /**
  * Fresh large Buffers cost page faults on first touch (the allocator maps new memory for each),
  * which dominated 1 MiB requests. Buffers are kept in power-of-two classes from 64 KiB up; a
- * class holds a bounded number, so the pool never keeps more than about `maximumBytes`.
+ * class holds a bounded number, so the pool never keeps more than about `maximumBytes`. Each
+ * large one has DIRECT_ALIGNMENT bytes to spare, so that any byte of it can be placed on an
+ * aligned address (a read reply's data, read straight from the disk with O_DIRECT).
  */
 export class BufferPool {
   #free = new Map<number, Buffer[]>();
   #keptBytes = 0;
-  /** The backing stores this pool allocated: the only ones release() takes. */
-  #own = new WeakSet<ArrayBufferLike>();
+  /**
+   * Where the view handed out of each of this pool's buffers begins, while it is out: release()
+   * takes that view only, once (not a view of memory the pool did not allocate, a receive arena).
+   */
+  #handedOut = new WeakMap<ArrayBufferLike, number>();
   #slab = Buffer.allocUnsafeSlow(buffers.slabBytes);
   #slabUsed = 0;
   readonly maximumBytes: number;
@@ -21,19 +27,20 @@ export class BufferPool {
     this.maximumBytes = maximumBytes;
   }
 
-  /** A buffer of exactly `size` bytes (a view of a pooled one when large). Contents are undefined. */
-  acquire(size: number): Buffer {
+  /**
+   * A buffer of exactly `size` bytes (a view of a pooled one when large). Contents are undefined.
+   * A large one's byte `alignedAt` is at a DIRECT_ALIGNMENT-aligned address.
+   */
+  acquire(size: number, alignedAt = 0): Buffer {
     if (size < BufferPool.minimumPooledSize) return this.#carve(size);
     const capacity = 2 ** Math.ceil(Math.log2(size));
     const list = this.#free.get(capacity);
-    const pooled = list?.pop();
-    if (pooled) {
-      this.#keptBytes -= capacity;
-      return pooled.subarray(0, size);
-    }
-    const fresh = Buffer.allocUnsafeSlow(capacity);
-    this.#own.add(fresh.buffer);
-    return fresh.subarray(0, size);
+    let whole = list?.pop();
+    if (whole) this.#keptBytes -= capacity;
+    else whole = Buffer.allocUnsafeSlow(capacity + DIRECT_ALIGNMENT);
+    const skip = bytesToAlignment(whole.subarray(alignedAt), DIRECT_ALIGNMENT);
+    this.#handedOut.set(whole.buffer, skip);
+    return whole.subarray(skip, skip + size);
   }
 
   /**
@@ -52,16 +59,16 @@ export class BufferPool {
 
   /** Whether release() would keep this buffer (small ones are left to the garbage collector). */
   isPooled(b: Buffer): boolean {
-    return b.length >= BufferPool.minimumPooledSize && this.#own.has(b.buffer);
+    return b.length >= BufferPool.minimumPooledSize && this.#handedOut.get(b.buffer) === b.byteOffset;
   }
 
   /** Gives a buffer from `acquire` back; the caller must not touch it afterwards. */
   release(b: Buffer): void {
-    // Only what acquire() made: a view of another buffer (a receive arena) must never be handed out again.
-    if (b.length < BufferPool.minimumPooledSize || !this.#own.has(b.buffer)) return;
-    const whole = Buffer.from(b.buffer, b.byteOffset, b.buffer.byteLength - b.byteOffset);
-    const capacity = whole.length;
-    if (b.byteOffset !== 0 || capacity & (capacity - 1) || this.#keptBytes + capacity > this.maximumBytes) return;
+    if (!this.isPooled(b)) return;
+    this.#handedOut.delete(b.buffer);
+    const whole = Buffer.from(b.buffer);
+    const capacity = whole.length - DIRECT_ALIGNMENT;
+    if (this.#keptBytes + capacity > this.maximumBytes) return;
     let list = this.#free.get(capacity);
     if (!list) {
       list = [];

@@ -56,12 +56,13 @@ export class ReceiveArena {
   #arena = Buffer.allocUnsafeSlow(nbdIo.receiveArenaBytes);
   #used = 0;
 
-  window(): Buffer {
+  /** The next window: at most `most` bytes (a reader that wants only a header asks for no more). */
+  window(most: number = nbdIo.receiveWindowBytes): Buffer {
     if (nbdIo.receiveArenaBytes - this.#used < nbdIo.receiveSmallestWindowBytes) {
       this.#arena = Buffer.allocUnsafeSlow(nbdIo.receiveArenaBytes);
       this.#used = 0;
     }
-    return this.#arena.subarray(this.#used, Math.min(nbdIo.receiveArenaBytes, this.#used + nbdIo.receiveWindowBytes));
+    return this.#arena.subarray(this.#used, Math.min(nbdIo.receiveArenaBytes, this.#used + Math.min(most, nbdIo.receiveWindowBytes)));
   }
 
   /** The first `n` bytes of the last window were filled; the next window starts after them. */

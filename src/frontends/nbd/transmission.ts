@@ -298,8 +298,9 @@ export class Transmission implements RequestSink {
         return undefined;
       }
     }
-    // Header and data share one buffer: one allocation and one socket write per reply.
-    const reply = ioBuffers.acquire(prefixLength + h.length);
+    // Header and data share one buffer: one allocation and one socket write per reply. The data
+    // begins on an aligned address, so a read past the page cache (O_DIRECT) goes straight into it.
+    const reply = ioBuffers.acquire(prefixLength + h.length, prefixLength);
     let reading: Promise<void>;
     try {
       if (fast?.readNow(h.offset, reply.subarray(prefixLength))) return this.#sendRead(reply, h);
