@@ -3,21 +3,48 @@
 
 export class TaskWindow {
   #limit: number;
-  #running = new Set<Promise<void>>();
+  #running = 0;
+  /** Producers waiting for room. */
+  #waiters: Array<() => void> = [];
+  /** Waiting in drain() for the last task. */
+  #drainers: Array<() => void> = [];
+  #failure: { error: unknown } | null = null;
 
   constructor(limit: number) {
     this.#limit = Math.max(1, limit);
   }
 
-  /** Adds a task; resolves once there is room for the next one, rejects with a task's failure. */
+  /**
+   * Adds a task; resolves once there is room for the next one, rejects with a task's failure.
+   * Producers are woken when there is room: racing every task in the window for every waiting
+   * producer (Promise.race) cost a backup's main thread a tenth of its time in promise reactions.
+   */
   async add(task: Promise<void>): Promise<void> {
-    this.#running.add(task);
-    void task.then(() => this.#running.delete(task), () => undefined);
-    while (this.#running.size >= this.#limit) await Promise.race(this.#running);
+    this.#running++;
+    task.then(
+      () => this.#done(),
+      (error: unknown) => {
+        this.#failure ??= { error };
+        this.#done();
+      },
+    );
+    while (this.#running >= this.#limit) {
+      if (this.#failure) throw this.#failure.error;
+      await new Promise<void>((wake) => this.#waiters.push(wake));
+    }
   }
 
   /** Resolves when every task added is done; rejects with the first failure. */
   async drain(): Promise<void> {
-    await Promise.all(this.#running);
+    while (this.#running > 0) await new Promise<void>((wake) => this.#drainers.push(wake));
+    if (this.#failure) throw this.#failure.error;
+  }
+
+  #done(): void {
+    this.#running--;
+    // Room again (or a failure to hear of): every waiting producer goes on. Their own tasks count in
+    // `running` from add() on, so waking one per task done would leave the rest waiting for good.
+    if (this.#failure || this.#running < this.#limit) for (const wake of this.#waiters.splice(0)) wake();
+    if (this.#running === 0) for (const wake of this.#drainers.splice(0)) wake();
   }
 }

@@ -20,6 +20,36 @@ describe('task window', () => {
     assert.ok(most <= 3, `${most} in flight`);
   });
 
+  it('many producers taking work from one queue (a backup\'s read lanes): every one finishes, drain waits for the last task', async () => {
+    const window = new TaskWindow(4);
+    const total = 800;
+    let next = 0;
+    let done = 0;
+    const lane = async (): Promise<void> => {
+      while (next < total) {
+        const i = next++;
+        await window.add(later(i % 3).then(() => void done++));
+      }
+    };
+    let timer: NodeJS.Timeout | undefined;
+    const stuck = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`lanes still waiting after 10 s; ${done} of ${total} done`)), 10_000)));
+    try {
+      await Promise.race([Promise.all(Array.from({ length: 32 }, lane)).then(() => window.drain()), stuck]);
+    } finally {
+      clearTimeout(timer);
+    }
+    assert.equal(done, total, 'drain resolved before every task was done');
+  });
+
+  it('a failure reaches every producer waiting for room', async () => {
+    const window = new TaskWindow(2);
+    await window.add(later(5, true));
+    await window.add(later(50));
+    const waiting = [window.add(later(1)), window.add(later(1))];
+    for (const w of waiting) await assert.rejects(w, /EIO: store failed/);
+    await assert.rejects(window.drain(), /EIO: store failed/);
+  });
+
   it('a failure while the producer is busy elsewhere is not lost: drain rejects with it', async () => {
     const window = new TaskWindow(8);
     await window.add(later(1, true)); // room left: add returns at once, the task fails afterwards
