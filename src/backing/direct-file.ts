@@ -3,7 +3,8 @@ import * as fs from 'node:fs';
 import { BlkError, toBlkError } from '../errors.js';
 import { closeAsync, openAsync } from '../os/async-fs.js';
 import { readAt, writeFully } from '../os/fd-io.js';
-import { alignedBuffer, bytesToAlignment, DIRECT_ALIGNMENT } from '../os/koffi.js';
+import { AlignedBufferPool } from '../os/aligned-pool.js';
+import { bytesToAlignment, DIRECT_ALIGNMENT } from '../os/koffi.js';
 
 const alignDown = (n: number): number => Math.floor(n / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT;
 const alignUp = (n: number): number => Math.ceil(n / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT;
@@ -21,10 +22,8 @@ const alignUp = (n: number): number => Math.ceil(n / DIRECT_ALIGNMENT) * DIRECT_
 export class DirectFile {
   readonly path: string;
   #fd: number;
-  /** Aligned buffers, by size; a few kept for reuse. */
-  #free = new Map<number, Buffer[]>();
-  #keptBytes = 0;
-  static readonly #maximumKeptBytes = 32 * 1024 * 1024;
+  /** Aligned buffers for reads not aligned themselves and for writes; a few kept for reuse. */
+  #buffers = new AlignedBufferPool(32 * 1024 * 1024);
 
   private constructor(path: string, fd: number) {
     this.path = path;
@@ -46,11 +45,11 @@ export class DirectFile {
     }
     const file = new DirectFile(path, directFd);
     try {
-      const probe = file.#acquire(DIRECT_ALIGNMENT);
+      const probe = file.#buffers.acquire(DIRECT_ALIGNMENT);
       try {
         await readAt(directFd, probe, probeOffset);
       } finally {
-        file.#release(probe);
+        file.#buffers.release(probe);
       }
       return file;
     } catch (e) {
@@ -70,7 +69,7 @@ export class DirectFile {
     const start = alignDown(offset);
     const end = alignUp(offset + into.length);
     const isAligned = start === offset && end === offset + into.length && bytesToAlignment(into, DIRECT_ALIGNMENT) === 0;
-    const target = isAligned ? into : this.#acquire(end - start);
+    const target = isAligned ? into : this.#buffers.acquire(end - start);
     try {
       for (let done = 0; done < target.length; ) {
         let n: number;
@@ -84,7 +83,7 @@ export class DirectFile {
       }
       if (!isAligned) into.set(target.subarray(offset - start, offset - start + into.length));
     } finally {
-      if (!isAligned) this.#release(target as Buffer);
+      if (!isAligned) this.#buffers.release(target as Buffer);
     }
   }
 
@@ -94,7 +93,7 @@ export class DirectFile {
    */
   async writeFrom(offset: number, length: number, fill: (into: Buffer) => Promise<void>): Promise<void> {
     if (offset % DIRECT_ALIGNMENT !== 0) throw new BlkError('EINVAL', `direct write at ${offset} to ${this.path}: not ${DIRECT_ALIGNMENT}-byte aligned`);
-    const buffer = this.#acquire(alignUp(length));
+    const buffer = this.#buffers.acquire(alignUp(length));
     try {
       await fill(buffer.subarray(0, length));
       buffer.fill(0, length);
@@ -104,28 +103,11 @@ export class DirectFile {
         throw new BlkError(toBlkError(e).code, `direct write of ${buffer.length} bytes at ${offset} to ${this.path}: ${toBlkError(e).message}`);
       }
     } finally {
-      this.#release(buffer);
+      this.#buffers.release(buffer);
     }
   }
 
   async close(): Promise<void> {
     await closeAsync(this.#fd);
-  }
-
-  #acquire(length: number): Buffer {
-    const kept = this.#free.get(length)?.pop();
-    if (kept) {
-      this.#keptBytes -= length;
-      return kept;
-    }
-    return alignedBuffer(length);
-  }
-
-  #release(buffer: Buffer): void {
-    if (this.#keptBytes + buffer.length > DirectFile.#maximumKeptBytes) return;
-    const list = this.#free.get(buffer.length);
-    if (list) list.push(buffer);
-    else this.#free.set(buffer.length, [buffer]);
-    this.#keptBytes += buffer.length;
   }
 }

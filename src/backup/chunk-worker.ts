@@ -5,7 +5,8 @@ import * as fs from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { BlkError, toBlkError } from '../errors.js';
 import { readAt, writeFully } from '../os/fd-io.js';
-import { alignedBuffer, DIRECT_ALIGNMENT } from '../os/koffi.js';
+import { AlignedBufferPool } from '../os/aligned-pool.js';
+import { DIRECT_ALIGNMENT } from '../os/koffi.js';
 import { adviseWillNeed } from '../os/libc.js';
 import { startWriteback } from '../os/writeback-range.js';
 import { isAllZero } from './chunk-file.js';
@@ -42,6 +43,8 @@ export type ChunkResult =
 const hashed = new Map<number, { data: Uint8Array; lengths: number[]; digests: Uint8Array }>();
 let writer: PackWriter | null = null;
 const packFds = new Map<string, number>();
+/** This thread's aligned memory for runs of decoded chunks (written by O_DIRECT). */
+const alignedBuffers = new AlignedBufferPool(64 * 1024 * 1024);
 
 function packFd(file: string): number {
   let fd = packFds.get(file);
@@ -131,13 +134,6 @@ function decodeItem(item: LoadItem, stored: Uint8Array, into: Uint8Array): void 
 
 /** A pack check reads this much at a time. */
 const CHECK_READ_BYTES = 8 * 1024 * 1024;
-/** This thread's buffers for runs of decoded chunks, aligned for O_DIRECT; free ones wait here. */
-const freeBuffers: Uint8Array[] = [];
-
-function runBuffer(bytes: number): Uint8Array {
-  const kept = freeBuffers.pop();
-  return kept && kept.length >= bytes ? kept : alignedBuffer(bytes);
-}
 
 /**
  * Decodes a run into one buffer and writes each stretch of it with one pwrite, in the thread pool
@@ -151,7 +147,7 @@ async function writeItems(task: Extract<ChunkTask, { kind: 'write' }>): Promise<
   if (!first) return 0;
   const last = items.at(-1) as LoadItem;
   const stored = await readStoredAsync(items);
-  const span = runBuffer(last.offset + last.length - first.offset);
+  const span = alignedBuffers.acquire(last.offset + last.length - first.offset);
   const writes: Array<Promise<void>> = [];
   let written = 0;
   let stretchStart = -1;
@@ -182,7 +178,7 @@ async function writeItems(task: Extract<ChunkTask, { kind: 'write' }>): Promise<
     flush(last.offset + last.length);
   } finally {
     // Never back into use while a write of it may still run.
-    void Promise.allSettled(writes).then(() => freeBuffers.push(span));
+    void Promise.allSettled(writes).then(() => alignedBuffers.release(span));
   }
   await Promise.all(writes);
   // Through the page cache, the restore ends in fsync: its disk writes start now, beside the work still to come.
