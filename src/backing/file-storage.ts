@@ -112,7 +112,15 @@ export class FileStorage implements Storage, StorageFastPaths {
    * I/O. Reads of ranges read once (read(…, true)) then go past the page cache when not cached.
    */
   openDirect(): Promise<DirectFile | null> {
-    this.#directOpening ??= this.#held((fd) => DirectFile.reopen(this.path, fd, 0, !this.can.isReadOnly)).then((direct) => (this.#direct = direct));
+    this.#directOpening ??= this.#held((fd) => DirectFile.reopen(this.path, fd, 0, !this.can.isReadOnly)).then(async (direct) => {
+      // Closed meanwhile: close() may have run before this, so the descriptor is closed here.
+      if (this.#isClosed) {
+        await direct?.close();
+        return null;
+      }
+      this.#direct = direct;
+      return direct;
+    });
     return this.#directOpening;
   }
 
