@@ -8,6 +8,8 @@ import type { BlksnapClient } from '../client/connection.js';
 import { NbdClient, type NbdTlsOptions, parseNbdUri } from '../client/nbd-client.js';
 import * as api from '../control/protocol.js';
 import { BlkError } from '../errors.js';
+import { openDirectSync } from '../os/fd-io.js';
+import { DIRECT_ALIGNMENT } from '../os/koffi.js';
 import { sizeOfBlockDevice } from '../os/libc.js';
 import { backup as params } from '../params.js';
 import { chunkCountOf, readIndex } from './digest-index.js';
@@ -136,11 +138,11 @@ async function restoreOverNbd(repo: Repository, workers: WorkerPool, chunks: Chu
 
 /** Opens `target` a second time with O_DIRECT; null where the file system refuses it (tmpfs) or chunks are not whole pages. */
 function openDirect(target: string, chunkSize: number): number | null {
-  if (chunkSize % 4096 !== 0) return null;
+  if (chunkSize % DIRECT_ALIGNMENT !== 0) return null;
   try {
-    return fs.openSync(target, fs.constants.O_WRONLY | fs.constants.O_DIRECT);
+    return openDirectSync(target, fs.constants.O_WRONLY);
   } catch {
-    return null;
+    return null; // any other refusal too: the restore writes through the page cache
   }
 }
 

@@ -23,6 +23,11 @@ export const ChunkState = {
   Failed: 3,
 } as const;
 
+/** Where byte `pos` of kept chunk i lies in the difference storage, by the chunks' slots (also from other threads). */
+export function keptOffset(slot: Uint32Array, chunkSize: number, i: number, pos: number): number {
+  return (slot[i] as number) * chunkSize + (pos - i * chunkSize);
+}
+
 /**
  * State and difference-storage slot of every chunk. One byte of state and a 32-bit slot index
  * (the chunk's offset in the difference storage divided by the chunk size) per chunk: 5 bytes.
@@ -58,7 +63,7 @@ export class ChunkMap {
 
   /** Where byte `pos` of kept chunk i lies in the difference storage. */
   keptAt(i: number, pos: number): number {
-    return (this.slot[i] as number) * this.chunkSize + (pos - i * this.chunkSize);
+    return keptOffset(this.slot, this.chunkSize, i, pos);
   }
 
   /** Bytes of chunks [i, i+count) (the last chunk may be short). */

@@ -3,7 +3,7 @@
 // Synchronous on purpose: it runs in worker threads.
 import * as fs from 'node:fs';
 import { BlkError, toBlkError } from '../errors.js';
-import { writeFullySync } from './fd-io.js';
+import { openDirectSync, writeFullySync } from './fd-io.js';
 import { alignedBuffer, DIRECT_ALIGNMENT } from './koffi.js';
 import { startWriteback } from './writeback-range.js';
 
@@ -30,11 +30,13 @@ export class AppendFile {
   #staged = 0;
   #stageStart = 0;
   #writtenBackTo = 0;
+  /** Where appendInPlace fills when writing through the page cache; kept for the next. */
+  #scratch = Buffer.alloc(0);
 
   private constructor(path: string) {
     this.path = path;
     this.#fd = fs.openSync(path, 'w', 0o644);
-    const directFd = openDirect(path);
+    const directFd = openDirectSync(path, fs.constants.O_WRONLY);
     this.#direct = directFd === null ? null : { fd: directFd, stage: alignedBuffer(STAGE_BYTES) };
   }
 
@@ -89,8 +91,8 @@ export class AppendFile {
   appendInPlace(maximum: number, fill: (into: Buffer) => number): void {
     const direct = this.#direct;
     if (!direct || maximum > direct.stage.length - DIRECT_ALIGNMENT) {
-      const scratch = Buffer.allocUnsafe(maximum);
-      this.append(scratch.subarray(0, fill(scratch)));
+      if (this.#scratch.length < maximum) this.#scratch = Buffer.allocUnsafe(maximum);
+      this.append(this.#scratch.subarray(0, fill(this.#scratch.subarray(0, maximum))));
       return;
     }
     if (direct.stage.length - this.#staged < maximum) this.#flush(direct);
@@ -147,15 +149,5 @@ export class AppendFile {
     if (this.size - this.#writtenBackTo < WRITEBACK_STEP) return;
     startWriteback(this.#fd, this.#writtenBackTo, this.size - this.#writtenBackTo);
     this.#writtenBackTo = this.size;
-  }
-}
-
-/** A second descriptor of `path` with O_DIRECT, or null where the filesystem refuses it. */
-function openDirect(path: string): number | null {
-  try {
-    return fs.openSync(path, fs.constants.O_WRONLY | fs.constants.O_DIRECT);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'EINVAL') return null;
-    throw e;
   }
 }

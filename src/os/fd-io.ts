@@ -18,6 +18,19 @@ export function writeFullySync(fd: number, data: Uint8Array, position: number): 
   for (let done = 0; done < data.length; ) done += fs.writeSync(fd, data, done, data.length - done, position + done);
 }
 
+/**
+ * `path` opened (again) with O_DIRECT and `access` (O_RDONLY, O_WRONLY, O_RDWR) at once, or null
+ * where the filesystem refuses O_DIRECT (EINVAL: tmpfs before Linux 6.6, ramfs).
+ */
+export function openDirectSync(path: string, access: number): number | null {
+  try {
+    return fs.openSync(path, access | fs.constants.O_DIRECT);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EINVAL') return null;
+    throw e;
+  }
+}
+
 /** One pread(2) into `into` at `position` in the thread pool: the bytes read. */
 export function readAt(fd: number, into: Uint8Array, position: number): Promise<number> {
   return new Promise((resolve, reject) => fs.read(fd, into, 0, into.length, position, (e, n) => (e ? reject(e) : resolve(n))));

@@ -18,6 +18,8 @@ export class BufferPool {
    * takes that view only, once (not a view of memory the pool did not allocate, a receive arena).
    */
   #handedOut = new WeakMap<ArrayBufferLike, number>();
+  /** Each of this pool's buffers: bytes from its start to the next aligned address (asked of the FFI once, at allocation). */
+  #toAlignment = new WeakMap<ArrayBufferLike, number>();
   #slab = Buffer.allocUnsafeSlow(buffers.slabBytes);
   #slabUsed = 0;
   readonly maximumBytes: number;
@@ -37,8 +39,11 @@ export class BufferPool {
     const list = this.#free.get(capacity);
     let whole = list?.pop();
     if (whole) this.#keptBytes -= capacity;
-    else whole = Buffer.allocUnsafeSlow(capacity + DIRECT_ALIGNMENT);
-    const skip = bytesToAlignment(whole.subarray(alignedAt), DIRECT_ALIGNMENT);
+    else {
+      whole = Buffer.allocUnsafeSlow(capacity + DIRECT_ALIGNMENT);
+      this.#toAlignment.set(whole.buffer, bytesToAlignment(whole, DIRECT_ALIGNMENT));
+    }
+    const skip = ((((this.#toAlignment.get(whole.buffer) as number) - alignedAt) % DIRECT_ALIGNMENT) + DIRECT_ALIGNMENT) % DIRECT_ALIGNMENT;
     this.#handedOut.set(whole.buffer, skip);
     return whole.subarray(skip, skip + size);
   }

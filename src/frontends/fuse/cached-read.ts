@@ -1,7 +1,7 @@
 // Owns reading a device's or an image's range from the page cache in a FUSE worker thread, without
 // the event loop: the fast path of the readers and the ring threads alike.
 import type { ImageReadGate } from '../../core/block-device.js';
-import { ChunkState } from '../../core/chunk-map.js';
+import { ChunkState, keptOffset } from '../../core/chunk-map.js';
 import { threadPinOf } from '../../core/origin-readers.js';
 import { isRangeCached, readCached } from '../../os/libc.js';
 
@@ -31,7 +31,7 @@ function readImage(gate: ImageReadGate, deviceFd: number, into: Buffer, offset: 
       let n: number;
       if (state === ChunkState.Untouched) n = readCached(deviceFd, piece, pos);
       else if (state === ChunkState.Stored && gate.diffFd >= 0) {
-        const at = (gate.slot[i] as number) * chunkSize + (pos - i * chunkSize);
+        const at = keptOffset(gate.slot, chunkSize, i, pos);
         if (gate.isDiffCheckedFirst && !isRangeCached(gate.diffFd, at, piece.length)) return false;
         n = readCached(gate.diffFd, piece, at);
       } else return false; // being copied, or failed: the daemon answers
