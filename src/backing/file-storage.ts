@@ -189,7 +189,11 @@ export class FileStorage implements Storage, StorageFastPaths {
    * in the host, more than the read: docs/performance.md).
    */
   #isReadPastCache(offset: number, length: number, once: boolean): boolean {
-    return once && this.#direct !== null && !this.isCached(offset, length);
+    return once && this.readsOncePastCache() && !this.isCached(offset, length);
+  }
+
+  readsOncePastCache(): boolean {
+    return this.#direct !== null;
   }
 
   #readCached(offset: number, into: Uint8Array): number {

@@ -70,6 +70,12 @@ export interface StorageFastPaths {
   readNow(offset: number, into: Uint8Array, once?: boolean): boolean;
   /** The store's open descriptor: another thread may read its cached pages (preadv2 RWF_NOWAIT) as readNow() would. */
   readDescriptor?(): number;
+  /**
+   * Whether reads once (read(…, true)) of ranges not all cached go past the page cache: then a try
+   * of the cache (readNow, or another thread's preadv2 RWF_NOWAIT) must ask it first, since a miss
+   * there starts read-ahead of the range, which the direct read would read again.
+   */
+  readsOncePastCache?(): boolean;
   /** Whether a read of the range would be served from memory alone. */
   isCached(offset: number, length: number): boolean;
   /**

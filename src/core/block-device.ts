@@ -103,6 +103,8 @@ export interface ImageReadGate {
   diffFd: number;
   /** Kept chunks not in the page cache are read past it: a thread asks the cache first (cachestat), so a miss starts no read into it. */
   isDiffCheckedFirst: boolean;
+  /** The same for untouched chunks, read from the device. */
+  isOriginCheckedFirst: boolean;
 }
 
 /** Ways to serve a request without a promise or a copy; each says when it cannot. */

@@ -59,6 +59,7 @@ export class DiffArea {
       slot: this.chunks.slot,
       diffFd: diff.pageCacheDescriptor(),
       isDiffCheckedFirst: diff.isCopyDirect,
+      isOriginCheckedFirst: origin.fast?.readsOncePastCache?.() ?? false,
     };
     this.#maximumInQueue = options.maximumInQueue;
   }

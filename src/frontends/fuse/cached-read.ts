@@ -29,8 +29,10 @@ function readImage(gate: ImageReadGate, deviceFd: number, into: Buffer, offset: 
       const piece = into.subarray(pos - offset, end - offset);
       const state = Atomics.load(gate.state, i);
       let n: number;
-      if (state === ChunkState.Untouched) n = readCached(deviceFd, piece, pos);
-      else if (state === ChunkState.Stored && gate.diffFd >= 0) {
+      if (state === ChunkState.Untouched) {
+        if (gate.isOriginCheckedFirst && !isRangeCached(deviceFd, pos, piece.length)) return false;
+        n = readCached(deviceFd, piece, pos);
+      } else if (state === ChunkState.Stored && gate.diffFd >= 0) {
         const at = keptOffset(gate.slot, chunkSize, i, pos);
         if (gate.isDiffCheckedFirst && !isRangeCached(gate.diffFd, at, piece.length)) return false;
         n = readCached(gate.diffFd, piece, at);

@@ -1,14 +1,20 @@
 // Copy-on-write races, deliberately: concurrent device writes, image reads and image writes over slow stores.
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
+import { FileStorage } from '../../../src/backing/file-storage.js';
 import { MemoryStorage } from '../../../src/backing/memory-storage.js';
 import { IoFlag } from '../../../src/core/block-device.js';
 import { Device } from '../../../src/core/device.js';
 import { DiffArea } from '../../../src/core/diff-area.js';
 import { DiffStorage } from '../../../src/core/diff-storage.js';
 import { BlkError } from '../../../src/errors.js';
-import { tempDir } from '../../helpers/tools.js';
+import { readFromCache } from '../../../src/frontends/fuse/cached-read.js';
+import { isRangeCached } from '../../../src/os/libc.js';
+import { check, tempDir } from '../../helpers/tools.js';
 
 const CHUNK = 4096;
 const SIZE = 16 * CHUNK + 1000; // a partial last chunk
@@ -292,6 +298,41 @@ describe('DiffArea races', () => {
     assert.ok(kept.every((b) => b === 0x11), 'the image keeps the original');
     area.stop();
     assert.equal(Atomics.load(gate.pins, 0), 1, 'a destroyed image is read by the daemon alone (it fails there)');
+  });
+
+  it('image reads of device ranges not in the page cache, by another thread or the daemon, read the disk once and bring no page in', async () => {
+    // Image reads of untouched chunks go past the page cache (reads once). A FUSE thread's try of
+    // the cache (preadv2 RWF_NOWAIT) that misses starts read-ahead of the range, which the
+    // daemon's direct read would then read again: the thread asks the cache first.
+    const tmp = tempDir();
+    const file = path.join(tmp.dir, 'device');
+    const content = randomBytes(16 * CHUNK);
+    fs.writeFileSync(file, content);
+    const origin = await FileStorage.open(file);
+    try {
+      const fd = origin.readDescriptor();
+      const cachedPages = (): number => {
+        let n = 0;
+        for (let p = 0; p < content.length; p += 4096) if (isRangeCached(fd, p, 4096)) n++;
+        return n;
+      };
+      fs.fsyncSync(fd);
+      await check('dd', [`if=${file}`, 'iflag=nocache', 'count=0', 'status=none']);
+      assert.equal(cachedPages(), 0, 'dd dropped the device from the page cache');
+      const area = new DiffArea('d', origin, memoryDiff(new MemoryStorage(16 * CHUNK), 16 * CHUNK), health(), { chunkMinimumShift: 12, maximumInQueue: 4 });
+      const thread = { fd, size: content.length, image: area.readGate };
+      const into = Buffer.alloc(2 * CHUNK);
+      assert.equal(readFromCache(thread, into, 3 * CHUNK), false, 'nothing is cached: the daemon answers');
+      await new Promise((r) => setTimeout(r, 100)); // read-ahead, had the try started it, lands meanwhile
+      assert.equal(cachedPages(), 0, "the thread's try of the cache brought pages in");
+      await area.readImage(3 * CHUNK, into);
+      assert.ok(into.equals(content.subarray(3 * CHUNK, 5 * CHUNK)));
+      assert.equal(cachedPages(), 0, "the daemon's read brought pages in");
+      area.stop();
+    } finally {
+      await origin.close();
+      tmp.remove();
+    }
   });
 
   it('a write over many chunks keeps at most chunk_maximum_in_queue copies under way', async () => {
