@@ -154,6 +154,8 @@ export const backup = {
   requestsPerConnection: 8,
   /** Bytes one read request asks for at most (whole chunks). */
   readBytes: 1024 * 1024,
+  /** Places in the device a backup reads at once, each through its own share (image-reader inFronts). */
+  readFronts: 4,
   /**
    * zstd level by default (backup_init --compress zstd:LEVEL). On chunks of 64–256 KiB level 2 stores
    * within 2 % of level 3 (text, libraries) at 1.35–1.5× its speed (docs/performance.md).

@@ -13,7 +13,7 @@ import { syncFilesystem } from '../os/libc.js';
 import { syncDirectory } from '../os/state-file.js';
 import { backup as params } from '../params.js';
 import { chunkCountOf, readIndex, writeIndex } from './digest-index.js';
-import { allocatedChunks, readRuns, runsOf } from './image-reader.js';
+import { allocatedChunks, inFronts, readRuns, runsOf } from './image-reader.js';
 import { isZeroDigest, layout, newBackupId } from './layout.js';
 import { ChunkIndex, type ChunkLocation } from './chunk-index.js';
 import { encodeManifest, type ManifestDevice } from './manifest.js';
@@ -161,7 +161,7 @@ async function backupDevice(
     }
   }
   if (chunks === null) chunks = await allocatedChunks(uri, size, chunkSize, o.tls);
-  const runs = runsOf(chunks, Math.max(1, Math.floor(params.readBytes / chunkSize)));
+  const runs = inFronts(runsOf(chunks, Math.max(1, Math.floor(params.readBytes / chunkSize))), params.readFronts);
   const planned = chunks.reduce((a, c) => a + Math.min(chunkSize, size - c * chunkSize), 0);
   o.progress?.start(`${name} (${mode})`, planned);
   let readBytes = 0;

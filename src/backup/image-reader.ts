@@ -23,6 +23,30 @@ export function runsOf(chunks: Iterable<number>, maximumChunks: number): ChunkRu
   return runs;
 }
 
+/**
+ * Puts the runs in the order of `fronts` reads going on at once, each through its own contiguous share
+ * of the bytes: run 1 of each share, then run 2 of each, and so on. A device's regions differ in what
+ * they cost (incompressible data is bound by the disk, which must also take its store; text by zstd in
+ * the workers); read one after another, each region leaves the disk or the cores idle while it goes.
+ */
+export function inFronts(runs: ChunkRun[], fronts: number): ChunkRun[] {
+  const n = Math.max(1, Math.min(fronts, runs.length));
+  if (n === 1) return runs;
+  // Share f starts at the first run past f/n of the chunks, and every share gets at least one run.
+  const total = runs.reduce((a, r) => a + r.count, 0);
+  const starts = [0];
+  let seen = runs[0]?.count ?? 0;
+  for (let i = 1; i < runs.length && starts.length < n; i++) {
+    const due = seen * n >= starts.length * total || runs.length - i <= n - starts.length;
+    if (due) starts.push(i);
+    seen += (runs[i] as ChunkRun).count;
+  }
+  const shares = starts.map((s, f) => runs.slice(s, starts[f + 1] ?? runs.length));
+  const out: ChunkRun[] = [];
+  for (let i = 0; out.length < runs.length; i++) for (const share of shares) if (i < share.length) out.push(share[i] as ChunkRun);
+  return out;
+}
+
 export interface ReadPlan {
   uri: string;
   size: number;
