@@ -4,7 +4,7 @@
 import * as fs from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { BlkError, toBlkError } from '../errors.js';
-import { readAt, writeFully } from '../os/fd-io.js';
+import { openDirectSync, readAt, writeFully } from '../os/fd-io.js';
 import { AlignedBufferPool } from '../os/aligned-pool.js';
 import { DIRECT_ALIGNMENT } from '../os/koffi.js';
 import { adviseWillNeed } from '../os/libc.js';
@@ -132,8 +132,99 @@ function decodeItem(item: LoadItem, stored: Uint8Array, into: Uint8Array): void 
   }
 }
 
-/** A pack check reads this much at a time. */
+/** A pack check reads this much at a time (an aligned size: the reads may be O_DIRECT). */
 const CHECK_READ_BYTES = 8 * 1024 * 1024;
+/** Reads a pack check keeps going ahead of the record it decodes. */
+const CHECK_READS_AHEAD = 2;
+
+/**
+ * Reads a pack front to back and checks every record against its index and its digest. The pack is
+ * read once, past the page cache where the filesystem allows (new page-cache pages cost this VM a
+ * fault in the host each: half the check's time went to the kernel), with reads of its next windows
+ * in the thread pool while this thread decodes and hashes.
+ */
+async function checkPack(task: Extract<ChunkTask, { kind: 'checkPack' }>): Promise<{ checked: number; bad: Array<{ digest: string; reason: string }> }> {
+  const bad: Array<{ digest: string; reason: string }> = [];
+  let entries: ReturnType<typeof readIdx>;
+  try {
+    entries = readIdx(task.idx);
+  } catch (e) {
+    return { checked: 0, bad: [{ digest: '', reason: toBlkError(e).message }] };
+  }
+  const byOffset = [...entries].sort((a, b) => a.offset - b.offset);
+  const direct = openDirectSync(task.pack, fs.constants.O_RDONLY);
+  const fd = direct ?? fs.openSync(task.pack, 'r');
+  if (direct === null) adviseWillNeed(fd, 0, 0); // the whole pack read ahead by the kernel instead
+  const lastWindow = Math.floor((fs.fstatSync(fd).size - 1) / CHECK_READ_BYTES);
+  // Window k holds the pack's bytes [k × CHECK_READ_BYTES, …), fewer at its end.
+  const windows = new Map<number, { buffer: Buffer; read: Promise<Buffer> }>();
+  const windowAt = (k: number): Promise<Buffer> => {
+    let w = windows.get(k);
+    if (!w) {
+      const buffer = alignedBuffers.acquire(CHECK_READ_BYTES);
+      w = { buffer, read: readWhole(fd, buffer, k * CHECK_READ_BYTES) };
+      windows.set(k, w);
+    }
+    return w.read;
+  };
+  let decoded = new Uint8Array(0);
+  let joined = Buffer.alloc(0);
+  try {
+    for (const e of byOffset) {
+      const end = e.offset + RECORD_HEADER + e.storedLength;
+      const first = Math.floor(e.offset / CHECK_READ_BYTES);
+      const last = Math.floor((end - 1) / CHECK_READ_BYTES);
+      for (const [k, w] of windows) {
+        if (k >= first) continue;
+        await w.read.catch(() => undefined); // never hand back a buffer the disk still fills
+        alignedBuffers.release(w.buffer);
+        windows.delete(k);
+      }
+      for (let k = first; k <= Math.min(last + CHECK_READS_AHEAD, lastWindow); k++) void windowAt(k).catch(() => undefined);
+      // The record's bytes: in one window's buffer, or joined from the windows it spans.
+      let record: Buffer;
+      if (first === last) {
+        const w = await windowAt(first);
+        record = w.subarray(e.offset - first * CHECK_READ_BYTES, end - first * CHECK_READ_BYTES);
+      } else {
+        if (joined.length < end - e.offset) joined = Buffer.allocUnsafe(end - e.offset);
+        let filled = 0;
+        for (let k = first; k <= last; k++) {
+          const w = await windowAt(k);
+          const from = Math.max(0, e.offset + filled - k * CHECK_READ_BYTES);
+          filled += w.copy(joined, filled, from, Math.min(w.length, end - k * CHECK_READ_BYTES));
+        }
+        record = joined.subarray(0, filled);
+      }
+      let reason: string | null;
+      if (record.length < end - e.offset) reason = 'its pack is cut short';
+      else if (!record.subarray(0, 32).equals(e.digest) || record.readUInt32LE(32) !== e.storedLength) reason = 'its record header does not match the pack index';
+      else {
+        if (decoded.length < e.size) decoded = new Uint8Array(e.size);
+        reason = decodeRecord(record.subarray(RECORD_HEADER), e.flags, e.digest, decoded.subarray(0, e.size));
+      }
+      if (reason !== null) bad.push({ digest: e.digest.toString('hex'), reason });
+    }
+  } finally {
+    for (const w of windows.values()) {
+      await w.read.catch(() => undefined);
+      alignedBuffers.release(w.buffer);
+    }
+    fs.closeSync(fd);
+  }
+  return { checked: entries.length, bad };
+}
+
+/** Fills `into` from `position` on (fewer bytes only at the end of the file); the bytes read. */
+async function readWhole(fd: number, into: Buffer, position: number): Promise<Buffer> {
+  let n = 0;
+  while (n < into.length) {
+    const got = await readAt(fd, into.subarray(n), position + n);
+    if (got === 0) break;
+    n += got;
+  }
+  return into.subarray(0, n);
+}
 
 /**
  * Decodes a run into one buffer and writes each stretch of it with one pwrite, in the thread pool
@@ -186,7 +277,7 @@ async function writeItems(task: Extract<ChunkTask, { kind: 'write' }>): Promise<
   return written;
 }
 
-function run(task: Exclude<ChunkTask, { kind: 'write' }>): { result: ChunkResult; transfer: ArrayBuffer[] } {
+function run(task: Exclude<ChunkTask, { kind: 'write' | 'checkPack' }>): { result: ChunkResult; transfer: ArrayBuffer[] } {
   switch (task.kind) {
     case 'hash': {
       const digests = new Uint8Array(task.lengths.length * 32);
@@ -238,48 +329,6 @@ function run(task: Exclude<ChunkTask, { kind: 'write' }>): { result: ChunkResult
       });
       return { result: { kind: 'load', data }, transfer: data.map((d) => d.buffer as ArrayBuffer) };
     }
-    case 'checkPack': {
-      const bad: Array<{ digest: string; reason: string }> = [];
-      let entries: ReturnType<typeof readIdx>;
-      try {
-        entries = readIdx(task.idx);
-      } catch (e) {
-        return { result: { kind: 'checkPack', checked: 0, bad: [{ digest: '', reason: toBlkError(e).message }] }, transfer: [] };
-      }
-      const byOffset = [...entries].sort((a, b) => a.offset - b.offset);
-      const fd = fs.openSync(task.pack, 'r');
-      try {
-        // The whole pack read ahead at once, so the disk works while this thread hashes.
-        adviseWillNeed(fd, 0, 0);
-        // The pack front to back in large reads (a cold cache saw one small read per record), each
-        // record decoded into one buffer kept for the pack.
-        let window = Buffer.alloc(0);
-        let windowStart = 0;
-        let windowLength = 0;
-        let decoded = new Uint8Array(0);
-        for (const e of byOffset) {
-          const end = e.offset + RECORD_HEADER + e.storedLength;
-          if (e.offset < windowStart || end > windowStart + windowLength) {
-            const size = Math.max(CHECK_READ_BYTES, end - e.offset);
-            if (window.length < size) window = Buffer.allocUnsafe(size);
-            windowStart = e.offset;
-            windowLength = fs.readSync(fd, window, 0, size, e.offset);
-          }
-          const at = e.offset - windowStart;
-          let reason: string | null;
-          if (end > windowStart + windowLength) reason = 'its pack is cut short';
-          else if (!window.subarray(at, at + 32).equals(e.digest) || window.readUInt32LE(at + 32) !== e.storedLength) reason = 'its record header does not match the pack index';
-          else {
-            if (decoded.length < e.size) decoded = new Uint8Array(e.size);
-            reason = decodeRecord(window.subarray(at + RECORD_HEADER, end - windowStart), e.flags, e.digest, decoded.subarray(0, e.size));
-          }
-          if (reason !== null) bad.push({ digest: e.digest.toString('hex'), reason });
-        }
-      } finally {
-        fs.closeSync(fd);
-      }
-      return { result: { kind: 'checkPack', checked: entries.length, bad }, transfer: [] };
-    }
   }
 }
 
@@ -288,11 +337,18 @@ function fail(id: number, e: unknown): void {
   parentPort?.postMessage({ id, error: { code: err.code, message: err.message } });
 }
 
+let checking: Promise<unknown> = Promise.resolve();
+
 parentPort?.on('message', (message: { id: number; task: ChunkTask }) => {
   const task = message.task;
   if (task.kind === 'write') {
     // Asynchronous: the next task is decoded while this one's writes run.
     writeItems(task).then((writtenBytes) => parentPort?.postMessage({ id: message.id, result: { kind: 'write', writtenBytes } }), (e: unknown) => fail(message.id, e));
+    return;
+  }
+  if (task.kind === 'checkPack') {
+    // One pack at a time: a verify hands each worker all its packs at once.
+    checking = checking.then(() => checkPack(task)).then((r) => parentPort?.postMessage({ id: message.id, result: { kind: 'checkPack', ...r } }), (e: unknown) => fail(message.id, e));
     return;
   }
   try {
