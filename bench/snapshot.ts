@@ -75,6 +75,7 @@ async function main(): Promise<void> {
     console.log(`COW first write         ${c.toFixed(0).padStart(6)} MB/s   ratio ${(c / p).toFixed(2)}× (target ≥ 0.45×), ${(c / f).toFixed(2)}× of passthrough into new pages`);
     // Each round's own ratio: the target is a steady one.
     console.log(`  per round               ${perRound(results.cow, results.passthrough)}; to new pages ${perRound(results.cow, results.freshPages)}`);
+    console.log(`  MB/s per round          passthrough ${results.passthrough.map((x) => x.toFixed(0)).join(' ')}; COW ${results.cow.map((x) => x.toFixed(0)).join(' ')}`);
     console.log(`device read             ${d.toFixed(0).padStart(6)} MB/s`);
     console.log(`image read (untouched)  ${iu.toFixed(0).padStart(6)} MB/s   ratio ${(iu / d).toFixed(2)}× (target ≥ 0.95×)`);
     console.log(`  per round               ${perRound(results.imageUntouched, results.device)}`);
