@@ -40,10 +40,52 @@ export function missing(...programs: string[]): string | false {
   return false;
 }
 
-/** A fresh temporary directory, removed by the returned function. */
+/** A tempDir's name: the prefix, then the pid of the test process that made it, then mkdtemp's six characters. */
+const OWNED_NAME = /-pid(\d+)-[A-Za-z0-9]{6}$/;
+let isSwept = false;
+
+/**
+ * A fresh temporary directory, removed by the returned function. A test process killed before its
+ * clean-up leaves its directories behind; the first tempDir of a later test process removes those.
+ */
 export function tempDir(prefix = 'blksnap-test-'): { dir: string; remove: () => void } {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  if (!isSwept) {
+    isSwept = true;
+    removeOrphanedTempDirs(os.tmpdir());
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${prefix.replace(/-$/, '')}-pid${process.pid}-`));
   return { dir, remove: () => fs.rmSync(dir, { recursive: true, force: true }) };
+}
+
+/**
+ * Removes the directories under `parent` that a tempDir of a process no longer running made, unless
+ * something is still mounted under one (a removal would reach into that filesystem); their paths.
+ */
+export function removeOrphanedTempDirs(parent: string): string[] {
+  const mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '');
+  const removed: string[] = [];
+  for (const name of fs.readdirSync(parent)) {
+    const dir = path.join(parent, name);
+    const owner = Number(OWNED_NAME.exec(name)?.[1] ?? 0);
+    if (!(owner > 0) || isRunning(owner) || mounts.some((m) => m === dir || m.startsWith(`${dir}/`))) continue;
+    try {
+      if (!fs.lstatSync(dir).isDirectory()) continue;
+      fs.rmSync(dir, { recursive: true, force: true });
+      removed.push(dir);
+    } catch {
+      // Left for a later run: a busy file, or a filesystem gone read-only.
+    }
+  }
+  return removed;
+}
+
+function isRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /** A sparse file of the given size. */
