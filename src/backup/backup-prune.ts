@@ -11,6 +11,7 @@ import { PackWriter, packPaths, RECORD_HEADER, readIdx } from './pack.js';
 import { BACKUP_ID_PATTERN, layout, TEMP_MARK } from './layout.js';
 import type { Progress } from './progress.js';
 import type { Repository } from './repository.js';
+import { isProcessRunning } from '../os/process-alive.js';
 
 export interface PruneOptions {
   keepLast: number;
@@ -59,16 +60,7 @@ export function keptBy(backups: Array<{ id: string; time: Date }>, o: PruneOptio
 }
 
 function isHeld(repo: string, id: string): boolean {
-  return fs.readdirSync(layout.backup(repo, id)).some((n) => n.startsWith('.held-by-') && isAlive(Number(n.split('-')[2])));
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
+  return fs.readdirSync(layout.backup(repo, id)).some((n) => n.startsWith('.held-by-') && isProcessRunning(Number(n.split('-')[2])));
 }
 
 export async function pruneRepository(repo: Repository, o: PruneOptions): Promise<PruneResult> {
@@ -147,7 +139,7 @@ function sweepLeftovers(repo: string): void {
   const pidOf = (name: string): number => Number(/(?:\.tmp\.|^\.partial-.*-)(\d+)(?:\.|$)/.exec(name)?.[1] ?? 0);
   const leftovers = (dir: string): void => {
     for (const name of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
-      if (name.includes(TEMP_MARK) && !isAlive(pidOf(name))) fs.rmSync(path.join(dir, name), { force: true });
+      if (name.includes(TEMP_MARK) && !isProcessRunning(pidOf(name))) fs.rmSync(path.join(dir, name), { force: true });
     }
   };
   leftovers(layout.chunksDir(repo));
@@ -159,6 +151,6 @@ function sweepLeftovers(repo: string): void {
   for (const sub of fs.existsSync(pages) ? fs.readdirSync(pages) : []) leftovers(path.join(pages, sub));
   for (const name of fs.readdirSync(layout.backupsDir(repo))) {
     if (BACKUP_ID_PATTERN.test(name)) continue;
-    if (name.startsWith('.removing-') || (name.startsWith('.partial-') && !isAlive(pidOf(name)))) fs.rmSync(path.join(layout.backupsDir(repo), name), { recursive: true, force: true });
+    if (name.startsWith('.removing-') || (name.startsWith('.partial-') && !isProcessRunning(pidOf(name)))) fs.rmSync(path.join(layout.backupsDir(repo), name), { recursive: true, force: true });
   }
 }

@@ -18,6 +18,7 @@ import { CbtKeeper } from './cbt-keeper.js';
 import { Metrics } from './metrics.js';
 import { WorkerPool } from '../backup/worker-pool.js';
 import { backup as backupParams } from '../params.js';
+import { isProcessRunning } from '../os/process-alive.js';
 
 export class Daemon {
   readonly registry = new Registry();
@@ -136,13 +137,8 @@ export class Daemon {
     try {
       const pid = Number(fs.readFileSync(this.#pidFile, 'utf8').trim());
       if (pid > 0 && pid !== process.pid) {
-        try {
-          process.kill(pid, 0);
-          throw new BlkError('EBUSY', `another blksnapd (pid ${pid}) uses state directory ${this.config.stateDir}`);
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'ESRCH') throw e;
-          this.#log(`removing stale pid file of pid ${pid}`);
-        }
+        if (isProcessRunning(pid)) throw new BlkError('EBUSY', `another blksnapd (pid ${pid}) uses state directory ${this.config.stateDir}`);
+        this.#log(`removing stale pid file of pid ${pid}`);
       }
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;

@@ -3,6 +3,7 @@ import { execFile, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { isProcessRunning } from '../../src/os/process-alive.js';
 
 export interface RunResult {
   code: number;
@@ -67,7 +68,7 @@ export function removeOrphanedTempDirs(parent: string): string[] {
   for (const name of fs.readdirSync(parent)) {
     const dir = path.join(parent, name);
     const owner = Number(OWNED_NAME.exec(name)?.[1] ?? 0);
-    if (!(owner > 0) || isRunning(owner) || mounts.some((m) => m === dir || m.startsWith(`${dir}/`))) continue;
+    if (!(owner > 0) || isProcessRunning(owner) || mounts.some((m) => m === dir || m.startsWith(`${dir}/`))) continue;
     try {
       if (!fs.lstatSync(dir).isDirectory()) continue;
       fs.rmSync(dir, { recursive: true, force: true });
@@ -77,15 +78,6 @@ export function removeOrphanedTempDirs(parent: string): string[] {
     }
   }
   return removed;
-}
-
-function isRunning(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /** A sparse file of the given size. */
