@@ -119,4 +119,26 @@ describe('daemon configuration file and logs', { skip: missing('qemu-io') }, () 
       remove();
     }
   });
+
+  it('one daemon per state directory: a second start is refused while the first runs; a pid file of a process gone is replaced', async () => {
+    const { dir, remove } = tempDir('blksnapd-pid-');
+    const first = await TestDaemon.startIn(dir, () => undefined);
+    try {
+      const second = await run(process.execPath, [blksnapd, '--state-dir', dir, '--control', path.join(dir, 'c2.sock'), '--nbd', path.join(dir, 'n2.sock')], { timeoutMs: 15_000 });
+      assert.notEqual(second.code, 0);
+      assert.match(second.stderr, new RegExp(`EBUSY: another blksnapd \\(pid ${first.child.pid}\\) uses state directory`));
+    } finally {
+      await first.kill();
+    }
+    // The first died by SIGKILL: its pid file names a process that is gone.
+    const gone = first.child.pid as number;
+    assert.equal(fs.readFileSync(path.join(dir, 'blksnapd.pid'), 'utf8').trim(), String(gone));
+    const next = await TestDaemon.startIn(dir, remove);
+    try {
+      assert.match(next.log, new RegExp(`removing stale pid file of pid ${gone}`));
+      assert.equal(fs.readFileSync(path.join(dir, 'blksnapd.pid'), 'utf8').trim(), String(next.child.pid));
+    } finally {
+      await next.stop();
+    }
+  });
 });
