@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import { packPaths, PackWriter, RECORD_HEADER, readIdx, sha256 } from '../../../src/backup/pack.js';
+import { encodeIdx, packPaths, PackWriter, RECORD_HEADER, readIdx, sha256 } from '../../../src/backup/pack.js';
 import { WorkerPool } from '../../../src/backup/worker-pool.js';
 import { tempDir } from '../../helpers/tools.js';
 
@@ -60,6 +60,24 @@ describe('pack check', () => {
       fs.writeSync(fd, b, 0, 1, at);
     } finally {
       fs.closeSync(fd);
+    }
+  });
+
+  it('reads no record an index makes larger than any chunk: it names it, and checks the rest', async () => {
+    const original = fs.readFileSync(paths.idx);
+    const entries = readIdx(paths.idx).map((e) => ({ ...e, digest: Buffer.from(e.digest) }));
+    const [huge, overlong] = entries as [(typeof entries)[0], (typeof entries)[0]];
+    huge.size = 2 ** 32 - 1; // a 4 GiB "chunk"
+    huge.storedLength = 2 ** 31;
+    overlong.storedLength = overlong.size + 1; // more stored than the chunk holds
+    fs.writeFileSync(paths.idx, encodeIdx(entries));
+    try {
+      const r = await workers.run({ kind: 'checkPack', pack: paths.pack, idx: paths.idx });
+      assert.deepEqual(r.bad.map((x) => x.digest).sort(), [huge, overlong].map((e) => e.digest.toString('hex')).sort());
+      assert.ok(r.bad.every((x) => /its pack index gives it \d+ bytes stored for \d+/.test(x.reason)), JSON.stringify(r.bad));
+      assert.equal(r.checked, count);
+    } finally {
+      fs.writeFileSync(paths.idx, original);
     }
   });
 
