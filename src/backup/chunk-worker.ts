@@ -9,7 +9,6 @@ import { AlignedBufferPool } from '../os/aligned-pool.js';
 import { DIRECT_ALIGNMENT } from '../os/koffi.js';
 import { adviseWillNeed } from '../os/libc.js';
 import { startWriteback } from '../os/writeback-range.js';
-import { tracking } from '../params.js';
 import { isAllZero } from './chunk-file.js';
 import type { ChunkLocation, LoadItem } from './chunk-index.js';
 import { decodeRecord, PackWriter, RECORD_HEADER, readIdx, sha256 } from './pack.js';
@@ -172,11 +171,6 @@ async function checkPack(task: Extract<ChunkTask, { kind: 'checkPack' }>): Promi
   let joined = Buffer.alloc(0);
   try {
     for (const e of byOffset) {
-      // Memory for a record follows its length: one the index makes larger than any chunk is not read.
-      if (e.size > 2 ** tracking.blockMaximumShift || e.storedLength > e.size) {
-        bad.push({ digest: e.digest.toString('hex'), reason: `its pack index gives it ${e.storedLength} bytes stored for ${e.size}` });
-        continue;
-      }
       const end = e.offset + RECORD_HEADER + e.storedLength;
       const first = Math.floor(e.offset / CHECK_READ_BYTES);
       const last = Math.floor((end - 1) / CHECK_READ_BYTES);

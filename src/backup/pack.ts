@@ -10,6 +10,7 @@ import { BlkError } from '../errors.js';
 import { AppendFile } from '../os/append-file.js';
 import { writeFullySync } from '../os/fd-io.js';
 import { zstdBound, zstdCompressInto, zstdDecompress } from '../os/zstd.js';
+import { tracking } from '../params.js';
 import { sha256 } from './chunk-file.js';
 import { TEMP_MARK } from './layout.js';
 
@@ -21,6 +22,8 @@ export const FLAG_ZSTD = 1;
 const IDX_MAGIC = Buffer.from('BLKSNAPK', 'latin1');
 /** digest (32) · record offset (u64) · stored length (u32) · flags (u16) · reserved (u16) · uncompressed length (u32) · reserved (u32). */
 export const IDX_ENTRY = 56;
+/** The largest chunk: the largest CBT block. */
+const MAXIMUM_CHUNK = 2 ** tracking.blockMaximumShift;
 /** A pack is closed once it holds this much. */
 const PACK_BYTES = 512 * 1024 * 1024;
 
@@ -70,7 +73,10 @@ export function readIdx(file: string): PackEntry[] {
   const out: PackEntry[] = [];
   for (let i = 0; i < count; i++) {
     const at = 16 + i * IDX_ENTRY;
-    out.push({ digest: data.subarray(at, at + 32), offset: Number(data.readBigUInt64LE(at + 32)), storedLength: data.readUInt32LE(at + 40), flags: data.readUInt16LE(at + 44), size: data.readUInt32LE(at + 48) });
+    const entry = { digest: data.subarray(at, at + 32), offset: Number(data.readBigUInt64LE(at + 32)), storedLength: data.readUInt32LE(at + 40), flags: data.readUInt16LE(at + 44), size: data.readUInt32LE(at + 48) };
+    // Readers size their buffers by these lengths: none may exceed what a chunk can be.
+    if (entry.size > MAXIMUM_CHUNK || entry.storedLength > entry.size) throw new BlkError('EIO', `pack index ${file}: entry ${i} gives ${entry.storedLength} bytes stored for a chunk of ${entry.size} (at most ${MAXIMUM_CHUNK})`);
+    out.push(entry);
   }
   return out;
 }
