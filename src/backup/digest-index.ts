@@ -4,6 +4,7 @@
 // lists the pages and is checked by its own SHA-256.
 import * as fs from 'node:fs';
 import { BlkError } from '../errors.js';
+import { tracking } from '../params.js';
 import { sha256, writeFileAtomically } from './chunk-file.js';
 import { layout } from './layout.js';
 
@@ -66,9 +67,17 @@ export function readIndexRoot(rootFile: string): { size: number; chunkSize: numb
   const pageCount = root.readUInt32LE(12);
   if (root.length !== ROOT_HEADER + pageCount * 32 + 32) throw new BlkError('EIO', `index ${rootFile} is truncated`);
   if (!sha256(root.subarray(0, root.length - 32)).equals(root.subarray(root.length - 32))) throw new BlkError('EIO', `index ${rootFile} fails its checksum`);
+  const count = Number(root.readBigUInt64LE(16));
+  const chunkSize = Number(root.readBigUInt64LE(24));
+  const size = Number(root.readBigUInt64LE(32));
+  // Readers allocate by these numbers: they must agree with each other and with the pages listed.
+  const isChunkSize = chunkSize >= 2 ** tracking.blockMinimumShift && chunkSize <= 2 ** tracking.blockMaximumShift && (chunkSize & (chunkSize - 1)) === 0;
+  if (!isChunkSize || count !== chunkCountOf(size, chunkSize) || pageCount !== Math.ceil(count / PAGE_DIGESTS)) {
+    throw new BlkError('EIO', `index ${rootFile} does not add up: ${count} chunks of ${chunkSize} bytes for ${size} bytes in ${pageCount} pages`);
+  }
   const pages: string[] = [];
   for (let p = 0; p < pageCount; p++) pages.push(root.toString('hex', ROOT_HEADER + p * 32, ROOT_HEADER + (p + 1) * 32));
-  return { count: Number(root.readBigUInt64LE(16)), chunkSize: Number(root.readBigUInt64LE(24)), size: Number(root.readBigUInt64LE(32)), pages };
+  return { count, chunkSize, size, pages };
 }
 
 /** A device's whole index, every page checked against its digest. */
