@@ -48,5 +48,27 @@ export function readManifest(file: string): Manifest {
   if (!doc.manifest || sha256(Buffer.from(JSON.stringify(doc.manifest, null, 2))).toString('hex') !== doc.sha256) {
     throw new BlkError('EIO', `manifest ${file} fails its checksum`);
   }
+  const wrong = shapeError(doc.manifest);
+  if (wrong) throw new BlkError('EIO', `manifest ${file}: ${wrong}`);
   return doc.manifest;
+}
+
+/** What in a parsed manifest is not as this program writes it (its checksum is in the file itself), or null. */
+function shapeError(m: Manifest): string | null {
+  const isCount = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0;
+  if (m.version !== 1) return `version ${JSON.stringify(m.version)} is not 1`;
+  if (typeof m.id !== 'string' || typeof m.time !== 'string') return 'id and time must be strings';
+  if (!Array.isArray(m.devices)) return 'devices is not a list';
+  for (const [i, d] of m.devices.entries()) {
+    const at = `devices[${i}]`;
+    if (typeof d !== 'object' || d === null) return `${at} is not an object`;
+    if (typeof d.name !== 'string' || typeof d.generationId !== 'string') return `${at}: name and generationId must be strings`;
+    // The index root lies beside the manifest: a bare file name, never a path elsewhere.
+    if (typeof d.index !== 'string' || d.index === '' || d.index.includes('/') || d.index.startsWith('.')) return `${at}.index ${JSON.stringify(d.index)} is not a file name`;
+    if (d.mode !== 'full' && d.mode !== 'incremental') return `${at}.mode ${JSON.stringify(d.mode)} is not full or incremental`;
+    for (const k of ['size', 'chunkSize', 'changesNumber', 'readBytes', 'storedBytes'] as const) {
+      if (!isCount(d[k])) return `${at}.${k} ${JSON.stringify(d[k])} is not a byte count`;
+    }
+  }
+  return null;
 }
