@@ -68,6 +68,8 @@ export class Repository {
       throw new BlkError(code === 'ENOENT' ? 'ENOENT' : 'EIO', `${root} is not a backup repository (${code === 'ENOENT' ? 'no config.json; make one with backup_init' : 'config.json is not readable JSON'})`);
     }
     if (config.version !== 1) throw new BlkError('EINVAL', `${root} has repository format ${config.version}, not 1`);
+    const level = config.zstdLevel;
+    if (level !== null && !(Number.isInteger(level) && level >= 1 && level <= 19)) throw new BlkError('EIO', `${root}/config.json: zstdLevel ${JSON.stringify(level)} is not a level from 1 to 19 or null`);
     return new Repository(root, config);
   }
 
