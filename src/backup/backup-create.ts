@@ -33,6 +33,8 @@ export interface CreateOptions {
   limit?: number;
   /** Read everything, even where an incremental could be made. */
   full?: boolean;
+  /** Places of a device read at once (default params.backup.readFronts; 1 suits a rotating disk). */
+  readFronts?: number;
   /** The image's NBD URI from the daemon's (e.g. over its TCP listener); default: the daemon's Unix socket. */
   imageUri?: (image: api.ImageInfo) => string;
   tls?: NbdTlsOptions;
@@ -161,7 +163,7 @@ async function backupDevice(
     }
   }
   if (chunks === null) chunks = await allocatedChunks(uri, size, chunkSize, o.tls);
-  const runs = inFronts(runsOf(chunks, Math.max(1, Math.floor(params.readBytes / chunkSize))), params.readFronts);
+  const runs = inFronts(runsOf(chunks, Math.max(1, Math.floor(params.readBytes / chunkSize))), o.readFronts ?? params.readFronts);
   const planned = chunks.reduce((a, c) => a + Math.min(chunkSize, size - c * chunkSize), 0);
   o.progress?.start(`${name} (${mode})`, planned);
   let readBytes = 0;

@@ -273,7 +273,11 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
         const mnt = await mounts.mount(dev.blockDevice, 'src');
         fs.writeFileSync(path.join(mnt, 'data.bin'), randomFillSync(Buffer.alloc(3 * MiB)));
         const sum = (await check('sha256sum', [path.join(mnt, 'data.bin')])).split(' ')[0];
-        const created = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 'fs', '--diff-storage', dir);
+        const badFronts = await daemon.cli('backup_create', '--repo', repo.dir, '--device', 'fs', '--read-fronts', '0');
+        assert.notEqual(badFronts.code, 0);
+        assert.match(badFronts.stderr, /EINVAL: backup_create: --read-fronts takes 1 to 16, not '0'/);
+        // One read front (a rotating disk's setting); the other backups here read at the default four.
+        const created = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 'fs', '--diff-storage', dir, '--read-fronts', '1');
         await mounts.umount(mnt);
 
         const restored = path.join(dir, 'fs.restored');

@@ -72,6 +72,7 @@ export const backupCommands: Command[] = [
       'diff-storage': { kind: 'value', help: "difference storage of the backup's snapshot (default: the repository directory)" },
       limit: { kind: 'value', help: 'its largest size, N[K|M|G|T] (default 1/4 of the devices, at least 1G)' },
       full: { kind: 'flag', help: 'read every allocated block, even where an incremental could be made' },
+      'read-fronts': { kind: 'value', help: `places of a device read at once, 1-16 (default ${backupParams.readFronts}; 1 for a rotating disk)` },
       nbd: { kind: 'value', help: "read the images over the daemon's TCP listener HOST:PORT (default: its Unix socket)" },
       'tls-certs': { kind: 'value', help: 'with --nbd: TLS with X.509, QEMU\'s layout (ca-cert.pem; client-cert.pem, client-key.pem)' },
       'tls-psk': { kind: 'value', help: "with --nbd: TLS with a pre-shared key, nbdkit's file format (the first username:hexkey line)" },
@@ -80,6 +81,9 @@ export const backupCommands: Command[] = [
       const repo = await open(o);
       const limit = o.values.get('limit');
       const diffStorage = o.values.get('diff-storage');
+      const fronts = o.values.get('read-fronts');
+      const readFronts = fronts === undefined ? undefined : Number(fronts);
+      if (readFronts !== undefined && !(Number.isInteger(readFronts) && readFronts >= 1 && readFronts <= 16)) throw new BlkError('EINVAL', `backup_create: --read-fronts takes 1 to 16, not '${fronts}'`);
       const bar = progress(io);
       const r = await repo.create(await io.client(), {
         ...imageOverTcp(o),
@@ -87,6 +91,7 @@ export const backupCommands: Command[] = [
         ...(diffStorage === undefined ? {} : { diffStorage }),
         ...(limit === undefined ? {} : { limit: parseSize(limit) }),
         full: o.flags.has('full'),
+        ...(readFronts === undefined ? {} : { readFronts }),
         ...(bar ? { progress: bar } : {}),
       });
       for (const w of r.warnings) process.stderr.write(`blksnap backup_create: warning: ${w}\n`);
