@@ -50,6 +50,14 @@ export const nbdIo = {
   /** What a reply cut short by a full socket queues to learn when the socket has room again. */
   waitPieceBytes: 64 * 1024,
   /**
+   * Image reads once past the page cache up to this size go disk → pipe → socket by splice, with no
+   * copy in the daemon; pipes of this size are kept for them, at most `splicePipesKept`, and at most
+   * `splicePipesInUse` at once (more reads go by copy: each pipe is two descriptors).
+   */
+  splicePipeBytes: 1024 * 1024,
+  splicePipesKept: 64,
+  splicePipesInUse: 256,
+  /**
    * A client that sends its next request within twice this many µs of the last answer (one request
    * at a time), while no other connection is receiving, is waited for by spinning this long, not by
    * sleeping: a sleep and wake-up of the event loop cost more than the gap on a VM

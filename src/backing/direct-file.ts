@@ -25,6 +25,11 @@ export class DirectFile {
   /** Aligned buffers for reads not aligned themselves and for writes; a few kept for reuse. */
   #buffers = new AlignedBufferPool(32 * 1024 * 1024);
 
+  /** The O_DIRECT descriptor (splice from it reads past the page cache too). */
+  get descriptor(): number {
+    return this.#fd;
+  }
+
   private constructor(path: string, fd: number) {
     this.path = path;
     this.#fd = fd;

@@ -5,6 +5,9 @@ import { BlkError, toBlkError } from '../errors.js';
 import { copyFileRange, copyFileRangeAsync, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate, isRangeCached, lockExclusive, readCached, seekData, seekHole, sendFile, sizeOfBlockDevice, willNeed } from '../os/libc.js';
 import { writeFully, writeFullySync } from '../os/fd-io.js';
 import { writeback } from '../os/writeback.js';
+import { writeNonBlocking } from '../os/socket-descriptor.js';
+import { type SplicePipe, spliceFromFile } from '../os/splice.js';
+import { DIRECT_ALIGNMENT } from '../os/koffi.js';
 import { totalLength } from '../util/byte-queue.js';
 import { InFlight } from '../util/in-flight.js';
 import { openAsync } from '../os/async-fs.js';
@@ -25,16 +28,6 @@ export interface FileStorageOptions {
    * buffered writes cannot be made non-blocking otherwise. 0 sends every write to the pool.
    */
   syncWriteMaximum?: number;
-}
-
-/** write(2) to a non-blocking descriptor: the bytes written, 0 when it is full. */
-function writeNonBlocking(fd: number, data: Uint8Array): number {
-  try {
-    return fs.writeSync(fd, data);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'EAGAIN') return 0;
-    throw toBlkError(e);
-  }
 }
 
 let zeroBuffer: Buffer | undefined;
@@ -194,6 +187,16 @@ export class FileStorage implements Storage, StorageFastPaths {
 
   readsOncePastCache(): boolean {
     return this.#direct !== null;
+  }
+
+  canSpliceOnce(offset: number, length: number): boolean {
+    const aligned = offset % DIRECT_ALIGNMENT === 0 && length % DIRECT_ALIGNMENT === 0;
+    return aligned && !this.#isClosed && this.#isReadPastCache(offset, length, true);
+  }
+
+  spliceOnce(offset: number, length: number, pipe: SplicePipe): Promise<void> {
+    const direct = this.#direct as DirectFile;
+    return this.#held(() => spliceFromFile(direct.descriptor, offset, pipe, length));
   }
 
   #readCached(offset: number, into: Uint8Array): number {

@@ -1,4 +1,5 @@
 // Owns the interface every backing store implements: byte-addressed I/O on a file, a block device or memory.
+import type { SplicePipe } from '../os/splice.js';
 
 /** A run of bytes with the same allocation state, as NBD base:allocation reports it. */
 export interface Extent {
@@ -76,6 +77,10 @@ export interface StorageFastPaths {
    * there starts read-ahead of the range, which the direct read would read again.
    */
   readsOncePastCache?(): boolean;
+  /** Whether spliceOnce() takes the range: a read once past the page cache, aligned for it. */
+  canSpliceOnce?(offset: number, length: number): boolean;
+  /** Reads a range once into a pipe, past the page cache (the pipe then holds exactly `length` bytes). */
+  spliceOnce?(offset: number, length: number, pipe: SplicePipe): Promise<void>;
   /** Whether a read of the range would be served from memory alone. */
   isCached(offset: number, length: number): boolean;
   /**

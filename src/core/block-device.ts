@@ -2,6 +2,7 @@
 import type { Extent } from '../backing/storage.js';
 import type { Event } from '../util/emitter.js';
 import type { WriteStream } from './write-stream.js';
+import type { SplicePipe } from '../os/splice.js';
 
 /** Per-request flags, independent of any wire format. */
 export const IoFlag = {
@@ -119,6 +120,11 @@ export interface BlockDeviceFastPaths {
    * later write change bytes sent but not yet read; an image holds such a write back (SendSink).
    */
   sendTo(sink: SendSink, prefix: Uint8Array, offset: number, length: number): number | null;
+  /**
+   * Fills `pipe` with the range, from the disk past the page cache, without a copy in this process
+   * (an image read once by a backup); null when it cannot, having done nothing (then read()).
+   */
+  spliceTo?(pipe: SplicePipe, offset: number, length: number): Promise<void> | null;
   /**
    * What another thread needs to answer reads of cached pages itself (preadv2 RWF_NOWAIT) as read()
    * would; null where reads must pass through the device (a store in memory).

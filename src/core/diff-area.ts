@@ -8,6 +8,7 @@ import { ChunkMap, ChunkState } from './chunk-map.js';
 import type { ImageReadGate, SendSink } from './block-device.js';
 import type { DiffStorage } from './diff-storage.js';
 import { OriginReaders } from './origin-readers.js';
+import type { SplicePipe } from '../os/splice.js';
 
 /** What a diff area needs from its snapshot: the sticky error, and a way to set it. */
 export interface SnapshotHealth {
@@ -191,6 +192,28 @@ export class DiffArea {
     }
     await settleAll(work);
     this.#checkHealthy();
+  }
+
+  /**
+   * Fills `pipe` with an image range whose chunks are all untouched, read from the device once, past
+   * the page cache, without passing through this process (splice); null when it cannot, having done
+   * nothing (then readImage). The chunks are pinned as readImage pins them: a COW write to them waits
+   * until the pipe holds their bytes, which are the pipe's own pages, so no later write reaches them.
+   */
+  spliceImage(offset: number, length: number, pipe: SplicePipe): Promise<void> | null {
+    const origin = this.#origin.fast;
+    if (this.#health.error || this.#isStopped || !origin?.spliceOnce || !origin.canSpliceOnce?.(offset, length)) return null;
+    const { chunks } = this;
+    const first = chunks.first(offset);
+    const last = chunks.last(offset, length);
+    for (let i = first; i <= last; i++) if (chunks.state[i] !== ChunkState.Untouched) return null;
+    for (let i = first; i <= last; i++) this.#originReaders.pin(i);
+    return origin
+      .spliceOnce(offset, length, pipe)
+      .finally(() => {
+        for (let i = first; i <= last; i++) this.#originReaders.unpin(i);
+      })
+      .then(() => this.#checkHealthy());
   }
 
   /**

@@ -6,6 +6,7 @@ import type { Device } from './device.js';
 import { RequestGate } from './request-gate.js';
 import type { DiffArea } from './diff-area.js';
 import type { DiffStorage } from './diff-storage.js';
+import type { SplicePipe } from '../os/splice.js';
 
 /**
  * blksnap's snapimage. Reads come from the kept originals and the device; writes land on the kept
@@ -25,6 +26,7 @@ export class SnapImage implements BlockDevice {
   readonly fast: BlockDeviceFastPaths = {
     readNow: (offset, into) => this.readNow(offset, into),
     sendTo: (sink, prefix, offset, length) => this.sendTo(sink, prefix, offset, length),
+    spliceTo: (pipe, offset, length) => this.spliceTo(pipe, offset, length),
     sharedReads: () => {
       const origin = this.device.sharedReads();
       return origin ? { fd: origin.fd, image: this.#area.readGate } : null;
@@ -59,6 +61,22 @@ export class SnapImage implements BlockDevice {
 
   sendTo(sink: SendSink, prefix: Uint8Array, offset: number, length: number): number | null {
     return this.#gate.during('image read', offset, length, () => this.#area.sendImageNow(sink, prefix, offset, length));
+  }
+
+  spliceTo(pipe: SplicePipe, offset: number, length: number): Promise<void> | null {
+    this.#gate.enter('image read', offset, length);
+    let splicing: Promise<void> | null;
+    try {
+      splicing = this.#area.spliceImage(offset, length, pipe);
+    } catch (e) {
+      this.#gate.leave();
+      throw e;
+    }
+    if (!splicing) {
+      this.#gate.leave();
+      return null;
+    }
+    return splicing.finally(() => this.#gate.leave());
   }
 
   write(offset: number, data: Uint8Array, _flags: IoFlags): Promise<void> {

@@ -98,8 +98,9 @@ Options:
                        event loop (preadv2 RWF_NOWAIT: never waits for a disk) (default 1048576)
   --sendfile-min BYTES NBD reads of this size and more from an attached device whose range is
                        in the page cache are sent by the kernel (sendfile: no copy in the
-                       daemon; a snapshot image's untouched chunks on a Unix socket too)
-                       (default 65536; 0 turns it off)
+                       daemon; a snapshot image's untouched chunks on a Unix socket too), and
+                       a snapshot image's untouched chunks not in the page cache (up to 1 MiB)
+                       go from the disk through a pipe (splice) (default 65536; 0 turns both off)
   --busy-poll-us N     an NBD client sending one request at a time is waited for by spinning
                        up to N µs after each answer instead of sleeping, while its requests come
                        that quickly and no other client is sending (default 50; 0 turns it off)

@@ -1,5 +1,6 @@
 // Read replies the kernel sends from the page cache (sendfile): whole, in order, right, whatever the
-// client does; and image reads of ranges not in the page cache, which go past it.
+// client does; and image reads of ranges not in the page cache, which go past it (O_DIRECT, or
+// splice from the disk through a pipe into the socket).
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -11,7 +12,7 @@ import { check, sparseFile, tempDir } from '../helpers/tools.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-const SIZE = 64 * MiB;
+const SIZE = 96 * MiB; // 64 MiB on are read by the splice test alone
 
 /** Every 4 KiB block holds its own offset and a generation number: any misplaced byte shows. */
 function pattern(offset: number, length: number, generation: number): Buffer {
@@ -167,6 +168,67 @@ describe('read replies sent by the kernel', () => {
       fs.closeSync(fd);
       await daemon.json('snapshot_destroy', '--id', id);
     }
+  });
+
+  it('image reads spliced from the disk (past the page cache, through pipes) keep the take while device writes land on their chunks, and stay whole when the client stops reading', async () => {
+    // splice moves the disk's bytes into the pipe's own pages, so a write after it cannot reach them;
+    // a copy-on-write of a chunk still being read must wait for the read (its chunks are pinned), or
+    // the pipe would get the write's bytes. 72 MiB of replies pile up against an 8 MiB socket buffer:
+    // replies cut short finish as copies out of their pipes, and replies waiting behind them too.
+    const file = path.join(tmp.dir, 'disk');
+    const pipes = (): number => fs.readdirSync(`/proc/${daemon.child.pid}/fd`).filter((f) => {
+      try {
+        return fs.readlinkSync(`/proc/${daemon.child.pid}/fd/${f}`).startsWith('pipe:');
+      } catch {
+        return false;
+      }
+    }).length;
+    const pipesBefore = pipes();
+    for (let round = 0; round < 4; round++) {
+      const base = 64 * MiB + round * 8 * MiB;
+      const { id } = await daemon.json<{ id: string }>('snapshot_create', '--device', 'disk', '--file', tmp.dir, '--limit', '64M');
+      await daemon.json('snapshot_take', '--id', id);
+      const image = await NbdClient.connect(daemon.nbdPath, 'disk-image');
+      try {
+        const fd = fs.openSync(file, 'r');
+        fs.fsyncSync(fd);
+        fs.closeSync(fd);
+        await check('dd', [`if=${file}`, 'iflag=nocache', 'count=0', 'status=none']);
+        image.pause();
+        // Passes over the round's 8 MiB: 1 MiB replies, then 64 KiB ones eight times over (the thread
+        // pool has a long queue of them).
+        const ranges = [...Array.from({ length: 8 }, (_, i) => ({ offset: base + i * MiB, length: MiB })), ...Array.from({ length: 8 * 128 }, (_, i) => ({ offset: base + (i % 128) * 64 * KiB, length: 64 * KiB }))];
+        const reads = ranges.map((r) => image.pread(r.offset, r.length));
+        const written = Array.from({ length: 8 }, (_, i) => base + 6 * MiB + i * 256 * KiB + (i % 4) * 64 * KiB);
+        if (round % 2 === 0) {
+          await new Promise((r) => setTimeout(r, 50)); // the splices are done: the pipes hold their own pages
+        } else {
+          // The writes race the splices still queued for the thread pool: their ranges cached, so the
+          // copy-on-write and the write land at once, on the event loop, unless pinned chunks hold them.
+          const fd = fs.openSync(file, 'r');
+          for (const at of written) fs.readSync(fd, Buffer.alloc(64 * KiB), 0, 64 * KiB, at);
+          fs.closeSync(fd);
+        }
+        // Not awaited before the resume: reads the daemon takes up only now find those ranges cached
+        // and go by sendfile, and a write to what was sent waits until the client has read it.
+        const writes = Promise.all(written.map((at) => client.pwrite(at, pattern(at, 64 * KiB, 4 + round))));
+        await new Promise((r) => setTimeout(r, 100));
+        image.resume();
+        const data = await Promise.all(reads);
+        await writes;
+        data.forEach((d, i) => {
+          const r = ranges[i] as { offset: number; length: number };
+          assert.ok(d.equals(pattern(r.offset, r.length, 1)), `round ${round}: image read at ${r.offset}+${r.length} shows bytes other than the take's`);
+        });
+        for (const at of written) assert.ok((await client.pread(at, 64 * KiB)).equals(pattern(at, 64 * KiB, 4 + round)), 'the device has the write');
+      } finally {
+        image.close();
+        await daemon.json('snapshot_destroy', '--id', id);
+      }
+    }
+    // The reads took pipes for their splices (the daemon keeps them for the next ones).
+    assert.ok(pipes() > pipesBefore, `the daemon holds ${pipes()} pipes, as before the reads (${pipesBefore}): nothing was spliced`);
+    assert.ok(daemon.isAlive);
   });
 
   it('ends the connection cleanly when the client goes away mid-reply, and serves the next client', async () => {

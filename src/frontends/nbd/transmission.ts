@@ -4,6 +4,8 @@ import { IoFlag, type BlockDevice, type IoFlags, type SendSink } from '../../cor
 import { BlkError, toBlkError, toNbdErrno } from '../../errors.js';
 import { nbd as limits, nbdIo } from '../../params.js';
 import { bytesReadable, bytesUnread } from '../../os/libc.js';
+import { writeNonBlocking } from '../../os/socket-descriptor.js';
+import { drainPipe, PipePool, type SplicePipe, spliceToSocket } from '../../os/splice.js';
 import { ioBuffers } from '../../util/buffer-pool.js';
 import type { ByteQueue } from '../../util/byte-queue.js';
 import type { Agreement } from './handshake.js';
@@ -13,6 +15,9 @@ import { RequestReader, type RequestSink, type TransmissionStep } from './reques
 import { ReplyWriter } from './reply-writer.js';
 import type { RequestObserver } from './request-observer.js';
 import * as w from './wire.js';
+
+/** The daemon's pipes for spliced image reads. */
+const splicePipes = new PipePool(nbdIo.splicePipeBytes, nbdIo.splicePipesKept, nbdIo.splicePipesInUse);
 
 const EMPTY = Buffer.alloc(0);
 
@@ -298,6 +303,25 @@ export class Transmission implements RequestSink {
         return undefined;
       }
     }
+    if (fast?.spliceTo && h.length >= this.#sendFileMinimum && h.length <= splicePipes.capacity && this.#sink.fd >= 0) {
+      const pipe = splicePipes.acquire();
+      if (pipe) {
+        let splicing: Promise<void> | null;
+        try {
+          splicing = fast.spliceTo(pipe, h.offset, h.length);
+        } catch (e) {
+          splicePipes.release(pipe); // refused at the gate: nothing went into it
+          throw e;
+        }
+        if (splicing) {
+          return splicing.then(() => this.#sendSpliced(h, pipe), (e: unknown) => {
+            splicePipes.discard(pipe);
+            throw e;
+          });
+        }
+        splicePipes.release(pipe);
+      }
+    }
     // Header and data share one buffer: one allocation and one socket write per reply. The data
     // begins on an aligned address, so a read past the page cache (O_DIRECT) goes straight into it.
     const reply = ioBuffers.acquire(prefixLength + h.length, prefixLength);
@@ -313,6 +337,60 @@ export class Transmission implements RequestSink {
       ioBuffers.release(reply);
       throw e;
     });
+  }
+
+  /**
+   * Sends a read reply whose data a pipe holds: by splice into the socket when nothing of ours waits
+   * on it, else (or for what a full socket left) as a copy out of the pipe.
+   */
+  #sendSpliced(h: w.RequestHeader, pipe: SplicePipe): Promise<void> | undefined {
+    const prefixLength = this.#agreement.isStructured ? w.OFFSET_DATA_PREFIX_LENGTH : w.SIMPLE_REPLY_HEADER_LENGTH;
+    if (!this.#canSendDirectly()) {
+      const reply = ioBuffers.acquire(prefixLength + h.length, prefixLength);
+      drainPipe(pipe, reply.subarray(prefixLength));
+      splicePipes.release(pipe);
+      return this.#sendRead(reply, h);
+    }
+    const prefix = Buffer.allocUnsafe(prefixLength);
+    this.#writeReadPrefix(prefix, h);
+    const fd = this.#sink.fd;
+    const prefixSent = writeNonBlocking(fd, prefix);
+    let dataSent = 0;
+    if (prefixSent === prefixLength) {
+      while (dataSent < h.length) {
+        const n = spliceToSocket(pipe, fd, h.length - dataSent);
+        if (n === 0) break;
+        dataSent += n;
+      }
+    }
+    if (dataSent === h.length) {
+      splicePipes.release(pipe);
+      return undefined;
+    }
+    return this.#finishSplicedRead(prefix.subarray(prefixSent), pipe, h.length - dataSent);
+  }
+
+  /**
+   * The socket filled up during a spliced reply: the rest (of the prefix, then `rest` bytes the pipe
+   * holds) goes as a copy, every other reply held behind it. Part of the reply is on the wire: a
+   * failure now ends the connection.
+   */
+  async #finishSplicedRead(prefixLeft: Buffer, pipe: SplicePipe, rest: number): Promise<void> {
+    this.#replies.hold();
+    let isDrained = false;
+    try {
+      const data = Buffer.allocUnsafe(rest);
+      drainPipe(pipe, data);
+      isDrained = true;
+      splicePipes.release(pipe);
+      if (prefixLeft.length > 0) await this.#replies.writeAndWait(prefixLeft);
+      await this.#replies.writeAndWait(data);
+    } catch (e) {
+      if (!isDrained) splicePipes.discard(pipe);
+      this.#socket.destroy(new Error(`read reply cut short: ${toBlkError(e).message}`));
+    } finally {
+      this.#replies.release();
+    }
   }
 
   /** Sends a read reply whose data is in place after its prefix; the pool gets the buffer back once sent. */

@@ -300,6 +300,47 @@ describe('DiffArea races', () => {
     assert.equal(Atomics.load(gate.pins, 0), 1, 'a destroyed image is read by the daemon alone (it fails there)');
   });
 
+  it('a range being spliced from the device for an image read holds a write to its chunks until the pipe holds the original', async () => {
+    // splice reads the device when the thread pool runs it, maybe after a write arrived: that write's
+    // copy-on-write keeps the original, but the write itself must wait until the splice has read.
+    const origin = new MemoryStorage(16 * CHUNK);
+    let finish = (): void => undefined;
+    let spliced: Uint8Array | null = null;
+    origin.withFastPaths({
+      canSpliceOnce: () => true,
+      spliceOnce: (offset, length) =>
+        new Promise<void>((resolve) => {
+          finish = () => {
+            spliced = origin.bytes.slice(offset, offset + length); // what the disk holds when the splice runs
+            resolve();
+          };
+        }),
+    });
+    origin.bytes.fill(0x11);
+    const device = new Device('d', origin);
+    const area = new DiffArea('d', origin, memoryDiff(new MemoryStorage(16 * CHUNK), 16 * CHUNK), health(), { chunkMinimumShift: 12, maximumInQueue: 4 });
+    device.tracker.diffArea = area;
+    const pipe = { readFd: -1, writeFd: -1, capacity: 1 << 20 };
+    const splicing = area.spliceImage(3 * CHUNK, 2 * CHUNK, pipe);
+    assert.ok(splicing, 'untouched chunks are spliced');
+    let hasLanded = false;
+    const write = device.write(4 * CHUNK, Buffer.alloc(CHUNK, 0x22), IoFlag.None).then(() => {
+      hasLanded = true;
+    });
+    for (let i = 0; i < 50; i++) await new Promise((r) => setImmediate(r));
+    assert.equal(hasLanded, false, 'the write landed while the splice had yet to read its chunk');
+    finish();
+    await splicing;
+    await write;
+    assert.ok((spliced as Uint8Array | null)?.every((b) => b === 0x11), 'the splice read the original');
+    assert.ok(origin.bytes.subarray(4 * CHUNK, 5 * CHUNK).every((b) => b === 0x22), 'the device has the write');
+    assert.equal(area.spliceImage(3 * CHUNK, 2 * CHUNK, pipe), null, 'a kept chunk is not spliced from the device');
+    const image = Buffer.alloc(2 * CHUNK);
+    await area.readImage(3 * CHUNK, image);
+    assert.ok(image.every((b) => b === 0x11), 'the image keeps the original');
+    area.stop();
+  });
+
   it('image reads of device ranges not in the page cache, by another thread or the daemon, read the disk once and bring no page in', async () => {
     // Image reads of untouched chunks go past the page cache (reads once). A FUSE thread's try of
     // the cache (preadv2 RWF_NOWAIT) that misses starts read-ahead of the range, which the
