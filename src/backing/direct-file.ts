@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import { BlkError, toBlkError } from '../errors.js';
 import { closeAsync, openAsync } from '../os/async-fs.js';
-import { readAt, writeFully } from '../os/fd-io.js';
+import { readAt, readUpTo, writeFully } from '../os/fd-io.js';
 import { AlignedBufferPool } from '../os/aligned-pool.js';
 import { bytesToAlignment, DIRECT_ALIGNMENT } from '../os/koffi.js';
 
@@ -76,16 +76,13 @@ export class DirectFile {
     const isAligned = start === offset && end === offset + into.length && bytesToAlignment(into, DIRECT_ALIGNMENT) === 0;
     const target = isAligned ? into : this.#buffers.acquire(end - start);
     try {
-      for (let done = 0; done < target.length; ) {
-        let n: number;
-        try {
-          n = await readAt(this.#fd, target.subarray(done), start + done);
-        } catch (e) {
-          throw new BlkError(toBlkError(e).code, `direct read of ${target.length} bytes at ${start} from ${this.path}: ${toBlkError(e).message}`);
-        }
-        if (n === 0) throw new BlkError('EIO', `short read from ${this.path}: ${done} of ${target.length} bytes at ${start}`);
-        done += n; // a short direct read ends on a block boundary: the rest stays aligned
+      let done: number;
+      try {
+        done = await readUpTo(this.#fd, target, start); // a short direct read ends on a block boundary: the rest stays aligned
+      } catch (e) {
+        throw new BlkError(toBlkError(e).code, `direct read of ${target.length} bytes at ${start} from ${this.path}: ${toBlkError(e).message}`);
       }
+      if (done < target.length) throw new BlkError('EIO', `short read from ${this.path}: ${done} of ${target.length} bytes at ${start}`);
       if (!isAligned) into.set(target.subarray(offset - start, offset - start + into.length));
     } finally {
       if (!isAligned) this.#buffers.release(target as Buffer);

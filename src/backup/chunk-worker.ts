@@ -4,7 +4,7 @@
 import * as fs from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { BlkError, toBlkError } from '../errors.js';
-import { openDirectSync, readAt, writeFully } from '../os/fd-io.js';
+import { openDirectSync, readAt, readUpTo, writeFully } from '../os/fd-io.js';
 import { AlignedBufferPool } from '../os/aligned-pool.js';
 import { DIRECT_ALIGNMENT } from '../os/koffi.js';
 import { adviseWillNeed } from '../os/libc.js';
@@ -162,7 +162,7 @@ async function checkPack(task: Extract<ChunkTask, { kind: 'checkPack' }>): Promi
     let w = windows.get(k);
     if (!w) {
       const buffer = alignedBuffers.acquire(CHECK_READ_BYTES);
-      w = { buffer, read: readWhole(fd, buffer, k * CHECK_READ_BYTES) };
+      w = { buffer, read: readUpTo(fd, buffer, k * CHECK_READ_BYTES).then((n) => buffer.subarray(0, n)) };
       windows.set(k, w);
     }
     return w.read;
@@ -215,16 +215,6 @@ async function checkPack(task: Extract<ChunkTask, { kind: 'checkPack' }>): Promi
   return { checked: entries.length, bad };
 }
 
-/** Fills `into` from `position` on (fewer bytes only at the end of the file); the bytes read. */
-async function readWhole(fd: number, into: Buffer, position: number): Promise<Buffer> {
-  let n = 0;
-  while (n < into.length) {
-    const got = await readAt(fd, into.subarray(n), position + n);
-    if (got === 0) break;
-    n += got;
-  }
-  return into.subarray(0, n);
-}
 
 /**
  * Decodes a run into one buffer and writes each stretch of it with one pwrite, in the thread pool

@@ -31,6 +31,17 @@ export function openDirectSync(path: string, access: number): number | null {
   }
 }
 
+/** preads in the thread pool until `into` is full or the file ends: the bytes read (fewer only at its end). */
+export async function readUpTo(fd: number, into: Uint8Array, position: number): Promise<number> {
+  let done = 0;
+  while (done < into.length) {
+    const n = await readAt(fd, into.subarray(done), position + done);
+    if (n === 0) break;
+    done += n;
+  }
+  return done;
+}
+
 /** One pread(2) into `into` at `position` in the thread pool: the bytes read. */
 export function readAt(fd: number, into: Uint8Array, position: number): Promise<number> {
   return new Promise((resolve, reject) => fs.read(fd, into, 0, into.length, position, (e, n) => (e ? reject(e) : resolve(n))));

@@ -2,15 +2,15 @@
 // O_DIRECT descriptor reads the disk straight into fresh kernel pages in the pipe (Linux 6.5+,
 // copy_splice_read), and splice(2) from the pipe to a Unix socket hands those pages over. The
 // sender's copy into the socket goes (0.3 CPU-s per 3 GiB: docs/performance.md, session 13).
+import * as fs from 'node:fs';
 import { BlkError, errnoName } from '../errors.js';
 import { koffi } from './koffi.js';
+import { readRaw } from './libc.js';
 
 const libc = koffi.load('libc.so.6');
 const spliceFn = libc.func('int64_t splice(int fdIn, _Inout_ int64_t *offIn, int fdOut, void *offOut, size_t length, unsigned int flags)');
 const pipe2Fn = libc.func('int pipe2(_Out_ int *fds, int flags)');
 const fcntlFn = libc.func('int fcntl(int fd, int cmd, int arg)');
-const readFn = libc.func('int64_t read(int fd, void *buf, size_t count)');
-const closeFn = libc.func('int close(int fd)');
 
 const O_NONBLOCK = 0o4000;
 const O_CLOEXEC = 0o2000000;
@@ -37,16 +37,15 @@ export function openPipe(capacity: number): SplicePipe | 'too small' | null {
   const [readFd, writeFd] = fds as [number, number];
   const got = fcntlFn(writeFd, F_SETPIPE_SZ, capacity) as number;
   if (got < capacity) {
-    closeFn(readFd);
-    closeFn(writeFd);
+    closePipe({ readFd, writeFd, capacity: got });
     return 'too small';
   }
   return { readFd, writeFd, capacity: got };
 }
 
 export function closePipe(pipe: SplicePipe): void {
-  closeFn(pipe.readFd);
-  closeFn(pipe.writeFd);
+  fs.closeSync(pipe.readFd);
+  fs.closeSync(pipe.writeFd);
 }
 
 /**
@@ -82,8 +81,8 @@ export function spliceToSocket(pipe: SplicePipe, socketFd: number, length: numbe
 export function drainPipe(pipe: SplicePipe, into: Uint8Array): void {
   let done = 0;
   while (done < into.length) {
-    const n = Number(readFn(pipe.readFd, into.subarray(done), into.length - done));
-    if (n <= 0) throw new BlkError(n < 0 ? errnoName(koffi.errno()) : 'EIO', `a pipe held ${done} of ${into.length} bytes`);
+    const n = readRaw(pipe.readFd, into.subarray(done));
+    if (n <= 0) throw new BlkError(n < 0 ? errnoName(-n) : 'EIO', `a pipe held ${done} of ${into.length} bytes`);
     done += n;
   }
 }

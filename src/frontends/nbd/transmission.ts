@@ -314,7 +314,7 @@ export class Transmission implements RequestSink {
           throw e;
         }
         if (splicing) {
-          return splicing.then(() => this.#sendSpliced(h, pipe), (e: unknown) => {
+          return splicing.then(() => this.#sendSpliced(h, pipe, prefixLength), (e: unknown) => {
             splicePipes.discard(pipe);
             throw e;
           });
@@ -343,8 +343,7 @@ export class Transmission implements RequestSink {
    * Sends a read reply whose data a pipe holds: by splice into the socket when nothing of ours waits
    * on it, else (or for what a full socket left) as a copy out of the pipe.
    */
-  #sendSpliced(h: w.RequestHeader, pipe: SplicePipe): Promise<void> | undefined {
-    const prefixLength = this.#agreement.isStructured ? w.OFFSET_DATA_PREFIX_LENGTH : w.SIMPLE_REPLY_HEADER_LENGTH;
+  #sendSpliced(h: w.RequestHeader, pipe: SplicePipe, prefixLength: number): Promise<void> | undefined {
     if (!this.#canSendDirectly()) {
       const reply = ioBuffers.acquire(prefixLength + h.length, prefixLength);
       drainPipe(pipe, reply.subarray(prefixLength));
