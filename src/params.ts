@@ -86,6 +86,19 @@ export const fuse = {
   syncReplyMaximum: 64 * 1024,
   /** A ring thread answers cached READs up to this size itself; larger ones go to the daemon's thread. */
   ringCachedReadMaximum: 1024 * 1024,
+  /**
+   * Cached READs from this size on a reader answers by splice (file → pipe → /dev/fuse: one copy
+   * less than read and write; 0 turns it off). Smaller ones cost more in the extra system calls.
+   */
+  readerSpliceMinimum: 64 * 1024,
+  /** Each reader's pipe: as large as an unprivileged pipe may be (fs.pipe-max-size's default). */
+  readerPipeBytes: 1024 * 1024,
+  /**
+   * Largest READ/WRITE without rings. A 1 MiB reply and its header take 257 pipe buffers, one more
+   * than a 1 MiB pipe has; at 512 KiB every read can be spliced (1 MiB ones would be copied), and
+   * the loop device's 1 MiB requests arrive as two, which costs nothing measurable (docs/performance.md).
+   */
+  readWriteTransferMaximum: 512 * 1024,
 } as const;
 
 /** Buffers and pieces. */

@@ -68,13 +68,32 @@ export async function spliceFromFile(fileFd: number, offset: number, pipe: Splic
   }
 }
 
-/** Moves what the pipe holds to a non-blocking descriptor, up to `length` bytes; the bytes moved (0 when it is full). */
-export function spliceToSocket(pipe: SplicePipe, socketFd: number, length: number): number {
-  const n = Number(spliceFn(pipe.readFd, null, socketFd, null, length, SPLICE_F_MOVE | SPLICE_F_NONBLOCK));
+/**
+ * Adds `length` bytes of `fileFd` from `offset` to the pipe in this thread: references to the page
+ * cache's pages, no copy. For worker threads, on cached ranges (it waits for a disk otherwise); false
+ * when the file ends first or the pipe is full, with what was added left in the pipe (emptyPipe).
+ */
+export function spliceFileToPipe(fileFd: number, offset: number, pipe: SplicePipe, length: number): boolean {
+  for (let done = 0; done < length; ) {
+    const n = Number(spliceFn(fileFd, [offset + done], pipe.writeFd, null, length - done, SPLICE_F_MOVE));
+    if (n <= 0) return false;
+    done += n;
+  }
+  return true;
+}
+
+/** Moves what the pipe holds to a non-blocking descriptor (a socket, /dev/fuse), up to `length` bytes; the bytes moved (0 when it is full). */
+export function spliceFromPipe(pipe: SplicePipe, toFd: number, length: number): number {
+  const n = Number(spliceFn(pipe.readFd, null, toFd, null, length, SPLICE_F_MOVE | SPLICE_F_NONBLOCK));
   if (n >= 0) return n;
   const errno = koffi.errno();
   if (errno === EAGAIN) return 0;
-  throw new BlkError(errnoName(errno), `splice of ${length} bytes from a pipe to descriptor ${socketFd} failed`);
+  throw new BlkError(errnoName(errno), `splice of ${length} bytes from a pipe to descriptor ${toFd} failed`);
+}
+
+/** Reads and drops whatever the pipe holds, into `scratch` piece by piece (it does not wait). */
+export function emptyPipe(pipe: SplicePipe, scratch: Uint8Array): void {
+  while (readRaw(pipe.readFd, scratch) > 0);
 }
 
 /** Reads `into.length` bytes that the pipe holds (they are there: it does not wait). */

@@ -177,7 +177,7 @@ describe('FUSE reads answered by the reader and ring threads', { skip: missing('
       // Asynchronous reads: this thread answers the kernel's other requests (open, uncached reads).
       const file = await fs.promises.open(fuse.file, fs.constants.O_RDONLY | fs.constants.O_DIRECT);
       try {
-        const block = Buffer.alloc(64 << 10);
+        const block = Buffer.alloc(256 << 10);
         const readAt = async (offset: number, length: number): Promise<Buffer> => {
           const { bytesRead } = await file.read(block, 0, length, offset);
           return Buffer.from(block.subarray(0, bytesRead));
@@ -190,7 +190,16 @@ describe('FUSE reads answered by the reader and ring threads', { skip: missing('
         if (ioUring && hasFuseRing) {
           assert.equal(fuse.route, 'io_uring');
           assert.ok(fuse.readsAnsweredByRings >= 60, `${fuse.readsAnsweredByRings} reads answered by the rings`);
-        } else assert.equal(fuse.readsAnsweredByRings, 0);
+        } else {
+          assert.equal(fuse.readsAnsweredByRings, 0);
+          // By read/write, 64 KiB reads are spliced from the page cache; 4 KiB ones, and unaligned ones, read and written.
+          assert.ok(fuse.readsSplicedByReaders >= 60, `${fuse.readsSplicedByReaders} reads spliced by the readers`);
+          const spliced = fuse.readsSplicedByReaders;
+          for (const [offset, length] of [[4096, 4096], [512, 4096], [(5 << 20) + 512, 65536], [(1 << 20) - 512, 3 * 65536]] as const) {
+            assert.deepEqual(await readAt(offset, length), bytes.subarray(offset, offset + length), `cached read of ${length} at ${offset}`);
+          }
+          assert.equal(fuse.readsSplicedByReaders, spliced + 2, 'the two reads of 64 KiB and more were spliced');
+        }
         assert.equal(deviceReads, 0, 'no cached read went to the device');
         // The end: short, by the device.
         const tail = await readAt(size - 65536, 65536);

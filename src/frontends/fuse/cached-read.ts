@@ -1,9 +1,11 @@
 // Owns reading a device's or an image's range from the page cache in a FUSE worker thread, without
-// the event loop: the fast path of the readers and the ring threads alike.
+// the event loop: the fast path of the readers and the ring threads alike. Readers splice larger
+// ranges into a pipe instead (page references, no copy into this process).
 import type { ImageReadGate } from '../../core/block-device.js';
 import { ChunkState, keptOffset } from '../../core/chunk-map.js';
 import { threadPinOf } from '../../core/origin-readers.js';
 import { isRangeCached, readCached } from '../../os/libc.js';
+import { type SplicePipe, spliceFileToPipe } from '../../os/splice.js';
 
 /** The device's own descriptor (a duplicate) and size, and for an image the gate its reads pass. */
 export interface CachedReads {
@@ -13,45 +15,67 @@ export interface CachedReads {
 }
 
 /**
- * Reads an image range as the ImageReadGate allows: untouched chunks from the device (pinned while
- * read), kept ones from the difference storage, all from the page cache; false when it cannot.
+ * Where a cached range goes, piece by piece: `length` bytes of descriptor `fd` from `position`, which
+ * are the bytes at `at` of the range; `isCheckedFirst` when the page cache must be asked before
+ * reading (a miss must not start a read into it). False when the piece could not be taken.
  */
-function readImage(gate: ImageReadGate, deviceFd: number, into: Buffer, offset: number): boolean {
+type PieceSink = (fd: number, position: number, length: number, at: number, isCheckedFirst: boolean) => boolean;
+
+/**
+ * Hands an image range to `sink` as the ImageReadGate allows: untouched chunks from the device, kept
+ * ones from the difference storage. The chunks stay pinned (a copy-on-write write to them waits)
+ * until `whilePinned` has run: a pipe holds references to the device's pages, not copies.
+ */
+function imagePieces(gate: ImageReadGate, deviceFd: number, offset: number, length: number, sink: PieceSink, whilePinned: () => boolean): boolean {
   const chunkSize = 2 ** gate.chunkShift;
   const first = Math.floor(offset / chunkSize);
-  const last = Math.floor((offset + into.length - 1) / chunkSize);
+  const last = Math.floor((offset + length - 1) / chunkSize);
   for (let i = first; i <= last; i++) Atomics.add(gate.pins, threadPinOf(gate.pins, i), 1);
   try {
     if (Atomics.load(gate.pins, 0) !== 0) return false;
-    for (let pos = offset; pos < offset + into.length; ) {
+    for (let pos = offset; pos < offset + length; ) {
       const i = Math.floor(pos / chunkSize);
-      const end = Math.min(offset + into.length, (i + 1) * chunkSize);
-      const piece = into.subarray(pos - offset, end - offset);
+      const end = Math.min(offset + length, (i + 1) * chunkSize);
       const state = Atomics.load(gate.state, i);
-      let n: number;
-      if (state === ChunkState.Untouched) {
-        if (gate.isOriginCheckedFirst && !isRangeCached(deviceFd, pos, piece.length)) return false;
-        n = readCached(deviceFd, piece, pos);
-      } else if (state === ChunkState.Stored && gate.diffFd >= 0) {
-        const at = keptOffset(gate.slot, chunkSize, i, pos);
-        if (gate.isDiffCheckedFirst && !isRangeCached(gate.diffFd, at, piece.length)) return false;
-        n = readCached(gate.diffFd, piece, at);
-      } else return false; // being copied, or failed: the daemon answers
-      if (n !== piece.length) return false;
+      let isTaken: boolean;
+      if (state === ChunkState.Untouched) isTaken = sink(deviceFd, pos, end - pos, pos - offset, gate.isOriginCheckedFirst);
+      else if (state === ChunkState.Stored && gate.diffFd >= 0) isTaken = sink(gate.diffFd, keptOffset(gate.slot, chunkSize, i, pos), end - pos, pos - offset, gate.isDiffCheckedFirst);
+      else return false; // being copied, or failed: the daemon answers
+      if (!isTaken) return false;
       pos = end;
     }
-    return true;
+    return whilePinned();
   } finally {
     for (let i = first; i <= last; i++) Atomics.sub(gate.pins, threadPinOf(gate.pins, i), 1);
   }
 }
 
+/** Whether the reader may answer a READ of this range itself: not empty, not reaching the end (short reads are the daemon's). */
+function isServable(cached: CachedReads, offset: number, length: number): boolean {
+  return length > 0 && offset + length <= cached.size;
+}
+
 /**
  * Fills `into` with the bytes at `offset` when all are in the page cache (for an image: in untouched
  * or kept chunks); false, having answered nothing, when the daemon's thread must serve the read.
- * Empty reads and reads reaching the end (short ones) are the daemon's.
  */
 export function readFromCache(cached: CachedReads, into: Buffer, offset: number): boolean {
-  if (into.length === 0 || offset + into.length > cached.size) return false;
-  return cached.image ? readImage(cached.image, cached.fd, into, offset) : readCached(cached.fd, into, offset) === into.length;
+  if (!isServable(cached, offset, into.length)) return false;
+  if (!cached.image) return readCached(cached.fd, into, offset) === into.length;
+  const copy: PieceSink = (fd, position, length, at, isCheckedFirst) =>
+    (!isCheckedFirst || isRangeCached(fd, position, length)) && readCached(fd, into.subarray(at, at + length), position) === length;
+  return imagePieces(cached.image, cached.fd, offset, into.length, copy, () => true);
+}
+
+/**
+ * Adds the `length` bytes at `offset` to `pipe` as references to cached pages, then runs `send`
+ * (which moves the pipe's contents on) while an image's chunks are still pinned. False when a piece
+ * is not cached or `send` failed: the pipe may then hold part of the range (emptyPipe).
+ */
+export function spliceFromCache(cached: CachedReads, pipe: SplicePipe, offset: number, length: number, send: () => boolean): boolean {
+  if (!isServable(cached, offset, length)) return false;
+  // Always asked first: a splice from a range not cached would wait for the disk in this thread.
+  const splice: PieceSink = (fd, position, pieceLength) => isRangeCached(fd, position, pieceLength) && spliceFileToPipe(fd, position, pipe, pieceLength);
+  if (!cached.image) return splice(cached.fd, offset, length, 0, true) && send();
+  return imagePieces(cached.image, cached.fd, offset, length, splice, send);
 }

@@ -7,6 +7,7 @@ import type { BlockDevice } from '../../core/block-device.js';
 import { errnoNumber, toBlkError } from '../../errors.js';
 import { bytesToAlignment } from '../../os/koffi.js';
 import { createEventFd, duplicate, mountFuse, unmountLazy } from '../../os/libc.js';
+import { fuse as fuseParams } from '../../params.js';
 import type { CachedReads } from './cached-read.js';
 import { DISK_FILE_NAME, FuseRequests } from './requests.js';
 import { possibleCpuCount, turnOnFuseRing } from './ring-switch.js';
@@ -27,6 +28,8 @@ export interface FuseExportOptions {
   readerCount?: number;
   /** Readers answer cached reads of a device themselves (default true; false for A/B runs). */
   readerCachedReads?: boolean;
+  /** Readers splice the larger cached reads (default true; false for A/B runs and tests). */
+  readerSplice?: boolean;
   /**
    * Requests through io_uring where the kernel offers it (default true; turns the fuse module's
    * enable_uring on where it is off), else read(2)/write(2) on /dev/fuse. The ring threads (as many
@@ -107,14 +110,16 @@ export class FuseExport {
     this.file = path.join(mountpoint, DISK_FILE_NAME);
     this.#fd = fd;
     this.#log = options.log ?? (() => undefined);
-    const maxTransfer = options.maxTransfer ?? 2 ** 20;
-    this.#maxTransfer = maxTransfer;
     const queues = options.ioUring === false ? 0 : possibleCpuCount();
     // Ring threads as many as readers; entries at least two per queue (each queue needs one, and a
     // CPU's requests one at a time would wait for each other), each one transfer's memory: past 16
     // CPUs (32 MiB of entries) the export stays with read/write.
     const ringThreads = Math.max(1, Math.min(queues, options.readerCount ?? 2));
     this.#ringsWanted = queues > 0 && queues <= 16 && turnOnFuseRing(this.#log) ? { queues, threads: ringThreads, entries: Math.max(2 * queues, options.ringEntryCount ?? 16) } : null;
+    const spliceMinimum = options.readerSplice === false ? 0 : fuseParams.readerSpliceMinimum;
+    // Without rings, transfers every reader can splice (a kernel that refuses the rings at INIT gets 1 MiB ones, the larger copied).
+    const maxTransfer = options.maxTransfer ?? (this.#ringsWanted || spliceMinimum === 0 ? 2 ** 20 : fuseParams.readWriteTransferMaximum);
+    this.#maxTransfer = maxTransfer;
     // With rings, /dev/fuse carries only what comes before them (INIT, the first lookups) and forgets.
     const slotCount = options.slotCount ?? (this.#ringsWanted ? 4 : 16);
     this.#slotCount = slotCount;
@@ -146,7 +151,7 @@ export class FuseExport {
     const perReader = Math.floor(slotCount / readerCount);
     this.#workers = Array.from({ length: readerCount }, (_, r) => {
       const own = r === readerCount - 1 ? slotCount - r * perReader : perReader;
-      const shared: ReaderShared = { fd, memory, slotCount, slotSize, firstSlot: r * perReader, ownSlotCount: own, cachedReads };
+      const shared: ReaderShared = { fd, memory, slotCount, slotSize, firstSlot: r * perReader, ownSlotCount: own, cachedReads, spliceMinimum, pipeBytes: fuseParams.readerPipeBytes };
       const worker = new Worker(new URL('./reader-worker.js', import.meta.url), { workerData: shared });
       worker.unref();
       worker.on('message', (m: ReaderMessage) => {
@@ -173,6 +178,11 @@ export class FuseExport {
   /** READs the reader and ring threads answered from the page cache themselves. */
   get readsAnsweredByReaders(): number {
     return Atomics.load(this.#control, SlotState.answeredIndex) + (this.#rings ? Atomics.load(this.#rings.control, RingEntry.answeredIndex) : 0);
+  }
+
+  /** READs the reader threads answered by splice from the page cache. */
+  get readsSplicedByReaders(): number {
+    return Atomics.load(this.#control, SlotState.splicedIndex);
   }
 
   /** READs the ring threads answered from the page cache (0 without rings). */

@@ -2,10 +2,12 @@
 // hands each request to the daemon's thread in a shared slot (no copy: the kernel writes it there).
 // A READ whose range is all in the page cache (for an image: in untouched or kept chunks, through
 // its ImageReadGate) it answers itself: a hop to the event loop and back costs several times the read.
+// Larger ones it splices from the page cache to /dev/fuse.
 import * as fs from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
-import { readRaw, waitReadable } from '../../os/libc.js';
-import { readFromCache } from './cached-read.js';
+import { isRangeCached, readRaw, waitReadable } from '../../os/libc.js';
+import { emptyPipe, openPipe, spliceFromPipe } from '../../os/splice.js';
+import { readFromCache, spliceFromCache } from './cached-read.js';
 import { SlotState, type ReaderShared, type ReaderMessage } from './slots.js';
 import * as w from './wire.js';
 
@@ -13,10 +15,48 @@ const ENOENT = 2;
 const EINTR = 4;
 const EAGAIN = 11;
 const ENODEV = 19;
+const PAGE_SIZE = 4096;
 
-const { fd, memory, slotCount, slotSize, firstSlot, ownSlotCount, cachedReads } = workerData as ReaderShared;
+const { fd, memory, slotCount, slotSize, firstSlot, ownSlotCount, cachedReads, spliceMinimum, pipeBytes } = workerData as ReaderShared;
 /** This reader's reply buffer for cached reads: the slot keeps the request in case the daemon must serve it. */
 const reply = cachedReads ? Buffer.alloc(slotSize) : null;
+/** Its pipe for the larger ones; none where the kernel gives none that large. */
+const opened = cachedReads && spliceMinimum > 0 ? openPipe(pipeBytes) : null;
+const pipe = typeof opened === 'object' ? opened : null;
+const replyHeader = Buffer.alloc(w.OUT_HEADER_LENGTH);
+
+/** Writes a reply, unless nobody waits for it any more. */
+function send(bytes: Buffer, length: number): void {
+  try {
+    fs.writeSync(fd, bytes, 0, length);
+  } catch {
+    // ENOENT: the request was interrupted meanwhile; ENODEV: the connection is gone. Nobody to answer.
+  }
+}
+
+/**
+ * Answers a READ by splice: the reply's header, then references to the cached pages, go into the
+ * pipe, and the kernel copies them from there into the reader's pages (read and write would copy
+ * each byte twice). False (having sent nothing) when it cannot.
+ */
+function splicedFromCache(unique: bigint, offset: number, size: number): boolean {
+  if (!pipe || !cachedReads || size < spliceMinimum || w.OUT_HEADER_LENGTH + size > pipe.capacity - PAGE_SIZE) return false;
+  // A device range asked first, so that a miss costs no pipe traffic (an image's pieces are asked one by one).
+  if (!cachedReads.image && !isRangeCached(cachedReads.fd, offset, size)) return false;
+  const length = w.OUT_HEADER_LENGTH + size;
+  w.writeOutHeader(replyHeader, length, 0, unique);
+  fs.writeSync(pipe.writeFd, replyHeader);
+  const sendPipe = (): boolean => {
+    try {
+      return spliceFromPipe(pipe, fd, length) === length;
+    } catch {
+      return false; // the daemon answers (or finds nobody to answer, as this reply did)
+    }
+  };
+  if (spliceFromCache(cachedReads, pipe, offset, size, sendPipe)) return true;
+  emptyPipe(pipe, reply as Buffer);
+  return false;
+}
 
 /** Answers a READ of the slot's request from the page cache; false (having sent nothing) when it cannot. */
 function answeredFromCache(request: Buffer, length: number): boolean {
@@ -25,14 +65,15 @@ function answeredFromCache(request: Buffer, length: number): boolean {
   if (h.opcode !== w.Opcode.READ || h.length !== length) return false;
   const { offset, size } = w.readIoIn(request);
   if (w.OUT_HEADER_LENGTH + size > reply.length) return false;
+  if (splicedFromCache(h.unique, offset, size)) {
+    Atomics.add(control, SlotState.answeredIndex, 1);
+    Atomics.add(control, SlotState.splicedIndex, 1);
+    return true;
+  }
   if (!readFromCache(cachedReads, reply.subarray(w.OUT_HEADER_LENGTH, w.OUT_HEADER_LENGTH + size), offset)) return false;
   w.writeOutHeader(reply, w.OUT_HEADER_LENGTH + size, 0, h.unique);
   Atomics.add(control, SlotState.answeredIndex, 1);
-  try {
-    fs.writeSync(fd, reply, 0, w.OUT_HEADER_LENGTH + size);
-  } catch {
-    // ENOENT: the request was interrupted meanwhile; ENODEV: the connection is gone. Nobody to answer.
-  }
+  send(reply, w.OUT_HEADER_LENGTH + size);
   return true;
 }
 

@@ -18,6 +18,10 @@ export interface ReaderShared {
    * untouched chunks) itself, with no hop to the daemon's thread. Null for stores in memory.
    */
   cachedReads: CachedReads | null;
+  /** Cached READs from this size on are spliced from the page cache (0: never). */
+  spliceMinimum: number;
+  /** The pipe each reader opens for them. */
+  pipeBytes: number;
 }
 
 /** From a reader thread: a request of `length` bytes in `slot`, or the end of the connection. */
@@ -30,14 +34,15 @@ export type RingMessage = { relayed: number[] } | { ended: string } | { ready: t
 
 /**
  * Int32 words at the start of the memory: a stop flag, a wake counter bumped when a slot is freed,
- * a count of reads the readers answered themselves, then one state word per slot; the slots' bytes
- * start at the first page boundary after them.
+ * a count of reads the readers answered themselves and of those they spliced, then one state word
+ * per slot; the slots' bytes start at the first page boundary after them.
  */
 export const SlotState = {
   stopIndex: 0,
   wakeIndex: 1,
   answeredIndex: 2,
-  headerInts: 3,
+  splicedIndex: 3,
+  headerInts: 4,
   free: 0,
   busy: 1,
   dataOffset: 4096,

@@ -5,7 +5,7 @@ import { BlkError, toBlkError, toNbdErrno } from '../../errors.js';
 import { nbd as limits, nbdIo } from '../../params.js';
 import { bytesReadable, bytesUnread } from '../../os/libc.js';
 import { writeNonBlocking } from '../../os/socket-descriptor.js';
-import { drainPipe, PipePool, type SplicePipe, spliceToSocket } from '../../os/splice.js';
+import { drainPipe, PipePool, type SplicePipe, spliceFromPipe } from '../../os/splice.js';
 import { ioBuffers } from '../../util/buffer-pool.js';
 import type { ByteQueue } from '../../util/byte-queue.js';
 import type { Agreement } from './handshake.js';
@@ -357,7 +357,7 @@ export class Transmission implements RequestSink {
     let dataSent = 0;
     if (prefixSent === prefixLength) {
       while (dataSent < h.length) {
-        const n = spliceToSocket(pipe, fd, h.length - dataSent);
+        const n = spliceFromPipe(pipe, fd, h.length - dataSent);
         if (n === 0) break;
         dataSent += n;
       }

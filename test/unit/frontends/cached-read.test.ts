@@ -1,0 +1,150 @@
+// The FUSE readers' cached reads by splice: a pipe holds references to the device's pages, not
+// copies, so an image's chunks must stay pinned until the pipe has been moved on; pieces come from
+// the device (untouched chunks) and the difference storage (kept ones); a miss sends nothing.
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { describe, it } from 'node:test';
+import type { ImageReadGate } from '../../../src/core/block-device.js';
+import { ChunkState } from '../../../src/core/chunk-map.js';
+import { threadPinOf } from '../../../src/core/origin-readers.js';
+import { type CachedReads, readFromCache, spliceFromCache } from '../../../src/frontends/fuse/cached-read.js';
+import { closePipe, drainPipe, emptyPipe, openPipe, type SplicePipe } from '../../../src/os/splice.js';
+import { tempDir } from '../../helpers/tools.js';
+
+const CHUNK = 64 * 1024;
+const CHUNKS = 16;
+
+interface Setup {
+  cached: CachedReads;
+  gate: ImageReadGate;
+  device: Buffer;
+  kept: Buffer;
+  deviceFd: number;
+  pipe: SplicePipe;
+  done: () => void;
+}
+
+/** A device file and a difference storage file, both cached (just written), and an image gate over them with every chunk untouched. */
+function setUp(): Setup {
+  const t = tempDir('blksnap-cached-read-');
+  const device = randomBytes(CHUNKS * CHUNK);
+  const kept = randomBytes(CHUNKS * CHUNK);
+  fs.writeFileSync(path.join(t.dir, 'device'), device);
+  fs.writeFileSync(path.join(t.dir, 'diff'), kept);
+  const deviceFd = fs.openSync(path.join(t.dir, 'device'), 'r+');
+  const diffFd = fs.openSync(path.join(t.dir, 'diff'), 'r');
+  const gate: ImageReadGate = {
+    state: new Uint8Array(new SharedArrayBuffer(CHUNKS)),
+    pins: new Int32Array(new SharedArrayBuffer(4 * 8)),
+    chunkShift: 16,
+    slot: new Uint32Array(new SharedArrayBuffer(4 * CHUNKS)),
+    diffFd,
+    isDiffCheckedFirst: true,
+    isOriginCheckedFirst: true,
+  };
+  const pipe = openPipe(1024 * 1024);
+  assert.ok(pipe && typeof pipe === 'object', 'a 1 MiB pipe');
+  return {
+    cached: { fd: deviceFd, size: device.length, image: gate },
+    gate,
+    device,
+    kept,
+    deviceFd,
+    pipe,
+    done: () => {
+      closePipe(pipe);
+      fs.closeSync(deviceFd);
+      fs.closeSync(diffFd);
+      t.remove();
+    },
+  };
+}
+
+/**
+ * A copy-on-write write as the gate's contract has it: it lands on an untouched chunk only when no
+ * thread pins that chunk (the core keeps the original first, then waits for the pins). Returns whether it landed now.
+ */
+function writeHonouringPins(s: Setup, offset: number, data: Buffer): boolean {
+  if (Atomics.load(s.gate.pins, threadPinOf(s.gate.pins, Math.floor(offset / CHUNK))) !== 0) return false;
+  fs.writeSync(s.deviceFd, data, 0, data.length, offset);
+  return true;
+}
+
+describe('FUSE cached reads by splice', () => {
+  it('an image chunk stays pinned until the pipe has been moved on: a write to it waits, and the reply holds the take', () => {
+    const s = setUp();
+    try {
+      const offset = 3 * CHUNK;
+      const length = 2 * CHUNK;
+      const newer = randomBytes(4096);
+      let landedDuringSend: boolean | null = null;
+      const reply = Buffer.alloc(length);
+      const sent = spliceFromCache(s.cached, s.pipe, offset, length, () => {
+        // A write racing the reply, after the pages are in the pipe and before they are copied out of it.
+        landedDuringSend = writeHonouringPins(s, offset + CHUNK + 8192, newer);
+        drainPipe(s.pipe, reply);
+        return true;
+      });
+      assert.equal(sent, true);
+      assert.equal(landedDuringSend, false, 'the write waited for the pin');
+      assert.ok(reply.equals(s.device.subarray(offset, offset + length)), 'the reply holds the bytes at the take');
+      assert.equal(writeHonouringPins(s, offset + CHUNK + 8192, newer), true, 'the pins are given back after the send');
+      for (let i = 1; i < s.gate.pins.length; i++) assert.equal(Atomics.load(s.gate.pins, i), 0);
+    } finally {
+      s.done();
+    }
+  });
+
+  it('takes untouched chunks from the device and kept ones from the difference storage, as a read into memory does', () => {
+    const s = setUp();
+    try {
+      // Chunk 5 kept in slot 9, chunk 6 untouched, chunk 7 kept in slot 2; the range starts and ends inside chunks.
+      s.gate.slot[5] = 9;
+      s.gate.slot[7] = 2;
+      Atomics.store(s.gate.state, 5, ChunkState.Stored);
+      Atomics.store(s.gate.state, 7, ChunkState.Stored);
+      const offset = 5 * CHUNK + 12 * 1024;
+      const length = 2 * CHUNK + 20 * 1024;
+      const expected = Buffer.concat([
+        s.kept.subarray(9 * CHUNK + 12 * 1024, 10 * CHUNK),
+        s.device.subarray(6 * CHUNK, 7 * CHUNK),
+        s.kept.subarray(2 * CHUNK, 2 * CHUNK + 32 * 1024),
+      ]);
+      assert.equal(expected.length, length);
+      const spliced = Buffer.alloc(length);
+      const moveOn = (): boolean => {
+        drainPipe(s.pipe, spliced);
+        return true;
+      };
+      assert.equal(spliceFromCache(s.cached, s.pipe, offset, length, moveOn), true);
+      assert.ok(spliced.equals(expected), 'spliced');
+      const copied = Buffer.alloc(length);
+      assert.equal(readFromCache(s.cached, copied, offset), true);
+      assert.ok(copied.equals(expected), 'copied');
+    } finally {
+      s.done();
+    }
+  });
+
+  it('sends nothing for a chunk being copied, a closed image, a failed send, or a range reaching the end', () => {
+    const s = setUp();
+    try {
+      const never = (): boolean => assert.fail('nothing may be sent');
+      Atomics.store(s.gate.state, 2, ChunkState.Copying);
+      assert.equal(spliceFromCache(s.cached, s.pipe, CHUNK, 2 * CHUNK, never), false, 'a chunk being copied');
+      emptyPipe(s.pipe, Buffer.alloc(CHUNK));
+      Atomics.store(s.gate.state, 2, ChunkState.Untouched);
+      Atomics.store(s.gate.pins, 0, 1);
+      assert.equal(spliceFromCache(s.cached, s.pipe, CHUNK, CHUNK, never), false, 'a closed image');
+      Atomics.store(s.gate.pins, 0, 0);
+      assert.equal(spliceFromCache(s.cached, s.pipe, CHUNK, CHUNK, () => false), false, 'a failed send');
+      emptyPipe(s.pipe, Buffer.alloc(CHUNK));
+      assert.equal(spliceFromCache(s.cached, s.pipe, (CHUNKS - 1) * CHUNK, 2 * CHUNK, never), false, 'past the end');
+      for (let i = 1; i < s.gate.pins.length; i++) assert.equal(Atomics.load(s.gate.pins, i), 0, 'no pin left behind');
+    } finally {
+      s.done();
+    }
+  });
+});
