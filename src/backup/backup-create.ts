@@ -3,6 +3,7 @@
 // of the device is of the same generation), chunks hashed, compressed and stored by worker threads,
 // indexes and chunks made durable, and the manifest written last.
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { Cbt } from '../client/cbt.js';
 import type { BlksnapClient } from '../client/connection.js';
@@ -66,7 +67,7 @@ function previousBackups(repo: Repository): Map<string, { id: string; device: Ma
 export async function createBackup(repo: Repository, client: BlksnapClient, o: CreateOptions): Promise<CreateResult> {
   if (o.devices.length === 0) throw new BlkError('EINVAL', 'backup_create: give at least one --device');
   const release = await repo.lock(false, () => o.progress?.note('waiting for a prune to finish its sweep'));
-  const workers = new WorkerPool();
+  const workers = new WorkerPool(params.createWorkersPerCore * os.availableParallelism());
   let snapshotId: string | null = null;
   const time = new Date();
   const id = newBackupId(time);
