@@ -45,15 +45,13 @@ function splicedFromCache(unique: bigint, offset: number, size: number): boolean
   if (!cachedReads.image && !isRangeCached(cachedReads.fd, offset, size)) return false;
   const length = w.OUT_HEADER_LENGTH + size;
   w.writeOutHeader(replyHeader, length, 0, unique);
-  fs.writeSync(pipe.writeFd, replyHeader);
-  const sendPipe = (): boolean => {
-    try {
-      return spliceFromPipe(pipe, fd, length) === length;
-    } catch {
-      return false; // the daemon answers (or finds nobody to answer, as this reply did)
-    }
-  };
-  if (spliceFromCache(cachedReads, pipe, offset, size, sendPipe)) return true;
+  const sendPipe = (): boolean => spliceFromPipe(pipe, fd, length) === length;
+  try {
+    if (fs.writeSync(pipe.writeFd, replyHeader) === replyHeader.length && spliceFromCache(cachedReads, pipe, offset, size, sendPipe)) return true;
+  } catch {
+    // A failed splice to /dev/fuse (ENOENT: the request was interrupted; ENODEV: the connection is
+    // gone), or a full pipe: the daemon answers, or finds nobody to answer.
+  }
   emptyPipe(pipe, reply as Buffer);
   return false;
 }

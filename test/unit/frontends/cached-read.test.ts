@@ -128,7 +128,7 @@ describe('FUSE cached reads by splice', () => {
     }
   });
 
-  it('sends nothing for a chunk being copied, a closed image, a failed send, or a range reaching the end', () => {
+  it('sends nothing for a chunk being copied, a closed image, a failed or throwing send, or a range reaching the end', () => {
     const s = setUp();
     try {
       const never = (): boolean => assert.fail('nothing may be sent');
@@ -140,6 +140,8 @@ describe('FUSE cached reads by splice', () => {
       assert.equal(spliceFromCache(s.cached, s.pipe, CHUNK, CHUNK, never), false, 'a closed image');
       Atomics.store(s.gate.pins, 0, 0);
       assert.equal(spliceFromCache(s.cached, s.pipe, CHUNK, CHUNK, () => false), false, 'a failed send');
+      emptyPipe(s.pipe, Buffer.alloc(CHUNK));
+      assert.throws(() => spliceFromCache(s.cached, s.pipe, CHUNK, CHUNK, () => assert.fail('ENODEV')), /ENODEV/, 'a send that throws');
       emptyPipe(s.pipe, Buffer.alloc(CHUNK));
       assert.equal(spliceFromCache(s.cached, s.pipe, (CHUNKS - 1) * CHUNK, 2 * CHUNK, never), false, 'past the end');
       for (let i = 1; i < s.gate.pins.length; i++) assert.equal(Atomics.load(s.gate.pins, i), 0, 'no pin left behind');
