@@ -170,6 +170,10 @@ export const backup = {
   loadWorkers: 2,
   /** Decompressed chunks an attached backup keeps in memory. */
   cacheBytes: 64 * 1024 * 1024,
+  /** An attached backup loads the chunks of one read (consecutive ones) in one worker task, up to this many bytes. */
+  loadTaskBytes: 1024 * 1024,
+  /** A read of an attached backup that follows the previous one starts loading this many bytes after it. */
+  readAheadBytes: 4 * 1024 * 1024,
   /** NBD connections a backup reads an image over, and requests in flight on each. */
   connections: 4,
   requestsPerConnection: 8,

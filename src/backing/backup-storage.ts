@@ -11,12 +11,17 @@ import { readManifest } from '../backup/manifest.js';
 import type { WorkerPool } from '../backup/worker-pool.js';
 import { BlkError, toBlkError } from '../errors.js';
 import { closeAsync, openUnnamedFile } from '../os/async-fs.js';
+import { backup as params } from '../params.js';
 import type { Extent, Storage, StorageCapabilities } from './storage.js';
 
 export interface BackupStorageOptions {
   workers: WorkerPool;
   /** Bytes of decompressed chunks kept in memory. */
   cacheBytes: number;
+  /** Chunks loaded in one worker task, at most this many bytes of them (default params.backup.loadTaskBytes). */
+  loadTaskBytes?: number;
+  /** A sequential read also starts loading this many bytes after it (default params.backup.readAheadBytes; 0: none). */
+  readAheadBytes?: number;
   /** Where the overlay of a writable attach lives (an unnamed file); none: read-only. */
   overlayDir?: string;
 }
@@ -42,6 +47,8 @@ export class BackupStorage implements Storage {
   #cache = new Map<number, Uint8Array>();
   #cachedBytes = 0;
   #loading = new Map<number, Promise<Uint8Array>>();
+  /** Where the last read ended: a read starting there is sequential. */
+  #sequentialEnd = -1;
   #overlay: Overlay | null;
   #isClosed = false;
 
@@ -92,6 +99,14 @@ export class BackupStorage implements Storage {
 
   async read(offset: number, into: Uint8Array): Promise<void> {
     const end = offset + into.length;
+    const first = Math.floor(offset / this.chunkSize);
+    const last = Math.floor((end - 1) / this.chunkSize);
+    // The chunks of one read go to a worker together; a read that follows the last one also starts
+    // loading what comes next, so a reader one request at a time (dd, cp from a mounted backup) finds it ready.
+    if (into.length > 0) this.#loadRange(first, last + 1);
+    const ahead = this.#o.readAheadBytes ?? params.readAheadBytes;
+    if (offset === this.#sequentialEnd && into.length > 0 && ahead > 0) this.#loadRange(last + 1, Math.ceil(Math.min(this.size, end + ahead) / this.chunkSize));
+    this.#sequentialEnd = end;
     const pieces: Array<Promise<void>> = [];
     for (let c = Math.floor(offset / this.chunkSize); c * this.chunkSize < end; c++) {
       const start = c * this.chunkSize;
@@ -212,17 +227,48 @@ export class BackupStorage implements Storage {
       this.#cache.set(c, hit);
       return Promise.resolve(hit);
     }
-    let loading = this.#loading.get(c);
-    if (!loading) {
-      const load = (): Promise<Uint8Array> =>
-        this.#o.workers
-          .run({ kind: 'load', items: this.#chunks.loadItems(this.#repo, { size: this.size, chunkSize: this.chunkSize, digests: this.#digests }, c, 1) })
-          .then((r) => r.data[0] as Uint8Array);
-      loading = load()
+    const loading = this.#loading.get(c);
+    if (loading) return loading;
+    this.#startLoad(c, 1);
+    return this.#loading.get(c) as Promise<Uint8Array>;
+  }
+
+  /** Whether chunk `c` has bytes to load: not zero, not cached, not being loaded. */
+  #isToLoad(c: number): boolean {
+    return !isZeroDigest(this.#digests, c * 32) && !this.#cache.has(c) && !this.#loading.has(c);
+  }
+
+  /** Starts loading the chunks of [first, end) that need it, consecutive ones in one worker task each (up to loadTaskBytes). */
+  #loadRange(first: number, end: number): void {
+    const perTask = Math.max(1, Math.floor((this.#o.loadTaskBytes ?? params.loadTaskBytes) / this.chunkSize));
+    for (let c = first; c < end; ) {
+      if (!this.#isToLoad(c)) {
+        c++;
+        continue;
+      }
+      let n = 1;
+      while (c + n < end && n < perTask && this.#isToLoad(c + n)) n++;
+      this.#startLoad(c, n);
+      c += n;
+    }
+  }
+
+  /**
+   * Loads chunks [first, first + n) in one worker task, each with its own promise in #loading. When
+   * the task fails, each chunk is loaded alone: only a damaged chunk fails, with its own offset, and
+   * a chunk a prune moved to another pack is looked up again.
+   */
+  #startLoad(first: number, n: number): void {
+    const load = (from: number, count: number): Promise<Uint8Array[]> =>
+      this.#o.workers.run({ kind: 'load', items: this.#chunks.loadItems(this.#repo, { size: this.size, chunkSize: this.chunkSize, digests: this.#digests }, from, count) }).then((r) => r.data);
+    const together = load(first, n);
+    for (let i = 0; i < n; i++) {
+      const c = first + i;
+      const loading = together
+        .then((data) => data[i] as Uint8Array)
         .catch(() => {
-          // A prune may have moved the chunk into another pack since the attach: look again, once.
           this.#chunks = ChunkIndex.load(this.#repo);
-          return load();
+          return load(c, 1).then((data) => data[0] as Uint8Array);
         })
         .then((data) => {
           this.#remember(c, data);
@@ -232,9 +278,10 @@ export class BackupStorage implements Storage {
           throw new BlkError('EIO', `${this.path}: chunk ${c} at offset ${c * this.chunkSize}: ${toBlkError(e).message}`);
         })
         .finally(() => this.#loading.delete(c));
+      // A chunk loaded ahead may fail with nobody reading it: its reader, if one comes, gets the error.
+      loading.catch(() => undefined);
       this.#loading.set(c, loading);
     }
-    return loading;
   }
 
   #remember(c: number, data: Uint8Array): void {

@@ -312,9 +312,11 @@ function run(task: Exclude<ChunkTask, { kind: 'write' | 'checkPack' }>): { resul
     case 'load': {
       const stored = readStored(task.items);
       const data = task.items.map((item, i) => {
-        const chunk = new Uint8Array(item.length);
         const bytes = stored[i];
-        if (bytes) decodeItem(item, bytes, chunk);
+        if (!bytes) return new Uint8Array(item.length);
+        // Not zeroed first: decoding fills it, and bytes that do not match the digest fail the load.
+        const chunk = new Uint8Array(Buffer.allocUnsafeSlow(item.length).buffer, 0, item.length);
+        decodeItem(item, bytes, chunk);
         return chunk;
       });
       return { result: { kind: 'load', data }, transfer: data.map((d) => d.buffer as ArrayBuffer) };

@@ -1,7 +1,8 @@
 // The backup repository (SPEC §9) end to end against a real daemon: full and incremental backups of two
 // devices under a writer, restored bit-identical to the images at their takes; new generations;
 // damage found by verify and refused by restore; kill -9 of backup_create; prune during a backup;
-// rollback onto an attached device; a backup served again as a device (NBD and a mounted /dev/loopN).
+// rollback onto an attached device; a backup served again as a device (NBD and a mounted /dev/loopN),
+// around a damaged chunk too.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomFillSync, randomInt } from 'node:crypto';
@@ -185,6 +186,24 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
         await assert.rejects(repo.restore({ id: b2.id, device: 'v.img', to: path.join(dir, 'r2') }), /offset 1048576.*damaged/);
         for (const b of [b1, b4]) await repo.restore({ id: b.id, device: 'v.img', to: path.join(dir, `r-${b.id}`) });
         await check('cmp', [path.join(dir, `r-${b4.id}`), path.join(dir, 'v.img')]);
+
+        // Served as a device: sequential reads up to the damaged chunk load it ahead, together with its
+        // neighbours; the neighbours still read, the damaged chunk fails (EIO), the daemon lives on.
+        const served = await daemon.json<{ uri: string }>('backup_attach', '--repo', repo.dir, '--id', b2.id, '--device', 'v.img', '--name', 'damaged');
+        const nbd = await NbdClient.connect(served.uri);
+        try {
+          assert.ok((await nbd.read(0, 256 * KiB)).equals(Buffer.alloc(256 * KiB, 1)));
+          // The next read follows the first: the chunks after it (the damaged one among them) load
+          // ahead in one task, and the read sent with it of two chunks after the damaged one waits for that task.
+          const [next, after] = await Promise.all([nbd.read(256 * KiB, 256 * KiB), nbd.read(MiB + BLOCK, 2 * BLOCK)]);
+          assert.ok(next.equals(Buffer.alloc(256 * KiB, 1)));
+          assert.ok(after.equals(Buffer.alloc(2 * BLOCK, 1)), 'the chunks after the damaged one');
+          await assert.rejects(nbd.read(MiB, BLOCK), /EIO/);
+          assert.ok((await nbd.read(4 * MiB, BLOCK)).equals(Buffer.alloc(BLOCK, 1)), 'a read after the failed one');
+        } finally {
+          await nbd.close();
+        }
+        assert.doesNotMatch(daemon.log, /BUG/, 'no rejection of a chunk loaded ahead went unhandled');
       } finally {
         await client.close();
       }
