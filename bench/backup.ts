@@ -1,6 +1,7 @@
 // Benchmark: the backup repository against restic (repository v2) and borg (-e none -C zstd,1) on the
 // same 4 GiB device file, in one run: full backup (caches dropped), incremental after 640 random 64 KiB
-// writes, restore of the latest to a file, verify of all data; wall times, repository sizes, ratios.
+// writes, restore of the latest to a file, verify of all data, and a read of the latest served by
+// backup_attach (ours only); wall times, repository sizes, ratios.
 //   node dist/bench/backup.js          (installs restic and borgbackup from Debian when missing)
 //   BENCH_BACKUP_GIB=1: a smaller data set (each quarter 1/4 GiB)
 //   BENCH_DAEMON_ARGS='--cow-copy cached': more blksnapd options (A/B runs)
@@ -99,7 +100,7 @@ interface Figures {
   size: number;
 }
 
-async function ours(dir: string, file: string): Promise<Figures & { readBytes: number }> {
+async function ours(dir: string, file: string): Promise<Figures & { readBytes: number; attachRead: number }> {
   const repo = path.join(dir, 'repo');
   fs.mkdirSync(dir, { recursive: true });
   const daemon = await spawnBlksnapd(dir, { args: ['--attach', `${file}=disk`], stateDir: path.join(dir, 'state') });
@@ -129,7 +130,11 @@ async function ours(dir: string, file: string): Promise<Figures & { readBytes: n
     fs.rmSync(path.join(dir, 'restored.img'));
     await dropCaches();
     const verify = await timed(() => cli('backup_verify', '--repo', repo, '--json'));
-    return { full, incremental, growth, restore, verify, size, readBytes };
+    // The latest backup served as a device, read whole by nbdcopy (chunks loaded, checked, decompressed on demand).
+    const served = JSON.parse(await cli('backup_attach', '--repo', repo, '--id', id, '--device', 'disk', '--name', 'served', '--json')) as { uri: string };
+    await dropCaches();
+    const attachRead = await timed(() => runTool('nbdcopy', [served.uri, 'null:']));
+    return { full, incremental, growth, restore, verify, size, readBytes, attachRead };
   } finally {
     await daemon.stop();
   }
@@ -194,7 +199,7 @@ async function main(): Promise<void> {
     console.log(`# backup benchmark: a ${gib} GiB device file (random, text, a copy of the random part, never written), ${os.availableParallelism()} cores`);
     const o = await ours(path.join(dir, "ours"), file);
     if (process.env.BENCH_PEERS === 'none') {
-      console.log(`blksnap: full ${o.full.toFixed(1)} s, incremental ${o.incremental.toFixed(1)} s, +${(o.growth / 1e6).toFixed(0)} MB, restore ${o.restore.toFixed(1)} s, verify ${o.verify.toFixed(1)} s, repository ${(o.size / 1e6).toFixed(0)} MB`);
+      console.log(`blksnap: full ${o.full.toFixed(1)} s, incremental ${o.incremental.toFixed(1)} s, +${(o.growth / 1e6).toFixed(0)} MB, restore ${o.restore.toFixed(1)} s, verify ${o.verify.toFixed(1)} s, repository ${(o.size / 1e6).toFixed(0)} MB, attached read ${o.attachRead.toFixed(1)} s`);
       return;
     }
     fs.mkdirSync(path.join(dir, 'r'));
@@ -226,6 +231,7 @@ async function main(): Promise<void> {
     console.log(`restore         ${(o.restore / faster('restore')).toFixed(2)}×  (target ≤ 0.5)`);
     console.log(`verify          ${(o.verify / faster('verify')).toFixed(2)}×  (target ≤ 0.5)`);
     console.log(`repository      ${(o.size / faster('size')).toFixed(2)}×  (target ≤ 1.05)`);
+    console.log(`attached backup  nbdcopy of the latest backup served by backup_attach: ${o.attachRead.toFixed(1)} s, ${(3 * quarter / o.attachRead / 1e6).toFixed(0)} MB/s of allocated data (no peer figure)`);
     const limit = sha256Limit();
     const allocated = 3 * quarter;
     console.log(`full backup throughput ${(allocated / o.full / 1e6).toFixed(0)} MB/s of allocated data: ${((allocated / o.full / limit) * 100).toFixed(0)}% of the SHA-256 limit of ${os.availableParallelism()} cores (${(limit / 1e6).toFixed(0)} MB/s)`);
