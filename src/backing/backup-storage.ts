@@ -233,9 +233,9 @@ export class BackupStorage implements Storage {
     return this.#loading.get(c) as Promise<Uint8Array>;
   }
 
-  /** Whether chunk `c` has bytes to load: not zero, not cached, not being loaded. */
+  /** Whether chunk `c` has bytes to load: not zero, not in the overlay, not cached, not being loaded. */
   #isToLoad(c: number): boolean {
-    return !isZeroDigest(this.#digests, c * 32) && !this.#cache.has(c) && !this.#loading.has(c);
+    return !isZeroDigest(this.#digests, c * 32) && !this.#overlay?.copied[c] && !this.#cache.has(c) && !this.#loading.has(c);
   }
 
   /** Starts loading the chunks of [first, end) that need it, consecutive ones in one worker task each (up to loadTaskBytes). */
