@@ -1,6 +1,7 @@
 // Owns reading a device's or an image's range from the page cache in a FUSE worker thread, without
 // the event loop: the fast path of the readers and the ring threads alike. Readers splice larger
 // ranges into a pipe instead (page references, no copy into this process).
+import * as fs from 'node:fs';
 import type { ImageReadGate } from '../../core/block-device.js';
 import { ChunkState, keptOffset } from '../../core/chunk-map.js';
 import { threadPinOf } from '../../core/origin-readers.js';
@@ -68,14 +69,21 @@ export function readFromCache(cached: CachedReads, into: Buffer, offset: number)
 }
 
 /**
- * Adds the `length` bytes at `offset` to `pipe` as references to cached pages, then runs `send`
- * (which moves the pipe's contents on) while an image's chunks are still pinned. False when a piece
- * is not cached or `send` failed: the pipe may then hold part of the range (emptyPipe).
+ * Puts `header` (written once the first piece is known to be cached), then the `length` bytes at
+ * `offset` as references to cached pages, into `pipe`; then runs `send` (which moves the pipe's
+ * contents on) while an image's chunks are still pinned. False when a piece is not cached or `send`
+ * failed: the pipe may then hold part of the reply (emptyPipe).
  */
-export function spliceFromCache(cached: CachedReads, pipe: SplicePipe, offset: number, length: number, send: () => boolean): boolean {
+export function spliceFromCache(cached: CachedReads, pipe: SplicePipe, header: Uint8Array, offset: number, length: number, send: () => boolean): boolean {
   if (!isServable(cached, offset, length)) return false;
+  let isHeaderIn = false;
   // Always asked first: a splice from a range not cached would wait for the disk in this thread.
-  const splice: PieceSink = (fd, position, pieceLength) => isRangeCached(fd, position, pieceLength) && spliceFileToPipe(fd, position, pipe, pieceLength);
+  const splice: PieceSink = (fd, position, pieceLength) => {
+    if (!isRangeCached(fd, position, pieceLength)) return false;
+    if (!isHeaderIn && fs.writeSync(pipe.writeFd, header) !== header.length) return false;
+    isHeaderIn = true;
+    return spliceFileToPipe(fd, position, pipe, pieceLength);
+  };
   if (!cached.image) return splice(cached.fd, offset, length, 0, true) && send();
   return imagePieces(cached.image, cached.fd, offset, length, splice, send);
 }

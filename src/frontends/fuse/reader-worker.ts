@@ -5,7 +5,7 @@
 // Larger ones it splices from the page cache to /dev/fuse.
 import * as fs from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
-import { isRangeCached, readRaw, waitReadable } from '../../os/libc.js';
+import { readRaw, waitReadable } from '../../os/libc.js';
 import { emptyPipe, openPipe, spliceFromPipe } from '../../os/splice.js';
 import { readFromCache, spliceFromCache } from './cached-read.js';
 import { SlotState, type ReaderShared, type ReaderMessage } from './slots.js';
@@ -41,13 +41,11 @@ function send(bytes: Buffer, length: number): void {
  */
 function splicedFromCache(unique: bigint, offset: number, size: number): boolean {
   if (!pipe || !cachedReads || size < spliceMinimum || w.OUT_HEADER_LENGTH + size > pipe.capacity - PAGE_SIZE) return false;
-  // A device range asked first, so that a miss costs no pipe traffic (an image's pieces are asked one by one).
-  if (!cachedReads.image && !isRangeCached(cachedReads.fd, offset, size)) return false;
   const length = w.OUT_HEADER_LENGTH + size;
   w.writeOutHeader(replyHeader, length, 0, unique);
   const sendPipe = (): boolean => spliceFromPipe(pipe, fd, length) === length;
   try {
-    if (fs.writeSync(pipe.writeFd, replyHeader) === replyHeader.length && spliceFromCache(cachedReads, pipe, offset, size, sendPipe)) return true;
+    if (spliceFromCache(cachedReads, pipe, replyHeader, offset, size, sendPipe)) return true;
   } catch {
     // A failed splice to /dev/fuse (ENOENT: the request was interrupted; ENODEV: the connection is
     // gone), or a full pipe: the daemon answers, or finds nobody to answer.

@@ -14,6 +14,8 @@ import { closePipe, drainPipe, emptyPipe, openPipe, type SplicePipe } from '../.
 import { tempDir } from '../../helpers/tools.js';
 
 const CHUNK = 64 * 1024;
+/** No reply header: the pipe then holds exactly the range. */
+const EMPTY = new Uint8Array(0);
 const CHUNKS = 16;
 
 interface Setup {
@@ -81,7 +83,7 @@ describe('FUSE cached reads by splice', () => {
       const newer = randomBytes(4096);
       let landedDuringSend: boolean | null = null;
       const reply = Buffer.alloc(length);
-      const sent = spliceFromCache(s.cached, s.pipe, offset, length, () => {
+      const sent = spliceFromCache(s.cached, s.pipe, EMPTY, offset, length, () => {
         // A write racing the reply, after the pages are in the pipe and before they are copied out of it.
         landedDuringSend = writeHonouringPins(s, offset + CHUNK + 8192, newer);
         drainPipe(s.pipe, reply);
@@ -97,7 +99,7 @@ describe('FUSE cached reads by splice', () => {
     }
   });
 
-  it('takes untouched chunks from the device and kept ones from the difference storage, as a read into memory does', () => {
+  it('puts the header first, then untouched chunks from the device and kept ones from the difference storage, as a read into memory gives them', () => {
     const s = setUp();
     try {
       // Chunk 5 kept in slot 9, chunk 6 untouched, chunk 7 kept in slot 2; the range starts and ends inside chunks.
@@ -113,13 +115,14 @@ describe('FUSE cached reads by splice', () => {
         s.kept.subarray(2 * CHUNK, 2 * CHUNK + 32 * 1024),
       ]);
       assert.equal(expected.length, length);
-      const spliced = Buffer.alloc(length);
+      const header = Buffer.from('a reply header: ');
+      const spliced = Buffer.alloc(header.length + length);
       const moveOn = (): boolean => {
         drainPipe(s.pipe, spliced);
         return true;
       };
-      assert.equal(spliceFromCache(s.cached, s.pipe, offset, length, moveOn), true);
-      assert.ok(spliced.equals(expected), 'spliced');
+      assert.equal(spliceFromCache(s.cached, s.pipe, header, offset, length, moveOn), true);
+      assert.ok(spliced.equals(Buffer.concat([header, expected])), 'the header, then the range');
       const copied = Buffer.alloc(length);
       assert.equal(readFromCache(s.cached, copied, offset), true);
       assert.ok(copied.equals(expected), 'copied');
@@ -133,17 +136,17 @@ describe('FUSE cached reads by splice', () => {
     try {
       const never = (): boolean => assert.fail('nothing may be sent');
       Atomics.store(s.gate.state, 2, ChunkState.Copying);
-      assert.equal(spliceFromCache(s.cached, s.pipe, CHUNK, 2 * CHUNK, never), false, 'a chunk being copied');
+      assert.equal(spliceFromCache(s.cached, s.pipe, EMPTY, CHUNK, 2 * CHUNK, never), false, 'a chunk being copied');
       emptyPipe(s.pipe, Buffer.alloc(CHUNK));
       Atomics.store(s.gate.state, 2, ChunkState.Untouched);
       Atomics.store(s.gate.pins, 0, 1);
-      assert.equal(spliceFromCache(s.cached, s.pipe, CHUNK, CHUNK, never), false, 'a closed image');
+      assert.equal(spliceFromCache(s.cached, s.pipe, EMPTY, CHUNK, CHUNK, never), false, 'a closed image');
       Atomics.store(s.gate.pins, 0, 0);
-      assert.equal(spliceFromCache(s.cached, s.pipe, CHUNK, CHUNK, () => false), false, 'a failed send');
+      assert.equal(spliceFromCache(s.cached, s.pipe, EMPTY, CHUNK, CHUNK, () => false), false, 'a failed send');
       emptyPipe(s.pipe, Buffer.alloc(CHUNK));
-      assert.throws(() => spliceFromCache(s.cached, s.pipe, CHUNK, CHUNK, () => assert.fail('ENODEV')), /ENODEV/, 'a send that throws');
+      assert.throws(() => spliceFromCache(s.cached, s.pipe, EMPTY, CHUNK, CHUNK, () => assert.fail('ENODEV')), /ENODEV/, 'a send that throws');
       emptyPipe(s.pipe, Buffer.alloc(CHUNK));
-      assert.equal(spliceFromCache(s.cached, s.pipe, (CHUNKS - 1) * CHUNK, 2 * CHUNK, never), false, 'past the end');
+      assert.equal(spliceFromCache(s.cached, s.pipe, EMPTY, (CHUNKS - 1) * CHUNK, 2 * CHUNK, never), false, 'past the end');
       for (let i = 1; i < s.gate.pins.length; i++) assert.equal(Atomics.load(s.gate.pins, i), 0, 'no pin left behind');
     } finally {
       s.done();
