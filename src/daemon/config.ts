@@ -85,7 +85,8 @@ Options:
                        on (default): the FUSE server takes the kernel's requests through
                        io_uring (Linux 6.14+ with CONFIG_FUSE_IO_URING; turns the fuse
                        module's enable_uring on); off, or where the kernel or a seccomp
-                       profile refuses io_uring: read(2) and write(2) on /dev/fuse
+                       profile refuses io_uring: read(2) and write(2) on /dev/fuse, cached
+                       reads of 64 KiB and more spliced from the page cache
   --cow-copy direct|cached
                        how copy-on-write keeps a chunk's original in the difference storage:
                        direct (default) writes it with O_DIRECT, past the page cache, as
