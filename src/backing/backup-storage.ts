@@ -259,17 +259,19 @@ export class BackupStorage implements Storage {
    * a chunk a prune moved to another pack is looked up again.
    */
   #startLoad(first: number, n: number): void {
-    const load = (from: number, count: number): Promise<Uint8Array[]> =>
-      this.#o.workers.run({ kind: 'load', items: this.#chunks.loadItems(this.#repo, { size: this.size, chunkSize: this.chunkSize, digests: this.#digests }, from, count) }).then((r) => r.data);
-    const together = load(first, n);
+    // A rejection, never a throw: a chunk missing from the index must fail only its own load, not
+    // the read that started loading it ahead.
+    const load = async (from: number, count: number): Promise<Uint8Array[]> =>
+      (await this.#o.workers.run({ kind: 'load', items: this.#chunks.loadItems(this.#repo, { size: this.size, chunkSize: this.chunkSize, digests: this.#digests }, from, count) })).data;
+    // The pack indexes are loaded again once per failed task, not once per chunk of it.
+    const together = load(first, n).catch(() => {
+      this.#chunks = ChunkIndex.load(this.#repo);
+      return null;
+    });
     for (let i = 0; i < n; i++) {
       const c = first + i;
       const loading = together
-        .then((data) => data[i] as Uint8Array)
-        .catch(() => {
-          this.#chunks = ChunkIndex.load(this.#repo);
-          return load(c, 1).then((data) => data[0] as Uint8Array);
-        })
+        .then(async (data) => (data ? (data[i] as Uint8Array) : ((await load(c, 1))[0] as Uint8Array)))
         .then((data) => {
           this.#remember(c, data);
           return data;

@@ -204,6 +204,21 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
           await nbd.close();
         }
         assert.doesNotMatch(daemon.log, /BUG/, 'no rejection of a chunk loaded ahead went unhandled');
+
+        // The damaged chunk's pack gone before the attach: the chunk is missing from the index, and
+        // loading it ahead must not fail the reads before it.
+        fs.rmSync(file);
+        fs.rmSync(packPaths(path.join(repo.dir, 'chunks'), where.pack).idx);
+        const missing = await daemon.json<{ uri: string }>('backup_attach', '--repo', repo.dir, '--id', b2.id, '--device', 'v.img', '--name', 'missing');
+        const again = await NbdClient.connect(missing.uri);
+        try {
+          for (let at = 0; at < MiB; at += 256 * KiB) assert.ok((await again.read(at, 256 * KiB)).equals(Buffer.alloc(256 * KiB, 1)), `bytes at ${at} before the missing chunk`);
+          await assert.rejects(again.read(MiB, BLOCK), /missing from the repository/);
+          assert.ok((await again.read(MiB + BLOCK, BLOCK)).equals(Buffer.alloc(BLOCK, 1)), 'the chunk after the missing one');
+        } finally {
+          await again.close();
+        }
+        assert.doesNotMatch(daemon.log, /BUG/);
       } finally {
         await client.close();
       }
