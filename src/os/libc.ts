@@ -174,7 +174,7 @@ function addressOf(buffer: ArrayBufferLike): number {
 }
 
 const SYS_CACHESTAT = 451;
-const PAGE_SIZE = 4096;
+export const PAGE_SIZE = 4096;
 const cachestatRange = new BigUint64Array(2);
 const cachestatOut = new BigUint64Array(5);
 let hasCachestat = true;

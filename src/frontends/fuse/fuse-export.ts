@@ -28,8 +28,6 @@ export interface FuseExportOptions {
   readerCount?: number;
   /** Readers answer cached reads of a device themselves (default true; false for A/B runs). */
   readerCachedReads?: boolean;
-  /** Readers splice the larger cached reads (default true; false for A/B runs and tests). */
-  readerSplice?: boolean;
   /**
    * Requests through io_uring where the kernel offers it (default true; turns the fuse module's
    * enable_uring on where it is off), else read(2)/write(2) on /dev/fuse. The ring threads (as many
@@ -116,7 +114,7 @@ export class FuseExport {
     // CPUs (32 MiB of entries) the export stays with read/write.
     const ringThreads = Math.max(1, Math.min(queues, options.readerCount ?? 2));
     this.#ringsWanted = queues > 0 && queues <= 16 && turnOnFuseRing(this.#log) ? { queues, threads: ringThreads, entries: Math.max(2 * queues, options.ringEntryCount ?? 16) } : null;
-    const spliceMinimum = options.readerSplice === false ? 0 : fuseParams.readerSpliceMinimum;
+    const spliceMinimum = fuseParams.readerSpliceMinimum;
     // Without rings, transfers every reader can splice (a kernel that refuses the rings at INIT gets 1 MiB ones, the larger copied).
     const maxTransfer = options.maxTransfer ?? (this.#ringsWanted || spliceMinimum === 0 ? 2 ** 20 : fuseParams.readWriteTransferMaximum);
     this.#maxTransfer = maxTransfer;

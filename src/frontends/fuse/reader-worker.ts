@@ -5,7 +5,7 @@
 // Larger ones it splices from the page cache to /dev/fuse.
 import * as fs from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
-import { readRaw, waitReadable } from '../../os/libc.js';
+import { PAGE_SIZE, readRaw, waitReadable } from '../../os/libc.js';
 import { emptyPipe, openPipe, spliceFromPipe } from '../../os/splice.js';
 import { readFromCache, spliceFromCache } from './cached-read.js';
 import { SlotState, type ReaderShared, type ReaderMessage } from './slots.js';
@@ -15,7 +15,6 @@ const ENOENT = 2;
 const EINTR = 4;
 const EAGAIN = 11;
 const ENODEV = 19;
-const PAGE_SIZE = 4096;
 
 const { fd, memory, slotCount, slotSize, firstSlot, ownSlotCount, cachedReads, spliceMinimum, pipeBytes } = workerData as ReaderShared;
 /** This reader's reply buffer for cached reads: the slot keeps the request in case the daemon must serve it. */
