@@ -3,7 +3,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CbtMap } from '../core/cbt-map.js';
+import { BlkError } from '../errors.js';
 import { readStateFile, writeStateFile } from '../os/state-file.js';
+import { zstdCompressAsync, zstdDecompress } from '../os/zstd.js';
 
 /** An attached device as the next start attaches it again. */
 export interface AttachedRecord {
@@ -16,7 +18,19 @@ export interface AttachedRecord {
 
 const DEVICES_KIND = 1;
 const TRACKER_KIND = 2;
-const VERSION = 1;
+const DEVICES_VERSION = 1;
+/**
+ * Tracker files: version 1 held the map's bytes as they are; version 2 holds them as one zstd frame.
+ * A map is mostly long runs of one number (a 1 TiB device's two 2 MiB maps, never written, compress
+ * to a few hundred bytes), and the take waits for this file's fsync: four such devices' raw maps made
+ * the take's save 40–70 ms, where writing and syncing 1 KiB each takes about 2 ms.
+ */
+const TRACKER_VERSION = 2;
+const TRACKER_VERSIONS = [TRACKER_VERSION, 1] as const;
+/** Level 1: a map's runs compress as well as at higher levels, and fastest. */
+const TRACKER_ZSTD_LEVEL = 1;
+/** The largest map bytes a version 2 file may announce (CbtMap.deserialize checks the exact length). */
+const TRACKER_MAP_MAXIMUM = 2 ** 31;
 
 /** What a tracker's state file says besides the map: whether it was saved at a clean stop, and the store as it was then. */
 export interface TrackerHeader {
@@ -53,7 +67,7 @@ export class DeviceState {
 
   /** The devices to attach again; none (with the reason) when the file is missing or damaged. */
   async loadAttached(): Promise<{ records: AttachedRecord[]; reason?: string }> {
-    const r = await readStateFile(this.#devicesFile, DEVICES_KIND, VERSION);
+    const r = await readStateFile(this.#devicesFile, DEVICES_KIND, DEVICES_VERSION);
     if (!r.ok) return { records: [], reason: r.reason };
     try {
       return { records: JSON.parse(r.payload.toString('utf8')) as AttachedRecord[] };
@@ -64,12 +78,12 @@ export class DeviceState {
 
   async saveAttached(records: readonly AttachedRecord[]): Promise<void> {
     await fs.promises.mkdir(this.#dir, { recursive: true, mode: 0o700 });
-    await writeStateFile(this.#devicesFile, DEVICES_KIND, VERSION, Buffer.from(JSON.stringify(records)));
+    await writeStateFile(this.#devicesFile, DEVICES_KIND, DEVICES_VERSION, Buffer.from(JSON.stringify(records)));
   }
 
   /** The tracker as last saved, when its file is whole; otherwise why not, for cbtinfo. */
   async loadTracker(name: string): Promise<SavedTracker> {
-    const r = await readStateFile(this.#trackerFile(name), TRACKER_KIND, VERSION);
+    const r = await readStateFile(this.#trackerFile(name), TRACKER_KIND, TRACKER_VERSIONS);
     if (!r.ok) return { reason: r.reason.includes('ENOENT') ? 'no saved tracker' : `saved tracker refused: ${r.reason}` };
     let header: TrackerHeader;
     let headerLength: number;
@@ -80,7 +94,8 @@ export class DeviceState {
       return { reason: 'saved tracker refused: its header is not JSON' };
     }
     try {
-      return { map: CbtMap.deserialize(r.payload.subarray(4 + headerLength)), header };
+      const stored = r.payload.subarray(4 + headerLength);
+      return { map: CbtMap.deserialize(r.version === 1 ? stored : decompressMap(stored)), header };
     } catch (e) {
       return { reason: `saved tracker refused: ${(e as Error).message}` };
     }
@@ -119,11 +134,25 @@ export class DeviceState {
     const json = Buffer.from(JSON.stringify(header));
     const length = Buffer.alloc(4);
     length.writeUInt32LE(json.length);
+    const mapLength = Buffer.alloc(8);
+    mapLength.writeBigUInt64LE(BigInt(map.length));
+    // In the thread pool: a map of scattered marks takes zstd some milliseconds per 4 MiB.
+    const compressed = await zstdCompressAsync(map, TRACKER_ZSTD_LEVEL);
     await fs.promises.mkdir(this.trackerDir, { recursive: true, mode: 0o700 });
-    await writeStateFile(this.#trackerFile(name), TRACKER_KIND, VERSION, Buffer.concat([length, json, map]));
+    await writeStateFile(this.#trackerFile(name), TRACKER_KIND, TRACKER_VERSION, Buffer.concat([length, json, mapLength, compressed]));
   }
 
   async forgetTracker(name: string): Promise<void> {
     await fs.promises.rm(this.#trackerFile(name), { force: true });
   }
+}
+
+/** A version 2 tracker's map bytes: their length (u64), then one zstd frame of them; EIO when damaged. */
+function decompressMap(stored: Buffer): Buffer {
+  if (stored.length < 8) throw new BlkError('EIO', 'its map is cut short');
+  const length = Number(stored.readBigUInt64LE(0));
+  if (length > TRACKER_MAP_MAXIMUM) throw new BlkError('EIO', `its map claims ${length} bytes`);
+  const map = Buffer.allocUnsafe(length);
+  zstdDecompress(stored.subarray(8), map);
+  return map;
 }

@@ -8,7 +8,7 @@ const MAGIC = Buffer.from('BLKSNAPS', 'latin1');
 /** magic (8) · format version (4) · kind (4) · payload length (8) · SHA-256 of the payload (32). */
 const HEADER_LENGTH = 8 + 4 + 4 + 8 + 32;
 
-export type StateFileRead = { ok: true; payload: Buffer } | { ok: false; reason: string };
+export type StateFileRead = { ok: true; payload: Buffer; version: number } | { ok: false; reason: string };
 
 function digest(payload: Buffer): Buffer {
   return createHash('sha256').update(payload).digest();
@@ -49,10 +49,12 @@ export async function syncDirectory(dir: string): Promise<void> {
 }
 
 /**
- * Reads a state file back: its payload, or why it cannot be trusted (missing, another format
+ * Reads a state file back: its payload and format version (one of `versions`: a reader may still
+ * take the formats older daemons wrote), or why it cannot be trusted (missing, another format
  * version or kind, truncated, a flipped byte). A caller treats a refusal as "no state".
  */
-export async function readStateFile(file: string, kind: number, version: number): Promise<StateFileRead> {
+export async function readStateFile(file: string, kind: number, versions: number | readonly number[]): Promise<StateFileRead> {
+  const accepted = typeof versions === 'number' ? [versions] : versions;
   let data: Buffer;
   try {
     data = await fs.promises.readFile(file);
@@ -61,11 +63,11 @@ export async function readStateFile(file: string, kind: number, version: number)
   }
   if (data.length < HEADER_LENGTH || !data.subarray(0, 8).equals(MAGIC)) return { ok: false, reason: `${file} is not a blksnap state file` };
   const fileVersion = data.readUInt32LE(8);
-  if (fileVersion !== version) return { ok: false, reason: `${file} has format version ${fileVersion}, not ${version}` };
+  if (!accepted.includes(fileVersion)) return { ok: false, reason: `${file} has format version ${fileVersion}, not ${accepted.join(' or ')}` };
   if (data.readUInt32LE(12) !== kind) return { ok: false, reason: `${file} holds another kind of state` };
   const length = Number(data.readBigUInt64LE(16));
   const payload = data.subarray(HEADER_LENGTH);
   if (payload.length !== length) return { ok: false, reason: `${file} is truncated or extended: ${payload.length} of ${length} bytes` };
   if (!digest(payload).equals(data.subarray(24, HEADER_LENGTH))) return { ok: false, reason: `${file} fails its checksum` };
-  return { ok: true, payload };
+  return { ok: true, payload, version: fileVersion };
 }

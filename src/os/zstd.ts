@@ -8,6 +8,7 @@ const lib = koffi.load('libzstd.so.1');
 const createCCtx = lib.func('void *ZSTD_createCCtx()');
 const createDCtx = lib.func('void *ZSTD_createDCtx()');
 const compressFn = lib.func('size_t ZSTD_compressCCtx(void *cctx, void *dst, size_t dstCapacity, const void *src, size_t srcSize, int level)');
+const compressOnceFn = lib.func('size_t ZSTD_compress(void *dst, size_t dstCapacity, const void *src, size_t srcSize, int level)');
 const decompressFn = lib.func('size_t ZSTD_decompressDCtx(void *dctx, void *dst, size_t dstCapacity, const void *src, size_t compressedSize)');
 const boundFn = lib.func('size_t ZSTD_compressBound(size_t srcSize)');
 const isErrorFn = lib.func('unsigned int ZSTD_isError(size_t code)');
@@ -33,6 +34,25 @@ export function zstdBound(size: number): number {
 export function zstdCompressInto(src: Uint8Array, level: number, into: Uint8Array): number {
   cctx ??= createCCtx();
   return checked(compressFn(cctx, into, into.length, src, src.length, level), 'compress');
+}
+
+/**
+ * Compresses `src` at `level` in the thread pool, off the calling thread's event loop (a context of
+ * its own each time: the pool's threads share none); resolves with the compressed bytes. `src` must
+ * not change until it resolves.
+ */
+export function zstdCompressAsync(src: Uint8Array, level: number): Promise<Buffer> {
+  const into = Buffer.allocUnsafe(zstdBound(src.length));
+  return new Promise((resolve, reject) => {
+    compressOnceFn.async(into, into.length, src, src.length, level, (err: unknown, result: unknown) => {
+      if (err) return reject(err instanceof Error ? err : new Error(String(err)));
+      try {
+        resolve(into.subarray(0, checked(result, 'compress')));
+      } catch (e) {
+        reject(e);
+      }
+    });
+  });
 }
 
 /** Decompresses a whole zstd frame of `size` bytes into `into` (exactly that many bytes, else EIO). */

@@ -14,7 +14,8 @@ describe('state files', () => {
       const file = path.join(dir, 'state');
       const payload = Buffer.from('the tracker of dev0, and more bytes');
       await writeStateFile(file, 7, 1, payload);
-      assert.deepEqual(await readStateFile(file, 7, 1), { ok: true, payload });
+      assert.deepEqual(await readStateFile(file, 7, 1), { ok: true, payload, version: 1 });
+      assert.deepEqual(await readStateFile(file, 7, [2, 1]), { ok: true, payload, version: 1 }, 'an older format a reader still takes');
       assert.deepEqual(fs.readdirSync(dir), ['state'], 'no temp file left behind');
       const whole = fs.readFileSync(file);
       const cases: Array<[string, Buffer, RegExp]> = [
@@ -31,6 +32,7 @@ describe('state files', () => {
       }
       await writeStateFile(file, 7, 1, payload);
       assert.match((await readStateFile(file, 7, 2) as { reason: string }).reason, /format version 1, not 2/);
+      assert.match((await readStateFile(file, 7, [3, 2]) as { reason: string }).reason, /format version 1, not 3 or 2/);
       assert.match((await readStateFile(file, 8, 1) as { reason: string }).reason, /another kind/);
       assert.match((await readStateFile(path.join(dir, 'none'), 7, 1) as { reason: string }).reason, /ENOENT/);
     } finally {
