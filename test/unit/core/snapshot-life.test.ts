@@ -167,6 +167,31 @@ describe('snapshot life', () => {
     await snapshot.destroy();
   });
 
+  it('a store grown after the snapshot was created: the take makes its chunk maps for the size at the take', async () => {
+    // The maps are made before writes are held (a take holds them as briefly as it can); the size is
+    // probed while they are held, and a map of the old size would leave the grown part unserved.
+    const d = await device('growing', 4 * MiB);
+    const file = path.join(tmp.dir, 'growing');
+    const snapshot = new Snapshot({ diffStorage: tmp.dir, limit: 64 * MiB, diffStorageMinimum: 64 * MiB, chunkMinimumShift: 16 }, new Exports());
+    snapshot.add(d);
+    await snapshot.open();
+    fs.truncateSync(file, 8 * MiB);
+    const fd = fs.openSync(file, 'r+');
+    fs.writeSync(fd, Buffer.alloc(64 * KiB, 7), 0, 64 * KiB, 6 * MiB);
+    fs.closeSync(fd);
+    await snapshot.take((x) => `${x.name}-image`);
+    try {
+      const image = snapshot.image(d) as SnapImage;
+      assert.equal(image.size, 8 * MiB);
+      await d.write(6 * MiB, Buffer.alloc(64 * KiB, 9), IoFlag.None); // copied first: the grown part has chunks
+      const seen = Buffer.alloc(64 * KiB);
+      await image.read(6 * MiB, seen);
+      assert.ok(seen.every((b) => b === 7), 'the image keeps the grown part as it was at the take');
+    } finally {
+      await snapshot.destroy();
+    }
+  });
+
   it('a take that fails on an image name leaves CBT unswitched and no image behind', async () => {
     const a = await device('a', 4 * MiB);
     const b = await device('b', 4 * MiB);
