@@ -84,25 +84,36 @@ export class IoUring {
     this.#sqTail = this.#words[this.#sqTailWord] as number;
   }
 
-  /** The next SQE, zeroed, with its opcode, descriptor and user data; returns its offset in `sqes`. */
+  /** The submission entries; a URING_CMD's command area is where uringCommand says. */
+  get sqes(): Buffer {
+    return this.#sqes;
+  }
+
+  /**
+   * The next SQE, zeroed, with its opcode, descriptor and user data (32 bits: its high word stays 0;
+   * no BigInt per request on the FUSE rings' path); returns its offset in `sqes`.
+   */
   #next(opcode: number, fd: number, userData: number): number {
     const at = (this.#sqTail & this.#sqMask) * SQE_BYTES;
     this.#sqes.fill(0, at, at + SQE_BYTES);
     this.#sqes[at] = opcode;
     this.#sqes.writeInt32LE(fd, at + 4);
-    this.#sqes.writeBigUInt64LE(BigInt(userData), at + 32);
+    this.#sqes.writeUInt32LE(userData >>> 0, at + 32);
     this.#sqTail = (this.#sqTail + 1) >>> 0;
     this.#unsubmitted++;
     return at;
   }
 
-  /** Queues a URING_CMD on `fd`; `fill` writes the command area (at the returned buffer's offset). */
-  uringCommand(fd: number, commandOp: number, userData: number, address: bigint, length: number, fill: (sqes: Buffer, commandAt: number) => void): void {
+  /**
+   * Queues a URING_CMD on `fd` with `address` (none: 0) and `length`; returns where in `sqes` its
+   * command area starts, zeroed, for the caller to fill.
+   */
+  uringCommand(fd: number, commandOp: number, userData: number, address: bigint | null, length: number): number {
     const at = this.#next(IORING_OP_URING_CMD, fd, userData);
     this.#sqes.writeUInt32LE(commandOp, at + 8);
-    this.#sqes.writeBigUInt64LE(address, at + 16);
+    if (address !== null) this.#sqes.writeBigUInt64LE(address, at + 16);
     this.#sqes.writeUInt32LE(length, at + 24);
-    fill(this.#sqes, at + SQE_COMMAND_OFFSET);
+    return at + SQE_COMMAND_OFFSET;
   }
 
   /** Queues a one-shot poll of `fd` for `events`. */
@@ -120,14 +131,14 @@ export class IoUring {
     return 0;
   }
 
-  /** Hands each completion (user data, result) to `each`, then frees their slots. */
+  /** Hands each completion (its user data's 32 bits, result) to `each`, then frees their slots. */
   reap(each: (userData: number, result: number) => void): void {
     let head = this.#words[this.#cqHeadWord] as number;
     const tail = this.#words[this.#cqTailWord] as number;
     while (head !== tail) {
       const at = this.#cqesOffset + (head & this.#cqMask) * CQE_BYTES;
       head = (head + 1) >>> 0;
-      each(Number(this.#cqes.readBigUInt64LE(at)), this.#cqes.readInt32LE(at + 8));
+      each(this.#cqes.readUInt32LE(at), this.#cqes.readInt32LE(at + 8));
     }
     this.#words[this.#cqHeadWord] = head;
   }

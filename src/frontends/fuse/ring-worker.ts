@@ -27,7 +27,8 @@ const control = new Int32Array(shared.control);
 const post = (m: RingMessage) => parentPort?.postMessage(m);
 
 const entries = Array.from({ length: entryCount }, (_, e) => ringEntryViews(shared.memory, entryBase, maxTransfer, firstEntry + e));
-const commitIds = new BigUint64Array(entryCount);
+/** Each entry's commit id as two 32-bit words, copied from its request header to its next commit. */
+const commitIds = new Uint32Array(2 * entryCount);
 // The two buffers each entry registers, kept alive for the ring's life.
 const iovecs = Buffer.alloc(entryCount * 32);
 const memoryAddress = koffi.address(new Uint8Array(shared.memory));
@@ -43,17 +44,21 @@ const ring = new IoUring(entryCount + 2);
 
 function command(e: number, op: number): void {
   const isRegister = op === w.Ring.commandRegister;
-  ring.uringCommand(fd, op, e, isRegister ? iovecsAddress + BigInt(e * 32) : 0n, isRegister ? 2 : 0, (sqes, c) => {
-    // fuse_uring_cmd_req: flags, commit_id, qid.
-    sqes.writeBigUInt64LE(isRegister ? 0n : (commitIds[e] as bigint), c + 8);
-    sqes.writeUInt16LE((firstEntry + e) % queueCount, c + 16);
-  });
+  const c = ring.uringCommand(fd, op, e, isRegister ? iovecsAddress + BigInt(e * 32) : null, isRegister ? 2 : 0);
+  // fuse_uring_cmd_req: flags, commit_id (none to register), qid.
+  const sqes = ring.sqes;
+  if (!isRegister) {
+    sqes.writeUInt32LE(commitIds[2 * e] as number, c + 8);
+    sqes.writeUInt32LE(commitIds[2 * e + 1] as number, c + 12);
+  }
+  sqes.writeUInt16LE((firstEntry + e) % queueCount, c + 16);
 }
 
 /** Answers from the page cache, or rebuilds the request as the daemon's thread reads it and relays it. */
 function take(e: number): void {
   const { header: h, request, payload } = entries[e] as RingEntryViews;
-  commitIds[e] = h.readBigUInt64LE(w.Ring.commitIdOffset);
+  commitIds[2 * e] = h.readUInt32LE(w.Ring.commitIdOffset);
+  commitIds[2 * e + 1] = h.readUInt32LE(w.Ring.commitIdOffset + 4);
   const opcode = h.readUInt32LE(4);
   const payloadLength = h.readUInt32LE(w.Ring.payloadSizeOffset);
   if (opcode === w.Opcode.READ && cachedReads) {

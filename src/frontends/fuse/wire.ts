@@ -91,7 +91,8 @@ export function writeOutHeader(b: Buffer, length: number, negativeErrno: number,
 
 /** READ, WRITE and READDIR arguments (same leading layout), after the in header or at `at` (a ring header's op_in). */
 export function readIoIn(b: Buffer, at: number = IN_HEADER_LENGTH): { offset: number; size: number } {
-  return { offset: Number(b.readBigUInt64LE(at + 8)), size: b.readUInt32LE(at + 16) };
+  // Two 32-bit reads, not a BigInt: this runs for every READ and WRITE.
+  return { offset: b.readUInt32LE(at + 8) + b.readUInt32LE(at + 12) * 2 ** 32, size: b.readUInt32LE(at + 16) };
 }
 
 export interface InitIn {

@@ -17,27 +17,37 @@ function sameMaps(a: CbtMap, b: CbtMap): void {
   assert.ok(Buffer.from(a.readMap(0, a.blockCount)).equals(Buffer.from(b.readMap(0, b.blockCount))), 'the read map');
 }
 
+/** A sparse store of `size` bytes in `dir`, for a state file to describe. */
+function sparseStore(dir: string, size: number): string {
+  const store = path.join(dir, 'store');
+  fs.writeFileSync(store, '');
+  fs.truncateSync(store, size);
+  return store;
+}
+
+/** Saves `map` as device `name`, loads it back, and checks it came back exactly; the file's size on disk. */
+async function roundTrip(state: DeviceState, name: string, store: string, map: CbtMap, clean: boolean): Promise<number> {
+  await state.saveTracker(name, store, map.serialize(), clean);
+  const back = await state.loadTracker(name);
+  assert.ok('map' in back, 'reason' in back ? back.reason : '');
+  assert.equal(back.header.clean, clean);
+  sameMaps(back.map, map);
+  return fs.statSync(path.join(state.trackerDir, `${name}.state`)).size;
+}
+
 describe('tracker state files', () => {
   it('a 1 TiB map is saved in a few KiB and comes back exactly, marks and numbers included', async () => {
     const { dir, remove } = tempDir();
     try {
-      const store = path.join(dir, 'store');
-      fs.writeFileSync(store, '');
-      fs.truncateSync(store, TiB);
+      const store = sparseStore(dir, TiB);
       const map = new CbtMap(TiB);
       map.mark(0, 1);
       map.switch();
       map.mark(TiB / 2, 3 * 2 ** 20);
       map.markBoth(TiB - 100, 100);
-      const state = new DeviceState(dir);
-      await state.saveTracker('big', store, map.serialize(), false);
-      const file = path.join(state.trackerDir, 'big.state');
       // The raw bytes are 2 × 2 MiB of maps; the take waits for this file's fsync.
-      assert.ok(fs.statSync(file).size < 4096, `${fs.statSync(file).size} bytes on disk`);
-      const back = await state.loadTracker('big');
-      assert.ok('map' in back, 'reason' in back ? back.reason : '');
-      assert.equal(back.header.clean, false);
-      sameMaps(back.map, map);
+      const bytes = await roundTrip(new DeviceState(dir), 'big', store, map, false);
+      assert.ok(bytes < 4096, `${bytes} bytes on disk`);
     } finally {
       remove();
     }
@@ -46,9 +56,7 @@ describe('tracker state files', () => {
   it('a map of scattered marks comes back exactly', async () => {
     const { dir, remove } = tempDir();
     try {
-      const store = path.join(dir, 'store');
-      fs.writeFileSync(store, Buffer.alloc(0));
-      fs.truncateSync(store, 2 ** 30);
+      const store = sparseStore(dir, 2 ** 30);
       const map = new CbtMap(2 ** 30);
       for (let n = 0; n < 40; n++) {
         for (let i = 0; i < 500; i++) {
@@ -57,12 +65,7 @@ describe('tracker state files', () => {
         }
         map.switch();
       }
-      const state = new DeviceState(dir);
-      await state.saveTracker('scattered', store, map.serialize(), true);
-      const back = await state.loadTracker('scattered');
-      assert.ok('map' in back, 'reason' in back ? back.reason : '');
-      assert.equal(back.header.clean, true);
-      sameMaps(back.map, map);
+      await roundTrip(new DeviceState(dir), 'scattered', store, map, true);
     } finally {
       remove();
     }
