@@ -6,7 +6,7 @@ import type { ImageReadGate } from '../../core/block-device.js';
 import { ChunkState, keptOffset } from '../../core/chunk-map.js';
 import { threadPinOf } from '../../core/origin-readers.js';
 import { isRangeCached, readCached } from '../../os/libc.js';
-import { type SplicePipe, spliceFileToPipe } from '../../os/splice.js';
+import { emptyPipe, type SplicePipe, spliceFileToPipe, spliceFromPipe } from '../../os/splice.js';
 
 /** The device's own descriptor (a duplicate) and size, and for an image the gate its reads pass. */
 export interface CachedReads {
@@ -86,4 +86,22 @@ export function spliceFromCache(cached: CachedReads, pipe: SplicePipe, header: U
   };
   if (!cached.image) return splice(cached.fd, offset, length, 0, true) && send();
   return imagePieces(cached.image, cached.fd, offset, length, splice, send);
+}
+
+/**
+ * A whole reply by splice: `header` (whose length field counts the range too), then the `length`
+ * bytes at `offset` from the page cache, through `pipe` into `toFd` (/dev/fuse) in one move. False,
+ * with the pipe emptied into `scratch`, when a piece is not cached, `toFd` takes less than the whole
+ * reply, or a splice throws (ENOENT: the request was interrupted; ENODEV: the connection is gone):
+ * the caller answers another way, or finds nobody to answer.
+ */
+export function spliceReply(cached: CachedReads, pipe: SplicePipe, header: Uint8Array, offset: number, length: number, toFd: number, scratch: Uint8Array): boolean {
+  const total = header.length + length;
+  try {
+    if (spliceFromCache(cached, pipe, header, offset, length, () => spliceFromPipe(pipe, toFd, total) === total)) return true;
+  } catch {
+    // Below: nothing of this reply may stay in the pipe for the next one.
+  }
+  emptyPipe(pipe, scratch);
+  return false;
 }

@@ -6,8 +6,8 @@
 import * as fs from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { PAGE_SIZE, readRaw, waitReadable } from '../../os/libc.js';
-import { emptyPipe, openPipe, spliceFromPipe } from '../../os/splice.js';
-import { readFromCache, spliceFromCache } from './cached-read.js';
+import { openPipe } from '../../os/splice.js';
+import { readFromCache, spliceReply } from './cached-read.js';
 import { SlotState, type ReaderShared, type ReaderMessage } from './slots.js';
 import * as w from './wire.js';
 
@@ -40,17 +40,8 @@ function send(bytes: Buffer, length: number): void {
  */
 function splicedFromCache(unique: bigint, offset: number, size: number): boolean {
   if (!pipe || !cachedReads || size < spliceMinimum || w.OUT_HEADER_LENGTH + size > pipe.capacity - PAGE_SIZE) return false;
-  const length = w.OUT_HEADER_LENGTH + size;
-  w.writeOutHeader(replyHeader, length, 0, unique);
-  const sendPipe = (): boolean => spliceFromPipe(pipe, fd, length) === length;
-  try {
-    if (spliceFromCache(cachedReads, pipe, replyHeader, offset, size, sendPipe)) return true;
-  } catch {
-    // A failed splice to /dev/fuse (ENOENT: the request was interrupted; ENODEV: the connection is
-    // gone), or a full pipe: the daemon answers, or finds nobody to answer.
-  }
-  emptyPipe(pipe, reply as Buffer);
-  return false;
+  w.writeOutHeader(replyHeader, w.OUT_HEADER_LENGTH + size, 0, unique);
+  return spliceReply(cachedReads, pipe, replyHeader, offset, size, fd, reply as Buffer);
 }
 
 /** Answers a READ of the slot's request from the page cache; false (having sent nothing) when it cannot. */

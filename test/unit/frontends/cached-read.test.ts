@@ -9,7 +9,8 @@ import { describe, it } from 'node:test';
 import type { ImageReadGate } from '../../../src/core/block-device.js';
 import { ChunkState } from '../../../src/core/chunk-map.js';
 import { threadPinOf } from '../../../src/core/origin-readers.js';
-import { type CachedReads, readFromCache, spliceFromCache } from '../../../src/frontends/fuse/cached-read.js';
+import { type CachedReads, readFromCache, spliceFromCache, spliceReply } from '../../../src/frontends/fuse/cached-read.js';
+import { bytesReadable } from '../../../src/os/libc.js';
 import { closePipe, drainPipe, emptyPipe, openPipe, type SplicePipe } from '../../../src/os/splice.js';
 import { tempDir } from '../../helpers/tools.js';
 
@@ -149,6 +150,36 @@ describe('FUSE cached reads by splice', () => {
       assert.equal(spliceFromCache(s.cached, s.pipe, EMPTY, (CHUNKS - 1) * CHUNK, 2 * CHUNK, never), false, 'past the end');
       for (let i = 1; i < s.gate.pins.length; i++) assert.equal(Atomics.load(s.gate.pins, i), 0, 'no pin left behind');
     } finally {
+      s.done();
+    }
+  });
+
+  it('a reply by splice that its target refuses, or takes only in part, leaves nothing in the pipe for the next one', () => {
+    const s = setUp();
+    const target = openPipe(1024 * 1024);
+    const narrow = openPipe(4096);
+    assert.ok(target && typeof target === 'object' && narrow && typeof narrow === 'object');
+    const readOnly = fs.openSync(path.join(path.dirname(fs.readlinkSync(`/proc/self/fd/${s.deviceFd}`)), 'device'), 'r');
+    const scratch = Buffer.alloc(CHUNK);
+    const header = Buffer.from('a reply header: ');
+    try {
+      // Refused with an error (EBADF: not open for writing), as /dev/fuse refuses an interrupted request.
+      assert.equal(spliceReply(s.cached, s.pipe, header, 2 * CHUNK, CHUNK, readOnly, scratch), false);
+      assert.equal(bytesReadable(s.pipe.readFd), 0, 'the pipe emptied after a splice that threw');
+      // Taken in part: a target with room for one page.
+      assert.equal(spliceReply(s.cached, s.pipe, header, 2 * CHUNK, CHUNK, narrow.writeFd, scratch), false);
+      assert.equal(bytesReadable(s.pipe.readFd), 0, 'the pipe emptied after a short move');
+      // The next reply is whole and alone in its target.
+      assert.equal(spliceReply(s.cached, s.pipe, header, 4 * CHUNK, CHUNK, target.writeFd, scratch), true);
+      const got = Buffer.alloc(header.length + CHUNK);
+      drainPipe(target, got);
+      assert.ok(got.equals(Buffer.concat([header, s.device.subarray(4 * CHUNK, 5 * CHUNK)])), 'header and range, nothing of the refused ones');
+      assert.equal(bytesReadable(target.readFd), 0);
+      for (let i = 1; i < s.gate.pins.length; i++) assert.equal(Atomics.load(s.gate.pins, i), 0, 'no pin left behind');
+    } finally {
+      fs.closeSync(readOnly);
+      closePipe(target);
+      closePipe(narrow);
       s.done();
     }
   });
