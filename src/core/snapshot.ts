@@ -97,9 +97,11 @@ export class Snapshot implements SnapshotHealth {
   /**
    * The take: hold new writes on every device and wait for those in flight, flush, switch the
    * CBT maps, start copy-on-write, create the images, then let writes go on. No write of any
-   * device is half in, half out, and all devices share one point in time.
+   * device is half in, half out, and all devices share one point in time. `beforeHold` runs once
+   * the chunk maps are made, just before writes are held (the daemon freezes filesystems there, so
+   * that making the maps is not part of their frozen time).
    */
-  async take(imageName: (device: Device) => string): Promise<void> {
+  async take(imageName: (device: Device) => string, beforeHold?: () => Promise<void>): Promise<void> {
     if (this.#phase === 'destroyed') throw new BlkError('ESRCH', `snapshot ${this.id} is destroyed`);
     if (this.#phase !== 'created') throw new BlkError('EALREADY', `snapshot ${this.id} is already taken`);
     if (this.#devices.length === 0) throw new BlkError('EINVAL', `snapshot ${this.id} has no devices`);
@@ -119,6 +121,7 @@ export class Snapshot implements SnapshotHealth {
       // The chunk maps before writes are held: a 1 TiB device's are 20 MiB of shared memory, and
       // making four of them held writes back for up to 48 ms of a take.
       const areas = devices.map(newArea);
+      await beforeHold?.();
       release = await holdAll(devices.map((d) => d.tracker));
       await Promise.all(devices.map((d) => d.storage.flush()));
       // All that can fail comes before the CBT switch, so a failed take leaves no trace.

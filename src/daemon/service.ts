@@ -273,19 +273,21 @@ export class BlksnapService implements ControlService {
     const started = process.hrtime.bigint();
     const warnings: string[] = [];
     const thaws: Array<{ thaw: () => Promise<void>; mountPoint: string }> = [];
-    for (const device of snapshot.devices) {
-      for (const mountPoint of loopDevices.mountPoints(device.name)) {
-        try {
-          thaws.push({ thaw: await freezeMountPoint(mountPoint), mountPoint });
-        } catch (e) {
-          const warning = `cannot freeze ${mountPoint} of ${device.name}: ${toBlkError(e).toString()}; the image is crash-consistent only`;
-          log(warning);
-          warnings.push(warning);
+    const freeze = async (): Promise<void> => {
+      for (const device of snapshot.devices) {
+        for (const mountPoint of loopDevices.mountPoints(device.name)) {
+          try {
+            thaws.push({ thaw: await freezeMountPoint(mountPoint), mountPoint });
+          } catch (e) {
+            const warning = `cannot freeze ${mountPoint} of ${device.name}: ${toBlkError(e).toString()}; the image is crash-consistent only`;
+            log(warning);
+            warnings.push(warning);
+          }
         }
       }
-    }
+    };
     try {
-      await snapshot.take((device) => imageName(device.name));
+      await snapshot.take((device) => imageName(device.name), freeze);
     } finally {
       for (const { thaw, mountPoint } of thaws) await thaw().catch((e: unknown) => log(`cannot thaw ${mountPoint}: ${String(e)}`));
     }

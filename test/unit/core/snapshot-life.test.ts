@@ -192,6 +192,31 @@ describe('snapshot life', () => {
     }
   });
 
+  it('beforeHold runs once, before writes are held: a write in it completes and is in the image', async () => {
+    // The daemon freezes filesystems there, and a freeze writes back through the device itself:
+    // held writes would never let it finish.
+    const d = await device('hooked', 4 * MiB);
+    const snapshot = new Snapshot({ diffStorage: tmp.dir, limit: 64 * MiB, diffStorageMinimum: 64 * MiB, chunkMinimumShift: 16 }, new Exports());
+    snapshot.add(d);
+    await snapshot.open();
+    let calls = 0;
+    await snapshot.take(
+      (x) => `${x.name}-image`,
+      async () => {
+        calls++;
+        await withTimeout(d.write(0, Buffer.alloc(4 * KiB, 5), IoFlag.None), 2000, 'a write in beforeHold');
+      },
+    );
+    try {
+      assert.equal(calls, 1);
+      const seen = Buffer.alloc(4 * KiB);
+      await (snapshot.image(d) as SnapImage).read(0, seen);
+      assert.ok(seen.every((b) => b === 5), 'the write made before the hold is in the image');
+    } finally {
+      await snapshot.destroy();
+    }
+  });
+
   it('a take that fails on an image name leaves CBT unswitched and no image behind', async () => {
     const a = await device('a', 4 * MiB);
     const b = await device('b', 4 * MiB);
