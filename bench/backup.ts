@@ -11,7 +11,7 @@ import { createHash, randomBytes, randomInt } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { root, runTool, spawnBlksnapd } from './common.js';
+import { cpuTicks, root, runTool, spawnBlksnapd, stealBetween } from './common.js';
 
 const quarter = Number(process.env.BENCH_BACKUP_GIB ?? 4) * 2 ** 30 / 4;
 const MiB = 2 ** 20;
@@ -31,6 +31,18 @@ async function timed(what: () => Promise<unknown>): Promise<number> {
   const t = process.hrtime.bigint();
   await what();
   return Number(process.hrtime.bigint() - t) / 1e9;
+}
+
+/** A share as a whole percentage. */
+function pct(share: number): string {
+  return `${(share * 100).toFixed(0)} %`;
+}
+
+/** As timed, with the host's steal of CPU time meanwhile. */
+async function timedWithSteal(what: () => Promise<unknown>): Promise<{ seconds: number; steal: number }> {
+  const before = cpuTicks();
+  const seconds = await timed(what);
+  return { seconds, steal: stealBetween(before, cpuTicks()) };
 }
 
 async function dropCaches(): Promise<void> {
@@ -93,6 +105,8 @@ async function change(write: (offset: number, data: Buffer) => Promise<void>): P
 
 interface Figures {
   full: number;
+  /** The host's steal of CPU time during the full backup (cpuTicks). */
+  fullSteal: number;
   incremental: number;
   growth: number;
   restore: number;
@@ -110,7 +124,7 @@ async function ours(dir: string, file: string): Promise<Figures & { readBytes: n
   try {
     await cli('backup_init', '--repo', repo);
     await dropCaches();
-    const full = await timed(() => cli('backup_create', '--repo', repo, '--device', 'disk', '--diff-storage', dir, '--json'));
+    const { seconds: full, steal: fullSteal } = await timedWithSteal(() => cli('backup_create', '--repo', repo, '--device', 'disk', '--diff-storage', dir, '--json'));
     const size = du(repo);
     const { NbdClient } = await import('../src/client/nbd-client.js');
     const client = await NbdClient.connect(`nbd+unix:///disk?socket=${nbd}`);
@@ -134,7 +148,7 @@ async function ours(dir: string, file: string): Promise<Figures & { readBytes: n
     const served = JSON.parse(await cli('backup_attach', '--repo', repo, '--id', id, '--device', 'disk', '--name', 'served', '--json')) as { uri: string };
     await dropCaches();
     const attachRead = await timed(() => runTool('nbdcopy', [served.uri, 'null:']));
-    return { full, incremental, growth, restore, verify, size, readBytes, attachRead };
+    return { full, fullSteal, incremental, growth, restore, verify, size, readBytes, attachRead };
   } finally {
     await daemon.stop();
   }
@@ -144,7 +158,7 @@ async function restic(dir: string, file: string, apply: () => Promise<void>): Pr
   const env = { RESTIC_REPOSITORY: path.join(dir, 'restic'), RESTIC_PASSWORD: 'bench', RESTIC_CACHE_DIR: path.join(dir, 'restic-cache') };
   await sh('restic init --repository-version 2 -q', env);
   await dropCaches();
-  const full = await timed(() => sh(`restic backup -q ${file}`, env));
+  const { seconds: full, steal: fullSteal } = await timedWithSteal(() => sh(`restic backup -q ${file}`, env));
   const size = du(env.RESTIC_REPOSITORY);
   await apply();
   const incremental = await timed(() => sh(`restic backup -q ${file}`, env));
@@ -154,14 +168,14 @@ async function restic(dir: string, file: string, apply: () => Promise<void>): Pr
   fs.rmSync(path.join(dir, 'restic-out'), { recursive: true, force: true });
   await dropCaches();
   const verify = await timed(() => sh('restic check -q --read-data', env));
-  return { full, incremental, growth, restore, verify, size };
+  return { full, fullSteal, incremental, growth, restore, verify, size };
 }
 
 async function borg(dir: string, file: string, apply: () => Promise<void>): Promise<Figures> {
   const env = { BORG_REPO: path.join(dir, 'borg'), BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes', BORG_BASE_DIR: path.join(dir, 'borg-base') };
   await sh('borg init -e none', env);
   await dropCaches();
-  const full = await timed(() => sh(`borg create -C zstd,1 ::a ${file}`, env));
+  const { seconds: full, steal: fullSteal } = await timedWithSteal(() => sh(`borg create -C zstd,1 ::a ${file}`, env));
   const size = du(env.BORG_REPO);
   await apply();
   const incremental = await timed(() => sh(`borg create -C zstd,1 ::b ${file}`, env));
@@ -173,7 +187,7 @@ async function borg(dir: string, file: string, apply: () => Promise<void>): Prom
   fs.rmSync(out, { recursive: true, force: true });
   await dropCaches();
   const verify = await timed(() => sh('borg check --verify-data', env));
-  return { full, incremental, growth, restore, verify, size };
+  return { full, fullSteal, incremental, growth, restore, verify, size };
 }
 
 /** SHA-256 bytes per second on one core (64 KiB pieces), times the cores: the hashing limit. */
@@ -199,7 +213,7 @@ async function main(): Promise<void> {
     console.log(`# backup benchmark: a ${gib} GiB device file (random, text, a copy of the random part, never written), ${os.availableParallelism()} cores`);
     const o = await ours(path.join(dir, "ours"), file);
     if (process.env.BENCH_PEERS === 'none') {
-      console.log(`blksnap: full ${o.full.toFixed(1)} s, incremental ${o.incremental.toFixed(1)} s, +${(o.growth / 1e6).toFixed(0)} MB, restore ${o.restore.toFixed(1)} s, verify ${o.verify.toFixed(1)} s, repository ${(o.size / 1e6).toFixed(0)} MB, attached read ${o.attachRead.toFixed(1)} s`);
+      console.log(`blksnap: full ${o.full.toFixed(1)} s (the host stole ${pct(o.fullSteal)} of the CPU time), incremental ${o.incremental.toFixed(1)} s, +${(o.growth / 1e6).toFixed(0)} MB, restore ${o.restore.toFixed(1)} s, verify ${o.verify.toFixed(1)} s, repository ${(o.size / 1e6).toFixed(0)} MB, attached read ${o.attachRead.toFixed(1)} s`);
       return;
     }
     fs.mkdirSync(path.join(dir, 'r'));
@@ -226,7 +240,7 @@ async function main(): Promise<void> {
     console.log(row('borg', b));
     const faster = (k: keyof Figures): number => Math.min(r[k], b[k]);
     console.log('\n# ratios to the faster (or smaller) peer, and targets');
-    console.log(`full backup     ${(o.full / faster('full')).toFixed(2)}×  (target ≤ 0.5)`);
+    console.log(`full backup     ${(o.full / faster('full')).toFixed(2)}×  (target ≤ 0.5); the host stole ${pct(o.fullSteal)} of the CPU time during ours, ${pct(r.fullSteal)} during restic's, ${pct(b.fullSteal)} during borg's`);
     console.log(`incremental     ${(o.incremental / faster('incremental')).toFixed(2)}×  (target ≤ 0.1); growth ${(o.growth / (40 * MiB)).toFixed(2)}× the 40 MiB changed (target ≤ 1.5); read ${(o.readBytes / MiB).toFixed(1)} MiB`);
     console.log(`restore         ${(o.restore / faster('restore')).toFixed(2)}×  (target ≤ 0.5)`);
     console.log(`verify          ${(o.verify / faster('verify')).toFixed(2)}×  (target ≤ 0.5)`);

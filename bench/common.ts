@@ -88,3 +88,15 @@ export function fioWriteLatency(out: string): { p99: number; p999: number; max: 
   const clat = job.write.clat_ns;
   return { p99: (clat.percentile?.['99.000000'] ?? 0) / 1000, p999: (clat.percentile?.['99.900000'] ?? 0) / 1000, max: clat.max / 1000 };
 }
+
+/** The machine's CPU time so far (/proc/stat's first line, in clock ticks): all of it, and what the host stole. */
+export function cpuTicks(): { total: number; steal: number } {
+  const fields = (fs.readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '').trim().split(/\s+/).slice(1, 9).map(Number);
+  return { total: fields.reduce((a, b) => a + b, 0), steal: fields[7] ?? 0 };
+}
+
+/** The share of the machine's CPU time the host took between two cpuTicks() (a VM's neighbours: it moves wall times). */
+export function stealBetween(before: { total: number; steal: number }, after: { total: number; steal: number }): number {
+  const total = after.total - before.total;
+  return total > 0 ? (after.steal - before.steal) / total : 0;
+}
