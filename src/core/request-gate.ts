@@ -72,13 +72,22 @@ export class RequestGate {
 
   /** Runs `work` inside the gate: entered now, left when it settles. */
   around<T>(what: string, offset: number, length: number, work: () => Promise<T>): Promise<T> {
+    return this.aroundUnlessDeclined(what, offset, length, work) as Promise<T>;
+  }
+
+  /** As around, for `work` that may decline at once (null): the gate is then left at once. */
+  aroundUnlessDeclined<T>(what: string, offset: number, length: number, work: () => Promise<T> | null): Promise<T> | null {
     this.enter(what, offset, length);
-    let p: Promise<T>;
+    let p: Promise<T> | null;
     try {
       p = work();
     } catch (e) {
       this.leave();
       throw e;
+    }
+    if (p === null) {
+      this.leave();
+      return null;
     }
     return p.finally(() => this.leave());
   }

@@ -64,19 +64,7 @@ export class SnapImage implements BlockDevice {
   }
 
   spliceTo(pipe: SplicePipe, offset: number, length: number): Promise<void> | null {
-    this.#gate.enter('image read', offset, length);
-    let splicing: Promise<void> | null;
-    try {
-      splicing = this.#area.spliceImage(offset, length, pipe);
-    } catch (e) {
-      this.#gate.leave();
-      throw e;
-    }
-    if (!splicing) {
-      this.#gate.leave();
-      return null;
-    }
-    return splicing.finally(() => this.#gate.leave());
+    return this.#gate.aroundUnlessDeclined('image read', offset, length, () => this.#area.spliceImage(offset, length, pipe));
   }
 
   write(offset: number, data: Uint8Array, _flags: IoFlags): Promise<void> {
