@@ -314,14 +314,22 @@ export class Transmission implements RequestSink {
           throw e;
         }
         if (splicing) {
-          return splicing.then(() => this.#sendSpliced(h, pipe, prefixLength), (e: unknown) => {
+          // A failed splice says nothing of why (its errno stays in the thread pool) and may be
+          // the splice's own failure: the plain read then serves the request, or fails with the errno.
+          return splicing.then(() => this.#sendSpliced(h, pipe, prefixLength), () => {
             splicePipes.discard(pipe);
-            throw e;
+            return this.#readAndSend(h, prefixLength);
           });
         }
         splicePipes.release(pipe);
       }
     }
+    return this.#readAndSend(h, prefixLength);
+  }
+
+  /** The plain read: into a buffer, then sent. */
+  #readAndSend(h: w.RequestHeader, prefixLength: number): Promise<void> | undefined {
+    const fast = this.#device.fast;
     // Header and data share one buffer: one allocation and one socket write per reply. The data
     // begins on an aligned address, so a read past the page cache (O_DIRECT) goes straight into it.
     const reply = ioBuffers.acquire(prefixLength + h.length, prefixLength);
