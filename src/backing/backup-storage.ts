@@ -18,10 +18,6 @@ export interface BackupStorageOptions {
   workers: WorkerPool;
   /** Bytes of decompressed chunks kept in memory. */
   cacheBytes: number;
-  /** Chunks loaded in one worker task, at most this many bytes of them (default params.backup.loadTaskBytes). */
-  loadTaskBytes?: number;
-  /** A sequential read also starts loading this many bytes after it (default params.backup.readAheadBytes; 0: none). */
-  readAheadBytes?: number;
   /** Where the overlay of a writable attach lives (an unnamed file); none: read-only. */
   overlayDir?: string;
 }
@@ -104,11 +100,10 @@ export class BackupStorage implements Storage {
     // The chunks of one read go to a worker together; a read that follows the last one also starts
     // loading what comes next, so a reader one request at a time (dd, cp from a mounted backup) finds it ready.
     if (into.length > 0) this.#loadRange(first, last + 1);
-    const ahead = this.#o.readAheadBytes ?? params.readAheadBytes;
-    if (offset === this.#sequentialEnd && into.length > 0 && ahead > 0) this.#loadRange(last + 1, Math.ceil(Math.min(this.size, end + ahead) / this.chunkSize));
+    if (offset === this.#sequentialEnd && into.length > 0) this.#loadRange(last + 1, Math.ceil(Math.min(this.size, end + params.readAheadBytes) / this.chunkSize));
     this.#sequentialEnd = end;
     const pieces: Array<Promise<void>> = [];
-    for (let c = Math.floor(offset / this.chunkSize); c * this.chunkSize < end; c++) {
+    for (let c = first; c * this.chunkSize < end; c++) {
       const start = c * this.chunkSize;
       const from = Math.max(offset, start);
       const to = Math.min(end, start + this.chunkLength(c));
@@ -240,7 +235,7 @@ export class BackupStorage implements Storage {
 
   /** Starts loading the chunks of [first, end) that need it, consecutive ones in one worker task each (up to loadTaskBytes). */
   #loadRange(first: number, end: number): void {
-    const perTask = Math.max(1, Math.floor((this.#o.loadTaskBytes ?? params.loadTaskBytes) / this.chunkSize));
+    const perTask = Math.max(1, Math.floor(params.loadTaskBytes / this.chunkSize));
     for (let c = first; c < end; ) {
       if (!this.#isToLoad(c)) {
         c++;

@@ -122,7 +122,9 @@ export interface BlockDeviceFastPaths {
   sendTo(sink: SendSink, prefix: Uint8Array, offset: number, length: number): number | null;
   /**
    * Fills `pipe` with the range, from the disk past the page cache, without a copy in this process
-   * (an image read once by a backup); null when it cannot, having done nothing (then read()).
+   * (an image read once by a backup); null when it cannot, having done nothing (then read()). A
+   * rejection does not say why (the splice ran in the thread pool): the caller empties the pipe
+   * and read()s, which serves the range or fails with its own errno.
    */
   spliceTo?(pipe: SplicePipe, offset: number, length: number): Promise<void> | null;
   /**
