@@ -378,22 +378,30 @@ export class Transmission implements RequestSink {
   }
 
   /**
-   * The socket filled up during a spliced reply: the rest (of the prefix, then `rest` bytes the pipe
-   * holds) goes as a copy, every other reply held behind it. Part of the reply is on the wire: a
-   * failure now ends the connection.
+   * The socket filled up during a spliced reply: every other reply is held behind it. The rest of
+   * the prefix, or a small piece out of the pipe, is queued through the socket, whose write callback
+   * tells that it has room again; then the splice goes on. (The pipe's pages are its own: holding
+   * them while the client reads changes nothing.) Part of the reply is on the wire: a failure now
+   * ends the connection.
    */
   async #finishSplicedRead(prefixLeft: Buffer, pipe: SplicePipe, rest: number): Promise<void> {
     this.#replies.hold();
-    let isDrained = false;
+    const fd = this.#sink.fd;
+    let left = rest;
     try {
-      const data = Buffer.allocUnsafe(rest);
-      drainPipe(pipe, data);
-      isDrained = true;
-      splicePipes.release(pipe);
       if (prefixLeft.length > 0) await this.#replies.writeAndWait(prefixLeft);
-      await this.#replies.writeAndWait(data);
+      for (;;) {
+        for (let n = 1; left > 0 && n > 0; left -= n) n = spliceFromPipe(pipe, fd, left);
+        if (left === 0) break;
+        const piece = Buffer.allocUnsafe(Math.min(nbdIo.waitPieceBytes, left));
+        drainPipe(pipe, piece);
+        left -= piece.length;
+        await this.#replies.writeAndWait(piece);
+      }
+      splicePipes.release(pipe);
     } catch (e) {
-      if (!isDrained) splicePipes.discard(pipe);
+      if (left > 0) splicePipes.discard(pipe);
+      else splicePipes.release(pipe);
       this.#socket.destroy(new Error(`read reply cut short: ${toBlkError(e).message}`));
     } finally {
       this.#replies.release();
@@ -458,7 +466,7 @@ export class Transmission implements RequestSink {
         if (done >= prefix.length) {
           const at = done - prefix.length;
           piece = Buffer.allocUnsafe(Math.min(nbdIo.waitPieceBytes, h.length - at));
-          await device.read(h.offset + at, piece);
+          if (!device.fast?.readNow(h.offset + at, piece)) await device.read(h.offset + at, piece);
         }
         await this.#replies.writeAndWait(piece);
         done += piece.length;
