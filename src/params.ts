@@ -130,7 +130,17 @@ export const writebackWatch = {
 } as const;
 
 /** The difference storage's file: image reads of kept chunks try the page cache first; copies through the page cache (--cow-copy cached) are synchronous while the kernel is far from throttling. */
-export const diffStorageIo = { cachedReadMaximum: 1024 * 1024, syncWriteMaximum: 1024 * 1024 } as const;
+export const diffStorageIo = {
+  cachedReadMaximum: 1024 * 1024,
+  syncWriteMaximum: 1024 * 1024,
+  /**
+   * Copy-on-write by splice (originals' page-cache pages through a pipe into a direct write): pipes
+   * kept between copies, and at most in use at once (each is two descriptors); more copies go
+   * through memory.
+   */
+  copyPipesKept: 16,
+  copyPipesInUse: 64,
+} as const;
 
 /** Control API limits. */
 export const control = {

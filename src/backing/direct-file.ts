@@ -5,6 +5,7 @@ import { closeAsync, openAsync } from '../os/async-fs.js';
 import { readAt, readUpTo, writeFully } from '../os/fd-io.js';
 import { AlignedBufferPool } from '../os/aligned-pool.js';
 import { bytesToAlignment, DIRECT_ALIGNMENT } from '../os/koffi.js';
+import { type SplicePipe, spliceToFile } from '../os/splice.js';
 
 const alignDown = (n: number): number => Math.floor(n / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT;
 const alignUp = (n: number): number => Math.ceil(n / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT;
@@ -106,6 +107,19 @@ export class DirectFile {
       }
     } finally {
       this.#buffers.release(buffer);
+    }
+  }
+
+  /**
+   * Writes the `length` bytes a pipe holds at `offset` (both aligned), the disk reading them from the
+   * pipe's pages: no copy in this process, nor in the kernel.
+   */
+  async writeFromPipe(pipe: SplicePipe, offset: number, length: number): Promise<void> {
+    if (offset % DIRECT_ALIGNMENT !== 0 || length % DIRECT_ALIGNMENT !== 0) throw new BlkError('EINVAL', `direct write of ${length} bytes at ${offset} to ${this.path}: not ${DIRECT_ALIGNMENT}-byte aligned`);
+    try {
+      await spliceToFile(pipe, this.#fd, offset, length);
+    } catch (e) {
+      throw new BlkError(toBlkError(e).code, `direct write of ${length} bytes at ${offset} to ${this.path}: ${toBlkError(e).message}`);
     }
   }
 

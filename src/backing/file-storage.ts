@@ -194,6 +194,10 @@ export class FileStorage implements Storage, StorageFastPaths {
     return aligned && !this.#isClosed && this.#isReadPastCache(offset, length, true);
   }
 
+  spliceCached(offset: number, length: number, pipe: SplicePipe): Promise<void> {
+    return this.#held((fd) => spliceFromFile(fd, offset, pipe, length));
+  }
+
   spliceOnce(offset: number, length: number, pipe: SplicePipe): Promise<void> {
     const direct = this.#direct as DirectFile;
     return this.#held(() => spliceFromFile(direct.descriptor, offset, pipe, length));

@@ -81,6 +81,12 @@ export interface StorageFastPaths {
   canSpliceOnce?(offset: number, length: number): boolean;
   /** Reads a range once into a pipe, past the page cache (the pipe then holds exactly `length` bytes). */
   spliceOnce?(offset: number, length: number, pipe: SplicePipe): Promise<void>;
+  /**
+   * Adds a range to a pipe as references to the page cache's pages (read into the cache first where
+   * it is not there), in the thread pool; the pipe then holds exactly `length` bytes. Those pages
+   * change with the next write to the range: the caller empties the pipe before one can land.
+   */
+  spliceCached?(offset: number, length: number, pipe: SplicePipe): Promise<void>;
   /** Whether a read of the range would be served from memory alone. */
   isCached(offset: number, length: number): boolean;
   /**

@@ -7,10 +7,14 @@ import { openUnnamedFile } from '../os/async-fs.js';
 import type { Storage } from '../backing/storage.js';
 import { BlkError, toBlkError } from '../errors.js';
 import { adviseNoReadAhead } from '../os/libc.js';
-import { diffStorageIo, SECTOR_SIZE } from '../params.js';
+import { DIRECT_ALIGNMENT } from '../os/koffi.js';
+import { PipePool } from '../os/splice.js';
+import { diffStorageIo, SECTOR_SIZE, snapshot as snapshotParams } from '../params.js';
 import { ioBuffers } from '../util/buffer-pool.js';
 import { Emitter } from '../util/emitter.js';
 
+/** Pipes for copies by splice: one holds a copy run of at most copyRunMaximumBytes. */
+const copyPipes = new PipePool(snapshotParams.copyRunMaximumBytes, diffStorageIo.copyPipesKept, diffStorageIo.copyPipesInUse);
 
 export interface DiffStorageOptions {
   /** Upper bound of the storage in bytes. */
@@ -49,6 +53,8 @@ export class DiffStorage {
    * page cache, with read-ahead off so that no page of a slot is cached before its copy is written.
    */
   #direct: DirectFile | null = null;
+  /** A copy by splice failed once: copies go through memory from then on. */
+  #isSpliceRefused = false;
 
   private constructor(store: Storage, kind: DiffStorage['kind'], options: Omit<DiffStorageOptions, 'devices'>, capacity: number) {
     this.store = store;
@@ -187,14 +193,18 @@ export class DiffStorage {
 
   /**
    * Keeps `length` bytes of `origin` at `offset` here at `at` (a new slot, aligned, nobody reads or
-   * writes it until this resolves). Direct: read into aligned memory, written past the page cache
-   * (no page of the slot is cached: nothing has read it, and read-ahead is off). Otherwise page
+   * writes it until this resolves). Direct: written past the page cache (no page of the slot is
+   * cached: nothing has read it, and read-ahead is off), from the original's page-cache pages by
+   * splice where it can, else read into aligned memory first. Otherwise page
    * cache to page cache inside the kernel where it can (one copy instead of two): at once, else in
    * the thread pool (the kernel throttling writers, or the original not cached); else through
    * memory.
    */
   async keep(origin: Storage, offset: number, length: number, at: number): Promise<void> {
-    if (this.#direct) return this.#direct.writeFrom(at, length, (into) => origin.read(offset, into));
+    if (this.#direct) {
+      if (await this.#keepBySplice(this.#direct, origin, offset, length, at)) return;
+      return this.#direct.writeFrom(at, length, (into) => origin.read(offset, into));
+    }
     if (origin.fast?.copyToNow(offset, length, this.store, at)) return;
     if (await (origin.fast?.copyTo?.(offset, length, this.store, at) ?? false)) return;
     const buffer = ioBuffers.acquire(length);
@@ -204,6 +214,31 @@ export class DiffStorage {
     } finally {
       ioBuffers.release(buffer);
     }
+  }
+
+  /**
+   * keep() by page reference: the original's page-cache pages spliced into a pipe, and from there
+   * written to the slot past the page cache, so no byte of it is copied (the caller lets no write
+   * land on the range before this resolves: the pipe holds the very pages a write would change).
+   * False, having kept nothing that counts, where it cannot: a range not aligned for direct I/O or
+   * larger than a pipe, no pipe free, or a kernel or filesystem that refuses (then not tried again).
+   */
+  async #keepBySplice(direct: DirectFile, origin: Storage, offset: number, length: number, at: number): Promise<boolean> {
+    const spliceCached = origin.fast?.spliceCached;
+    const isAligned = offset % DIRECT_ALIGNMENT === 0 && length % DIRECT_ALIGNMENT === 0 && at % DIRECT_ALIGNMENT === 0;
+    if (!spliceCached || this.#isSpliceRefused || length > copyPipes.capacity || !isAligned) return false;
+    const pipe = copyPipes.acquire();
+    if (!pipe) return false;
+    try {
+      await spliceCached.call(origin.fast, offset, length, pipe);
+      await direct.writeFromPipe(pipe, at, length);
+    } catch {
+      copyPipes.discard(pipe);
+      this.#isSpliceRefused = true;
+      return false;
+    }
+    copyPipes.release(pipe);
+    return true;
   }
 
   flush(): Promise<void> {

@@ -8,7 +8,7 @@ import { koffi } from './koffi.js';
 import { readRaw } from './libc.js';
 
 const libc = koffi.load('libc.so.6');
-const spliceFn = libc.func('int64_t splice(int fdIn, _Inout_ int64_t *offIn, int fdOut, void *offOut, size_t length, unsigned int flags)');
+const spliceFn = libc.func('int64_t splice(int fdIn, _Inout_ int64_t *offIn, int fdOut, _Inout_ int64_t *offOut, size_t length, unsigned int flags)');
 const pipe2Fn = libc.func('int pipe2(_Out_ int *fds, int flags)');
 const fcntlFn = libc.func('int fcntl(int fd, int cmd, int arg)');
 
@@ -64,6 +64,25 @@ export async function spliceFromFile(fileFd: number, offset: number, pipe: Splic
     // errno is the thread's that made the call: koffi does not carry it back from the pool.
     if (n < 0) throw new BlkError('EIO', `splice of ${length} bytes at ${offset} into a pipe failed`);
     if (n === 0) throw new BlkError('EIO', `splice of ${length} bytes at ${offset}: the file ends after ${done} bytes`);
+    done += n;
+  }
+}
+
+/**
+ * Moves `length` bytes the pipe holds to `fileFd` at `offset`, in the thread pool (it waits for the
+ * disk). To an O_DIRECT descriptor the disk writes straight from the pipe's pages: page-cache pages
+ * spliced in from another file leave with no copy.
+ */
+export async function spliceToFile(pipe: SplicePipe, fileFd: number, offset: number, length: number): Promise<void> {
+  let done = 0;
+  while (done < length) {
+    const n = await new Promise<number>((resolve, reject) => {
+      spliceFn.async(pipe.readFd, null, fileFd, [offset + done], length - done, SPLICE_F_MOVE, (err: unknown, rc: unknown) => {
+        if (err) reject(new BlkError('EIO', `splice of ${length} bytes to ${offset}: ${String(err)}`));
+        else resolve(Number(rc));
+      });
+    });
+    if (n <= 0) throw new BlkError('EIO', `splice of ${length} bytes from a pipe to ${offset} failed after ${done} bytes`);
     done += n;
   }
 }

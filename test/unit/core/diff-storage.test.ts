@@ -1,7 +1,10 @@
 // The difference storage over a plain memory store: space given out chunk by chunk, growth in steps
 // of diff_storage_minimum up to the limit, no_space at the end, a full filesystem lowering the limit.
 import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { describe, it } from 'node:test';
+import { FileStorage } from '../../../src/backing/file-storage.js';
 import { MemoryStorage } from '../../../src/backing/memory-storage.js';
 import { DiffStorage } from '../../../src/core/diff-storage.js';
 import { BlkError } from '../../../src/errors.js';
@@ -110,6 +113,63 @@ describe('difference storage', () => {
       assert.deepEqual(back, want);
     } finally {
       await diff.close();
+      tmp.remove();
+    }
+  });
+  it('copies from a file go by splice (its page-cache pages into a direct write): the slot holds the original, which the write after the copy cannot reach; a splice that fails is done through memory, and not tried again', async () => {
+    const tmp = tempDir();
+    const file = path.join(tmp.dir, 'origin');
+    const CHUNKS = 32;
+    const original = Buffer.alloc(CHUNKS * CHUNK);
+    for (let i = 0; i < original.length; i++) original[i] = (i * 7 + 3) & 0xff;
+    fs.writeFileSync(file, original);
+    const origin = await FileStorage.open(file);
+    const writer = fs.openSync(file, 'r+');
+    const diff = await DiffStorage.open(tmp.dir, { limit: 64 * CHUNK, minimum: 64 * CHUNK, devices: [], isCopyDirect: true });
+    const spliceCached = origin.spliceCached.bind(origin);
+    let splices = 0;
+    let failSplices = false;
+    origin.spliceCached = (offset, length, pipe) => {
+      splices++;
+      return failSplices ? Promise.reject(new BlkError('EINVAL', 'splice refused')) : spliceCached(offset, length, pipe);
+    };
+    const keepThenOverwrite = async (chunk: number, count: number): Promise<number> => {
+      const at = await diff.allocate(count * CHUNK, CHUNK);
+      await diff.keep(origin, chunk * CHUNK, count * CHUNK, at);
+      // What a device write does once its chunks are kept, at once (a page-cache copy on the event
+      // loop): it lands on the very pages spliced.
+      fs.writeSync(writer, Buffer.alloc(count * CHUNK, 0x5a), 0, count * CHUNK, chunk * CHUNK);
+      return at;
+    };
+    const isKept = async (at: number, chunk: number, count: number): Promise<boolean> => {
+      const back = Buffer.alloc(count * CHUNK);
+      await diff.read(at, back);
+      return back.equals(original.subarray(chunk * CHUNK, (chunk + count) * CHUNK));
+    };
+    try {
+      assert.equal(diff.isCopyDirect, true, 'this filesystem takes O_DIRECT');
+      // Runs of two chunks, then one at a time: each copy then the write it let through.
+      const slots: Array<{ at: number; chunk: number; count: number }> = [];
+      for (let chunk = 0; chunk < CHUNKS - 2; ) {
+        const count = chunk < 8 ? 2 : 1;
+        slots.push({ at: await keepThenOverwrite(chunk, count), chunk, count });
+        chunk += count;
+      }
+      assert.equal(splices, slots.length, 'one splice a copy');
+      const overwritten = [];
+      for (const s of slots) if (!(await isKept(s.at, s.chunk, s.count))) overwritten.push(s.chunk);
+      assert.deepEqual(overwritten, [], 'slots holding the write instead of the original');
+      failSplices = true;
+      const b = await keepThenOverwrite(CHUNKS - 2, 1);
+      assert.equal(splices, slots.length + 1);
+      assert.ok(await isKept(b, CHUNKS - 2, 1), 'kept through memory after the splice failed');
+      const c = await keepThenOverwrite(CHUNKS - 1, 1);
+      assert.equal(splices, slots.length + 1, 'a refused splice is not tried again');
+      assert.ok(await isKept(c, CHUNKS - 1, 1));
+    } finally {
+      await diff.close();
+      await origin.close();
+      fs.closeSync(writer);
       tmp.remove();
     }
   });
