@@ -25,11 +25,16 @@ async function startDaemon(dir: string): Promise<{ child: ChildProcess; client: 
   return { ...daemon, client: await BlksnapClient.connect(daemon.control) };
 }
 
-/** fio sequential pass over the first sizeMiB (not time based: every chunk is touched exactly once). */
+/**
+ * fio sequential pass over the first sizeMiB (not time based: every chunk is touched exactly once).
+ * Reads from the page cache go over it READ_LOOPS times: one pass takes a quarter of a second, too
+ * short to compare two of them (single passes of device and image swung 0.74–1.33× apart).
+ */
+const READ_LOOPS = 4;
 async function fioPass(uri: string, rw: 'write' | 'read', iodepth: number, offsetMiB = 0): Promise<number> {
   // Every pass starts with no dirty pages: one pass's writeback must not slow the next (runs swung 0.4–0.8× without it).
   await runTool('sync', []);
-  const out = await runTool('fio', ['--name=b', '--ioengine=nbd', `--uri=${uri}`, `--rw=${rw}`, '--bs=1m', `--iodepth=${iodepth}`, `--size=${sizeMiB}m`, `--offset=${offsetMiB}m`, '--output-format=json']);
+  const out = await runTool('fio', ['--name=b', '--ioengine=nbd', `--uri=${uri}`, `--rw=${rw}`, '--bs=1m', `--iodepth=${iodepth}`, `--size=${sizeMiB}m`, `--offset=${offsetMiB}m`, `--loops=${rw === 'read' ? READ_LOOPS : 1}`, '--output-format=json']);
   return fioMegabytesPerSecond(out).mbps;
 }
 
@@ -68,7 +73,7 @@ async function main(): Promise<void> {
     const d = median(results.device);
     const iu = median(results.imageUntouched);
     const ik = median(results.imageKept);
-    console.log(`# ${rounds} rounds, ${sizeMiB} MiB sequential passes, 1 MiB requests at depth 32, chunks 256 KiB, ${os.cpus().length} cores`);
+    console.log(`# ${rounds} rounds, ${sizeMiB} MiB sequential passes (reads over it ${READ_LOOPS} times), 1 MiB requests at depth 32, chunks 256 KiB, ${os.cpus().length} cores`);
     const perRound = (of: number[], to: number[]) => of.map((x, i) => `${(x / (to[i] as number)).toFixed(2)}×`).join(' ');
     console.log(`passthrough write       ${p.toFixed(0).padStart(6)} MB/s   (over cached pages)`);
     console.log(`passthrough, new pages  ${f.toFixed(0).padStart(6)} MB/s   (never-written ranges: the page cache takes new pages, as the COW copies do)`);
@@ -91,7 +96,11 @@ async function main(): Promise<void> {
       names.push((await client.call(api.DeviceAttach, { path: f, name: `big${i}` })).name);
     }
     const takes: number[] = [];
-    for (let r = 0; r < Math.max(5, rounds); r++) {
+    // As every pass starts: the passes' writeback (and the discards of their freed difference storage)
+    // would otherwise sit in front of the takes' fsyncs of CBT state.
+    await runTool('sync', []);
+    // Fifteen: one take ranges 12–80 ms here (its fsyncs of CBT state), so a median of five swung 30–77 ms.
+    for (let r = 0; r < Math.max(15, rounds); r++) {
       const { id } = await client.call(api.SnapshotCreate, { devices: names, diffStorage: dir, limit: 2 ** 30, diffStorageMinimum: 64 * 2 ** 20 });
       const t0 = process.hrtime.bigint();
       await client.call(api.SnapshotTake, { id });
