@@ -106,6 +106,11 @@ export interface ImageReadGate {
   isDiffCheckedFirst: boolean;
   /** The same for untouched chunks, read from the device. */
   isOriginCheckedFirst: boolean;
+  /**
+   * What a thread last found of each untouched chunk's device pages in the page cache, so reads of
+   * a chunk found whole there need not ask first (CachedChunk in frontends/fuse/cached-read.ts).
+   */
+  cachedChunks: Uint8Array;
 }
 
 /** Ways to serve a request without a promise or a copy; each says when it cannot. */

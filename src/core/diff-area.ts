@@ -61,6 +61,7 @@ export class DiffArea {
       diffFd: diff.pageCacheDescriptor(),
       isDiffCheckedFirst: diff.isCopyDirect,
       isOriginCheckedFirst: origin.fast?.readsOncePastCache?.() ?? false,
+      cachedChunks: new Uint8Array(new SharedArrayBuffer(this.chunks.chunkCount)),
     };
     this.#maximumInQueue = options.maximumInQueue;
   }

@@ -22,12 +22,36 @@ export interface CachedReads {
  */
 type PieceSink = (fd: number, position: number, length: number, at: number, isCheckedFirst: boolean) => boolean;
 
+/** ImageReadGate.cachedChunks: what a thread last found of an untouched chunk's pages in the page cache. */
+export const CachedChunk = {
+  /** Not asked yet, or a read found a page gone since. */
+  Unknown: 0,
+  /** All there: reads of the chunk skip asking first. A miss then may start a read into the cache (rare: an eviction since). */
+  All: 1,
+  /** Not all there: each read asks for its own range, as it must (a miss starts no read into the cache). */
+  Partly: 2,
+} as const;
+
+/**
+ * Whether all of untouched chunk `i` was in the page cache when last asked; asks the cache once for
+ * the whole chunk (cachestat) when no thread has yet. A partly cached chunk is not asked again: an
+ * image read once past the cache brings nothing of it in.
+ */
+function isChunkCached(gate: ImageReadGate, deviceFd: number, deviceSize: number, i: number): boolean {
+  const known = gate.cachedChunks[i];
+  if (known !== CachedChunk.Unknown) return known === CachedChunk.All;
+  const start = i * 2 ** gate.chunkShift;
+  const isAll = isRangeCached(deviceFd, start, Math.min(2 ** gate.chunkShift, deviceSize - start));
+  gate.cachedChunks[i] = isAll ? CachedChunk.All : CachedChunk.Partly;
+  return isAll;
+}
+
 /**
  * Hands an image range to `sink` as the ImageReadGate allows: untouched chunks from the device, kept
  * ones from the difference storage. The chunks stay pinned (a copy-on-write write to them waits)
  * until `whilePinned` has run: a pipe holds references to the device's pages, not copies.
  */
-function imagePieces(gate: ImageReadGate, deviceFd: number, offset: number, length: number, sink: PieceSink, whilePinned: () => boolean): boolean {
+function imagePieces(gate: ImageReadGate, device: CachedReads, offset: number, length: number, sink: PieceSink, whilePinned: () => boolean): boolean {
   const chunkSize = 2 ** gate.chunkShift;
   const first = Math.floor(offset / chunkSize);
   const last = Math.floor((offset + length - 1) / chunkSize);
@@ -39,8 +63,11 @@ function imagePieces(gate: ImageReadGate, deviceFd: number, offset: number, leng
       const end = Math.min(offset + length, (i + 1) * chunkSize);
       const state = Atomics.load(gate.state, i);
       let isTaken: boolean;
-      if (state === ChunkState.Untouched) isTaken = sink(deviceFd, pos, end - pos, pos - offset, gate.isOriginCheckedFirst);
-      else if (state === ChunkState.Stored && gate.diffFd >= 0) isTaken = sink(gate.diffFd, keptOffset(gate.slot, chunkSize, i, pos), end - pos, pos - offset, gate.isDiffCheckedFirst);
+      if (state === ChunkState.Untouched) {
+        const isKnownCached = gate.isOriginCheckedFirst && isChunkCached(gate, device.fd, device.size, i);
+        isTaken = sink(device.fd, pos, end - pos, pos - offset, gate.isOriginCheckedFirst && !isKnownCached);
+        if (!isTaken && isKnownCached) gate.cachedChunks[i] = CachedChunk.Unknown; // a page has gone since: ask again
+      } else if (state === ChunkState.Stored && gate.diffFd >= 0) isTaken = sink(gate.diffFd, keptOffset(gate.slot, chunkSize, i, pos), end - pos, pos - offset, gate.isDiffCheckedFirst);
       else return false; // being copied, or failed: the daemon answers
       if (!isTaken) return false;
       pos = end;
@@ -65,7 +92,7 @@ export function readFromCache(cached: CachedReads, into: Buffer, offset: number)
   if (!cached.image) return readCached(cached.fd, into, offset) === into.length;
   const copy: PieceSink = (fd, position, length, at, isCheckedFirst) =>
     (!isCheckedFirst || isRangeCached(fd, position, length)) && readCached(fd, into.subarray(at, at + length), position) === length;
-  return imagePieces(cached.image, cached.fd, offset, into.length, copy, () => true);
+  return imagePieces(cached.image, cached, offset, into.length, copy, () => true);
 }
 
 /**
@@ -85,7 +112,7 @@ export function spliceFromCache(cached: CachedReads, pipe: SplicePipe, header: U
     return spliceFileToPipe(fd, position, pipe, pieceLength);
   };
   if (!cached.image) return splice(cached.fd, offset, length, 0, true) && send();
-  return imagePieces(cached.image, cached.fd, offset, length, splice, send);
+  return imagePieces(cached.image, cached, offset, length, splice, send);
 }
 
 /**

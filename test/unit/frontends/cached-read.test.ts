@@ -3,14 +3,15 @@
 // the device (untouched chunks) and the difference storage (kept ones); a miss sends nothing.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import type { ImageReadGate } from '../../../src/core/block-device.js';
 import { ChunkState } from '../../../src/core/chunk-map.js';
 import { threadPinOf } from '../../../src/core/origin-readers.js';
-import { type CachedReads, readFromCache, spliceFromCache, spliceReply } from '../../../src/frontends/fuse/cached-read.js';
-import { bytesReadable } from '../../../src/os/libc.js';
+import { CachedChunk, type CachedReads, readFromCache, spliceFromCache, spliceReply } from '../../../src/frontends/fuse/cached-read.js';
+import { adviseNoReadAhead, bytesReadable, isRangeCached } from '../../../src/os/libc.js';
 import { closePipe, drainPipe, emptyPipe, openPipe, type SplicePipe } from '../../../src/os/splice.js';
 import { tempDir } from '../../helpers/tools.js';
 
@@ -46,6 +47,7 @@ function setUp(): Setup {
     diffFd,
     isDiffCheckedFirst: true,
     isOriginCheckedFirst: true,
+    cachedChunks: new Uint8Array(new SharedArrayBuffer(CHUNKS)),
   };
   const pipe = openPipe(1024 * 1024);
   assert.ok(pipe && typeof pipe === 'object', 'a 1 MiB pipe');
@@ -180,6 +182,36 @@ describe('FUSE cached reads by splice', () => {
       fs.closeSync(readOnly);
       closePipe(target);
       closePipe(narrow);
+      s.done();
+    }
+  });
+  it('an image chunk found whole in the page cache is read without asking again; one found partly cached is asked at each read; a page gone since sends the read to the daemon and the chunk is asked again', async () => {
+    const s = setUp();
+    /** Drops the device file from the page cache (clean pages: fsync first). */
+    const dropAll = (): void => {
+      execFileSync('dd', [`if=/proc/${process.pid}/fd/${s.deviceFd}`, 'iflag=nocache', 'count=0', 'status=none']);
+      assert.equal(isRangeCached(s.deviceFd, 0, s.device.length), false, 'the file left the page cache');
+    };
+    const into = Buffer.alloc(8192);
+    const readsAt = (offset: number): boolean => readFromCache(s.cached, into, offset) && into.equals(s.device.subarray(offset, offset + into.length));
+    try {
+      fs.fsyncSync(s.deviceFd);
+      dropAll();
+      adviseNoReadAhead(s.deviceFd); // what is read comes in alone
+      fs.readSync(s.deviceFd, Buffer.alloc(CHUNK), 0, CHUNK, 2 * CHUNK);
+      fs.readSync(s.deviceFd, Buffer.alloc(16384), 0, 16384, 4 * CHUNK);
+      assert.equal(readsAt(2 * CHUNK + 4096), true);
+      assert.equal(s.gate.cachedChunks[2], CachedChunk.All, 'asked once for the whole chunk');
+      assert.equal(readsAt(2 * CHUNK + 40960), true);
+      assert.equal(readsAt(4 * CHUNK), true, 'the cached part of a partly cached chunk');
+      assert.equal(s.gate.cachedChunks[4], CachedChunk.Partly);
+      assert.equal(readsAt(4 * CHUNK + 32768), false, 'its part not cached goes to the daemon');
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(isRangeCached(s.deviceFd, 4 * CHUNK + 32768, 8192), false, 'asked first: the miss started no read into the page cache');
+      dropAll();
+      assert.equal(readsAt(2 * CHUNK + 4096), false, 'a chunk known whole, now gone: the read goes to the daemon');
+      assert.equal(s.gate.cachedChunks[2], CachedChunk.Unknown, 'and the chunk is asked again next time');
+    } finally {
       s.done();
     }
   });
