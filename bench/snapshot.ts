@@ -126,7 +126,7 @@ async function main(): Promise<void> {
       const chunks = (4 * TiB) / 2 ** 18;
       const mib = (k: number) => (k / 1024).toFixed(0);
       console.log(`RSS, 4 TiB device       ${mib(idle)} MiB idle, ${mib(attached)} MiB attached (CBT maps), ${mib(held)} MiB with a snapshot held`);
-      console.log(`chunk metadata          5 bytes per chunk (state Uint8Array + slot Uint32Array): ${((chunks * 5) / 2 ** 20).toFixed(0)} MiB for ${chunks} chunks; pages become resident as chunks are touched`);
+      console.log(`chunk metadata          6 bytes per chunk (state Uint8Array + slot Uint32Array + page-cache mark Uint8Array): ${((chunks * 6) / 2 ** 20).toFixed(0)} MiB for ${chunks} chunks; pages become resident as chunks are touched`);
       await fresh.client.call(api.SnapshotDestroy, { id });
     } finally {
       await fresh.client.close();

@@ -1,4 +1,4 @@
-// Owns the per-chunk copy-on-write state of one device in a snapshot: typed arrays, 5 bytes per chunk.
+// Owns the per-chunk copy-on-write state of one device in a snapshot: typed arrays, 5 bytes per chunk (and the image readers' page-cache mark, 1 more: DiffArea.readGate).
 import { snapshot as params } from '../params.js';
 
 /** blksnap's chunk size rule: 2^18 bytes at least, doubling while the count exceeds 2^40, capped at 2^26. */
