@@ -37,11 +37,11 @@ export const CachedChunk = {
  * the whole chunk (cachestat) when no thread has yet. A partly cached chunk is not asked again: an
  * image read once past the cache brings nothing of it in.
  */
-function isChunkCached(gate: ImageReadGate, deviceFd: number, deviceSize: number, i: number): boolean {
+function isChunkCached(gate: ImageReadGate, device: CachedReads, i: number): boolean {
   const known = gate.cachedChunks[i];
   if (known !== CachedChunk.Unknown) return known === CachedChunk.All;
   const start = i * 2 ** gate.chunkShift;
-  const isAll = isRangeCached(deviceFd, start, Math.min(2 ** gate.chunkShift, deviceSize - start));
+  const isAll = isRangeCached(device.fd, start, Math.min(2 ** gate.chunkShift, device.size - start));
   gate.cachedChunks[i] = isAll ? CachedChunk.All : CachedChunk.Partly;
   return isAll;
 }
@@ -60,17 +60,23 @@ function imagePieces(gate: ImageReadGate, device: CachedReads, offset: number, l
     if (Atomics.load(gate.pins, 0) !== 0) return false;
     for (let pos = offset; pos < offset + length; ) {
       const i = Math.floor(pos / chunkSize);
-      const end = Math.min(offset + length, (i + 1) * chunkSize);
       const state = Atomics.load(gate.state, i);
+      let pieceEnd: number;
       let isTaken: boolean;
       if (state === ChunkState.Untouched) {
-        const isKnownCached = gate.isOriginCheckedFirst && isChunkCached(gate, device.fd, device.size, i);
-        isTaken = sink(device.fd, pos, end - pos, pos - offset, gate.isOriginCheckedFirst && !isKnownCached);
-        if (!isTaken && isKnownCached) gate.cachedChunks[i] = CachedChunk.Unknown; // a page has gone since: ask again
-      } else if (state === ChunkState.Stored && gate.diffFd >= 0) isTaken = sink(gate.diffFd, keptOffset(gate.slot, chunkSize, i, pos), end - pos, pos - offset, gate.isDiffCheckedFirst);
-      else return false; // being copied, or failed: the daemon answers
+        // A run of untouched chunks alike (all known cached, or none) is one piece: one read of the device.
+        const isKnownCached = gate.isOriginCheckedFirst && isChunkCached(gate, device, i);
+        let j = i;
+        while (j < last && Atomics.load(gate.state, j + 1) === ChunkState.Untouched && (gate.isOriginCheckedFirst && isChunkCached(gate, device, j + 1)) === isKnownCached) j++;
+        pieceEnd = Math.min(offset + length, (j + 1) * chunkSize);
+        isTaken = sink(device.fd, pos, pieceEnd - pos, pos - offset, gate.isOriginCheckedFirst && !isKnownCached);
+        if (!isTaken && isKnownCached) gate.cachedChunks.fill(CachedChunk.Unknown, i, j + 1); // a page has gone since: ask again
+      } else if (state === ChunkState.Stored && gate.diffFd >= 0) {
+        pieceEnd = Math.min(offset + length, (i + 1) * chunkSize);
+        isTaken = sink(gate.diffFd, keptOffset(gate.slot, chunkSize, i, pos), pieceEnd - pos, pos - offset, gate.isDiffCheckedFirst);
+      } else return false; // being copied, or failed: the daemon answers
       if (!isTaken) return false;
-      pos = end;
+      pos = pieceEnd;
     }
     return whilePinned();
   } finally {

@@ -198,15 +198,20 @@ describe('FUSE cached reads by splice', () => {
       fs.fsyncSync(s.deviceFd);
       dropAll();
       adviseNoReadAhead(s.deviceFd); // what is read comes in alone
-      fs.readSync(s.deviceFd, Buffer.alloc(CHUNK), 0, CHUNK, 2 * CHUNK);
+      fs.readSync(s.deviceFd, Buffer.alloc(2 * CHUNK), 0, 2 * CHUNK, 2 * CHUNK);
       fs.readSync(s.deviceFd, Buffer.alloc(16384), 0, 16384, 4 * CHUNK);
       assert.equal(readsAt(2 * CHUNK + 4096), true);
       assert.equal(s.gate.cachedChunks[2], CachedChunk.All, 'asked once for the whole chunk');
       assert.equal(readsAt(2 * CHUNK + 40960), true);
+      assert.equal(readsAt(3 * CHUNK - 4096), true, 'across two chunks known cached');
+      assert.equal(s.gate.cachedChunks[3], CachedChunk.All);
       assert.equal(readsAt(4 * CHUNK), true, 'the cached part of a partly cached chunk');
       assert.equal(s.gate.cachedChunks[4], CachedChunk.Partly);
+      // Across a chunk known cached and one partly cached, reaching past the latter's cached part.
+      assert.equal(readFromCache(s.cached, Buffer.alloc(24576), 4 * CHUNK - 4096), false);
       assert.equal(readsAt(4 * CHUNK + 32768), false, 'its part not cached goes to the daemon');
       await new Promise((r) => setTimeout(r, 50));
+      assert.equal(isRangeCached(s.deviceFd, 4 * CHUNK + 16384, 4096), false, 'asked first: the miss across chunks started no read into the page cache');
       assert.equal(isRangeCached(s.deviceFd, 4 * CHUNK + 32768, 8192), false, 'asked first: the miss started no read into the page cache');
       dropAll();
       assert.equal(readsAt(2 * CHUNK + 4096), false, 'a chunk known whole, now gone: the read goes to the daemon');
