@@ -49,19 +49,25 @@ export function closePipe(pipe: SplicePipe): void {
 }
 
 /**
+ * One splice(2) in the thread pool, `offset` on the file's side (`toPipe`: from the file into the
+ * pipe, else from the pipe into the file); resolves with its result. errno is the pool thread's:
+ * koffi does not carry it back, so a failure (negative) says nothing of why.
+ */
+function spliceInPool(fileFd: number, offset: number, pipe: SplicePipe, length: number, toPipe: boolean): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    const done = (err: unknown, rc: unknown): void => (err ? reject(new BlkError('EIO', `splice of ${length} bytes at ${offset}: ${String(err)}`)) : resolve(Number(rc)));
+    if (toPipe) spliceFn.async(fileFd, [offset], pipe.writeFd, null, length, SPLICE_F_MOVE, done);
+    else spliceFn.async(pipe.readFd, null, fileFd, [offset], length, SPLICE_F_MOVE, done);
+  });
+}
+
+/**
  * Fills the pipe with `length` bytes of `fileFd` from `offset`, in the thread pool (it waits for the
  * disk). With an O_DIRECT descriptor the disk reads into fresh pages, past the page cache.
  */
 export async function spliceFromFile(fileFd: number, offset: number, pipe: SplicePipe, length: number): Promise<void> {
-  let done = 0;
-  while (done < length) {
-    const n = await new Promise<number>((resolve, reject) => {
-      spliceFn.async(fileFd, [offset + done], pipe.writeFd, null, length - done, SPLICE_F_MOVE, (err: unknown, rc: unknown) => {
-        if (err) reject(new BlkError('EIO', `splice of ${length} bytes at ${offset}: ${String(err)}`));
-        else resolve(Number(rc));
-      });
-    });
-    // errno is the thread's that made the call: koffi does not carry it back from the pool.
+  for (let done = 0; done < length; ) {
+    const n = await spliceInPool(fileFd, offset + done, pipe, length - done, true);
     if (n < 0) throw new BlkError('EIO', `splice of ${length} bytes at ${offset} into a pipe failed`);
     if (n === 0) throw new BlkError('EIO', `splice of ${length} bytes at ${offset}: the file ends after ${done} bytes`);
     done += n;
@@ -74,14 +80,8 @@ export async function spliceFromFile(fileFd: number, offset: number, pipe: Splic
  * spliced in from another file leave with no copy.
  */
 export async function spliceToFile(pipe: SplicePipe, fileFd: number, offset: number, length: number): Promise<void> {
-  let done = 0;
-  while (done < length) {
-    const n = await new Promise<number>((resolve, reject) => {
-      spliceFn.async(pipe.readFd, null, fileFd, [offset + done], length - done, SPLICE_F_MOVE, (err: unknown, rc: unknown) => {
-        if (err) reject(new BlkError('EIO', `splice of ${length} bytes to ${offset}: ${String(err)}`));
-        else resolve(Number(rc));
-      });
-    });
+  for (let done = 0; done < length; ) {
+    const n = await spliceInPool(fileFd, offset + done, pipe, length - done, false);
     if (n <= 0) throw new BlkError('EIO', `splice of ${length} bytes from a pipe to ${offset} failed after ${done} bytes`);
     done += n;
   }
