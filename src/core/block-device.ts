@@ -107,11 +107,21 @@ export interface ImageReadGate {
   /** The same for untouched chunks, read from the device. */
   isOriginCheckedFirst: boolean;
   /**
-   * What a thread last found of each untouched chunk's device pages in the page cache, so reads of
-   * a chunk found whole there need not ask first (CachedChunk in frontends/fuse/cached-read.ts).
+   * What a thread last found of each untouched chunk's device pages in the page cache (CachedChunk),
+   * so reads of a chunk found whole there need not ask first.
    */
   cachedChunks: Uint8Array;
 }
+
+/** ImageReadGate.cachedChunks: what a thread last found of an untouched chunk's pages in the page cache. */
+export const CachedChunk = {
+  /** Not asked yet, or a read found a page gone since. */
+  Unknown: 0,
+  /** All there: reads of the chunk skip asking first. A miss then may start a read into the cache (rare: an eviction since). */
+  All: 1,
+  /** Not all there: each read asks for its own range, as it must (a miss starts no read into the cache). */
+  Partly: 2,
+} as const;
 
 /** Ways to serve a request without a promise or a copy; each says when it cannot. */
 export interface BlockDeviceFastPaths {

@@ -224,13 +224,13 @@ export class DiffStorage {
    * larger than a pipe, no pipe free, or a kernel or filesystem that refuses (then not tried again).
    */
   async #keepBySplice(direct: DirectFile, origin: Storage, offset: number, length: number, at: number): Promise<boolean> {
-    const spliceCached = origin.fast?.spliceCached;
+    const fast = origin.fast;
     const isAligned = offset % DIRECT_ALIGNMENT === 0 && length % DIRECT_ALIGNMENT === 0 && at % DIRECT_ALIGNMENT === 0;
-    if (!spliceCached || this.#isSpliceRefused || length > copyPipes.capacity || !isAligned) return false;
+    if (!fast?.spliceCached || this.#isSpliceRefused || length > copyPipes.capacity || !isAligned) return false;
     const pipe = copyPipes.acquire();
     if (!pipe) return false;
     try {
-      await spliceCached.call(origin.fast, offset, length, pipe);
+      await fast.spliceCached(offset, length, pipe);
       await direct.writeFromPipe(pipe, at, length);
     } catch {
       copyPipes.discard(pipe);

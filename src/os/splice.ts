@@ -110,6 +110,13 @@ export function spliceFromPipe(pipe: SplicePipe, toFd: number, length: number): 
   throw new BlkError(errnoName(errno), `splice of ${length} bytes from a pipe to descriptor ${toFd} failed`);
 }
 
+/** Moves up to `length` bytes the pipe holds to a non-blocking descriptor until it is done or full; the bytes moved. */
+export function spliceFromPipeUntilFull(pipe: SplicePipe, toFd: number, length: number): number {
+  let moved = 0;
+  for (let n = 1; moved < length && n > 0; moved += n) n = spliceFromPipe(pipe, toFd, length - moved);
+  return moved;
+}
+
 /** Reads and drops whatever the pipe holds, into `scratch` piece by piece (it does not wait). */
 export function emptyPipe(pipe: SplicePipe, scratch: Uint8Array): void {
   while (readRaw(pipe.readFd, scratch) > 0);

@@ -2,7 +2,7 @@
 // the event loop: the fast path of the readers and the ring threads alike. Readers splice larger
 // ranges into a pipe instead (page references, no copy into this process).
 import * as fs from 'node:fs';
-import type { ImageReadGate } from '../../core/block-device.js';
+import { CachedChunk, type ImageReadGate } from '../../core/block-device.js';
 import { ChunkState, keptOffset } from '../../core/chunk-map.js';
 import { threadPinOf } from '../../core/origin-readers.js';
 import { isRangeCached, readCached } from '../../os/libc.js';
@@ -22,22 +22,14 @@ export interface CachedReads {
  */
 type PieceSink = (fd: number, position: number, length: number, at: number, isCheckedFirst: boolean) => boolean;
 
-/** ImageReadGate.cachedChunks: what a thread last found of an untouched chunk's pages in the page cache. */
-export const CachedChunk = {
-  /** Not asked yet, or a read found a page gone since. */
-  Unknown: 0,
-  /** All there: reads of the chunk skip asking first. A miss then may start a read into the cache (rare: an eviction since). */
-  All: 1,
-  /** Not all there: each read asks for its own range, as it must (a miss starts no read into the cache). */
-  Partly: 2,
-} as const;
-
 /**
- * Whether all of untouched chunk `i` was in the page cache when last asked; asks the cache once for
- * the whole chunk (cachestat) when no thread has yet. A partly cached chunk is not asked again: an
- * image read once past the cache brings nothing of it in.
+ * Where reads of untouched chunks must ask the page cache first (isOriginCheckedFirst; elsewhere
+ * they never ask, and this says false): whether all of chunk `i` was cached when last asked. The
+ * first to want it asks once for the whole chunk (cachestat). A partly cached chunk is not asked
+ * again: an image read once past the cache brings nothing of it in.
  */
-function isChunkCached(gate: ImageReadGate, device: CachedReads, i: number): boolean {
+function isKnownCached(gate: ImageReadGate, device: CachedReads, i: number): boolean {
+  if (!gate.isOriginCheckedFirst) return false;
   const known = gate.cachedChunks[i];
   if (known !== CachedChunk.Unknown) return known === CachedChunk.All;
   const start = i * 2 ** gate.chunkShift;
@@ -65,12 +57,12 @@ function imagePieces(gate: ImageReadGate, device: CachedReads, offset: number, l
       let isTaken: boolean;
       if (state === ChunkState.Untouched) {
         // A run of untouched chunks alike (all known cached, or none) is one piece: one read of the device.
-        const isKnownCached = gate.isOriginCheckedFirst && isChunkCached(gate, device, i);
+        const isCached = isKnownCached(gate, device, i);
         let j = i;
-        while (j < last && Atomics.load(gate.state, j + 1) === ChunkState.Untouched && (gate.isOriginCheckedFirst && isChunkCached(gate, device, j + 1)) === isKnownCached) j++;
+        while (j < last && Atomics.load(gate.state, j + 1) === ChunkState.Untouched && isKnownCached(gate, device, j + 1) === isCached) j++;
         pieceEnd = Math.min(offset + length, (j + 1) * chunkSize);
-        isTaken = sink(device.fd, pos, pieceEnd - pos, pos - offset, gate.isOriginCheckedFirst && !isKnownCached);
-        if (!isTaken && isKnownCached) gate.cachedChunks.fill(CachedChunk.Unknown, i, j + 1); // a page has gone since: ask again
+        isTaken = sink(device.fd, pos, pieceEnd - pos, pos - offset, gate.isOriginCheckedFirst && !isCached);
+        if (!isTaken && isCached) gate.cachedChunks.fill(CachedChunk.Unknown, i, j + 1); // a page has gone since: ask again
       } else if (state === ChunkState.Stored && gate.diffFd >= 0) {
         pieceEnd = Math.min(offset + length, (i + 1) * chunkSize);
         isTaken = sink(gate.diffFd, keptOffset(gate.slot, chunkSize, i, pos), pieceEnd - pos, pos - offset, gate.isDiffCheckedFirst);

@@ -5,7 +5,7 @@ import { BlkError, toBlkError, toNbdErrno } from '../../errors.js';
 import { nbd as limits, nbdIo } from '../../params.js';
 import { bytesReadable, bytesUnread } from '../../os/libc.js';
 import { writeNonBlocking } from '../../os/socket-descriptor.js';
-import { drainPipe, PipePool, type SplicePipe, spliceFromPipe } from '../../os/splice.js';
+import { drainPipe, PipePool, type SplicePipe, spliceFromPipeUntilFull } from '../../os/splice.js';
 import { ioBuffers } from '../../util/buffer-pool.js';
 import type { ByteQueue } from '../../util/byte-queue.js';
 import type { Agreement } from './handshake.js';
@@ -362,14 +362,7 @@ export class Transmission implements RequestSink {
     this.#writeReadPrefix(prefix, h);
     const fd = this.#sink.fd;
     const prefixSent = writeNonBlocking(fd, prefix);
-    let dataSent = 0;
-    if (prefixSent === prefixLength) {
-      while (dataSent < h.length) {
-        const n = spliceFromPipe(pipe, fd, h.length - dataSent);
-        if (n === 0) break;
-        dataSent += n;
-      }
-    }
+    const dataSent = prefixSent === prefixLength ? spliceFromPipeUntilFull(pipe, fd, h.length) : 0;
     if (dataSent === h.length) {
       splicePipes.release(pipe);
       return undefined;
@@ -391,7 +384,7 @@ export class Transmission implements RequestSink {
     try {
       if (prefixLeft.length > 0) await this.#replies.writeAndWait(prefixLeft);
       for (;;) {
-        for (let n = 1; left > 0 && n > 0; left -= n) n = spliceFromPipe(pipe, fd, left);
+        left -= spliceFromPipeUntilFull(pipe, fd, left);
         if (left === 0) break;
         const piece = Buffer.allocUnsafe(Math.min(nbdIo.waitPieceBytes, left));
         drainPipe(pipe, piece);
