@@ -13,8 +13,9 @@ import { DIRECT_ALIGNMENT } from '../os/koffi.js';
 import { sizeOfBlockDevice } from '../os/libc.js';
 import { backup as params } from '../params.js';
 import { chunkCountOf, readIndex } from './digest-index.js';
-import { runsOf } from './image-reader.js';
+import { inFronts, runsOf } from './image-reader.js';
 import { isZeroDigest, layout } from './layout.js';
+import { repeatedChunks } from './repeated-chunks.js';
 import type { Progress } from './progress.js';
 import type { Repository } from './repository.js';
 import { WorkerPool } from './worker-pool.js';
@@ -55,37 +56,40 @@ async function attachedTarget(client: BlksnapClient, to: string): Promise<api.De
 }
 
 export async function restoreBackup(repo: Repository, o: RestoreOptions): Promise<RestoreResult> {
-  const manifest = repo.manifest(o.id);
-  const entry = manifest.devices.find((d) => d.name === o.device);
-  if (!entry) throw new BlkError('ENOENT', `backup ${o.id} has no device ${o.device} (it has ${manifest.devices.map((d) => d.name).join(', ')})`);
-  const index = readIndex(repo.dir, path.join(layout.backup(repo.dir, o.id), entry.index));
-  const count = chunkCountOf(index.size, index.chunkSize);
-  const attached = o.client ? await attachedTarget(o.client, o.to) : null;
-  return repo.whileShared(o.progress, () => restoreLocked(repo, o, entry, index, count, attached));
-}
-
-async function restoreLocked(repo: Repository, o: RestoreOptions, entry: ManifestDevice, index: Index, count: number, attached: api.DeviceInfo | null): Promise<RestoreResult> {
-  const packed = ChunkIndex.load(repo.dir);
+  // Started first: the threads load their modules while this one reads the indexes.
   const workers = new WorkerPool();
   try {
-    if (attached || o.to.includes('://')) {
-      const uri = attached ? attached.uri : o.to;
-      let chunks: number[] = Array.from({ length: count }, (_, c) => c);
-      let mode: RestoreResult['mode'] = 'nbd';
-      if (attached && o.client) {
-        const info = await o.client.call(api.CbtGetInfo, { device: attached.name });
-        if (info.generationId === entry.generationId && info.deviceCapacity === index.size && info.blockSize === index.chunkSize) {
-          chunks = await changedSince(uri, index.size, index.chunkSize, entry.changesNumber, o.tls);
-          mode = 'rollback';
-        }
-      }
-      const written = await restoreOverNbd(repo, workers, packed, uri, index, chunks, o);
-      return { writtenBytes: written, skippedBytes: index.size - written, mode };
-    }
-    return await restoreToPath(repo, workers, packed, o.to, index, count, o);
+    const manifest = repo.manifest(o.id);
+    const entry = manifest.devices.find((d) => d.name === o.device);
+    if (!entry) throw new BlkError('ENOENT', `backup ${o.id} has no device ${o.device} (it has ${manifest.devices.map((d) => d.name).join(', ')})`);
+    const index = readIndex(repo.dir, path.join(layout.backup(repo.dir, o.id), entry.index));
+    const count = chunkCountOf(index.size, index.chunkSize);
+    const attached = o.client ? await attachedTarget(o.client, o.to) : null;
+    return await repo.whileShared(o.progress, () => restoreLocked(repo, workers, o, entry, index, count, attached));
   } finally {
+    // Each worker closes the packs it opened (a library caller's process goes on).
+    await workers.runOnAll({ kind: 'finish' }).catch(() => undefined);
     await workers.close();
   }
+}
+
+async function restoreLocked(repo: Repository, workers: WorkerPool, o: RestoreOptions, entry: ManifestDevice, index: Index, count: number, attached: api.DeviceInfo | null): Promise<RestoreResult> {
+  const packed = ChunkIndex.load(repo.dir);
+  if (attached || o.to.includes('://')) {
+    const uri = attached ? attached.uri : o.to;
+    let chunks: number[] = Array.from({ length: count }, (_, c) => c);
+    let mode: RestoreResult['mode'] = 'nbd';
+    if (attached && o.client) {
+      const info = await o.client.call(api.CbtGetInfo, { device: attached.name });
+      if (info.generationId === entry.generationId && info.deviceCapacity === index.size && info.blockSize === index.chunkSize) {
+        chunks = await changedSince(uri, index.size, index.chunkSize, entry.changesNumber, o.tls);
+        mode = 'rollback';
+      }
+    }
+    const written = await restoreOverNbd(repo, workers, packed, uri, index, chunks, o);
+    return { writtenBytes: written, skippedBytes: index.size - written, mode };
+  }
+  return await restoreToPath(repo, workers, packed, o.to, index, count, o);
 }
 
 /** Chunks of an attached device written after snapshot `k` (its active map over NBD, x-blksnap:cbt). */
@@ -106,24 +110,38 @@ async function changedSince(uri: string, size: number, chunkSize: number, k: num
 
 type Index = { size: number; chunkSize: number; digests: Buffer };
 
+/** The items, each with the offsets of the later chunks holding its content: written there too. */
+function withCopies(items: LoadItem[], copiesOf: (c: number) => number[], chunkSize: number): LoadItem[] {
+  for (const item of items) {
+    const copies = copiesOf(item.offset / chunkSize);
+    if (copies.length > 0) item.copies = copies.map((c) => c * chunkSize);
+  }
+  return items;
+}
+
 async function restoreOverNbd(repo: Repository, workers: WorkerPool, chunks: ChunkIndex, uri: string, index: Index, wanted: number[], o: RestoreOptions): Promise<number> {
   const client = await NbdClient.connect(uri, o.tls ? { tls: o.tls } : {});
   try {
     if (client.isReadOnly) throw new BlkError('EROFS', `${uri} is read-only`);
     if (client.size < index.size) throw new BlkError('ENOSPC', `${uri} holds ${client.size} bytes, the backup ${index.size}`);
-    const runs = runsOf(wanted, Math.max(1, Math.floor(params.readBytes / index.chunkSize)));
+    const repeated = repeatedChunks(wanted, index.digests, (c) => Math.min(index.chunkSize, index.size - c * index.chunkSize));
+    const runs = runsOf(repeated.firsts, Math.max(1, Math.floor(params.readBytes / index.chunkSize)));
     o.progress?.start(`restore to ${uri}`, wanted.length * index.chunkSize);
     let written = 0;
     const inFlight = new TaskWindow(workers.size * 4);
     for (const run of runs) {
-      const items = chunks.loadItems(repo.dir, index, run.first, run.count);
+      const items = withCopies(chunks.loadItems(repo.dir, index, run.first, run.count), repeated.copiesOf, index.chunkSize);
       const task = workers.run({ kind: 'load', items }).then(async (r) => {
-        await Promise.all(r.data.map((d, i) => {
+        let bytes = 0;
+        await Promise.all(r.data.flatMap((d, i) => {
           const item = items[i] as LoadItem;
-          written += d.length;
-          return item.where === null ? client.writeZeroes(item.offset, d.length) : client.write(item.offset, d);
+          return [item.offset, ...(item.copies ?? [])].map((at) => {
+            bytes += d.length;
+            return item.where === null ? client.writeZeroes(at, d.length) : client.write(at, d);
+          });
         }));
-        o.progress?.advance(items.reduce((a, it) => a + it.length, 0));
+        written += bytes;
+        o.progress?.advance(bytes);
       });
       await inFlight.add(task);
     }
@@ -167,11 +185,14 @@ async function restoreToPath(repo: Repository, workers: WorkerPool, chunks: Chun
     let written = 0;
     // Two runs per worker decode while two more are being written.
     const inFlight = new TaskWindow(workers.size * 4);
-    for (const run of runsOf(wanted, Math.max(1, Math.floor(params.readBytes / index.chunkSize)))) {
-      const items = chunks.loadItems(repo.dir, index, run.first, run.count);
+    const repeated = repeatedChunks(wanted, index.digests, (c) => Math.min(index.chunkSize, index.size - c * index.chunkSize));
+    // In fronts, as a backup reads: stretches of stored data (bound by the disk's reads and writes) go
+    // beside compressed ones (bound by decompressing and hashing), so neither leaves the other idle.
+    for (const run of inFronts(runsOf(repeated.firsts, Math.max(1, Math.floor(params.readBytes / index.chunkSize))), params.readFronts)) {
+      const items = withCopies(chunks.loadItems(repo.dir, index, run.first, run.count), repeated.copiesOf, index.chunkSize);
       const task = workers.run({ kind: 'write', items, fd: directFd ?? fd, direct: directFd !== null, bufferedFd: fd, writeZeros: isBlockDevice }).then((r) => {
         written += r.writtenBytes;
-        o.progress?.advance(items.reduce((a, it) => a + it.length, 0));
+        o.progress?.advance(r.writtenBytes);
       });
       await inFlight.add(task);
     }

@@ -21,6 +21,8 @@ export interface LoadItem {
   /** The chunk's offset on the device (a restore writes it there; errors name it). */
   offset: number;
   length: number;
+  /** Further offsets on the device holding the same content: a restore writes it there too. */
+  copies?: number[];
 }
 
 export class ChunkIndex {

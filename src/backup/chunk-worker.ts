@@ -18,7 +18,7 @@ export type ChunkTask =
   | { kind: 'hash'; id: number; data: Uint8Array; lengths: number[] }
   /** Appends chunks `which` of hashed task `id` to this worker's pack, then forgets the task's bytes. */
   | { kind: 'store'; id: number; which: number[]; chunksDir: string; level: number | null }
-  /** Closes this worker's pack: durable, indexed, visible. */
+  /** Closes this worker's pack (durable, indexed, visible) and the packs it read. */
   | { kind: 'finish' }
   /** Loads and checks chunks; returns their bytes. */
   | { kind: 'load'; items: LoadItem[] }
@@ -117,10 +117,43 @@ function readStored(items: LoadItem[]): Array<Buffer | null> {
   return out;
 }
 
-/** As readStored, with the reads in the thread pool: this thread decodes meanwhile. */
-async function readStoredAsync(items: LoadItem[]): Promise<Array<Buffer | null>> {
+/** Descriptors of packs opened with O_DIRECT by this thread (null: the filesystem refuses it). */
+const directPackFds = new Map<string, number | null>();
+
+function directPackFd(file: string): number | null {
+  let fd = directPackFds.get(file);
+  if (fd === undefined) {
+    fd = openDirectSync(file, fs.constants.O_RDONLY);
+    directPackFds.set(file, fd);
+  }
+  return fd;
+}
+
+/**
+ * As readStored, with the reads in the thread pool (this thread decodes meanwhile) and past the page
+ * cache where the filesystem allows: each record is read once, and a new page-cache page costs this
+ * VM a fault in the host. The aligned buffers in `held` go back to the pool once the bytes are used.
+ */
+async function readStoredAsync(items: LoadItem[], held: Buffer[]): Promise<Array<Buffer | null>> {
   const out: Array<Buffer | null> = items.map(() => null);
-  await Promise.all(spanReads(items).map(async ({ span, fd, data }) => cutSpan(items, span, data, await readAt(fd, data, span.offset), out)));
+  // Settled, all of them, before a failure is thrown: no buffer goes back to the pool while a read still fills it.
+  const reads = await Promise.allSettled(spansOf(items).map(async (span) => {
+    const buffered = spanFd(items, span);
+    const direct = directPackFd(((items[span.first] as LoadItem).where as { file: string }).file);
+    if (direct === null) {
+      const data = Buffer.allocUnsafe(span.bytes);
+      cutSpan(items, span, data, await readAt(buffered, data, span.offset), out);
+      return;
+    }
+    const start = span.offset - (span.offset % DIRECT_ALIGNMENT);
+    const end = Math.ceil((span.offset + span.bytes) / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT;
+    const window = alignedBuffers.acquire(end - start);
+    held.push(window);
+    const n = await readUpTo(direct, window, start);
+    const skip = span.offset - start;
+    cutSpan(items, span, window.subarray(skip), Math.max(0, n - skip), out);
+  }));
+  for (const r of reads) if (r.status === 'rejected') throw r.reason;
   return out;
 }
 
@@ -227,43 +260,52 @@ async function writeItems(task: Extract<ChunkTask, { kind: 'write' }>): Promise<
   const first = items[0];
   if (!first) return 0;
   const last = items.at(-1) as LoadItem;
-  const stored = await readStoredAsync(items);
+  const held: Buffer[] = [];
   const span = alignedBuffers.acquire(last.offset + last.length - first.offset);
   const writes: Array<Promise<void>> = [];
   let written = 0;
-  let stretchStart = -1;
-  const flush = (end: number): void => {
-    if (stretchStart < 0) return;
-    const startOffset = (items[stretchStart] as LoadItem).offset;
-    const data = span.subarray(startOffset - first.offset, end - first.offset);
-    const aligned = task.direct ? data.length - (data.length % DIRECT_ALIGNMENT) : 0;
-    if (aligned > 0) writes.push(writeFully(task.fd, data.subarray(0, aligned), startOffset));
-    if (aligned < data.length) writes.push(writeFully(task.bufferedFd, data.subarray(aligned), startOffset + aligned));
-    written += data.length;
-    stretchStart = -1;
-  };
+  // Where the span's bytes go: [from, to) of it at device offset `at`. A piece grows while the next
+  // item continues it both in the span and on the device (a stretch, or a stretch's copy).
+  const pieces: Array<{ from: number; to: number; at: number }> = [];
   try {
+    const stored = await readStoredAsync(items, held);
+    let growing: Array<{ from: number; to: number; at: number }> = [];
     items.forEach((item, i) => {
-      const into = span.subarray(item.offset - first.offset, item.offset - first.offset + item.length);
+      const from = item.offset - first.offset;
+      const into = span.subarray(from, from + item.length);
       if (item.where === null) {
         if (!task.writeZeros) {
-          flush(item.offset);
+          growing = [];
           return;
         }
         into.fill(0);
       } else {
         decodeItem(item, stored[i] as Buffer, into);
       }
-      if (stretchStart < 0) stretchStart = i;
+      const grown: typeof growing = [];
+      for (const at of [item.offset, ...(item.copies ?? [])]) {
+        const piece = growing.find((p) => p.to === from && p.at + (p.to - p.from) === at);
+        if (piece) piece.to = from + item.length;
+        else pieces.push({ from, to: from + item.length, at });
+        grown.push(piece ?? (pieces.at(-1) as (typeof pieces)[number]));
+      }
+      growing = grown;
     });
-    flush(last.offset + last.length);
+    for (const { from, to, at } of pieces) {
+      const data = span.subarray(from, to);
+      const aligned = task.direct ? data.length - (data.length % DIRECT_ALIGNMENT) : 0;
+      if (aligned > 0) writes.push(writeFully(task.fd, data.subarray(0, aligned), at));
+      if (aligned < data.length) writes.push(writeFully(task.bufferedFd, data.subarray(aligned), at + aligned));
+      written += data.length;
+    }
   } finally {
+    for (const b of held) alignedBuffers.release(b);
     // Never back into use while a write of it may still run.
     void Promise.allSettled(writes).then(() => alignedBuffers.release(span));
   }
   await Promise.all(writes);
   // Through the page cache, the restore ends in fsync: its disk writes start now, beside the work still to come.
-  if (!task.direct && written > 0) startWriteback(task.fd, first.offset, last.offset + last.length - first.offset);
+  if (!task.direct) for (const { from, to, at } of pieces) startWriteback(task.fd, at, to - from);
   return written;
 }
 
@@ -305,8 +347,9 @@ function run(task: Exclude<ChunkTask, { kind: 'write' | 'checkPack' }>): { resul
       writer?.close();
       const packs = writer ? [...writer.closed] : [];
       writer = null;
-      for (const fd of packFds.values()) fs.closeSync(fd);
+      for (const fd of [...packFds.values(), ...directPackFds.values()]) if (fd !== null) fs.closeSync(fd);
       packFds.clear();
+      directPackFds.clear();
       return { result: { kind: 'finish', packs }, transfer: [] };
     }
     case 'load': {

@@ -298,6 +298,50 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
     });
   });
 
+  it('content repeated on the device (stretches, one chunk 40 times, a short last chunk) restores bit-identical to a file and over NBD', async () => {
+    const size = 16 * MiB + 12 * KiB;
+    await withDaemon({ 'd.img': size, 'e.img': size }, async (daemon, repo, dir) => {
+      const client = await control(daemon);
+      try {
+        const nbd = await NbdClient.connect(daemon.uri('d.img'));
+        const stretch = randomFillSync(Buffer.alloc(MiB));
+        for (const at of [0, 4 * MiB, 8 * MiB]) await nbd.write(at, stretch); // chunks 0-15 again at 64-79 and 128-143
+        const chunk = randomFillSync(Buffer.alloc(BLOCK));
+        const places = new Set<number>();
+        while (places.size < 40) places.add(160 + randomInt(90)); // more copies than one group holds
+        for (const c of places) await nbd.write(c * BLOCK, chunk);
+        for (const c of [20, 21, 100]) await nbd.write(c * BLOCK, randomFillSync(Buffer.alloc(BLOCK)));
+        // Neighbours whose copies are not neighbours: chunk 30 again at 252, chunk 31 at 90.
+        for (const [c, copy] of [[30, 252], [31, 90]] as const) {
+          const bytes = randomFillSync(Buffer.alloc(BLOCK));
+          await nbd.write(c * BLOCK, bytes);
+          await nbd.write(copy * BLOCK, bytes);
+        }
+        await nbd.write(16 * MiB, randomFillSync(Buffer.alloc(12 * KiB)));
+        await nbd.flush();
+        await nbd.close();
+        const b = await repo.create(client, { devices: ['d.img'], diffStorage: dir });
+        const nonZero = (3 * 16 + 40 + 3 + 4) * BLOCK + 12 * KiB;
+
+        const file = path.join(dir, 'restored.img');
+        const r = await repo.restore({ id: b.id, device: 'd.img', to: file });
+        assert.equal(r.writtenBytes, nonZero, 'every chunk with data written once, at its place');
+        await check('cmp', [file, path.join(dir, 'd.img')]);
+
+        // Over NBD onto a device of other content: zero chunks are written too.
+        const target = await NbdClient.connect(daemon.uri('e.img'));
+        for (let at = 0; at < size; at += MiB) await target.write(at, randomFillSync(Buffer.alloc(Math.min(MiB, size - at))));
+        await target.close();
+        const overNbd = await repo.restore({ id: b.id, device: 'd.img', to: daemon.uri('e.img') });
+        assert.equal(overNbd.mode, 'nbd');
+        assert.equal(overNbd.writtenBytes, size);
+        await check('cmp', [path.join(dir, 'e.img'), path.join(dir, 'd.img')]);
+      } finally {
+        await client.close();
+      }
+    });
+  });
+
   it('backup_attach serves a backup: qemu-img compare with its restore; --writable drops its writes at detach; --loop mounts an ext4 backup', { skip: missing('mkfs.ext4', 'losetup') }, async () => {
     await withDaemon({}, async (daemon, repo, dir) => {
       const mounts = new Mounts(dir);
