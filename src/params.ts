@@ -197,6 +197,11 @@ export const backup = {
   /** Places in the device a backup reads at once, each through its own share (image-reader inFronts). */
   readFronts: 4,
   /**
+   * Bytes of the device one restore task writes at most (whole chunks). The disk is what bounds a
+   * restore; 4 MiB writes against 1 MiB took a 4 GiB restore 3.9–4.5 s against 4.4–5.3 s (docs/performance.md, session 17).
+   */
+  restoreTaskBytes: 4 * 1024 * 1024,
+  /**
    * Hash-and-store workers of backup_create per core. A worker waits while its pack's 4 MiB O_DIRECT
    * writes reach the disk, so with one per core the cores idled 16–20 % of the time (I/O wait);
    * with two a full backup took 5.1–5.2 s against 5.5–5.9 s (docs/performance.md, session 14).

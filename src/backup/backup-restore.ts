@@ -10,7 +10,7 @@ import * as api from '../control/protocol.js';
 import { BlkError } from '../errors.js';
 import { openDirectSync } from '../os/fd-io.js';
 import { DIRECT_ALIGNMENT } from '../os/koffi.js';
-import { sizeOfBlockDevice } from '../os/libc.js';
+import { fallocate, sizeOfBlockDevice } from '../os/libc.js';
 import { backup as params } from '../params.js';
 import { chunkCountOf, readIndex } from './digest-index.js';
 import { inFronts, runsOf } from './image-reader.js';
@@ -154,6 +154,25 @@ async function restoreOverNbd(repo: Repository, workers: WorkerPool, chunks: Chu
   }
 }
 
+/**
+ * Allocates a file's blocks under the chunks the restore writes (zero chunks stay holes), before any
+ * write. A direct write that must allocate takes the inode's lock for itself (ext4): the writes
+ * reached the disk one at a time (1.6 requests in flight, against 3 allocated first), and a 4 GiB
+ * restore took 5.1–5.6 s against 4.3–4.9 s. Allocating as each task writes was slower (4.6 s
+ * against 4.3 s, mean of five): each allocation waits for the writes in flight. Where the
+ * filesystem cannot, the writes allocate as they go.
+ */
+async function allocateStretches(fd: number, wanted: number[], index: Index): Promise<void> {
+  for (const run of runsOf(wanted, Number.MAX_SAFE_INTEGER)) {
+    const offset = run.first * index.chunkSize;
+    try {
+      await fallocate(fd, 0, offset, Math.min(run.count * index.chunkSize, index.size - offset));
+    } catch {
+      return;
+    }
+  }
+}
+
 /** Opens `target` a second time with O_DIRECT; null where the file system refuses it (tmpfs) or chunks are not whole pages. */
 function openDirect(target: string, chunkSize: number): number | null {
   if (chunkSize % DIRECT_ALIGNMENT !== 0) return null;
@@ -181,6 +200,7 @@ async function restoreToPath(repo: Repository, workers: WorkerPool, chunks: Chun
     directFd = openDirect(target, index.chunkSize);
     const wanted: number[] = [];
     for (let c = 0; c < count; c++) if (isBlockDevice || !isZeroDigest(index.digests, c * 32)) wanted.push(c);
+    if (!isBlockDevice && directFd !== null) await allocateStretches(fd, wanted, index);
     o.progress?.start(`restore to ${target}`, wanted.length * index.chunkSize);
     let written = 0;
     // Two runs per worker decode while two more are being written.
@@ -188,7 +208,7 @@ async function restoreToPath(repo: Repository, workers: WorkerPool, chunks: Chun
     const repeated = repeatedChunks(wanted, index.digests, (c) => Math.min(index.chunkSize, index.size - c * index.chunkSize));
     // In fronts, as a backup reads: stretches of stored data (bound by the disk's reads and writes) go
     // beside compressed ones (bound by decompressing and hashing), so neither leaves the other idle.
-    for (const run of inFronts(runsOf(repeated.firsts, Math.max(1, Math.floor(params.readBytes / index.chunkSize))), params.readFronts)) {
+    for (const run of inFronts(runsOf(repeated.firsts, Math.max(1, Math.floor(params.restoreTaskBytes / index.chunkSize))), params.readFronts)) {
       const items = withCopies(chunks.loadItems(repo.dir, index, run.first, run.count), repeated.copiesOf, index.chunkSize);
       const task = workers.run({ kind: 'write', items, fd: directFd ?? fd, direct: directFd !== null, bufferedFd: fd, writeZeros: isBlockDevice }).then((r) => {
         written += r.writtenBytes;

@@ -327,6 +327,8 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
         const r = await repo.restore({ id: b.id, device: 'd.img', to: file });
         assert.equal(r.writtenBytes, nonZero, 'every chunk with data written once, at its place');
         await check('cmp', [file, path.join(dir, 'd.img')]);
+        // Blocks are allocated ahead of the writes only where chunks hold data: zero chunks stay holes.
+        assert.ok(fs.statSync(file).blocks * 512 <= nonZero + 64 * KiB, `${fs.statSync(file).blocks * 512} bytes allocated for ${nonZero} of data`);
 
         // Over NBD onto a device of other content: zero chunks are written too.
         const target = await NbdClient.connect(daemon.uri('e.img'));
