@@ -4,7 +4,7 @@
 import * as fs from 'node:fs';
 import { BlkError } from '../errors.js';
 import { isZeroDigest, layout, TEMP_MARK } from './layout.js';
-import { type PackEntry, packPaths, readIdx } from './pack.js';
+import { IDX_ENTRY, type PackEntry, packPaths, readIdxFile } from './pack.js';
 
 export interface ChunkLocation {
   pack: string;
@@ -60,7 +60,7 @@ export class ChunkIndex {
     const index = new ChunkIndex();
     for (const id of packIds(repo)) {
       try {
-        index.addPack(id, readIdx(packPaths(layout.chunksDir(repo), id).idx));
+        index.addIdx(id, readIdxFile(packPaths(layout.chunksDir(repo), id).idx));
       } catch (e) {
         if (!problems) throw e;
         problems.push((e as Error).message);
@@ -71,6 +71,25 @@ export class ChunkIndex {
 
   addPack(id: string, entries: readonly PackEntry[]): void {
     for (const e of entries) this.add(e.digest, 0, { pack: id, offset: e.offset, storedLength: e.storedLength, flags: e.flags, size: e.size });
+  }
+
+  /** Adds every entry of a checked index file (readIdxFile) straight from its bytes: no object per entry. */
+  addIdx(id: string, idx: { data: Buffer; count: number }): void {
+    while ((this.#count + idx.count) * 2 > this.#table.length) this.#grow();
+    const p = this.#packNumber(id);
+    const data = idx.data;
+    for (let i = 0; i < idx.count; i++) {
+      const at = 16 + i * IDX_ENTRY;
+      if (this.find(data, at) >= 0) continue; // the first location of a digest wins
+      const e = this.#count++;
+      this.#digests.set(data.subarray(at, at + 32), e * 32);
+      this.#pack[e] = p;
+      this.#offset[e] = data.readUInt32LE(at + 32) + data.readUInt32LE(at + 36) * 2 ** 32;
+      this.#stored[e] = data.readUInt32LE(at + 40);
+      this.#flags[e] = data.readUInt16LE(at + 44);
+      this.#size[e] = data.readUInt32LE(at + 48);
+      this.#insert(e);
+    }
   }
 
   /** The entry of the digest at `digests[at..at+32)`, or -1. */
@@ -94,13 +113,7 @@ export class ChunkIndex {
     if ((this.#count + 1) * 2 > this.#table.length) this.#grow();
     const e = this.#count++;
     this.#digests.set(digests.subarray(at, at + 32), e * 32);
-    let p = this.#packNumbers.get(where.pack);
-    if (p === undefined) {
-      p = this.packs.length;
-      this.packs.push(where.pack);
-      this.#packNumbers.set(where.pack, p);
-    }
-    this.#pack[e] = p;
+    this.#pack[e] = this.#packNumber(where.pack);
     this.#offset[e] = where.offset;
     this.#stored[e] = where.storedLength;
     this.#size[e] = where.size;
@@ -138,6 +151,16 @@ export class ChunkIndex {
       items.push({ where, digest, offset, length: Math.min(device.chunkSize, device.size - offset) });
     }
     return items;
+  }
+
+  #packNumber(pack: string): number {
+    let p = this.#packNumbers.get(pack);
+    if (p === undefined) {
+      p = this.packs.length;
+      this.packs.push(pack);
+      this.#packNumbers.set(pack, p);
+    }
+    return p;
   }
 
   #hash(d: Uint8Array, at: number): number {

@@ -58,8 +58,11 @@ export function encodeIdx(entries: PackEntry[]): Buffer {
   return out;
 }
 
-/** A pack's index, checked; EIO naming the file and what is wrong. */
-export function readIdx(file: string): PackEntry[] {
+/**
+ * A pack's index file, checked (magic, length, checksum, every entry's lengths): its `count` entries
+ * are IDX_ENTRY bytes each from byte 16 (idxEntry reads one). EIO naming the file and what is wrong.
+ */
+export function readIdxFile(file: string): { data: Buffer; count: number } {
   let data: Buffer;
   try {
     data = fs.readFileSync(file);
@@ -70,15 +73,26 @@ export function readIdx(file: string): PackEntry[] {
   const count = data.readUInt32LE(12);
   if (data.length !== 16 + count * IDX_ENTRY + 32) throw new BlkError('EIO', `pack index ${file} is truncated`);
   if (!sha256(data.subarray(0, data.length - 32)).equals(data.subarray(data.length - 32))) throw new BlkError('EIO', `pack index ${file} fails its checksum`);
-  const out: PackEntry[] = [];
   for (let i = 0; i < count; i++) {
     const at = 16 + i * IDX_ENTRY;
-    const entry = { digest: data.subarray(at, at + 32), offset: Number(data.readBigUInt64LE(at + 32)), storedLength: data.readUInt32LE(at + 40), flags: data.readUInt16LE(at + 44), size: data.readUInt32LE(at + 48) };
+    const storedLength = data.readUInt32LE(at + 40);
+    const size = data.readUInt32LE(at + 48);
     // Readers size their buffers by these lengths: none may exceed what a chunk can be.
-    if (entry.size > MAXIMUM_CHUNK || entry.storedLength > entry.size) throw new BlkError('EIO', `pack index ${file}: entry ${i} gives ${entry.storedLength} bytes stored for a chunk of ${entry.size} (at most ${MAXIMUM_CHUNK})`);
-    out.push(entry);
+    if (size > MAXIMUM_CHUNK || storedLength > size) throw new BlkError('EIO', `pack index ${file}: entry ${i} gives ${storedLength} bytes stored for a chunk of ${size} (at most ${MAXIMUM_CHUNK})`);
   }
-  return out;
+  return { data, count };
+}
+
+/** Entry `i` of a checked index file (its digest a view into `data`). */
+export function idxEntry(data: Buffer, i: number): PackEntry {
+  const at = 16 + i * IDX_ENTRY;
+  return { digest: data.subarray(at, at + 32), offset: Number(data.readBigUInt64LE(at + 32)), storedLength: data.readUInt32LE(at + 40), flags: data.readUInt16LE(at + 44), size: data.readUInt32LE(at + 48) };
+}
+
+/** A pack's index, checked, as entries; EIO naming the file and what is wrong. */
+export function readIdx(file: string): PackEntry[] {
+  const { data, count } = readIdxFile(file);
+  return Array.from({ length: count }, (_, i) => idxEntry(data, i));
 }
 
 /** Decodes one record's stored bytes into `into` (its uncompressed size) and checks the digest; the reason when it fails. */
