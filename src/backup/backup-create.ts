@@ -175,12 +175,18 @@ async function backupDevice(
   const storing = new TaskWindow(workers.size * 6);
   const chunksDir = layout.chunksDir(repo.dir);
   let taskId = 0;
-  // Read buffers go to a worker and come back with its store: memory used again stays backed, where
-  // a new buffer per read cost a fresh page per 4 KiB (docs/performance.md, session 10).
-  const spare: ArrayBuffer[] = [];
+  // Reads land in slots of memory shared with the workers, each slot free again once its chunks are
+  // stored: memory used again stays backed (a new buffer per read cost a fresh page per 4 KiB,
+  // docs/performance.md, session 10), and no buffer moves between threads. A slot for every read in
+  // flight and every task in the window: one is always free when a read starts.
+  const slotBytes = Math.max(1, Math.floor(params.readBytes / chunkSize)) * chunkSize;
+  const slotCount = params.connections * params.requestsPerConnection + workers.size * 6 + 1;
+  const slots = new SharedArrayBuffer(Math.min(runs.length, slotCount) * slotBytes);
+  const freeSlots = Array.from({ length: Math.min(runs.length, slotCount) }, (_, i) => i);
+  await workers.runOnAll({ kind: 'share', buffer: slots });
   const bufferFor = (length: number): Buffer | undefined => {
-    const b = spare.pop();
-    return b && b.byteLength >= length ? Buffer.from(b, 0, length) : undefined;
+    const slot = freeSlots.pop();
+    return slot === undefined ? undefined : Buffer.from(slots, slot * slotBytes, length);
   };
   await readRuns({ uri, size, chunkSize, runs, bufferFor, ...(o.tls ? { tls: o.tls } : {}) }, async (run, data) => {
     const bytes = data.length;
@@ -188,7 +194,12 @@ async function backupDevice(
     const lengths = Array.from({ length: run.count }, (_, i) => Math.min(chunkSize, size - (run.first + i) * chunkSize));
     const id = taskId++;
     const on = workers.pick();
-    const task = workers.run({ kind: 'hash', id, data, lengths }, [data.buffer as ArrayBuffer], on).then(async (h) => {
+    // A read no slot was free for (none, by the count above) brings its own buffer, moved to the worker.
+    const isShared = data.buffer === slots;
+    const hashing = isShared
+      ? workers.run({ kind: 'hash', id, data: { at: data.byteOffset, length: bytes }, lengths }, [], on)
+      : workers.run({ kind: 'hash', id, data, lengths }, [data.buffer as ArrayBuffer], on);
+    const task = hashing.then(async (h) => {
       // Every chunk of the run gets its digest: a chunk now zero gets the zero digest.
       Buffer.from(h.digests.buffer, h.digests.byteOffset, h.digests.byteLength).copy(digests, run.first * 32);
       // New to the repository (and to this backup so far): stored by the worker that holds the bytes.
@@ -200,7 +211,7 @@ async function backupDevice(
       }
       const stored = await workers.run({ kind: 'store', id, which, chunksDir, level: repo.config.zstdLevel }, [], on);
       storedBytes += stored.storedBytes;
-      spare.push(stored.data.buffer as ArrayBuffer);
+      if (isShared) freeSlots.push(data.byteOffset / slotBytes);
       o.progress?.advance(bytes);
     });
     await storing.add(task);
