@@ -129,21 +129,25 @@ async function restoreOverNbd(repo: Repository, workers: WorkerPool, chunks: Chu
     o.progress?.start(`restore to ${uri}`, wanted.length * index.chunkSize);
     let written = 0;
     const inFlight = new TaskWindow(workers.size * 4);
-    for (const run of runs) {
-      const items = withCopies(chunks.loadItems(repo.dir, index, run.first, run.count), repeated.copiesOf, index.chunkSize);
-      const task = workers.run({ kind: 'load', items }).then(async (r) => {
-        let bytes = 0;
-        await Promise.all(r.data.flatMap((d, i) => {
-          const item = items[i] as LoadItem;
-          return [item.offset, ...(item.copies ?? [])].map((at) => {
-            bytes += d.length;
-            return item.where === null ? client.writeZeroes(at, d.length) : client.write(at, d);
-          });
-        }));
-        written += bytes;
-        o.progress?.advance(bytes);
-      });
-      await inFlight.add(task);
+    try {
+      for (const run of runs) {
+        const items = withCopies(chunks.loadItems(repo.dir, index, run.first, run.count), repeated.copiesOf, index.chunkSize);
+        const task = workers.run({ kind: 'load', items }).then(async (r) => {
+          let bytes = 0;
+          await Promise.all(r.data.flatMap((d, i) => {
+            const item = items[i] as LoadItem;
+            return [item.offset, ...(item.copies ?? [])].map((at) => {
+              bytes += d.length;
+              return item.where === null ? client.writeZeroes(at, d.length) : client.write(at, d);
+            });
+          }));
+          written += bytes;
+          o.progress?.advance(bytes);
+        });
+        await inFlight.add(task);
+      }
+    } finally {
+      await inFlight.settle(); // no write in flight when the connection closes
     }
     await inFlight.drain();
     await client.flush();
@@ -206,15 +210,21 @@ async function restoreToPath(repo: Repository, workers: WorkerPool, chunks: Chun
     // Two runs per worker decode while two more are being written.
     const inFlight = new TaskWindow(workers.size * 4);
     const repeated = repeatedChunks(wanted, index.digests, (c) => Math.min(index.chunkSize, index.size - c * index.chunkSize));
-    // In fronts, as a backup reads: stretches of stored data (bound by the disk's reads and writes) go
-    // beside compressed ones (bound by decompressing and hashing), so neither leaves the other idle.
-    for (const run of inFronts(runsOf(repeated.firsts, Math.max(1, Math.floor(params.restoreTaskBytes / index.chunkSize))), params.readFronts)) {
-      const items = withCopies(chunks.loadItems(repo.dir, index, run.first, run.count), repeated.copiesOf, index.chunkSize);
-      const task = workers.run({ kind: 'write', items, fd: directFd ?? fd, direct: directFd !== null, bufferedFd: fd, writeZeros: isBlockDevice }).then((r) => {
-        written += r.writtenBytes;
-        o.progress?.advance(r.writtenBytes);
-      });
-      await inFlight.add(task);
+    try {
+      // In fronts, as a backup reads: stretches of stored data (bound by the disk's reads and writes) go
+      // beside compressed ones (bound by decompressing and hashing), so neither leaves the other idle.
+      for (const run of inFronts(runsOf(repeated.firsts, Math.max(1, Math.floor(params.restoreTaskBytes / index.chunkSize))), params.readFronts)) {
+        const items = withCopies(chunks.loadItems(repo.dir, index, run.first, run.count), repeated.copiesOf, index.chunkSize);
+        const task = workers.run({ kind: 'write', items, fd: directFd ?? fd, direct: directFd !== null, bufferedFd: fd, writeZeros: isBlockDevice }).then((r) => {
+          written += r.writtenBytes;
+          o.progress?.advance(r.writtenBytes);
+        });
+        await inFlight.add(task);
+      }
+    } finally {
+      // After a failure the other tasks still write: their descriptors must not close (and their
+      // numbers go to another file) under them.
+      await inFlight.settle();
     }
     await inFlight.drain();
     fs.fsyncSync(fd);

@@ -318,7 +318,8 @@ async function writeItems(task: Extract<ChunkTask, { kind: 'write' }>): Promise<
     // Never back into use while a write of it may still run.
     void Promise.allSettled(writes).then(() => alignedBuffers.release(span));
   }
-  await Promise.all(writes);
+  // All settled before the task answers, failed or not: the main thread closes the target after the last answer.
+  for (const w of await Promise.allSettled(writes)) if (w.status === 'rejected') throw w.reason;
   // Through the page cache, the restore ends in fsync: its disk writes start now, beside the work still to come.
   if (!task.direct) for (const { from, to, at } of pieces) startWriteback(task.fd, at, to - from);
   return written;

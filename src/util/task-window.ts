@@ -36,8 +36,13 @@ export class TaskWindow {
 
   /** Resolves when every task added is done; rejects with the first failure. */
   async drain(): Promise<void> {
-    while (this.#running > 0) await new Promise<void>((wake) => this.#drainers.push(wake));
+    await this.settle();
     if (this.#failure) throw this.#failure.error;
+  }
+
+  /** Resolves when every task added is done, failed or not: after a failure, before what they use goes. */
+  async settle(): Promise<void> {
+    while (this.#running > 0) await new Promise<void>((wake) => this.#drainers.push(wake));
   }
 
   #done(): void {

@@ -298,6 +298,57 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
     });
   });
 
+  it('a restore that fails on a damaged chunk has no write left in flight when it returns (its descriptors are not reused under a write)', async () => {
+    await withDaemon({ 'f.img': 96 * MiB }, async (daemon, repo, dir) => {
+      const client = await control(daemon);
+      try {
+        const nbd = await NbdClient.connect(daemon.uri('f.img'));
+        for (let at = 0; at < 96 * MiB; at += MiB) await nbd.write(at, randomFillSync(Buffer.alloc(MiB)));
+        await nbd.close();
+        const b = await repo.create(client, { devices: ['f.img'], diffStorage: dir });
+        // Damage a chunk of the second task sent (the first runs of the four fronts go first).
+        const { createHash } = await import('node:crypto');
+        const bytes = fs.readFileSync(path.join(dir, 'f.img')).subarray(5 * MiB, 5 * MiB + BLOCK);
+        const where = ChunkIndex.load(repo.dir).require(createHash('sha256').update(bytes).digest());
+        const pack = packPaths(path.join(repo.dir, 'chunks'), where.pack).pack;
+        const fd = fs.openSync(pack, 'r+');
+        fs.writeSync(fd, Buffer.from([0x55]), 0, 1, where.offset + RECORD_HEADER + 100);
+        fs.closeSync(fd);
+        for (let round = 0; round < 3; round++) {
+          // Files opened one after another while the restore runs and after: each takes the lowest
+          // free descriptor, so one takes the target's as soon as the restore lets it go, and a
+          // write still queued for the target lands in it. Each is kept open a while, then checked.
+          let isRestoring = true;
+          const open: Array<{ fd: number; file: string }> = [];
+          const written: string[] = [];
+          const check = (probe: { fd: number; file: string }): void => {
+            if (fs.fstatSync(probe.fd).size > 0) written.push(probe.file);
+            fs.closeSync(probe.fd);
+          };
+          let n = 0;
+          const probing = (async () => {
+            const until = { t: Number.POSITIVE_INFINITY };
+            while (isRestoring || Date.now() < until.t) {
+              if (!isRestoring && until.t === Number.POSITIVE_INFINITY) until.t = Date.now() + 300;
+              const file = path.join(dir, `probe-${round}-${n++}`);
+              open.push({ fd: fs.openSync(file, 'w+'), file });
+              while (open.length > 64) check(open.shift() as { fd: number; file: string });
+              await new Promise((r) => setTimeout(r, 1));
+            }
+            await new Promise((r) => setTimeout(r, 100));
+            for (const probe of open.splice(0)) check(probe);
+          })();
+          await assert.rejects(repo.restore({ id: b.id, device: 'f.img', to: path.join(dir, `r${round}`) }), /offset 5242880.*damaged/);
+          isRestoring = false;
+          await probing;
+          assert.deepEqual(written, [], 'files opened after the restore let its descriptors go were written');
+        }
+      } finally {
+        await client.close();
+      }
+    });
+  });
+
   it('content repeated on the device (stretches, one chunk 40 times, a short last chunk) restores bit-identical to a file and over NBD', async () => {
     const size = 16 * MiB + 12 * KiB;
     await withDaemon({ 'd.img': size, 'e.img': size }, async (daemon, repo, dir) => {

@@ -7,6 +7,26 @@ import { TaskWindow } from '../../../src/util/task-window.js';
 const later = (ms: number, fail = false): Promise<void> => new Promise((resolve, reject) => setTimeout(() => (fail ? reject(new Error('EIO: store failed')) : resolve()), ms));
 
 describe('task window', () => {
+  it('after a failure, settle waits for the tasks still running (a restore closes its target only then)', async () => {
+    const window = new TaskWindow(4);
+    let started = 0;
+    let finished = 0;
+    const slow = (ms: number): Promise<void> => {
+      started++;
+      return later(ms).then(() => void finished++);
+    };
+    await window.add(slow(40));
+    await window.add(slow(60));
+    await window.add(later(5, true));
+    await assert.rejects(async () => {
+      for (let i = 0; i < 10; i++) await window.add(slow(50));
+    }, /EIO/);
+    assert.ok(finished < started, 'some tasks still run when the producer hears of the failure');
+    await window.settle();
+    assert.equal(finished, started, 'every task had finished when settle resolved');
+    await assert.rejects(window.drain(), /EIO/);
+  });
+
   it('holds at most its limit in flight', async () => {
     const window = new TaskWindow(3);
     let running = 0;
