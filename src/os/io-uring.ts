@@ -1,9 +1,9 @@
 // Owns one io_uring instance driven by one thread: set-up, the mapped submission and completion rings,
 // URING_CMD and POLL_ADD submissions, waiting, and reaping completions, by the raw syscalls (the
 // machine has no liburing; the FUSE ring needs nothing more).
-import * as fs from 'node:fs';
 import { BlkError, errnoName } from '../errors.js';
 import { koffi } from './koffi.js';
+import { closeUnmanaged } from './libc.js';
 
 const libc = koffi.load('libc.so.6');
 const setupFn = libc.func('long syscall(long number, unsigned int entries, void *params)');
@@ -66,7 +66,7 @@ export class IoUring {
     this.#sqesPointer = mmapFn(null, this.#sqesBytes, PROT_READ_WRITE, MAP_SHARED_POPULATE, fd, IORING_OFF_SQES);
     if (koffi.address(this.#ringPointer as ArrayBufferView) === 2n ** 64n - 1n || koffi.address(this.#sqesPointer as ArrayBufferView) === 2n ** 64n - 1n) {
       const code = errnoName(koffi.errno());
-      fs.closeSync(fd);
+      closeUnmanaged(fd);
       throw new BlkError(code, 'mmap of the io_uring rings failed');
     }
     const ring = koffi.view(this.#ringPointer, this.#ringBytes);
@@ -146,7 +146,7 @@ export class IoUring {
   close(): void {
     munmapFn(this.#sqesPointer, this.#sqesBytes);
     munmapFn(this.#ringPointer, this.#ringBytes);
-    fs.closeSync(this.fd);
+    closeUnmanaged(this.fd);
   }
 }
 

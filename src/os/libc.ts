@@ -5,6 +5,7 @@ import { type KoffiFunction, koffi } from './koffi.js';
 const libc = koffi.load('libc.so.6');
 
 const fallocateFn = libc.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)');
+const closeFn = libc.func('int close(int fd)');
 const lseekFn = libc.func('int64_t lseek(int fd, int64_t offset, int whence)');
 const flockFn = libc.func('int flock(int fd, int operation)');
 const fadviseFn = libc.func('int posix_fadvise(int fd, int64_t offset, int64_t len, int advice)');
@@ -60,6 +61,14 @@ function callAsync(fn: KoffiFunction, args: unknown[], what: string): Promise<vo
       else resolve();
     });
   });
+}
+
+/**
+ * close(2) of a descriptor made through the FFI (a pipe, an io_uring): in a worker thread Node's
+ * fs.closeSync warns that it never opened it ("closed but not opened in unmanaged mode").
+ */
+export function closeUnmanaged(fd: number): void {
+  closeFn(fd);
 }
 
 /** fallocate(2) off the event loop: it may take long on large ranges and block devices. */

@@ -2,10 +2,9 @@
 // O_DIRECT descriptor reads the disk straight into fresh kernel pages in the pipe (Linux 6.5+,
 // copy_splice_read), and splice(2) from the pipe to a Unix socket hands those pages over. The
 // sender's copy into the socket goes (0.3 CPU-s per 3 GiB: docs/performance.md, session 13).
-import * as fs from 'node:fs';
 import { BlkError, errnoName } from '../errors.js';
 import { koffi } from './koffi.js';
-import { readRaw } from './libc.js';
+import { closeUnmanaged, readRaw } from './libc.js';
 
 const libc = koffi.load('libc.so.6');
 const spliceFn = libc.func('int64_t splice(int fdIn, _Inout_ int64_t *offIn, int fdOut, _Inout_ int64_t *offOut, size_t length, unsigned int flags)');
@@ -44,8 +43,8 @@ export function openPipe(capacity: number): SplicePipe | 'too small' | null {
 }
 
 export function closePipe(pipe: SplicePipe): void {
-  fs.closeSync(pipe.readFd);
-  fs.closeSync(pipe.writeFd);
+  closeUnmanaged(pipe.readFd);
+  closeUnmanaged(pipe.writeFd);
 }
 
 /**
