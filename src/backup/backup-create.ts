@@ -172,7 +172,8 @@ async function backupDevice(
   // Bounded memory (6 runs of at most 1 MiB per worker), yet enough queued that a worker never
   // waits for the main thread between a run's hash and its store: 2 per worker left the cores
   // 40 % idle (a 4 GiB full backup 11–12.5 s; 8.9–9.2 s with 6, no better with 12).
-  const storing = new TaskWindow(workers.size * 6);
+  const waiting = workers.size * 6;
+  const storing = new TaskWindow(waiting);
   const chunksDir = layout.chunksDir(repo.dir);
   let taskId = 0;
   // Reads land in slots of memory shared with the workers, each slot free again once its chunks are
@@ -180,7 +181,7 @@ async function backupDevice(
   // docs/performance.md, session 10), and no buffer moves between threads. A slot for every read in
   // flight and every task in the window: one is always free when a read starts.
   const slotBytes = Math.max(1, Math.floor(params.readBytes / chunkSize)) * chunkSize;
-  const slotCount = params.connections * params.requestsPerConnection + workers.size * 6 + 1;
+  const slotCount = params.connections * params.requestsPerConnection + waiting + 1;
   const slots = new SharedArrayBuffer(Math.min(runs.length, slotCount) * slotBytes);
   const freeSlots = Array.from({ length: Math.min(runs.length, slotCount) }, (_, i) => i);
   await workers.runOnAll({ kind: 'share', buffer: slots });

@@ -15,7 +15,7 @@ import { backup as params } from '../params.js';
 import { chunkCountOf, readIndex } from './digest-index.js';
 import { inFronts, runsOf } from './image-reader.js';
 import { isZeroDigest, layout } from './layout.js';
-import { repeatedChunks } from './repeated-chunks.js';
+import { type RepeatedChunks, repeatedChunks } from './repeated-chunks.js';
 import type { Progress } from './progress.js';
 import type { Repository } from './repository.js';
 import { WorkerPool } from './worker-pool.js';
@@ -110,6 +110,11 @@ async function changedSince(uri: string, size: number, chunkSize: number, k: num
 
 type Index = { size: number; chunkSize: number; digests: Buffer };
 
+/** The chunks of `wanted` grouped by content (repeated-chunks.ts). */
+function repeatedIn(wanted: number[], index: Index): RepeatedChunks {
+  return repeatedChunks(wanted, index.digests, (c) => Math.min(index.chunkSize, index.size - c * index.chunkSize));
+}
+
 /** The items, each with the offsets of the later chunks holding its content: written there too. */
 function withCopies(items: LoadItem[], copiesOf: (c: number) => number[], chunkSize: number): LoadItem[] {
   for (const item of items) {
@@ -124,7 +129,7 @@ async function restoreOverNbd(repo: Repository, workers: WorkerPool, chunks: Chu
   try {
     if (client.isReadOnly) throw new BlkError('EROFS', `${uri} is read-only`);
     if (client.size < index.size) throw new BlkError('ENOSPC', `${uri} holds ${client.size} bytes, the backup ${index.size}`);
-    const repeated = repeatedChunks(wanted, index.digests, (c) => Math.min(index.chunkSize, index.size - c * index.chunkSize));
+    const repeated = repeatedIn(wanted, index);
     const runs = runsOf(repeated.firsts, Math.max(1, Math.floor(params.readBytes / index.chunkSize)));
     o.progress?.start(`restore to ${uri}`, wanted.length * index.chunkSize);
     let written = 0;
@@ -209,7 +214,7 @@ async function restoreToPath(repo: Repository, workers: WorkerPool, chunks: Chun
     let written = 0;
     // Two runs per worker decode while two more are being written.
     const inFlight = new TaskWindow(workers.size * 4);
-    const repeated = repeatedChunks(wanted, index.digests, (c) => Math.min(index.chunkSize, index.size - c * index.chunkSize));
+    const repeated = repeatedIn(wanted, index);
     try {
       // In fronts, as a backup reads: stretches of stored data (bound by the disk's reads and writes) go
       // beside compressed ones (bound by decompressing and hashing), so neither leaves the other idle.

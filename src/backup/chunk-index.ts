@@ -3,8 +3,8 @@
 // and a repository of millions of chunks stays a few dozen bytes per chunk.
 import * as fs from 'node:fs';
 import { BlkError } from '../errors.js';
-import { isZeroDigest, layout, TEMP_MARK } from './layout.js';
-import { IDX_ENTRY, type PackEntry, packPaths, readIdxFile } from './pack.js';
+import { digestHash, digestsEqual, isZeroDigest, layout, TEMP_MARK } from './layout.js';
+import { IDX_ENTRY, packPaths, readIdxFile } from './pack.js';
 
 export interface ChunkLocation {
   pack: string;
@@ -69,10 +69,6 @@ export class ChunkIndex {
     return index;
   }
 
-  addPack(id: string, entries: readonly PackEntry[]): void {
-    for (const e of entries) this.add(e.digest, 0, { pack: id, offset: e.offset, storedLength: e.storedLength, flags: e.flags, size: e.size });
-  }
-
   /** Adds every entry of a checked index file (readIdxFile) straight from its bytes: no object per entry. */
   addIdx(id: string, idx: { data: Buffer; count: number }): void {
     while ((this.#count + idx.count) * 2 > this.#table.length) this.#grow();
@@ -80,25 +76,18 @@ export class ChunkIndex {
     const data = idx.data;
     for (let i = 0; i < idx.count; i++) {
       const at = 16 + i * IDX_ENTRY;
-      if (this.find(data, at) >= 0) continue; // the first location of a digest wins
-      const e = this.#count++;
-      this.#digests.set(data.subarray(at, at + 32), e * 32);
-      this.#pack[e] = p;
-      this.#offset[e] = data.readUInt32LE(at + 32) + data.readUInt32LE(at + 36) * 2 ** 32;
-      this.#stored[e] = data.readUInt32LE(at + 40);
-      this.#flags[e] = data.readUInt16LE(at + 44);
-      this.#size[e] = data.readUInt32LE(at + 48);
-      this.#insert(e);
+      const offset = data.readUInt32LE(at + 32) + data.readUInt32LE(at + 36) * 2 ** 32;
+      this.#add(data, at, p, offset, data.readUInt32LE(at + 40), data.readUInt16LE(at + 44), data.readUInt32LE(at + 48));
     }
   }
 
   /** The entry of the digest at `digests[at..at+32)`, or -1. */
   find(digests: Uint8Array, at = 0): number {
     const mask = this.#table.length - 1;
-    for (let slot = this.#hash(digests, at) & mask; ; slot = (slot + 1) & mask) {
+    for (let slot = digestHash(digests, at) & mask; ; slot = (slot + 1) & mask) {
       const e = this.#table[slot] as number;
       if (e === 0) return -1;
-      if (this.#equals(e - 1, digests, at)) return e - 1;
+      if (digestsEqual(this.#digests, (e - 1) * 32, digests, at)) return e - 1;
     }
   }
 
@@ -108,16 +97,21 @@ export class ChunkIndex {
 
   /** Adds a chunk (the first location of a digest wins); returns its entry. */
   add(digests: Uint8Array, at: number, where: ChunkLocation): number {
+    if ((this.#count + 1) * 2 > this.#table.length) this.#grow();
+    return this.#add(digests, at, this.#packNumber(where.pack), where.offset, where.storedLength, where.flags, where.size);
+  }
+
+  /** add() once the table has room: the entry of the digest, new or found. */
+  #add(digests: Uint8Array, at: number, pack: number, offset: number, stored: number, flags: number, size: number): number {
     const found = this.find(digests, at);
     if (found >= 0) return found;
-    if ((this.#count + 1) * 2 > this.#table.length) this.#grow();
     const e = this.#count++;
     this.#digests.set(digests.subarray(at, at + 32), e * 32);
-    this.#pack[e] = this.#packNumber(where.pack);
-    this.#offset[e] = where.offset;
-    this.#stored[e] = where.storedLength;
-    this.#size[e] = where.size;
-    this.#flags[e] = where.flags;
+    this.#pack[e] = pack;
+    this.#offset[e] = offset;
+    this.#stored[e] = stored;
+    this.#size[e] = size;
+    this.#flags[e] = flags;
     this.#insert(e);
     return e;
   }
@@ -163,20 +157,9 @@ export class ChunkIndex {
     return p;
   }
 
-  #hash(d: Uint8Array, at: number): number {
-    // A digest is uniform already: its first four bytes are a good hash.
-    return ((d[at] as number) | ((d[at + 1] as number) << 8) | ((d[at + 2] as number) << 16) | ((d[at + 3] as number) << 24)) >>> 0;
-  }
-
-  #equals(e: number, d: Uint8Array, at: number): boolean {
-    const base = e * 32;
-    for (let i = 0; i < 32; i++) if (this.#digests[base + i] !== d[at + i]) return false;
-    return true;
-  }
-
   #insert(e: number): void {
     const mask = this.#table.length - 1;
-    let slot = this.#hash(this.#digests, e * 32) & mask;
+    let slot = digestHash(this.#digests, e * 32) & mask;
     while (this.#table[slot] !== 0) slot = (slot + 1) & mask;
     this.#table[slot] = e + 1;
   }

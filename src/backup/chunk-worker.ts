@@ -46,14 +46,13 @@ export type ChunkTask =
 export type ChunkResult =
   | { kind: 'share' }
   | { kind: 'hash'; digests: Uint8Array }
-  /** `data`: the hashed bytes' buffer handed back for the next read (null: they were in shared memory). */
-  | { kind: 'store'; locations: Array<ChunkLocation & { index: number }>; storedBytes: number; data: Uint8Array | null }
+  | { kind: 'store'; locations: Array<ChunkLocation & { index: number }>; storedBytes: number }
   | { kind: 'finish'; packs: string[] }
   | { kind: 'load'; data: Uint8Array[] }
   | { kind: 'write'; writtenBytes: number }
   | { kind: 'checkPack'; checked: number; bad: Array<{ digest: string; reason: string }> };
 
-const hashed = new Map<number, { data: Uint8Array; isShared: boolean; lengths: number[]; digests: Uint8Array }>();
+const hashed = new Map<number, { data: Uint8Array; lengths: number[]; digests: Uint8Array }>();
 /** Memory shared by the main thread (a `share` task). */
 let shared: SharedArrayBuffer | null = null;
 let writer: PackWriter | null = null;
@@ -100,11 +99,12 @@ function spansOf(items: LoadItem[]): Span[] {
   return spans;
 }
 
-function spanFd(items: LoadItem[], span: Span): number {
+/** The span's pack opened by `open` (packFd, or directPackFd); EIO naming the chunk when it cannot be. */
+function spanFd<T>(items: LoadItem[], span: Span, open: (file: string) => T = packFd as (file: string) => T): T {
   const head = items[span.first] as LoadItem;
   const where = head.where as ChunkLocation & { file: string };
   try {
-    return packFd(where.file);
+    return open(where.file);
   } catch (e) {
     throw new BlkError('EIO', `the chunk at offset ${head.offset}: its pack ${where.pack} cannot be opened (${toBlkError(e).code})`);
   }
@@ -153,11 +153,10 @@ async function readStoredAsync(items: LoadItem[], held: Buffer[]): Promise<Array
   const out: Array<Buffer | null> = items.map(() => null);
   // Settled, all of them, before a failure is thrown: no buffer goes back to the pool while a read still fills it.
   const reads = await Promise.allSettled(spansOf(items).map(async (span) => {
-    const buffered = spanFd(items, span);
-    const direct = directPackFd(((items[span.first] as LoadItem).where as { file: string }).file);
+    const direct = spanFd(items, span, directPackFd);
     if (direct === null) {
       const data = Buffer.allocUnsafe(span.bytes);
-      cutSpan(items, span, data, await readAt(buffered, data, span.offset), out);
+      cutSpan(items, span, data, await readAt(spanFd(items, span), data, span.offset), out);
       return;
     }
     const start = span.offset - (span.offset % DIRECT_ALIGNMENT);
@@ -331,11 +330,8 @@ function run(task: Exclude<ChunkTask, { kind: 'write' | 'checkPack' }>): { resul
       shared = task.buffer;
       return { result: { kind: 'share' }, transfer: [] };
     case 'hash': {
-      const isShared = !(task.data instanceof Uint8Array);
-      let data: Uint8Array;
-      if (task.data instanceof Uint8Array) data = task.data;
-      else if (shared) data = new Uint8Array(shared, task.data.at, task.data.length);
-      else throw new BlkError('EINVAL', 'a hash task names shared memory, but none was shared');
+      if (!(task.data instanceof Uint8Array) && !shared) throw new BlkError('EINVAL', 'a hash task names shared memory, but none was shared');
+      const data = task.data instanceof Uint8Array ? task.data : new Uint8Array(shared as SharedArrayBuffer, task.data.at, task.data.length);
       const digests = new Uint8Array(task.lengths.length * 32);
       let at = 0;
       task.lengths.forEach((length, i) => {
@@ -343,7 +339,7 @@ function run(task: Exclude<ChunkTask, { kind: 'write' | 'checkPack' }>): { resul
         at += length;
         if (!isAllZero(chunk)) digests.set(sha256(chunk), i * 32); // zeros: the zero digest, never stored
       });
-      hashed.set(task.id, { data, isShared, lengths: task.lengths, digests: digests.slice() });
+      hashed.set(task.id, { data, lengths: task.lengths, digests: digests.slice() });
       return { result: { kind: 'hash', digests }, transfer: [digests.buffer as ArrayBuffer] };
     }
     case 'store': {
@@ -365,8 +361,7 @@ function run(task: Exclude<ChunkTask, { kind: 'write' | 'checkPack' }>): { resul
         storedBytes += RECORD_HEADER + entry.storedLength;
         locations.push({ index: i, pack, offset: entry.offset, storedLength: entry.storedLength, flags: entry.flags, size: entry.size });
       }
-      if (h.isShared) return { result: { kind: 'store', locations, storedBytes, data: null }, transfer: [] };
-      return { result: { kind: 'store', locations, storedBytes, data: h.data }, transfer: [h.data.buffer as ArrayBuffer] };
+      return { result: { kind: 'store', locations, storedBytes }, transfer: [] };
     }
     case 'finish': {
       writer?.close();

@@ -10,6 +10,16 @@ export function isZeroDigest(digests: Uint8Array, at: number): boolean {
   return true;
 }
 
+/** A table slot's hash of the digest at `d[at..at+32)`: a digest is uniform, its first four bytes will do. */
+export function digestHash(d: Uint8Array, at: number): number {
+  return ((d[at] as number) | ((d[at + 1] as number) << 8) | ((d[at + 2] as number) << 16) | ((d[at + 3] as number) << 24)) >>> 0;
+}
+
+export function digestsEqual(a: Uint8Array, aAt: number, b: Uint8Array, bAt: number): boolean {
+  for (let i = 0; i < 32; i++) if (a[aAt + i] !== b[bAt + i]) return false;
+  return true;
+}
+
 export const layout = {
   config: (repo: string): string => path.join(repo, 'config.json'),
   lock: (repo: string): string => path.join(repo, 'lock'),

@@ -60,7 +60,7 @@ export function encodeIdx(entries: PackEntry[]): Buffer {
 
 /**
  * A pack's index file, checked (magic, length, checksum, every entry's lengths): its `count` entries
- * are IDX_ENTRY bytes each from byte 16 (idxEntry reads one). EIO naming the file and what is wrong.
+ * are IDX_ENTRY bytes each from byte 16. EIO naming the file and what is wrong.
  */
 export function readIdxFile(file: string): { data: Buffer; count: number } {
   let data: Buffer;
@@ -83,16 +83,13 @@ export function readIdxFile(file: string): { data: Buffer; count: number } {
   return { data, count };
 }
 
-/** Entry `i` of a checked index file (its digest a view into `data`). */
-export function idxEntry(data: Buffer, i: number): PackEntry {
-  const at = 16 + i * IDX_ENTRY;
-  return { digest: data.subarray(at, at + 32), offset: Number(data.readBigUInt64LE(at + 32)), storedLength: data.readUInt32LE(at + 40), flags: data.readUInt16LE(at + 44), size: data.readUInt32LE(at + 48) };
-}
-
-/** A pack's index, checked, as entries; EIO naming the file and what is wrong. */
+/** A pack's index, checked, as entries (digests are views into the file's bytes); EIO naming the file and what is wrong. */
 export function readIdx(file: string): PackEntry[] {
   const { data, count } = readIdxFile(file);
-  return Array.from({ length: count }, (_, i) => idxEntry(data, i));
+  return Array.from({ length: count }, (_, i) => {
+    const at = 16 + i * IDX_ENTRY;
+    return { digest: data.subarray(at, at + 32), offset: Number(data.readBigUInt64LE(at + 32)), storedLength: data.readUInt32LE(at + 40), flags: data.readUInt16LE(at + 44), size: data.readUInt32LE(at + 48) };
+  });
 }
 
 /** Decodes one record's stored bytes into `into` (its uncompressed size) and checks the digest; the reason when it fails. */

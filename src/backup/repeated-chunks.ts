@@ -1,7 +1,7 @@
 // Owns finding the chunks of a restore that hold the same content (one digest at several offsets: a
 // copied file, a mirrored partition): each is then read, checked and decoded once and written to
 // every offset that holds it. Typed arrays and an open-addressing table on the digest, no object per chunk.
-import { isZeroDigest } from './layout.js';
+import { digestHash, digestsEqual, isZeroDigest } from './layout.js';
 
 export interface RepeatedChunks {
   /** The chunks to load (ascending): each content's first place. */
@@ -29,16 +29,11 @@ export function repeatedChunks(chunks: readonly number[], digests: Uint8Array, l
   while (size < n * 2) size *= 2;
   const table = new Uint32Array(size);
   const mask = size - 1;
-  const same = (a: number, b: number): boolean => {
-    for (let i = 0; i < 32; i++) if (digests[a * 32 + i] !== digests[b * 32 + i]) return false;
-    return lengthOf(a) === lengthOf(b);
-  };
+  const same = (a: number, b: number): boolean => digestsEqual(digests, a * 32, digests, b * 32) && lengthOf(a) === lengthOf(b);
   for (let p = 0; p < n; p++) {
     const c = chunks[p] as number;
     if (isZeroDigest(digests, c * 32)) continue;
-    // A digest is uniform: its first four bytes are a good hash.
-    const at = c * 32;
-    let slot = ((digests[at] as number) | ((digests[at + 1] as number) << 8) | ((digests[at + 2] as number) << 16) | ((digests[at + 3] as number) << 24)) & mask;
+    let slot = digestHash(digests, c * 32) & mask;
     for (;; slot = (slot + 1) & mask) {
       const e = table[slot] as number;
       if (e === 0) break;
