@@ -1,8 +1,10 @@
-// Benchmark: the backup repository against restic (repository v2) and borg (-e none -C zstd,1) on the
-// same 4 GiB device file, in one run: full backup (caches dropped), incremental after 640 random 64 KiB
-// writes, restore of the latest to a file, verify of all data, and a read of the latest served by
-// backup_attach (ours only); wall times, repository sizes, ratios.
+// Benchmark: the backup repository against restic (repository v2) and borg (-e none -C zstd,1), each
+// on its own copy of one 4 GiB data set: full backup (caches dropped), incremental after 640 random
+// 64 KiB writes, restore of the latest to a file, verify of all data, and a read of the latest served
+// by backup_attach (ours only); wall times, repository sizes, ratios. The full backup, restore and
+// verify run in rounds, the tools taking turns in each; the table and ratios take each one's median.
 //   node dist/bench/backup.js          (installs restic and borgbackup from Debian when missing)
+//   BENCH_BACKUP_ROUNDS=1: one round (default 3)
 //   BENCH_BACKUP_GIB=1: a smaller data set (each quarter 1/4 GiB)
 //   BENCH_DAEMON_ARGS='--cow-copy cached': more blksnapd options (A/B runs)
 //   BENCH_PEERS=none: our figures alone (A/B runs; no ratios)
@@ -11,7 +13,7 @@ import { createHash, randomBytes, randomInt } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { cpuTicks, root, runTool, spawnBlksnapd, stealBetween } from './common.js';
+import { cpuTicks, median, root, runTool, spawnBlksnapd, stealBetween } from './common.js';
 
 const quarter = Number(process.env.BENCH_BACKUP_GIB ?? 4) * 2 ** 30 / 4;
 const MiB = 2 ** 20;
@@ -103,91 +105,138 @@ async function change(write: (offset: number, data: Buffer) => Promise<void>): P
   for (const b of blocks) await write(b * 64 * 1024, randomBytes(64 * 1024));
 }
 
-interface Figures {
-  full: number;
-  /** The host's steal of CPU time during the full backup (cpuTicks). */
-  fullSteal: number;
-  incremental: number;
-  growth: number;
-  restore: number;
-  verify: number;
-  size: number;
+/** One tool's repository, step by step: each timed step runs with the page cache dropped first. */
+interface Tool {
+  name: string;
+  /** A full backup into a fresh repository (any earlier one removed): seconds, and the host's steal meanwhile. */
+  full(): Promise<{ seconds: number; steal: number }>;
+  /** The repository's bytes on disk. */
+  size(): number;
+  /** The 640 random 64 KiB writes, made to the tool's own copy of the data set. */
+  change(): Promise<void>;
+  /** An incremental backup after the change: seconds (and, for ours, the bytes it read). */
+  incremental(): Promise<{ seconds: number; readBytes?: number }>;
+  /** A restore of the latest backup to a file (removed after): seconds. */
+  restore(): Promise<number>;
+  /** A check of all data: seconds. */
+  verify(): Promise<number>;
+  close(): Promise<void>;
 }
 
-async function ours(dir: string, file: string): Promise<Figures & { readBytes: number; attachRead: number }> {
+async function ours(dir: string, file: string): Promise<Tool & { attachRead(): Promise<number> }> {
   const repo = path.join(dir, 'repo');
   fs.mkdirSync(dir, { recursive: true });
   const daemon = await spawnBlksnapd(dir, { args: ['--attach', `${file}=disk`], stateDir: path.join(dir, 'state') });
   const { control, nbd } = daemon;
   await new Promise((r) => setTimeout(r, 300));
   const cli = (...args: string[]): Promise<string> => runTool(process.execPath, [path.join(root, 'bin/blksnap'), ...args, '--control', control]);
-  try {
-    await cli('backup_init', '--repo', repo);
-    await dropCaches();
-    const { seconds: full, steal: fullSteal } = await timedWithSteal(() => cli('backup_create', '--repo', repo, '--device', 'disk', '--diff-storage', dir, '--json'));
-    const size = du(repo);
-    const { NbdClient } = await import('../src/client/nbd-client.js');
-    const client = await NbdClient.connect(`nbd+unix:///disk?socket=${nbd}`);
-    await change((o, d) => client.write(o, d));
-    await client.flush();
-    await client.close();
-    let readBytes = 0;
-    const incremental = await timed(async () => {
-      const r = JSON.parse(await cli('backup_create', '--repo', repo, '--device', 'disk', '--diff-storage', dir, '--json')) as { devices: Array<{ readBytes: number }> };
-      readBytes = r.devices[0]?.readBytes ?? 0;
-    });
-    const growth = du(repo) - size;
-    const list = JSON.parse(await cli('backup_list', '--repo', repo, '--json')) as { backups: Array<{ id: string }> };
-    const id = list.backups.at(-1)?.id as string;
-    await dropCaches();
-    const restore = await timed(() => cli('backup_restore', '--repo', repo, '--id', id, '--device', 'disk', '--to', path.join(dir, 'restored.img'), '--json'));
-    fs.rmSync(path.join(dir, 'restored.img'));
-    await dropCaches();
-    const verify = await timed(() => cli('backup_verify', '--repo', repo, '--json'));
-    // The latest backup served as a device, read whole by nbdcopy (chunks loaded, checked, decompressed on demand).
-    const served = JSON.parse(await cli('backup_attach', '--repo', repo, '--id', id, '--device', 'disk', '--name', 'served', '--json')) as { uri: string };
-    await dropCaches();
-    const attachRead = await timed(() => runTool('nbdcopy', [served.uri, 'null:']));
-    return { full, fullSteal, incremental, growth, restore, verify, size, readBytes, attachRead };
-  } finally {
-    await daemon.stop();
-  }
+  const latest = async (): Promise<string> => (JSON.parse(await cli('backup_list', '--repo', repo, '--json')) as { backups: Array<{ id: string }> }).backups.at(-1)?.id as string;
+  const create = (): Promise<string> => cli('backup_create', '--repo', repo, '--device', 'disk', '--diff-storage', dir, '--json');
+  return {
+    name: 'blksnap',
+    async full() {
+      fs.rmSync(repo, { recursive: true, force: true });
+      await cli('backup_init', '--repo', repo);
+      await dropCaches();
+      return await timedWithSteal(create);
+    },
+    size: () => du(repo),
+    async change() {
+      const { NbdClient } = await import('../src/client/nbd-client.js');
+      const client = await NbdClient.connect(`nbd+unix:///disk?socket=${nbd}`);
+      await change((o, d) => client.write(o, d));
+      await client.flush();
+      await client.close();
+    },
+    async incremental() {
+      let readBytes = 0;
+      const seconds = await timed(async () => {
+        readBytes = (JSON.parse(await create()) as { devices: Array<{ readBytes: number }> }).devices[0]?.readBytes ?? 0;
+      });
+      return { seconds, readBytes };
+    },
+    async restore() {
+      const id = await latest();
+      await dropCaches();
+      const seconds = await timed(() => cli('backup_restore', '--repo', repo, '--id', id, '--device', 'disk', '--to', path.join(dir, 'restored.img'), '--json'));
+      fs.rmSync(path.join(dir, 'restored.img'));
+      return seconds;
+    },
+    async verify() {
+      await dropCaches();
+      return await timed(() => cli('backup_verify', '--repo', repo, '--json'));
+    },
+    /** The latest backup served as a device, read whole by nbdcopy (chunks loaded, checked, decompressed on demand). */
+    async attachRead() {
+      const served = JSON.parse(await cli('backup_attach', '--repo', repo, '--id', await latest(), '--device', 'disk', '--name', 'served', '--json')) as { uri: string };
+      await dropCaches();
+      const seconds = await timed(() => runTool('nbdcopy', [served.uri, 'null:']));
+      await cli('detach', '--device', 'served');
+      return seconds;
+    },
+    close: () => daemon.stop(),
+  };
 }
 
-async function restic(dir: string, file: string, apply: () => Promise<void>): Promise<Figures> {
+/** A peer working on its own copy of the data set (`file`), which `change` writes to directly. */
+function peer(name: string, file: string, env: NodeJS.ProcessEnv, commands: { fresh: string[]; init: string; full: string; incremental: string; restore: (out: string) => string; verify: string }): Tool {
+  const dir = path.dirname(file);
+  const repo = String(env.RESTIC_REPOSITORY ?? env.BORG_REPO);
+  return {
+    name,
+    async full() {
+      for (const d of commands.fresh) fs.rmSync(d, { recursive: true, force: true });
+      await sh(commands.init, env);
+      await dropCaches();
+      return await timedWithSteal(() => sh(commands.full, env));
+    },
+    size: () => du(repo),
+    async change() {
+      const fd = fs.openSync(file, 'r+');
+      await change(async (offset, data) => {
+        fs.writeSync(fd, data, 0, data.length, offset);
+      });
+      fs.closeSync(fd);
+    },
+    incremental: async () => ({ seconds: await timed(() => sh(commands.incremental, env)) }),
+    async restore() {
+      const out = path.join(dir, `${name}-out`);
+      fs.mkdirSync(out);
+      await dropCaches();
+      const seconds = await timed(() => sh(commands.restore(out), env));
+      fs.rmSync(out, { recursive: true, force: true });
+      return seconds;
+    },
+    async verify() {
+      await dropCaches();
+      return await timed(() => sh(commands.verify, env));
+    },
+    close: async () => undefined,
+  };
+}
+
+function restic(dir: string, file: string): Tool {
   const env = { RESTIC_REPOSITORY: path.join(dir, 'restic'), RESTIC_PASSWORD: 'bench', RESTIC_CACHE_DIR: path.join(dir, 'restic-cache') };
-  await sh('restic init --repository-version 2 -q', env);
-  await dropCaches();
-  const { seconds: full, steal: fullSteal } = await timedWithSteal(() => sh(`restic backup -q ${file}`, env));
-  const size = du(env.RESTIC_REPOSITORY);
-  await apply();
-  const incremental = await timed(() => sh(`restic backup -q ${file}`, env));
-  const growth = du(env.RESTIC_REPOSITORY) - size;
-  await dropCaches();
-  const restore = await timed(() => sh(`restic restore latest -q --target ${path.join(dir, 'restic-out')}`, env));
-  fs.rmSync(path.join(dir, 'restic-out'), { recursive: true, force: true });
-  await dropCaches();
-  const verify = await timed(() => sh('restic check -q --read-data', env));
-  return { full, fullSteal, incremental, growth, restore, verify, size };
+  return peer('restic', file, env, {
+    fresh: [env.RESTIC_REPOSITORY, env.RESTIC_CACHE_DIR],
+    init: 'restic init --repository-version 2 -q',
+    full: `restic backup -q ${file}`,
+    incremental: `restic backup -q ${file}`,
+    restore: (out) => `restic restore latest -q --target ${out}`,
+    verify: 'restic check -q --read-data',
+  });
 }
 
-async function borg(dir: string, file: string, apply: () => Promise<void>): Promise<Figures> {
+function borg(dir: string, file: string): Tool {
   const env = { BORG_REPO: path.join(dir, 'borg'), BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes', BORG_BASE_DIR: path.join(dir, 'borg-base') };
-  await sh('borg init -e none', env);
-  await dropCaches();
-  const { seconds: full, steal: fullSteal } = await timedWithSteal(() => sh(`borg create -C zstd,1 ::a ${file}`, env));
-  const size = du(env.BORG_REPO);
-  await apply();
-  const incremental = await timed(() => sh(`borg create -C zstd,1 ::b ${file}`, env));
-  const growth = du(env.BORG_REPO) - size;
-  await dropCaches();
-  const out = path.join(dir, 'borg-out');
-  fs.mkdirSync(out);
-  const restore = await timed(() => sh(`cd ${out} && borg extract ::b`, env));
-  fs.rmSync(out, { recursive: true, force: true });
-  await dropCaches();
-  const verify = await timed(() => sh('borg check --verify-data', env));
-  return { full, fullSteal, incremental, growth, restore, verify, size };
+  return peer('borg', file, env, {
+    fresh: [env.BORG_REPO, env.BORG_BASE_DIR],
+    init: 'borg init -e none',
+    full: `borg create -C zstd,1 ::a ${file}`,
+    incremental: `borg create -C zstd,1 ::b ${file}`,
+    restore: (out) => `cd ${out} && borg extract ::b`,
+    verify: 'borg check --verify-data',
+  });
 }
 
 /** SHA-256 bytes per second on one core (64 KiB pieces), times the cores: the hashing limit. */
@@ -202,54 +251,80 @@ function sha256Limit(): number {
   return n * os.availableParallelism();
 }
 
+/** Times one step of every tool, `rounds` times, the tools taking turns within each round (so a slow spell of the host falls on all of them). */
+async function inRounds<T>(tools: Tool[], rounds: number, step: (t: Tool) => Promise<T>): Promise<T[][]> {
+  const out: T[][] = tools.map(() => []);
+  for (let r = 0; r < rounds; r++) for (const [i, t] of tools.entries()) out[i]?.push(await step(t));
+  return out;
+}
+
+const seconds = (xs: number[]): string => xs.map((x) => x.toFixed(1)).join(' ');
+
 async function main(): Promise<void> {
   const missing = ['restic', 'borg'].filter((t) => spawnSyncOk(t) === false);
   if (missing.length > 0) await sh(`apt-get install -y -qq ${missing.map((t) => (t === 'borg' ? 'borgbackup' : t)).join(' ')} >/dev/null`);
+  const rounds = Math.max(1, Number(process.env.BENCH_BACKUP_ROUNDS ?? 3));
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blksnap-backup-bench-'));
+  const tools: Tool[] = [];
   try {
-    const file = path.join(dir, 'disk.img');
-    makeDataSet(file);
     const gib = (4 * quarter) / 2 ** 30;
-    console.log(`# backup benchmark: a ${gib} GiB device file (random, text, a copy of the random part, never written), ${os.availableParallelism()} cores`);
-    const o = await ours(path.join(dir, "ours"), file);
-    if (process.env.BENCH_PEERS === 'none') {
-      console.log(`blksnap: full ${o.full.toFixed(1)} s (the host stole ${pct(o.fullSteal)} of the CPU time), incremental ${o.incremental.toFixed(1)} s, +${(o.growth / 1e6).toFixed(0)} MB, restore ${o.restore.toFixed(1)} s, verify ${o.verify.toFixed(1)} s, repository ${(o.size / 1e6).toFixed(0)} MB, attached read ${o.attachRead.toFixed(1)} s`);
-      return;
-    }
-    fs.mkdirSync(path.join(dir, 'r'));
-    // The peers back up the file as it was before our incremental's writes, then after the same kind of change.
-    const fresh = path.join(dir, 'peer.img');
-    makeDataSet(fresh);
-    const apply = async (): Promise<void> => {
-      const fd = fs.openSync(fresh, 'r+');
-      await change(async (offset, data) => {
-        fs.writeSync(fd, data, 0, data.length, offset);
-      });
-      fs.closeSync(fd);
+    console.log(`# backup benchmark: a ${gib} GiB device file (random, text, a copy of the random part, never written), ${os.availableParallelism()} cores, median of ${rounds} rounds`);
+    // Each tool its own copy of the data set (made alike, random content drawn anew), as ours changes through the daemon.
+    const dataSet = (name: string): string => {
+      fs.mkdirSync(path.join(dir, name));
+      const file = path.join(dir, name, 'disk.img');
+      makeDataSet(file);
+      return file;
     };
-    const r = await restic(path.join(dir, 'r'), fresh, apply);
-    fs.rmSync(fresh);
-    makeDataSet(fresh);
-    fs.mkdirSync(path.join(dir, 'b'));
-    const b = await borg(path.join(dir, 'b'), fresh, apply);
-    const row = (name: string, f: Figures): string =>
-      `${name.padEnd(10)}${f.full.toFixed(1).padStart(8)}${f.incremental.toFixed(1).padStart(10)}${(f.growth / 1e6).toFixed(0).padStart(10)}${f.restore.toFixed(1).padStart(10)}${f.verify.toFixed(1).padStart(9)}${(f.size / 1e6).toFixed(0).padStart(10)}`;
+    const o = await ours(path.join(dir, 'ours'), dataSet('ours'));
+    tools.push(o);
+    if (process.env.BENCH_PEERS !== 'none') tools.push(restic(path.join(dir, 'r'), dataSet('r')), borg(path.join(dir, 'b'), dataSet('b')));
+    const fulls = await inRounds(tools, rounds, (t) => t.full());
+    const sizes = tools.map((t) => t.size());
+    const incrementals: Array<{ seconds: number; readBytes?: number }> = [];
+    const growths: number[] = [];
+    for (const t of tools) {
+      await t.change();
+      incrementals.push(await t.incremental());
+      growths.push(t.size() - (sizes[tools.indexOf(t)] as number));
+    }
+    const restores = await inRounds(tools, rounds, (t) => t.restore());
+    const verifies = await inRounds(tools, rounds, (t) => t.verify());
+    const attachRead = await o.attachRead();
+    const fig = tools.map((t, i) => ({
+      name: t.name,
+      full: median((fulls[i] ?? []).map((f) => f.seconds)),
+      steal: median((fulls[i] ?? []).map((f) => f.steal)),
+      incremental: incrementals[i]?.seconds ?? 0,
+      growth: growths[i] ?? 0,
+      restore: median(restores[i] ?? []),
+      verify: median(verifies[i] ?? []),
+      size: sizes[i] ?? 0,
+    }));
     console.log(`\n${'tool'.padEnd(10)}${'full s'.padStart(8)}${'incr s'.padStart(10)}${'+MB'.padStart(10)}${'restore s'.padStart(10)}${'verify s'.padStart(9)}${'repo MB'.padStart(10)}`);
-    console.log(row('blksnap', o));
-    console.log(row('restic', r));
-    console.log(row('borg', b));
-    const faster = (k: keyof Figures): number => Math.min(r[k], b[k]);
-    console.log('\n# ratios to the faster (or smaller) peer, and targets');
-    console.log(`full backup     ${(o.full / faster('full')).toFixed(2)}×  (target ≤ 0.5); the host stole ${pct(o.fullSteal)} of the CPU time during ours, ${pct(r.fullSteal)} during restic's, ${pct(b.fullSteal)} during borg's`);
-    console.log(`incremental     ${(o.incremental / faster('incremental')).toFixed(2)}×  (target ≤ 0.1); growth ${(o.growth / (40 * MiB)).toFixed(2)}× the 40 MiB changed (target ≤ 1.5); read ${(o.readBytes / MiB).toFixed(1)} MiB`);
-    console.log(`restore         ${(o.restore / faster('restore')).toFixed(2)}×  (target ≤ 0.5)`);
-    console.log(`verify          ${(o.verify / faster('verify')).toFixed(2)}×  (target ≤ 0.5)`);
-    console.log(`repository      ${(o.size / faster('size')).toFixed(2)}×  (target ≤ 1.05)`);
-    console.log(`attached backup  nbdcopy of the latest backup served by backup_attach: ${o.attachRead.toFixed(1)} s, ${(3 * quarter / o.attachRead / 1e6).toFixed(0)} MB/s of allocated data (no peer figure)`);
+    for (const f of fig) {
+      console.log(`${f.name.padEnd(10)}${f.full.toFixed(1).padStart(8)}${f.incremental.toFixed(1).padStart(10)}${(f.growth / 1e6).toFixed(0).padStart(10)}${f.restore.toFixed(1).padStart(10)}${f.verify.toFixed(1).padStart(9)}${(f.size / 1e6).toFixed(0).padStart(10)}`);
+    }
+    console.log('\n# every round (s), in the order run');
+    for (const [i, f] of fig.entries()) {
+      console.log(`${f.name.padEnd(10)}full ${seconds((fulls[i] ?? []).map((x) => x.seconds))}; restore ${seconds(restores[i] ?? [])}; verify ${seconds(verifies[i] ?? [])}; the host stole ${pct(f.steal)} of the CPU time in its full backups (median)`);
+    }
+    const us = fig[0] as (typeof fig)[number];
+    console.log(`\nattached backup  nbdcopy of the latest backup served by backup_attach: ${attachRead.toFixed(1)} s, ${((3 * quarter) / attachRead / 1e6).toFixed(0)} MB/s of allocated data (no peer figure)`);
     const limit = sha256Limit();
     const allocated = 3 * quarter;
-    console.log(`full backup throughput ${(allocated / o.full / 1e6).toFixed(0)} MB/s of allocated data: ${((allocated / o.full / limit) * 100).toFixed(0)}% of the SHA-256 limit of ${os.availableParallelism()} cores (${(limit / 1e6).toFixed(0)} MB/s)`);
+    console.log(`full backup throughput ${(allocated / us.full / 1e6).toFixed(0)} MB/s of allocated data: ${((allocated / us.full / limit) * 100).toFixed(0)}% of the SHA-256 limit of ${os.availableParallelism()} cores (${(limit / 1e6).toFixed(0)} MB/s)`);
+    if (fig.length < 3) return;
+    const peers = fig.slice(1);
+    const faster = (k: 'full' | 'incremental' | 'restore' | 'verify' | 'size'): number => Math.min(...peers.map((p) => p[k]));
+    console.log('\n# ratios of the medians to the faster (or smaller) peer, and targets');
+    console.log(`full backup     ${(us.full / faster('full')).toFixed(2)}×  (target ≤ 0.5)`);
+    console.log(`incremental     ${(us.incremental / faster('incremental')).toFixed(2)}×  (target ≤ 0.1); growth ${(us.growth / (40 * MiB)).toFixed(2)}× the 40 MiB changed (target ≤ 1.5); read ${((incrementals[0]?.readBytes ?? 0) / MiB).toFixed(1)} MiB`);
+    console.log(`restore         ${(us.restore / faster('restore')).toFixed(2)}×  (target ≤ 0.5)`);
+    console.log(`verify          ${(us.verify / faster('verify')).toFixed(2)}×  (target ≤ 0.5)`);
+    console.log(`repository      ${(us.size / faster('size')).toFixed(2)}×  (target ≤ 1.05)`);
   } finally {
+    for (const t of tools) await t.close().catch(() => undefined);
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }
