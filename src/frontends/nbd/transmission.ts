@@ -371,30 +371,42 @@ export class Transmission implements RequestSink {
   }
 
   /**
-   * The socket filled up during a spliced reply: every other reply is held behind it. The rest of
-   * the prefix, or a small piece out of the pipe, is queued through the socket, whose write callback
-   * tells that it has room again; then the splice goes on. (The pipe's pages are its own: holding
-   * them while the client reads changes nothing.) Part of the reply is on the wire: a failure now
-   * ends the connection.
+   * The socket filled up during a spliced reply. The rest of the prefix, or a small piece out of the
+   * pipe, is queued through the socket; then the splice goes on. (The pipe's pages are its own:
+   * holding them while the client reads changes nothing.)
    */
-  async #finishSplicedRead(prefixLeft: Buffer, pipe: SplicePipe, rest: number): Promise<void> {
-    this.#replies.hold();
+  #finishSplicedRead(prefixLeft: Buffer, pipe: SplicePipe, rest: number): Promise<void> {
     const fd = this.#sink.fd;
     let left = rest;
-    try {
-      if (prefixLeft.length > 0) await this.#replies.writeAndWait(prefixLeft);
-      for (;;) {
-        left -= spliceFromPipeUntilFull(pipe, fd, left);
-        if (left === 0) break;
-        const piece = Buffer.allocUnsafe(Math.min(nbdIo.waitPieceBytes, left));
-        drainPipe(pipe, piece);
-        left -= piece.length;
-        await this.#replies.writeAndWait(piece);
+    return this.#finishCutShort(async () => {
+      try {
+        if (prefixLeft.length > 0) await this.#replies.writeAndWait(prefixLeft);
+        for (;;) {
+          left -= spliceFromPipeUntilFull(pipe, fd, left);
+          if (left === 0) break;
+          const piece = Buffer.allocUnsafe(Math.min(nbdIo.waitPieceBytes, left));
+          drainPipe(pipe, piece);
+          left -= piece.length;
+          await this.#replies.writeAndWait(piece);
+        }
+      } finally {
+        if (left > 0) splicePipes.discard(pipe);
+        else splicePipes.release(pipe);
       }
-      splicePipes.release(pipe);
+    });
+  }
+
+  /**
+   * Finishes a read reply the socket took only part of. Every other reply waits behind it (nothing
+   * may come between its bytes); each piece is queued through the socket, whose write callback tells
+   * that the kernel has room again. A failure now cannot be told to the client (part of the reply is
+   * on the wire): it ends the connection.
+   */
+  async #finishCutShort(finish: () => Promise<void>): Promise<void> {
+    this.#replies.hold();
+    try {
+      await finish();
     } catch (e) {
-      if (left > 0) splicePipes.discard(pipe);
-      else splicePipes.release(pipe);
       this.#socket.destroy(new Error(`read reply cut short: ${toBlkError(e).message}`));
     } finally {
       this.#replies.release();
@@ -441,18 +453,11 @@ export class Transmission implements RequestSink {
     return this.#sink.fd >= 0 && this.#replies.isIdle;
   }
 
-  /**
-   * The socket filled up after `sent` bytes of a read reply went by sendfile. Every other reply
-   * waits behind this one (nothing may come between its bytes). One piece of it is queued through
-   * the socket, whose write callback tells that the kernel has room again; then sendfile goes on.
-   * A failure now cannot be told to the client (part of a reply is on the wire): it ends the
-   * connection.
-   */
-  async #finishSentRead(h: w.RequestHeader, prefix: Buffer, sent: number): Promise<void> {
-    this.#replies.hold();
+  /** The socket filled up after `sent` bytes of a read reply went by sendfile: one piece is queued, then sendfile goes on. */
+  #finishSentRead(h: w.RequestHeader, prefix: Buffer, sent: number): Promise<void> {
     const device = this.#device;
     const total = prefix.length + h.length;
-    try {
+    return this.#finishCutShort(async () => {
       let done = sent;
       while (done < total) {
         let piece = prefix.subarray(done);
@@ -475,11 +480,7 @@ export class Transmission implements RequestSink {
         }
         done += n;
       }
-    } catch (e) {
-      this.#socket.destroy(new Error(`read reply cut short: ${toBlkError(e).message}`));
-    } finally {
-      this.#replies.release();
-    }
+    });
   }
 
   /** One block-status chunk per chosen context, the last one flagged done. */
