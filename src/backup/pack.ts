@@ -133,11 +133,18 @@ export class PackWriter {
     let storedLength = 0;
     let flags = 0;
     // Compressed straight into the pack's staging buffer; kept as it is when that is not smaller.
+    // The frame starts `lead` bytes early, so that a raw block's bytes (data zstd cannot shrink,
+    // verbatim) are already where the record's data goes: the stored chunk costs no copy.
+    const lead = rawBlockLead(data.length);
     pack.file.appendInPlace(RECORD_HEADER + Math.max(zstdBound(data.length), data.length), (into) => {
-      storedLength = zstdCompressInto(data, level, into.subarray(RECORD_HEADER));
-      flags = FLAG_ZSTD;
-      if (storedLength >= data.length) {
-        into.set(data, RECORD_HEADER);
+      const frameAt = RECORD_HEADER - lead;
+      const frameLength = zstdCompressInto(data, level, into.subarray(frameAt));
+      if (frameLength < data.length) {
+        if (lead > 0) into.copyWithin(RECORD_HEADER, frameAt, frameAt + frameLength);
+        storedLength = frameLength;
+        flags = FLAG_ZSTD;
+      } else {
+        if (lead === 0 || !isRawBlockFrame(into, frameAt, frameLength, data.length)) into.set(data, RECORD_HEADER);
         storedLength = data.length;
         flags = 0;
       }
@@ -194,6 +201,39 @@ export class PackWriter {
     this.#current = { id, temp, file: AppendFile.create(temp), entries: [] };
     return this.#current;
   }
+}
+
+const ZSTD_MAGIC = 0xfd2fb528;
+/** zstd's largest block: a larger chunk it cannot shrink is cut into several raw blocks. */
+const ZSTD_BLOCK_MAXIMUM = 128 * 1024;
+
+/** The code of the content size field in a single-segment frame header (RFC 8878 3.1.1.1.1): the field takes 1 << code bytes. */
+function contentSizeCode(size: number): number {
+  return size < 256 ? 0 : size < 65536 + 256 ? 1 : 2;
+}
+
+/**
+ * Bytes before the content of a frame of one raw block of `size` bytes, as libzstd writes it for a
+ * chunk of known size (magic, a single-segment header with the content size, no checksum, the
+ * block's header); 0 where the chunk takes more than one block.
+ */
+export function rawBlockLead(size: number): number {
+  if (size > ZSTD_BLOCK_MAXIMUM) return 0;
+  return 4 + 1 + (1 << contentSizeCode(size)) + 3;
+}
+
+/** Whether `into` holds, at `at`, exactly such a frame (rawBlockLead) of `size` bytes: its content then follows the lead verbatim. */
+export function isRawBlockFrame(into: Uint8Array, at: number, frameLength: number, size: number): boolean {
+  const lead = rawBlockLead(size);
+  if (lead === 0 || frameLength !== lead + size) return false;
+  const view = Buffer.from(into.buffer, into.byteOffset + at, lead);
+  // Descriptor: the content size code in the top two bits, single segment (0x20), no checksum, no
+  // dictionary; then the content size (stored less 256 in two bytes).
+  const code = contentSizeCode(size);
+  if (view.readUInt32LE(0) !== ZSTD_MAGIC || view[4] !== ((code << 6) | 0x20)) return false;
+  if (view.readUIntLE(5, 1 << code) !== (code === 1 ? size - 256 : size)) return false;
+  // Block header: last block (bit 0), type raw (bits 1-2 zero), its size from bit 3.
+  return view.readUIntLE(lead - 3, 3) === size * 8 + 1;
 }
 
 function writeRecordHeader(into: Uint8Array, digest: Buffer, storedLength: number, flags: number, size: number): void {

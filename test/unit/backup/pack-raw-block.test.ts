@@ -1,0 +1,66 @@
+// A chunk zstd cannot shrink is stored as it is: PackWriter lets zstd's raw block land where the
+// record's data goes instead of copying the chunk. Whatever the chunk's size, the record must hold
+// exactly the chunk (or its frame, when smaller), and a frame that is not one raw block of the
+// expected layout must never pass for one.
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import { after, describe, it } from 'node:test';
+import { decodeRecord, FLAG_ZSTD, isRawBlockFrame, packPaths, PackWriter, RECORD_HEADER, rawBlockLead, readIdx, sha256 } from '../../../src/backup/pack.js';
+import { zstdBound, zstdCompressInto } from '../../../src/os/zstd.js';
+import { tempDir } from '../../helpers/tools.js';
+
+describe('pack records of chunks zstd cannot shrink', () => {
+  const t = tempDir();
+  after(() => t.remove());
+
+  it('libzstd writes a random chunk as one raw block of the expected layout, for every content size field', () => {
+    for (const size of [4096, 65536, 65536 + 256, 128 * 1024]) {
+      const data = randomBytes(size);
+      const out = Buffer.alloc(zstdBound(size));
+      const n = zstdCompressInto(data, 2, out);
+      assert.ok(isRawBlockFrame(out, 0, n, size), `a ${size}-byte random chunk is one raw block`);
+      assert.ok(out.subarray(rawBlockLead(size), n).equals(data), 'its content follows the lead verbatim');
+    }
+    assert.equal(rawBlockLead(128 * 1024 + 4096), 0, 'a chunk of more than one block has no lead');
+  });
+
+  it('takes no frame that differs from that layout in any byte of its lead, nor one of another length', () => {
+    const size = 65536;
+    const data = randomBytes(size);
+    const out = Buffer.alloc(zstdBound(size));
+    const n = zstdCompressInto(data, 2, out);
+    const lead = rawBlockLead(size);
+    for (let i = 0; i < lead; i++) {
+      const bent = Buffer.from(out.subarray(0, n));
+      bent[i] = (bent[i] as number) ^ 0x01;
+      assert.equal(isRawBlockFrame(bent, 0, n, size), false, `byte ${i} of the lead changed`);
+    }
+    assert.equal(isRawBlockFrame(out, 0, n - 1, size), false);
+    const text = Buffer.alloc(size, 'compressible text ');
+    const m = zstdCompressInto(text, 2, out);
+    assert.equal(isRawBlockFrame(out, 0, m, size), false, 'a compressed frame');
+  });
+
+  it('stores random chunks as they are and compressible ones compressed, at every size, each decoding to its chunk', () => {
+    const writer = new PackWriter(t.dir, 2);
+    const chunks: Buffer[] = [];
+    for (const size of [512, 4096, 65536, 128 * 1024, 256 * 1024]) {
+      chunks.push(randomBytes(size), Buffer.alloc(size, `text of ${size} bytes `));
+    }
+    for (const c of chunks) writer.append(sha256(c), c);
+    writer.close();
+    const { pack, idx } = packPaths(t.dir, writer.closed[0] as string);
+    const bytes = fs.readFileSync(pack);
+    const entries = readIdx(idx);
+    for (const c of chunks) {
+      const e = entries.find((x) => x.digest.equals(sha256(c)));
+      assert.ok(e);
+      const stored = bytes.subarray(e.offset + RECORD_HEADER, e.offset + RECORD_HEADER + e.storedLength);
+      const isRandom = c[0] !== 't'.charCodeAt(0);
+      assert.equal(e.flags, isRandom ? 0 : FLAG_ZSTD, `flags of a ${c.length}-byte ${isRandom ? 'random' : 'text'} chunk`);
+      if (isRandom) assert.ok(stored.equals(c), `a ${c.length}-byte random chunk is stored verbatim`);
+      assert.equal(decodeRecord(stored, e.flags, e.digest, new Uint8Array(c.length)), null);
+    }
+  });
+});
