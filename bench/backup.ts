@@ -179,9 +179,8 @@ async function ours(dir: string, file: string): Promise<Tool & { attachRead(): P
 }
 
 /** A peer working on its own copy of the data set (`file`), which `change` writes to directly. */
-function peer(name: string, file: string, env: NodeJS.ProcessEnv, commands: { fresh: string[]; init: string; full: string; incremental: string; restore: (out: string) => string; verify: string }): Tool {
+function peer(name: string, file: string, env: NodeJS.ProcessEnv, commands: { repo: string; fresh: string[]; init: string; full: string; incremental: string; restore: (out: string) => string; verify: string }): Tool {
   const dir = path.dirname(file);
-  const repo = String(env.RESTIC_REPOSITORY ?? env.BORG_REPO);
   return {
     name,
     async full() {
@@ -190,7 +189,7 @@ function peer(name: string, file: string, env: NodeJS.ProcessEnv, commands: { fr
       await dropCaches();
       return await timedWithSteal(() => sh(commands.full, env));
     },
-    size: () => du(repo),
+    size: () => du(commands.repo),
     async change() {
       const fd = fs.openSync(file, 'r+');
       await change(async (offset, data) => {
@@ -218,6 +217,7 @@ function peer(name: string, file: string, env: NodeJS.ProcessEnv, commands: { fr
 function restic(dir: string, file: string): Tool {
   const env = { RESTIC_REPOSITORY: path.join(dir, 'restic'), RESTIC_PASSWORD: 'bench', RESTIC_CACHE_DIR: path.join(dir, 'restic-cache') };
   return peer('restic', file, env, {
+    repo: env.RESTIC_REPOSITORY,
     fresh: [env.RESTIC_REPOSITORY, env.RESTIC_CACHE_DIR],
     init: 'restic init --repository-version 2 -q',
     full: `restic backup -q ${file}`,
@@ -230,6 +230,7 @@ function restic(dir: string, file: string): Tool {
 function borg(dir: string, file: string): Tool {
   const env = { BORG_REPO: path.join(dir, 'borg'), BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes', BORG_BASE_DIR: path.join(dir, 'borg-base') };
   return peer('borg', file, env, {
+    repo: env.BORG_REPO,
     fresh: [env.BORG_REPO, env.BORG_BASE_DIR],
     init: 'borg init -e none',
     full: `borg create -C zstd,1 ::a ${file}`,

@@ -13,7 +13,7 @@ import { DIRECT_ALIGNMENT } from '../os/koffi.js';
 import { fallocate, sizeOfBlockDevice } from '../os/libc.js';
 import { backup as params } from '../params.js';
 import { chunkCountOf, readIndex } from './digest-index.js';
-import { inFronts, runsOf } from './image-reader.js';
+import { type ChunkRun, inFronts, runsOf } from './image-reader.js';
 import { isZeroDigest, layout } from './layout.js';
 import { type RepeatedChunks, repeatedChunks } from './repeated-chunks.js';
 import type { Progress } from './progress.js';
@@ -124,6 +124,22 @@ function withCopies(items: LoadItem[], copiesOf: (c: number) => number[], chunkS
   return items;
 }
 
+/**
+ * Starts `start(items)` for each run of chunk loads (with their copies), a few tasks per worker in
+ * flight; returns once all are done, and on a failure only once none is still running (what they
+ * write through must not close under them).
+ */
+async function inWindow(repo: Repository, workers: WorkerPool, chunks: ChunkIndex, index: Index, runs: Iterable<ChunkRun>, repeated: RepeatedChunks, start: (items: LoadItem[]) => Promise<void>): Promise<void> {
+  // Two runs per worker decode while two more are being written.
+  const inFlight = new TaskWindow(workers.size * 4);
+  try {
+    for (const run of runs) await inFlight.add(start(withCopies(chunks.loadItems(repo.dir, index, run.first, run.count), repeated.copiesOf, index.chunkSize)));
+  } finally {
+    await inFlight.settle();
+  }
+  await inFlight.drain();
+}
+
 async function restoreOverNbd(repo: Repository, workers: WorkerPool, chunks: ChunkIndex, uri: string, index: Index, wanted: number[], o: RestoreOptions): Promise<number> {
   const client = await NbdClient.connect(uri, o.tls ? { tls: o.tls } : {});
   try {
@@ -133,28 +149,19 @@ async function restoreOverNbd(repo: Repository, workers: WorkerPool, chunks: Chu
     const runs = runsOf(repeated.firsts, Math.max(1, Math.floor(params.readBytes / index.chunkSize)));
     o.progress?.start(`restore to ${uri}`, wanted.length * index.chunkSize);
     let written = 0;
-    const inFlight = new TaskWindow(workers.size * 4);
-    try {
-      for (const run of runs) {
-        const items = withCopies(chunks.loadItems(repo.dir, index, run.first, run.count), repeated.copiesOf, index.chunkSize);
-        const task = workers.run({ kind: 'load', items }).then(async (r) => {
-          let bytes = 0;
-          await Promise.all(r.data.flatMap((d, i) => {
-            const item = items[i] as LoadItem;
-            return [item.offset, ...(item.copies ?? [])].map((at) => {
-              bytes += d.length;
-              return item.where === null ? client.writeZeroes(at, d.length) : client.write(at, d);
-            });
-          }));
-          written += bytes;
-          o.progress?.advance(bytes);
+    await inWindow(repo, workers, chunks, index, runs, repeated, async (items) => {
+      const r = await workers.run({ kind: 'load', items });
+      let bytes = 0;
+      await Promise.all(r.data.flatMap((d, i) => {
+        const item = items[i] as LoadItem;
+        return [item.offset, ...(item.copies ?? [])].map((at) => {
+          bytes += d.length;
+          return item.where === null ? client.writeZeroes(at, d.length) : client.write(at, d);
         });
-        await inFlight.add(task);
-      }
-    } finally {
-      await inFlight.settle(); // no write in flight when the connection closes
-    }
-    await inFlight.drain();
+      }));
+      written += bytes;
+      o.progress?.advance(bytes);
+    });
     await client.flush();
     o.progress?.done();
     return written;
@@ -212,26 +219,17 @@ async function restoreToPath(repo: Repository, workers: WorkerPool, chunks: Chun
     if (!isBlockDevice && directFd !== null) await allocateStretches(fd, wanted, index);
     o.progress?.start(`restore to ${target}`, wanted.length * index.chunkSize);
     let written = 0;
-    // Two runs per worker decode while two more are being written.
-    const inFlight = new TaskWindow(workers.size * 4);
     const repeated = repeatedIn(wanted, index);
-    try {
-      // In fronts, as a backup reads: stretches of stored data (bound by the disk's reads and writes) go
-      // beside compressed ones (bound by decompressing and hashing), so neither leaves the other idle.
-      for (const run of inFronts(runsOf(repeated.firsts, Math.max(1, Math.floor(params.restoreTaskBytes / index.chunkSize))), params.readFronts)) {
-        const items = withCopies(chunks.loadItems(repo.dir, index, run.first, run.count), repeated.copiesOf, index.chunkSize);
-        const task = workers.run({ kind: 'write', items, fd: directFd ?? fd, direct: directFd !== null, bufferedFd: fd, writeZeros: isBlockDevice }).then((r) => {
-          written += r.writtenBytes;
-          o.progress?.advance(r.writtenBytes);
-        });
-        await inFlight.add(task);
-      }
-    } finally {
-      // After a failure the other tasks still write: their descriptors must not close (and their
-      // numbers go to another file) under them.
-      await inFlight.settle();
-    }
-    await inFlight.drain();
+    // In fronts, as a backup reads: stretches of stored data (bound by the disk's reads and writes) go
+    // beside compressed ones (bound by decompressing and hashing), so neither leaves the other idle.
+    const runs = inFronts(runsOf(repeated.firsts, Math.max(1, Math.floor(params.restoreTaskBytes / index.chunkSize))), params.readFronts);
+    // After a failure the other tasks still write (inWindow waits for them): their descriptors must
+    // not close (and their numbers go to another file) under them.
+    await inWindow(repo, workers, chunks, index, runs, repeated, async (items) => {
+      const r = await workers.run({ kind: 'write', items, fd: directFd ?? fd, direct: directFd !== null, bufferedFd: fd, writeZeros: isBlockDevice });
+      written += r.writtenBytes;
+      o.progress?.advance(r.writtenBytes);
+    });
     fs.fsyncSync(fd);
     o.progress?.done();
     return { writtenBytes: written, skippedBytes: index.size - written, mode: isBlockDevice ? 'block device' : 'file' };

@@ -144,7 +144,7 @@ export class PackWriter {
         storedLength = frameLength;
         flags = FLAG_ZSTD;
       } else {
-        if (lead === 0 || !isRawBlockFrame(into, frameAt, frameLength, data.length)) into.set(data, RECORD_HEADER);
+        if (!isRawBlockFrame(into, frameAt, frameLength, data.length)) into.set(data, RECORD_HEADER);
         storedLength = data.length;
         flags = 0;
       }
