@@ -184,7 +184,10 @@ describe('FUSE reads answered by the reader and ring threads', { skip: missing('
         };
         for (let i = 0; i < 64; i++) {
           const offset = ((i * 7919) % 120) * 65536;
+          const answered = fuse.readsAnsweredByReaders;
           assert.deepEqual(await readAt(offset, 65536), bytes.subarray(offset, offset + 65536), `cached read at ${offset}`);
+          // Counted by the time its reply is in (a count after the reply lagged: the checks below failed now and then).
+          assert.equal(fuse.readsAnsweredByReaders, answered + 1, `the read at ${offset} is counted once its reply is in`);
         }
         assert.ok(fuse.readsAnsweredByReaders >= 64, `${fuse.readsAnsweredByReaders} reads answered by the readers`);
         if (ioUring && hasFuseRing) {

@@ -51,14 +51,17 @@ function answeredFromCache(request: Buffer, length: number): boolean {
   if (h.opcode !== w.Opcode.READ || h.length !== length) return false;
   const { offset, size } = w.readIoIn(request);
   if (w.OUT_HEADER_LENGTH + size > reply.length) return false;
-  if (splicedFromCache(h.unique, offset, size)) {
-    Atomics.add(control, SlotState.answeredIndex, 1);
-    Atomics.add(control, SlotState.splicedIndex, 1);
-    return true;
-  }
-  if (!readFromCache(cachedReads, reply.subarray(w.OUT_HEADER_LENGTH, w.OUT_HEADER_LENGTH + size), offset)) return false;
-  w.writeOutHeader(reply, w.OUT_HEADER_LENGTH + size, 0, h.unique);
+  // Counted before the reply goes (and taken back if it cannot go): a client holding its reply
+  // finds its read counted, as the ring threads do.
   Atomics.add(control, SlotState.answeredIndex, 1);
+  Atomics.add(control, SlotState.splicedIndex, 1);
+  if (splicedFromCache(h.unique, offset, size)) return true;
+  Atomics.sub(control, SlotState.splicedIndex, 1);
+  if (!readFromCache(cachedReads, reply.subarray(w.OUT_HEADER_LENGTH, w.OUT_HEADER_LENGTH + size), offset)) {
+    Atomics.sub(control, SlotState.answeredIndex, 1);
+    return false;
+  }
+  w.writeOutHeader(reply, w.OUT_HEADER_LENGTH + size, 0, h.unique);
   send(reply, w.OUT_HEADER_LENGTH + size);
   return true;
 }
