@@ -29,8 +29,10 @@ export const nbd = {
   maximumExtentsPerReply: 4096,
   /** A connection whose handshake has not reached transmission by then is closed (SPEC §10). */
   handshakeTimeoutMs: 10_000,
-  /** Connections at once per server, by default (--max-connections); more are closed at accept. */
+  /** Connections at once per listener, by default (--max-connections); more are closed at accept. */
   maximumConnections: 256,
+  /** A TCP connection past its handshake, idle (nothing in flight, nothing sent) this long, is closed (--idle-timeout). */
+  idleTimeoutMs: 300_000,
 } as const;
 
 /**

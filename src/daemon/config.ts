@@ -28,8 +28,12 @@ export interface DaemonConfig {
   cowCopy: 'direct' | 'cached';
   /** TLS of the TCP listener: null with --tls off (or without --listen). */
   tls: TlsOptions | null;
-  /** NBD connections at once; more are closed at accept. */
+  /** NBD connections at once on each listener; more are closed at accept. */
   maximumConnections: number;
+  /** A TCP connection idle this long after its handshake is closed; 0: never. */
+  idleTimeoutMs: number;
+  /** Members of this group may use the control socket too (mode 0660); null: root and the daemon's user only. */
+  controlGroup: string | null;
   /** An NBD handshake not finished by then closes the connection. */
   handshakeTimeoutMs: number;
   /** Bytes one write-intent bit stands for (--cbt-region). */
@@ -61,10 +65,22 @@ Options:
                        server-key.pem
   --tls-psk FILE       pre-shared keys in nbdkit's format: one username:hexkey a line
   --tls-verify-peer    with --tls-certs: require a client certificate signed by ca-cert.pem
-  --max-connections N  NBD connections at once; more are closed at once (default 256)
+                       and unexpired; any other is refused before the first option
+  --tls-authz FILE     which client may open which export over TLS: JSON rules
+                       {"rules": [{"dn": SUBJECT | "psk": IDENTITY, "exports": [GLOB...],
+                       "access": "ro" | "rw"}]}, the first match decides; everything else
+                       is refused (NBD_REP_ERR_POLICY). Needs --tls-verify-peer or --tls-psk
+  --max-connections N  NBD connections at once on each listener (the Unix socket and TCP
+                       each have their own); more are closed at once (default 256)
   --handshake-timeout SECONDS
                        an NBD client that has not finished its handshake by then is
                        disconnected (default 10)
+  --idle-timeout SECONDS
+                       a TCP client with no request in flight that sends nothing for this
+                       long after its handshake is disconnected (default 300; 0: never)
+  --control-group GROUP
+                       members of GROUP may use the control socket too (mode 0660); without
+                       it only root and the daemon's own user may
   --state-dir DIR      where the daemon keeps its state: the attached devices and their change
                        tracking, which come back at the next start, and its pid file
                        (default: $RUNTIME)
@@ -148,6 +164,8 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
     cowCopy: 'direct',
     tls: null,
     maximumConnections: nbdLimits.maximumConnections,
+    idleTimeoutMs: nbdLimits.idleTimeoutMs,
+    controlGroup: null,
     handshakeTimeoutMs: nbdLimits.handshakeTimeoutMs,
     cbtRegionSize: tracking.writeIntentRegion,
     cbtSyncIntervalMs: tracking.syncIntervalMs,
@@ -159,6 +177,7 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
   let certsDir: string | undefined;
   let pskFile: string | undefined;
   let verifyPeer = false;
+  let authzFile: string | undefined;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i] as string;
     if (arg === '--help' || arg === '-h') return null;
@@ -215,6 +234,19 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
       case '--tls-certs': certsDir = path.resolve(value()); break;
       case '--tls-psk': pskFile = path.resolve(value()); break;
       case '--tls-verify-peer': verifyPeer = true; break;
+      case '--tls-authz': authzFile = path.resolve(value()); break;
+      case '--idle-timeout': {
+        const seconds = Number(value());
+        if (!(seconds >= 0 && seconds <= 86400)) throw new Error('--idle-timeout takes seconds, from 0 (never) to 86400');
+        config.idleTimeoutMs = seconds * 1000;
+        break;
+      }
+      case '--control-group': {
+        const v = value();
+        if (!/^[A-Za-z0-9_][A-Za-z0-9_.-]*\$?$/.test(v)) throw new Error(`--control-group takes a group name or number, not '${v}'`);
+        config.controlGroup = v;
+        break;
+      }
       case '--max-connections': {
         const n = byteCount(arg, value());
         if (n < 1) throw new Error('--max-connections takes 1 or more');
@@ -270,13 +302,14 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
   const hasCredentials = certsDir !== undefined || pskFile !== undefined;
   if (certsDir !== undefined && pskFile !== undefined) throw new Error('give --tls-certs or --tls-psk, not both');
   if (verifyPeer && certsDir === undefined) throw new Error('--tls-verify-peer needs --tls-certs');
+  if (authzFile !== undefined && !verifyPeer && pskFile === undefined) throw new Error('--tls-authz needs peers that identify themselves: --tls-verify-peer (client certificates) or --tls-psk');
   if (config.listen === undefined) {
     if (hasCredentials || tlsMode !== undefined) throw new Error('--tls options apply to the TCP listener: give --listen HOST:PORT');
   } else if (tlsMode === 'off') {
     if (hasCredentials) throw new Error('--tls off and TLS credentials contradict each other');
   } else {
     if (!hasCredentials) throw new Error('--listen serves NBD over the network and needs TLS: give --tls-certs DIR or --tls-psk FILE, or --tls off to serve it in the clear');
-    config.tls = { ...(certsDir === undefined ? {} : { certsDir }), ...(pskFile === undefined ? {} : { pskFile }), verifyPeer };
+    config.tls = { ...(certsDir === undefined ? {} : { certsDir }), ...(pskFile === undefined ? {} : { pskFile }), ...(authzFile === undefined ? {} : { authzFile }), verifyPeer };
   }
   return config;
 }

@@ -5,7 +5,7 @@ import { ControlServer } from '../control/server.js';
 import { controlHandlers } from '../control/handlers.js';
 import { Registry } from '../core/registry.js';
 import { BlkError } from '../errors.js';
-import { NbdServer } from '../frontends/nbd/server.js';
+import { NbdServer, parseListenAddress } from '../frontends/nbd/server.js';
 import { TlsServer } from '../frontends/nbd/tls.js';
 import { deviceNumberText } from '../os/block-identity.js';
 import type { DaemonConfig } from './config.js';
@@ -31,6 +31,7 @@ export class Daemon {
   #pidFile: string;
   #hasPidFile = false;
   #backupWorkers: WorkerPool | undefined;
+  #tls: TlsServer | null;
 
   /** The Prometheus endpoint, with --metrics. */
   readonly metrics: Metrics | null;
@@ -41,10 +42,12 @@ export class Daemon {
     this.metrics = config.metrics === undefined ? null : new Metrics({ devices: this.registry, nbdConnections: () => this.nbd.connectionCount, blockDevices: () => this.loopDevices.kernelDevices().length });
     const metrics = this.metrics;
     this.#pidFile = path.join(config.stateDir, 'blksnapd.pid');
+    this.#tls = config.tls === null ? null : new TlsServer(config.tls);
     this.nbd = new NbdServer({
       catalogue: this.registry,
-      tls: config.tls === null ? null : new TlsServer(config.tls),
+      tls: this.#tls,
       maximumConnections: config.maximumConnections,
+      idleTimeoutMs: config.idleTimeoutMs,
       handshakeTimeoutMs: config.handshakeTimeoutMs,
       isVerbose: config.isVerbose,
       ...(metrics ? { observers: (name: string) => metrics.observer(name) } : {}),
@@ -112,6 +115,8 @@ export class Daemon {
       const at = await this.metrics.listen(this.config.metrics);
       this.#log(`metrics on http://${at.family === 'IPv6' ? `[${at.address}]` : at.address}:${at.port}/metrics`);
     }
+    const unidentified = this.#unidentifiedPeers();
+    if (unidentified) this.#log(`warning: ${unidentified}`);
     const tls = this.config.tls === null ? ' in the clear (--tls off)' : ' with TLS';
     const tcp = this.nbd.tcpPort === undefined ? '' : `, nbd tcp port ${this.nbd.tcpPort}${tls}`;
     this.#log(`ready: control ${this.config.controlPath}, nbd ${this.config.nbdPath}${tcp}`);
@@ -130,6 +135,16 @@ export class Daemon {
     await this.#backupWorkers?.close();
     if (this.#hasPidFile) fs.rmSync(this.#pidFile, { force: true });
     this.#log('stopped');
+  }
+
+  /** Why anyone who reaches the TCP listener gets every export, when it is reachable from other hosts; null otherwise. */
+  #unidentifiedPeers(): string | null {
+    if (this.config.listen === undefined) return null;
+    const { host } = parseListenAddress(this.config.listen);
+    if (host === 'localhost' || /^127\./.test(host) || host === '::1') return null;
+    if (this.#tls?.identifiesPeers) return null;
+    const how = this.#tls === null ? 'in the clear (--tls off)' : 'with TLS that does not identify clients';
+    return `NBD on ${this.config.listen} is served ${how}: any host that reaches the port may read and write every export; use --tls-verify-peer or --tls-psk, and --tls-authz`;
   }
 
   /** One daemon per state directory: a pid file naming a live process refuses a second one. */

@@ -214,7 +214,7 @@ export function transmissionTarget(): FuzzTarget {
       const transmission = new Transmission(
         sink as unknown as net.Socket,
         { socketFd: -1, sendFileMinimum: 0 },
-        { device, isStructured: structured, contexts: matchContexts(device, rng.pick([[], ['base:allocation'], ['base:allocation', 'x-blksnap:cbt', 'qemu:dirty-bitmap:cbt-0']]), false), transmissionFlags: 0 },
+        { device, isStructured: structured, contexts: matchContexts(device, rng.pick([[], ['base:allocation'], ['base:allocation', 'x-blksnap:cbt', 'qemu:dirty-bitmap:cbt-0']]), false), transmissionFlags: 0, isReadOnly: false },
         () => progress(),
       );
       const queue = new ByteQueue();

@@ -29,6 +29,11 @@ export class RawNbd {
     socket.on('error', () => {});
   }
 
+  /** Takes over a connected socket (a TLS socket after STARTTLS, for one). */
+  static adopt(socket: net.Socket): RawNbd {
+    return new RawNbd(socket);
+  }
+
   /** A Unix socket path, or a TCP port on 127.0.0.1. */
   static connect(where: string | number): Promise<RawNbd> {
     return new Promise((resolve, reject) => {
@@ -85,11 +90,13 @@ export class RawNbd {
     return { option: h.readUInt32BE(8), type: h.readUInt32BE(12), data: data ?? Buffer.alloc(0) };
   }
 
-  /** Greeting + client flags; then NBD_OPT_GO to `exportName`. */
-  async handshake(exportName: string, options: { structured?: boolean } = {}): Promise<void> {
-    const greeting = await this.read(18);
-    if (!greeting) throw new Error('no greeting');
-    this.write(Buffer.from([0, 0, 0, 3]));
+  /** Greeting + client flags (unless `afterStartTls`: they went before it); then NBD_OPT_GO to `exportName`. */
+  async handshake(exportName: string, options: { structured?: boolean; afterStartTls?: boolean } = {}): Promise<void> {
+    if (!options.afterStartTls) {
+      const greeting = await this.read(18);
+      if (!greeting) throw new Error('no greeting');
+      this.write(Buffer.from([0, 0, 0, 3]));
+    }
     if (options.structured) {
       this.sendOption(8);
       const r = await this.readOptionReply();

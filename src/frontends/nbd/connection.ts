@@ -1,6 +1,5 @@
 // Owns one NBD connection's life: how its bytes are received, the handshake (with STARTTLS), transmission, close.
 import type * as net from 'node:net';
-import type * as tls from 'node:tls';
 import { nbdIo } from '../../params.js';
 import { bytesReadable, raiseSendBuffer } from '../../os/libc.js';
 import { socketDescriptor } from '../../os/socket-descriptor.js';
@@ -9,6 +8,7 @@ import type { Disposable } from '../../util/emitter.js';
 import { Handshake, type ExportCatalogue, type TlsPolicy } from './handshake.js';
 import type { RequestObservers } from './request-observer.js';
 import { adoptWithReceiver, ReceiveArena } from './receive-socket.js';
+import type { PeerIdentity } from './authz.js';
 import type { TlsServer } from './tls.js';
 import { Transmission } from './transmission.js';
 
@@ -18,11 +18,15 @@ export interface ConnectionOptions {
   /** The listener's TLS: null for none (the Unix socket, or TCP with --tls off). */
   tls: TlsServer | null;
   handshakeTimeoutMs: number;
+  /** After the handshake, a connection with nothing in flight that sends nothing for this long is closed; 0: never. */
+  idleTimeoutMs: number;
   sendFileMinimum: number;
   busyPollMicroseconds: number;
   /** Shared by the server's connections: which one last received bytes, and when another one did before it. */
   activity: ConnectionActivity;
   log: (line: string) => void;
+  /** Also log what TLS proved about each peer (blksnapd --verbose). */
+  isVerbose?: boolean;
   onClose: () => void;
   /** Tells metrics about each request of an export (blksnapd --metrics). */
   observers?: RequestObservers;
@@ -53,6 +57,9 @@ export class NbdConnection {
   #transmission: Transmission | null = null;
   #deviceWatch: Disposable | null = null;
   #handshakeTimer: NodeJS.Timeout | null;
+  #idleTimer: NodeJS.Timeout | null = null;
+  /** When bytes last came (performance.now(), ms): the idle timeout counts from there. */
+  #lastReceivedAt = performance.now();
   #isReadingPayload = false;
   #isUpgrading = false;
   /** When every request was last answered (performance.now(), ms), while no byte has come since; 0 otherwise. */
@@ -73,6 +80,7 @@ export class NbdConnection {
           return target ?? arena.window();
         },
         received: (n) => {
+          this.#lastReceivedAt = performance.now();
           const activity = this.#options.activity;
           if (activity.lastId !== this.id) {
             activity.lastId = this.id;
@@ -115,6 +123,7 @@ export class NbdConnection {
   /** Plaintext 'data' chunks (a TLS connection, or one waiting for STARTTLS) go to the queue. */
   #listen(socket: net.Socket): void {
     socket.on('data', (chunk: Buffer) => {
+      this.#lastReceivedAt = performance.now();
       this.#queue.push(chunk);
       this.#pump();
     });
@@ -127,6 +136,7 @@ export class NbdConnection {
 
   #closed(): void {
     if (this.#handshakeTimer) clearTimeout(this.#handshakeTimer);
+    if (this.#idleTimer) clearInterval(this.#idleTimer);
     this.#deviceWatch?.dispose();
     this.#transmission?.dispose();
     this.#queue.clear();
@@ -152,6 +162,7 @@ export class NbdConnection {
       transmission = new Transmission(socket, { socketFd: this.#fd, sendFileMinimum: this.#options.sendFileMinimum, observer }, agreement, () => this.#onProgress());
       this.#transmission = transmission;
       this.#deviceWatch = agreement.device.onClose(() => this.end(`export ${agreement.device.name} went away`));
+      this.#watchIdle();
     }
     const step = transmission.feed(this.#queue);
     if (step.kind === 'close') return this.end(step.reason);
@@ -159,6 +170,17 @@ export class NbdConnection {
     else if (socket.isPaused()) socket.resume();
     if (transmission.isDisconnecting && transmission.isIdle) socket.end();
     else if (transmission.isIdle && this.#queue.length === 0 && this.#fd >= 0) this.#awaitNext();
+  }
+
+  /** Closes the connection once nothing is in flight and nothing has come for the idle timeout. */
+  #watchIdle(): void {
+    const limit = this.#options.idleTimeoutMs;
+    if (limit <= 0) return;
+    this.#idleTimer = setInterval(() => {
+      const transmission = this.#transmission;
+      if (transmission?.isIdle && performance.now() - this.#lastReceivedAt >= limit) this.end(`idle for ${limit / 1000} s (--idle-timeout)`);
+    }, Math.max(50, limit / 4));
+    this.#idleTimer.unref();
   }
 
   /**
@@ -176,7 +198,7 @@ export class NbdConnection {
     this.#idleSince = now;
   }
 
-  /** STARTTLS was acknowledged: the rest of the connection runs over TLS. */
+  /** STARTTLS was acknowledged: the rest of the connection runs over TLS, once the peer passed its checks. */
   #startTls(): void {
     const plain = this.#socket;
     const server = this.#options.tls as TlsServer;
@@ -185,23 +207,27 @@ export class NbdConnection {
     plain.removeAllListeners('drain');
     plain.removeAllListeners('error');
     plain.removeAllListeners('close');
-    let secure: tls.TLSSocket;
-    try {
-      secure = server.upgrade(plain);
-    } catch (e) {
-      plain.destroy();
-      this.#options.log(`nbd connection ${this.id} closed: TLS set-up failed: ${(e as Error).message}`);
-      this.#closed();
-      return;
-    }
-    this.#socket = secure;
-    this.#watch(secure);
-    secure.on('close', () => this.#closed());
-    secure.once('secure', () => {
-      this.#isUpgrading = false;
-      this.#handshake.tlsStarted();
-      this.#listen(secure);
-      this.#pump();
+    plain.on('error', () => undefined);
+    plain.once('close', () => {
+      if (this.#socket === plain) this.#closed();
+    });
+    server.upgrade(plain, {
+      secure: (secure, check) => {
+        this.#socket = secure;
+        this.#watch(secure);
+        secure.on('close', () => this.#closed());
+        if (plain.destroyed) return void secure.destroy();
+        if ('refused' in check) return this.end(check.refused);
+        this.#isUpgrading = false;
+        this.#handshake.tlsStarted(check.policy);
+        if (this.#options.isVerbose) this.#options.log(`nbd connection ${this.id}: TLS peer ${peerText(check.peer)}`);
+        this.#listen(secure);
+        this.#pump();
+      },
+      failed: (reason) => {
+        this.#options.log(`nbd connection ${this.id} closed: ${reason}`);
+        plain.destroy();
+      },
     });
   }
 
@@ -216,4 +242,9 @@ export class NbdConnection {
       if (transmission.isIdle) this.#socket.end();
     } else if (this.#socket.isPaused() && !transmission.isBusy) this.#pump();
   }
+}
+
+function peerText(peer: PeerIdentity | null): string {
+  if (peer === null) return 'unidentified';
+  return peer.kind === 'x509' ? `certificate ${peer.dn}` : `PSK identity ${peer.identity}`;
 }

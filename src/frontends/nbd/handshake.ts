@@ -2,6 +2,7 @@
 import type { BlockDevice } from '../../core/block-device.js';
 import { nbd as limits } from '../../params.js';
 import type { ByteQueue } from '../../util/byte-queue.js';
+import { type ExportPolicy, OPEN_POLICY } from './authz.js';
 import { matchContexts, type MetaContext } from './meta-context.js';
 import * as w from './wire.js';
 
@@ -17,6 +18,8 @@ export interface Agreement {
   /** The metadata contexts block status reports, in the order chosen (SET_META_CONTEXT). */
   contexts: readonly MetaContext[];
   transmissionFlags: number;
+  /** Writes are refused (EPERM): the device is read-only, or this peer may only read it (--tls-authz). */
+  isReadOnly: boolean;
 }
 
 export type HandshakeStep =
@@ -31,9 +34,9 @@ export type TlsPolicy = 'none' | 'required';
 
 
 /** The transmission flags an export advertises. */
-export function transmissionFlags(device: BlockDevice, isStructured: boolean): number {
+export function transmissionFlags(device: BlockDevice, isStructured: boolean, isReadOnly = device.isReadOnly): number {
   let flags = w.NBD_FLAG_HAS_FLAGS | w.NBD_FLAG_SEND_FLUSH | w.NBD_FLAG_SEND_CACHE | w.NBD_FLAG_CAN_MULTI_CONN;
-  if (device.isReadOnly) flags |= w.NBD_FLAG_READ_ONLY;
+  if (isReadOnly) flags |= w.NBD_FLAG_READ_ONLY;
   else {
     flags |= w.NBD_FLAG_SEND_FUA | w.NBD_FLAG_SEND_WRITE_ZEROES | w.NBD_FLAG_SEND_FAST_ZERO;
     if (device.canTrim) flags |= w.NBD_FLAG_SEND_TRIM;
@@ -91,6 +94,8 @@ export class Handshake {
   #option: w.OptionHeader | null = null;
   #tls: TlsPolicy;
   #isTlsActive = false;
+  /** Which exports this peer may open, and how (TLS with --tls-authz); every one otherwise. */
+  #policy: ExportPolicy = OPEN_POLICY;
 
   constructor(catalogue: ExportCatalogue, send: (b: Buffer) => void, tls: TlsPolicy = 'none') {
     this.#catalogue = catalogue;
@@ -99,9 +104,25 @@ export class Handshake {
     send(w.encodeGreeting());
   }
 
-  /** The connection is TLS from here on (the server upgraded it after a 'starttls' step). */
-  tlsStarted(): void {
+  /** The connection is TLS from here on (the server upgraded it after a 'starttls' step), with the peer's policy. */
+  tlsStarted(policy: ExportPolicy = OPEN_POLICY): void {
     this.#isTlsActive = true;
+    this.#policy = policy;
+  }
+
+  /** The export a client names, as this peer may see it: refused (POLICY) before its existence is told. */
+  #lookup(name: string): { device: BlockDevice; isReadOnly: boolean } | 'refused' | 'unknown' {
+    const access = this.#policy(name);
+    if (access === null) return 'refused';
+    const device = this.#catalogue.lookupExport(name);
+    if (!device) return 'unknown';
+    return { device, isReadOnly: device.isReadOnly || access === 'ro' };
+  }
+
+  /** Replies the error a failed #lookup stands for. */
+  #lookupError(option: number, name: string, failure: 'refused' | 'unknown'): void {
+    if (failure === 'refused') this.#error(option, w.NBD_REP_ERR_POLICY, `export '${name}' is not permitted to this client`);
+    else this.#error(option, w.NBD_REP_ERR_UNKNOWN, `no export named '${name}'`);
   }
 
   feed(queue: ByteQueue): HandshakeStep {
@@ -153,11 +174,13 @@ export class Handshake {
     }
     switch (option) {
       case w.NBD_OPT_EXPORT_NAME: {
-        const device = this.#catalogue.lookupExport(data.toString('utf8'));
-        if (!device) return { kind: 'close', reason: `unknown export '${data.toString('utf8')}'` };
-        const flags = transmissionFlags(device, this.#isStructured);
-        this.#send(w.encodeExportNameReply(device.size, flags, this.#hasNoZeroes));
-        return this.#agree(device, flags);
+        const name = data.toString('utf8');
+        const found = this.#lookup(name);
+        if (found === 'refused') return { kind: 'close', reason: `export '${name}' is not permitted to this client` };
+        if (found === 'unknown') return { kind: 'close', reason: `unknown export '${name}'` };
+        const flags = transmissionFlags(found.device, this.#isStructured, found.isReadOnly);
+        this.#send(w.encodeExportNameReply(found.device.size, flags, this.#hasNoZeroes));
+        return this.#agree(found.device, flags, found.isReadOnly);
       }
       case w.NBD_OPT_ABORT:
         this.#reply(option, w.NBD_REP_ACK);
@@ -165,7 +188,12 @@ export class Handshake {
       case w.NBD_OPT_LIST:
         if (data.length !== 0) this.#error(option, w.NBD_REP_ERR_INVALID, 'NBD_OPT_LIST takes no data');
         else {
-          for (const device of this.#catalogue.exports()) this.#reply(option, w.NBD_REP_SERVER, w.encodeLengthPrefixed(device.name));
+          const permitted = this.#catalogue.exports().filter((d) => this.#policy(d.name) !== null);
+          if (permitted.length === 0 && this.#policy !== OPEN_POLICY) {
+            this.#error(option, w.NBD_REP_ERR_POLICY, 'no export is permitted to this client');
+            return null;
+          }
+          for (const device of permitted) this.#reply(option, w.NBD_REP_SERVER, w.encodeLengthPrefixed(device.name));
           this.#reply(option, w.NBD_REP_ACK);
         }
         return null;
@@ -210,12 +238,13 @@ export class Handshake {
       this.#error(option, w.NBD_REP_ERR_INVALID, 'malformed NBD_OPT_INFO/GO data');
       return null;
     }
-    const device = this.#catalogue.lookupExport(name);
-    if (!device) {
-      this.#error(option, w.NBD_REP_ERR_UNKNOWN, `no export named '${name}'`);
+    const found = this.#lookup(name);
+    if (typeof found === 'string') {
+      this.#lookupError(option, name, found);
       return null;
     }
-    const flags = transmissionFlags(device, this.#isStructured);
+    const { device, isReadOnly } = found;
+    const flags = transmissionFlags(device, this.#isStructured, isReadOnly);
     this.#reply(option, w.NBD_REP_INFO, w.encodeInfoExport(device.size, flags));
     if (requests.includes(w.NBD_INFO_NAME)) this.#reply(option, w.NBD_REP_INFO, w.encodeInfoString(w.NBD_INFO_NAME, device.name));
     if (requests.includes(w.NBD_INFO_DESCRIPTION)) {
@@ -224,7 +253,7 @@ export class Handshake {
     // The protocol lets a server send block sizes unasked; every client then knows 4 KiB is best.
     this.#reply(option, w.NBD_REP_INFO, w.encodeInfoBlockSize(limits.minimumBlockSize, limits.preferredBlockSize, limits.maximumBlockSize));
     this.#reply(option, w.NBD_REP_ACK);
-    return option === w.NBD_OPT_GO ? this.#agree(device, flags) : null;
+    return option === w.NBD_OPT_GO ? this.#agree(device, flags, isReadOnly) : null;
   }
 
   #metaContext(option: number, data: Buffer): void {
@@ -242,22 +271,22 @@ export class Handshake {
       this.#error(option, w.NBD_REP_ERR_INVALID, 'malformed meta context request');
       return;
     }
-    const device = this.#catalogue.lookupExport(name);
-    if (!device) {
-      this.#error(option, w.NBD_REP_ERR_UNKNOWN, `no export named '${name}'`);
+    const found = this.#lookup(name);
+    if (typeof found === 'string') {
+      this.#lookupError(option, name, found);
       return;
     }
-    const contexts = matchContexts(device, queries, !isSet);
+    const contexts = matchContexts(found.device, queries, !isSet);
     if (isSet) this.#contexts = contexts;
     // A LIST reply's context id means nothing (0); a SET reply's is the one block status will carry.
     for (const c of contexts) this.#reply(option, w.NBD_REP_META_CONTEXT, w.encodeMetaContext(isSet ? c.id : 0, c.name));
     this.#reply(option, w.NBD_REP_ACK);
   }
 
-  #agree(device: BlockDevice, flags: number): HandshakeStep {
+  #agree(device: BlockDevice, flags: number, isReadOnly: boolean): HandshakeStep {
     return {
       kind: 'transmission',
-      agreement: { device, isStructured: this.#isStructured, contexts: this.#contexts, transmissionFlags: flags },
+      agreement: { device, isStructured: this.#isStructured, contexts: this.#contexts, transmissionFlags: flags, isReadOnly },
     };
   }
 }

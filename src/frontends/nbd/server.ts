@@ -15,8 +15,10 @@ export interface NbdServerOptions {
   listen?: string;
   /** TLS on the TCP listener (the Unix socket never offers it: it is local, mode 0600); null: none. */
   tls?: TlsServer | null;
-  /** Connections at once, over all listeners; more are closed at accept. */
+  /** Connections at once on each listener (so TCP clients cannot crowd out the Unix socket's); more are closed at accept. */
   maximumConnections?: number;
+  /** On TCP, a connection past its handshake with nothing in flight that sends nothing this long is closed; 0: never. */
+  idleTimeoutMs?: number;
   /** A handshake not finished by then ends the connection. */
   handshakeTimeoutMs?: number;
   /** Reads from this size on are sent by the kernel (sendfile) where the device can; 0: never. */
@@ -42,6 +44,8 @@ export class NbdServer {
   #options: NbdServerOptions;
   #servers: net.Server[] = [];
   #connections = new Set<NbdConnection>();
+  /** The connections of each listener, counted against its own cap. */
+  #perListener = new Map<net.Server, number>();
   /** Which connection last received bytes: a busy-poll spin is only for a client alone. */
   #activity: ConnectionActivity = { lastId: -1, switchedAt: 0 };
 
@@ -59,14 +63,14 @@ export class NbdServer {
   async start(): Promise<void> {
     const { socketPath, listen } = this.#options;
     await claimSocketPath(socketPath);
-    const unixServer = net.createServer((s) => this.#accept(s, null));
+    const unixServer: net.Server = net.createServer((s) => this.#accept(s, null, unixServer, 'unix socket'));
     await listenOn(unixServer, () => unixServer.listen(socketPath));
     fs.chmodSync(socketPath, 0o600);
     this.#servers.push(unixServer);
     if (listen) {
       const { host, port } = parseListenAddress(listen);
       const tls = this.#options.tls ?? null;
-      const tcpServer = net.createServer((s) => this.#accept(s, tls));
+      const tcpServer: net.Server = net.createServer((s) => this.#accept(s, tls, tcpServer, 'tcp'));
       await listenOn(tcpServer, () => tcpServer.listen(port, host));
       const address = tcpServer.address();
       this.tcpPort = typeof address === 'object' && address ? address.port : port;
@@ -82,27 +86,32 @@ export class NbdServer {
     if (servers.length > 0) fs.rmSync(this.#options.socketPath, { force: true });
   }
 
-  #accept(accepted: net.Socket, tls: TlsServer | null): void {
+  #accept(accepted: net.Socket, tls: TlsServer | null, listener: net.Server, kind: 'unix socket' | 'tcp'): void {
     const id = ++this.#connectionCount;
     const { log, catalogue } = this.#options;
     const maximum = this.#options.maximumConnections ?? limits.maximumConnections;
-    if (this.#connections.size >= maximum) {
-      log(`nbd connection ${id} refused: ${maximum} connections already (--max-connections)`);
+    const open = this.#perListener.get(listener) ?? 0;
+    if (open >= maximum) {
+      log(`nbd connection ${id} refused: ${maximum} connections already on the ${kind} (--max-connections)`);
       accepted.destroy();
       return;
     }
+    this.#perListener.set(listener, open + 1);
     const connection: NbdConnection = new NbdConnection(accepted, {
       id,
       catalogue,
       tls,
       handshakeTimeoutMs: this.#options.handshakeTimeoutMs ?? limits.handshakeTimeoutMs,
+      idleTimeoutMs: kind === 'tcp' ? (this.#options.idleTimeoutMs ?? limits.idleTimeoutMs) : 0,
       sendFileMinimum: this.#options.sendFileMinimum ?? nbdIo.sendFileMinimum,
       busyPollMicroseconds: this.#options.busyPollMicroseconds ?? nbdIo.busyPollMicroseconds,
       activity: this.#activity,
       log,
+      isVerbose: this.#options.isVerbose ?? false,
       ...(this.#options.observers ? { observers: this.#options.observers } : {}),
       onClose: () => {
         this.#connections.delete(connection);
+        this.#perListener.set(listener, (this.#perListener.get(listener) ?? 1) - 1);
         if (this.#options.isVerbose) log(`nbd connection ${id} closed`);
       },
     });

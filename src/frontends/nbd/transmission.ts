@@ -174,6 +174,9 @@ export class Transmission implements RequestSink {
     if (allowed === undefined) return new BlkError('EINVAL', `unknown command ${h.type}`);
     if (h.flags & ~allowed) return new BlkError('EINVAL', `flags 0x${h.flags.toString(16)} are not valid for command ${h.type}`);
     if (h.type === w.NBD_CMD_FLUSH) return null;
+    if (this.#agreement.isReadOnly && (h.type === w.NBD_CMD_WRITE || h.type === w.NBD_CMD_TRIM || h.type === w.NBD_CMD_WRITE_ZEROES)) {
+      return new BlkError('EPERM', `export ${this.#device.name} is read-only to this client`);
+    }
     if (h.length === 0) return new BlkError('EINVAL', `command ${h.type} with length 0`);
     if (h.type === w.NBD_CMD_READ && h.length > limits.maximumBlockSize) {
       return new BlkError('EINVAL', `read of ${h.length} bytes exceeds the maximum block size ${limits.maximumBlockSize}`);
