@@ -4,6 +4,8 @@ import { BlkError, type Errno } from '../errors.js';
 import { LineFramer } from '../control/framing.js';
 import type { Method, RpcResponse } from '../control/protocol.js';
 import { defaultControlPath } from '../control/paths.js';
+import { peerCredentials } from '../os/libc.js';
+import { socketDescriptor } from '../os/socket-descriptor.js';
 
 export class BlksnapClient {
   #socket: net.Socket;
@@ -28,6 +30,15 @@ export class BlksnapClient {
       const socket = net.createConnection(socketPath);
       socket.once('connect', () => {
         socket.removeAllListeners('error');
+        // A socket another user serves (a directory they made first) would be told our requests and could answer anything.
+        const fd = socketDescriptor(socket);
+        const server = fd >= 0 ? peerCredentials(fd) : null;
+        const me = process.getuid?.() ?? 0;
+        if (server !== null && server.uid !== 0 && server.uid !== me) {
+          socket.destroy();
+          reject(new BlkError('EACCES', `${socketPath} is served by uid ${server.uid} (pid ${server.pid}), neither root nor you (uid ${me}); refusing to talk to it`));
+          return;
+        }
         resolve(new BlksnapClient(socket));
       });
       socket.once('error', (e: NodeJS.ErrnoException) => {
@@ -61,6 +72,10 @@ export class BlksnapClient {
       response = JSON.parse(line) as RpcResponse;
     } catch {
       return this.#fail(new BlkError('EPROTO', 'the daemon sent a malformed reply'));
+    }
+    if (response.id === null && 'error' in response) {
+      // The daemon refused the connection itself (EACCES: who may use it), or a line it could not read.
+      return this.#fail(new BlkError((response.error.data?.errno ?? 'EIO') as Errno, response.error.message));
     }
     const waiter = typeof response.id === 'number' ? this.#waiting.get(response.id) : undefined;
     if (!waiter) return;

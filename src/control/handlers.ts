@@ -9,7 +9,7 @@ import { asParams, optionalBoolean, optionalString, requireArray, requireInteger
 export type Handler = (params: Params, caller: Caller) => Promise<unknown>;
 
 /** A caller for requests that come on no connection (tests, fuzzing): nothing of theirs ever closes. */
-export const NO_CALLER: Caller = { onClose: () => undefined };
+export const NO_CALLER: Caller = { onClose: () => undefined, peer: null };
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 

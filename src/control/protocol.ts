@@ -6,12 +6,22 @@ export const CONTROL_PROTOCOL_VERSION = 1;
 
 export interface Method<P, R> {
   readonly name: string;
+  /** Changes what the daemon holds (devices, snapshots, CBT): the daemon logs who asked. */
+  readonly changesState: boolean;
   /** Carries the types only; never set. */
   readonly types?: [P, R];
 }
 
-function method<P, R>(name: string): Method<P, R> {
-  return { name };
+const stateChanging = new Set<string>();
+
+function method<P, R>(name: string, changesState = false): Method<P, R> {
+  if (changesState) stateChanging.add(name);
+  return { name, changesState };
+}
+
+/** Whether a method (by its wire name) changes what the daemon holds. */
+export function isStateChanging(name: string): boolean {
+  return stateChanging.has(name);
 }
 
 export interface VersionResult {
@@ -88,17 +98,17 @@ export interface MarkDirtyParams extends DeviceParams {
 }
 
 export const Version = method<Record<string, never>, VersionResult>('version');
-export const DeviceAttach = method<AttachParams, DeviceInfo>('device.attach');
-export const DeviceDetach = method<DeviceParams, Record<string, never>>('device.detach');
+export const DeviceAttach = method<AttachParams, DeviceInfo>('device.attach', true);
+export const DeviceDetach = method<DeviceParams, Record<string, never>>('device.detach', true);
 export const DeviceList = method<Record<string, never>, { devices: DeviceInfo[] }>('device.list');
 export const CbtGetInfo = method<DeviceParams, CbtInfo>('cbt.info');
 export const CbtRead = method<CbtReadParams, CbtReadResult>('cbt.read');
-export const CbtMarkDirty = method<MarkDirtyParams, Record<string, never>>('cbt.markDirty');
+export const CbtMarkDirty = method<MarkDirtyParams, Record<string, never>>('cbt.markDirty', true);
 /**
  * The CBT switch a snapshot take performs, alone: holds writes, drains, flushes, switches. For
  * tools that keep their own point-in-time copy, and for tests.
  */
-export const CbtSwitch = method<DeviceParams, CbtInfo>('cbt.switch');
+export const CbtSwitch = method<DeviceParams, CbtInfo>('cbt.switch', true);
 
 /** JSON-RPC error object: code is the negative errno, data.errno its name. */
 export interface RpcError {
@@ -175,11 +185,11 @@ export interface SnapshotEventResult {
   data: Record<string, string | number>;
 }
 
-export const SnapshotCreate = method<SnapshotCreateParams, { id: string }>('snapshot.create');
-export const BackupAttach = method<BackupAttachParams, DeviceInfo>('backup.attach');
-export const SnapshotAdd = method<SnapshotIdParams & DeviceParams, Record<string, never>>('snapshot.add');
-export const SnapshotTake = method<SnapshotIdParams, { id: string; warnings: string[] }>('snapshot.take');
+export const SnapshotCreate = method<SnapshotCreateParams, { id: string }>('snapshot.create', true);
+export const BackupAttach = method<BackupAttachParams, DeviceInfo>('backup.attach', true);
+export const SnapshotAdd = method<SnapshotIdParams & DeviceParams, Record<string, never>>('snapshot.add', true);
+export const SnapshotTake = method<SnapshotIdParams, { id: string; warnings: string[] }>('snapshot.take', true);
 export const SnapshotCollect = method<Record<string, never>, { ids: string[] }>('snapshot.collect');
 export const SnapshotGetInfo = method<DeviceParams, SnapshotInfo>('snapshot.info');
 export const SnapshotWaitEvent = method<SnapshotIdParams & { timeoutMs: number }, SnapshotEventResult>('snapshot.waitEvent');
-export const SnapshotDestroy = method<SnapshotIdParams, Record<string, never>>('snapshot.destroy');
+export const SnapshotDestroy = method<SnapshotIdParams, Record<string, never>>('snapshot.destroy', true);

@@ -2,16 +2,26 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { BlkError, toBlkError } from '../errors.js';
+import { processGroups } from '../os/credentials.js';
+import { peerCredentials } from '../os/libc.js';
+import { socketDescriptor } from '../os/socket-descriptor.js';
 import { claimSocketPath } from '../os/socket-path.js';
 import { control as limits } from '../params.js';
 import { LineFramer } from './framing.js';
 import { dispatch, type Handler } from './handlers.js';
-import type { RpcResponse } from './protocol.js';
+import { isStateChanging, type RpcResponse } from './protocol.js';
 import type { Caller } from './service.js';
 
 function errorResponse(id: RpcResponse['id'], e: unknown): RpcResponse {
   const err = toBlkError(e);
   return { jsonrpc: '2.0', id, error: { code: -err.errno, message: err.message, data: { errno: err.code } } };
+}
+
+/** Who may use the control socket: root, the daemon's own user, and members of one group if given. */
+export interface ControlAccess {
+  uid: number;
+  /** --control-group: its members too (the socket is made mode 0660, owned by that group); null: nobody else. */
+  groupId: number | null;
 }
 
 export class ControlServer {
@@ -23,12 +33,14 @@ export class ControlServer {
   /** Logs each connection as it opens and closes (blksnapd --verbose). */
   #isVerbose: boolean;
   #connectionCount = 0;
+  #access: ControlAccess;
 
-  constructor(socketPath: string, handlers: ReadonlyMap<string, Handler>, log: (line: string) => void, options: { isVerbose?: boolean } = {}) {
+  constructor(socketPath: string, handlers: ReadonlyMap<string, Handler>, log: (line: string) => void, options: { isVerbose?: boolean; access?: ControlAccess } = {}) {
     this.#socketPath = socketPath;
     this.#handlers = handlers;
     this.#log = log;
     this.#isVerbose = options.isVerbose ?? false;
+    this.#access = options.access ?? { uid: process.getuid?.() ?? 0, groupId: null };
   }
 
   async start(): Promise<void> {
@@ -41,7 +53,12 @@ export class ControlServer {
         resolve();
       });
     });
-    fs.chmodSync(this.#socketPath, 0o600);
+    const group = this.#access.groupId;
+    if (group === null) fs.chmodSync(this.#socketPath, 0o600);
+    else {
+      fs.chownSync(this.#socketPath, this.#access.uid, group);
+      fs.chmodSync(this.#socketPath, 0o660);
+    }
     this.#server = server;
   }
 
@@ -54,10 +71,28 @@ export class ControlServer {
     fs.rmSync(this.#socketPath, { force: true });
   }
 
+  /** Why a peer may not use the socket, or null. The socket's mode is not relied on alone. */
+  #refusal(peer: { uid: number; gid: number; pid: number } | null): string | null {
+    if (peer === null) return 'the peer\'s credentials cannot be read (SO_PEERCRED)';
+    const { uid, groupId } = this.#access;
+    if (peer.uid === 0 || peer.uid === uid) return null;
+    if (groupId !== null && (peer.gid === groupId || processGroups(peer.pid).includes(groupId))) return null;
+    return `uid ${peer.uid} (pid ${peer.pid}) may not use this control socket: only root, uid ${uid}${groupId === null ? '' : ` and group ${groupId}`} may`;
+  }
+
   #accept(socket: net.Socket): void {
     if (this.#sockets.size >= limits.maximumConnections) {
       this.#log(`control connection refused: ${limits.maximumConnections} connections already`);
       socket.destroy();
+      return;
+    }
+    const fd = socketDescriptor(socket);
+    const peer = fd >= 0 ? peerCredentials(fd) : null;
+    const refusal = this.#refusal(peer);
+    if (refusal !== null) {
+      this.#log(`control connection refused: ${refusal}`);
+      socket.on('error', () => undefined);
+      socket.end(`${JSON.stringify(errorResponse(null, new BlkError('EACCES', refusal)))}\n`);
       return;
     }
     this.#sockets.add(socket);
@@ -69,7 +104,10 @@ export class ControlServer {
     socket.setEncoding('utf8');
     const framer = new LineFramer(limits.maximumLineLength);
     const closeHooks: Array<() => void> = [];
-    const caller: Caller = { onClose: (run) => (socket.destroyed ? queueMicrotask(run) : closeHooks.push(run)) };
+    const caller: Caller = {
+      onClose: (run) => (socket.destroyed ? queueMicrotask(run) : closeHooks.push(run)),
+      peer: peer === null ? null : { uid: peer.uid, pid: peer.pid },
+    };
     const send = (r: RpcResponse): void => {
       if (!socket.destroyed) socket.write(`${JSON.stringify(r)}\n`);
     };
@@ -138,9 +176,19 @@ export class ControlServer {
       send(errorResponse(id, new BlkError('EINVAL', "control request has no 'method' string")));
       return Promise.resolve();
     }
+    if (isStateChanging(method) && this.#handlers.has(method)) {
+      const asked = caller.peer ? `uid ${caller.peer.uid} (pid ${caller.peer.pid})` : 'an unknown peer';
+      this.#log(`control: ${asked} asks ${method} ${summarize(params)}`);
+    }
     return dispatch(this.#handlers, method, params, caller).then(
       (result) => send({ jsonrpc: '2.0', id, result }),
       (e: unknown) => send(errorResponse(id, e)),
     );
   }
+}
+
+/** The params of a logged request, short: one line, at most 200 characters. */
+function summarize(params: unknown): string {
+  const text = JSON.stringify(params ?? {}) ?? '';
+  return text.length > 200 ? `${text.slice(0, 197)}...` : text;
 }

@@ -7,6 +7,8 @@ export type DirtyRanges = { ranges: Array<{ offset: number; length: number }> } 
 /** The control connection a request came on: what it owns ends when it closes. */
 export interface Caller {
   onClose(run: () => void): void;
+  /** Who is asking (SO_PEERCRED of the control connection); null where it came on no connection. */
+  readonly peer: { uid: number; pid: number } | null;
 }
 
 /**

@@ -19,6 +19,8 @@ import { Metrics } from './metrics.js';
 import { WorkerPool } from '../backup/worker-pool.js';
 import { backup as backupParams } from '../params.js';
 import { isProcessRunning } from '../os/process-alive.js';
+import { groupId } from '../os/credentials.js';
+import { ensurePrivateDirectory, readOwnFile, writeOwnFile } from '../os/private-dir.js';
 
 export class Daemon {
   readonly registry = new Registry();
@@ -32,6 +34,7 @@ export class Daemon {
   #hasPidFile = false;
   #backupWorkers: WorkerPool | undefined;
   #tls: TlsServer | null;
+  #controlGroup: number | null;
 
   /** The Prometheus endpoint, with --metrics. */
   readonly metrics: Metrics | null;
@@ -91,12 +94,22 @@ export class Daemon {
       overlayDir: config.stateDir,
       log,
     });
-    this.control = new ControlServer(config.controlPath, controlHandlers(this.service), log, { isVerbose: config.isVerbose });
+    const controlGroup = config.controlGroup === null ? null : groupId(config.controlGroup);
+    this.#controlGroup = controlGroup;
+    this.control = new ControlServer(config.controlPath, controlHandlers(this.service), log, {
+      isVerbose: config.isVerbose,
+      access: { uid: process.getuid?.() ?? 0, groupId: controlGroup },
+    });
   }
 
   async start(): Promise<void> {
-    for (const dir of [this.config.stateDir, path.dirname(this.config.controlPath), path.dirname(this.config.nbdPath)]) {
-      fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    ensurePrivateDirectory(this.config.stateDir, 'state directory');
+    for (const dir of new Set([path.dirname(this.config.controlPath), path.dirname(this.config.nbdPath)])) ensurePrivateDirectory(dir, 'socket directory');
+    if (this.#controlGroup !== null) {
+      // The group's members reach the control socket through its directory: they may pass, not list or write.
+      const dir = path.dirname(this.config.controlPath);
+      fs.chownSync(dir, process.getuid?.() ?? 0, this.#controlGroup);
+      fs.chmodSync(dir, fs.statSync(dir).mode & 0o7777 | 0o010);
     }
     this.#claimPidFile();
     await this.loopDevices.cleanLeftovers();
@@ -150,7 +163,7 @@ export class Daemon {
   /** One daemon per state directory: a pid file naming a live process refuses a second one. */
   #claimPidFile(): void {
     try {
-      const pid = Number(fs.readFileSync(this.#pidFile, 'utf8').trim());
+      const pid = Number(readOwnFile(this.#pidFile).trim());
       if (pid > 0 && pid !== process.pid) {
         if (isProcessRunning(pid)) throw new BlkError('EBUSY', `another blksnapd (pid ${pid}) uses state directory ${this.config.stateDir}`);
         this.#log(`removing stale pid file of pid ${pid}`);
@@ -158,7 +171,7 @@ export class Daemon {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     }
-    fs.writeFileSync(this.#pidFile, `${process.pid}\n`);
+    writeOwnFile(this.#pidFile, `${process.pid}\n`, 0o644);
     this.#hasPidFile = true;
   }
 }

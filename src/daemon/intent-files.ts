@@ -94,8 +94,8 @@ export class IntentFiles implements IntentRecord {
     const last = await readIntent(dir, name);
     const sequence = last !== null && 'sequence' in last ? last.sequence : 0;
     const [a, b] = slotPaths(dir, name);
-    const first = await fs.promises.open(a, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
-    const second = await fs.promises.open(b, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600).catch(async (e: unknown) => {
+    const first = await fs.promises.open(a, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600);
+    const second = await fs.promises.open(b, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600).catch(async (e: unknown) => {
       await first.close();
       throw e;
     });

@@ -1,5 +1,6 @@
 // Owns the daemon's kernel block devices: which export has which /dev/loopN, saved so a crashed daemon's are cleaned.
 import * as fs from 'node:fs';
+import { readOwnFile, writeOwnFile } from '../os/private-dir.js';
 import * as path from 'node:path';
 import type { BlockDevice } from '../core/block-device.js';
 import { BlkError } from '../errors.js';
@@ -108,7 +109,7 @@ export class LoopDevices {
   async cleanLeftovers(): Promise<void> {
     let leftovers: LoopRecord[] = [];
     try {
-      leftovers = JSON.parse(fs.readFileSync(this.#recordFile, 'utf8')) as LoopRecord[];
+      leftovers = JSON.parse(readOwnFile(this.#recordFile)) as LoopRecord[];
     } catch {
       return;
     }
@@ -121,6 +122,6 @@ export class LoopDevices {
 
   #save(): void {
     fs.mkdirSync(path.dirname(this.#recordFile), { recursive: true });
-    fs.writeFileSync(this.#recordFile, JSON.stringify([...this.#records.values()], null, 1));
+    writeOwnFile(this.#recordFile, JSON.stringify([...this.#records.values()], null, 1));
   }
 }

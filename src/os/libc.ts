@@ -390,3 +390,14 @@ export function terminateWithParent(): boolean {
   if ((prctlFn(PR_SET_PDEATHSIG, 'unsigned long', SIGTERM) as number) !== 0) throw fail('prctl', '(PR_SET_PDEATHSIG)');
   return process.ppid === parent && parent !== 1;
 }
+
+const getsockoptFn = libc.func('int getsockopt(int fd, int level, int name, _Out_ uint8_t *value, _Inout_ uint32_t *length)');
+const SO_PEERCRED = 17;
+
+/** Who is at the other end of a Unix socket (SO_PEERCRED: as it was at connect), or null where the kernel cannot say. */
+export function peerCredentials(fd: number): { pid: number; uid: number; gid: number } | null {
+  const ucred = Buffer.alloc(12);
+  const length = [12];
+  if ((getsockoptFn(fd, SOL_SOCKET, SO_PEERCRED, ucred, length) as number) !== 0 || length[0] !== 12) return null;
+  return { pid: ucred.readInt32LE(0), uid: ucred.readUInt32LE(4), gid: ucred.readUInt32LE(8) };
+}

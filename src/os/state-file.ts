@@ -27,7 +27,9 @@ export async function writeStateFile(file: string, kind: number, version: number
   header.writeBigUInt64LE(BigInt(payload.length), 16);
   digest(payload).copy(header, 24);
   const temp = `${file}.${process.pid}.tmp`;
-  const handle = await fs.promises.open(temp, 'w', 0o600);
+  // A new file of our own, never a symlink's target: one left by a killed writer of this pid goes first.
+  await fs.promises.rm(temp, { force: true });
+  const handle = await fs.promises.open(temp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
   try {
     await handle.writev([header, payload]);
     await handle.sync();
