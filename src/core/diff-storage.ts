@@ -48,6 +48,8 @@ export class DiffStorage {
   #growing: Promise<void> | null = null;
   #noSpace = new Emitter<{ requestedSectors: number }>();
   readonly onNoSpace = this.#noSpace.event;
+  /** no_space was raised and the storage has not grown since: blksnap raises a condition once. */
+  #isNoSpaceRaised = false;
   /**
    * Copies go here when set (O_DIRECT, into new slots only); reads and image writes use the store's
    * page cache, with read-ahead off so that no page of a slot is cached before its copy is written.
@@ -157,7 +159,7 @@ export class DiffStorage {
         return offset;
       }
       if (!this.#canGrow()) {
-        this.#noSpace.fire({ requestedSectors: Math.ceil(length / SECTOR_SIZE) });
+        this.#raiseNoSpace(length);
         throw new BlkError('ENOSPC', `difference storage is full: ${this.#filled} of ${this.limit} bytes used`);
       }
       await this.#startGrowth();
@@ -267,12 +269,20 @@ export class DiffStorage {
     try {
       await this.store.grow(this.#capacity, step);
       this.#capacity += step;
+      this.#isNoSpaceRaised = false;
     } catch (e) {
       // The filesystem is full: what is allocated is all there will be.
       const err = toBlkError(e);
       if (err.code !== 'ENOSPC' && err.code !== 'EDQUOT') throw err;
-      this.#noSpace.fire({ requestedSectors: Math.ceil(step / SECTOR_SIZE) });
+      this.#raiseNoSpace(step);
       this.#limit = this.#capacity;
     }
+  }
+
+  /** The no_space event, once per condition: every allocation failing after it would otherwise raise its own. */
+  #raiseNoSpace(bytes: number): void {
+    if (this.#isNoSpaceRaised) return;
+    this.#isNoSpaceRaised = true;
+    this.#noSpace.fire({ requestedSectors: Math.ceil(bytes / SECTOR_SIZE) });
   }
 }

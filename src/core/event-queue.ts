@@ -6,7 +6,10 @@ export type SnapshotEvent =
   | { code: 'corrupted'; time: number; data: { device: string; errorCode: number } }
   | { code: 'no_space'; time: number; data: { requestedSectors: number } };
 
-/** Bounded: past `maximumLength` the oldest event is dropped, so an unread queue cannot grow forever. */
+/**
+ * Bounded: past `maximumLength` the oldest event other than `corrupted` is dropped, so an unread
+ * queue cannot grow forever and the one event that says the snapshot is broken is never lost.
+ */
 export class EventQueue {
   #events: SnapshotEvent[] = [];
   #waiters: Array<(e: SnapshotEvent | null) => void> = [];
@@ -26,7 +29,10 @@ export class EventQueue {
     const waiter = this.#waiters.shift();
     if (waiter) return waiter(event);
     this.#events.push(event);
-    if (this.#events.length > this.maximumLength) this.#events.shift();
+    if (this.#events.length > this.maximumLength) {
+      const oldest = this.#events.findIndex((e) => e.code !== 'corrupted');
+      this.#events.splice(oldest < 0 ? 0 : oldest, 1);
+    }
   }
 
   /** The next event, or null after timeoutMs. Rejects once the queue is closed (snapshot destroyed). */

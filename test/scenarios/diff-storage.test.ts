@@ -154,3 +154,32 @@ describe('overflow: a limit too small corrupts the snapshot, never the device', 
     await s.destroy(id);
   });
 });
+
+describe('overflow under many concurrent writers: the watcher sees each condition once, and corrupted is never lost', () => {
+  let s: Scenario;
+  before(async () => (s = await Scenario.start([64 * MiB])));
+  after(async () => s?.stop());
+
+  it('an 8 MiB difference storage overrun by 64 MiB from 16 connections: one no_space, then one corrupted', async () => {
+    const store = s.path('flood-store');
+    fs.writeFileSync(store, '');
+    const id = await s.take(['dev0'], { diffStorage: store, limit: 8 * MiB, diffStorageMinimum: 2 * MiB, chunkMinimumShift: 16 });
+    const clients = await Promise.all(Array.from({ length: 16 }, () => NbdClient.connect(s.daemon.nbdPath, 'dev0')));
+    // Every 64 KiB chunk of the device gets a 4 KiB write: 1024 copies wanted, 128 fit.
+    await Promise.all(clients.map(async (c, i) => {
+      const writes: Array<Promise<void>> = [];
+      for (let chunk = i; chunk < 1024; chunk += clients.length) writes.push(c.pwrite(chunk * 65536, Buffer.alloc(4096, i + 1)));
+      await Promise.all(writes);
+    }));
+    assert.equal((await s.client.call(api.SnapshotGetInfo, { device: 'dev0' })).errorCode, -28);
+    const events: string[] = [];
+    for (;;) {
+      const e = await s.client.call(api.SnapshotWaitEvent, { id, timeoutMs: 500 });
+      if (e.code === 'timeout') break;
+      events.push(e.code);
+    }
+    assert.deepEqual(events, ['no_space', 'corrupted']);
+    for (const c of clients) c.close();
+    await s.destroy(id);
+  });
+});

@@ -21,6 +21,18 @@ describe('LineFramer', () => {
     );
   });
 
+  // A hang guard, not a speed measure: joining and re-splitting the whole partial line at every
+  // piece made this quadratic (an 8 MiB line in 16-byte pieces: terabytes of copying).
+  it('takes a long line sent in many small pieces in linear work', { timeout: 60_000 }, () => {
+    const framer = new LineFramer(16 << 20);
+    const piece = 'x'.repeat(16);
+    for (let i = 0; i < (8 << 20) / 16; i++) assert.equal(framer.push(piece).length, 0);
+    const lines = framer.push('\nnext\n');
+    assert.equal(lines.length, 2);
+    assert.equal(lines[0]?.length, 8 << 20);
+    assert.equal(lines[1], 'next');
+  });
+
   it('rejects a line longer than the bound, even before its newline', () => {
     const framer = new LineFramer(10);
     assert.throws(() => framer.push('x'.repeat(11)), { code: 'EINVAL' });
