@@ -65,6 +65,7 @@ function parseSnapshotCreate(p: Params, m: string): api.SnapshotCreateParams {
     ...(chunkMinimumShift === undefined ? {} : { chunkMinimumShift }),
     ...(chunkMaximumInQueue === undefined ? {} : { chunkMaximumInQueue }),
     ...(optionalBoolean(p, 'ownedByConnection', m) ? { ownedByConnection: true } : {}),
+    ...(optionalBoolean(p, 'force', m) ? { force: true } : {}),
   };
 }
 

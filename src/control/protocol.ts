@@ -154,6 +154,8 @@ export interface SnapshotCreateParams {
   chunkMaximumInQueue?: number;
   /** Destroyed when the control connection that created it closes (a backup's snapshot never outlives it). */
   ownedByConnection?: boolean;
+  /** A regular file that holds data may be overwritten; without it such a file is refused (EEXIST). */
+  force?: boolean;
 }
 
 export interface SnapshotIdParams {

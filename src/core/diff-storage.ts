@@ -29,6 +29,8 @@ export interface DiffStorageOptions {
    * refuses direct I/O, they go through the page cache.
    */
   isCopyDirect?: boolean;
+  /** A regular file that holds data is emptied all the same; without it such a file is refused (EEXIST). */
+  force?: boolean;
 }
 
 
@@ -94,6 +96,7 @@ export class DiffStorage {
       kind = store.can.isBlockDevice ? 'block' : 'file';
     }
     try {
+      if (kind === 'file' && !options.force) await refuseFileWithData(store, target);
       const own = store.identity();
       for (const device of options.devices) {
         const d = device.identity();
@@ -285,4 +288,11 @@ export class DiffStorage {
     this.#isNoSpaceRaised = true;
     this.#noSpace.fire({ requestedSectors: Math.ceil(bytes / SECTOR_SIZE) });
   }
+}
+
+/** A regular file given as difference storage is emptied: refused (EEXIST) when it holds any data, since that may be somebody's. */
+async function refuseFileWithData(store: Storage, target: string): Promise<void> {
+  if (store.size === 0) return;
+  const data = (await store.extents(0, store.size, 4)).find((e) => !e.isHole);
+  if (data) throw new BlkError('EEXIST', `difference storage ${target} holds data (from offset ${data.offset}), which the snapshot would overwrite; give an empty file, a directory or a block device, or --force`, { path: target });
 }

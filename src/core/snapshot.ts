@@ -22,6 +22,8 @@ export interface SnapshotOptions {
   chunkMaximumInQueue?: number;
   /** Copy-on-write copies bypass the page cache (O_DIRECT) where the difference storage's filesystem allows. */
   isCowCopyDirect?: boolean;
+  /** A regular file that holds data may be overwritten (else EEXIST). */
+  force?: boolean;
 }
 
 /** Where images go: the daemon registers them as exports. */
@@ -90,6 +92,7 @@ export class Snapshot implements SnapshotHealth {
       minimum: this.options.diffStorageMinimum ?? params.diffStorageMinimum,
       devices: this.#devices.map((d) => d.storage),
       isCopyDirect: this.options.isCowCopyDirect ?? false,
+      force: this.options.force ?? false,
     });
     this.#diff.onNoSpace(({ requestedSectors }) => this.events.push({ code: 'no_space', time: Date.now(), data: { requestedSectors } }));
   }

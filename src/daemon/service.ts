@@ -246,6 +246,7 @@ export class BlksnapService implements ControlService {
       diffStorage: p.diffStorage,
       limit: p.limit,
       isCowCopyDirect: this.#o.isCowCopyDirect,
+      ...(p.force ? { force: true } : {}),
       ...(p.diffStorageMinimum === undefined ? {} : { diffStorageMinimum: p.diffStorageMinimum }),
       ...(p.chunkMinimumShift === undefined ? {} : { chunkMinimumShift: p.chunkMinimumShift }),
       ...(p.chunkMaximumInQueue === undefined ? {} : { chunkMaximumInQueue: p.chunkMaximumInQueue }),

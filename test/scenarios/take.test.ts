@@ -183,6 +183,23 @@ describe('snapshot take', () => {
     await s.destroy(await s.take(['dev0']));
   });
 
+  it('a difference storage file that holds data is refused (EEXIST) and left as it was, unless --force; empty and sparse files are taken', async () => {
+    const precious = s.path('precious');
+    const content = Buffer.alloc(3 * MiB, 0x5a);
+    fs.writeFileSync(precious, content);
+    await assert.rejects(s.client.call(api.SnapshotCreate, { devices: ['dev0'], diffStorage: precious, limit: 4 * MiB }), { code: 'EEXIST', message: /holds data/ });
+    const cli = await s.daemon.cli('snapshot_create', '--device', 'dev0', '--file', precious, '--limit', '4M');
+    assert.notEqual(cli.code, 0);
+    assert.match(cli.stderr, /EEXIST: difference storage .*precious holds data .*--force/);
+    assert.ok(fs.readFileSync(precious).equals(content), 'not a byte of it was punched out');
+    const sparse = s.path('sparse-store');
+    fs.writeFileSync(sparse, '');
+    fs.truncateSync(sparse, 8 * MiB);
+    await s.destroy(await s.take(['dev0'], { diffStorage: sparse, limit: 8 * MiB }));
+    const { id } = await s.daemon.json<{ id: string }>('snapshot_create', '--device', 'dev0', '--file', precious, '--limit', '4M', '--force');
+    await s.destroy(id);
+  });
+
   it('the CLI drives the whole life cycle with --json; the watcher prints events until destroy', async () => {
     const store = s.path('cli-store');
     fs.writeFileSync(store, '');

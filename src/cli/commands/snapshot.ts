@@ -27,9 +27,11 @@ export const snapshotCommands: Command[] = [
       limit: { kind: 'value', help: 'largest size of the difference storage, N[K|M|G|T]', isRequired: true },
       'diff-storage-minimum': { kind: 'value', help: 'growth step of a file difference storage, N[K|M|G] (default 1G)' },
       'chunk-minimum-shift': { kind: 'value', help: 'log2 of the smallest chunk size (default 18)' },
+      force: { kind: 'flag', help: 'overwrite a --file that holds data (refused without it: EEXIST)' },
     },
     async run(o, io) {
       const params: api.SnapshotCreateParams = { devices: o.lists.get('device') ?? [], diffStorage: value(o, 'file'), limit: parseSize(value(o, 'limit')) };
+      if (o.flags.has('force')) params.force = true;
       const minimum = o.values.get('diff-storage-minimum');
       if (minimum !== undefined) params.diffStorageMinimum = parseSize(minimum);
       const shift = wholeNumber(o, 'chunk-minimum-shift');
