@@ -29,17 +29,28 @@ export function openUnnamedFile(dir: string): Promise<number> {
 export async function fileExtentsOn(file: string, blockDevice: string): Promise<Array<{ offset: number; length: number }>> {
   let fd: number;
   try {
-    fd = await openAsync(file, fs.constants.O_RDONLY);
+    // Non-blocking: a FIFO's open would wait for a writer, and hold a thread-pool thread meanwhile.
+    fd = await openAsync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
   } catch (e) {
     throw new BlkError(toBlkError(e).code, `cannot open ${file}: ${toBlkError(e).message}`);
   }
   try {
     const st = await fstatAsync(fd);
+    if (!st.isFile()) throw new BlkError('EINVAL', `${file} is ${kindOf(st)}, not a regular file: only a file has extents on the device`);
     if (st.dev !== fs.statSync(blockDevice).rdev) throw new BlkError('EINVAL', `${file} is not on a filesystem mounted from ${blockDevice}`);
     return await fileExtents(fd);
   } finally {
     await closeAsync(fd);
   }
+}
+
+function kindOf(st: fs.Stats): string {
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isDirectory()) return 'a directory';
+  if (st.isBlockDevice()) return 'a block device';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isSocket()) return 'a socket';
+  return 'not a regular file';
 }
 
 /**

@@ -250,6 +250,15 @@ describe('filesystems on kernel block devices', { skip }, () => {
     for (const b of oldBlocks) assert.equal(map[b], changesNumber, `block ${b} of the old file marked`);
     const elsewhere = await daemon.cli('markdirtyblock', '--device', 'cbt-ext4', '--file', path.join(tmp.dir, 'cbt-ext4'));
     assert.match(elsewhere.stderr, /EINVAL: .* is not on a filesystem mounted from/);
+    // A FIFO (no writer ever comes): refused at once, and no thread-pool thread stays blocked in its open.
+    const fifo = path.join(dir, 'fifo');
+    await check('mkfifo', [fifo]);
+    const fifoMarks = await Promise.all(Array.from({ length: 6 }, () => daemon.cli('markdirtyblock', '--device', 'cbt-ext4', '--file', fifo)));
+    for (const m of fifoMarks) assert.match(m.stderr, /EINVAL: .*fifo is a FIFO, not a regular file/);
+    const stillServing = path.join(tmp.dir, 'after-fifo');
+    fs.writeFileSync(stillServing, Buffer.alloc(MiB));
+    await client.call(api.DeviceAttach, { path: stillServing });
+    await client.call(api.DeviceDetach, { device: 'after-fifo' });
     await mounts.umount(dir);
     await client.call(api.DeviceDetach, { device: 'cbt-ext4' });
   });
