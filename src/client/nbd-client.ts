@@ -12,6 +12,21 @@ import { ByteQueue } from '../util/byte-queue.js';
 
 const REPLY_TYPE_OFFSET_HOLE = 2;
 const REPLY_TYPE_ERROR_BIT = 1 << 15;
+/** The largest block status chunk taken: 2^21 extents (a map's worth of tracking blocks) of 8 bytes, and the context id. */
+const MAXIMUM_STATUS_CHUNK = 4 + 8 * 2 ** 21;
+/** The largest error chunk: errno, message length, a message of up to 4096 bytes, an offset. */
+const MAXIMUM_ERROR_CHUNK = 4 + 2 + 4096 + 8;
+
+/** How long a structured reply chunk of `type` may be for request `p`. */
+function chunkBound(type: number, p: { kind: string; length: number }): number {
+  if (type === w.NBD_REPLY_TYPE_OFFSET_DATA) return p.kind === 'read' ? 8 + p.length : 0;
+  if (type === REPLY_TYPE_OFFSET_HOLE) return 12;
+  if (type === w.NBD_REPLY_TYPE_BLOCK_STATUS) return p.kind === 'status' ? MAXIMUM_STATUS_CHUNK : 0;
+  if (type === w.NBD_REPLY_TYPE_NONE) return 0;
+  // Errors, and types this client does not know (skipped): room for a message.
+  return MAXIMUM_ERROR_CHUNK;
+}
+
 /** A structured reply's header; a data chunk's offset follows it. */
 const STRUCTURED_HEADER = 20;
 /** Reads from this size on are worth a read(2) for their headers alone (see #headerBytesWanted). */
@@ -411,6 +426,10 @@ export class NbdClient {
           if (q.length < 20) return;
           const h = q.take(20);
           this.#partial = { cookie: h.readBigUInt64BE(8), kind: 'structured', flags: h.readUInt16BE(4), type: h.readUInt16BE(6), length: h.readUInt32BE(16) };
+          const p = this.#pending.get(this.#partial.cookie);
+          const bound = p ? chunkBound(this.#partial.type, p) : 0;
+          // A chunk is buffered whole before it is parsed: a length no request needs is refused, not awaited.
+          if (this.#partial.length > bound) return this.#fail(new BlkError('EPROTO', `the NBD server claims a ${this.#partial.length}-byte reply chunk of type ${this.#partial.type} for ${p?.what ?? 'no request'}, more than the ${bound} it can need`));
         } else {
           return this.#fail(new BlkError('EPROTO', `the NBD server sent a reply with magic 0x${magic.toString(16)}`));
         }

@@ -97,3 +97,59 @@ describe('library NBD client', { skip: missing('qemu-nbd') }, () => {
     }
   });
 });
+
+describe('library NBD client against a hostile server', () => {
+  it('a reply chunk claiming more than any request needs ends the connection (EPROTO) instead of being buffered', async () => {
+    const { TestDaemon } = await import('../helpers/daemon.js');
+    const tmp = tempDir();
+    const disk = path.join(tmp.dir, 'disk');
+    fs.writeFileSync(disk, Buffer.alloc(MiB));
+    const daemon = await TestDaemon.start(['--attach', disk]);
+    // Passes the handshake through; answers the first BLOCK_STATUS itself: a chunk header claiming
+    // 4 GiB, then junk for as long as the client keeps reading.
+    const hostile = path.join(tmp.dir, 'hostile.sock');
+    let junkSent = 0;
+    const proxy = net.createServer((c) => {
+      const up = net.connect(daemon.nbdPath);
+      let isHijacked = false;
+      c.on('data', (b: Buffer) => {
+        const at = b.indexOf(Buffer.from([0x25, 0x60, 0x95, 0x13, 0, 0, 0, 7]));
+        if (at < 0 || isHijacked) return void up.write(b);
+        isHijacked = true;
+        const reply = Buffer.alloc(20);
+        reply.writeUInt32BE(0x668e33ef, 0);
+        reply.writeUInt16BE(1, 4); // DONE
+        reply.writeUInt16BE(5, 6); // BLOCK_STATUS
+        b.copy(reply, 8, at + 8, at + 16); // the request's cookie
+        reply.writeUInt32BE(0xfffffff0, 16);
+        c.write(reply);
+        const junk = Buffer.alloc(MiB, 0xab);
+        const pump = (): void => {
+          while (!c.destroyed && junkSent < 256 * MiB) {
+            junkSent += junk.length;
+            if (!c.write(junk)) return void c.once('drain', pump);
+          }
+          c.end();
+        };
+        pump();
+      });
+      up.on('data', (b: Buffer) => {
+        if (!isHijacked) c.write(b);
+      });
+      c.on('error', () => up.destroy());
+      c.on('close', () => up.destroy());
+      up.on('error', () => c.destroy());
+    });
+    await new Promise<void>((r) => proxy.listen(hostile, r));
+    try {
+      const client = await NbdClient.connect(`nbd+unix:///disk?socket=${hostile}`, { metaContexts: ['base:allocation'] });
+      await assert.rejects(client.blockStatus('base:allocation', 0, MiB), (e: NodeJS.ErrnoException) => e.code === 'EPROTO' && /claims a 4294967280-byte reply chunk/.test(e.message));
+      await client.close().catch(() => undefined);
+      assert.ok(junkSent < 64 * MiB, `the client stopped reading after ${junkSent / MiB} MiB`);
+    } finally {
+      proxy.close();
+      await daemon.stop();
+      tmp.remove();
+    }
+  });
+});
