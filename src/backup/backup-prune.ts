@@ -24,6 +24,8 @@ export interface PruneOptions {
 export interface PruneResult {
   /** Kept by the policy, or because a daemon serves them (backup_attach). */
   kept: string[];
+  /** What a user should know before trusting the result: backups dated far in the future (a wrong clock). */
+  warnings: string[];
   removed: string[];
   removedChunks: number;
   removedPages: number;
@@ -63,14 +65,28 @@ function isHeld(repo: string, id: string): boolean {
   return fs.readdirSync(layout.backup(repo, id)).some((n) => n.startsWith('.held-by-') && isProcessRunning(Number(n.split('-')[2])));
 }
 
+/** A backup dated more than this ahead of now was made by a host whose clock is wrong. */
+const FUTURE_SLACK_MS = 24 * 3600 * 1000;
+
+/** Backups newest first by the time their manifests record (ties by id); those dated far ahead of `now` named. */
+export function byRecordedTime(list: Array<{ id: string; time: string }>, now = Date.now()): { backups: Array<{ id: string; time: Date }>; warnings: string[] } {
+  const backups = list
+    .map((b) => ({ id: b.id, time: new Date(Number.isNaN(Date.parse(b.time)) ? 0 : Date.parse(b.time)) }))
+    .sort((a, b) => b.time.getTime() - a.time.getTime() || (a.id < b.id ? 1 : -1));
+  const warnings = backups
+    .filter((b) => b.time.getTime() > now + FUTURE_SLACK_MS)
+    .map((b) => `backup ${b.id} is dated ${b.time.toISOString()}, in the future: the clock of the host that made it is wrong, and it counts as the newest`);
+  return { backups, warnings };
+}
+
 export async function pruneRepository(repo: Repository, o: PruneOptions): Promise<PruneResult> {
   if (!(o.keepLast >= 1)) throw new BlkError('EINVAL', 'backup_prune: --keep-last takes 1 or more (a prune never removes every backup)');
-  const backups = repo.list().map((b) => ({ id: b.id, time: new Date(b.time || 0) })).sort((a, b) => (a.id < b.id ? 1 : -1));
+  const { backups, warnings } = byRecordedTime(repo.list());
   const kept = keptBy(backups, o);
   // A backup a live daemon serves as a device (backup_attach) stays, whatever the policy says.
   for (const b of backups) if (isHeld(repo.dir, b.id)) kept.add(b.id);
   const removed = backups.filter((b) => !kept.has(b.id)).map((b) => b.id);
-  const result: PruneResult = { kept: [...kept].sort(), removed, removedChunks: 0, removedPages: 0, freedBytes: 0, dryRun: o.dryRun ?? false };
+  const result: PruneResult = { kept: [...kept].sort(), warnings, removed, removedChunks: 0, removedPages: 0, freedBytes: 0, dryRun: o.dryRun ?? false };
   if (o.dryRun) return result;
   for (const id of removed) {
     // Renamed first: a crash mid-removal leaves no half backup that looks whole.

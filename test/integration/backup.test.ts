@@ -469,4 +469,17 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
       remove();
     }
   });
+
+  it('backup_create --nbd without TLS credentials is refused unless --tls off says so', async () => {
+    await withDaemon({ 'c.img': 8 * MiB }, async (daemon, repo, dir) => {
+      await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5e 1M 2M', daemon.uri('c.img')]);
+      const port = /nbd tcp port (\d+)/.exec(daemon.log)?.[1];
+      const silent = await daemon.cli('backup_create', '--repo', repo.dir, '--device', 'c.img', '--diff-storage', dir, '--nbd', `127.0.0.1:${port}`);
+      assert.equal(silent.code, 22, silent.stderr);
+      assert.match(silent.stderr, /EINVAL: backup_create: --nbd 127\.0\.0\.1:\d+ reads the images over the network: give --tls-certs DIR or --tls-psk FILE, or --tls off/);
+      assert.equal(repo.list().length, 0, 'nothing was read or stored');
+      const clear = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 'c.img', '--diff-storage', dir, '--nbd', `127.0.0.1:${port}`, '--tls', 'off');
+      assert.equal(clear.devices[0]?.readBytes, 2 * MiB);
+    }, ['--listen', '127.0.0.1:0', '--tls', 'off']);
+  });
 });

@@ -33,11 +33,17 @@ function imageOverTcp(o: ParsedOptions): Pick<CreateOptions, 'imageUri' | 'tls'>
   const address = o.values.get('nbd');
   const certsDir = o.values.get('tls-certs');
   const pskFile = o.values.get('tls-psk');
+  const tlsMode = o.values.get('tls');
+  if (tlsMode !== undefined && tlsMode !== 'on' && tlsMode !== 'off') throw new BlkError('EINVAL', `backup_create: --tls takes on or off, not '${tlsMode}'`);
   if (address === undefined) {
-    if (certsDir !== undefined || pskFile !== undefined) throw new BlkError('EINVAL', 'backup_create: --tls-certs and --tls-psk go with --nbd HOST:PORT');
+    if (certsDir !== undefined || pskFile !== undefined || tlsMode !== undefined) throw new BlkError('EINVAL', 'backup_create: --tls, --tls-certs and --tls-psk go with --nbd HOST:PORT');
     return {};
   }
   if (!/^[^\s/]+:\d+$/.test(address)) throw new BlkError('EINVAL', `backup_create: --nbd takes HOST:PORT, not '${address}'`);
+  const hasCredentials = certsDir !== undefined || pskFile !== undefined;
+  if (tlsMode === 'off' && hasCredentials) throw new BlkError('EINVAL', 'backup_create: --tls off and TLS credentials contradict each other');
+  // The images cross the network: in the clear only when asked for in so many words.
+  if (tlsMode !== 'off' && !hasCredentials) throw new BlkError('EINVAL', `backup_create: --nbd ${address} reads the images over the network: give --tls-certs DIR or --tls-psk FILE, or --tls off to read them in the clear`);
   let tls: NbdTlsOptions | undefined;
   if (pskFile !== undefined) {
     const line = fs.readFileSync(pskFile, 'utf8').split('\n').find((l) => l.includes(':'));
@@ -73,7 +79,8 @@ export const backupCommands: Command[] = [
       limit: { kind: 'value', help: 'its largest size, N[K|M|G|T] (default 1/4 of the devices, at least 1G)' },
       full: { kind: 'flag', help: 'read every allocated block, even where an incremental could be made' },
       'read-fronts': { kind: 'value', help: `places of a device read at once, 1-16 (default ${backupParams.readFronts}; 1 for a rotating disk)` },
-      nbd: { kind: 'value', help: "read the images over the daemon's TCP listener HOST:PORT (default: its Unix socket)" },
+      nbd: { kind: 'value', help: "read the images over the daemon's TCP listener HOST:PORT (default: its Unix socket); needs TLS credentials or --tls off" },
+      tls: { kind: 'value', help: 'with --nbd: off reads the images in the clear (refused otherwise without credentials)' },
       'tls-certs': { kind: 'value', help: 'with --nbd: TLS with X.509, QEMU\'s layout (ca-cert.pem; client-cert.pem, client-key.pem)' },
       'tls-psk': { kind: 'value', help: "with --nbd: TLS with a pre-shared key, nbdkit's file format (the first username:hexkey line)" },
     },
@@ -162,6 +169,7 @@ export const backupCommands: Command[] = [
         dryRun: o.flags.has('dry-run'),
         ...(bar ? { progress: bar } : {}),
       });
+      for (const w of r.warnings) process.stderr.write(`blksnap backup_prune: warning: ${w}\n`);
       io.print(r, `${r.dryRun ? 'would remove' : 'removed'} ${r.removed.length} backups (${r.removed.join(', ') || 'none'}); kept ${r.kept.length}${r.dryRun ? '' : `; ${r.removedChunks} chunks and ${r.removedPages} index pages freed ${mib(r.freedBytes)}`}`);
     },
   },
