@@ -5,9 +5,10 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ChunkIndex } from '../backup/chunk-index.js';
-import { readIndex } from '../backup/digest-index.js';
-import { isZeroDigest, layout } from '../backup/layout.js';
-import { readManifest } from '../backup/manifest.js';
+import { readIndexAsync } from '../backup/digest-index.js';
+import { BACKUP_ID_PATTERN, isZeroDigest, layout } from '../backup/layout.js';
+import { readManifestAsync } from '../backup/manifest.js';
+import { lockRepository } from '../backup/repository.js';
 import type { WorkerPool } from '../backup/worker-pool.js';
 import { BlkError, toBlkError } from '../errors.js';
 import { closeAsync, openUnnamedFile } from '../os/async-fs.js';
@@ -64,24 +65,42 @@ export class BackupStorage implements Storage {
     this.can = { isBlockDevice: false, isReadOnly: overlayFd === null, grow: false };
   }
 
-  /** Opens backup `id`'s device `device` in `repo`; ENOENT when there is no such backup or device, EIO when it is damaged. */
+  /**
+   * Opens backup `id`'s device `device` in `repo`; ENOENT when there is no such backup or device,
+   * EIO when it is damaged. Under the repository's lock (shared: a prune's sweep waits), the hold
+   * that keeps a prune from removing the backup is placed before anything is read; every call runs
+   * in the thread pool, so a slow repository never holds the event loop.
+   */
   static async open(repo: string, id: string, device: string, options: BackupStorageOptions): Promise<BackupStorage> {
-    const manifestFile = layout.manifest(repo, id);
-    if (!fs.existsSync(manifestFile)) throw new BlkError('ENOENT', `no backup ${id} in ${repo}`);
-    const manifest = readManifest(manifestFile);
-    const entry = manifest.devices.find((d) => d.name === device);
-    if (!entry) throw new BlkError('ENOENT', `backup ${id} has no device ${device} (it has ${manifest.devices.map((d) => d.name).join(', ')})`);
-    const index = readIndex(repo, path.join(layout.backup(repo, id), path.basename(entry.index)));
-    const chunks = ChunkIndex.load(repo);
-    // A prune keeps a backup that is served, while this process lives.
+    if (!BACKUP_ID_PATTERN.test(id)) throw new BlkError('EINVAL', `'${id}' is not a backup id (see backup_list)`);
+    if (device === '' || device.includes('/') || device.startsWith('.')) throw new BlkError('EINVAL', `'${device}' is not a device name`);
+    const release = await lockRepository(repo, false);
     const hold = layout.hold(repo, id, process.pid, randomBytes(4).toString('hex'));
-    fs.writeFileSync(hold, `${device}\n`);
     try {
+      // A prune keeps a backup that is served, while this process lives; a backup already renamed away by one is gone.
+      try {
+        const handle = await fs.promises.open(hold, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o644);
+        await handle.writeFile(`${device}\n`);
+        await handle.close();
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new BlkError('ENOENT', `no backup ${id} in ${repo}`);
+        throw e;
+      }
+      const manifest = await readManifestAsync(layout.manifest(repo, id)).catch(async (e: unknown) => {
+        const isGone = !(await fs.promises.access(layout.manifest(repo, id)).then(() => true, () => false));
+        throw isGone ? new BlkError('ENOENT', `no backup ${id} in ${repo}`) : e;
+      });
+      const entry = manifest.devices.find((d) => d.name === device);
+      if (!entry) throw new BlkError('ENOENT', `backup ${id} has no device ${device} (it has ${manifest.devices.map((d) => d.name).join(', ')})`);
+      const index = await readIndexAsync(repo, path.join(layout.backup(repo, id), path.basename(entry.index)));
+      const chunks = await ChunkIndex.loadAsync(repo);
       const overlayFd = options.overlayDir === undefined ? null : await openUnnamedFile(options.overlayDir);
       return new BackupStorage(repo, `${repo}#${id}/${device}`, index.size, index.chunkSize, index.digests, chunks, options, overlayFd, hold);
     } catch (e) {
-      fs.rmSync(hold, { force: true });
+      await fs.promises.rm(hold, { force: true });
       throw e;
+    } finally {
+      release();
     }
   }
 
@@ -178,7 +197,9 @@ export class BackupStorage implements Storage {
     if (this.#isClosed) return;
     this.#isClosed = true;
     this.#cache.clear();
-    fs.rmSync(this.#hold, { force: true });
+    // The workers' descriptors of this repository's packs: a pack a prune deletes must not stay allocated.
+    await this.#o.workers.runOnAll({ kind: 'closePacks', chunksDir: layout.chunksDir(this.#repo) }).catch(() => undefined);
+    await fs.promises.rm(this.#hold, { force: true });
     if (this.#overlay) await closeAsync(this.#overlay.fd);
   }
 
@@ -259,8 +280,8 @@ export class BackupStorage implements Storage {
     const load = async (from: number, count: number): Promise<Uint8Array[]> =>
       (await this.#o.workers.run({ kind: 'load', items: this.#chunks.loadItems(this.#repo, { size: this.size, chunkSize: this.chunkSize, digests: this.#digests }, from, count) })).data;
     // The pack indexes are loaded again once per failed task, not once per chunk of it.
-    const together = load(first, n).catch(() => {
-      this.#chunks = ChunkIndex.load(this.#repo);
+    const together = load(first, n).catch(async () => {
+      this.#chunks = await ChunkIndex.loadAsync(this.#repo).catch(() => this.#chunks);
       return null;
     });
     for (let i = 0; i < n; i++) {

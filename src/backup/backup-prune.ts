@@ -62,7 +62,11 @@ export function keptBy(backups: Array<{ id: string; time: Date }>, o: PruneOptio
 }
 
 function isHeld(repo: string, id: string): boolean {
-  return fs.readdirSync(layout.backup(repo, id)).some((n) => n.startsWith('.held-by-') && isProcessRunning(Number(n.split('-')[2])));
+  return isHeldIn(layout.backup(repo, id));
+}
+
+function isHeldIn(dir: string): boolean {
+  return fs.readdirSync(dir).some((n) => n.startsWith('.held-by-') && isProcessRunning(Number(n.split('-')[2])));
 }
 
 /** A backup dated more than this ahead of now was made by a host whose clock is wrong. */
@@ -88,10 +92,18 @@ export async function pruneRepository(repo: Repository, o: PruneOptions): Promis
   const removed = backups.filter((b) => !kept.has(b.id)).map((b) => b.id);
   const result: PruneResult = { kept: [...kept].sort(), warnings, removed, removedChunks: 0, removedPages: 0, freedBytes: 0, dryRun: o.dryRun ?? false };
   if (o.dryRun) return result;
-  for (const id of removed) {
-    // Renamed first: a crash mid-removal leaves no half backup that looks whole.
+  for (const id of [...removed]) {
+    // Renamed first: a crash mid-removal leaves no half backup that looks whole. A daemon that
+    // placed its hold between the look above and the rename finds the backup gone, or is seen
+    // here and the backup goes back: it is never removed while held.
     const doomed = path.join(layout.backupsDir(repo.dir), `.removing-${id}`);
     fs.renameSync(layout.backup(repo.dir, id), doomed);
+    if (isHeldIn(doomed)) {
+      fs.renameSync(doomed, layout.backup(repo.dir, id));
+      removed.splice(removed.indexOf(id), 1);
+      result.kept = [...result.kept, id].sort();
+      continue;
+    }
     fs.rmSync(doomed, { recursive: true, force: true });
   }
   const release = await repo.lock(true, () => o.progress?.note('waiting for running backups before the sweep'));

@@ -4,7 +4,7 @@
 import * as fs from 'node:fs';
 import { BlkError } from '../errors.js';
 import { digestHash, digestsEqual, isZeroDigest, layout, TEMP_MARK } from './layout.js';
-import { IDX_ENTRY, packPaths, readIdxFile } from './pack.js';
+import { IDX_ENTRY, packPaths, readIdxFile, readIdxFileAsync } from './pack.js';
 
 export interface ChunkLocation {
   pack: string;
@@ -66,6 +66,19 @@ export class ChunkIndex {
         problems.push((e as Error).message);
       }
     }
+    return index;
+  }
+
+  /** load() in the thread pool: for the daemon, whose event loop a slow repository must not hold. */
+  static async loadAsync(repo: string): Promise<ChunkIndex> {
+    const index = new ChunkIndex();
+    let names: string[] = [];
+    try {
+      names = await fs.promises.readdir(layout.chunksDir(repo));
+    } catch {
+      // no chunks yet
+    }
+    for (const id of idsOfPacks(names)) index.addIdx(id, await readIdxFileAsync(packPaths(layout.chunksDir(repo), id).idx));
     return index;
   }
 
@@ -190,5 +203,9 @@ export function packIds(repo: string): string[] {
   } catch {
     return [];
   }
+  return idsOfPacks(names);
+}
+
+function idsOfPacks(names: string[]): string[] {
   return names.filter((n) => n.endsWith('.idx') && !n.includes(TEMP_MARK)).map((n) => n.slice(0, -4)).sort();
 }

@@ -2,6 +2,7 @@
 // of its own (compressed), loading and checking chunks (and writing them to a restore target), and
 // checking whole packs.
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { parentPort } from 'node:worker_threads';
 import { BlkError, toBlkError } from '../errors.js';
 import { openDirectSync, readAt, readUpTo, writeFully } from '../os/fd-io.js';
@@ -32,6 +33,8 @@ export type ChunkTask =
   | { kind: 'store'; id: number; which: number[]; chunksDir: string; level: number | null }
   /** Closes this worker's pack (durable, indexed, visible) and the packs it read. */
   | { kind: 'finish' }
+  /** Closes the packs this worker read from `chunksDir` (a served backup detached). */
+  | { kind: 'closePacks'; chunksDir: string }
   /** Loads and checks chunks; returns their bytes. */
   | { kind: 'load'; items: LoadItem[] }
   /**
@@ -48,6 +51,7 @@ export type ChunkResult =
   | { kind: 'hash'; digests: Uint8Array }
   | { kind: 'store'; locations: Array<ChunkLocation & { index: number }>; storedBytes: number }
   | { kind: 'finish'; packs: string[] }
+  | { kind: 'closePacks'; closed: number }
   | { kind: 'load'; data: Uint8Array[] }
   | { kind: 'write'; writtenBytes: number }
   | { kind: 'checkPack'; checked: number; bad: Array<{ digest: string; reason: string }> };
@@ -371,6 +375,18 @@ function run(task: Exclude<ChunkTask, { kind: 'write' | 'checkPack' }>): { resul
       packFds.clear();
       directPackFds.clear();
       return { result: { kind: 'finish', packs }, transfer: [] };
+    }
+    case 'closePacks': {
+      let closed = 0;
+      for (const map of [packFds, directPackFds] as Array<Map<string, number | null>>) {
+        for (const [file, fd] of map) {
+          if (path.dirname(file) !== task.chunksDir) continue;
+          if (fd !== null) fs.closeSync(fd);
+          map.delete(file);
+          closed++;
+        }
+      }
+      return { result: { kind: 'closePacks', closed }, transfer: [] };
     }
     case 'load': {
       const stored = readStored(task.items);

@@ -7,6 +7,7 @@ import { BlkError } from '../errors.js';
 import { tracking } from '../params.js';
 import { sha256, writeFileAtomically } from './chunk-file.js';
 import { layout } from './layout.js';
+import { TaskWindow } from '../util/task-window.js';
 
 /** Digests per page: 16 KiB pages. */
 export const PAGE_DIGESTS = 512;
@@ -56,13 +57,22 @@ export function writeIndex(repo: string, rootFile: string, index: DeviceIndex): 
 }
 
 /** The page digests a root file lists, checked; EIO naming what is wrong. */
-export function readIndexRoot(rootFile: string): { size: number; chunkSize: number; count: number; pages: string[] } {
-  let root: Buffer;
-  try {
-    root = fs.readFileSync(rootFile);
-  } catch (e) {
-    throw new BlkError('EIO', `index ${rootFile} cannot be read: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
-  }
+export function readIndexRoot(rootFile: string): IndexRoot {
+  return decodeIndexRoot(readOrEio(() => fs.readFileSync(rootFile), `index ${rootFile}`), rootFile);
+}
+
+export interface IndexRoot {
+  size: number;
+  chunkSize: number;
+  count: number;
+  pages: string[];
+}
+
+/** The largest device an index describes: 2^21 tracking blocks of the largest size. */
+const MAXIMUM_CHUNKS = tracking.blockMaximumCount;
+
+/** A root file's bytes, checked (magic, length, checksum, numbers that agree); EIO naming `rootFile` and what is wrong. */
+export function decodeIndexRoot(root: Buffer, rootFile: string): IndexRoot {
   if (root.length < ROOT_HEADER + 32 || !root.subarray(0, 8).equals(MAGIC)) throw new BlkError('EIO', `${rootFile} is not a blksnap index`);
   const pageCount = root.readUInt32LE(12);
   if (root.length !== ROOT_HEADER + pageCount * 32 + 32) throw new BlkError('EIO', `index ${rootFile} is truncated`);
@@ -72,12 +82,29 @@ export function readIndexRoot(rootFile: string): { size: number; chunkSize: numb
   const size = Number(root.readBigUInt64LE(32));
   // Readers allocate by these numbers: they must agree with each other and with the pages listed.
   const isChunkSize = chunkSize >= 2 ** tracking.blockMinimumShift && chunkSize <= 2 ** tracking.blockMaximumShift && (chunkSize & (chunkSize - 1)) === 0;
-  if (!isChunkSize || count !== chunkCountOf(size, chunkSize) || pageCount !== Math.ceil(count / PAGE_DIGESTS)) {
+  if (!isChunkSize || !Number.isSafeInteger(size) || count > MAXIMUM_CHUNKS || count !== chunkCountOf(size, chunkSize) || pageCount !== Math.ceil(count / PAGE_DIGESTS)) {
     throw new BlkError('EIO', `index ${rootFile} does not add up: ${count} chunks of ${chunkSize} bytes for ${size} bytes in ${pageCount} pages`);
   }
   const pages: string[] = [];
   for (let p = 0; p < pageCount; p++) pages.push(root.toString('hex', ROOT_HEADER + p * 32, ROOT_HEADER + (p + 1) * 32));
   return { count, chunkSize, size, pages };
+}
+
+/** Page `p` of a root's list, checked against its digest and placed into `digests`; EIO naming it when it is not what the root says. */
+export function placePage(page: Buffer, root: IndexRoot, p: number, digests: Buffer, rootFile: string): void {
+  const hex = root.pages[p] as string;
+  if (sha256(page).toString('hex') !== hex) throw new BlkError('EIO', `index page ${hex} of ${rootFile} is damaged`);
+  const expected = (Math.min((p + 1) * PAGE_DIGESTS, root.count) - p * PAGE_DIGESTS) * 32;
+  if (page.length !== expected) throw new BlkError('EIO', `index page ${hex} of ${rootFile} holds ${page.length} bytes, not ${expected}`);
+  page.copy(digests, p * PAGE_DIGESTS * 32);
+}
+
+function readOrEio(read: () => Buffer, what: string): Buffer {
+  try {
+    return read();
+  } catch (e) {
+    throw new BlkError('EIO', `${what} cannot be read: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+  }
 }
 
 /** A device's whole index, every page checked against its digest. */
@@ -91,10 +118,37 @@ export function readIndex(repo: string, rootFile: string): DeviceIndex {
     } catch {
       throw new BlkError('EIO', `index page ${hex} of ${rootFile} is missing`);
     }
-    if (sha256(page).toString('hex') !== hex) throw new BlkError('EIO', `index page ${hex} of ${rootFile} is damaged`);
-    const at = p * PAGE_DIGESTS * 32;
-    if (at + page.length > digests.length) throw new BlkError('EIO', `index page ${hex} of ${rootFile} is too long`);
-    page.copy(digests, at);
+    placePage(page, root, p, digests, rootFile);
   });
+  return { size: root.size, chunkSize: root.chunkSize, digests };
+}
+
+/** readIndex in the thread pool, a few pages at a time: for the daemon, whose event loop a slow repository must not hold. */
+export async function readIndexAsync(repo: string, rootFile: string): Promise<DeviceIndex> {
+  let bytes: Buffer;
+  try {
+    bytes = await fs.promises.readFile(rootFile);
+  } catch (e) {
+    throw new BlkError('EIO', `index ${rootFile} cannot be read: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+  }
+  const root = decodeIndexRoot(bytes, rootFile);
+  const digests = Buffer.alloc(root.count * 32);
+  const window = new TaskWindow(8);
+  try {
+    for (let p = 0; p < root.pages.length; p++) {
+      const hex = root.pages[p] as string;
+      await window.add(
+        fs.promises.readFile(layout.page(repo, hex)).then(
+          (page) => placePage(page, root, p, digests, rootFile),
+          () => {
+            throw new BlkError('EIO', `index page ${hex} of ${rootFile} is missing`);
+          },
+        ),
+      );
+    }
+  } finally {
+    await window.settle();
+  }
+  await window.drain();
   return { size: root.size, chunkSize: root.chunkSize, digests };
 }

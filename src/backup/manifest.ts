@@ -33,19 +33,40 @@ export function encodeManifest(m: Manifest): Buffer {
 
 /** A manifest, checked; EIO naming the file and what is wrong. */
 export function readManifest(file: string): Manifest {
-  let text: string;
+  let bytes: Buffer;
   try {
-    text = fs.readFileSync(file, 'utf8');
+    bytes = fs.readFileSync(file);
   } catch (e) {
     throw new BlkError('EIO', `manifest ${file} cannot be read: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
   }
+  return decodeManifest(bytes, file);
+}
+
+/** readManifest in the thread pool: for the daemon, whose event loop a slow repository must not hold. */
+export async function readManifestAsync(file: string): Promise<Manifest> {
+  let bytes: Buffer;
+  try {
+    bytes = await fs.promises.readFile(file);
+  } catch (e) {
+    throw new BlkError('EIO', `manifest ${file} cannot be read: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+  }
+  return decodeManifest(bytes, file);
+}
+
+/** The largest manifest taken: thousands of devices' worth; a larger file is not one this program wrote. */
+const MAXIMUM_MANIFEST = 16 * 1024 * 1024;
+
+/** A manifest's bytes, checked (JSON, checksum, every field's shape); EIO naming `file` and what is wrong. */
+export function decodeManifest(bytes: Buffer, file: string): Manifest {
+  if (bytes.length > MAXIMUM_MANIFEST) throw new BlkError('EIO', `manifest ${file} is ${bytes.length} bytes, more than any manifest`);
   let doc: { manifest: Manifest; sha256: string };
   try {
-    doc = JSON.parse(text) as { manifest: Manifest; sha256: string };
+    doc = JSON.parse(bytes.toString('utf8')) as { manifest: Manifest; sha256: string };
   } catch {
     throw new BlkError('EIO', `manifest ${file} is not JSON`);
   }
-  if (!doc.manifest || sha256(Buffer.from(JSON.stringify(doc.manifest, null, 2))).toString('hex') !== doc.sha256) {
+  if (typeof doc !== 'object' || doc === null || typeof doc.manifest !== 'object' || doc.manifest === null) throw new BlkError('EIO', `manifest ${file} holds no manifest`);
+  if (sha256(Buffer.from(JSON.stringify(doc.manifest, null, 2))).toString('hex') !== doc.sha256) {
     throw new BlkError('EIO', `manifest ${file} fails its checksum`);
   }
   const wrong = shapeError(doc.manifest);
@@ -63,6 +84,7 @@ function shapeError(m: Manifest): string | null {
     const at = `devices[${i}]`;
     if (typeof d !== 'object' || d === null) return `${at} is not an object`;
     if (typeof d.name !== 'string' || typeof d.generationId !== 'string') return `${at}: name and generationId must be strings`;
+    if (d.name === '' || d.name.includes('/') || d.name.includes('\0') || d.name.startsWith('.')) return `${at}.name ${JSON.stringify(d.name)} is not a device name`;
     // The index root lies beside the manifest: a bare file name, never a path elsewhere.
     if (typeof d.index !== 'string' || d.index === '' || d.index.includes('/') || d.index.startsWith('.')) return `${at}.index ${JSON.stringify(d.index)} is not a file name`;
     if (d.mode !== 'full' && d.mode !== 'incremental') return `${at}.mode ${JSON.stringify(d.mode)} is not full or incremental`;

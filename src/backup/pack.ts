@@ -69,6 +69,22 @@ export function readIdxFile(file: string): { data: Buffer; count: number } {
   } catch (e) {
     throw new BlkError('EIO', `pack index ${file} cannot be read: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
   }
+  return decodeIdx(data, file);
+}
+
+/** readIdxFile in the thread pool: for the daemon, whose event loop a slow repository must not hold. */
+export async function readIdxFileAsync(file: string): Promise<{ data: Buffer; count: number }> {
+  let data: Buffer;
+  try {
+    data = await fs.promises.readFile(file);
+  } catch (e) {
+    throw new BlkError('EIO', `pack index ${file} cannot be read: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+  }
+  return decodeIdx(data, file);
+}
+
+/** A pack index's bytes, checked as readIdxFile says; EIO naming `file` and what is wrong. */
+export function decodeIdx(data: Buffer, file: string): { data: Buffer; count: number } {
   if (data.length < 48 || !data.subarray(0, 8).equals(IDX_MAGIC)) throw new BlkError('EIO', `${file} is not a pack index`);
   const count = data.readUInt32LE(12);
   if (data.length !== 16 + count * IDX_ENTRY + 32) throw new BlkError('EIO', `pack index ${file} is truncated`);

@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import type { BlksnapClient } from '../client/connection.js';
 import * as api from '../control/protocol.js';
 import { BlkError } from '../errors.js';
-import { tryLock } from '../os/libc.js';
+import { tryLockAsync } from '../os/libc.js';
 import { backup as params } from '../params.js';
 import { type CreateOptions, type CreateResult, createBackup } from './backup-create.js';
 import { type PruneOptions, type PruneResult, pruneRepository } from './backup-prune.js';
@@ -35,6 +35,26 @@ export function parseCompression(text: string): number | null {
   const level = m ? Number(m[1] ?? params.zstdLevel) : Number.NaN;
   if (!(level >= 1 && level <= 19)) throw new BlkError('EINVAL', `--compress takes zstd, zstd:LEVEL (1-19) or none, not '${text}'`);
   return level;
+}
+
+/**
+ * Takes a repository's lock (see Repository.lock), every call off the event loop: the daemon takes
+ * it too (backup_attach), and a slow repository must not hold the devices it serves.
+ */
+export async function lockRepository(dir: string, exclusive: boolean, onWait?: () => void): Promise<() => void> {
+  const handle = await fs.promises.open(layout.lock(dir), fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o644);
+  try {
+    let told = false;
+    while (!(await tryLockAsync(handle.fd, exclusive))) {
+      if (!told) onWait?.();
+      told = true;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  } catch (e) {
+    await handle.close();
+    throw e;
+  }
+  return () => void handle.close();
 }
 
 export class Repository {
@@ -105,15 +125,8 @@ export class Repository {
    * Takes the repository's lock: shared by backups being created, exclusive for a prune's sweep.
    * Waits while the other kind holds it; the kernel drops it when the process dies.
    */
-  async lock(exclusive: boolean, onWait?: () => void): Promise<() => void> {
-    const fd = fs.openSync(layout.lock(this.dir), fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
-    let told = false;
-    while (!tryLock(fd, exclusive)) {
-      if (!told) onWait?.();
-      told = true;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    return () => fs.closeSync(fd);
+  lock(exclusive: boolean, onWait?: () => void): Promise<() => void> {
+    return lockRepository(this.dir, exclusive, onWait);
   }
 
   /**

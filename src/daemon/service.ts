@@ -84,6 +84,8 @@ export class BlksnapService implements ControlService {
     const device = await this.#serially(async () => {
       const name = p.name ?? defaultDeviceName(`${p.device}.${p.id}`);
       registry.checkNewName(name);
+      // A repository on one of our own devices would be read through this very event loop.
+      await this.#o.ownPaths.refuseOwn(p.repo, 'repository');
       const storage = await BackupStorage.open(path.resolve(p.repo), p.id, p.device, {
         workers: this.#o.backupWorkers(),
         cacheBytes: this.#o.backupCacheBytes,

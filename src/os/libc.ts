@@ -114,6 +114,19 @@ export function tryLock(fd: number, exclusive: boolean): boolean {
   throw new BlkError(code, 'flock failed');
 }
 
+/** tryLock in the thread pool: flock on a network filesystem may wait for the server. */
+export function tryLockAsync(fd: number, exclusive: boolean): Promise<boolean> {
+  return new Promise((resolve, reject) => {
+    flockFn.async(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB, (err: unknown, rc: number) => {
+      if (err) return reject(new BlkError('EIO', `flock: ${String(err)}`));
+      if (rc === 0) return resolve(true);
+      const code = errnoName(koffi.errno());
+      if (code === 'EAGAIN') resolve(false);
+      else reject(new BlkError(code, 'flock failed'));
+    });
+  });
+}
+
 export function lockExclusive(fd: number, path: string): void {
   if (flockFn(fd, LOCK_EX | LOCK_NB) !== 0) {
     const err = fail('flock', path);

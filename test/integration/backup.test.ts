@@ -16,6 +16,7 @@ import { BlksnapClient } from '../../src/client/connection.js';
 import { NbdClient } from '../../src/client/nbd-client.js';
 import * as api from '../../src/control/protocol.js';
 import { blksnapCli, TestDaemon } from '../helpers/daemon.js';
+import { type Created, withDaemon } from '../helpers/backup.js';
 import { Mounts, mkfs } from '../helpers/mounts.js';
 import { check, missing, run, sparseFile, tempDir } from '../helpers/tools.js';
 
@@ -23,7 +24,6 @@ const KiB = 1024;
 const MiB = 1024 * KiB;
 const BLOCK = 64 * KiB;
 
-type Created = { id: string; devices: Array<{ name: string; mode: string; readBytes: number; storedBytes: number; changesNumber: number; generationId: string }> };
 
 /** Writes random 4-128 KiB pieces at random places of each device until stopped. */
 function writer(daemon: TestDaemon, devices: string[]): { stop: () => Promise<number> } {
@@ -50,18 +50,6 @@ function writer(daemon: TestDaemon, devices: string[]): { stop: () => Promise<nu
       return writes;
     },
   };
-}
-
-async function withDaemon(devices: Record<string, number>, body: (daemon: TestDaemon, repo: Repository, dir: string) => Promise<void>, args: string[] = []): Promise<void> {
-  const { dir, remove } = tempDir('blksnap-backup-');
-  const attach = Object.entries(devices).flatMap(([name, size]) => ['--attach', `${sparseFile(path.join(dir, name), size)}=${name}`]);
-  const daemon = await TestDaemon.startIn(dir, remove, [...attach, ...args]);
-  try {
-    const repo = await Repository.init(path.join(dir, 'repo'));
-    await body(daemon, repo, dir);
-  } finally {
-    await daemon.stop();
-  }
 }
 
 async function control(daemon: TestDaemon): Promise<BlksnapClient> {

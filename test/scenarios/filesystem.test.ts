@@ -77,6 +77,8 @@ describe('filesystems on kernel block devices', { skip }, () => {
         assert.match(r.stderr, /EINVAL: .*(device of this daemon|refused)/, `${what}: ${r.stderr}`);
         assert.ok(Date.now() - started < 15_000, `${what}: took ${Date.now() - started} ms`);
       }
+      // A repository there: backup_attach would read it through this very daemon.
+      await assert.rejects(client.call(api.BackupAttach, { repo: path.join(dir, 'sub'), id: '20261201T000000.000Z-abcd', device: 'own' }), { code: 'EINVAL', message: /repository .* lies on a filesystem of .*refused/ });
       // What is meant to lie there works on a cold cache too: markdirtyblock --file.
       await check('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches']);
       const mark = await run(process.execPath, [blksnapCli, 'markdirtyblock', '--device', 'own', '--file', path.join(dir, 'sub/deeper/file')], { env, timeoutMs: 20_000 });
