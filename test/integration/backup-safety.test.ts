@@ -51,7 +51,7 @@ describe('backup_attach', { skip: missing('qemu-io') }, () => {
     });
   });
 
-  it('waits for a prune\'s sweep (the repository lock), and closes the packs it read at detach', async () => {
+  it('waits for a prune\'s sweep: the repository lock', async () => {
     await withDaemon({ 'b.img': 8 * MiB }, async (daemon, repo, dir) => {
       await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x62 0 3M', daemon.uri('b.img')]);
       const created = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 'b.img', '--diff-storage', dir);
@@ -60,6 +60,15 @@ describe('backup_attach', { skip: missing('qemu-io') }, () => {
       assert.equal(await within(attaching, 1500), 'pending', 'attached while a sweep held the lock');
       release();
       const served = await attaching;
+      await check('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', path.join(dir, 'b.img'), served.uri]);
+    });
+  });
+
+  it('closes the packs it read at detach', async () => {
+    await withDaemon({ 'b.img': 8 * MiB }, async (daemon, repo, dir) => {
+      await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x62 0 3M', daemon.uri('b.img')]);
+      const created = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 'b.img', '--diff-storage', dir);
+      const served = await daemon.json<{ name: string; uri: string }>('backup_attach', '--repo', repo.dir, '--id', created.id, '--device', 'b.img');
       await check('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', path.join(dir, 'b.img'), served.uri]);
       const chunks = path.join(repo.dir, 'chunks');
       assert.ok(openFilesUnder(daemon, chunks).length > 0, 'reading opened packs');
