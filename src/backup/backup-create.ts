@@ -64,8 +64,12 @@ function previousBackups(repo: Repository): Map<string, { id: string; device: Ma
   return out;
 }
 
-export async function createBackup(repo: Repository, client: BlksnapClient, o: CreateOptions): Promise<CreateResult> {
-  if (o.devices.length === 0) throw new BlkError('EINVAL', 'backup_create: give at least one --device');
+export async function createBackup(repo: Repository, client: BlksnapClient, given: CreateOptions): Promise<CreateResult> {
+  if (given.devices.length === 0) throw new BlkError('EINVAL', 'backup_create: give at least one --device');
+  // A backup knows a device by its name, whichever way it was given: its base, its restores and its retention follow the name.
+  const names = await Promise.all(given.devices.map(async (d) => (await client.call(api.DeviceInfoOf, { device: d.includes('/') ? path.resolve(d) : d })).name));
+  if (new Set(names).size !== names.length) throw new BlkError('EINVAL', `backup_create: a device is given twice (${given.devices.join(', ')})`);
+  const o = { ...given, devices: names };
   const release = await repo.lock(false, () => o.progress?.note('waiting for a prune to finish its sweep'));
   const workers = new WorkerPool(params.createWorkersPerCore * os.availableParallelism());
   let snapshotId: string | null = null;
@@ -147,6 +151,8 @@ async function backupDevice(
   const chunkSize = info.blockSize;
   const count = chunkCountOf(size, chunkSize);
   let digests: Buffer = Buffer.alloc(count * 32);
+  /** Index pages read and checked here (the base's): not read again before they are used. */
+  const checkedPages = new Set<string>();
   let mode: 'full' | 'incremental' = 'full';
   let chunks: number[] | null = null;
   const p = previous?.device;
@@ -154,6 +160,7 @@ async function backupDevice(
     try {
       const base = readIndex(repo.dir, path.join(layout.backup(repo.dir, (previous as { id: string }).id), p.index));
       digests = base.digests;
+      for (const page of base.pages) checkedPages.add(page);
       const map = await new Cbt(client, name).readMap();
       chunks = [];
       for (let c = 0; c < count; c++) if ((map[c] as number) > p.changesNumber) chunks.push(c);
@@ -218,7 +225,7 @@ async function backupDevice(
     await storing.add(task);
   });
   await storing.drain();
-  storedBytes += writeIndex(repo.dir, layout.index(partial, name), { size, chunkSize, digests });
+  storedBytes += writeIndex(repo.dir, layout.index(partial, name), { size, chunkSize, digests }, checkedPages);
   o.progress?.done();
   return { name, size, chunkSize, mode, generationId: info.generationId, changesNumber: info.changesNumber, readBytes, storedBytes, index: `${name}.index` };
 }

@@ -5,9 +5,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { BlksnapClient } from '../client/connection.js';
-import { NbdClient, type NbdTlsOptions, parseNbdUri } from '../client/nbd-client.js';
+import { NbdClient, type NbdTlsOptions } from '../client/nbd-client.js';
 import * as api from '../control/protocol.js';
-import { BlkError } from '../errors.js';
+import { BlkError, toBlkError } from '../errors.js';
 import { openDirectSync } from '../os/fd-io.js';
 import { DIRECT_ALIGNMENT } from '../os/koffi.js';
 import { fallocate, sizeOfBlockDevice } from '../os/libc.js';
@@ -20,17 +20,23 @@ import type { Progress } from './progress.js';
 import type { Repository } from './repository.js';
 import { WorkerPool } from './worker-pool.js';
 import { TaskWindow } from '../util/task-window.js';
+import { ReplacementFile } from '../os/replacement-file.js';
+import { type Daemon, type RestoreTarget, resolveTarget } from './restore-target.js';
 import { ChunkIndex } from './chunk-index.js';
 import type { LoadItem } from './chunk-index.js';
 import type { ManifestDevice } from './manifest.js';
 
 export interface RestoreOptions {
   id: string;
+  /** The device of the backup: its name, or (with a '/') the path of the attached device it was made from. */
   device: string;
-  /** A file or block device path, an NBD URI, or the name or path of a device attached to the daemon. */
+  /** device:NAME (an attached device), an NBD URI, or a path: a file or block device (see restore-target.ts). */
   to: string;
-  /** The daemon, to find attached devices (and roll them back); null: paths and URIs only. */
+  /** The daemon, to find attached devices (and roll them back); null: it could not be reached (`daemonError` says why). */
   client?: BlksnapClient | null;
+  daemonError?: string;
+  /** Write an existing target even though no daemon could say whether it is attached. */
+  offline?: boolean;
   tls?: NbdTlsOptions;
   progress?: Progress;
 }
@@ -38,34 +44,37 @@ export interface RestoreOptions {
 export interface RestoreResult {
   writtenBytes: number;
   skippedBytes: number;
-  /** "file", "block device", "nbd", or "rollback" (only what changed since the backup was written). */
-  mode: 'file' | 'block device' | 'nbd' | 'rollback';
+  /**
+   * "file", "block device", "nbd", "device" (an attached device, through the daemon), or
+   * "rollback" (an attached device of the backup's generation: only what changed since it).
+   */
+  mode: 'file' | 'block device' | 'nbd' | 'device' | 'rollback';
+  /** The attached device written, for "device" and "rollback". */
+  device?: string;
 }
 
-/** An attached device the target names (by name, store path or export URI), if any. */
-async function attachedTarget(client: BlksnapClient, to: string): Promise<api.DeviceInfo | null> {
-  const devices = (await client.call(api.DeviceList, {})).devices;
-  const byName = devices.find((d) => d.name === to || d.uri === to || (!to.includes('://') && path.resolve(d.path) === path.resolve(to)));
-  if (byName) return byName;
-  if (!to.includes('://')) return null;
-  const wanted = parseNbdUri(to);
-  return devices.find((d) => {
-    const t = parseNbdUri(d.uri);
-    return t.exportName === wanted.exportName && t.socketPath !== undefined && wanted.socketPath !== undefined && path.resolve(t.socketPath) === path.resolve(wanted.socketPath);
-  }) ?? null;
+/** The name a backup knows a device by: the name itself, or the name of the attached device a path (with a '/') leads to. */
+export async function backupDeviceName(device: string, client: BlksnapClient | null | undefined): Promise<string> {
+  if (!device.includes('/')) return device;
+  if (!client) throw new BlkError('ENOENT', `--device ${device} is a path: blksnapd must be reachable to say which attached device it is (or give the device's name)`);
+  return (await client.call(api.DeviceInfoOf, { device: path.resolve(device) })).name;
 }
 
 export async function restoreBackup(repo: Repository, o: RestoreOptions): Promise<RestoreResult> {
   // Started first: the threads load their modules while this one reads the indexes.
   const workers = new WorkerPool();
   try {
-    const manifest = repo.manifest(o.id);
-    const entry = manifest.devices.find((d) => d.name === o.device);
-    if (!entry) throw new BlkError('ENOENT', `backup ${o.id} has no device ${o.device} (it has ${manifest.devices.map((d) => d.name).join(', ')})`);
-    const index = readIndex(repo.dir, path.join(layout.backup(repo.dir, o.id), entry.index));
-    const count = chunkCountOf(index.size, index.chunkSize);
-    const attached = o.client ? await attachedTarget(o.client, o.to) : null;
-    return await repo.whileShared(o.progress, () => restoreLocked(repo, workers, o, entry, index, count, attached));
+    const daemon: Daemon = o.client ? { client: o.client } : { unreachable: o.daemonError ?? 'none was asked' };
+    const deviceName = await backupDeviceName(o.device, o.client);
+    const target = await resolveTarget(o.to, daemon, { offline: o.offline ?? false });
+    // The lock before anything of the backup is read: a prune's sweep must not remove it meanwhile.
+    return await repo.whileShared(o.progress, async () => {
+      const manifest = repo.manifest(o.id);
+      const entry = manifest.devices.find((d) => d.name === deviceName);
+      if (!entry) throw new BlkError('ENOENT', `backup ${o.id} has no device ${deviceName} (it has ${manifest.devices.map((d) => d.name).join(', ')})`);
+      const index = readIndex(repo.dir, path.join(layout.backup(repo.dir, o.id), entry.index));
+      return restoreLocked(repo, workers, o, entry, index, target);
+    });
   } finally {
     // Each worker closes the packs it opened (a library caller's process goes on).
     await workers.runOnAll({ kind: 'finish' }).catch(() => undefined);
@@ -73,23 +82,24 @@ export async function restoreBackup(repo: Repository, o: RestoreOptions): Promis
   }
 }
 
-async function restoreLocked(repo: Repository, workers: WorkerPool, o: RestoreOptions, entry: ManifestDevice, index: Index, count: number, attached: api.DeviceInfo | null): Promise<RestoreResult> {
+async function restoreLocked(repo: Repository, workers: WorkerPool, o: RestoreOptions, entry: ManifestDevice, index: Index, target: RestoreTarget): Promise<RestoreResult> {
   const packed = ChunkIndex.load(repo.dir);
-  if (attached || o.to.includes('://')) {
-    const uri = attached ? attached.uri : o.to;
+  const count = chunkCountOf(index.size, index.chunkSize);
+  if (target.kind === 'device' || target.kind === 'nbd') {
+    const uri = target.kind === 'device' ? target.device.uri : target.uri;
     let chunks: number[] = Array.from({ length: count }, (_, c) => c);
-    let mode: RestoreResult['mode'] = 'nbd';
-    if (attached && o.client) {
-      const info = await o.client.call(api.CbtGetInfo, { device: attached.name });
+    let mode: RestoreResult['mode'] = target.kind;
+    if (target.kind === 'device' && o.client) {
+      const info = await o.client.call(api.CbtGetInfo, { device: target.device.name });
       if (info.generationId === entry.generationId && info.deviceCapacity === index.size && info.blockSize === index.chunkSize) {
         chunks = await changedSince(uri, index.size, index.chunkSize, entry.changesNumber, o.tls);
         mode = 'rollback';
       }
     }
     const written = await restoreOverNbd(repo, workers, packed, uri, index, chunks, o);
-    return { writtenBytes: written, skippedBytes: index.size - written, mode };
+    return { writtenBytes: written, skippedBytes: index.size - written, mode, ...(target.kind === 'device' ? { device: target.device.name } : {}) };
   }
-  return await restoreToPath(repo, workers, packed, o.to, index, count, o);
+  return target.kind === 'block' ? await restoreToBlockDevice(repo, workers, packed, target.path, index, count, o) : await restoreToFile(repo, workers, packed, target.path, index, count, o);
 }
 
 /** Chunks of an attached device written after snapshot `k` (its active map over NBD, x-blksnap:cbt). */
@@ -199,42 +209,70 @@ function openDirect(target: string, chunkSize: number): number | null {
   }
 }
 
-async function restoreToPath(repo: Repository, workers: WorkerPool, chunks: ChunkIndex, target: string, index: Index, count: number, o: RestoreOptions): Promise<RestoreResult> {
-  let isBlockDevice = false;
+/** Writes a device of a backup to a block device, opened exclusively: one that is mounted or held by another process is refused (EBUSY). */
+async function restoreToBlockDevice(repo: Repository, workers: WorkerPool, chunks: ChunkIndex, target: string, index: Index, count: number, o: RestoreOptions): Promise<RestoreResult> {
+  let fd: number;
   try {
-    isBlockDevice = fs.statSync(target).isBlockDevice();
-  } catch {}
-  const fd = fs.openSync(target, isBlockDevice ? fs.constants.O_WRONLY : fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o644);
+    fd = fs.openSync(target, fs.constants.O_WRONLY | fs.constants.O_EXCL);
+  } catch (e) {
+    const err = toBlkError(e);
+    throw new BlkError(err.code, err.code === 'EBUSY' ? `${target} is mounted or held by another process` : `cannot open ${target}: ${err.message}`);
+  }
   let directFd: number | null = null;
   try {
-    if (isBlockDevice) {
-      const size = sizeOfBlockDevice(fd);
-      if (size < index.size) throw new BlkError('ENOSPC', `${target} is smaller than the backup (${index.size} bytes)`);
-    } else {
-      fs.ftruncateSync(fd, index.size); // zero chunks stay holes
-    }
+    if (sizeOfBlockDevice(fd) < index.size) throw new BlkError('ENOSPC', `${target} is smaller than the backup (${index.size} bytes)`);
     directFd = openDirect(target, index.chunkSize);
-    const wanted: number[] = [];
-    for (let c = 0; c < count; c++) if (isBlockDevice || !isZeroDigest(index.digests, c * 32)) wanted.push(c);
-    if (!isBlockDevice && directFd !== null) await allocateStretches(fd, wanted, index);
-    o.progress?.start(`restore to ${target}`, wanted.length * index.chunkSize);
-    let written = 0;
-    const repeated = repeatedIn(wanted, index);
-    // In fronts, as a backup reads: stretches of stored data (bound by the disk's reads and writes) go
-    // beside compressed ones (bound by decompressing and hashing), so neither leaves the other idle.
-    const runs = inFronts(runsOf(repeated.firsts, Math.max(1, Math.floor(params.restoreTaskBytes / index.chunkSize))), params.readFronts);
-    // After a failure the other tasks still write (inWindow waits for them): their descriptors must
-    // not close (and their numbers go to another file) under them.
-    await inWindow(repo, workers, chunks, index, runs, repeated, async (items) => {
-      const r = await workers.run({ kind: 'write', items, fd: directFd ?? fd, direct: directFd !== null, bufferedFd: fd, writeZeros: isBlockDevice });
-      written += r.writtenBytes;
-      o.progress?.advance(r.writtenBytes);
-    });
+    const written = await writeChunks(repo, workers, chunks, index, Array.from({ length: count }, (_, c) => c), { fd, directFd, writeZeros: true }, `restore to ${target}`, o);
     fs.fsyncSync(fd);
-    o.progress?.done();
-    return { writtenBytes: written, skippedBytes: index.size - written, mode: isBlockDevice ? 'block device' : 'file' };
+    return { writtenBytes: written, skippedBytes: index.size - written, mode: 'block device' };
   } finally {
     if (directFd !== null) fs.closeSync(directFd);
     fs.closeSync(fd);
   }
+}
+
+/**
+ * Writes a device of a backup to a file: into a new, unnamed file beside the target (sparse: zero
+ * chunks stay holes), put in place of the target only once it is whole and durable. A restore
+ * that fails or is killed leaves the old file as it was and nothing of the new one.
+ */
+async function restoreToFile(repo: Repository, workers: WorkerPool, chunks: ChunkIndex, target: string, index: Index, count: number, o: RestoreOptions): Promise<RestoreResult> {
+  const replacement = await ReplacementFile.create(target);
+  let directFd: number | null = null;
+  try {
+    const fd = replacement.fd;
+    fs.ftruncateSync(fd, index.size); // zero chunks stay holes
+    directFd = openDirect(replacement.reopenPath, index.chunkSize);
+    const wanted: number[] = [];
+    for (let c = 0; c < count; c++) if (!isZeroDigest(index.digests, c * 32)) wanted.push(c);
+    if (directFd !== null) await allocateStretches(fd, wanted, index);
+    const written = await writeChunks(repo, workers, chunks, index, wanted, { fd, directFd, writeZeros: false }, `restore to ${target}`, o);
+    // After every task settled (writeChunks waits for them): nothing writes through a descriptor that closes.
+    if (directFd !== null) fs.closeSync(directFd);
+    directFd = null;
+    await replacement.commit();
+    return { writtenBytes: written, skippedBytes: index.size - written, mode: 'file' };
+  } finally {
+    if (directFd !== null) fs.closeSync(directFd);
+    await replacement.close();
+  }
+}
+
+/** Loads, checks and writes chunks `wanted` through worker threads, in fronts; the bytes written. */
+async function writeChunks(repo: Repository, workers: WorkerPool, chunks: ChunkIndex, index: Index, wanted: number[], to: { fd: number; directFd: number | null; writeZeros: boolean }, label: string, o: RestoreOptions): Promise<number> {
+  o.progress?.start(label, wanted.length * index.chunkSize);
+  let written = 0;
+  const repeated = repeatedIn(wanted, index);
+  // In fronts, as a backup reads: stretches of stored data (bound by the disk's reads and writes) go
+  // beside compressed ones (bound by decompressing and hashing), so neither leaves the other idle.
+  const runs = inFronts(runsOf(repeated.firsts, Math.max(1, Math.floor(params.restoreTaskBytes / index.chunkSize))), params.readFronts);
+  // After a failure the other tasks still write (inWindow waits for them): their descriptors must
+  // not close (and their numbers go to another file) under them.
+  await inWindow(repo, workers, chunks, index, runs, repeated, async (items) => {
+    const r = await workers.run({ kind: 'write', items, fd: to.directFd ?? to.fd, direct: to.directFd !== null, bufferedFd: to.fd, writeZeros: to.writeZeros });
+    written += r.writtenBytes;
+    o.progress?.advance(r.writtenBytes);
+  });
+  o.progress?.done();
+  return written;
 }

@@ -22,15 +22,23 @@ export interface DeviceIndex {
   digests: Buffer;
 }
 
+/** A device index as read back: with the names of its pages, each checked against its digest. */
+export interface ReadIndex extends DeviceIndex {
+  pages: string[];
+}
+
 export function chunkCountOf(size: number, chunkSize: number): number {
   return Math.ceil(size / chunkSize);
 }
 
 /**
  * Writes the pages the repository lacks and the root file; returns the bytes of pages newly written.
- * Pages and root are durable at the caller's syncfs, before the manifest.
+ * Pages and root are durable at the caller's syncfs, before the manifest. A page already there is
+ * used only when its bytes are right: one renamed into place by a writer that crashed before its
+ * syncfs may be empty. Pages in `checked` (read and checked by this writer, or written by it) are
+ * not read again; the set grows by what this call writes.
  */
-export function writeIndex(repo: string, rootFile: string, index: DeviceIndex): number {
+export function writeIndex(repo: string, rootFile: string, index: DeviceIndex, checked: Set<string> = new Set()): number {
   const count = chunkCountOf(index.size, index.chunkSize);
   const pageCount = Math.ceil(count / PAGE_DIGESTS);
   const root = Buffer.alloc(ROOT_HEADER + pageCount * 32 + 32);
@@ -45,15 +53,26 @@ export function writeIndex(repo: string, rootFile: string, index: DeviceIndex): 
     const page = index.digests.subarray(p * PAGE_DIGESTS * 32, Math.min((p + 1) * PAGE_DIGESTS, count) * 32);
     const digest = sha256(page);
     digest.copy(root, ROOT_HEADER + p * 32);
-    const file = layout.page(repo, digest.toString('hex'));
-    if (!fs.existsSync(file)) {
+    const hex = digest.toString('hex');
+    const file = layout.page(repo, hex);
+    if (!checked.has(hex) && !holdsExactly(file, page)) {
       writeFileAtomically(file, page);
       written += page.length;
     }
+    checked.add(hex);
   }
   sha256(root.subarray(0, root.length - 32)).copy(root, root.length - 32);
   writeFileAtomically(rootFile, root);
   return written + root.length;
+}
+
+/** Whether `file` exists and holds exactly `bytes`. */
+function holdsExactly(file: string, bytes: Buffer): boolean {
+  try {
+    return fs.readFileSync(file).equals(bytes);
+  } catch {
+    return false;
+  }
 }
 
 /** The page digests a root file lists, checked; EIO naming what is wrong. */
@@ -108,7 +127,7 @@ function readOrEio(read: () => Buffer, what: string): Buffer {
 }
 
 /** A device's whole index, every page checked against its digest. */
-export function readIndex(repo: string, rootFile: string): DeviceIndex {
+export function readIndex(repo: string, rootFile: string): ReadIndex {
   const root = readIndexRoot(rootFile);
   const digests = Buffer.alloc(root.count * 32);
   root.pages.forEach((hex, p) => {
@@ -120,7 +139,7 @@ export function readIndex(repo: string, rootFile: string): DeviceIndex {
     }
     placePage(page, root, p, digests, rootFile);
   });
-  return { size: root.size, chunkSize: root.chunkSize, digests };
+  return { size: root.size, chunkSize: root.chunkSize, digests, pages: root.pages };
 }
 
 /** readIndex in the thread pool, a few pages at a time: for the daemon, whose event loop a slow repository must not hold. */

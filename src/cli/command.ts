@@ -1,4 +1,5 @@
 // Owns the shape of a CLI command and its option parsing: blksnap's --long options, --help, --json.
+import * as path from 'node:path';
 import { BlkError } from '../errors.js';
 import type { BlksnapClient } from '../client/connection.js';
 
@@ -97,6 +98,19 @@ export function parseOptions(c: Command, argv: readonly string[]): ParsedOptions
     }
   }
   return parsed;
+}
+
+/**
+ * An attached device as the daemon takes it: a name (no '/'), or a path (anything with a '/', e.g.
+ * ./disk.img) made absolute here, since the daemon's working directory is not the caller's.
+ */
+export function deviceRef(text: string): string {
+  return text.includes('/') ? path.resolve(text) : text;
+}
+
+/** --device of a command that takes one attached device: deviceRef of its value. */
+export function deviceOption(o: ParsedOptions): string {
+  return deviceRef(value(o, 'device'));
 }
 
 export function value(o: ParsedOptions, name: string): string {

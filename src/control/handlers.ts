@@ -19,6 +19,12 @@ function snapshotId(p: Params, method: string): string {
   return id.toLowerCase();
 }
 
+function absolutePath(p: Params, key: string, method: string): string {
+  const value = requireString(p, key, method);
+  if (!value.startsWith('/')) throw new BlkError('EINVAL', `${method}: ${key} '${value}' is not an absolute path`);
+  return value;
+}
+
 function optionalInteger(p: Params, key: string, method: string, minimum: number, maximum: number): number | undefined {
   return p[key] === undefined ? undefined : requireInteger(p, key, method, minimum, maximum);
 }
@@ -99,6 +105,8 @@ export function controlHandlers(s: ControlService): ReadonlyMap<string, Handler>
     on(api.DeviceAttach, (p, m) => s.attach(parseAttach(p, m))),
     on(api.DeviceDetach, (p, m) => done(s.detach(device(p, m)))),
     on(api.DeviceList, () => ({ devices: s.list() })),
+    on(api.DeviceInfoOf, (p, m) => s.deviceInfo(device(p, m))),
+    on(api.DeviceResolve, (p, m) => s.resolvePath(absolutePath(p, 'path', m))),
     on(api.CbtGetInfo, (p, m) => s.cbtInfo(device(p, m))),
     on(api.CbtRead, (p, m) => s.readCbt(device(p, m), requireInteger(p, 'offset', m), requireInteger(p, 'length', m, 0, limits.maximumCbtReadLength))),
     on(api.CbtMarkDirty, (p, m) => done(s.markDirty(device(p, m), parseDirty(p, m)))),

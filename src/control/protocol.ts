@@ -97,10 +97,26 @@ export interface MarkDirtyParams extends DeviceParams {
   file?: string;
 }
 
+export interface ResolveParams {
+  /** An absolute path a client would write directly. */
+  path: string;
+}
+
+export interface ResolveResult {
+  /** The attached device whose store the path is (by identity: links, bind mounts and /dev/disk/by-* names too), or null. */
+  device: DeviceInfo | null;
+  /** Why the path must not be written behind the daemon (it is or lies on one of its devices, or a store lies on it), or null. */
+  refusal: string | null;
+}
+
 export const Version = method<Record<string, never>, VersionResult>('version');
 export const DeviceAttach = method<AttachParams, DeviceInfo>('device.attach', true);
 export const DeviceDetach = method<DeviceParams, Record<string, never>>('device.detach', true);
 export const DeviceList = method<Record<string, never>, { devices: DeviceInfo[] }>('device.list');
+/** One attached device by its name, or by a path to its store (absolute; matched by identity). */
+export const DeviceInfoOf = method<DeviceParams, DeviceInfo>('device.info');
+/** What a path is to the daemon, for a client about to write it directly (backup_restore). */
+export const DeviceResolve = method<ResolveParams, ResolveResult>('device.resolve');
 export const CbtGetInfo = method<DeviceParams, CbtInfo>('cbt.info');
 export const CbtRead = method<CbtReadParams, CbtReadResult>('cbt.read');
 export const CbtMarkDirty = method<MarkDirtyParams, Record<string, never>>('cbt.markDirty', true);

@@ -21,6 +21,8 @@ export interface ControlService {
   attach(params: api.AttachParams): Promise<api.DeviceInfo>;
   detach(device: string): Promise<void>;
   list(): api.DeviceInfo[];
+  deviceInfo(device: string): Promise<api.DeviceInfo>;
+  resolvePath(path: string): Promise<api.ResolveResult>;
   cbtInfo(device: string): Promise<api.CbtInfo>;
   readCbt(device: string, firstBlock: number, blockCount: number): Promise<api.CbtReadResult>;
   markDirty(device: string, what: DirtyRanges): Promise<void>;

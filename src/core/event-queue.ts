@@ -31,7 +31,7 @@ export class EventQueue {
     this.#events.push(event);
     if (this.#events.length > this.maximumLength) {
       const oldest = this.#events.findIndex((e) => e.code !== 'corrupted');
-      this.#events.splice(oldest < 0 ? 0 : oldest, 1);
+      this.#events.splice(Math.max(0, oldest), 1);
     }
   }
 

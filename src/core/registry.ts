@@ -97,6 +97,12 @@ export class Registry implements ImagePublisher {
       for (const device of this.#devices.values()) {
         if ((await canonicalPath(device.path)) === wanted) return device;
       }
+      // Another name for the same store: a hard link, a bind mount, a /dev/disk/by-* name.
+      const st = await fs.promises.stat(nameOrPath).catch(() => null);
+      for (const device of st ? this.#devices.values() : []) {
+        const id = device.storage.identity();
+        if (id && (id.rdev !== 0 ? st?.isBlockDevice() && st.rdev === id.rdev : st?.isFile() && st.dev === id.dev && st.ino === id.ino)) return device;
+      }
     }
     throw new BlkError('ENOENT', `no attached device named or at '${nameOrPath}'`, { device: nameOrPath });
   }

@@ -1,7 +1,7 @@
 // Owns refusing paths that lie on the daemon's own devices: its stores, its kernel block devices, its FUSE files.
 import * as path from 'node:path';
 import { BlkError, toBlkError } from '../errors.js';
-import { blockDeviceParent, identifyPath, type PathIdentity } from '../os/block-identity.js';
+import { blockDeviceParent, deviceNumberText, identifyPath, type PathIdentity } from '../os/block-identity.js';
 
 /** What the daemon serves now, as device numbers and inodes. */
 export interface OwnDevices {
@@ -53,6 +53,56 @@ export class OwnPaths {
     const why = await this.#whyOwn(identity, 0);
     if (why) throw new BlkError('EINVAL', `${purpose} ${p} ${why}; a path on a device of this daemon is refused`, { path: p });
     return identity;
+  }
+
+  /**
+   * What a path is to this daemon, for a client that would write it directly (a restore): an
+   * attached device's store itself, by identity (so a symlink, a hard link, a bind mount or a
+   * /dev/disk/by-* name is found too); something that lies on or is one of its devices; something
+   * an attached store lies on (a disk, a partition, a loop device's backing file); or none of these.
+   */
+  async classify(p: string): Promise<{ kind: 'store'; device: string } | { kind: 'refused'; why: string } | { kind: 'none'; identity: PathIdentity | null }> {
+    let identity: PathIdentity;
+    try {
+      identity = await identifyPath(p);
+    } catch (e) {
+      if (toBlkError(e).code === 'ENOENT') return { kind: 'none', identity: null };
+      throw e;
+    }
+    for (const s of this.#own.stores()) {
+      if (identity.kind === 'block' ? identity.blockDevice === s.blockDevice : s.blockDevice === null && identity.dev === s.dev && identity.ino === s.ino) return { kind: 'store', device: s.device };
+    }
+    const why = await this.#whyOwn(identity, 0);
+    if (why) return { kind: 'refused', why: `${p} ${why}` };
+    for (const s of this.#own.stores()) {
+      const under = await this.#storeLiesOn(s, identity);
+      if (under) return { kind: 'refused', why: `the store of attached device ${s.device} lies on ${p} (${under})` };
+    }
+    return { kind: 'none', identity };
+  }
+
+  /** How store `s` depends on `target` (a block device it sits on, a loop device's backing file), or null. */
+  async #storeLiesOn(s: { dev: number; blockDevice: string | null }, target: PathIdentity): Promise<string | null> {
+    // A file store sits on its filesystem's device; a block store is its own first link.
+    let number: string | null = s.blockDevice ?? deviceNumberText(s.dev);
+    for (let depth = 0; number !== null && depth <= MAXIMUM_DEPTH; depth++) {
+      if (target.kind === 'block' && target.blockDevice === number) return `block device ${number}`;
+      const parent = await blockDeviceParent(number);
+      if (parent === null) return null;
+      if ('wholeDisk' in parent) {
+        number = parent.wholeDisk;
+        continue;
+      }
+      let backing: PathIdentity;
+      try {
+        backing = await identifyPath(parent.backingFile);
+      } catch {
+        return null;
+      }
+      if (target.kind === 'file' && backing.dev === target.dev && backing.ino === target.ino) return `the backing file of loop device ${number}`;
+      number = backing.kind === 'block' ? backing.blockDevice : backing.filesystem;
+    }
+    return null;
   }
 
   async #whyOwn(id: PathIdentity, depth: number): Promise<string | null> {

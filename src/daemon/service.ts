@@ -204,6 +204,16 @@ export class BlksnapService implements ControlService {
     return this.#o.registry.devices().map((d) => this.#deviceInfo(d));
   }
 
+  async deviceInfo(name: string): Promise<api.DeviceInfo> {
+    return this.#deviceInfo(await this.#o.registry.find(name));
+  }
+
+  async resolvePath(p: string): Promise<api.ResolveResult> {
+    const what = await this.#o.ownPaths.classify(p);
+    if (what.kind === 'store') return { device: this.#deviceInfo(await this.#o.registry.find(what.device)), refusal: null };
+    return { device: null, refusal: what.kind === 'refused' ? what.why : null };
+  }
+
   async cbtInfo(name: string): Promise<api.CbtInfo> {
     return cbtInfo(await this.#o.registry.find(name));
   }

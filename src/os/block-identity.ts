@@ -50,3 +50,16 @@ export async function blockDeviceParent(deviceNumber: string): Promise<{ backing
   }
   return null;
 }
+
+/** The loop devices (/dev/loopN) whose backing file is the file of this dev and inode: writing it goes behind them. */
+export async function loopDevicesBackedBy(dev: number, ino: number): Promise<string[]> {
+  const names = await fs.promises.readdir('/sys/block').catch(() => [] as string[]);
+  const found: string[] = [];
+  for (const name of names.filter((n) => /^loop\d+$/.test(n))) {
+    const backing = await fs.promises.readFile(`/sys/block/${name}/loop/backing_file`, 'utf8').catch(() => '');
+    if (backing.trim() === '') continue;
+    const st = await fs.promises.stat(backing.trim()).catch(() => null);
+    if (st && st.dev === dev && st.ino === ino) found.push(`/dev/${name}`);
+  }
+  return found;
+}

@@ -414,3 +414,15 @@ export function peerCredentials(fd: number): { pid: number; uid: number; gid: nu
   if ((getsockoptFn(fd, SOL_SOCKET, SO_PEERCRED, ucred, length) as number) !== 0 || length[0] !== 12) return null;
   return { pid: ucred.readInt32LE(0), uid: ucred.readUInt32LE(4), gid: ucred.readUInt32LE(8) };
 }
+
+const linkatFn = libc.func('int linkat(int oldDirFd, const char *oldPath, int newDirFd, const char *newPath, int flags)');
+const AT_FDCWD = -100;
+const AT_SYMLINK_FOLLOW = 0x400;
+
+/**
+ * Gives an unnamed file (O_TMPFILE) the name `target`, which must not exist yet, through its
+ * /proc/self/fd link (linkat with AT_SYMLINK_FOLLOW: no CAP_DAC_READ_SEARCH needed).
+ */
+export function linkDescriptor(fd: number, target: string): void {
+  if ((linkatFn(AT_FDCWD, `/proc/self/fd/${fd}`, AT_FDCWD, target, AT_SYMLINK_FOLLOW) as number) !== 0) throw fail('linkat', `of descriptor ${fd} to ${target}`);
+}

@@ -4,11 +4,12 @@ import * as fs from 'node:fs';
 import type { CreateOptions } from '../../backup/backup-create.js';
 import { type Repository as RepositoryType, parseCompression, Repository } from '../../backup/repository.js';
 import type { NbdTlsOptions } from '../../client/nbd-client.js';
-import { BlkError } from '../../errors.js';
+import { backupDeviceName } from '../../backup/backup-restore.js';
+import { BlkError, toBlkError } from '../../errors.js';
 import { backup as backupParams } from '../../params.js';
 import { parseSize } from '../../sizes.js';
 import type { Command, CommandIo, ParsedOptions } from '../command.js';
-import { value, wholeNumber } from '../command.js';
+import { deviceRef, value, wholeNumber } from '../command.js';
 import { progressBar } from '../progress-bar.js';
 
 const REPO = { kind: 'value', help: 'the repository directory', isRequired: true } as const;
@@ -74,7 +75,7 @@ export const backupCommands: Command[] = [
       'Incremental (only the blocks CBT says changed) when the previous backup of a device is of the same CBT generation; else a full read, deduplicated.',
     options: {
       repo: REPO,
-      device: { kind: 'list', help: 'devices (names or paths)', isRequired: true },
+      device: { kind: 'list', help: 'devices: names, or paths to their stores (with a /); a backup knows each by its name', isRequired: true },
       'diff-storage': { kind: 'value', help: "difference storage of the backup's snapshot (default: the repository directory)" },
       limit: { kind: 'value', help: 'its largest size, N[K|M|G|T] (default 1/4 of the devices, at least 1G)' },
       full: { kind: 'flag', help: 'read every allocated block, even where an incremental could be made' },
@@ -94,7 +95,7 @@ export const backupCommands: Command[] = [
       const bar = progress(io);
       const r = await repo.create(await io.client(), {
         ...imageOverTcp(o),
-        devices: o.lists.get('device') ?? [],
+        devices: (o.lists.get('device') ?? []).map(deviceRef),
         ...(diffStorage === undefined ? {} : { diffStorage }),
         ...(limit === undefined ? {} : { limit: parseSize(limit) }),
         full: o.flags.has('full'),
@@ -118,22 +119,30 @@ export const backupCommands: Command[] = [
   {
     name: 'backup_restore',
     summary:
-      "Restore a device of a backup to a file (sparse), a block device, an NBD URI, or an attached device (by name or path): when that device's CBT " +
-      'generation is the backup\'s, only the blocks written since the backup are written back (rollback). Every chunk is checked before it is written.',
+      'Restore a device of a backup. --to device:NAME is the attached device NAME; an NBD URI is that export; anything else is a path. ' +
+      "A path that is an attached device's store (any name for it: a symlink, a hard link, /dev/disk/by-*) is restored through the daemon, " +
+      "and when that device's CBT generation is the backup's, only the blocks written since the backup are written back (rollback). " +
+      'A file is written beside the target and put in its place only when whole (sparse: zero chunks stay holes); a block device must not be ' +
+      'mounted or in use; paths on the daemon\'s devices, or under its stores, are refused. Every chunk is checked before it is written.',
     options: {
       repo: REPO,
       id: ID,
-      device: { kind: 'value', help: 'the device of the backup', isRequired: true },
-      to: { kind: 'value', help: 'target: a file, a block device, an NBD URI, or an attached device', isRequired: true },
+      device: { kind: 'value', help: 'the device of the backup: its name, or the path of the attached device it was made from', isRequired: true },
+      to: { kind: 'value', help: 'device:NAME, an NBD URI, or a path (./NAME for a file here)', isRequired: true },
+      offline: { kind: 'flag', help: 'write an existing target although blksnapd cannot be reached to say whether it is attached' },
     },
     async run(o, io) {
       const repo = await open(o);
       const to = value(o, 'to');
-      // The daemon is asked only to find an attached device; a file or URI restores without it.
-      const client = await io.client().catch(() => null);
+      // The daemon says which paths are attached devices; without it only new files, URIs and --offline.
+      let daemonError = '';
+      const client = await io.client().catch((e: unknown) => {
+        daemonError = toBlkError(e).toString();
+        return null;
+      });
       const bar = progress(io);
-      const r = await repo.restore({ id: value(o, 'id'), device: value(o, 'device'), to, client, ...(bar ? { progress: bar } : {}) });
-      io.print(r, `${r.mode}: wrote ${mib(r.writtenBytes)}, skipped ${mib(r.skippedBytes)}`);
+      const r = await repo.restore({ id: value(o, 'id'), device: value(o, 'device'), to, client, daemonError, offline: o.flags.has('offline'), ...(bar ? { progress: bar } : {}) });
+      io.print(r, `${r.mode}${r.device ? ` ${r.device}` : ''}: wrote ${mib(r.writtenBytes)}, skipped ${mib(r.skippedBytes)}`);
     },
   },
   {
@@ -179,16 +188,17 @@ export const backupCommands: Command[] = [
     options: {
       repo: REPO,
       id: ID,
-      device: { kind: 'value', help: 'the device of the backup', isRequired: true },
+      device: { kind: 'value', help: 'the device of the backup: its name, or the path of the attached device it was made from', isRequired: true },
       name: { kind: 'value', help: 'export name (default DEVICE.ID)' },
       loop: { kind: 'flag', help: 'also give it a Linux block device /dev/loopN' },
       writable: { kind: 'flag', help: 'accept writes into an overlay that is dropped at detach' },
     },
     async run(o, io) {
       const name = o.values.get('name');
-      const d = await (await open(o)).attach(await io.client(), {
+      const client = await io.client();
+      const d = await (await open(o)).attach(client, {
         id: value(o, 'id'),
-        device: value(o, 'device'),
+        device: await backupDeviceName(value(o, 'device'), client),
         ...(name === undefined ? {} : { name }),
         ...(o.flags.has('loop') ? { loop: true } : {}),
         ...(o.flags.has('writable') ? { writable: true } : {}),

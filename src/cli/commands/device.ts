@@ -1,7 +1,8 @@
 // Owns the device commands of the CLI: version, attach, detach, list.
 import * as api from '../../control/protocol.js';
 import type { Command } from '../command.js';
-import { value } from '../command.js';
+import * as path from 'node:path';
+import { deviceOption, value } from '../command.js';
 
 function describe(d: api.DeviceInfo): string {
   return `${d.name}\t${d.path}\t${d.size}\t${d.uri}${d.blockDevice ? `\t${d.blockDevice}` : ''}`;
@@ -28,7 +29,7 @@ export const deviceCommands: Command[] = [
       loop: { kind: 'flag', help: 'also expose it (and its snapshot images) as a Linux block device /dev/loopN' },
     },
     async run(o, io) {
-      const params: api.AttachParams = { path: value(o, 'device'), readOnly: o.flags.has('readonly'), tracking: !o.flags.has('untracked') };
+      const params: api.AttachParams = { path: path.resolve(value(o, 'device')), readOnly: o.flags.has('readonly'), tracking: !o.flags.has('untracked') };
       if (o.flags.has('loop')) params.loop = true;
       const name = o.values.get('name');
       if (name !== undefined) params.name = name;
@@ -39,9 +40,9 @@ export const deviceCommands: Command[] = [
   {
     name: 'detach',
     summary: 'Detach a device: tracking ends, its exports close, the daemon releases the store.',
-    options: { device: { kind: 'value', help: 'device name or path', isRequired: true } },
+    options: { device: { kind: 'value', help: 'device name, or a path to its store (with a /)', isRequired: true } },
     async run(o, io) {
-      await (await io.client()).call(api.DeviceDetach, { device: value(o, 'device') });
+      await (await io.client()).call(api.DeviceDetach, { device: deviceOption(o) });
       io.print({}, '');
     },
   },

@@ -2,7 +2,8 @@
 import * as api from '../../control/protocol.js';
 import { BlkError } from '../../errors.js';
 import type { Command, CommandIo } from '../command.js';
-import { value, wholeNumber } from '../command.js';
+import * as path from 'node:path';
+import { deviceOption, deviceRef, value, wholeNumber } from '../command.js';
 import { parseSize } from '../../sizes.js';
 
 
@@ -22,7 +23,7 @@ export const snapshotCommands: Command[] = [
     name: 'snapshot_create',
     summary: 'Create a snapshot of devices over a difference storage; prints its UUID. Take it with snapshot_take.',
     options: {
-      device: { kind: 'list', help: 'devices (names or paths)', isRequired: true },
+      device: { kind: 'list', help: 'devices: names, or paths to their stores (with a /)', isRequired: true },
       file: { kind: 'value', help: 'difference storage: a file, a directory (an unnamed file is made there) or a block device', isRequired: true },
       limit: { kind: 'value', help: 'largest size of the difference storage, N[K|M|G|T]', isRequired: true },
       'diff-storage-minimum': { kind: 'value', help: 'growth step of a file difference storage, N[K|M|G] (default 1G)' },
@@ -30,7 +31,7 @@ export const snapshotCommands: Command[] = [
       force: { kind: 'flag', help: 'overwrite a --file that holds data (refused without it: EEXIST)' },
     },
     async run(o, io) {
-      const params: api.SnapshotCreateParams = { devices: o.lists.get('device') ?? [], diffStorage: value(o, 'file'), limit: parseSize(value(o, 'limit')) };
+      const params: api.SnapshotCreateParams = { devices: (o.lists.get('device') ?? []).map(deviceRef), diffStorage: path.resolve(value(o, 'file')), limit: parseSize(value(o, 'limit')) };
       if (o.flags.has('force')) params.force = true;
       const minimum = o.values.get('diff-storage-minimum');
       if (minimum !== undefined) params.diffStorageMinimum = parseSize(minimum);
@@ -43,9 +44,9 @@ export const snapshotCommands: Command[] = [
   {
     name: 'snapshot_add',
     summary: 'Add a device to a snapshot that is not taken yet.',
-    options: { id: ID, device: { kind: 'value', help: 'device name or path', isRequired: true } },
+    options: { id: ID, device: { kind: 'value', help: 'device name, or a path to its store (with a /)', isRequired: true } },
     async run(o, io) {
-      await (await io.client()).call(api.SnapshotAdd, { id: value(o, 'id'), device: value(o, 'device') });
+      await (await io.client()).call(api.SnapshotAdd, { id: value(o, 'id'), device: deviceOption(o) });
       io.print({}, '');
     },
   },
@@ -72,11 +73,11 @@ export const snapshotCommands: Command[] = [
     name: 'snapshot_info',
     summary: 'Print the image (NBD URI) and error code of a device\'s snapshot.',
     options: {
-      device: { kind: 'value', help: 'device name or path', isRequired: true },
+      device: { kind: 'value', help: 'device name, or a path to its store (with a /)', isRequired: true },
       field: { kind: 'value', help: 'print only this field: image or error_code' },
     },
     async run(o, io) {
-      const info = await (await io.client()).call(api.SnapshotGetInfo, { device: value(o, 'device') });
+      const info = await (await io.client()).call(api.SnapshotGetInfo, { device: deviceOption(o) });
       const field = o.values.get('field');
       if (field !== undefined && field !== 'image' && field !== 'error_code') throw new BlkError('EINVAL', `--field takes image or error_code, not '${field}'`);
       const image = info.image ? info.image.uri : '';
