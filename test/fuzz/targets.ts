@@ -14,6 +14,7 @@ import { FuseRequests } from '../../src/frontends/fuse/requests.js';
 import { ByteQueue } from '../../src/util/byte-queue.js';
 import type { Device } from '../../src/core/device.js';
 import { mutate, split, type Field, type Rng } from './mutate.js';
+import { REPOSITORY_TARGETS } from './repository-targets.js';
 import { RawNbd } from '../helpers/raw-nbd.js';
 import * as api from '../../src/control/protocol.js';
 
@@ -555,4 +556,4 @@ export function nbdSocketTarget(): FuzzTarget {
   };
 }
 
-export const ALL_TARGETS = [handshakeTarget, transmissionTarget, fuseTarget, controlTarget, nbdSocketTarget];
+export const ALL_TARGETS = [handshakeTarget, transmissionTarget, fuseTarget, controlTarget, nbdSocketTarget, ...REPOSITORY_TARGETS];
