@@ -109,7 +109,7 @@ function indexSeed(rng: Rng, count: number): { root: Buffer; pages: Buffer[] } {
   root.writeBigUInt64LE(BigInt(count), 16);
   root.writeBigUInt64LE(65536n, 24);
   root.writeBigUInt64LE(BigInt(count * 65536 - rng.int(65536)), 32);
-  pages.forEach((p, i) => sha256(p).copy(root, ROOT_HEADER + i * 32));
+  for (const [i, p] of pages.entries()) sha256(p).copy(root, ROOT_HEADER + i * 32);
   sha256(root.subarray(0, root.length - 32)).copy(root, root.length - 32);
   return { root, pages };
 }
