@@ -83,7 +83,7 @@ export async function readIdxFileAsync(file: string): Promise<{ data: Buffer; co
   return decodeIdx(data, file);
 }
 
-/** A pack index's bytes, checked as readIdxFile says; EIO naming `file` and what is wrong. */
+/** A pack's index file's bytes, checked as readIdxFile says; EIO naming `file` and what is wrong. */
 export function decodeIdx(data: Buffer, file: string): { data: Buffer; count: number } {
   if (data.length < 48 || !data.subarray(0, 8).equals(IDX_MAGIC)) throw new BlkError('EIO', `${file} is not a pack index`);
   const count = data.readUInt32LE(12);

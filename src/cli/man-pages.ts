@@ -1,6 +1,6 @@
 // Owns the man pages blksnap(8) and blksnapd(8), made from the definitions --help prints (the command
 // table and the daemon's help text), so the two never drift apart.
-import { DAEMON_HELP } from '../daemon/config.js';
+import { DAEMON_HELP } from '../blksnapd-help.js';
 import { type Command, commandOptions, commandUsage, optionSynopsis } from './command.js';
 
 /** roff-safe text: backslashes doubled, hyphens of options kept as minus signs, no line opening with a dot. */

@@ -6,8 +6,8 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import * as tls from 'node:tls';
 import { BlkError, errnoName } from '../errors.js';
-import { adoptWithReceiver, ReceiveArena } from '../frontends/nbd/receive-socket.js';
-import * as w from '../frontends/nbd/wire.js';
+import { adoptWithReceiver, ReceiveArena } from '../nbd/receive-socket.js';
+import * as w from '../nbd/wire.js';
 import { ByteQueue } from '../util/byte-queue.js';
 
 const REPLY_TYPE_OFFSET_HOLE = 2;
@@ -343,7 +343,7 @@ export class NbdClient {
   /** Ends the connection politely (NBD_CMD_DISC), or at once when it already failed. */
   async close(): Promise<void> {
     if (this.#closed) return;
-    const h = encodeRequest(w.NBD_CMD_DISC, 0, this.#cookie++, 0, 0);
+    const h = w.encodeRequest(w.NBD_CMD_DISC, 0, this.#cookie++, 0, 0);
     await new Promise<void>((resolve) => {
       this.#socket.end(h, () => resolve());
       setTimeout(resolve, 1000).unref();
@@ -368,7 +368,7 @@ export class NbdClient {
         if (contextId !== undefined) p.contextId = contextId;
       }
       this.#pending.set(cookie, p);
-      this.#socket.write(encodeRequest(type, flags, cookie, offset, length));
+      this.#socket.write(w.encodeRequest(type, flags, cookie, offset, length));
       if (payload) this.#socket.write(payload);
     });
   }
@@ -554,17 +554,6 @@ function u32(n: number): Buffer {
 }
 
 /** A 28-byte NBD request header (a bigint offset lets a test send one past 2^53). */
-export function encodeRequest(type: number, flags: number, cookie: bigint, offset: number | bigint, length: number): Buffer {
-  const h = Buffer.alloc(28);
-  h.writeUInt32BE(w.REQUEST_MAGIC, 0);
-  h.writeUInt16BE(flags, 4);
-  h.writeUInt16BE(type, 6);
-  h.writeBigUInt64BE(cookie, 8);
-  h.writeBigUInt64BE(BigInt(offset), 16);
-  h.writeUInt32BE(length, 24);
-  return h;
-}
-
 async function startTls(socket: net.Socket, target: NbdTarget, options: NbdTlsOptions): Promise<tls.TLSSocket> {
   const base: tls.ConnectionOptions = { socket, servername: target.host && net.isIP(target.host) === 0 ? target.host : undefined };
   if (options.psk) {

@@ -6,7 +6,7 @@ import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import client from 'prom-client';
 import type { Registry as Devices } from '../core/registry.js';
-import * as w from '../frontends/nbd/wire.js';
+import * as w from '../nbd/wire.js';
 import type { RequestObserver } from '../frontends/nbd/request-observer.js';
 
 const COMMANDS: Record<number, string> = {

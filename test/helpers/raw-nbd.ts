@@ -3,7 +3,7 @@ import * as net from 'node:net';
 
 const IHAVEOPT = 0x49484156454f5054n;
 
-import { encodeRequest } from '../../src/client/nbd-client.js';
+import { encodeRequest } from '../../src/nbd/wire.js';
 
 export { encodeRequest };
 

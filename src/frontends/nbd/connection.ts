@@ -7,7 +7,7 @@ import { ByteQueue } from '../../util/byte-queue.js';
 import type { Disposable } from '../../util/emitter.js';
 import { Handshake, type ExportCatalogue, type TlsPolicy } from './handshake.js';
 import type { RequestObservers } from './request-observer.js';
-import { adoptWithReceiver, ReceiveArena } from './receive-socket.js';
+import { adoptWithReceiver, ReceiveArena } from '../../nbd/receive-socket.js';
 import type { PeerIdentity } from './authz.js';
 import type { TlsServer } from './tls.js';
 import { Transmission } from './transmission.js';

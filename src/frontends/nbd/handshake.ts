@@ -4,7 +4,7 @@ import { nbd as limits } from '../../params.js';
 import type { ByteQueue } from '../../util/byte-queue.js';
 import { type ExportPolicy, OPEN_POLICY } from './authz.js';
 import { matchContexts, type MetaContext } from './meta-context.js';
-import * as w from './wire.js';
+import * as w from '../../nbd/wire.js';
 
 export interface ExportCatalogue {
   lookupExport(name: string): BlockDevice | undefined;

@@ -5,7 +5,7 @@ import { IoFlag, type BlockDevice } from '../../core/block-device.js';
 import type { WriteStream } from '../../core/write-stream.js';
 import { ioBuffers } from '../../util/buffer-pool.js';
 import { totalLength, type ByteQueue } from '../../util/byte-queue.js';
-import * as w from './wire.js';
+import * as w from '../../nbd/wire.js';
 
 /**
  * The payload of a write whose header is parsed: what came with the header stays where it was

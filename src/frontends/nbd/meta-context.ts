@@ -1,7 +1,7 @@
 // Owns the NBD metadata contexts an export offers: base:allocation, and its change tracking as
 // qemu:dirty-bitmap:cbt-J (QEMU's one-flag format) and x-blksnap:cbt (the CBT byte itself).
 import type { BlockDevice, ChangeMap } from '../../core/block-device.js';
-import * as w from './wire.js';
+import * as w from '../../nbd/wire.js';
 
 /** The CBT byte of each block as the extent's flags (an unregistered namespace takes x-). */
 export const CBT_CONTEXT = 'x-blksnap:cbt';

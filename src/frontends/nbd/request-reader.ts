@@ -6,7 +6,7 @@ import type { BlkError } from '../../errors.js';
 import { ioBuffers } from '../../util/buffer-pool.js';
 import type { ByteQueue } from '../../util/byte-queue.js';
 import { IncomingWrite } from './incoming-write.js';
-import * as w from './wire.js';
+import * as w from '../../nbd/wire.js';
 
 
 export type TransmissionStep = { kind: 'more' } | { kind: 'paused' } | { kind: 'close'; reason: string };

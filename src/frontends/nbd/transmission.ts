@@ -14,7 +14,7 @@ import { changeExtents } from './meta-context.js';
 import { RequestReader, type RequestSink, type TransmissionStep } from './request-reader.js';
 import { ReplyWriter } from './reply-writer.js';
 import type { RequestObserver } from './request-observer.js';
-import * as w from './wire.js';
+import * as w from '../../nbd/wire.js';
 
 /** The daemon's pipes for spliced image reads. */
 const splicePipes = new PipePool(nbdIo.splicePipeBytes, nbdIo.splicePipesKept, nbdIo.splicePipesInUse);

@@ -182,6 +182,18 @@ export interface RequestHeader {
 }
 
 /** Decodes a 28-byte request header. Offsets beyond 2^53 decode as Infinity and fail range checks. */
+/** A request's 28-byte header, as a client sends it. */
+export function encodeRequest(type: number, flags: number, cookie: bigint, offset: number | bigint, length: number): Buffer {
+  const h = Buffer.alloc(28);
+  h.writeUInt32BE(REQUEST_MAGIC, 0);
+  h.writeUInt16BE(flags, 4);
+  h.writeUInt16BE(type, 6);
+  h.writeBigUInt64BE(cookie, 8);
+  h.writeBigUInt64BE(BigInt(offset), 16);
+  h.writeUInt32BE(length, 24);
+  return h;
+}
+
 export function decodeRequestHeader(b: Buffer): RequestHeader {
   const high = b.readUInt32BE(16);
   const low = b.readUInt32BE(20);

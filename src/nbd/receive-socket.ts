@@ -1,6 +1,6 @@
 // Owns reading an accepted connection into buffers the protocol chooses (Node's `onread`), which
 // net.Server does not offer for the sockets it accepts.
-import { nbdIo } from '../../params.js';
+import { nbdIo } from '../params.js';
 import * as net from 'node:net';
 
 export interface Receiver {

@@ -1,0 +1,221 @@
+// Owns a backup repository's format as its programs see it (docs/repository-format.md): made and
+// opened with its config, the complete backups and their manifests, the lock that keeps a prune's
+// sweep apart from readers and writers, the commit that makes a backup exist, and the holds of the
+// backups a daemon serves. It knows nothing of the programs that drive it.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { BlkError } from '../errors.js';
+import { isProcessRunning } from '../os/process-alive.js';
+import { backup as params } from '../params.js';
+import type { Backend } from './backend.js';
+import { backendAt } from './backends.js';
+import { BACKUP_ID_PATTERN, names, TEMP_MARK } from './layout.js';
+import { encodeManifest, type Manifest, readManifest } from './manifest.js';
+
+export interface RepositoryConfig {
+  version: 1;
+  /** zstd level, or null: chunks are stored as they are. */
+  zstdLevel: number | null;
+  created: string;
+}
+
+export interface BackupSummary {
+  id: string;
+  time: string;
+  devices: Array<{ name: string; size: number; mode: 'full' | 'incremental' }>;
+}
+
+/** What a progress report is told while a command waits: the progress bar's note. */
+export interface Notes {
+  note(text: string): void;
+}
+
+/** Parses --compress: zstd, zstd:LEVEL (1-19) or none. */
+export function parseCompression(text: string): number | null {
+  if (text === 'none') return null;
+  const m = /^zstd(?::(\d+))?$/.exec(text);
+  const level = m ? Number(m[1] ?? params.zstdLevel) : Number.NaN;
+  if (!(level >= 1 && level <= 19)) throw new BlkError('EINVAL', `--compress takes zstd, zstd:LEVEL (1-19) or none, not '${text}'`);
+  return level;
+}
+
+export class Repository {
+  readonly backend: Backend;
+  readonly config: RepositoryConfig;
+
+  private constructor(backend: Backend, config: RepositoryConfig) {
+    this.backend = backend;
+    this.config = config;
+  }
+
+  /** How messages name it: its directory. */
+  get location(): string {
+    return this.backend.location;
+  }
+
+  /** Makes a new repository at `location` (an empty or missing directory); EEXIST when one is there. */
+  static async init(location: string | Backend, options: { zstdLevel?: number | null } = {}): Promise<Repository> {
+    const backend = typeof location === 'string' ? backendAt(location) : location;
+    if ((await backend.size(names.config)) !== null) throw new BlkError('EEXIST', `${backend.location} already holds a backup repository`);
+    if ((await backend.list('')).length > 0) throw new BlkError('EEXIST', `${backend.location} is not empty; a repository needs a place of its own`);
+    const config: RepositoryConfig = { version: 1, zstdLevel: options.zstdLevel === undefined ? params.zstdLevel : options.zstdLevel, created: new Date().toISOString() };
+    await backend.write(names.config, Buffer.from(`${JSON.stringify(config, null, 2)}\n`));
+    await backend.sync();
+    return new Repository(backend, config);
+  }
+
+  static async open(location: string | Backend): Promise<Repository> {
+    const backend = typeof location === 'string' ? backendAt(location) : location;
+    let config: RepositoryConfig;
+    let bytes: Buffer;
+    try {
+      bytes = await backend.read(names.config);
+    } catch (e) {
+      const isMissing = (e as BlkError).code === 'ENOENT';
+      throw new BlkError(isMissing ? 'ENOENT' : 'EIO', `${backend.location} is not a backup repository (${isMissing ? 'no config.json; make one with backup_init' : (e as Error).message})`);
+    }
+    try {
+      config = JSON.parse(bytes.toString('utf8')) as RepositoryConfig;
+    } catch {
+      throw new BlkError('EIO', `${backend.location}/config.json is not readable JSON`);
+    }
+    if (config.version !== 1) throw new BlkError('EINVAL', `${backend.location} has repository format ${config.version}, not 1`);
+    const level = config.zstdLevel;
+    if (level !== null && !(Number.isInteger(level) && level >= 1 && level <= 19)) throw new BlkError('EIO', `${backend.location}/config.json: zstdLevel ${JSON.stringify(level)} is not a level from 1 to 19 or null`);
+    return new Repository(backend, config);
+  }
+
+  /** Ids of the complete backups (a manifest in place), oldest first. */
+  async backupIds(): Promise<string[]> {
+    const folders = (await this.backend.list(names.backups)).filter((n) => n.endsWith('/')).map((n) => n.slice(0, -1));
+    const ids = folders.filter((n) => BACKUP_ID_PATTERN.test(n));
+    const present = await Promise.all(ids.map(async (id) => (await this.backend.size(names.manifest(id))) !== null));
+    return ids.filter((_, i) => present[i]).sort();
+  }
+
+  /** Backup `id`'s manifest: EINVAL for an id that is not one, ENOENT when there is no such backup, EIO when it is damaged. */
+  manifest(id: string): Promise<Manifest> {
+    if (!BACKUP_ID_PATTERN.test(id)) return Promise.reject(new BlkError('EINVAL', `'${id}' is not a backup id (see backup_list)`));
+    return readManifest(this.backend, id);
+  }
+
+  /** Every complete backup, oldest first; one whose manifest is damaged is listed by id with no devices. */
+  async list(): Promise<BackupSummary[]> {
+    const out: BackupSummary[] = [];
+    for (const id of await this.backupIds()) {
+      try {
+        const m = await this.manifest(id);
+        out.push({ id, time: m.time, devices: m.devices.map((d) => ({ name: d.name, size: d.size, mode: d.mode })) });
+      } catch {
+        out.push({ id, time: '', devices: [] });
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Takes the repository's lock: shared by backups being made, restores, verifies and attaches;
+   * exclusive for a prune's sweep. Waits while the other kind holds it; gone when the process is.
+   */
+  lock(exclusive: boolean, onWait?: () => void): Promise<() => void> {
+    return this.backend.lock(exclusive, onWait);
+  }
+
+  /** Runs `work` under the lock held shared: a prune's sweep does not move packs under it. */
+  async whileShared<T>(notes: Notes | undefined, work: () => Promise<T>): Promise<T> {
+    const release = await this.lock(false, () => notes?.note('waiting for a prune to finish its sweep'));
+    try {
+      return await work();
+    } finally {
+      release();
+    }
+  }
+
+  /** Starts writing backup `id`: its files staged where nobody sees them until commit(). */
+  async beginBackup(id: string): Promise<BackupWriter> {
+    return BackupWriter.start(this.backend, id);
+  }
+
+  /**
+   * Marks backup `id` as served by this process (backup_attach): a prune keeps it while the process
+   * lives. ENOENT when the backup is gone (a prune took it away). The release removes the mark.
+   */
+  async hold(id: string, device: string): Promise<() => Promise<void>> {
+    const name = names.hold(id, process.pid, randomBytes(4).toString('hex'));
+    try {
+      await this.backend.write(name, Buffer.from(`${device}\n`), { inExistingFolder: true });
+    } catch (e) {
+      if ((e as BlkError).code === 'ENOENT') throw new BlkError('ENOENT', `no backup ${id} in ${this.location}`);
+      throw e;
+    }
+    return () => this.backend.remove(name);
+  }
+
+  /** Whether a live process serves backup `id` (its hold). */
+  async isHeld(id: string): Promise<boolean> {
+    return isHeldBy(await this.backend.list(names.backup(id)));
+  }
+}
+
+/** Whether a backup folder's entries hold a live process's hold. */
+export function isHeldBy(entries: string[]): boolean {
+  return entries.some((n) => n.startsWith('.held-by-') && isProcessRunning(Number(n.split('-')[2])));
+}
+
+/**
+ * A backup being written: its device index roots staged where no reader looks, then its manifest
+ * and the commit that makes it exist, after everything it names is durable.
+ */
+export class BackupWriter {
+  readonly id: string;
+  #backend: Backend;
+  #folder: string;
+  #isDone = false;
+
+  private constructor(backend: Backend, id: string, folder: string) {
+    this.id = id;
+    this.#backend = backend;
+    this.#folder = folder;
+  }
+
+  static async start(backend: Backend, id: string): Promise<BackupWriter> {
+    const folder = backend.stagingPath(names.backup(id));
+    await fs.promises.mkdir(folder, { recursive: true });
+    return new BackupWriter(backend, id, folder);
+  }
+
+  /** A file of the backup beside its manifest (a device's index root). */
+  async addFile(file: string, bytes: Uint8Array): Promise<void> {
+    await fs.promises.writeFile(path.join(this.#folder, file), bytes, { mode: 0o644 });
+  }
+
+  /**
+   * Makes the backup exist: everything written so far (packs, pages, its files) durable first, then
+   * its manifest, then the commit that puts the backup in place, durable too.
+   */
+  async commit(manifest: Manifest): Promise<void> {
+    await this.#backend.sync();
+    const handle = await fs.promises.open(path.join(this.#folder, 'manifest.json'), 'w', 0o644);
+    try {
+      await handle.writeFile(encodeManifest(manifest));
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await this.#backend.commit(names.backup(this.id));
+    this.#isDone = true;
+    await this.#backend.sync();
+  }
+
+  /** Takes away what was staged, unless committed. */
+  async abandon(): Promise<void> {
+    if (!this.#isDone) await fs.promises.rm(this.#folder, { recursive: true, force: true });
+  }
+}
+
+/** Whether a name under backups/ (or chunks/, pages/XX/) is a writer's temporary one, and of which process. */
+export function temporaryOwner(name: string): number | null {
+  const m = new RegExp(`${TEMP_MARK.replace(/\./g, '\\.')}(\\d+)(?:\\.|/|$)`).exec(name);
+  return m ? Number(m[1]) : null;
+}
