@@ -2,7 +2,6 @@
 // the backup), each image read over NBD (only the chunks CBT says changed, when the previous backup
 // of the device is of the same generation), chunks hashed, compressed and stored by worker threads,
 // indexes and chunks made durable, and the manifest written last.
-import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Cbt } from '../client/cbt.js';
@@ -10,18 +9,17 @@ import type { BlksnapClient } from '../client/connection.js';
 import type { NbdTlsOptions } from '../client/nbd-client.js';
 import * as api from '../control/protocol.js';
 import { BlkError, toBlkError } from '../errors.js';
-import { syncFilesystem } from '../os/libc.js';
-import { syncDirectory } from '../os/state-file.js';
 import { backup as params } from '../params.js';
-import { chunkCountOf, readIndex, writeIndex } from './digest-index.js';
-import { allocatedChunks, inFronts, readRuns, runsOf } from './image-reader.js';
-import { isZeroDigest, layout, newBackupId } from './layout.js';
-import { ChunkIndex, type ChunkLocation } from './chunk-index.js';
-import { encodeManifest, type ManifestDevice } from './manifest.js';
-import type { Progress } from './progress.js';
-import type { Repository } from './repository.js';
-import { WorkerPool } from './worker-pool.js';
+import { ChunkIndex, type ChunkLocation } from '../repository/chunk-index.js';
+import { isZeroDigest } from '../repository/digest.js';
+import { chunkCountOf, readIndex, writeIndex } from '../repository/digest-index.js';
+import { indexFileOf, names, newBackupId } from '../repository/layout.js';
+import type { ManifestDevice } from '../repository/manifest.js';
+import type { BackupWriter, Repository } from '../repository/repository.js';
 import { TaskWindow } from '../util/task-window.js';
+import { allocatedChunks, inFronts, readRuns, runsOf } from './image-reader.js';
+import type { Progress } from './progress.js';
+import { WorkerPool } from './workers/worker-pool.js';
 
 /** Where a chunk this backup is storing will be: only whether it is known matters here. */
 const PENDING: ChunkLocation = { pack: '', offset: 0, storedLength: 0, flags: 0, size: 0 };
@@ -47,16 +45,17 @@ export interface CreateOptions {
 export interface CreateResult {
   id: string;
   time: string;
-  devices: Array<Pick<ManifestDevice, 'name' | 'size' | 'mode' | 'generationId' | 'changesNumber' | 'readBytes' | 'storedBytes'>>;
+  /** Per device: `storedBytes` is what its new chunks added to packs (record headers included), `indexBytes` its index pages and root. */
+  devices: Array<Pick<ManifestDevice, 'name' | 'size' | 'mode' | 'generationId' | 'changesNumber' | 'readBytes' | 'storedBytes'> & { indexBytes: number }>;
   warnings: string[];
 }
 
 /** The newest complete backup of each device name, with its index, when it can be read. */
-function previousBackups(repo: Repository): Map<string, { id: string; device: ManifestDevice }> {
+async function previousBackups(repo: Repository): Promise<Map<string, { id: string; device: ManifestDevice }>> {
   const out = new Map<string, { id: string; device: ManifestDevice }>();
-  for (const id of repo.backupIds()) {
+  for (const id of await repo.backupIds()) {
     try {
-      for (const device of repo.manifest(id).devices) out.set(device.name, { id, device });
+      for (const device of (await repo.manifest(id)).devices) out.set(device.name, { id, device });
     } catch {
       // A damaged manifest is not a base for an incremental; verify reports it.
     }
@@ -67,22 +66,22 @@ function previousBackups(repo: Repository): Map<string, { id: string; device: Ma
 export async function createBackup(repo: Repository, client: BlksnapClient, given: CreateOptions): Promise<CreateResult> {
   if (given.devices.length === 0) throw new BlkError('EINVAL', 'backup_create: give at least one --device');
   // A backup knows a device by its name, whichever way it was given: its base, its restores and its retention follow the name.
-  const names = await Promise.all(given.devices.map(async (d) => (await client.call(api.DeviceInfoOf, { device: d.includes('/') ? path.resolve(d) : d })).name));
-  if (new Set(names).size !== names.length) throw new BlkError('EINVAL', `backup_create: a device is given twice (${given.devices.join(', ')})`);
-  const o = { ...given, devices: names };
+  const deviceNames = await Promise.all(given.devices.map(async (d) => (await client.call(api.DeviceInfoOf, { device: d.includes('/') ? path.resolve(d) : d })).name));
+  if (new Set(deviceNames).size !== deviceNames.length) throw new BlkError('EINVAL', `backup_create: a device is given twice (${given.devices.join(', ')})`);
+  const o = { ...given, devices: deviceNames };
   const release = await repo.lock(false, () => o.progress?.note('waiting for a prune to finish its sweep'));
-  const workers = new WorkerPool(params.createWorkersPerCore * os.availableParallelism());
+  const workers = new WorkerPool('create', params.createWorkersPerCore * os.availableParallelism());
   let snapshotId: string | null = null;
   const time = new Date();
   const id = newBackupId(time);
-  const partial = layout.partialBackup(repo.dir, id);
+  let writer: BackupWriter | null = null;
   try {
-    fs.mkdirSync(partial, { recursive: true });
+    writer = await repo.beginBackup(id);
     const sizes = await Promise.all(o.devices.map((d) => client.call(api.CbtGetInfo, { device: d }).then((i) => i.deviceCapacity)));
     const total = sizes.reduce((a, b) => a + b, 0);
     const created = await client.call(api.SnapshotCreate, {
       devices: o.devices,
-      diffStorage: o.diffStorage ?? repo.dir,
+      diffStorage: o.diffStorage ?? repo.backend.localPath('') ?? os.tmpdir(),
       limit: o.limit ?? Math.max(2 ** 30, Math.ceil(total / 4 / 4096) * 4096),
       ownedByConnection: true,
     });
@@ -96,37 +95,24 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
       }));
       await o.afterTake(images);
     }
-    const previous = previousBackups(repo);
+    const previous = await previousBackups(repo);
     // What the repository holds: a chunk found here is not stored again.
-    const known = ChunkIndex.load(repo.dir);
-    const entries: ManifestDevice[] = [];
-    for (const name of o.devices) entries.push(await backupDevice(repo, client, workers, known, o, name, previous.get(name) ?? null, partial));
-    // Packs closed (fdatasync, indexed, renamed); then pages and index roots durable, before the manifest makes the backup exist.
+    const known = await ChunkIndex.load(repo.backend);
+    const entries: Array<ManifestDevice & { indexBytes: number }> = [];
+    for (const name of o.devices) entries.push(await backupDevice(repo, client, workers, known, o, name, previous.get(name) ?? null, writer));
+    // Packs put in place (synced, indexed); the commit makes them, the pages and the index roots
+    // durable before the manifest makes the backup exist.
     await workers.runOnAll({ kind: 'finish' });
-    const dirFd = fs.openSync(repo.dir, 'r');
-    try {
-      await syncFilesystem(dirFd);
-    } finally {
-      fs.closeSync(dirFd);
-    }
-    const manifest = { version: 1 as const, id, time: time.toISOString(), devices: entries };
-    const manifestFd = fs.openSync(path.join(partial, 'manifest.json'), 'w', 0o644);
-    try {
-      fs.writeSync(manifestFd, encodeManifest(manifest));
-      fs.fsyncSync(manifestFd);
-    } finally {
-      fs.closeSync(manifestFd);
-    }
-    fs.renameSync(partial, layout.backup(repo.dir, id));
-    await syncDirectory(layout.backupsDir(repo.dir));
+    const manifest = { version: 1 as const, id, time: time.toISOString(), devices: entries.map(({ indexBytes: _i, ...device }) => device) };
+    await writer.commit(manifest);
     return {
       id,
       time: manifest.time,
-      devices: entries.map(({ name, size, mode, generationId, changesNumber, readBytes, storedBytes }) => ({ name, size, mode, generationId, changesNumber, readBytes, storedBytes })),
+      devices: entries.map(({ name, size, mode, generationId, changesNumber, readBytes, storedBytes, indexBytes }) => ({ name, size, mode, generationId, changesNumber, readBytes, storedBytes, indexBytes })),
       warnings: taken.warnings,
     };
   } finally {
-    fs.rmSync(partial, { recursive: true, force: true });
+    await writer?.abandon();
     if (snapshotId !== null) await client.call(api.SnapshotDestroy, { id: snapshotId }).catch(() => undefined);
     await workers.close();
     release();
@@ -136,13 +122,13 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
 async function backupDevice(
   repo: Repository,
   client: BlksnapClient,
-  workers: WorkerPool,
+  workers: WorkerPool<'create'>,
   known: ChunkIndex,
   o: CreateOptions,
   name: string,
   previous: { id: string; device: ManifestDevice } | null,
-  partial: string,
-): Promise<ManifestDevice> {
+  writer: BackupWriter,
+): Promise<ManifestDevice & { indexBytes: number }> {
   const info = await client.call(api.CbtGetInfo, { device: name });
   const snap = await client.call(api.SnapshotGetInfo, { device: name });
   if (!snap.image) throw new BlkError('EIO', `device ${name} has no snapshot image`);
@@ -158,7 +144,7 @@ async function backupDevice(
   const p = previous?.device;
   if (!o.full && p && p.generationId === info.generationId && p.size === size && p.chunkSize === chunkSize && p.changesNumber < info.changesNumber) {
     try {
-      const base = readIndex(repo.dir, path.join(layout.backup(repo.dir, (previous as { id: string }).id), p.index));
+      const base = await readIndex(repo.backend, names.indexRoot((previous as { id: string }).id, p.index));
       digests = base.digests;
       for (const page of base.pages) checkedPages.add(page);
       const map = await new Cbt(client, name).readMap();
@@ -181,7 +167,6 @@ async function backupDevice(
   // 40 % idle (a 4 GiB full backup 11–12.5 s; 8.9–9.2 s with 6, no better with 12).
   const waiting = workers.size * 6;
   const storing = new TaskWindow(waiting);
-  const chunksDir = layout.chunksDir(repo.dir);
   let taskId = 0;
   // Reads land in slots of memory shared with the workers, each slot free again once its chunks are
   // stored: memory used again stays backed (a new buffer per read cost a fresh page per 4 KiB,
@@ -217,7 +202,7 @@ async function backupDevice(
         known.add(h.digests, i * 32, PENDING);
         which.push(i);
       }
-      const stored = await workers.run({ kind: 'store', id, which, chunksDir, level: repo.config.zstdLevel }, [], on);
+      const stored = await workers.run({ kind: 'store', id, which, repository: repo.backend.spec, level: repo.config.zstdLevel }, [], on);
       storedBytes += stored.storedBytes;
       if (isShared) freeSlots.push(data.byteOffset / slotBytes);
       o.progress?.advance(bytes);
@@ -225,7 +210,8 @@ async function backupDevice(
     await storing.add(task);
   });
   await storing.drain();
-  storedBytes += writeIndex(repo.dir, layout.index(partial, name), { size, chunkSize, digests }, checkedPages);
+  const { root, pageBytes } = await writeIndex(repo.backend, { size, chunkSize, digests }, checkedPages);
+  await writer.addFile(indexFileOf(name), root);
   o.progress?.done();
-  return { name, size, chunkSize, mode, generationId: info.generationId, changesNumber: info.changesNumber, readBytes, storedBytes, index: `${name}.index` };
+  return { name, size, chunkSize, mode, generationId: info.generationId, changesNumber: info.changesNumber, readBytes, storedBytes, index: indexFileOf(name), indexBytes: pageBytes + root.length };
 }

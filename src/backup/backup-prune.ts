@@ -2,16 +2,14 @@
 // packs with no live chunk removed, packs with some rewritten with only those, unreferenced index pages
 // removed. The sweep holds the repository's lock
 // exclusively, so it waits for running backups (which hold it shared) and they wait for it.
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { BlkError } from '../errors.js';
-import { referencesOf } from './backup-verify.js';
-import { packIds } from './chunk-index.js';
-import { PackWriter, packPaths, RECORD_HEADER, readIdx } from './pack.js';
-import { BACKUP_ID_PATTERN, layout, TEMP_MARK } from './layout.js';
-import type { Progress } from './progress.js';
-import type { Repository } from './repository.js';
 import { isProcessRunning } from '../os/process-alive.js';
+import { packIds } from '../repository/chunk-index.js';
+import { BACKUP_ID_PATTERN, names, TEMP_MARK } from '../repository/layout.js';
+import { entriesOf, PackWriter, RECORD_HEADER, readPackIndex } from '../repository/pack.js';
+import { isHeldBy, type Repository, temporaryOwner } from '../repository/repository.js';
+import { referencesOf } from './backup-verify.js';
+import type { Progress } from './progress.js';
 
 export interface PruneOptions {
   keepLast: number;
@@ -61,14 +59,6 @@ export function keptBy(backups: Array<{ id: string; time: Date }>, o: PruneOptio
   return kept;
 }
 
-function isHeld(repo: string, id: string): boolean {
-  return isHeldIn(layout.backup(repo, id));
-}
-
-function isHeldIn(dir: string): boolean {
-  return fs.readdirSync(dir).some((n) => n.startsWith('.held-by-') && isProcessRunning(Number(n.split('-')[2])));
-}
-
 /** A backup dated more than this ahead of now was made by a host whose clock is wrong. */
 const FUTURE_SLACK_MS = 24 * 3600 * 1000;
 
@@ -85,100 +75,109 @@ export function byRecordedTime(list: Array<{ id: string; time: string }>, now = 
 
 export async function pruneRepository(repo: Repository, o: PruneOptions): Promise<PruneResult> {
   if (!(o.keepLast >= 1)) throw new BlkError('EINVAL', 'backup_prune: --keep-last takes 1 or more (a prune never removes every backup)');
-  const { backups, warnings } = byRecordedTime(repo.list());
+  const { backups, warnings } = byRecordedTime(await repo.list());
   const kept = keptBy(backups, o);
   // A backup a live daemon serves as a device (backup_attach) stays, whatever the policy says.
-  for (const b of backups) if (isHeld(repo.dir, b.id)) kept.add(b.id);
+  for (const b of backups) if (await repo.isHeld(b.id)) kept.add(b.id);
   const removed = backups.filter((b) => !kept.has(b.id)).map((b) => b.id);
   const result: PruneResult = { kept: [...kept].sort(), warnings, removed, removedChunks: 0, removedPages: 0, freedBytes: 0, dryRun: o.dryRun ?? false };
   if (o.dryRun) return result;
+  const backend = repo.backend;
   for (const id of [...removed]) {
-    // Renamed first: a crash mid-removal leaves no half backup that looks whole. A daemon that
-    // placed its hold between the look above and the rename finds the backup gone, or is seen
-    // here and the backup goes back: it is never removed while held.
-    const doomed = path.join(layout.backupsDir(repo.dir), `.removing-${id}`);
-    fs.renameSync(layout.backup(repo.dir, id), doomed);
-    if (isHeldIn(doomed)) {
-      fs.renameSync(doomed, layout.backup(repo.dir, id));
+    // The manifest first: a crash mid-removal leaves no half backup that looks whole. A daemon that
+    // placed its hold between the look above and this finds the backup gone, or is seen here and
+    // the manifest goes back: a backup is never removed while held.
+    const manifest = await backend.read(names.manifest(id));
+    await backend.remove(names.manifest(id));
+    if (await repo.isHeld(id)) {
+      await backend.write(names.manifest(id), manifest);
       removed.splice(removed.indexOf(id), 1);
       result.kept = [...result.kept, id].sort();
       continue;
     }
-    fs.rmSync(doomed, { recursive: true, force: true });
+    await backend.remove(names.backup(id));
   }
   const release = await repo.lock(true, () => o.progress?.note('waiting for running backups before the sweep'));
   try {
-    const chunks = new Set<string>();
-    const pages = new Set<string>();
-    for (const id of repo.backupIds()) {
-      const r = referencesOf(repo, id);
-      // A backup whose references cannot all be read might still own chunks: sweep nothing.
-      if (r.problems.length > 0) throw new BlkError('EIO', `backup_prune: backups removed, but no sweep: ${r.problems[0]} (run backup_verify)`);
-      for (const c of r.chunks) chunks.add(c);
-      for (const p of r.pages) pages.add(p);
-    }
-    const remove = (file: string): void => {
-      result.freedBytes += fs.statSync(file).size;
-      fs.rmSync(file, { force: true });
-    };
-    const chunksDir = layout.chunksDir(repo.dir);
-    for (const id of packIds(repo.dir)) {
-      const { pack, idx } = packPaths(chunksDir, id);
-      const entries = readIdx(idx);
-      const live = entries.filter((e) => chunks.has(e.digest.toString('hex')));
-      if (live.length === entries.length) continue;
-      result.removedChunks += entries.length - live.length;
-      if (live.length > 0) {
-        // The live records into a new pack, visible before the old one goes: a chunk is never absent.
-        const writer = new PackWriter(chunksDir, null);
-        const fd = fs.openSync(pack, 'r');
-        try {
-          for (const e of live) {
-            const stored = Buffer.allocUnsafe(e.storedLength);
-            if (fs.readSync(fd, stored, 0, stored.length, e.offset + RECORD_HEADER) !== stored.length) throw new BlkError('EIO', `pack ${id} is cut short; run backup_verify`);
-            writer.appendStored(e.digest, stored, e.flags, e.size);
-          }
-        } finally {
-          fs.closeSync(fd);
-        }
-        writer.close();
-        for (const created of writer.closed) result.freedBytes -= fs.statSync(packPaths(chunksDir, created).pack).size + fs.statSync(packPaths(chunksDir, created).idx).size;
-      }
-      remove(idx);
-      remove(pack);
-    }
-    const pagesDir = layout.pagesDir(repo.dir);
-    for (const sub of fs.existsSync(pagesDir) ? fs.readdirSync(pagesDir) : []) {
-      for (const name of fs.readdirSync(path.join(pagesDir, sub))) {
-        if (name.includes(TEMP_MARK) || pages.has(name)) continue;
-        remove(path.join(pagesDir, sub, name));
-        result.removedPages++;
-      }
-    }
-    sweepLeftovers(repo.dir);
+    await sweep(repo, result);
   } finally {
     release();
   }
   return result;
 }
 
-/** Temporary files and partial backups of writers that are gone (a backup killed mid-way). */
-function sweepLeftovers(repo: string): void {
-  const pidOf = (name: string): number => Number(/(?:\.tmp\.|^\.partial-.*-)(\d+)(?:\.|$)/.exec(name)?.[1] ?? 0);
-  const leftovers = (dir: string): void => {
-    for (const name of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
-      if (name.includes(TEMP_MARK) && !isProcessRunning(pidOf(name))) fs.rmSync(path.join(dir, name), { force: true });
-    }
-  };
-  leftovers(layout.chunksDir(repo));
-  // A pack whose index never came (its writer died between the two renames) is garbage too.
-  for (const name of fs.readdirSync(layout.chunksDir(repo))) {
-    if (name.endsWith('.pack') && !fs.existsSync(path.join(layout.chunksDir(repo), `${name.slice(0, -5)}.idx`))) fs.rmSync(path.join(layout.chunksDir(repo), name), { force: true });
+/** Under the exclusive lock: packs and pages no backup references go, packs with some are rewritten with only those. */
+async function sweep(repo: Repository, result: PruneResult): Promise<void> {
+  const backend = repo.backend;
+  const chunks = new Set<string>();
+  const pages = new Set<string>();
+  for (const id of await repo.backupIds()) {
+    const r = await referencesOf(repo, id);
+    // A backup whose references cannot all be read might still own chunks: sweep nothing.
+    if (r.problems.length > 0) throw new BlkError('EIO', `backup_prune: backups removed, but no sweep: ${r.problems[0]} (run backup_verify)`);
+    for (const c of r.chunks) chunks.add(c);
+    for (const p of r.pages) pages.add(p);
   }
-  const pages = layout.pagesDir(repo);
-  for (const sub of fs.existsSync(pages) ? fs.readdirSync(pages) : []) leftovers(path.join(pages, sub));
-  for (const name of fs.readdirSync(layout.backupsDir(repo))) {
-    if (BACKUP_ID_PATTERN.test(name)) continue;
-    if (name.startsWith('.removing-') || (name.startsWith('.partial-') && !isProcessRunning(pidOf(name)))) fs.rmSync(path.join(layout.backupsDir(repo), name), { recursive: true, force: true });
+  const remove = async (name: string): Promise<void> => {
+    result.freedBytes += (await backend.size(name)) ?? 0;
+    await backend.remove(name);
+  };
+  for (const id of await packIds(backend)) {
+    const entries = entriesOf(await readPackIndex(backend, id));
+    const live = entries.filter((e) => chunks.has(e.digest.toString('hex')));
+    if (live.length === entries.length) continue;
+    result.removedChunks += entries.length - live.length;
+    if (live.length > 0) {
+      // The live records into a new pack, in place before the old one goes: a chunk is never absent.
+      const writer = new PackWriter(backend, null);
+      for (const e of live) {
+        const stored = Buffer.allocUnsafe(e.storedLength);
+        if ((await backend.readRange(names.pack(id), e.offset + RECORD_HEADER, stored)) !== stored.length) throw new BlkError('EIO', `pack ${id} is cut short; run backup_verify`);
+        writer.appendStored(e.digest, stored, e.flags, e.size);
+      }
+      await writer.close();
+      for (const created of writer.closed) result.freedBytes -= ((await backend.size(names.pack(created))) ?? 0) + ((await backend.size(names.packIndex(created))) ?? 0);
+    }
+    // The index first: a pack without one is a dead writer's, and goes at the next sweep.
+    await remove(names.packIndex(id));
+    await remove(names.pack(id));
+  }
+  for (const sub of await backend.list(names.pages)) {
+    if (!sub.endsWith('/')) continue;
+    for (const name of await backend.list(names.pageFolder(sub))) {
+      if (name.includes(TEMP_MARK) || pages.has(name)) continue;
+      await remove(`${names.pageFolder(sub)}${name}`);
+      result.removedPages++;
+    }
+  }
+  await sweepLeftovers(repo);
+}
+
+/** Temporary files and partial backups of writers that are gone (a backup killed mid-way), and packs whose writer died before their index. */
+async function sweepLeftovers(repo: Repository): Promise<void> {
+  const backend = repo.backend;
+  const isDead = (name: string): boolean => {
+    const pid = temporaryOwner(name);
+    return pid !== null && !isProcessRunning(pid);
+  };
+  const folders = [names.chunks, names.backups, ...(await backend.list(names.pages)).filter((n) => n.endsWith('/')).map(names.pageFolder)];
+  for (const folder of folders) {
+    for (const name of await backend.list(folder)) if (isDead(name)) await backend.remove(`${folder}${name.replace(/\/$/, '')}`);
+  }
+  const inChunks = await backend.list(names.chunks);
+  for (const name of inChunks) {
+    if (name.endsWith('.pack') && !inChunks.includes(`${name.slice(0, -5)}.idx`)) await backend.remove(`${names.chunks}${name}`);
+  }
+  // Backup folders without a manifest whose writer is gone: removals cut short, and what older versions left.
+  for (const name of await backend.list(names.backups)) {
+    const id = name.replace(/\/$/, '');
+    if (!name.endsWith('/') || name.includes(TEMP_MARK)) continue;
+    if (!BACKUP_ID_PATTERN.test(id)) {
+      const pid = /^\.partial-.*-(\d+)$/.exec(id)?.[1];
+      if (id.startsWith('.removing-') || (pid !== undefined && !isProcessRunning(Number(pid)))) await backend.remove(`${names.backups}${id}`);
+      continue;
+    }
+    const entries = await backend.list(names.backup(id));
+    if (!entries.includes('manifest.json') && !isHeldBy(entries)) await backend.remove(names.backup(id));
   }
 }

@@ -12,19 +12,19 @@ import { openDirectSync } from '../os/fd-io.js';
 import { DIRECT_ALIGNMENT } from '../os/koffi.js';
 import { fallocate, sizeOfBlockDevice } from '../os/libc.js';
 import { backup as params } from '../params.js';
-import { chunkCountOf, readIndex } from './digest-index.js';
-import { type ChunkRun, inFronts, runsOf } from './image-reader.js';
-import { isZeroDigest, layout } from './layout.js';
-import { type RepeatedChunks, repeatedChunks } from './repeated-chunks.js';
-import type { Progress } from './progress.js';
-import type { Repository } from './repository.js';
-import { WorkerPool } from './worker-pool.js';
-import { TaskWindow } from '../util/task-window.js';
 import { ReplacementFile } from '../os/replacement-file.js';
+import { ChunkIndex, type LoadItem } from '../repository/chunk-index.js';
+import { isZeroDigest } from '../repository/digest.js';
+import { chunkCountOf, readIndex } from '../repository/digest-index.js';
+import { names } from '../repository/layout.js';
+import type { ManifestDevice } from '../repository/manifest.js';
+import type { Repository } from '../repository/repository.js';
+import { TaskWindow } from '../util/task-window.js';
+import { type ChunkRun, inFronts, runsOf } from './image-reader.js';
+import type { Progress } from './progress.js';
+import { type RepeatedChunks, repeatedChunks } from './repeated-chunks.js';
 import { type Daemon, type RestoreTarget, resolveTarget } from './restore-target.js';
-import { ChunkIndex } from './chunk-index.js';
-import type { LoadItem } from './chunk-index.js';
-import type { ManifestDevice } from './manifest.js';
+import { WorkerPool } from './workers/worker-pool.js';
 
 export interface RestoreOptions {
   id: string;
@@ -62,28 +62,28 @@ export async function backupDeviceName(device: string, client: BlksnapClient | n
 
 export async function restoreBackup(repo: Repository, o: RestoreOptions): Promise<RestoreResult> {
   // Started first: the threads load their modules while this one reads the indexes.
-  const workers = new WorkerPool();
+  const workers = new WorkerPool('restore');
   try {
     const daemon: Daemon = o.client ? { client: o.client } : { unreachable: o.daemonError ?? 'none was asked' };
     const deviceName = await backupDeviceName(o.device, o.client);
     const target = await resolveTarget(o.to, daemon, { offline: o.offline ?? false });
     // The lock before anything of the backup is read: a prune's sweep must not remove it meanwhile.
     return await repo.whileShared(o.progress, async () => {
-      const manifest = repo.manifest(o.id);
+      const manifest = await repo.manifest(o.id);
       const entry = manifest.devices.find((d) => d.name === deviceName);
       if (!entry) throw new BlkError('ENOENT', `backup ${o.id} has no device ${deviceName} (it has ${manifest.devices.map((d) => d.name).join(', ')})`);
-      const index = readIndex(repo.dir, path.join(layout.backup(repo.dir, o.id), entry.index));
+      const index = await readIndex(repo.backend, names.indexRoot(o.id, entry.index));
       return restoreLocked(repo, workers, o, entry, index, target);
     });
   } finally {
     // Each worker closes the packs it opened (a library caller's process goes on).
-    await workers.runOnAll({ kind: 'finish' }).catch(() => undefined);
+    await workers.runOnAll({ kind: 'closePacks' }).catch(() => undefined);
     await workers.close();
   }
 }
 
-async function restoreLocked(repo: Repository, workers: WorkerPool, o: RestoreOptions, entry: ManifestDevice, index: Index, target: RestoreTarget): Promise<RestoreResult> {
-  const packed = ChunkIndex.load(repo.dir);
+async function restoreLocked(repo: Repository, workers: WorkerPool<'restore'>, o: RestoreOptions, entry: ManifestDevice, index: Index, target: RestoreTarget): Promise<RestoreResult> {
+  const packed = await ChunkIndex.load(repo.backend);
   const count = chunkCountOf(index.size, index.chunkSize);
   if (target.kind === 'device' || target.kind === 'nbd') {
     const uri = target.kind === 'device' ? target.device.uri : target.uri;
@@ -139,18 +139,18 @@ function withCopies(items: LoadItem[], copiesOf: (c: number) => number[], chunkS
  * flight; returns once all are done, and on a failure only once none is still running (what they
  * write through must not close under them).
  */
-async function inWindow(repo: Repository, workers: WorkerPool, chunks: ChunkIndex, index: Index, runs: Iterable<ChunkRun>, repeated: RepeatedChunks, start: (items: LoadItem[]) => Promise<void>): Promise<void> {
+async function inWindow(repo: Repository, workers: WorkerPool<'restore'>, chunks: ChunkIndex, index: Index, runs: Iterable<ChunkRun>, repeated: RepeatedChunks, start: (items: LoadItem[]) => Promise<void>): Promise<void> {
   // Two runs per worker decode while two more are being written.
   const inFlight = new TaskWindow(workers.size * 4);
   try {
-    for (const run of runs) await inFlight.add(start(withCopies(chunks.loadItems(repo.dir, index, run.first, run.count), repeated.copiesOf, index.chunkSize)));
+    for (const run of runs) await inFlight.add(start(withCopies(chunks.loadItems(repo.backend, index, run.first, run.count), repeated.copiesOf, index.chunkSize)));
   } finally {
     await inFlight.settle();
   }
   await inFlight.drain();
 }
 
-async function restoreOverNbd(repo: Repository, workers: WorkerPool, chunks: ChunkIndex, uri: string, index: Index, wanted: number[], o: RestoreOptions): Promise<number> {
+async function restoreOverNbd(repo: Repository, workers: WorkerPool<'restore'>, chunks: ChunkIndex, uri: string, index: Index, wanted: number[], o: RestoreOptions): Promise<number> {
   const client = await NbdClient.connect(uri, o.tls ? { tls: o.tls } : {});
   try {
     if (client.isReadOnly) throw new BlkError('EROFS', `${uri} is read-only`);
@@ -210,7 +210,7 @@ function openDirect(target: string, chunkSize: number): number | null {
 }
 
 /** Writes a device of a backup to a block device, opened exclusively: one that is mounted or held by another process is refused (EBUSY). */
-async function restoreToBlockDevice(repo: Repository, workers: WorkerPool, chunks: ChunkIndex, target: string, index: Index, count: number, o: RestoreOptions): Promise<RestoreResult> {
+async function restoreToBlockDevice(repo: Repository, workers: WorkerPool<'restore'>, chunks: ChunkIndex, target: string, index: Index, count: number, o: RestoreOptions): Promise<RestoreResult> {
   let fd: number;
   try {
     fd = fs.openSync(target, fs.constants.O_WRONLY | fs.constants.O_EXCL);
@@ -236,7 +236,7 @@ async function restoreToBlockDevice(repo: Repository, workers: WorkerPool, chunk
  * chunks stay holes), put in place of the target only once it is whole and durable. A restore
  * that fails or is killed leaves the old file as it was and nothing of the new one.
  */
-async function restoreToFile(repo: Repository, workers: WorkerPool, chunks: ChunkIndex, target: string, index: Index, count: number, o: RestoreOptions): Promise<RestoreResult> {
+async function restoreToFile(repo: Repository, workers: WorkerPool<'restore'>, chunks: ChunkIndex, target: string, index: Index, count: number, o: RestoreOptions): Promise<RestoreResult> {
   const replacement = await ReplacementFile.create(target);
   let directFd: number | null = null;
   try {
@@ -259,7 +259,7 @@ async function restoreToFile(repo: Repository, workers: WorkerPool, chunks: Chun
 }
 
 /** Loads, checks and writes chunks `wanted` through worker threads, in fronts; the bytes written. */
-async function writeChunks(repo: Repository, workers: WorkerPool, chunks: ChunkIndex, index: Index, wanted: number[], to: { fd: number; directFd: number | null; writeZeros: boolean }, label: string, o: RestoreOptions): Promise<number> {
+async function writeChunks(repo: Repository, workers: WorkerPool<'restore'>, chunks: ChunkIndex, index: Index, wanted: number[], to: { fd: number; directFd: number | null; writeZeros: boolean }, label: string, o: RestoreOptions): Promise<number> {
   o.progress?.start(label, wanted.length * index.chunkSize);
   let written = 0;
   const repeated = repeatedIn(wanted, index);

@@ -1,17 +1,14 @@
 // Owns backup_verify: every pack re-read and every chunk in it re-hashed (in worker threads), every
 // pack index, manifest and device index (root and pages) checked, and each damaged or missing chunk
 // mapped to the backups it breaks.
-import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { toBlkError } from '../errors.js';
-import { sha256 } from './chunk-file.js';
-import { ChunkIndex, packIds } from './chunk-index.js';
-import { readIndexRoot } from './digest-index.js';
-import { isZeroDigest, layout } from './layout.js';
-import { packPaths } from './pack.js';
+import { BlkError, toBlkError } from '../errors.js';
+import { ChunkIndex, packIds } from '../repository/chunk-index.js';
+import { isZeroDigest, sha256 } from '../repository/digest.js';
+import { readIndexRoot } from '../repository/digest-index.js';
+import { names } from '../repository/layout.js';
+import type { Repository } from '../repository/repository.js';
 import type { Progress } from './progress.js';
-import type { Repository } from './repository.js';
-import { WorkerPool } from './worker-pool.js';
+import { WorkerPool } from './workers/worker-pool.js';
 
 export interface VerifyOptions {
   /** Only this backup's chunks (the packs holding them), indexes and manifest. */
@@ -30,18 +27,18 @@ export interface VerifyResult {
 }
 
 /** Digests a backup references (its chunks, and its index pages), or why they cannot all be read. */
-export function referencesOf(repo: Repository, id: string): { chunks: Set<string>; pages: Set<string>; problems: string[] } {
+export async function referencesOf(repo: Repository, id: string): Promise<{ chunks: Set<string>; pages: Set<string>; problems: string[] }> {
   const chunks = new Set<string>();
   const pages = new Set<string>();
   const problems: string[] = [];
   try {
-    for (const d of repo.manifest(id).devices) {
-      const root = readIndexRoot(path.join(layout.backup(repo.dir, id), d.index));
+    for (const d of (await repo.manifest(id)).devices) {
+      const root = await readIndexRoot(repo.backend, names.indexRoot(id, d.index));
       for (const hex of root.pages) {
         pages.add(hex);
         let page: Buffer;
         try {
-          page = fs.readFileSync(layout.page(repo.dir, hex));
+          page = await repo.backend.read(names.page(hex));
         } catch {
           problems.push(`backup ${id}: index page ${hex} of ${d.name} is missing`);
           continue;
@@ -64,13 +61,14 @@ export async function verifyRepository(repo: Repository, o: VerifyOptions): Prom
 }
 
 async function verifyLocked(repo: Repository, o: VerifyOptions): Promise<VerifyResult> {
-  const ids = o.id === undefined ? repo.backupIds() : [o.id];
-  if (o.id !== undefined) repo.manifest(o.id); // ENOENT for an unknown id
-  const refs = new Map(ids.map((id) => [id, referencesOf(repo, id)]));
+  const ids = o.id === undefined ? await repo.backupIds() : [o.id];
+  if (o.id !== undefined) await repo.manifest(o.id); // ENOENT for an unknown id
+  const refs = new Map<string, Awaited<ReturnType<typeof referencesOf>>>();
+  for (const id of ids) refs.set(id, await referencesOf(repo, id));
   const problems: string[] = [];
-  const index = ChunkIndex.load(repo.dir, problems);
+  const index = await ChunkIndex.load(repo.backend, problems);
   // The packs to read: all, or those holding a chunk of the one backup.
-  let packs = packIds(repo.dir);
+  let packs = await packIds(repo.backend);
   if (o.id !== undefined) {
     const wanted = new Set<string>();
     for (const hex of (refs.get(o.id) as { chunks: Set<string> }).chunks) {
@@ -81,13 +79,16 @@ async function verifyLocked(repo: Repository, o: VerifyOptions): Promise<VerifyR
   }
   const bad = new Map<string, string>();
   let checked = 0;
-  const workers = new WorkerPool();
+  const workers = new WorkerPool('verify');
   try {
-    const chunksDir = layout.chunksDir(repo.dir);
-    const sizeOf = (id: string): number => fs.statSync(packPaths(chunksDir, id).pack, { throwIfNoEntry: false })?.size ?? 0;
+    const sizes = new Map<string, number>();
+    for (const id of packs) sizes.set(id, (await repo.backend.size(names.pack(id))) ?? 0);
+    const sizeOf = (id: string): number => sizes.get(id) ?? 0;
     o.progress?.start('verify', packs.reduce((a, p) => a + sizeOf(p), 0));
     await Promise.all(packs.map(async (id) => {
-      const { pack, idx } = packPaths(chunksDir, id);
+      const pack = repo.backend.localPath(names.pack(id));
+      const idx = repo.backend.localPath(names.packIndex(id));
+      if (pack === null || idx === null) throw new BlkError('ENOTSUP', `${repo.location}: packs are checked in local files only`);
       const r = await workers.run({ kind: 'checkPack', pack, idx }).catch((e: unknown) => ({ checked: 0, bad: [{ digest: '', reason: `pack ${id}: ${toBlkError(e).message}` }] }));
       checked += r.checked;
       for (const b of r.bad) {

@@ -1,7 +1,7 @@
 // Owns finding the chunks of a restore that hold the same content (one digest at several offsets: a
 // copied file, a mirrored partition): each is then read, checked and decoded once and written to
 // every offset that holds it. Typed arrays and an open-addressing table on the digest, no object per chunk.
-import { digestHash, digestsEqual, isZeroDigest } from './layout.js';
+import { digestHash, digestsEqual, isZeroDigest } from '../repository/digest.js';
 
 export interface RepeatedChunks {
   /** The chunks to load (ascending): each content's first place. */

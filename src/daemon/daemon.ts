@@ -16,7 +16,7 @@ import { BlksnapService } from './service.js';
 import { DeviceState } from './device-state.js';
 import { CbtKeeper } from './cbt-keeper.js';
 import { Metrics } from './metrics.js';
-import { WorkerPool } from '../backup/worker-pool.js';
+import { WorkerPool } from '../backup/workers/worker-pool.js';
 import { backup as backupParams } from '../params.js';
 import { isProcessRunning } from '../os/process-alive.js';
 import { groupId } from '../os/credentials.js';
@@ -32,7 +32,7 @@ export class Daemon {
   #log: Log;
   #pidFile: string;
   #hasPidFile = false;
-  #backupWorkers: WorkerPool | undefined;
+  #backupWorkers: WorkerPool<'attach'> | undefined;
   #tls: TlsServer | null;
   #controlGroup: number | null;
 
@@ -87,7 +87,7 @@ export class Daemon {
       state,
       keeper: new CbtKeeper({ state, regionSize: config.cbtRegionSize, syncIntervalMs: config.cbtSyncIntervalMs, log }),
       backupWorkers: () => {
-        this.#backupWorkers ??= new WorkerPool(backupParams.loadWorkers);
+        this.#backupWorkers ??= new WorkerPool('attach', backupParams.loadWorkers);
         return this.#backupWorkers;
       },
       backupCacheBytes: backupParams.cacheBytes,

@@ -3,8 +3,8 @@
 import { FileStorage, type FileStorageOptions } from '../backing/file-storage.js';
 import * as api from '../control/protocol.js';
 import type { Caller, ControlService, DirtyRanges } from '../control/service.js';
-import { BackupStorage } from '../backing/backup-storage.js';
-import type { WorkerPool } from '../backup/worker-pool.js';
+import { BackupStorage } from '../backup/backup-storage.js';
+import type { WorkerPool } from '../backup/workers/worker-pool.js';
 import type { Device } from '../core/device.js';
 import { holdAll } from '../core/hold.js';
 import { defaultDeviceName, imageName, type Registry } from '../core/registry.js';
@@ -37,7 +37,7 @@ export interface ServiceOptions {
   /** Keeps each tracker durable across restarts and crashes. */
   keeper: CbtKeeper;
   /** Worker threads that load backup chunks (made at the first backup_attach). */
-  backupWorkers: () => WorkerPool;
+  backupWorkers: () => WorkerPool<'attach'>;
   /** Bytes of backup chunks kept in memory per attached backup. */
   backupCacheBytes: number;
   /** Where the overlays of writable backup attaches live (unnamed files). */

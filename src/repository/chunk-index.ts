@@ -15,9 +15,12 @@ export interface ChunkLocation {
   size: number;
 }
 
-/** A chunk to load: where it is (null: a chunk of zeros; `name` is its pack's object), its digest, and its place on the device. */
+/**
+ * A chunk to load: where it is (null: a chunk of zeros; `name` is its pack's object, `file` the
+ * local file that holds it, where there is one), its digest, and its place on the device.
+ */
 export interface LoadItem {
-  where: (ChunkLocation & { name: string }) | null;
+  where: (ChunkLocation & { name: string; file: string | null }) | null;
   digest: Uint8Array;
   /** The chunk's offset on the device (a restore writes it there; errors name it). */
   offset: number;
@@ -129,7 +132,7 @@ export class ChunkIndex {
   }
 
   /** Chunks [first, first+n) of a device's index as load items; EIO naming the offset of a chunk the repository lacks. */
-  loadItems(device: { size: number; chunkSize: number; digests: Uint8Array }, first: number, n: number): LoadItem[] {
+  loadItems(backend: Backend, device: { size: number; chunkSize: number; digests: Uint8Array }, first: number, n: number): LoadItem[] {
     const items: LoadItem[] = [];
     for (let c = first; c < first + n; c++) {
       const offset = c * device.chunkSize;
@@ -140,7 +143,8 @@ export class ChunkIndex {
         const at = this.find(device.digests, c * 32);
         if (at < 0) throw new BlkError('EIO', `the chunk at offset ${offset}: chunk ${Buffer.from(digest).toString('hex')} is missing from the repository`);
         const location = this.location(at);
-        where = { ...location, name: names.pack(location.pack) };
+        const name = names.pack(location.pack);
+        where = { ...location, name, file: backend.localPath(name) };
       }
       items.push({ where, digest, offset, length: Math.min(device.chunkSize, device.size - offset) });
     }

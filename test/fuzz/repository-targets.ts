@@ -2,10 +2,10 @@
 // manifests, index roots with their pages, pack indexes, and pack records. Every input must end in
 // a result that holds up, or in an EIO that names the file (or, for a record, a reason): never
 // another exception, never memory beyond a bound.
-import { sha256 } from '../../src/backup/chunk-file.js';
-import { decodeIndexRoot, PAGE_DIGESTS, placePage } from '../../src/backup/digest-index.js';
-import { decodeManifest, encodeManifest, type Manifest } from '../../src/backup/manifest.js';
-import { decodeIdx, decodeRecord, encodeIdx, FLAG_ZSTD, type PackEntry } from '../../src/backup/pack.js';
+import { sha256 } from '../../src/repository/digest.js';
+import { decodeIndexRoot, PAGE_DIGESTS, placePage } from '../../src/repository/digest-index.js';
+import { decodeManifest, encodeManifest, type Manifest } from '../../src/repository/manifest.js';
+import { decodeIdx, decodeRecord, encodeIdx, FLAG_ZSTD, type PackEntry } from '../../src/repository/pack.js';
 import { BlkError } from '../../src/errors.js';
 import { zstdBound, zstdCompressInto } from '../../src/os/zstd.js';
 import { type Field, mutate, type Rng } from './mutate.js';

@@ -1,6 +1,6 @@
 // Owns what the backup tests share: a daemon with sparse devices attached and a repository beside them.
 import * as path from 'node:path';
-import { Repository } from '../../src/backup/repository.js';
+import { Repository } from '../../src/repository/repository.js';
 import { TestDaemon } from './daemon.js';
 import { sparseFile, tempDir } from './tools.js';
 

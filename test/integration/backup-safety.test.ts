@@ -38,14 +38,14 @@ describe('backup_attach', { skip: missing('qemu-io') }, () => {
   it('refuses an id that is a path (../..) and drops no hold file outside the repository', async () => {
     await withDaemon({ 'a.img': 8 * MiB }, async (daemon, repo, dir) => {
       await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x61 0 2M', daemon.uri('a.img')]);
-      const created = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 'a.img', '--diff-storage', dir);
+      const created = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', 'a.img', '--diff-storage', dir);
       // A backup's files where backups/../../outside points: beside the repository, not in it.
       const outside = path.join(dir, 'outside');
-      fs.cpSync(path.join(repo.dir, 'backups', created.id), outside, { recursive: true });
+      fs.cpSync(path.join(repo.location, 'backups', created.id), outside, { recursive: true });
       const client = await BlksnapClient.connect(daemon.controlPath);
       try {
-        await assert.rejects(client.call(api.BackupAttach, { repo: repo.dir, id: '../../outside', device: 'a.img' }), { code: 'EINVAL', message: /not a backup id/ });
-        await assert.rejects(client.call(api.BackupAttach, { repo: repo.dir, id: created.id, device: '../a.img' }), { code: 'EINVAL', message: /not a device name/ });
+        await assert.rejects(client.call(api.BackupAttach, { repo: repo.location, id: '../../outside', device: 'a.img' }), { code: 'EINVAL', message: /not a backup id/ });
+        await assert.rejects(client.call(api.BackupAttach, { repo: repo.location, id: created.id, device: '../a.img' }), { code: 'EINVAL', message: /not a device name/ });
       } finally {
         await client.close();
       }
@@ -57,9 +57,9 @@ describe('backup_attach', { skip: missing('qemu-io') }, () => {
   it('waits for a prune\'s sweep: the repository lock', async () => {
     await withDaemon({ 'b.img': 8 * MiB }, async (daemon, repo, dir) => {
       await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x62 0 3M', daemon.uri('b.img')]);
-      const created = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 'b.img', '--diff-storage', dir);
+      const created = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', 'b.img', '--diff-storage', dir);
       const release = await repo.lock(true); // as a prune's sweep holds it
-      const attaching = daemon.json<{ name: string; uri: string }>('backup_attach', '--repo', repo.dir, '--id', created.id, '--device', 'b.img');
+      const attaching = daemon.json<{ name: string; uri: string }>('backup_attach', '--repo', repo.location, '--id', created.id, '--device', 'b.img');
       assert.equal(await within(attaching, 1500), 'pending', 'attached while a sweep held the lock');
       release();
       const served = await attaching;
@@ -70,10 +70,10 @@ describe('backup_attach', { skip: missing('qemu-io') }, () => {
   it('closes the packs it read at detach', async () => {
     await withDaemon({ 'b.img': 8 * MiB }, async (daemon, repo, dir) => {
       await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x62 0 3M', daemon.uri('b.img')]);
-      const created = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 'b.img', '--diff-storage', dir);
-      const served = await daemon.json<{ name: string; uri: string }>('backup_attach', '--repo', repo.dir, '--id', created.id, '--device', 'b.img');
+      const created = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', 'b.img', '--diff-storage', dir);
+      const served = await daemon.json<{ name: string; uri: string }>('backup_attach', '--repo', repo.location, '--id', created.id, '--device', 'b.img');
       await check('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', path.join(dir, 'b.img'), served.uri]);
-      const chunks = path.join(repo.dir, 'chunks');
+      const chunks = path.join(repo.location, 'chunks');
       assert.ok(openFilesUnder(daemon, chunks).length > 0, 'reading opened packs');
       await daemon.json('detach', '--device', served.name);
       assert.deepEqual(openFilesUnder(daemon, chunks), [], 'no pack stays open after detach');
@@ -83,13 +83,13 @@ describe('backup_attach', { skip: missing('qemu-io') }, () => {
   it('a repository that never answers (a manifest that is a FIFO) holds the attach, never the event loop', async () => {
     await withDaemon({ 'c.img': 8 * MiB }, async (daemon, repo, dir) => {
       await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x63 0 1M', daemon.uri('c.img')]);
-      const created = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 'c.img', '--diff-storage', dir);
-      const manifest = path.join(repo.dir, 'backups', created.id, 'manifest.json');
+      const created = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', 'c.img', '--diff-storage', dir);
+      const manifest = path.join(repo.location, 'backups', created.id, 'manifest.json');
       fs.rmSync(manifest);
       await check('mkfifo', [manifest]);
       const client = await BlksnapClient.connect(daemon.controlPath);
       try {
-        const attaching = client.call(api.BackupAttach, { repo: repo.dir, id: created.id, device: 'c.img' });
+        const attaching = client.call(api.BackupAttach, { repo: repo.location, id: created.id, device: 'c.img' });
         attaching.catch(() => undefined);
         await new Promise((r) => setTimeout(r, 300));
         const listed = await within(daemon.json<{ devices: unknown[] }>('list'), 5000);
@@ -124,7 +124,7 @@ describe('backup_restore targets', { skip: missing('qemu-io', 'losetup', 'mkfs.e
     await withDaemon({ 's.img': 8 * MiB }, async (daemon, repo, dir) => {
       const store = path.join(dir, 's.img');
       await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 2M', daemon.uri('s.img')]);
-      const created = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 's.img', '--diff-storage', dir);
+      const created = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', 's.img', '--diff-storage', dir);
       const symlink = path.join(dir, 'alias-symlink');
       fs.symlinkSync(store, symlink);
       const hardLink = path.join(dir, 'alias-hardlink');
@@ -136,7 +136,7 @@ describe('backup_restore targets', { skip: missing('qemu-io', 'losetup', 'mkfs.e
         for (const alias of [symlink, hardLink, path.join(bindDir, 's.img')]) {
           await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x22 1M 2M', daemon.uri('s.img')]);
           await changedBlocks(daemon, 's.img'); // the write above, switched out
-          const r = await daemon.json<{ mode: string; device?: string; writtenBytes: number }>('backup_restore', '--repo', repo.dir, '--id', created.id, '--device', 's.img', '--to', alias);
+          const r = await daemon.json<{ mode: string; device?: string; writtenBytes: number }>('backup_restore', '--repo', repo.location, '--id', created.id, '--device', 's.img', '--to', alias);
           assert.ok(r.mode === 'device' || r.mode === 'rollback', `${alias}: mode ${r.mode}`);
           assert.equal(r.device, 's.img');
           assert.ok((await changedBlocks(daemon, 's.img')) > 0, `${alias}: CBT marked the restore's writes`);
@@ -153,10 +153,10 @@ describe('backup_restore targets', { skip: missing('qemu-io', 'losetup', 'mkfs.e
   it('--to: device:NAME is the device, a bare name that only a device has is refused as ambiguous, ./NAME is a new file', async () => {
     await withDaemon({ 'n.img': 4 * MiB }, async (daemon, repo, dir) => {
       await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x33 0 1M', daemon.uri('n.img')]);
-      const created = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 'n.img', '--diff-storage', dir);
+      const created = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', 'n.img', '--diff-storage', dir);
       const elsewhere = path.join(dir, 'elsewhere');
       fs.mkdirSync(elsewhere);
-      const restore = (to: string) => run(process.execPath, [blksnapCli, 'backup_restore', '--repo', repo.dir, '--id', created.id, '--device', 'n.img', '--to', to, '--json'], { cwd: elsewhere, env: { ...process.env, BLKSNAP_CONTROL: daemon.controlPath } });
+      const restore = (to: string) => run(process.execPath, [blksnapCli, 'backup_restore', '--repo', repo.location, '--id', created.id, '--device', 'n.img', '--to', to, '--json'], { cwd: elsewhere, env: { ...process.env, BLKSNAP_CONTROL: daemon.controlPath } });
       const ambiguous = await restore('n.img');
       assert.equal(ambiguous.code, 22);
       assert.match(ambiguous.stderr, /EINVAL: --to n\.img: write device:n\.img for the attached device, or \.\/n\.img for a new file here/);
@@ -173,18 +173,18 @@ describe('backup_restore targets', { skip: missing('qemu-io', 'losetup', 'mkfs.e
   it('refuses a mounted block device, a loop device\'s backing file, and (without the daemon) any existing target unless --offline', async () => {
     await withDaemon({ 'm.img': 16 * MiB }, async (daemon, repo, dir) => {
       await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x44 0 1M', daemon.uri('m.img')]);
-      const created = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 'm.img', '--diff-storage', dir);
+      const created = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', 'm.img', '--diff-storage', dir);
       const backing = path.join(dir, 'backing.img');
       fs.writeFileSync(backing, Buffer.alloc(16 * MiB));
       const loop = (await check('losetup', ['-f', '--show', backing])).trim();
       const mnt = path.join(dir, 'mnt');
       fs.mkdirSync(mnt);
       try {
-        const asFile = await daemon.cli('backup_restore', '--repo', repo.dir, '--id', created.id, '--device', 'm.img', '--to', backing);
+        const asFile = await daemon.cli('backup_restore', '--repo', repo.location, '--id', created.id, '--device', 'm.img', '--to', backing);
         assert.match(asFile.stderr, /EBUSY: --to .*backing\.img is the backing file of \/dev\/loop\d+/);
         await check('mkfs.ext4', ['-q', loop]);
         await check('mount', [loop, mnt]);
-        const mounted = await daemon.cli('backup_restore', '--repo', repo.dir, '--id', created.id, '--device', 'm.img', '--to', loop);
+        const mounted = await daemon.cli('backup_restore', '--repo', repo.location, '--id', created.id, '--device', 'm.img', '--to', loop);
         assert.match(mounted.stderr, /EBUSY: .*loop\d+ is mounted or held by another process/);
         assert.ok(fs.existsSync(path.join(mnt, 'lost+found')), 'the filesystem is untouched');
       } finally {
@@ -195,7 +195,7 @@ describe('backup_restore targets', { skip: missing('qemu-io', 'losetup', 'mkfs.e
       const existing = path.join(dir, 'existing.img');
       fs.writeFileSync(existing, 'keep me');
       const env = { ...process.env, BLKSNAP_CONTROL: path.join(dir, 'no-daemon.sock') };
-      const cli = (...args: string[]) => run(process.execPath, [blksnapCli, 'backup_restore', '--repo', repo.dir, '--id', created.id, '--device', 'm.img', ...args], { env });
+      const cli = (...args: string[]) => run(process.execPath, [blksnapCli, 'backup_restore', '--repo', repo.location, '--id', created.id, '--device', 'm.img', ...args], { env });
       const refused = await cli('--to', existing);
       assert.match(refused.stderr, /EBUSY: --to .*existing\.img exists, and blksnapd cannot be reached .*--offline/);
       assert.equal(fs.readFileSync(existing, 'utf8'), 'keep me');
@@ -210,9 +210,9 @@ describe('backup_restore targets', { skip: missing('qemu-io', 'losetup', 'mkfs.e
       const writer = await NbdClient.connect(daemon.uri('f.img'));
       await writer.write(0, randomBytes(12 * MiB)); // incompressible: the pack holds 12 MiB
       await writer.close();
-      const created = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 'f.img', '--diff-storage', dir);
+      const created = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', 'f.img', '--diff-storage', dir);
       // One flipped byte in the last record of a pack: that chunk fails its digest mid-restore.
-      const chunks = path.join(repo.dir, 'chunks');
+      const chunks = path.join(repo.location, 'chunks');
       const pack = path.join(chunks, fs.readdirSync(chunks).find((n) => n.endsWith('.pack')) as string);
       const fd = fs.openSync(pack, 'r+');
       const size = fs.fstatSync(fd).size;
@@ -225,7 +225,7 @@ describe('backup_restore targets', { skip: missing('qemu-io', 'losetup', 'mkfs.e
       fs.mkdirSync(targetDir);
       const target = path.join(targetDir, 'old.img');
       fs.writeFileSync(target, 'the old contents\n');
-      const r = await daemon.cli('backup_restore', '--repo', repo.dir, '--id', created.id, '--device', 'f.img', '--to', target);
+      const r = await daemon.cli('backup_restore', '--repo', repo.location, '--id', created.id, '--device', 'f.img', '--to', target);
       assert.notEqual(r.code, 0);
       assert.match(r.stderr, /EIO: .*damaged/);
       assert.equal(fs.readFileSync(target, 'utf8'), 'the old contents\n');
@@ -236,14 +236,14 @@ describe('backup_restore targets', { skip: missing('qemu-io', 'losetup', 'mkfs.e
   it('takes the repository lock before it reads the backup: one pruned meanwhile is "no backup", not a damaged one', async () => {
     await withDaemon({ 'p.img': 8 * MiB }, async (daemon, repo, dir) => {
       await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x66 0 1M', daemon.uri('p.img')]);
-      const created = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 'p.img', '--diff-storage', dir);
+      const created = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', 'p.img', '--diff-storage', dir);
       const release = await repo.lock(true); // a prune's sweep
       const target = path.join(dir, 'p.restored');
-      const restoring = daemon.cli('backup_restore', '--repo', repo.dir, '--id', created.id, '--device', 'p.img', '--to', target);
+      const restoring = daemon.cli('backup_restore', '--repo', repo.location, '--id', created.id, '--device', 'p.img', '--to', target);
       await new Promise((r) => setTimeout(r, 1000));
       // What the sweep does: the backup and its chunks go.
-      fs.rmSync(path.join(repo.dir, 'backups', created.id), { recursive: true });
-      for (const n of fs.readdirSync(path.join(repo.dir, 'chunks'))) fs.rmSync(path.join(repo.dir, 'chunks', n));
+      fs.rmSync(path.join(repo.location, 'backups', created.id), { recursive: true });
+      for (const n of fs.readdirSync(path.join(repo.location, 'chunks'))) fs.rmSync(path.join(repo.location, 'chunks', n));
       release();
       const r = await restoring;
       assert.notEqual(r.code, 0);
@@ -258,14 +258,14 @@ describe('backup_create --device PATH', { skip: missing('qemu-io') }, () => {
     await withDaemon({ 'q.img': 8 * MiB }, async (daemon, repo, dir) => {
       const store = path.join(dir, 'q.img');
       await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x77 0 2M', daemon.uri('q.img')]);
-      const first = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', store, '--diff-storage', dir);
+      const first = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', store, '--diff-storage', dir);
       assert.equal(first.devices[0]?.name, 'q.img');
       await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x78 4M 64k', daemon.uri('q.img')]);
-      const second = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', store, '--diff-storage', dir);
+      const second = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', store, '--diff-storage', dir);
       assert.equal(second.devices[0]?.mode, 'incremental');
       assert.equal(second.devices[0]?.readBytes, 64 * 1024);
       const restored = path.join(dir, 'q.restored');
-      await daemon.json('backup_restore', '--repo', repo.dir, '--id', second.id, '--device', store, '--to', restored);
+      await daemon.json('backup_restore', '--repo', repo.location, '--id', second.id, '--device', store, '--to', restored);
       await check('cmp', [restored, store]);
     });
   });
@@ -275,16 +275,16 @@ describe('index pages', { skip: missing('qemu-io') }, () => {
   it('a page left empty by a writer that crashed before its syncfs is written again, not reused', async () => {
     await withDaemon({ 'i.img': 8 * MiB }, async (daemon, repo, dir) => {
       await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x88 0 3M', daemon.uri('i.img')]);
-      const crashed = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 'i.img', '--diff-storage', dir);
+      const crashed = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', 'i.img', '--diff-storage', dir);
       // As a crash before the syncfs leaves it: no manifest (the backup never existed), pages renamed in but empty.
-      fs.rmSync(path.join(repo.dir, 'backups', crashed.id), { recursive: true });
-      const pagesDir = path.join(repo.dir, 'pages');
+      fs.rmSync(path.join(repo.location, 'backups', crashed.id), { recursive: true });
+      const pagesDir = path.join(repo.location, 'pages');
       for (const sub of fs.readdirSync(pagesDir)) for (const page of fs.readdirSync(path.join(pagesDir, sub))) fs.truncateSync(path.join(pagesDir, sub, page), 0);
-      const again = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 'i.img', '--diff-storage', dir);
-      const verified = await daemon.json<{ ok: boolean }>('backup_verify', '--repo', repo.dir);
+      const again = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', 'i.img', '--diff-storage', dir);
+      const verified = await daemon.json<{ ok: boolean }>('backup_verify', '--repo', repo.location);
       assert.equal(verified.ok, true, 'the new backup is whole');
       const restored = path.join(dir, 'i.restored');
-      await daemon.json('backup_restore', '--repo', repo.dir, '--id', again.id, '--device', 'i.img', '--to', restored);
+      await daemon.json('backup_restore', '--repo', repo.location, '--id', again.id, '--device', 'i.img', '--to', restored);
       await check('cmp', [restored, path.join(dir, 'i.img')]);
     });
   });

@@ -9,9 +9,12 @@ import { randomFillSync, randomInt } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { ChunkIndex } from '../../src/backup/chunk-index.js';
-import { packPaths, RECORD_HEADER } from '../../src/backup/pack.js';
-import type { Repository } from '../../src/backup/repository.js';
+import { createBackup } from '../../src/backup/backup-create.js';
+import { pruneRepository } from '../../src/backup/backup-prune.js';
+import { restoreBackup } from '../../src/backup/backup-restore.js';
+import { verifyRepository } from '../../src/backup/backup-verify.js';
+import { ChunkIndex } from '../../src/repository/chunk-index.js';
+import { RECORD_HEADER } from '../../src/repository/pack.js';
 import { BlksnapClient } from '../../src/client/connection.js';
 import { NbdClient } from '../../src/client/nbd-client.js';
 import * as api from '../../src/control/protocol.js';
@@ -63,12 +66,12 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
       const client = await control(daemon);
       const w = writer(daemon, ['a.img', 'b.img']);
       try {
-        const backups: Array<{ created: Awaited<ReturnType<Repository['create']>>; copies: Record<string, string>; changed: Record<string, number> }> = [];
+        const backups: Array<{ created: Awaited<ReturnType<typeof createBackup>>; copies: Record<string, string>; changed: Record<string, number> }> = [];
         for (let round = 0; round < 6; round++) {
           const copies: Record<string, string> = {};
           const changed: Record<string, number> = {};
           const previous = backups.at(-1)?.created.devices;
-          const created = await repo.create(client, {
+          const created = await createBackup(repo, client, {
             devices: ['a.img', 'b.img'],
             diffStorage: dir,
             afterTake: async (images) => {
@@ -92,14 +95,14 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
             assert.equal(d.mode, round === 0 ? 'full' : 'incremental', `${d.name} in backup ${round}`);
             if (round > 0) assert.ok(d.readBytes <= (b.changed[d.name] as number) * BLOCK, `${d.name} incremental ${round} read ${d.readBytes} bytes for ${b.changed[d.name]} changed chunks`);
             const restored = path.join(dir, `${d.name}.${round}.restored`);
-            const r = await repo.restore({ id: b.created.id, device: d.name, to: restored });
+            const r = await restoreBackup(repo, { id: b.created.id, device: d.name, to: restored });
             assert.equal(r.mode, 'file');
             await check('cmp', [restored, b.copies[d.name] as string]);
           }
         }
-        const verified = await repo.verify();
+        const verified = await verifyRepository(repo, {});
         assert.equal(verified.ok, true, verified.problems.join('; '));
-        assert.equal(repo.list().length, 6);
+        assert.equal((await repo.list()).length, 6);
       } finally {
         await w.stop();
         await client.close();
@@ -113,12 +116,12 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
       try {
         const nbd = await NbdClient.connect(daemon.uri('big.img'));
         for (let at = 0; at < 256 * MiB; at += 4 * MiB) await nbd.write(at, randomFillSync(Buffer.alloc(MiB)));
-        const full = await repo.create(client, { devices: ['big.img'], diffStorage: dir });
+        const full = await createBackup(repo, client, { devices: ['big.img'], diffStorage: dir });
         const blocks = new Set<number>();
         while (blocks.size < 640) blocks.add(randomInt(256 * MiB / BLOCK));
         await Promise.all([...blocks].map((b) => nbd.write(b * BLOCK, randomFillSync(Buffer.alloc(BLOCK)))));
         await nbd.close();
-        const incremental = await repo.create(client, { devices: ['big.img'], diffStorage: dir });
+        const incremental = await createBackup(repo, client, { devices: ['big.img'], diffStorage: dir });
         const d = incremental.devices[0] as Created['devices'][number];
         assert.equal(d.mode, 'incremental');
         assert.equal(d.readBytes, 40 * MiB, 'read exactly the changed blocks');
@@ -128,13 +131,13 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
         // A new generation (detach and attach again): a full read, bit-identical, and nothing new stored.
         await client.call(api.DeviceDetach, { device: 'big.img' });
         await daemon.json('attach', '--device', path.join(dir, 'big.img'));
-        const again = await repo.create(client, { devices: ['big.img'], diffStorage: dir });
+        const again = await createBackup(repo, client, { devices: ['big.img'], diffStorage: dir });
         const g = again.devices[0] as Created['devices'][number];
         assert.equal(g.mode, 'full');
         assert.notEqual(g.generationId, d.generationId);
         assert.ok(g.storedBytes < 1 * MiB, `a full read of unchanged data stored ${g.storedBytes} bytes (index only)`);
         const restored = path.join(dir, 'big.restored');
-        await repo.restore({ id: again.id, device: 'big.img', to: restored });
+        await restoreBackup(repo, { id: again.id, device: 'big.img', to: restored });
         await check('cmp', [restored, path.join(dir, 'big.img')]);
         assert.equal((full.devices[0] as Created['devices'][number]).mode, 'full');
       } finally {
@@ -149,35 +152,35 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
       try {
         const io = (c: string): Promise<string> => check('qemu-io', ['-f', 'raw', '-c', c, daemon.uri('v.img')]);
         await io('write -P 1 0 8M');
-        const b1 = await repo.create(client, { devices: ['v.img'], diffStorage: dir });
+        const b1 = await createBackup(repo, client, { devices: ['v.img'], diffStorage: dir });
         await io('write -P 2 1M 64k'); // chunk 16 gets pattern 2: used by b2 and b3
-        const b2 = await repo.create(client, { devices: ['v.img'], diffStorage: dir });
-        const b3 = await repo.create(client, { devices: ['v.img'], diffStorage: dir });
+        const b2 = await createBackup(repo, client, { devices: ['v.img'], diffStorage: dir });
+        const b3 = await createBackup(repo, client, { devices: ['v.img'], diffStorage: dir });
         await io('write -P 3 1M 64k');
-        const b4 = await repo.create(client, { devices: ['v.img'], diffStorage: dir });
+        const b4 = await createBackup(repo, client, { devices: ['v.img'], diffStorage: dir });
         // The chunk of pattern 2 over 64 KiB, found by its content's digest.
         const { createHash } = await import('node:crypto');
         const hex = createHash('sha256').update(Buffer.alloc(BLOCK, 2)).digest('hex');
-        const where = ChunkIndex.load(repo.dir).require(Buffer.from(hex, 'hex'));
-        const file = packPaths(path.join(repo.dir, 'chunks'), where.pack).pack;
+        const where = (await ChunkIndex.load(repo.backend)).require(Buffer.from(hex, 'hex'));
+        const file = path.join(repo.location, 'chunks', `${where.pack}.pack`);
         const bytes = fs.readFileSync(file);
         const at = where.offset + RECORD_HEADER + (where.storedLength >> 1);
         bytes[at] = (bytes[at] as number) ^ 0x40;
         fs.writeFileSync(file, bytes);
 
-        const r = await daemon.cli('backup_verify', '--repo', repo.dir, '--json');
+        const r = await daemon.cli('backup_verify', '--repo', repo.location, '--json');
         assert.equal(r.code, 1, 'verify exits 1 on damage');
         const v = JSON.parse(r.stdout) as { ok: boolean; badChunks: string[]; damagedBackups: string[] };
         assert.equal(v.ok, false);
         assert.deepEqual(v.badChunks, [hex]);
         assert.deepEqual(v.damagedBackups.sort(), [b2.id, b3.id].sort());
-        await assert.rejects(repo.restore({ id: b2.id, device: 'v.img', to: path.join(dir, 'r2') }), /offset 1048576.*damaged/);
-        for (const b of [b1, b4]) await repo.restore({ id: b.id, device: 'v.img', to: path.join(dir, `r-${b.id}`) });
+        await assert.rejects(restoreBackup(repo, { id: b2.id, device: 'v.img', to: path.join(dir, 'r2') }), /offset 1048576.*damaged/);
+        for (const b of [b1, b4]) await restoreBackup(repo, { id: b.id, device: 'v.img', to: path.join(dir, `r-${b.id}`) });
         await check('cmp', [path.join(dir, `r-${b4.id}`), path.join(dir, 'v.img')]);
 
         // Served as a device: sequential reads up to the damaged chunk load it ahead, together with its
         // neighbours; the neighbours still read, the damaged chunk fails (EIO), the daemon lives on.
-        const served = await daemon.json<{ uri: string }>('backup_attach', '--repo', repo.dir, '--id', b2.id, '--device', 'v.img', '--name', 'damaged');
+        const served = await daemon.json<{ uri: string }>('backup_attach', '--repo', repo.location, '--id', b2.id, '--device', 'v.img', '--name', 'damaged');
         const nbd = await NbdClient.connect(served.uri);
         try {
           assert.ok((await nbd.read(0, 256 * KiB)).equals(Buffer.alloc(256 * KiB, 1)));
@@ -196,8 +199,8 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
         // The damaged chunk's pack gone before the attach: the chunk is missing from the index, and
         // loading it ahead must not fail the reads before it.
         fs.rmSync(file);
-        fs.rmSync(packPaths(path.join(repo.dir, 'chunks'), where.pack).idx);
-        const missing = await daemon.json<{ uri: string }>('backup_attach', '--repo', repo.dir, '--id', b2.id, '--device', 'v.img', '--name', 'missing');
+        fs.rmSync(path.join(repo.location, 'chunks', `${where.pack}.idx`));
+        const missing = await daemon.json<{ uri: string }>('backup_attach', '--repo', repo.location, '--id', b2.id, '--device', 'v.img', '--name', 'missing');
         const again = await NbdClient.connect(missing.uri);
         try {
           for (let at = 0; at < MiB; at += 256 * KiB) assert.ok((await again.read(at, 256 * KiB)).equals(Buffer.alloc(256 * KiB, 1)), `bytes at ${at} before the missing chunk`);
@@ -219,7 +222,7 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
       for (let at = 0; at < 384 * MiB; at += MiB) await nbd.write(at, randomFillSync(Buffer.alloc(MiB)));
       await nbd.close();
       const create = (): ReturnType<typeof spawn> =>
-        spawn(process.execPath, [blksnapCli, 'backup_create', '--repo', repo.dir, '--device', 'k.img', '--diff-storage', dir, '--json'], {
+        spawn(process.execPath, [blksnapCli, 'backup_create', '--repo', repo.location, '--device', 'k.img', '--diff-storage', dir, '--json'], {
           env: { ...process.env, BLKSNAP_CONTROL: daemon.controlPath },
           stdio: 'ignore',
         });
@@ -233,27 +236,27 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
         // The daemon destroys the snapshot of the connection that went away.
         for (let i = 0; i < 50 && (await daemon.json<{ ids: string[] }>('snapshot_collect')).ids.length > 0; i++) await new Promise((r) => setTimeout(r, 100));
         assert.deepEqual((await daemon.json<{ ids: string[] }>('snapshot_collect')).ids, [], `round ${round}: no snapshot left`);
-        const v = await repo.verify();
+        const v = await verifyRepository(repo, {});
         assert.equal(v.ok, true, v.problems.join('; '));
-        assert.equal(repo.list().length, finished, 'a killed backup is not visible');
+        assert.equal((await repo.list()).length, finished, 'a killed backup is not visible');
       }
       assert.ok(finished < 3, 'at least one backup was killed mid-way');
       // A backup runs while a prune comes: the prune waits for it, the repository verifies after.
       const running = create();
       const exited = new Promise<number | null>((r) => running.once('exit', (code) => r(code)));
       // Once its partial backup exists it holds the repository's lock (shared).
-      const backupsDir = path.join(repo.dir, 'backups');
-      for (let i = 0; i < 100 && !fs.readdirSync(backupsDir).some((n) => n.startsWith(`.partial-`) && n.endsWith(`-${running.pid}`)); i++) await new Promise((r) => setTimeout(r, 20));
+      const backupsDir = path.join(repo.location, 'backups');
+      for (let i = 0; i < 100 && !fs.readdirSync(backupsDir).some((n) => n.includes(`.tmp.${running.pid}.`)); i++) await new Promise((r) => setTimeout(r, 20));
       let waited = false;
-      const pruned = await repo.prune({ keepLast: 1, progress: { start() {}, advance() {}, done() {}, note: () => (waited = true) } });
+      const pruned = await pruneRepository(repo, { keepLast: 1, progress: { start() {}, advance() {}, done() {}, note: () => (waited = true) } });
       assert.ok(waited, 'the prune waited for the running backup before its sweep');
       assert.equal(await exited, 0, 'the backup finished');
       assert.equal(pruned.kept.length, Math.min(finished, 1), 'the policy kept the newest backup that was complete when it ran');
-      assert.equal(repo.list().length, Math.min(finished, 1) + 1, 'that one and the one made during the prune');
-      const v = await repo.verify();
+      assert.equal((await repo.list()).length, Math.min(finished, 1) + 1, 'that one and the one made during the prune');
+      const v = await verifyRepository(repo, {});
       assert.equal(v.ok, true, v.problems.join('; '));
-      assert.ok(!fs.readdirSync(path.join(repo.dir, 'backups')).some((n) => n.startsWith('.')), 'the sweep removed what killed backups left');
-      const after = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 'k.img', '--diff-storage', dir);
+      assert.ok(!fs.readdirSync(path.join(repo.location, 'backups')).some((n) => n.startsWith('.') || n.includes('.tmp.')), 'the sweep removed what killed backups left');
+      const after = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', 'k.img', '--diff-storage', dir);
       assert.equal(after.devices[0]?.mode, 'incremental');
     });
   });
@@ -263,7 +266,7 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
       const client = await control(daemon);
       try {
         await check('qemu-io', ['-f', 'raw', '-c', 'write -P 5 0 32M', daemon.uri('r.img')]);
-        const b = await repo.create(client, { devices: ['r.img'], diffStorage: dir });
+        const b = await createBackup(repo, client, { devices: ['r.img'], diffStorage: dir });
         const saved = path.join(dir, 'saved.img');
         fs.copyFileSync(path.join(dir, 'r.img'), saved);
         const nbd = await NbdClient.connect(daemon.uri('r.img'));
@@ -274,7 +277,7 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
           for (let c = Math.floor(offset / BLOCK); c <= Math.floor((offset + 16 * 4096 - 1) / BLOCK); c++) touched.add(c);
         }
         await nbd.close();
-        const r = await repo.restore({ id: b.id, device: 'r.img', to: 'device:r.img', client });
+        const r = await restoreBackup(repo, { id: b.id, device: 'r.img', to: 'device:r.img', client });
         assert.equal(r.mode, 'rollback');
         assert.equal(r.writtenBytes, touched.size * BLOCK, 'exactly the changed blocks were written');
         const now = path.join(dir, 'now.img');
@@ -293,12 +296,12 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
         const nbd = await NbdClient.connect(daemon.uri('f.img'));
         for (let at = 0; at < 96 * MiB; at += MiB) await nbd.write(at, randomFillSync(Buffer.alloc(MiB)));
         await nbd.close();
-        const b = await repo.create(client, { devices: ['f.img'], diffStorage: dir });
+        const b = await createBackup(repo, client, { devices: ['f.img'], diffStorage: dir });
         // Damage a chunk of the second task sent (the first runs of the four fronts go first).
         const { createHash } = await import('node:crypto');
         const bytes = fs.readFileSync(path.join(dir, 'f.img')).subarray(5 * MiB, 5 * MiB + BLOCK);
-        const where = ChunkIndex.load(repo.dir).require(createHash('sha256').update(bytes).digest());
-        const pack = packPaths(path.join(repo.dir, 'chunks'), where.pack).pack;
+        const where = (await ChunkIndex.load(repo.backend)).require(createHash('sha256').update(bytes).digest());
+        const pack = path.join(repo.location, 'chunks', `${where.pack}.pack`);
         const fd = fs.openSync(pack, 'r+');
         fs.writeSync(fd, Buffer.from([0x55]), 0, 1, where.offset + RECORD_HEADER + 100);
         fs.closeSync(fd);
@@ -326,7 +329,7 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
             await new Promise((r) => setTimeout(r, 100));
             for (const probe of open.splice(0)) check(probe);
           })();
-          await assert.rejects(repo.restore({ id: b.id, device: 'f.img', to: path.join(dir, `r${round}`) }), /offset 5242880.*damaged/);
+          await assert.rejects(restoreBackup(repo, { id: b.id, device: 'f.img', to: path.join(dir, `r${round}`) }), /offset 5242880.*damaged/);
           isRestoring = false;
           await probing;
           assert.deepEqual(written, [], 'files opened after the restore let its descriptors go were written');
@@ -359,11 +362,11 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
         await nbd.write(16 * MiB, randomFillSync(Buffer.alloc(12 * KiB)));
         await nbd.flush();
         await nbd.close();
-        const b = await repo.create(client, { devices: ['d.img'], diffStorage: dir });
+        const b = await createBackup(repo, client, { devices: ['d.img'], diffStorage: dir });
         const nonZero = (3 * 16 + 40 + 3 + 4) * BLOCK + 12 * KiB;
 
         const file = path.join(dir, 'restored.img');
-        const r = await repo.restore({ id: b.id, device: 'd.img', to: file });
+        const r = await restoreBackup(repo, { id: b.id, device: 'd.img', to: file });
         assert.equal(r.writtenBytes, nonZero, 'every chunk with data written once, at its place');
         await check('cmp', [file, path.join(dir, 'd.img')]);
         // Blocks are allocated ahead of the writes only where chunks hold data: zero chunks stay holes.
@@ -373,7 +376,7 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
         const target = await NbdClient.connect(daemon.uri('e.img'));
         for (let at = 0; at < size; at += MiB) await target.write(at, randomFillSync(Buffer.alloc(Math.min(MiB, size - at))));
         await target.close();
-        const overNbd = await repo.restore({ id: b.id, device: 'd.img', to: daemon.uri('e.img') });
+        const overNbd = await restoreBackup(repo, { id: b.id, device: 'd.img', to: daemon.uri('e.img') });
         assert.equal(overNbd.mode, 'nbd');
         assert.equal(overNbd.writtenBytes, size);
         await check('cmp', [path.join(dir, 'e.img'), path.join(dir, 'd.img')]);
@@ -392,42 +395,42 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
         const mnt = await mounts.mount(dev.blockDevice, 'src');
         fs.writeFileSync(path.join(mnt, 'data.bin'), randomFillSync(Buffer.alloc(3 * MiB)));
         const sum = (await check('sha256sum', [path.join(mnt, 'data.bin')])).split(' ')[0];
-        const badFronts = await daemon.cli('backup_create', '--repo', repo.dir, '--device', 'fs', '--read-fronts', '0');
+        const badFronts = await daemon.cli('backup_create', '--repo', repo.location, '--device', 'fs', '--read-fronts', '0');
         assert.notEqual(badFronts.code, 0);
         assert.match(badFronts.stderr, /EINVAL: backup_create: --read-fronts takes 1 to 16, not '0'/);
         // One read front (a rotating disk's setting); the other backups here read at the default four.
-        const created = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 'fs', '--diff-storage', dir, '--read-fronts', '1');
+        const created = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', 'fs', '--diff-storage', dir, '--read-fronts', '1');
         await mounts.umount(mnt);
 
         const restored = path.join(dir, 'fs.restored');
-        await daemon.json('backup_restore', '--repo', repo.dir, '--id', created.id, '--device', 'fs', '--to', restored);
-        const served = await daemon.json<{ name: string; uri: string; readOnly: boolean }>('backup_attach', '--repo', repo.dir, '--id', created.id, '--device', 'fs');
+        await daemon.json('backup_restore', '--repo', repo.location, '--id', created.id, '--device', 'fs', '--to', restored);
+        const served = await daemon.json<{ name: string; uri: string; readOnly: boolean }>('backup_attach', '--repo', repo.location, '--id', created.id, '--device', 'fs');
         assert.equal(served.readOnly, true);
         await check('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', restored, served.uri]);
         // While served, a prune keeps it whatever the policy says, and it stays readable.
-        const newer = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 'fs', '--diff-storage', dir);
-        const held = await daemon.json<{ kept: string[]; removed: string[] }>('backup_prune', '--repo', repo.dir, '--keep-last', '1');
+        const newer = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', 'fs', '--diff-storage', dir);
+        const held = await daemon.json<{ kept: string[]; removed: string[] }>('backup_prune', '--repo', repo.location, '--keep-last', '1');
         assert.deepEqual([held.kept.sort(), held.removed], [[created.id, newer.id].sort(), []]);
         await check('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', restored, served.uri]);
         const refused = await run('qemu-io', ['-f', 'raw', '-c', 'write 0 4k', served.uri]);
         assert.notEqual(refused.code === 0 && !/failed|Permission|read-only/i.test(refused.stdout + refused.stderr), true, 'a read-only backup refuses writes');
         await daemon.json('detach', '--device', served.name);
 
-        const writable = await daemon.json<{ name: string; uri: string }>('backup_attach', '--repo', repo.dir, '--id', created.id, '--device', 'fs', '--writable', '--name', 'scratch');
+        const writable = await daemon.json<{ name: string; uri: string }>('backup_attach', '--repo', repo.location, '--id', created.id, '--device', 'fs', '--writable', '--name', 'scratch');
         await check('qemu-io', ['-f', 'raw', '-c', 'write -P 9 1000k 8k', writable.uri]);
         const read = await check('qemu-io', ['-f', 'raw', '-c', 'read -P 9 1000k 8k', writable.uri]);
         assert.match(read, /read 8192\/8192/);
         await daemon.json('detach', '--device', 'scratch');
-        const again = await daemon.json<{ uri: string }>('backup_attach', '--repo', repo.dir, '--id', created.id, '--device', 'fs', '--writable', '--name', 'scratch');
+        const again = await daemon.json<{ uri: string }>('backup_attach', '--repo', repo.location, '--id', created.id, '--device', 'fs', '--writable', '--name', 'scratch');
         await check('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', restored, again.uri]);
         await daemon.json('detach', '--device', 'scratch');
 
-        const looped = await daemon.json<{ name: string; blockDevice: string }>('backup_attach', '--repo', repo.dir, '--id', created.id, '--device', 'fs', '--loop');
+        const looped = await daemon.json<{ name: string; blockDevice: string }>('backup_attach', '--repo', repo.location, '--id', created.id, '--device', 'fs', '--loop');
         const ro = await mounts.mount(looped.blockDevice, 'backup', ['ro', 'noload']);
         assert.equal((await check('sha256sum', [path.join(ro, 'data.bin')])).split(' ')[0], sum);
         await mounts.umount(ro);
         await daemon.json('detach', '--device', looped.name);
-        const released = await daemon.json<{ removed: string[] }>('backup_prune', '--repo', repo.dir, '--keep-last', '1');
+        const released = await daemon.json<{ removed: string[] }>('backup_prune', '--repo', repo.location, '--keep-last', '1');
         assert.deepEqual(released.removed, [created.id], 'detached, it goes by the policy');
       } finally {
         await mounts.cleanup();
@@ -444,13 +447,13 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
         await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x3c 2M 5M', daemon.uri('t.img')]);
         const port = /nbd tcp port (\d+)/.exec(daemon.log)?.[1];
         assert.ok(port, 'the daemon listens on TCP');
-        const created = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 't.img', '--diff-storage', dir, '--nbd', `127.0.0.1:${port}`, '--tls-psk', pskFile);
+        const created = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', 't.img', '--diff-storage', dir, '--nbd', `127.0.0.1:${port}`, '--tls-psk', pskFile);
         assert.equal(created.devices[0]?.readBytes, 5 * MiB, 'only the allocated data was read');
         const restored = path.join(dir, 't.restored');
-        await daemon.json('backup_restore', '--repo', repo.dir, '--id', created.id, '--device', 't.img', '--to', restored);
+        await daemon.json('backup_restore', '--repo', repo.location, '--id', created.id, '--device', 't.img', '--to', restored);
         await check('cmp', [restored, path.join(dir, 't.img')]);
         // In the clear, as asked for: the TLS listener refuses.
-        const plain = await daemon.cli('backup_create', '--repo', repo.dir, '--device', 't.img', '--diff-storage', dir, '--nbd', `127.0.0.1:${port}`, '--tls', 'off');
+        const plain = await daemon.cli('backup_create', '--repo', repo.location, '--device', 't.img', '--diff-storage', dir, '--nbd', `127.0.0.1:${port}`, '--tls', 'off');
         assert.notEqual(plain.code, 0, 'without TLS the listener refuses');
         assert.match(plain.stderr, /EACCES|TLS/);
       }, ['--listen', '127.0.0.1:0', '--tls-psk', pskFile]);
@@ -463,11 +466,11 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
     await withDaemon({ 'c.img': 8 * MiB }, async (daemon, repo, dir) => {
       await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5e 1M 2M', daemon.uri('c.img')]);
       const port = /nbd tcp port (\d+)/.exec(daemon.log)?.[1];
-      const silent = await daemon.cli('backup_create', '--repo', repo.dir, '--device', 'c.img', '--diff-storage', dir, '--nbd', `127.0.0.1:${port}`);
+      const silent = await daemon.cli('backup_create', '--repo', repo.location, '--device', 'c.img', '--diff-storage', dir, '--nbd', `127.0.0.1:${port}`);
       assert.equal(silent.code, 22, silent.stderr);
       assert.match(silent.stderr, /EINVAL: backup_create: --nbd 127\.0\.0\.1:\d+ reads the images over the network: give --tls-certs DIR or --tls-psk FILE, or --tls off/);
-      assert.equal(repo.list().length, 0, 'nothing was read or stored');
-      const clear = await daemon.json<Created>('backup_create', '--repo', repo.dir, '--device', 'c.img', '--diff-storage', dir, '--nbd', `127.0.0.1:${port}`, '--tls', 'off');
+      assert.equal((await repo.list()).length, 0, 'nothing was read or stored');
+      const clear = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', 'c.img', '--diff-storage', dir, '--nbd', `127.0.0.1:${port}`, '--tls', 'off');
       assert.equal(clear.devices[0]?.readBytes, 2 * MiB);
     }, ['--listen', '127.0.0.1:0', '--tls', 'off']);
   });

@@ -45,7 +45,7 @@ describe('CBT through the NBD path', { skip: missing('qemu-io') }, () => {
   });
 
   it('three increments: each switch publishes exactly that epoch\'s blocks', async () => {
-    const { Cbt, BlksnapClient } = await import('../../src/client/index.js');
+    const { Cbt, BlksnapClient } = await import('../../src/index.js');
     const client = await BlksnapClient.connect(daemon.controlPath);
     try {
       const cbt = new Cbt(client, 'disk');
@@ -85,7 +85,7 @@ describe('CBT through the NBD path', { skip: missing('qemu-io') }, () => {
   });
 
   it('wrap after 255 switches gives a new generation', async () => {
-    const { Cbt, BlksnapClient } = await import('../../src/client/index.js');
+    const { Cbt, BlksnapClient } = await import('../../src/index.js');
     const client = await BlksnapClient.connect(daemon.controlPath);
     try {
       const cbt = new Cbt(client, 'disk');

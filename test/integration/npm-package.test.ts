@@ -45,7 +45,7 @@ describe('npm package', { skip: missing('npm', 'qemu-io') }, () => {
       const installed = path.join(prefix, 'lib', 'node_modules', 'blksnap');
       const kinds = await check(process.execPath, ['--input-type=module', '-e', "import { Service, Cbt, Session } from 'blksnap'; console.log([Service, Cbt, Session].map((x) => typeof x).join(' '))"], { env: { ...process.env, NODE_NO_WARNINGS: '1' }, cwd: installed });
       assert.equal(kinds.trim(), 'function function function');
-      assert.ok(fs.existsSync(path.join(installed, 'dist/src/client/index.d.ts')));
+      assert.ok(fs.existsSync(path.join(installed, 'dist/src/index.d.ts')));
     } finally {
       const exited = new Promise((r) => daemon.once('exit', r));
       daemon.kill('SIGTERM');

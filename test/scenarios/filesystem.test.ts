@@ -8,7 +8,7 @@ import { blksnapCli, TestDaemon } from '../helpers/daemon.js';
 import { checksums, mkfs, Mounts, writeFiles } from '../helpers/mounts.js';
 import { check, missing, run, sparseFile, tempDir } from '../helpers/tools.js';
 import { BlksnapClient } from '../../src/client/connection.js';
-import { Cbt } from '../../src/client/index.js';
+import { Cbt } from '../../src/index.js';
 import { fileExtents } from '../../src/os/libc.js';
 
 const MiB = 1024 * 1024;

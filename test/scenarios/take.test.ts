@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import { spawn } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import { Session } from '../../src/client/session.js';
-import { Cbt } from '../../src/client/index.js';
+import { Cbt } from '../../src/index.js';
 import * as api from '../../src/control/protocol.js';
 import { blksnapCli } from '../helpers/daemon.js';
 import { NbdClient } from '../helpers/nbd-client.js';

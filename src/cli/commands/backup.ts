@@ -1,10 +1,13 @@
 // Owns the backup repository commands of the CLI (SPEC §9): backup_init ... backup_attach, each a call
 // of the library's Repository with its typed result printed as text or as one JSON document.
 import * as fs from 'node:fs';
-import type { CreateOptions } from '../../backup/backup-create.js';
-import { type Repository as RepositoryType, parseCompression, Repository } from '../../backup/repository.js';
+import { attachBackup } from '../../backup/backup-attach.js';
+import { type CreateOptions, createBackup } from '../../backup/backup-create.js';
+import { pruneRepository } from '../../backup/backup-prune.js';
+import { backupDeviceName, restoreBackup } from '../../backup/backup-restore.js';
+import { verifyRepository } from '../../backup/backup-verify.js';
 import type { NbdTlsOptions } from '../../client/nbd-client.js';
-import { backupDeviceName } from '../../backup/backup-restore.js';
+import { parseCompression, Repository } from '../../repository/repository.js';
 import { BlkError, toBlkError } from '../../errors.js';
 import { backup as backupParams } from '../../params.js';
 import { parseSize } from '../../sizes.js';
@@ -16,7 +19,7 @@ const REPO = { kind: 'value', help: 'the repository directory', isRequired: true
 const ID = { kind: 'value', help: 'backup id (see backup_list)', isRequired: true } as const;
 
 
-function open(o: ParsedOptions): Promise<RepositoryType> {
+function open(o: ParsedOptions): Promise<Repository> {
   return Repository.open(value(o, 'repo'));
 }
 
@@ -65,7 +68,7 @@ export const backupCommands: Command[] = [
     options: { repo: REPO, compress: { kind: 'value', help: `zstd, zstd:LEVEL (1-19) or none (default zstd:${backupParams.zstdLevel})` } },
     async run(o, io) {
       const repo = await Repository.init(value(o, 'repo'), { zstdLevel: parseCompression(o.values.get('compress') ?? 'zstd') });
-      io.print({ repo: repo.dir, compress: repo.config.zstdLevel === null ? 'none' : `zstd:${repo.config.zstdLevel}` }, `repository ${repo.dir}`);
+      io.print({ repo: repo.location, compress: repo.config.zstdLevel === null ? 'none' : `zstd:${repo.config.zstdLevel}` }, `repository ${repo.location}`);
     },
   },
   {
@@ -93,7 +96,7 @@ export const backupCommands: Command[] = [
       const readFronts = fronts === undefined ? undefined : Number(fronts);
       if (readFronts !== undefined && !(Number.isInteger(readFronts) && readFronts >= 1 && readFronts <= 16)) throw new BlkError('EINVAL', `backup_create: --read-fronts takes 1 to 16, not '${fronts}'`);
       const bar = progress(io);
-      const r = await repo.create(await io.client(), {
+      const r = await createBackup(repo, await io.client(), {
         ...imageOverTcp(o),
         devices: (o.lists.get('device') ?? []).map(deviceRef),
         ...(diffStorage === undefined ? {} : { diffStorage }),
@@ -112,7 +115,7 @@ export const backupCommands: Command[] = [
     summary: 'List the backups of a repository, oldest first.',
     options: { repo: REPO },
     async run(o, io) {
-      const backups = (await open(o)).list();
+      const backups = await (await open(o)).list();
       io.print({ backups }, backups.map((b) => `${b.id}  ${b.time}  ${b.devices.map((d) => `${d.name} (${d.mode}, ${d.size} bytes)`).join(', ')}`).join('\n'));
     },
   },
@@ -141,7 +144,7 @@ export const backupCommands: Command[] = [
         return null;
       });
       const bar = progress(io);
-      const r = await repo.restore({ id: value(o, 'id'), device: value(o, 'device'), to, client, daemonError, offline: o.flags.has('offline'), ...(bar ? { progress: bar } : {}) });
+      const r = await restoreBackup(repo, { id: value(o, 'id'), device: value(o, 'device'), to, client, daemonError, offline: o.flags.has('offline'), ...(bar ? { progress: bar } : {}) });
       io.print(r, `${r.mode}${r.device ? ` ${r.device}` : ''}: wrote ${mib(r.writtenBytes)}, skipped ${mib(r.skippedBytes)}`);
     },
   },
@@ -152,7 +155,7 @@ export const backupCommands: Command[] = [
     async run(o, io) {
       const id = o.values.get('id');
       const bar = progress(io);
-      const r = await (await open(o)).verify({ ...(id === undefined ? {} : { id }), ...(bar ? { progress: bar } : {}) });
+      const r = await verifyRepository(await open(o), { ...(id === undefined ? {} : { id }), ...(bar ? { progress: bar } : {}) });
       io.print(r, r.ok ? `ok: ${r.checkedChunks} chunks checked` : [`DAMAGED: ${r.badChunks.length} bad chunks; backups affected: ${r.damagedBackups.join(', ') || 'none'}`, ...r.problems.map((p) => `  ${p}`)].join('\n'));
       if (!r.ok) io.exitStatus = 1;
     },
@@ -171,7 +174,7 @@ export const backupCommands: Command[] = [
       const bar = progress(io);
       const keepDaily = wholeNumber(o, 'keep-daily');
       const keepWeekly = wholeNumber(o, 'keep-weekly');
-      const r = await (await open(o)).prune({
+      const r = await pruneRepository(await open(o), {
         keepLast: wholeNumber(o, 'keep-last') ?? 0,
         ...(keepDaily === undefined ? {} : { keepDaily }),
         ...(keepWeekly === undefined ? {} : { keepWeekly }),
@@ -196,7 +199,7 @@ export const backupCommands: Command[] = [
     async run(o, io) {
       const name = o.values.get('name');
       const client = await io.client();
-      const d = await (await open(o)).attach(client, {
+      const d = await attachBackup(await open(o), client, {
         id: value(o, 'id'),
         device: await backupDeviceName(value(o, 'device'), client),
         ...(name === undefined ? {} : { name }),

@@ -1,7 +1,7 @@
 // Owns the change-tracking commands of the CLI: cbtinfo, readcbtmap, markdirtyblock.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Cbt } from '../../client/index.js';
+import { Cbt } from '../../client/cbt.js';
 import * as api from '../../control/protocol.js';
 import { BlkError } from '../../errors.js';
 import type { Command } from '../command.js';

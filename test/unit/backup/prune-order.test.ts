@@ -4,14 +4,14 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { layout } from '../../../src/backup/layout.js';
-import { encodeManifest } from '../../../src/backup/manifest.js';
-import { Repository } from '../../../src/backup/repository.js';
+import { pruneRepository } from '../../../src/backup/backup-prune.js';
+import { encodeManifest } from '../../../src/repository/manifest.js';
+import { Repository } from '../../../src/repository/repository.js';
 import { tempDir } from '../../helpers/tools.js';
 
 function addBackup(repo: string, id: string, time: string): void {
-  fs.mkdirSync(layout.backup(repo, id), { recursive: true });
-  fs.writeFileSync(layout.manifest(repo, id), encodeManifest({ version: 1, id, time, devices: [] }));
+  fs.mkdirSync(path.join(repo, 'backups', id), { recursive: true });
+  fs.writeFileSync(path.join(repo, 'backups', id, 'manifest.json'), encodeManifest({ version: 1, id, time, devices: [] }));
 }
 
 describe('backup_prune order', () => {
@@ -23,13 +23,13 @@ describe('backup_prune order', () => {
       // Ids in one order, recorded times in the other (a backup copied from another host keeps its id).
       addBackup(dir, '20260301T000000.000Z-bbbb', '2026-02-01T00:00:00.000Z');
       addBackup(dir, '20260101T000000.000Z-aaaa', '2026-06-01T00:00:00.000Z');
-      const dry = await repo.prune({ keepLast: 1, dryRun: true });
+      const dry = await pruneRepository(repo, { keepLast: 1, dryRun: true });
       assert.deepEqual(dry.kept, ['20260101T000000.000Z-aaaa']);
       assert.deepEqual(dry.removed, ['20260301T000000.000Z-bbbb']);
       assert.deepEqual(dry.warnings, []);
       const future = new Date(Date.now() + 30 * 86400_000).toISOString();
       addBackup(dir, '20260102T000000.000Z-cccc', future);
-      const flagged = await repo.prune({ keepLast: 1, dryRun: true });
+      const flagged = await pruneRepository(repo, { keepLast: 1, dryRun: true });
       assert.deepEqual(flagged.kept, ['20260102T000000.000Z-cccc']);
       assert.equal(flagged.warnings.length, 1);
       assert.match(flagged.warnings[0] as string, /backup 20260102T000000\.000Z-cccc is dated .*in the future/);

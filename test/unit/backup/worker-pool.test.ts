@@ -5,10 +5,10 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { WorkerPool } from '../../../src/backup/worker-pool.js';
+import { WorkerPool } from '../../../src/backup/workers/worker-pool.js';
 import { tempDir } from '../../helpers/tools.js';
 
-const poolModule = new URL('../../../src/backup/worker-pool.js', import.meta.url).href;
+const poolModule = new URL('../../../src/backup/workers/worker-pool.js', import.meta.url).href;
 
 // Preloaded into every thread of the child: a worker's first require of koffi goes on defining
 // functions for 400 ms, as its own modules do for a few milliseconds when they load. That turns a
@@ -41,7 +41,7 @@ describe('backup worker pool', () => {
   /** Runs `body` (a module using `pool`, a fresh pool of two) in a child whose workers load slowly. */
   function runChild(body: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
     const file = path.join(dir.dir, `child-${Math.random().toString(36).slice(2)}.mjs`);
-    fs.writeFileSync(file, `import { WorkerPool } from ${JSON.stringify(poolModule)};\nconst pool = new WorkerPool(2);\n${body}\n`);
+    fs.writeFileSync(file, `import { WorkerPool } from ${JSON.stringify(poolModule)};\nconst pool = new WorkerPool('create', 2);\n${body}\n`);
     return new Promise((resolve) => {
       const child = spawn(process.execPath, ['--require', path.join(dir.dir, 'slow-ffi-load.cjs'), file], { stdio: ['ignore', 'pipe', 'pipe'] });
       let stdout = '';
@@ -66,8 +66,8 @@ describe('backup worker pool', () => {
   });
 
   it('a pool closed at once still works when made again', async () => {
-    await new WorkerPool(2).close();
-    const pool = new WorkerPool(1);
+    await new WorkerPool('create', 2).close();
+    const pool = new WorkerPool('create', 1);
     const result = await pool.run({ kind: 'hash', id: 0, data: new Uint8Array(4096), lengths: [4096] });
     assert.equal(result.digests.length, 32);
     await pool.close();

@@ -1,22 +1,20 @@
 // Owns a backup of a device as a store (backup_attach): chunks read on demand through worker threads,
 // checked against their digests, kept in a bounded cache; with --writable, writes go to a throw-away
 // overlay file (an unnamed file: gone at detach) in chunk-sized pieces copied up on first write.
-import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { ChunkIndex } from '../backup/chunk-index.js';
-import { readIndexAsync } from '../backup/digest-index.js';
-import { BACKUP_ID_PATTERN, isZeroDigest, layout } from '../backup/layout.js';
-import { readManifestAsync } from '../backup/manifest.js';
-import { lockRepository } from '../backup/repository.js';
-import type { WorkerPool } from '../backup/worker-pool.js';
+import type { Extent, Storage, StorageCapabilities } from '../backing/storage.js';
 import { BlkError, toBlkError } from '../errors.js';
 import { closeAsync, openUnnamedFile } from '../os/async-fs.js';
 import { backup as params } from '../params.js';
-import type { Extent, Storage, StorageCapabilities } from './storage.js';
+import { ChunkIndex } from '../repository/chunk-index.js';
+import { isZeroDigest } from '../repository/digest.js';
+import { readIndex } from '../repository/digest-index.js';
+import { BACKUP_ID_PATTERN, isDeviceName, names } from '../repository/layout.js';
+import { Repository } from '../repository/repository.js';
+import type { WorkerPool } from './workers/worker-pool.js';
 
 export interface BackupStorageOptions {
-  workers: WorkerPool;
+  workers: WorkerPool<'attach'>;
   /** Bytes of decompressed chunks kept in memory. */
   cacheBytes: number;
   /** Where the overlay of a writable attach lives (an unnamed file); none: read-only. */
@@ -35,7 +33,7 @@ export class BackupStorage implements Storage {
   readonly can: StorageCapabilities;
   readonly size: number;
   readonly chunkSize: number;
-  #repo: string;
+  #repo: Repository;
   #digests: Buffer;
   /** Where the repository's chunks are, as of the attach. */
   #chunks: ChunkIndex;
@@ -49,11 +47,12 @@ export class BackupStorage implements Storage {
   #overlay: Overlay | null;
   #isClosed = false;
 
-  #hold: string;
+  /** Takes away the hold that keeps a prune from removing the backup. */
+  #releaseHold: () => Promise<void>;
 
-  private constructor(repo: string, label: string, size: number, chunkSize: number, digests: Buffer, chunks: ChunkIndex, options: BackupStorageOptions, overlayFd: number | null, hold: string) {
+  private constructor(repo: Repository, label: string, size: number, chunkSize: number, digests: Buffer, chunks: ChunkIndex, options: BackupStorageOptions, overlayFd: number | null, releaseHold: () => Promise<void>) {
     this.path = label;
-    this.#hold = hold;
+    this.#releaseHold = releaseHold;
     this.#chunks = chunks;
     this.#repo = repo;
     this.size = size;
@@ -71,33 +70,24 @@ export class BackupStorage implements Storage {
    * that keeps a prune from removing the backup is placed before anything is read; every call runs
    * in the thread pool, so a slow repository never holds the event loop.
    */
-  static async open(repo: string, id: string, device: string, options: BackupStorageOptions): Promise<BackupStorage> {
+  static async open(location: string, id: string, device: string, options: BackupStorageOptions): Promise<BackupStorage> {
     if (!BACKUP_ID_PATTERN.test(id)) throw new BlkError('EINVAL', `'${id}' is not a backup id (see backup_list)`);
-    if (device === '' || device.includes('/') || device.startsWith('.')) throw new BlkError('EINVAL', `'${device}' is not a device name`);
-    const release = await lockRepository(repo, false);
-    const hold = layout.hold(repo, id, process.pid, randomBytes(4).toString('hex'));
+    if (!isDeviceName(device)) throw new BlkError('EINVAL', `'${device}' is not a device name`);
+    const repo = await Repository.open(location);
+    const release = await repo.lock(false);
+    let releaseHold: (() => Promise<void>) | null = null;
     try {
-      // A prune keeps a backup that is served, while this process lives; a backup already renamed away by one is gone.
-      try {
-        const handle = await fs.promises.open(hold, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o644);
-        await handle.writeFile(`${device}\n`);
-        await handle.close();
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new BlkError('ENOENT', `no backup ${id} in ${repo}`);
-        throw e;
-      }
-      const manifest = await readManifestAsync(layout.manifest(repo, id)).catch(async (e: unknown) => {
-        const isGone = !(await fs.promises.access(layout.manifest(repo, id)).then(() => true, () => false));
-        throw isGone ? new BlkError('ENOENT', `no backup ${id} in ${repo}`) : e;
-      });
+      // A prune keeps a backup that is served, while this process lives; one it already took away is gone.
+      releaseHold = await repo.hold(id, device);
+      const manifest = await repo.manifest(id);
       const entry = manifest.devices.find((d) => d.name === device);
       if (!entry) throw new BlkError('ENOENT', `backup ${id} has no device ${device} (it has ${manifest.devices.map((d) => d.name).join(', ')})`);
-      const index = await readIndexAsync(repo, path.join(layout.backup(repo, id), path.basename(entry.index)));
-      const chunks = await ChunkIndex.loadAsync(repo);
+      const index = await readIndex(repo.backend, names.indexRoot(id, entry.index));
+      const chunks = await ChunkIndex.load(repo.backend);
       const overlayFd = options.overlayDir === undefined ? null : await openUnnamedFile(options.overlayDir);
-      return new BackupStorage(repo, `${repo}#${id}/${device}`, index.size, index.chunkSize, index.digests, chunks, options, overlayFd, hold);
+      return new BackupStorage(repo, `${repo.location}#${id}/${device}`, index.size, index.chunkSize, index.digests, chunks, options, overlayFd, releaseHold);
     } catch (e) {
-      await fs.promises.rm(hold, { force: true });
+      await releaseHold?.();
       throw e;
     } finally {
       release();
@@ -198,8 +188,9 @@ export class BackupStorage implements Storage {
     this.#isClosed = true;
     this.#cache.clear();
     // The workers' descriptors of this repository's packs: a pack a prune deletes must not stay allocated.
-    await this.#o.workers.runOnAll({ kind: 'closePacks', chunksDir: layout.chunksDir(this.#repo) }).catch(() => undefined);
-    await fs.promises.rm(this.#hold, { force: true });
+    const chunks = this.#repo.backend.localPath(names.chunks);
+    if (chunks !== null) await this.#o.workers.runOnAll({ kind: 'closePacks', dir: chunks.replace(/\/$/, '') }).catch(() => undefined);
+    await this.#releaseHold();
     if (this.#overlay) await closeAsync(this.#overlay.fd);
   }
 
@@ -278,10 +269,10 @@ export class BackupStorage implements Storage {
     // A rejection, never a throw: a chunk missing from the index must fail only its own load, not
     // the read that started loading it ahead.
     const load = async (from: number, count: number): Promise<Uint8Array[]> =>
-      (await this.#o.workers.run({ kind: 'load', items: this.#chunks.loadItems(this.#repo, { size: this.size, chunkSize: this.chunkSize, digests: this.#digests }, from, count) })).data;
+      (await this.#o.workers.run({ kind: 'load', items: this.#chunks.loadItems(this.#repo.backend, { size: this.size, chunkSize: this.chunkSize, digests: this.#digests }, from, count) })).data;
     // The pack indexes are loaded again once per failed task, not once per chunk of it.
     const together = load(first, n).catch(async () => {
-      this.#chunks = await ChunkIndex.loadAsync(this.#repo).catch(() => this.#chunks);
+      this.#chunks = await ChunkIndex.load(this.#repo.backend).catch(() => this.#chunks);
       return null;
     });
     for (let i = 0; i < n; i++) {

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { encodeManifest, type Manifest, readManifest } from '../../../src/backup/manifest.js';
+import { decodeManifest, encodeManifest, type Manifest } from '../../../src/repository/manifest.js';
 import { tempDir } from '../../helpers/tools.js';
 
 describe('backup manifest', () => {
@@ -21,6 +21,8 @@ describe('backup manifest', () => {
     fs.writeFileSync(file, encodeManifest(m as Manifest));
     return file;
   };
+
+  const readManifest = (file: string): Manifest => decodeManifest(fs.readFileSync(file), file);
 
   it('reads back what was written', () => {
     assert.deepEqual(readManifest(written(good, 'good')), good);

@@ -6,7 +6,9 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { after, describe, it } from 'node:test';
-import { decodeRecord, FLAG_ZSTD, isRawBlockFrame, packPaths, PackWriter, RECORD_HEADER, rawBlockLead, readIdx, sha256 } from '../../../src/backup/pack.js';
+import { sha256 } from '../../../src/repository/digest.js';
+import { LocalBackend } from '../../../src/repository/local-backend.js';
+import { decodeIdx, decodeRecord, entriesOf, FLAG_ZSTD, isRawBlockFrame, PackWriter, RECORD_HEADER, rawBlockLead } from '../../../src/repository/pack.js';
 import { zstdBound, zstdCompressInto } from '../../../src/os/zstd.js';
 import { tempDir } from '../../helpers/tools.js';
 
@@ -42,17 +44,19 @@ describe('pack records of chunks zstd cannot shrink', () => {
     assert.equal(isRawBlockFrame(out, 0, m, size), false, 'a compressed frame');
   });
 
-  it('stores random chunks as they are and compressible ones compressed, at every size, each decoding to its chunk', () => {
-    const writer = new PackWriter(t.dir, 2);
+  it('stores random chunks as they are and compressible ones compressed, at every size, each decoding to its chunk', async () => {
+    const backend = new LocalBackend(t.dir);
+    const writer = new PackWriter(backend, 2);
     const chunks: Buffer[] = [];
     for (const size of [512, 4096, 65536, 128 * 1024, 256 * 1024]) {
       chunks.push(randomBytes(size), Buffer.alloc(size, `text of ${size} bytes `));
     }
     for (const c of chunks) writer.append(sha256(c), c);
-    writer.close();
-    const { pack, idx } = packPaths(t.dir, writer.closed[0] as string);
-    const bytes = fs.readFileSync(pack);
-    const entries = readIdx(idx);
+    await writer.close();
+    const id = writer.closed[0] as string;
+    const bytes = fs.readFileSync(backend.localPath(`chunks/${id}.pack`));
+    const idx = backend.localPath(`chunks/${id}.idx`);
+    const entries = entriesOf(decodeIdx(fs.readFileSync(idx), idx));
     for (const c of chunks) {
       const e = entries.find((x) => x.digest.equals(sha256(c)));
       assert.ok(e);

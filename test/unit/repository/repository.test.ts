@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { Repository } from '../../../src/backup/repository.js';
+import { Repository } from '../../../src/repository/repository.js';
 import { tempDir } from '../../helpers/tools.js';
 
 describe('repository config', () => {

@@ -4,31 +4,39 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import { encodeIdx, packPaths, PackWriter, RECORD_HEADER, readIdx, sha256 } from '../../../src/backup/pack.js';
-import { WorkerPool } from '../../../src/backup/worker-pool.js';
+import { WorkerPool } from '../../../src/backup/workers/worker-pool.js';
+import { sha256 } from '../../../src/repository/digest.js';
+import { LocalBackend } from '../../../src/repository/local-backend.js';
+import { decodeIdx, encodeIdx, entriesOf, PackWriter, RECORD_HEADER } from '../../../src/repository/pack.js';
 import { tempDir } from '../../helpers/tools.js';
 
-const WINDOW = 8 * 1024 * 1024; // the check's read size (chunk-worker CHECK_READ_BYTES)
+/** A pack index's entries, checked as readers check it. */
+function readIdx(file: string): ReturnType<typeof entriesOf> {
+  return entriesOf(decodeIdx(fs.readFileSync(file), file));
+}
+
+const WINDOW = 8 * 1024 * 1024; // the check's read size (verify-worker CHECK_READ_BYTES)
 
 describe('pack check', () => {
   const t = tempDir();
-  const workers = new WorkerPool();
+  const workers = new WorkerPool('verify');
   let paths: { pack: string; idx: string };
   let straddling: { digest: Buffer; offset: number; storedLength: number };
   let count = 0;
 
-  before(() => {
+  before(async () => {
     // 300 chunks of 64 KiB, half random (stored as they are), half compressible: about 13 MiB, and
     // the 48-byte headers put record boundaries off the 8 MiB window boundary.
-    const writer = new PackWriter(t.dir, 2);
+    const backend = new LocalBackend(t.dir);
+    const writer = new PackWriter(backend, 2);
     for (let i = 0; i < 300; i++) {
       const data = i % 2 ? randomBytes(65536) : Buffer.alloc(65536, `chunk ${i} ${randomBytes(8).toString('hex')} `);
       writer.append(sha256(data), data);
       count++;
     }
-    writer.close();
+    await writer.close();
     const id = writer.closed[0] as string;
-    paths = packPaths(t.dir, id);
+    paths = { pack: backend.localPath(`chunks/${id}.pack`), idx: backend.localPath(`chunks/${id}.idx`) };
     const entries = readIdx(paths.idx);
     const found = entries.find((e) => Math.floor(e.offset / WINDOW) !== Math.floor((e.offset + RECORD_HEADER + e.storedLength - 1) / WINDOW));
     assert.ok(found, 'a record spans the 8 MiB window boundary');

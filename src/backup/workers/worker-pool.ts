@@ -1,9 +1,25 @@
-// Owns the repository's worker threads: tasks go to the least busy worker, results come back as
-// promises; the bytes of a chunk move between threads without a copy (transferred).
+// Owns a program's worker threads: tasks go to the least busy worker, results come back as
+// promises; the bytes of a chunk move between threads without a copy (transferred). Each kind of
+// worker is a script of its own, so a process loads only the code its work needs.
 import * as os from 'node:os';
 import { Worker } from 'node:worker_threads';
-import { BlkError, type Errno } from '../errors.js';
-import type { ChunkResult, ChunkTask } from './chunk-worker.js';
+import { BlkError, type Errno } from '../../errors.js';
+import type { CreateResult, CreateTask, ReadResult, ReadTask, VerifyResult, VerifyTask } from './tasks.js';
+
+/** The workers there are, each with the tasks it takes and the results it gives. */
+export const WORKERS = {
+  create: new URL('./create-worker.js', import.meta.url),
+  restore: new URL('./restore-worker.js', import.meta.url),
+  attach: new URL('./attach-worker.js', import.meta.url),
+  verify: new URL('./verify-worker.js', import.meta.url),
+} as const;
+
+interface Kinds {
+  create: { task: CreateTask; result: CreateResult };
+  restore: { task: ReadTask; result: ReadResult };
+  attach: { task: ReadTask; result: ReadResult };
+  verify: { task: VerifyTask; result: VerifyResult };
+}
 
 interface Slot {
   worker: Worker;
@@ -13,19 +29,19 @@ interface Slot {
   isLoaded: boolean;
 }
 
-export class WorkerPool {
+export class WorkerPool<K extends keyof Kinds> {
   #slots: Slot[];
-  #pending = new Map<number, { resolve: (r: ChunkResult) => void; reject: (e: unknown) => void; slot: Slot }>();
+  #pending = new Map<number, { resolve: (r: Kinds[K]['result']) => void; reject: (e: unknown) => void; slot: Slot }>();
   #nextId = 1;
 
-  constructor(size = Math.max(1, os.availableParallelism())) {
+  constructor(kind: K, size = Math.max(1, os.availableParallelism())) {
     this.#slots = Array.from({ length: size }, () => {
-      const worker = new Worker(new URL('./chunk-worker.js', import.meta.url));
+      const worker = new Worker(WORKERS[kind]);
       let markLoaded = () => {};
       const slot: Slot = { worker, busy: 0, loaded: new Promise((resolve) => (markLoaded = resolve)), isLoaded: false };
       // Stays referenced until loaded: a process ending (or a terminate) while the worker still
       // loads the FFI aborts the whole process inside koffi (FATAL ERROR ... napi_throw).
-      worker.on('message', (m: { id: number; loaded?: true; result?: ChunkResult; error?: { code: Errno; message: string } }) => {
+      worker.on('message', (m: { id: number; loaded?: true; result?: Kinds[K]['result']; error?: { code: Errno; message: string } }) => {
         if (m.loaded) {
           slot.isLoaded = true;
           markLoaded();
@@ -37,7 +53,7 @@ export class WorkerPool {
         this.#pending.delete(m.id);
         if (--p.slot.busy === 0 && slot.isLoaded) worker.unref();
         if (m.error) p.reject(new BlkError(m.error.code, m.error.message));
-        else p.resolve(m.result as ChunkResult);
+        else p.resolve(m.result as Kinds[K]['result']);
       });
       worker.on('error', (e) => {
         markLoaded();
@@ -64,19 +80,19 @@ export class WorkerPool {
   }
 
   /** Runs a task on worker `on` (default: the least busy): a `store` goes where its `hash` went. */
-  run<K extends ChunkTask['kind']>(task: Extract<ChunkTask, { kind: K }>, transfer: ArrayBuffer[] = [], on = this.pick()): Promise<Extract<ChunkResult, { kind: K }>> {
+  run<T extends Kinds[K]['task']['kind']>(task: Extract<Kinds[K]['task'], { kind: T }>, transfer: ArrayBuffer[] = [], on = this.pick()): Promise<Extract<Kinds[K]['result'], { kind: T }>> {
     const slot = this.#slots[on] as Slot;
     // A worker with tasks keeps the process alive; an idle one does not.
     if (slot.busy++ === 0) slot.worker.ref();
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
-      this.#pending.set(id, { resolve: resolve as (r: ChunkResult) => void, reject, slot });
+      this.#pending.set(id, { resolve: resolve as (r: Kinds[K]['result']) => void, reject, slot });
       slot.worker.postMessage({ id, task }, transfer);
     });
   }
 
-  /** Runs a task on every worker (finish: each closes its pack). */
-  runOnAll<K extends ChunkTask['kind']>(task: Extract<ChunkTask, { kind: K }>): Promise<Array<Extract<ChunkResult, { kind: K }>>> {
+  /** Runs a task on every worker (finish: each puts its packs in place). */
+  runOnAll<T extends Kinds[K]['task']['kind']>(task: Extract<Kinds[K]['task'], { kind: T }>): Promise<Array<Extract<Kinds[K]['result'], { kind: T }>>> {
     return Promise.all(this.#slots.map((_, i) => this.run(task, [], i)));
   }
 

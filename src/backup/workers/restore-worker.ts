@@ -1,0 +1,96 @@
+// Owns the work of one of backup_restore's worker threads: loading and checking chunks, and writing
+// runs of them to the target (a file or block device) with their repeated copies.
+import { parentPort } from 'node:worker_threads';
+import { toBlkError } from '../../errors.js';
+import { writeFully } from '../../os/fd-io.js';
+import { DIRECT_ALIGNMENT } from '../../os/koffi.js';
+import { startWriteback } from '../../os/writeback-range.js';
+import type { LoadItem } from '../../repository/chunk-index.js';
+import { alignedBuffers, closePacks, decodeItem, loadItems, readStoredAsync } from './pack-reads.js';
+import type { ReadResult, ReadTask } from './tasks.js';
+
+/**
+ * Decodes a run into one buffer and writes each stretch of it with one pwrite, in the thread pool
+ * so that this thread decodes the next run meanwhile. With O_DIRECT the bytes go from this buffer
+ * to the disk: no page-cache copy and no final flood of writeback; two threads writing one file
+ * through the page cache spun on its inode lock (measured: docs/performance.md).
+ */
+async function writeItems(task: Extract<ReadTask, { kind: 'write' }>): Promise<number> {
+  const items = task.items;
+  const first = items[0];
+  if (!first) return 0;
+  const last = items.at(-1) as LoadItem;
+  const held: Buffer[] = [];
+  const span = alignedBuffers.acquire(last.offset + last.length - first.offset);
+  const writes: Array<Promise<void>> = [];
+  let written = 0;
+  // Where the span's bytes go: [from, to) of it at device offset `at`. A piece grows while the next
+  // item continues it both in the span and on the device (a stretch, or a stretch's copy).
+  const pieces: Array<{ from: number; to: number; at: number }> = [];
+  try {
+    const stored = await readStoredAsync(items, held);
+    let growing: Array<{ from: number; to: number; at: number }> = [];
+    items.forEach((item, i) => {
+      const from = item.offset - first.offset;
+      const into = span.subarray(from, from + item.length);
+      if (item.where === null) {
+        if (!task.writeZeros) {
+          growing = [];
+          return;
+        }
+        into.fill(0);
+      } else {
+        decodeItem(item, stored[i] as Buffer, into);
+      }
+      const grown: typeof growing = [];
+      for (const at of [item.offset, ...(item.copies ?? [])]) {
+        const piece = growing.find((p) => p.to === from && p.at + (p.to - p.from) === at);
+        if (piece) piece.to = from + item.length;
+        else pieces.push({ from, to: from + item.length, at });
+        grown.push(piece ?? (pieces.at(-1) as (typeof pieces)[number]));
+      }
+      growing = grown;
+    });
+    for (const { from, to, at } of pieces) {
+      const data = span.subarray(from, to);
+      const aligned = task.direct ? data.length - (data.length % DIRECT_ALIGNMENT) : 0;
+      if (aligned > 0) writes.push(writeFully(task.fd, data.subarray(0, aligned), at));
+      if (aligned < data.length) writes.push(writeFully(task.bufferedFd, data.subarray(aligned), at + aligned));
+      written += data.length;
+    }
+  } finally {
+    for (const b of held) alignedBuffers.release(b);
+    // Never back into use while a write of it may still run.
+    void Promise.allSettled(writes).then(() => alignedBuffers.release(span));
+  }
+  // All settled before the task answers, failed or not: the main thread closes the target after the last answer.
+  for (const w of await Promise.allSettled(writes)) if (w.status === 'rejected') throw w.reason;
+  // Through the page cache, the restore ends in fsync: its disk writes start now, beside the work still to come.
+  if (!task.direct) for (const { from, to, at } of pieces) startWriteback(task.fd, at, to - from);
+  return written;
+}
+
+
+function fail(id: number, e: unknown): void {
+  const err = toBlkError(e);
+  parentPort?.postMessage({ id, error: { code: err.code, message: err.message } });
+}
+
+parentPort?.on('message', (message: { id: number; task: ReadTask }) => {
+  const task = message.task;
+  if (task.kind === 'write') {
+    // Asynchronous: the next task is decoded while this one's writes run.
+    writeItems(task).then((writtenBytes) => parentPort?.postMessage({ id: message.id, result: { kind: 'write', writtenBytes } satisfies ReadResult }), (e: unknown) => fail(message.id, e));
+    return;
+  }
+  try {
+    if (task.kind === 'closePacks') return void parentPort?.postMessage({ id: message.id, result: { kind: 'closePacks', closed: closePacks(task.dir) } satisfies ReadResult });
+    const data = loadItems(task.items);
+    parentPort?.postMessage({ id: message.id, result: { kind: 'load', data } satisfies ReadResult }, data.map((d) => d.buffer as ArrayBuffer));
+  } catch (e) {
+    fail(message.id, e);
+  }
+});
+
+// Every import above is loaded: the pool may now let the process end, or terminate this thread.
+parentPort?.postMessage({ loaded: true });
