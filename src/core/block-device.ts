@@ -1,7 +1,7 @@
-// Owns the interface front ends serve: a byte-addressed device (an attached device or a snapshot image).
+// Owns the interface front ends serve: a byte-addressed device (an attached device or a snapshot
+// image). Types only, and nothing of the core's own: every part of the core may name them.
 import type { Extent } from '../backing/storage.js';
 import type { Event } from '../util/emitter.js';
-import type { WriteStream } from './write-stream.js';
 import type { SplicePipe } from '../os/splice.js';
 
 /** Per-request flags, independent of any wire format. */
@@ -22,6 +22,29 @@ export const IoFlag = {
 export type IoFlags = number;
 
 /**
+ * The parts of one write that arrive over time (a large NBD payload still coming off the socket):
+ * `length` bytes in all, handed over in order. A device lands them as they come (the page-cache
+ * copy of one overlaps the client sending the next) or gathers them, as it can.
+ */
+export interface IncomingParts {
+  readonly length: number;
+  /**
+   * Calls `land` with each part as it comes (at once for those in already). Resolves with the bytes
+   * handed over: all of them, or fewer when the source ends the write early (a client that stalls
+   * must not hold a take back; what landed stays, and the source writes the rest as a write of its
+   * own). Rejects when the parts stop coming for good (the client went away).
+   */
+  deliver(land: (part: Uint8Array) => void): Promise<number>;
+}
+
+/** A write's data: all of it, pieces of it as they were received (written without joining), or parts still to come. */
+export type WriteData = Uint8Array | readonly Buffer[] | IncomingParts;
+
+export function isIncomingParts(data: WriteData): data is IncomingParts {
+  return typeof (data as IncomingParts).deliver === 'function';
+}
+
+/**
  * What a front end (NBD, a kernel block device) exports: a small complete interface (an attached
  * device, a snapshot image, and the backup devices to come), its capabilities as plain fields, and
  * the fast paths apart in `fast`. Every request passes the device's RequestGate.
@@ -34,7 +57,12 @@ export interface BlockDevice {
   /** True when it can deallocate (TRIM) and report holes. */
   readonly canTrim: boolean;
   read(offset: number, into: Uint8Array): Promise<void>;
-  write(offset: number, data: Uint8Array, flags: IoFlags): Promise<void>;
+  /**
+   * The one write entry, whatever form the data takes; the device chooses its fastest way. Returns
+   * undefined when the data landed at once (nothing had to wait: no take holding the device, no
+   * copy-on-write, no FUA, a store that takes it at once), else a promise of the write.
+   */
+  write(offset: number, data: WriteData, flags: IoFlags): Promise<void> | undefined;
   zero(offset: number, length: number, flags: IoFlags): Promise<void>;
   trim(offset: number, length: number, flags: IoFlags): Promise<void>;
   flush(): Promise<void>;
@@ -147,17 +175,4 @@ export interface BlockDeviceFastPaths {
    * would; null where reads must pass through the device (a store in memory).
    */
   sharedReads(): SharedReads | null;
-  /**
-   * Writes at once when nothing has to wait (see StorageFastPaths.writeNow); false otherwise, having
-   * written nothing: then write() (a CBT mark already made is the same one write() makes).
-   */
-  writeNow(offset: number, data: Uint8Array, flags: IoFlags): boolean;
-  /**
-   * Opens one write whose data arrives in parts: each part lands as it is given, the write is
-   * tracked once for its whole range, and it is in flight until end(). Null where the device
-   * cannot (then the whole payload is written at once).
-   */
-  streamWrite(offset: number, length: number, flags: IoFlags): WriteStream | null;
-  /** The same as write() of the joined pieces, without joining them where the device can. */
-  writeChunks(offset: number, chunks: readonly Buffer[], flags: IoFlags): Promise<void>;
 }

@@ -1,7 +1,7 @@
 // Owns an attached device: its backing store, its tracker, and the checked I/O every front end calls.
 import type { Extent, Storage } from '../backing/storage.js';
-import { totalLength } from '../util/byte-queue.js';
-import { IoFlag, type BlockDevice, type BlockDeviceFastPaths, type ChangeMap, type IoFlags, type SendSink, type SharedReads } from './block-device.js';
+import { IoFlag, type BlockDevice, type BlockDeviceFastPaths, type ChangeMap, type IncomingParts, type IoFlags, isIncomingParts, type SendSink, type SharedReads, type WriteData } from './block-device.js';
+import { gathered, lengthOf } from './incoming-parts.js';
 import { RequestGate, checkRange } from './request-gate.js';
 import { Tracker, type TrackerOptions } from './tracker.js';
 import { WriteStream } from './write-stream.js';
@@ -68,57 +68,69 @@ export class Device implements BlockDevice, BlockDeviceFastPaths {
     return fd === undefined ? null : { fd };
   }
 
-  write(offset: number, data: Uint8Array, flags: IoFlags): Promise<void> {
-    this.#gate.enterWrite('write', offset, data.length);
-    return this.#tracked(offset, data.length, flags, () => this.storage.write(offset, data, (flags & IoFlag.Background) !== 0));
-  }
-
   /**
-   * The write path without a promise, for when nothing can wait: no take holding the device, no
-   * copy-on-write, no FUA flush, and a store that writes at once. The same tracker steps as write().
+   * The write path. Whole data that nothing makes wait (no take holding the device, no
+   * copy-on-write, its write-intent regions recorded, no FUA) lands at once without a promise where
+   * the store takes it at once; pieces go to the store as they are (pwritev); parts still to come
+   * land as they arrive (WriteStream) where the store can take parts. The tracker admits each write
+   * once, whichever way it lands.
    */
-  writeNow(offset: number, data: Uint8Array, flags: IoFlags): boolean {
-    const tracker = this.tracker;
-    const fast = this.storage.fast;
-    if (flags & (IoFlag.Fua | IoFlag.Background) || !fast || !tracker.admitsAtOnce(offset, data.length)) return false;
-    this.#gate.enterWrite('write', offset, data.length);
-    try {
-      // Admitted as every write is (gate, mark, write intent; nothing waits by the checks above).
-      // Should the store decline, write() marks again (the same number).
-      const admitted = tracker.admitWrite(offset, data.length);
-      if (admitted !== undefined) {
-        // Cannot happen while the checks above hold; if it did, the admission ends on its own.
-        admitted.finally(() => tracker.endWrite()).catch(() => undefined);
-        return false;
-      }
-      try {
-        return fast.writeNow(offset, data);
-      } finally {
-        tracker.endWrite();
-      }
-    } finally {
-      this.#gate.leave();
-    }
-  }
-
-  /** One write whose data comes in parts (see WriteStream); the caller must end() it. */
-  streamWrite(offset: number, length: number, flags: IoFlags): WriteStream {
+  write(offset: number, data: WriteData, flags: IoFlags): Promise<void> | undefined {
+    if (isIncomingParts(data)) return this.#writeIncoming(offset, data, flags);
+    const length = lengthOf(data);
     this.#gate.enterWrite('write', offset, length);
+    let admitted: Promise<void> | undefined;
     try {
-      return new WriteStream(this.tracker, this.storage, { offset, length, isFua: (flags & IoFlag.Fua) !== 0 }, () => this.#gate.leave());
+      admitted = this.tracker.admitWrite(offset, length);
     } catch (e) {
       this.#gate.leave();
-      throw e;
+      return Promise.reject(e);
     }
+    const fast = this.storage.fast;
+    if (admitted === undefined && fast && !Array.isArray(data) && !(flags & (IoFlag.Fua | IoFlag.Background))) {
+      let isDone: boolean;
+      try {
+        isDone = fast.writeNow(offset, data as Uint8Array);
+      } catch (e) {
+        this.#leave();
+        return Promise.reject(e);
+      }
+      if (isDone) {
+        this.#leave();
+        return undefined;
+      }
+      // The store declined (the kernel near throttling writers): the admitted write lands below.
+    }
+    const inBackground = (flags & IoFlag.Background) !== 0;
+    const land = Array.isArray(data)
+      ? fast
+        ? () => fast.writeChunks(offset, data as readonly Buffer[], inBackground)
+        : () => this.storage.write(offset, Buffer.concat(data as Buffer[]), inBackground)
+      : () => this.storage.write(offset, data as Uint8Array, inBackground);
+    return this.#landAdmitted(admitted, flags, land);
   }
 
-  writeChunks(offset: number, chunks: readonly Buffer[], flags: IoFlags): Promise<void> {
-    const length = totalLength(chunks);
-    const fast = this.storage.fast;
-    if (!fast) return this.write(offset, Buffer.concat(chunks as Buffer[]), flags);
-    this.#gate.enterWrite('write', offset, length);
-    const inBackground = (flags & IoFlag.Background) !== 0;
-    return this.#tracked(offset, length, flags, () => fast.writeChunks(offset, chunks, inBackground));
+  /** One write whose parts land as they come (see WriteStream), or are gathered where the store cannot take parts. */
+  #writeIncoming(offset: number, parts: IncomingParts, flags: IoFlags): Promise<void> {
+    if (!this.storage.fast) return gathered(parts).then((data) => this.write(offset, data, flags));
+    this.#gate.enterWrite('write', offset, parts.length);
+    let stream: WriteStream;
+    try {
+      stream = new WriteStream(this.tracker, this.storage, { offset, length: parts.length, isFua: (flags & IoFlag.Fua) !== 0 }, () => this.#gate.leave());
+    } catch (e) {
+      this.#gate.leave();
+      return Promise.reject(e);
+    }
+    let at = offset;
+    return parts
+      .deliver((part) => {
+        stream.write(at, part);
+        at += part.length;
+      })
+      .then(
+        () => stream.end(),
+        (e: unknown) => stream.end().then(() => Promise.reject(e)),
+      );
   }
 
   zero(offset: number, length: number, flags: IoFlags): Promise<void> {
@@ -162,16 +174,33 @@ export class Device implements BlockDevice, BlockDeviceFastPaths {
     if (await this.#gate.close()) await this.storage.close();
   }
 
-  async #tracked(offset: number, length: number, flags: IoFlags, land: () => Promise<void>): Promise<void> {
+  /** Admits a write that entered the gate, lands it, flushes for FUA, and leaves. */
+  #tracked(offset: number, length: number, flags: IoFlags, land: () => Promise<void>): Promise<void> {
+    let admitted: Promise<void> | undefined;
     try {
-      const admitted = this.tracker.admitWrite(offset, length);
-      try {
-        if (admitted) await admitted;
-        await land();
-        if (flags & IoFlag.Fua) await this.storage.flush();
-      } finally {
-        this.tracker.endWrite();
-      }
+      admitted = this.tracker.admitWrite(offset, length);
+    } catch (e) {
+      this.#gate.leave();
+      return Promise.reject(e);
+    }
+    return this.#landAdmitted(admitted, flags, land);
+  }
+
+  /** The rest of an admitted write: waits for what its admission waits for, lands it, flushes for FUA, leaves tracker and gate. */
+  async #landAdmitted(admitted: Promise<void> | undefined, flags: IoFlags, land: () => Promise<void>): Promise<void> {
+    try {
+      if (admitted) await admitted;
+      await land();
+      if (flags & IoFlag.Fua) await this.storage.flush();
+    } finally {
+      this.#leave();
+    }
+  }
+
+  /** An admitted write is done (landed or failed): out of the tracker, then out of the gate. */
+  #leave(): void {
+    try {
+      this.tracker.endWrite();
     } finally {
       this.#gate.leave();
     }

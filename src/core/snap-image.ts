@@ -1,7 +1,8 @@
 // Owns a snapshot image: the read-write block device showing a device as it was at the take.
 import { buffers } from '../params.js';
 import type { Extent } from '../backing/storage.js';
-import type { BlockDevice, BlockDeviceFastPaths, ChangeMap, IoFlags, SendSink } from './block-device.js';
+import { type BlockDevice, type BlockDeviceFastPaths, type ChangeMap, type IoFlags, isIncomingParts, type SendSink, type WriteData } from './block-device.js';
+import { gathered } from './incoming-parts.js';
 import type { Device } from './device.js';
 import { RequestGate } from './request-gate.js';
 import type { DiffArea } from './diff-area.js';
@@ -31,9 +32,6 @@ export class SnapImage implements BlockDevice {
       const origin = this.device.sharedReads();
       return origin ? { fd: origin.fd, image: this.#area.readGate } : null;
     },
-    writeNow: () => false,
-    streamWrite: () => null,
-    writeChunks: (offset, chunks, flags) => this.write(offset, Buffer.concat(chunks as Buffer[]), flags),
   };
   readonly device: Device;
   #area: DiffArea;
@@ -67,7 +65,13 @@ export class SnapImage implements BlockDevice {
     return this.#gate.aroundUnlessDeclined('image read', offset, length, () => this.#area.spliceImage(offset, length, pipe));
   }
 
-  write(offset: number, data: Uint8Array, _flags: IoFlags): Promise<void> {
+  /** Lands on kept copies: whole data at once, pieces joined, parts gathered first. */
+  write(offset: number, data: WriteData, flags: IoFlags): Promise<void> {
+    if (isIncomingParts(data) || Array.isArray(data)) return gathered(data).then((whole) => this.write(offset, whole, flags));
+    return this.#writeWhole(offset, data as Uint8Array);
+  }
+
+  #writeWhole(offset: number, data: Uint8Array): Promise<void> {
     this.#gate.enterWrite('image write', offset, data.length);
     let recorded: Promise<void> | undefined;
     try {
@@ -81,10 +85,10 @@ export class SnapImage implements BlockDevice {
     return (recorded ? Promise.all([recorded, written]).then(() => undefined) : written).finally(() => this.#gate.leave());
   }
 
-  async zero(offset: number, length: number, flags: IoFlags): Promise<void> {
+  async zero(offset: number, length: number, _flags: IoFlags): Promise<void> {
     const zeroes = new Uint8Array(Math.min(length, buffers.zeroPieceBytes));
     for (let done = 0; done < length; done += zeroes.length) {
-      await this.write(offset + done, zeroes.subarray(0, Math.min(zeroes.length, length - done)), flags);
+      await this.#writeWhole(offset + done, zeroes.subarray(0, Math.min(zeroes.length, length - done)));
     }
   }
 

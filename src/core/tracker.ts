@@ -126,11 +126,6 @@ export class Tracker {
     return this.#copyAfterRecord(recorded, offset, length);
   }
 
-  /** True when a write of this range would be admitted at once: not held, no copy-on-write, its regions recorded. */
-  admitsAtOnce(offset: number, length: number): boolean {
-    return this.#held === null && this.diffArea === null && (this.#intent === null || !this.isTracking || this.#intent.covers(offset, length));
-  }
-
   /** Rejects only after the gate was passed (the write is in flight: the caller ends it). */
   async #admitAfterGate(gate: Promise<void>, offset: number, length: number): Promise<void> {
     await gate;

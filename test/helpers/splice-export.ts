@@ -55,9 +55,6 @@ export async function serveSpliceExport(size: number, readsOf: (device: Device) 
       sendTo: () => null,
       spliceTo: reads.spliceTo,
       sharedReads: () => null,
-      writeNow: () => false,
-      streamWrite: () => null,
-      writeChunks: (offset, chunks, flags) => device.write(offset, Buffer.concat(chunks), flags),
     },
   };
   const socketPath = path.join(tmp.dir, 'nbd.sock');

@@ -109,22 +109,21 @@ export class FuseRequests {
     // A file of fixed size: a write past its end is EFBIG to the kernel (the device's gate says ENOSPC).
     const isPastEnd = offset + size > this.#device.size;
     const pastEnd = (e: unknown): unknown => (isPastEnd && e instanceof BlkError && e.code === 'ENOSPC' ? new BlkError('EFBIG', e.message) : e);
-    let writing: Promise<void>;
+    const replied = (): void => {
+      w.writeOutHeader(b, w.OUT_HEADER_LENGTH + 8, 0, unique);
+      b.writeUInt32LE(size, w.OUT_HEADER_LENGTH);
+      b.writeUInt32LE(0, w.OUT_HEADER_LENGTH + 4);
+      this.#out.send(slot, b.subarray(0, w.OUT_HEADER_LENGTH + 8));
+      this.#release(slot);
+    };
+    let writing: Promise<void> | undefined;
     try {
       writing = this.#device.write(offset, b.subarray(w.WRITE_PAYLOAD_OFFSET, length), IoFlag.None);
     } catch (e) {
       throw pastEnd(e);
     }
-    writing.then(
-      () => {
-        w.writeOutHeader(b, w.OUT_HEADER_LENGTH + 8, 0, unique);
-        b.writeUInt32LE(size, w.OUT_HEADER_LENGTH);
-        b.writeUInt32LE(0, w.OUT_HEADER_LENGTH + 4);
-        this.#out.send(slot, b.subarray(0, w.OUT_HEADER_LENGTH + 8));
-        this.#release(slot);
-      },
-      (e: unknown) => this.#fail(slot, unique, pastEnd(e)),
-    );
+    if (writing === undefined) return replied();
+    writing.then(replied, (e: unknown) => this.#fail(slot, unique, pastEnd(e)));
   }
 
   /** Everything but READ and WRITE: a tiny filesystem of one directory and one file. */

@@ -1,76 +1,68 @@
 // Owns one large NBD write while its payload comes off the socket: the buffer the socket reads it
-// into, and, where the device can, the device write its parts land in as they arrive.
+// into, and the parts it hands the device as they arrive (the device lands them as they come, or
+// gathers them).
 import { nbdIo } from '../../params.js';
-import { IoFlag, type BlockDevice } from '../../core/block-device.js';
-import type { WriteStream } from '../../core/write-stream.js';
+import { IoFlag, type BlockDevice, type IncomingParts, type IoFlags } from '../../core/block-device.js';
 import { ioBuffers } from '../../util/buffer-pool.js';
 import { totalLength, type ByteQueue } from '../../util/byte-queue.js';
 import * as w from '../../nbd/wire.js';
 
 /**
- * The payload of a write whose header is parsed: what came with the header stays where it was
- * read (`head`, views of the receive arena) and the socket reads the rest straight into `buffer`.
- *
- * Where the device offers streamWrite, the payload lands as it arrives: the page-cache copy of
- * one part overlaps the client sending the next (measured: docs/performance.md, "Design choices,
- * measured"). For the device it is one write, tracked once and in flight until the last part.
+ * The payload of a write whose header is parsed: what came with the header stays where it was read
+ * (`head`, views of the receive arena) and the socket reads the rest straight into `buffer`. Parts
+ * go to the device as they come, in parts of at least nbdIo.streamPartMinimum: the page-cache copy
+ * of one overlaps the client sending the next (docs/performance.md).
  */
-export class IncomingWrite {
+export class IncomingWrite implements IncomingParts {
   readonly header: w.RequestHeader;
+  readonly length: number;
   readonly head: Buffer[];
   readonly buffer: Buffer;
   /** Bytes of `buffer` received. */
   filled = 0;
   /** Where `buffer` starts on the device (after the head). */
   #bufferOffset: number;
-  /** The device write the parts land in; null when not streaming (or no longer). */
-  #stream: WriteStream | null = null;
-  /** Bytes of `buffer` given to the stream. */
+  /** Bytes of `buffer` handed to the device. */
   #landed = 0;
-  /** Settles when a stream stopped part-way has ended (its parts landed). */
-  #streamEnded: Promise<void> | null = null;
+  /** The device's taker of parts while it takes them; null before deliver() and once it ended. */
+  #land: ((part: Uint8Array) => void) | null = null;
+  #delivered: { resolve: (n: number) => void; reject: (e: Error) => void } | null = null;
+  /** The device write ended before the payload was whole (stopDelivering): the rest is a write of its own. */
+  #isCutShort = false;
+  /** The connection closed before the payload was whole. */
+  #isGone = false;
+  #whole: { promise: Promise<void>; resolve: () => void; reject: (e: Error) => void };
 
-  /**
-   * Takes what the queue holds of the payload: as views where the device writes pieces, else
-   * copied into the start of the buffer. Then opens the device write, where it can stream.
-   */
-  constructor(header: w.RequestHeader, queue: ByteQueue, device: BlockDevice) {
+  /** Takes what the queue holds of the payload, as views. */
+  constructor(header: w.RequestHeader, queue: ByteQueue) {
     this.header = header;
-    const fast = device.fast;
-    if (fast) {
-      this.head = queue.takeChunks(queue.length);
-      this.buffer = ioBuffers.acquire(header.length - totalLength(this.head));
-    } else {
-      this.head = [];
-      this.buffer = ioBuffers.acquire(header.length);
-      this.filled = queue.length;
-      queue.takeInto(this.buffer, this.filled);
-    }
+    this.length = header.length;
+    this.head = queue.takeChunks(queue.length);
+    this.buffer = ioBuffers.acquire(header.length - totalLength(this.head));
     this.#bufferOffset = header.offset + totalLength(this.head);
-    if (!fast) return;
-    let stream: WriteStream | null;
-    try {
-      stream = fast.streamWrite(header.offset, header.length, header.flags & w.NBD_CMD_FLAG_FUA ? IoFlag.Fua : IoFlag.None);
-    } catch {
-      return; // e.g. the device is going away: the whole-payload path replies the error
-    }
-    if (stream === null) return; // the device cannot stream: the payload is written whole
-    this.#stream = stream;
-    let at = header.offset;
-    for (const chunk of this.head) {
-      stream.write(at, chunk);
-      at += chunk.length;
-    }
-    this.#landParts(stream);
+    let resolve = (): void => undefined;
+    let reject = (_e: Error): void => undefined;
+    const promise = new Promise<void>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    promise.catch(() => undefined);
+    this.#whole = { promise, resolve, reject };
   }
 
-  /** True once the device write is open (the caller counts it in flight from now). */
-  get isStreamed(): boolean {
-    return this.#stream !== null || this.#streamEnded !== null;
+  /** Hands the head at once, then each part as it comes; see IncomingParts. */
+  deliver(land: (part: Uint8Array) => void): Promise<number> {
+    if (this.#isGone) return Promise.reject(new Error('the client went away during the write'));
+    for (const chunk of this.head) land(chunk);
+    this.#land = land;
+    const delivered = new Promise<number>((resolve, reject) => (this.#delivered = { resolve, reject }));
+    this.#landParts();
+    return delivered;
   }
 
-  get isStreaming(): boolean {
-    return this.#stream !== null;
+  /** Whether parts are being handed to the device now. */
+  get isDelivering(): boolean {
+    return this.#land !== null;
   }
 
   /** Where the socket reads next: the unfilled rest of the buffer. */
@@ -78,55 +70,66 @@ export class IncomingWrite {
     return this.buffer.subarray(this.filled);
   }
 
-  /** `n` more bytes are in the buffer; lands a part when enough came. True once the payload is whole. */
+  /** `n` more bytes are in the buffer; hands a part over when enough came. True once the payload is whole. */
   received(n: number): boolean {
     this.filled += n;
     const isWhole = this.filled === this.buffer.length;
-    if (this.#stream !== null && (isWhole || this.filled - this.#landed >= nbdIo.streamPartMinimum)) this.#landParts(this.#stream);
+    if (isWhole || this.filled - this.#landed >= nbdIo.streamPartMinimum) this.#landParts();
+    if (isWhole) this.#whole.resolve();
     return isWhole;
   }
 
-  /** The payload as pieces, for a write that did not stream. */
-  get payload(): Buffer | Buffer[] {
-    return this.head.length > 0 ? [...this.head, this.buffer] : this.buffer;
-  }
-
   /**
-   * The client sends nothing: what landed stays, the device write ends (a take waiting for it
-   * goes on), and finish() writes the rest as a write of its own.
+   * The client sends nothing: what landed stays, the device write ends (a take waiting for it goes
+   * on), and writeTo() writes the rest as a write of its own once it came.
    */
-  stopStreaming(): void {
-    const stream = this.#stream;
-    if (stream === null) return;
-    this.#stream = null;
-    this.#streamEnded = stream.end();
-    this.#streamEnded.catch(() => undefined);
+  stopDelivering(): void {
+    if (this.#land === null) return;
+    this.#isCutShort = true;
+    this.#end();
   }
 
-  /** The payload is whole: settles once every part landed (the rest too, if streaming stopped). */
-  finish(device: BlockDevice): Promise<void> {
-    if (this.#stream !== null) return this.#stream.end();
-    const h = this.header;
+  /** Writes the payload to the device as it comes: settles once every part landed (the rest too, when cut short). */
+  async writeTo(device: BlockDevice, flags: IoFlags): Promise<void> {
+    await device.write(this.header.offset, this, flags);
+    if (!this.#isCutShort) return;
+    await this.#whole.promise;
     const rest = this.buffer.subarray(this.#landed);
-    const flags = h.flags & w.NBD_CMD_FLAG_FUA ? IoFlag.Fua : IoFlag.None;
-    return (this.#streamEnded ?? Promise.resolve()).then(() => device.write(this.#bufferOffset + this.#landed, rest, flags));
+    if (rest.length > 0) await device.write(this.#bufferOffset + this.#landed, rest, flags & ~IoFlag.Background);
   }
 
-  /** The connection is gone: a streamed write ends with the parts it has; the buffers go back after. */
+  /** The connection is gone: the device write ends with the parts it has (a client gone mid-write leaves a prefix). */
   dispose(): void {
-    const ended = this.#stream?.end() ?? this.#streamEnded ?? Promise.resolve();
-    this.#stream = null;
-    void ended.catch(() => undefined).then(() => this.release());
+    this.#isGone = true;
+    const delivered = this.#delivered;
+    this.#land = null;
+    this.#delivered = null;
+    delivered?.reject(new Error('the client went away during the write'));
+    this.#whole.reject(new Error('the client went away during the write'));
   }
 
+  /** The buffers go back (after every write of them settled). */
   release(): void {
     for (const chunk of this.head) ioBuffers.release(chunk);
     ioBuffers.release(this.buffer);
   }
 
-  #landParts(stream: WriteStream): void {
-    if (this.filled === this.#landed) return;
-    stream.write(this.#bufferOffset + this.#landed, this.buffer.subarray(this.#landed, this.filled));
-    this.#landed = this.filled;
+  #landParts(): void {
+    const land = this.#land;
+    if (land === null) return;
+    if (this.filled > this.#landed) {
+      const part = this.buffer.subarray(this.#landed, this.filled);
+      this.#landed = this.filled;
+      land(part);
+    }
+    if (this.#landed === this.buffer.length) this.#end();
+  }
+
+  /** No more parts for the device: its write ends with what it was handed. */
+  #end(): void {
+    const delivered = this.#delivered;
+    this.#land = null;
+    this.#delivered = null;
+    delivered?.resolve(totalLength(this.head) + this.#landed);
   }
 }

@@ -9,9 +9,9 @@ import { drainPipe, PipePool, type SplicePipe, spliceFromPipeUntilFull } from '.
 import { ioBuffers } from '../../util/buffer-pool.js';
 import type { ByteQueue } from '../../util/byte-queue.js';
 import type { Agreement } from './handshake.js';
-import type { IncomingWrite } from './incoming-write.js';
+import { IncomingWrite } from './incoming-write.js';
 import { changeExtents } from './meta-context.js';
-import { RequestReader, type RequestSink, type TransmissionStep } from './request-reader.js';
+import { type Request, RequestReader, type TransmissionStep } from './request-reader.js';
 import { ReplyWriter } from './reply-writer.js';
 import type { RequestObserver } from './request-observer.js';
 import * as w from '../../nbd/wire.js';
@@ -41,7 +41,7 @@ const ALLOWED_FLAGS: Readonly<Record<number, number>> = {
  * so replies never interleave. Reading pauses while too many requests or bytes are in flight or
  * while the client does not read its replies: memory stays bounded whatever the client sends.
  */
-export class Transmission implements RequestSink {
+export class Transmission {
   #socket: Socket;
   #device: BlockDevice;
   #agreement: Agreement;
@@ -80,7 +80,7 @@ export class Transmission implements RequestSink {
     this.#agreement = agreement;
     this.#device = agreement.device;
     this.#onProgress = onProgress;
-    this.#reader = new RequestReader(agreement.device, this);
+    this.#reader = new RequestReader((h) => this.#checkWrite(h));
   }
 
   get isIdle(): boolean {
@@ -101,9 +101,15 @@ export class Transmission implements RequestSink {
     );
   }
 
+  /** Runs every whole request the queue holds, until it holds no more or too much is in flight. */
   feed(queue: ByteQueue): TransmissionStep {
     this.#queue = queue;
-    return this.#reader.feed(queue);
+    for (;;) {
+      if (this.#reader.isAtHeader && this.isBusy) return { kind: 'paused' };
+      const step = this.#reader.next(queue);
+      if (step.kind !== 'request') return step;
+      this.#dispatch(step.request);
+    }
   }
 
   /** See RequestReader.receiveTarget. */
@@ -120,49 +126,10 @@ export class Transmission implements RequestSink {
     this.#reader.dispose();
   }
 
-  // ---- RequestSink: what the reader hands over ----
-
-  checkWrite(h: w.RequestHeader): BlkError | null {
+  /** A write's header is in: null when it may go on, else the error its reply carries (its payload is skipped). */
+  #checkWrite(h: w.RequestHeader): BlkError | null {
     if (h.length > limits.maximumBlockSize) return new BlkError('EINVAL', `write of ${h.length} bytes exceeds the maximum block size ${limits.maximumBlockSize}`);
     return this.#validate(h);
-  }
-
-  run(h: w.RequestHeader, payload: Buffer | Buffer[] | undefined): void {
-    this.#dispatch(h, payload);
-  }
-
-  refuse(h: w.RequestHeader, error: BlkError): void {
-    this.#observer?.done(h.type, 0, 0, true);
-    this.#replyError(h, error);
-  }
-
-  streamStarted(h: w.RequestHeader): void {
-    if (this.#observer) h.startedAt = performance.now();
-    this.#requestsInFlight++;
-    this.#bytesInFlight += h.length;
-  }
-
-  disconnect(): void {
-    this.#onProgress();
-  }
-
-  /** A streamed write's payload is whole: replies once every part landed. */
-  streamWhole(incoming: IncomingWrite): void {
-    const h = incoming.header;
-    let isError = false;
-    void incoming.finish(this.#device).then(
-      () => this.#replyOk(h),
-      (e: unknown) => {
-        isError = true;
-        this.#replyError(h, toBlkError(e));
-      },
-    ).then(() => {
-      this.#observer?.done(h.type, h.length, (performance.now() - (h.startedAt ?? performance.now())) / 1000, isError);
-      incoming.release();
-      this.#requestsInFlight--;
-      this.#bytesInFlight -= h.length;
-      this.#onProgress();
-    });
   }
 
   /**
@@ -187,10 +154,13 @@ export class Transmission implements RequestSink {
     return null;
   }
 
-  #dispatch(h: w.RequestHeader, payload: Buffer | Buffer[] | undefined): void {
+  #dispatch(request: Request): void {
+    const { header: h, payload } = request;
     const observer = this.#observer;
+    if (h.type === w.NBD_CMD_DISC) return this.#onProgress();
     const startedAt = observer ? performance.now() : 0;
-    const error = payload === undefined ? this.#validate(h) : null;
+    // A write was checked as its header came (its payload may have been skipped); the rest here.
+    const error = request.refused ?? (h.type === w.NBD_CMD_WRITE ? null : this.#validate(h));
     if (error) {
       observer?.done(h.type, 0, 0, true);
       return this.#replyError(h, error);
@@ -224,49 +194,15 @@ export class Transmission implements RequestSink {
    * Runs a validated request; the returned promise settles after its reply is sent, or it returns
    * nothing when the reply was sent at once.
    */
-  #run(h: w.RequestHeader, payload: Buffer | Buffer[] | undefined): Promise<void> | undefined {
+  #run(h: w.RequestHeader, payload: Request['payload']): Promise<void> | undefined {
     const device = this.#device;
     let base: IoFlags = h.flags & w.NBD_CMD_FLAG_FUA ? IoFlag.Fua : IoFlag.None;
     if (h.type === w.NBD_CMD_WRITE && h.length >= nbdIo.backgroundWriteMinimum && this.#hasMoreRequests()) base |= IoFlag.Background;
     switch (h.type) {
       case w.NBD_CMD_READ:
         return this.#read(h);
-      case w.NBD_CMD_WRITE: {
-        if (Array.isArray(payload)) {
-          // Received pieces: views of the receive arena, and a pooled buffer for a direct payload's rest.
-          const release = (): void => {
-            for (const c of payload) ioBuffers.release(c);
-          };
-          // Pieces come only from a device with fast paths (RequestReader, IncomingWrite).
-          const writing = device.fast ? device.fast.writeChunks(h.offset, payload, base) : device.write(h.offset, Buffer.concat(payload), base);
-          return writing.then(
-            () => {
-              release();
-              this.#replyOk(h);
-            },
-            (e: unknown) => {
-              release();
-              throw e;
-            },
-          );
-        }
-        const data = payload as Buffer;
-        if (device.fast?.writeNow(h.offset, data, base)) {
-          ioBuffers.release(data);
-          this.#replyOk(h);
-          return undefined;
-        }
-        return device.write(h.offset, data, base).then(
-          () => {
-            ioBuffers.release(data);
-            this.#replyOk(h);
-          },
-          (e: unknown) => {
-            ioBuffers.release(data);
-            throw e;
-          },
-        );
-      }
+      case w.NBD_CMD_WRITE:
+        return this.#write(h, payload as NonNullable<Request['payload']>, base);
       case w.NBD_CMD_FLUSH:
         return device.flush().then(() => this.#replyOk(h));
       case w.NBD_CMD_TRIM:
@@ -282,6 +218,35 @@ export class Transmission implements RequestSink {
       default:
         return this.#blockStatus(h);
     }
+  }
+
+  /**
+   * A write, whatever form its payload came in: whole, in the pieces it arrived in, or still
+   * arriving (its parts reach the device as they come). The device chooses its fastest way; its
+   * buffers go back once it has landed.
+   */
+  #write(h: w.RequestHeader, payload: NonNullable<Request['payload']>, flags: IoFlags): Promise<void> | undefined {
+    const release = (): void => {
+      if (payload instanceof IncomingWrite) payload.release();
+      else if (Array.isArray(payload)) for (const c of payload) ioBuffers.release(c);
+      else ioBuffers.release(payload);
+    };
+    const written = payload instanceof IncomingWrite ? payload.writeTo(this.#device, flags) : this.#device.write(h.offset, payload, flags);
+    if (written === undefined) {
+      release();
+      this.#replyOk(h);
+      return undefined;
+    }
+    return written.then(
+      () => {
+        release();
+        this.#replyOk(h);
+      },
+      (e: unknown) => {
+        release();
+        throw e;
+      },
+    );
   }
 
   /**

@@ -11,6 +11,7 @@ import { IoFlag } from '../../../src/core/block-device.js';
 import { Device } from '../../../src/core/device.js';
 import { DiffArea } from '../../../src/core/diff-area.js';
 import { DiffStorage } from '../../../src/core/diff-storage.js';
+import { PartsSource } from '../../helpers/parts.js';
 import { BlkError } from '../../../src/errors.js';
 import { readFromCache } from '../../../src/frontends/fuse/cached-read.js';
 import { isRangeCached } from '../../../src/os/libc.js';
@@ -103,15 +104,17 @@ const op = fc.oneof(
   fc.record({ kind: fc.constant('imageWrite' as const), offset: fc.nat(SIZE - 1), length: fc.integer({ min: 1, max: 3 * CHUNK }), byte: fc.integer({ min: 1, max: 255 }) }),
 );
 
-/** Writes `data` through a WriteStream in `parts` pieces, a few event-loop turns apart. */
+/** Writes `data` as parts arriving over time (as a large NBD payload), `parts` pieces a few event-loop turns apart. */
 async function streamInParts(device: Device, offset: number, data: Uint8Array, parts: number, jitter: () => number): Promise<void> {
-  const stream = device.streamWrite(offset, data.length, IoFlag.None);
+  const source = new PartsSource(data.length);
+  const written = device.write(offset, source, IoFlag.None);
   const step = Math.ceil(data.length / parts);
   for (let at = 0; at < data.length; at += step) {
     for (let i = jitter(); i > 0; i--) await new Promise((r) => setImmediate(r));
-    stream.write(offset + at, data.subarray(at, Math.min(data.length, at + step)));
+    source.push(data.subarray(at, Math.min(data.length, at + step)));
   }
-  await stream.end();
+  source.end();
+  await written;
 }
 
 /**
@@ -151,7 +154,7 @@ function imagesUnderRaces(makeDiff: (jitter: () => number) => Promise<DiffStorag
           expectDevice.fill(o.byte, o.offset, end);
           busyDevice.push([o.offset, end]);
           const data = new Uint8Array(length).fill(o.byte);
-          if (o.kind === 'deviceWrite') running.push(device.write(o.offset, data, IoFlag.None));
+          if (o.kind === 'deviceWrite') running.push(Promise.resolve(device.write(o.offset, data, IoFlag.None)));
           // A payload arriving in parts, some event-loop turns apart, while everything else runs.
           else running.push(streamInParts(device, o.offset, data, o.kind === 'deviceStream' ? o.parts : 1, jitter));
         } else if (o.kind === 'imageWrite') {
@@ -238,7 +241,7 @@ describe('DiffArea races', () => {
           if (busy.has(w.slot)) await Promise.all(running);
           busy.add(w.slot);
           const data = new Uint8Array(SLOT).fill(w.byte);
-          running.push(w.parts === 0 ? device.write(w.slot * SLOT, data, IoFlag.None) : streamInParts(device, w.slot * SLOT, data, w.parts, jitter));
+          running.push(w.parts === 0 ? Promise.resolve(device.write(w.slot * SLOT, data, IoFlag.None)) : streamInParts(device, w.slot * SLOT, data, w.parts, jitter));
         }
         if (takeAt >= writes.length) running.push(take());
         await Promise.all(running);
@@ -283,7 +286,7 @@ describe('DiffArea races', () => {
     assert.equal(Atomics.load(gate.pins, 0), 0, 'the image is readable');
     assert.equal(Atomics.load(gate.state, chunk), 0, 'the chunk is untouched');
     let hasLanded = false;
-    const write = device.write(chunk * CHUNK, Buffer.alloc(CHUNK, 0x22), IoFlag.None).then(() => {
+    const write = Promise.resolve(device.write(chunk * CHUNK, Buffer.alloc(CHUNK, 0x22), IoFlag.None)).then(() => {
       hasLanded = true;
     });
     for (let i = 0; i < 50; i++) await new Promise((r) => setImmediate(r));
@@ -324,7 +327,7 @@ describe('DiffArea races', () => {
     const splicing = area.spliceImage(3 * CHUNK, 2 * CHUNK, pipe);
     assert.ok(splicing, 'untouched chunks are spliced');
     let hasLanded = false;
-    const write = device.write(4 * CHUNK, Buffer.alloc(CHUNK, 0x22), IoFlag.None).then(() => {
+    const write = Promise.resolve(device.write(4 * CHUNK, Buffer.alloc(CHUNK, 0x22), IoFlag.None)).then(() => {
       hasLanded = true;
     });
     for (let i = 0; i < 50; i++) await new Promise((r) => setImmediate(r));

@@ -156,8 +156,8 @@ describe('snapshot life', () => {
     b.tracker.release();
     await slow;
     // Neither device is left held: writes to both complete.
-    await withTimeout(a.write(0, Buffer.alloc(4096, 1), IoFlag.None), 2000, 'write to a after the failed take');
-    await withTimeout(b.write(0, Buffer.alloc(4096, 1), IoFlag.None), 2000, 'write to b after the failed take');
+    await withTimeout(Promise.resolve(a.write(0, Buffer.alloc(4096, 1), IoFlag.None)), 2000, 'write to a after the failed take');
+    await withTimeout(Promise.resolve(b.write(0, Buffer.alloc(4096, 1), IoFlag.None)), 2000, 'write to b after the failed take');
     assert.deepEqual({ a: a.tracker.cbt.previousNumber, b: b.tracker.cbt.previousNumber }, before, 'a failed take leaves CBT as it was');
     assert.equal(snapshot.phase, 'created');
     assert.equal(a.tracker.diffArea, null);
@@ -204,7 +204,7 @@ describe('snapshot life', () => {
       (x) => `${x.name}-image`,
       async () => {
         calls++;
-        await withTimeout(d.write(0, Buffer.alloc(4 * KiB, 5), IoFlag.None), 2000, 'a write in beforeHold');
+        await withTimeout(Promise.resolve(d.write(0, Buffer.alloc(4 * KiB, 5), IoFlag.None)), 2000, 'a write in beforeHold');
       },
     );
     try {

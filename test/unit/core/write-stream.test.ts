@@ -4,7 +4,9 @@ import { describe, it } from 'node:test';
 import { MemoryStorage } from '../../../src/backing/memory-storage.js';
 import { IoFlag } from '../../../src/core/block-device.js';
 import { Device } from '../../../src/core/device.js';
+import type { WriteIntent } from '../../../src/core/write-intent.js';
 import { BlkError } from '../../../src/errors.js';
+import { PartsSource } from '../../helpers/parts.js';
 
 const KiB = 1024;
 
@@ -30,15 +32,17 @@ class LoggingStorage extends MemoryStorage {
   }
 }
 
-describe('WriteStream', () => {
+describe('a write whose data arrives in parts', () => {
   it('a failed part fails the write, drops the parts after it and leaves the tracker', async () => {
     const store = new LoggingStorage(256 * KiB);
     store.failAt = 64 * KiB;
     const device = new Device('d', store);
-    const stream = device.streamWrite(0, 192 * KiB, IoFlag.None);
+    const parts = new PartsSource(192 * KiB);
+    const written = device.write(0, parts, IoFlag.None);
     assert.equal(device.tracker.writesInFlight, 1);
-    for (let at = 0; at < 192 * KiB; at += 64 * KiB) stream.write(at, new Uint8Array(64 * KiB).fill(7));
-    await assert.rejects(stream.end(), { code: 'EIO' });
+    for (let at = 0; at < 192 * KiB; at += 64 * KiB) parts.push(new Uint8Array(64 * KiB).fill(7));
+    parts.end();
+    await assert.rejects(Promise.resolve(written), { code: 'EIO' });
     assert.deepEqual(store.log, ['write 0'], 'nothing lands after the failed part');
     assert.equal(device.tracker.writesInFlight, 0);
     await device.close(); // nothing left in flight: detach does not wait
@@ -47,10 +51,12 @@ describe('WriteStream', () => {
   it('FUA flushes once, after the last part', async () => {
     const store = new LoggingStorage(256 * KiB);
     const device = new Device('d', store);
-    const stream = device.streamWrite(4 * KiB, 8 * KiB, IoFlag.Fua);
-    stream.write(4 * KiB, new Uint8Array(4 * KiB));
-    stream.write(8 * KiB, new Uint8Array(4 * KiB));
-    await stream.end();
+    const parts = new PartsSource(8 * KiB);
+    const written = device.write(4 * KiB, parts, IoFlag.Fua);
+    parts.push(new Uint8Array(4 * KiB));
+    parts.push(new Uint8Array(4 * KiB));
+    parts.end();
+    await written;
     assert.deepEqual(store.log, [`write ${4 * KiB}`, `write ${8 * KiB}`, 'flush']);
   });
 
@@ -62,15 +68,34 @@ describe('WriteStream', () => {
     await device.tracker.hold();
     device.tracker.switchCbt();
     assert.notEqual(device.tracker.cbt.activeNumber, before);
-    const stream = device.streamWrite(0, 128 * KiB, IoFlag.None);
-    stream.write(0, new Uint8Array(64 * KiB).fill(1));
+    const parts = new PartsSource(128 * KiB);
+    const written = device.write(0, parts, IoFlag.None);
+    parts.push(new Uint8Array(64 * KiB).fill(1));
     await new Promise((r) => setImmediate(r));
     assert.deepEqual(store.log, [], 'held: nothing landed');
     device.tracker.release();
-    stream.write(64 * KiB, new Uint8Array(64 * KiB).fill(2));
-    await stream.end();
+    parts.push(new Uint8Array(64 * KiB).fill(2));
+    parts.end();
+    await written;
     assert.deepEqual([...store.log].sort(), ['write 0', `write ${64 * KiB}`]);
     assert.equal(device.tracker.cbt.activeMapCopy()[0], device.tracker.cbt.activeNumber, 'marked after the take, with its number');
     assert.equal(device.tracker.writesInFlight, 0);
+  });
+});
+
+describe('the one write entry', () => {
+  it('admits a write once when the store declines to take it at once (one mark, one write-intent admission)', async () => {
+    const store = new MemoryStorage(256 * KiB).withFastPaths({ writeNow: () => false });
+    let admissions = 0;
+    const intent = { admit: () => void admissions++, resize: () => undefined } as unknown as WriteIntent;
+    const device = new Device('d', store, { intent });
+    await device.write(0, Buffer.alloc(4 * KiB, 3), IoFlag.None);
+    assert.equal(admissions, 1);
+    assert.equal(device.tracker.writesInFlight, 0);
+    assert.equal(store.bytes[0], 3, 'the write landed the slower way');
+    // Taken at once: no promise, still one admission.
+    const atOnce = new Device('e', new MemoryStorage(256 * KiB).withFastPaths(), { intent });
+    assert.equal(atOnce.write(0, Buffer.alloc(4 * KiB, 4), IoFlag.None), undefined);
+    assert.equal(admissions, 2);
   });
 });
