@@ -5,7 +5,7 @@ import { nbdIo } from '../../params.js';
 import { IoFlag, type BlockDevice, type IncomingParts, type IoFlags } from '../../core/block-device.js';
 import { ioBuffers } from '../../util/buffer-pool.js';
 import { totalLength, type ByteQueue } from '../../util/byte-queue.js';
-import * as w from '../../nbd/wire.js';
+import type * as w from '../../nbd/wire.js';
 
 /**
  * The payload of a write whose header is parsed: what came with the header stays where it was read
