@@ -12,8 +12,8 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { CbtMap } from '../src/core/cbt-map.js';
-import { readIntent } from '../src/daemon/intent-files.js';
+import { CbtMap } from '../src/cbt/cbt-map.js';
+import { readIntent } from '../src/cbt/intent-files.js';
 import { daemonArgs, fioMegabytesPerSecond, fioWriteLatency, median, root, runTool, spawnBlksnapd, stopChild, waitFor } from './common.js';
 
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);

@@ -3,6 +3,9 @@
 import type { Extent } from '../backing/storage.js';
 import type { Event } from '../util/emitter.js';
 import type { SplicePipe } from '../os/splice.js';
+import type { ChangeMap } from '../cbt/cbt-map.js';
+
+export type { ChangeMap };
 
 /** Per-request flags, independent of any wire format. */
 export const IoFlag = {
@@ -74,20 +77,6 @@ export interface BlockDevice {
   readonly fast?: BlockDeviceFastPaths;
   /** The change tracking behind it, as block status reports it; null where there is none. */
   changes(): ChangeMap | null;
-}
-
-/**
- * A device's change-block tracking as block status sees it (SPEC §8): one byte per tracking block,
- * the active map for a device (every write so far), the read map for an image (as at its take).
- */
-export interface ChangeMap {
-  readonly blockSize: number;
-  readonly blockCount: number;
-  /** The number of the last taken snapshot: contexts cbt-0 … cbt-changesNumber exist. */
-  readonly changesNumber: number;
-  /** A new generation means the bytes no longer compare with numbers from before it. */
-  readonly generationId: string;
-  byteAt(block: number): number;
 }
 
 /**

@@ -1,9 +1,6 @@
 // Owns a snapshot's difference storage: where the originals of changed chunks are kept, and how it grows.
-import * as fs from 'node:fs';
-import * as path from 'node:path';
+import { openDiffStore } from '../backing/diff-store.js';
 import type { DirectFile } from '../backing/direct-file.js';
-import { FileStorage } from '../backing/file-storage.js';
-import { openUnnamedFile } from '../os/async-fs.js';
 import type { Storage } from '../backing/storage.js';
 import { BlkError, toBlkError } from '../errors.js';
 import { adviseNoReadAhead } from '../os/libc.js';
@@ -71,32 +68,8 @@ export class DiffStorage {
   static async open(target: string, options: DiffStorageOptions): Promise<DiffStorage> {
     if (!Number.isSafeInteger(options.limit) || options.limit <= 0) throw new BlkError('EINVAL', `invalid difference storage limit ${options.limit}`);
     if (!Number.isSafeInteger(options.minimum) || options.minimum < 4096) throw new BlkError('EINVAL', `invalid diff_storage_minimum ${options.minimum}: at least 4096 bytes`);
-    // Nothing synchronous on the path: it may lie where only this event loop serves the blocks.
-    let st: fs.Stats;
-    let real: string;
+    const { store, kind } = await openDiffStore(target, { force: options.force ?? false });
     try {
-      st = await fs.promises.stat(target);
-      real = await fs.promises.realpath(target);
-    } catch (e) {
-      throw new BlkError(toBlkError(e).code, `difference storage ${target}: ${toBlkError(e).message}`);
-    }
-    let store: FileStorage;
-    let kind: DiffStorage['kind'];
-    if (st.isDirectory()) {
-      let fd: number;
-      try {
-        fd = await openUnnamedFile(target);
-      } catch (e) {
-        throw new BlkError(toBlkError(e).code, `cannot create an unnamed file in ${target}: ${toBlkError(e).message}`);
-      }
-      store = FileStorage.adopt(path.join(real, '(unnamed)'), fd, false, diffStorageIo);
-      kind = 'directory';
-    } else {
-      store = await FileStorage.open(target, diffStorageIo);
-      kind = store.can.isBlockDevice ? 'block' : 'file';
-    }
-    try {
-      if (kind === 'file' && !options.force) await refuseFileWithData(store, target);
       const own = store.identity();
       for (const device of options.devices) {
         const d = device.identity();
@@ -290,9 +263,3 @@ export class DiffStorage {
   }
 }
 
-/** A regular file given as difference storage is emptied: refused (EEXIST) when it holds any data, since that may be somebody's. */
-async function refuseFileWithData(store: Storage, target: string): Promise<void> {
-  if (store.size === 0) return;
-  const data = (await store.extents(0, store.size, 4)).find((e) => !e.isHole);
-  if (data) throw new BlkError('EEXIST', `difference storage ${target} holds data (from offset ${data.offset}), which the snapshot would overwrite; give an empty file, a directory or a block device, or --force`, { path: target });
-}

@@ -1,12 +1,12 @@
 // Owns the write path's filter state of one device: the CBT map, the write gate used at take, in-flight counts.
 import type { Storage } from '../backing/storage.js';
 import { BlkError } from '../errors.js';
-import { CbtMap } from './cbt-map.js';
+import { CbtMap } from '../cbt/cbt-map.js';
 import type { DiffArea } from './diff-area.js';
-import type { WriteIntent } from './write-intent.js';
+import type { WriteIntent } from '../cbt/write-intent.js';
+import type { TrackerOrigin } from '../cbt/cbt-keeper.js';
 
-/** Where a tracker's map came from (cbtinfo's origin). */
-export type TrackerOrigin = { kind: 'new'; reason: string } | { kind: 'restored' } | { kind: 'recovered'; reason: string };
+export type { TrackerOrigin };
 
 export interface TrackerOptions {
   tracking?: boolean;

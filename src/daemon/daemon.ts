@@ -14,7 +14,7 @@ import { LoopDevices } from './loop-devices.js';
 import { OwnPaths } from './own-paths.js';
 import { BlksnapService } from './service.js';
 import { DeviceState } from './device-state.js';
-import { CbtKeeper } from './cbt-keeper.js';
+import { CbtKeeper } from '../cbt/cbt-keeper.js';
 import { Metrics } from './metrics.js';
 import { WorkerPool } from '../backup/workers/worker-pool.js';
 import { backup as backupParams } from '../params.js';
@@ -85,7 +85,7 @@ export class Daemon {
       isCowCopyDirect: config.cowCopy === 'direct',
       isLoopForAll: config.loopAll,
       state,
-      keeper: new CbtKeeper({ state, regionSize: config.cbtRegionSize, syncIntervalMs: config.cbtSyncIntervalMs, log }),
+      keeper: new CbtKeeper({ stateDir: config.stateDir, regionSize: config.cbtRegionSize, syncIntervalMs: config.cbtSyncIntervalMs, log }),
       backupWorkers: () => {
         this.#backupWorkers ??= new WorkerPool('attach', backupParams.loadWorkers);
         return this.#backupWorkers;

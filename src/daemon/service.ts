@@ -14,7 +14,7 @@ import { fileExtentsOn, freezeMountPoint } from '../os/async-fs.js';
 import type { LoopDevices } from './loop-devices.js';
 import { storeInUse, type OwnPaths } from './own-paths.js';
 import type { DeviceState } from './device-state.js';
-import type { CbtKeeper } from './cbt-keeper.js';
+import type { CbtKeeper } from '../cbt/cbt-keeper.js';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 

@@ -19,7 +19,7 @@ describe('npm package', { skip: missing('npm', 'qemu-io') }, () => {
     assert.ok(tarball, 'npm pack made a tarball');
     const listing = await check('tar', ['tzf', path.join(dir, tarball)]);
     assert.match(listing, /package\/dist\/src\/daemon\/main\.js/);
-    assert.match(listing, /package\/dist\/src\/client\/index\.d\.ts/);
+    assert.match(listing, /package\/dist\/src\/index\.d\.ts/);
     assert.match(listing, /package\/dist\/share\/man\/man8\/blksnapd\.8/, 'the man pages');
     assert.match(listing, /package\/dist\/share\/bash-completion\/completions\/blksnap/, 'the bash completion');
     assert.doesNotMatch(listing, /package\/(test|bench|src)\//, 'only the build, the commands and the README');

@@ -4,7 +4,7 @@ import { describe, it } from 'node:test';
 import { MemoryStorage } from '../../../src/backing/memory-storage.js';
 import { IoFlag } from '../../../src/core/block-device.js';
 import { Device } from '../../../src/core/device.js';
-import type { WriteIntent } from '../../../src/core/write-intent.js';
+import type { WriteIntent } from '../../../src/cbt/write-intent.js';
 import { BlkError } from '../../../src/errors.js';
 import { PartsSource } from '../../helpers/parts.js';
 

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { CbtMap } from '../../../src/core/cbt-map.js';
+import { CbtMap } from '../../../src/cbt/cbt-map.js';
 import { readStateFile, writeStateFile } from '../../../src/os/state-file.js';
 import { tempDir } from '../../helpers/tools.js';
 

@@ -3,7 +3,7 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { IntentRecord } from '../core/write-intent.js';
+import type { IntentRecord } from './write-intent.js';
 import { syncDirectory } from '../os/state-file.js';
 import { syncWriter } from '../os/sync-writer.js';
 

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { type IntentRecord, WriteIntent } from '../../../src/core/write-intent.js';
+import { type IntentRecord, WriteIntent } from '../../../src/cbt/write-intent.js';
 
 const REGION = 4096;
 

@@ -2,9 +2,22 @@
 import { randomUUID } from 'node:crypto';
 import { BlkError } from '../errors.js';
 import { tracking } from '../params.js';
-import type { ChangeMap } from './block-device.js';
 
 /** blksnap's block size rule: start at 2^16 and double while the count exceeds 2^21, capped at 2^26. */
+/**
+ * A device's change-block tracking as block status sees it (SPEC §8): one byte per tracking block,
+ * the active map for a device (every write so far), the read map for an image (as at its take).
+ */
+export interface ChangeMap {
+  readonly blockSize: number;
+  readonly blockCount: number;
+  /** The number of the last taken snapshot: contexts cbt-0 … cbt-changesNumber exist. */
+  readonly changesNumber: number;
+  /** A new generation means the bytes no longer compare with numbers from before it. */
+  readonly generationId: string;
+  byteAt(block: number): number;
+}
+
 export function cbtBlockGeometry(capacity: number): { blockShift: number; blockCount: number } {
   let blockShift: number = tracking.blockMinimumShift;
   let blockCount = Math.ceil(capacity / 2 ** blockShift);

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { IntentFiles, readIntent } from '../../../src/daemon/intent-files.js';
+import { IntentFiles, readIntent } from '../../../src/cbt/intent-files.js';
 import { tempDir } from '../../helpers/tools.js';
 
 const regions = (...set: number[]): Uint8Array => {

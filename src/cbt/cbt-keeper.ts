@@ -1,15 +1,31 @@
 // Owns durable change tracking (SPEC §8): each tracked device's map saved in the background, its
 // write-intent record, recovery after a crash, and the saves a take and a clean stop wait for.
-import { CbtMap } from '../core/cbt-map.js';
-import type { Device } from '../core/device.js';
-import type { TrackerOptions, TrackerOrigin } from '../core/tracker.js';
-import { WriteIntent } from '../core/write-intent.js';
 import { toBlkError } from '../errors.js';
-import type { DeviceState } from './device-state.js';
+import { CbtMap } from './cbt-map.js';
 import { IntentFiles, readIntent } from './intent-files.js';
+import { TrackerFiles } from './tracker-file.js';
+import { WriteIntent } from './write-intent.js';
+
+/** Where a tracker's map came from (cbtinfo's origin). */
+export type TrackerOrigin = { kind: 'new'; reason: string } | { kind: 'restored' } | { kind: 'recovered'; reason: string };
+
+/** A tracker as the keeper opens it for a device: its map, where that came from, its write-intent record. */
+export interface KeptTracker {
+  map: CbtMap;
+  origin: TrackerOrigin;
+  intent: WriteIntent;
+}
+
+/** A device as the keeper sees it: its name, its store's path, and its tracker's current map. */
+export interface Tracked {
+  readonly name: string;
+  readonly path: string;
+  readonly tracker: { readonly cbt: CbtMap };
+}
 
 export interface CbtKeeperOptions {
-  state: DeviceState;
+  /** The daemon's state directory: trackers are kept in its cbt/ folder. */
+  stateDir: string;
   /** --cbt-region: bytes one write-intent bit stands for. */
   regionSize: number;
   /** --cbt-sync-interval: how often a written-to map is saved (and untouched regions leave the record). */
@@ -24,7 +40,7 @@ const CRASH_WRITE_SLACK_MS = 5000;
 type Loaded = { map: CbtMap; origin: TrackerOrigin } | { reason: string };
 
 interface Kept {
-  device: Device;
+  device: Tracked;
   intent: WriteIntent;
   files: IntentFiles;
   /** The save under way or last done: saves of one device run one after another. */
@@ -37,11 +53,13 @@ function mib(bytes: number): string {
 
 export class CbtKeeper {
   #o: CbtKeeperOptions;
+  #files: TrackerFiles;
   #kept = new Map<string, Kept>();
   #timer: NodeJS.Timeout | null = null;
 
   constructor(options: CbtKeeperOptions) {
     this.#o = options;
+    this.#files = new TrackerFiles(options.stateDir);
   }
 
   /**
@@ -50,7 +68,7 @@ export class CbtKeeper {
    * saved again at once as running, and a write-intent record that starts empty. `restore` is false
    * for a new attach, which always starts a new generation.
    */
-  async open(name: string, storePath: string, capacity: number, restore: boolean): Promise<{ tracker: TrackerOptions; intent: WriteIntent; files: IntentFiles }> {
+  async open(name: string, storePath: string, capacity: number, restore: boolean): Promise<{ tracker: KeptTracker; intent: WriteIntent; files: IntentFiles }> {
     const loaded: Loaded = restore ? await this.#load(name, storePath) : { reason: 'first attached' };
     let map: CbtMap;
     let origin: TrackerOrigin;
@@ -62,8 +80,8 @@ export class CbtKeeper {
       origin = { kind: 'new', reason: 'map' in loaded ? `capacity changed from ${loaded.map.capacity} to ${capacity} bytes` : loaded.reason };
     }
     // The map (with any recovered marks) is durable before the old record is emptied.
-    await this.#o.state.saveTracker(name, storePath, map.serialize(), false);
-    const files = await IntentFiles.open(this.#o.state.trackerDir, name);
+    await this.#files.save(name, storePath, map.serialize(), false);
+    const files = await IntentFiles.open(this.#files.dir, name);
     const intent = new WriteIntent(capacity, this.#o.regionSize, files);
     try {
       await intent.writeNow();
@@ -75,15 +93,15 @@ export class CbtKeeper {
   }
 
   async #load(name: string, storePath: string): Promise<Loaded> {
-    const { state } = this.#o;
-    const saved = await state.loadTracker(name);
+    const state = this.#files;
+    const saved = await state.load(name);
     if ('reason' in saved) return saved;
     const { map, header } = saved;
     if (header.clean) {
       const changed = await state.storeChange(header, storePath, 0);
       return changed === null ? { map, origin: { kind: 'restored' } } : { reason: changed };
     }
-    const intent = await readIntent(state.trackerDir, name);
+    const intent = await readIntent(state.dir, name);
     if (intent === null || 'reason' in intent) {
       return { reason: `the daemon did not stop cleanly and its write-intent record is ${intent === null ? 'missing' : `unusable (${intent.reason})`}` };
     }
@@ -105,7 +123,7 @@ export class CbtKeeper {
   }
 
   /** The device is published: its map is saved in the background from now on. */
-  keep(device: Device, opened: { intent: WriteIntent; files: IntentFiles }): void {
+  keep(device: Tracked, opened: { intent: WriteIntent; files: IntentFiles }): void {
     this.#kept.set(device.name, { device, intent: opened.intent, files: opened.files, saving: Promise.resolve() });
     if (this.#timer === null) {
       this.#timer = setInterval(() => this.#saveTouched(), this.#o.syncIntervalMs);
@@ -129,13 +147,13 @@ export class CbtKeeper {
    * When it cannot be saved, the saved tracker is removed (a crash then gives a new generation,
    * never numbers that went back) and the error is thrown.
    */
-  async saveNow(device: Device): Promise<void> {
+  async saveNow(device: Tracked): Promise<void> {
     const kept = this.#kept.get(device.name);
     if (!kept) return;
     try {
       await this.#save(kept, false);
     } catch (e) {
-      await this.#o.state.forgetTracker(device.name).catch((f: unknown) => this.#o.log(`cannot remove the stale tracker of ${device.name}: ${toBlkError(f).toString()}`));
+      await this.#files.forget(device.name).catch((f: unknown) => this.#o.log(`cannot remove the stale tracker of ${device.name}: ${toBlkError(f).toString()}`));
       throw e;
     }
   }
@@ -147,7 +165,7 @@ export class CbtKeeper {
       intent.beginSave();
       const map = device.tracker.cbt.serialize();
       try {
-        await this.#o.state.saveTracker(device.name, device.path, map, clean);
+        await this.#files.save(device.name, device.path, map, clean);
       } catch (e) {
         this.#o.log(`cannot save the tracker of ${device.name}: ${toBlkError(e).toString()}; its write-intent record keeps every region written since the last save`);
         throw e;
@@ -163,7 +181,7 @@ export class CbtKeeper {
    * A clean stop of a device, after its last write: the map saved as clean. Its record stays on
    * disk, unused (a clean state file is trusted as it is) until the next start empties it.
    */
-  async stop(device: Device): Promise<void> {
+  async stop(device: Tracked): Promise<void> {
     const kept = this.#kept.get(device.name);
     if (!kept) return;
     this.#kept.delete(device.name);
@@ -181,8 +199,8 @@ export class CbtKeeper {
       await kept.saving;
       await kept.files.close().catch(() => undefined);
     }
-    await this.#o.state.forgetTracker(name);
-    await IntentFiles.remove(this.#o.state.trackerDir, name);
+    await this.#files.forget(name);
+    await IntentFiles.remove(this.#files.dir, name);
   }
 
   #stopTimerWhenIdle(): void {

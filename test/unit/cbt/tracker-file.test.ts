@@ -4,8 +4,8 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { CbtMap } from '../../../src/core/cbt-map.js';
-import { DeviceState } from '../../../src/daemon/device-state.js';
+import { CbtMap } from '../../../src/cbt/cbt-map.js';
+import { TrackerFiles } from '../../../src/cbt/tracker-file.js';
 import { writeStateFile } from '../../../src/os/state-file.js';
 import { tempDir } from '../../helpers/tools.js';
 
@@ -26,13 +26,13 @@ function sparseStore(dir: string, size: number): string {
 }
 
 /** Saves `map` as device `name`, loads it back, and checks it came back exactly; the file's size on disk. */
-async function roundTrip(state: DeviceState, name: string, store: string, map: CbtMap, clean: boolean): Promise<number> {
-  await state.saveTracker(name, store, map.serialize(), clean);
-  const back = await state.loadTracker(name);
+async function roundTrip(state: TrackerFiles, name: string, store: string, map: CbtMap, clean: boolean): Promise<number> {
+  await state.save(name, store, map.serialize(), clean);
+  const back = await state.load(name);
   assert.ok('map' in back, 'reason' in back ? back.reason : '');
   assert.equal(back.header.clean, clean);
   sameMaps(back.map, map);
-  return fs.statSync(path.join(state.trackerDir, `${name}.state`)).size;
+  return fs.statSync(path.join(state.dir, `${name}.state`)).size;
 }
 
 describe('tracker state files', () => {
@@ -46,7 +46,7 @@ describe('tracker state files', () => {
       map.mark(TiB / 2, 3 * 2 ** 20);
       map.markBoth(TiB - 100, 100);
       // The raw bytes are 2 × 2 MiB of maps; the take waits for this file's fsync.
-      const bytes = await roundTrip(new DeviceState(dir), 'big', store, map, false);
+      const bytes = await roundTrip(new TrackerFiles(dir), 'big', store, map, false);
       assert.ok(bytes < 4096, `${bytes} bytes on disk`);
     } finally {
       remove();
@@ -65,7 +65,7 @@ describe('tracker state files', () => {
         }
         map.switch();
       }
-      await roundTrip(new DeviceState(dir), 'scattered', store, map, true);
+      await roundTrip(new TrackerFiles(dir), 'scattered', store, map, true);
     } finally {
       remove();
     }
@@ -79,15 +79,15 @@ describe('tracker state files', () => {
       const map = new CbtMap(65536 * 10);
       map.mark(65536 * 3, 1);
       map.switch();
-      const state = new DeviceState(dir);
+      const state = new TrackerFiles(dir);
       const header = { clean: true, size: 65536 * 10, mtimeMs: 1, ctimeMs: 1, isBlockDevice: false, savedAtMs: 1 };
       const json = Buffer.from(JSON.stringify(header));
       const length = Buffer.alloc(4);
       length.writeUInt32LE(json.length);
-      fs.mkdirSync(state.trackerDir, { recursive: true });
-      const file = path.join(state.trackerDir, 'old.state');
+      fs.mkdirSync(state.dir, { recursive: true });
+      const file = path.join(state.dir, 'old.state');
       await writeStateFile(file, 2, 1, Buffer.concat([length, json, map.serialize()]));
-      const old = await state.loadTracker('old');
+      const old = await state.load('old');
       assert.ok('map' in old, 'reason' in old ? old.reason : '');
       assert.deepEqual(old.header, header);
       sameMaps(old.map, map);
@@ -96,7 +96,7 @@ describe('tracker state files', () => {
       const mapLength = Buffer.alloc(8);
       mapLength.writeBigUInt64LE(BigInt(map.serialize().length));
       await writeStateFile(file, 2, 2, Buffer.concat([length, json, mapLength, Buffer.from('not a zstd frame')]));
-      const bad = await state.loadTracker('old');
+      const bad = await state.load('old');
       assert.ok('reason' in bad);
       assert.match(bad.reason, /saved tracker refused: zstd decompress/);
     } finally {

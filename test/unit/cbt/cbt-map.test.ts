@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { CbtMap, cbtBlockGeometry } from '../../../src/core/cbt-map.js';
+import { CbtMap, cbtBlockGeometry } from '../../../src/cbt/cbt-map.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
