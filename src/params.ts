@@ -27,7 +27,7 @@ export const nbd = {
   maximumBytesInFlight: 64 * 1024 * 1024,
   /** Extents returned by one BLOCK_STATUS reply at most. */
   maximumExtentsPerReply: 4096,
-  /** A connection whose handshake has not reached transmission by then is closed (SPEC §10). */
+  /** A connection whose handshake has not reached transmission by then is closed. */
   handshakeTimeoutMs: 10_000,
   /** Connections at once per listener, by default (--max-connections); more are closed at accept. */
   maximumConnections: 256,

@@ -1,4 +1,4 @@
-// Owns durable change tracking (SPEC §8): each tracked device's map saved in the background, its
+// Owns durable change tracking: each tracked device's map saved in the background, its
 // write-intent record, recovery after a crash, and the saves a take and a clean stop wait for.
 import { toBlkError } from '../errors.js';
 import { CbtMap } from './cbt-map.js';

@@ -5,7 +5,7 @@ import { tracking } from '../params.js';
 
 /** blksnap's block size rule: start at 2^16 and double while the count exceeds 2^21, capped at 2^26. */
 /**
- * A device's change-block tracking as block status sees it (SPEC §8): one byte per tracking block,
+ * A device's change-block tracking as block status sees it: one byte per tracking block,
  * the active map for a device (every write so far), the read map for an image (as at its take).
  */
 export interface ChangeMap {

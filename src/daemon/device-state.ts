@@ -1,4 +1,4 @@
-// Owns what the daemon keeps in --state-dir so attached devices come back at the next start (SPEC §8);
+// Owns what the daemon keeps in --state-dir so attached devices come back at the next start;
 // their change tracking is kept beside it by the CBT keeper (src/cbt).
 import * as fs from 'node:fs';
 import * as path from 'node:path';

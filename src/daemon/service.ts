@@ -304,7 +304,7 @@ export class BlksnapService implements ControlService {
     } finally {
       for (const { thaw, mountPoint } of thaws) await thaw().catch((e: unknown) => log(`cannot thaw ${mountPoint}: ${String(e)}`));
     }
-    // The CBT switch is durable before snapshot_take answers (SPEC §8); the devices' files are
+    // The CBT switch is durable before snapshot_take answers; the devices' files are
     // their own, so their saves (each ending in fsyncs) run at once.
     await Promise.all(
       snapshot.devices.map((device) =>

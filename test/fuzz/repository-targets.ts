@@ -9,7 +9,7 @@ import { decodeIdx, decodeRecord, encodeIdx, FLAG_ZSTD, type PackEntry } from '.
 import { BlkError } from '../../src/errors.js';
 import { zstdBound, zstdCompressInto } from '../../src/os/zstd.js';
 import { type Field, mutate, type Rng } from './mutate.js';
-import type { FuzzTarget } from './targets.js';
+import type { FuzzTarget } from './target.js';
 
 /** Heap a parser may hold after any input: the largest thing it may read is an index of 64 MiB. */
 const HEAP_BOUND = 768 * 1024 * 1024;

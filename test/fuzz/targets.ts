@@ -15,19 +15,11 @@ import { ByteQueue } from '../../src/util/byte-queue.js';
 import type { Device } from '../../src/core/device.js';
 import { mutate, split, type Field, type Rng } from './mutate.js';
 import { REPOSITORY_TARGETS } from './repository-targets.js';
+import type { FuzzTarget } from './target.js';
 import { RawNbd } from '../helpers/raw-nbd.js';
 import * as api from '../../src/control/protocol.js';
 
-export interface FuzzTarget {
-  name: string;
-  /** Set-up once per run. */
-  open(): Promise<void>;
-  /** One input: throws (or rejects) when a check fails. */
-  run(rng: Rng): Promise<void>;
-  /** Checks between batches (daemon alive, other connections work, memory). */
-  check(): Promise<void>;
-  close(): Promise<void>;
-}
+export type { FuzzTarget };
 
 const DEVICE_SIZE = 1 << 20;
 

@@ -1,4 +1,4 @@
-// Who may reach the daemon (SPEC §10): the control socket checks its peer's credentials (root, the
+// Who may reach the daemon: the control socket checks its peer's credentials (root, the
 // daemon's user, --control-group), the daemon refuses runtime and state directories another user
 // could write, never follows a symlink planted among its own files, and the CLI refuses a control
 // socket another user serves. Other users are played by uid 65534 (nobody) with inline scripts.

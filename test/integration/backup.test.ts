@@ -1,4 +1,4 @@
-// The backup repository (SPEC §9) end to end against a real daemon: full and incremental backups of two
+// The backup repository end to end against a real daemon: full and incremental backups of two
 // devices under a writer, restored bit-identical to the images at their takes; new generations;
 // damage found by verify and refused by restore; kill -9 of backup_create; prune during a backup;
 // rollback onto an attached device; a backup served again as a device (NBD and a mounted /dev/loopN),

@@ -1,4 +1,4 @@
-// CBT readable by any NBD client (SPEC §8): qemu:dirty-bitmap:cbt-J and x-blksnap:cbt on device and
+// CBT readable by any NBD client: qemu:dirty-bitmap:cbt-J and x-blksnap:cbt on device and
 // image exports, read with nbdinfo, qemu-img map (x-dirty-bitmap) and libnbd's Python binding.
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';

@@ -84,7 +84,7 @@ describe('blksnap CLI', () => {
     assert.equal(fs.existsSync(nbdPath), false);
   });
 
-  it('--control works before the command as after it (SPEC §7)', async () => {
+  it('--control works before the command as after it', async () => {
     const env = { ...process.env, BLKSNAP_CONTROL: '/nonexistent/control.sock' };
     const before = await run(process.execPath, [blksnapCli, '--control', daemon.controlPath, 'version', '--json'], { env });
     assert.equal(before.code, 0, before.stderr);

@@ -1,4 +1,4 @@
-// Crash recovery of CBT under write load (SPEC §8): a writer logs every write it sends and every one
+// Crash recovery of CBT under write load: a writer logs every write it sends and every one
 // acknowledged; the daemon is killed (-9) at random moments, several times, and restarted on its state
 // directory. Then a take: every acknowledged block has a read-map byte > k, the marks stay within the
 // sent blocks plus the write-intent regions of the last save interval before each kill, and an

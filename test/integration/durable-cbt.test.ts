@@ -1,4 +1,4 @@
-// Tracking across restarts (SPEC §8): devices come back from --state-dir; after a clean stop the
+// Tracking across restarts: devices come back from --state-dir; after a clean stop the
 // tracker is the same (generation, numbers, both maps); after a crash it is recovered (same generation
 // and numbers, the crash's writes marked), and the take's switch survives a crash right after it; a
 // damaged state file or write-intent record, or a store changed while down, gives a new generation
@@ -19,7 +19,7 @@ async function maps(daemon: TestDaemon, device: string): Promise<{ read: Buffer;
   await daemon.json('readcbtmap', '--device', device, '--file', file);
   const read = fs.readFileSync(file);
   fs.rmSync(file);
-  // The active map, read over NBD as x-blksnap:cbt (SPEC §8).
+  // The active map, read over NBD as x-blksnap:cbt.
   const active = await check('nbdinfo', ['--map=x-blksnap:cbt', '--json', daemon.uri(device)]);
   return { read, active };
 }

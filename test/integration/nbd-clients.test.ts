@@ -76,7 +76,7 @@ describe('real NBD clients', { skip }, () => {
       assert.equal(e[flag], true, flag);
     }
     assert.equal(e.is_read_only, false);
-    assert.deepEqual(e.contexts, ['base:allocation', 'x-blksnap:cbt', 'qemu:dirty-bitmap:cbt-0'], 'allocation and the device\'s CBT (SPEC §8)');
+    assert.deepEqual(e.contexts, ['base:allocation', 'x-blksnap:cbt', 'qemu:dirty-bitmap:cbt-0'], 'allocation and the device\'s CBT');
   });
 
   it('nbdinfo --map shows the holes of a sparse file, and trim makes new ones', async () => {

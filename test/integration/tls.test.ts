@@ -1,4 +1,4 @@
-// NBD over TCP with TLS (SPEC §10) and the limits on every listener, with real clients: nbdinfo,
+// NBD over TCP with TLS and the limits on every listener, with real clients: nbdinfo,
 // nbdcopy and qemu-img with X.509 and PSK; clients without TLS or with wrong credentials refused.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';

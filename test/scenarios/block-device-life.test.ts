@@ -67,7 +67,7 @@ for (const route of ['fuse', 'nbdfuse']) describe(`kernel block device life (--l
       second = await TestDaemon.start(['--state-dir', stateDir, '--control', path.join(stateDir, 'c.sock'), '--nbd', path.join(stateDir, 'n.sock')]);
       assert.match(second.log, /cleaning block device \/dev\/loop\d+ of d left by an earlier daemon/);
       for (const pid of pids) assert.equal(isAlive(pid), false);
-      // The device itself comes back from the state directory (SPEC §8), with a block device of
+      // The device itself comes back from the state directory, with a block device of
       // the new daemon's own: one loop device, released with everything else at a clean stop.
       const listed = await check(process.execPath, [blksnapCli, 'list', '--json', '--control', path.join(stateDir, 'c.sock')]);
       const devices = (JSON.parse(listed) as { devices: Array<{ name: string; blockDevice?: string }> }).devices;

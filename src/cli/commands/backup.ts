@@ -1,4 +1,4 @@
-// Owns the backup repository commands of the CLI (SPEC §9): backup_init ... backup_attach, each a call
+// Owns the backup repository commands of the CLI: backup_init ... backup_attach, each a call
 // of the library's Repository with its typed result printed as text or as one JSON document.
 import * as fs from 'node:fs';
 import { attachBackup } from '../../backup/backup-attach.js';
