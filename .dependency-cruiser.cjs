@@ -2,7 +2,7 @@
 // `npm test` runs `npm run layers` (depcruise): a cycle, or an import a layer may not make, fails it.
 const layers = {
   // The ground: errors, tunables, sizes, the daemon's help text.
-  base: { path: '^src/(errors|params|sizes|blksnapd-help)\\.ts$', may: [] },
+  base: { path: '^src/(errors|params|sizes|version|blksnapd-help)\\.ts$', may: [] },
   os: { path: '^src/os/', may: ['base'] },
   util: { path: '^src/util/', may: ['base', 'os'] },
   // The NBD wire (server and client), durable CBT, stores, the repository format, the control protocol.

@@ -2,7 +2,7 @@
 //  - COW first-write throughput: sequential 1 MiB writes into fresh chunks with a snapshot held, vs passthrough
 //    overwriting cached pages, and vs passthrough into never-written ranges (which, like the difference
 //    storage's copies, need new page-cache pages: on a VM that gives free memory back to the host,
-//    each new page costs a host fault, docs/performance.md "Session 9")
+//    each new page costs a host fault, docs/performance.md)
 //  - image reads vs device reads (untouched chunks come from the device, kept ones from the difference storage)
 //  - take latency with 4 sparse devices of 1 TiB
 //  - daemon RSS with a 4 TiB sparse device and a snapshot held; metadata bytes per chunk

@@ -2,10 +2,11 @@
 # Builds blksnap_VERSION_amd64.deb with dpkg-deb from the build in dist/ (npm run package:deb):
 # the program under /usr/lib/blksnap (with its production node_modules, koffi's Linux x64 build
 # only), the two commands in /usr/bin, a systemd unit, a config file, man pages, bash completion.
-#   sh scripts/package-deb.sh [OUTDIR]
+#   sh scripts/package-deb.sh [OUTDIR]     (default dist/: build outputs stay out of the tree)
 set -eu
 cd "$(dirname "$0")/.."
-out="${1:-.}"
+out="${1:-dist}"
+mkdir -p "$out"
 version="$(node -p 'require("./package.json").version')"
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT

@@ -52,8 +52,7 @@ export const nbdIo = {
   /**
    * What a reply cut short by a full socket queues to learn when the socket has room again. The
    * socket wakes its writer with room for far more, so the piece only needs to be small: it is
-   * the one part of the reply read and copied (4 KiB pieces took a quarter off the daemon's CPU
-   * per MiB of 1 MiB reads at depth 32 against 64 KiB ones; docs/performance.md, session 16).
+   * the one part of the reply read and copied (docs/performance.md, design choices).
    */
   waitPieceBytes: 4 * 1024,
   /**
@@ -199,14 +198,14 @@ export const backup = {
   /** Places in the device a backup reads at once, each through its own share (image-reader inFronts). */
   readFronts: 4,
   /**
-   * Bytes of the device one restore task writes at most (whole chunks). The disk is what bounds a
-   * restore; 4 MiB writes against 1 MiB took a 4 GiB restore 3.9–4.5 s against 4.4–5.3 s (docs/performance.md, session 17).
+   * Bytes of the device one restore task writes at most (whole chunks): the disk bounds a restore,
+   * and fewer, larger writes keep it busier (docs/performance.md, design choices).
    */
   restoreTaskBytes: 4 * 1024 * 1024,
   /**
-   * Hash-and-store workers of backup_create per core. A worker waits while its pack's 4 MiB O_DIRECT
-   * writes reach the disk, so with one per core the cores idled 16–20 % of the time (I/O wait);
-   * with two a full backup took 5.1–5.2 s against 5.5–5.9 s (docs/performance.md, session 14).
+   * Hash-and-store workers of backup_create per core: a worker waits while its pack's 4 MiB
+   * O_DIRECT writes reach the disk, and with one per core the cores idled then (docs/performance.md,
+   * design choices).
    */
   createWorkersPerCore: 2,
   /**

@@ -163,14 +163,13 @@ async function backupDevice(
   let readBytes = 0;
   let storedBytes = 0;
   // Bounded memory (6 runs of at most 1 MiB per worker), yet enough queued that a worker never
-  // waits for the main thread between a run's hash and its store: 2 per worker left the cores
-  // 40 % idle (a 4 GiB full backup 11–12.5 s; 8.9–9.2 s with 6, no better with 12).
+  // waits for the main thread between a run's hash and its store (docs/performance.md, design choices).
   const waiting = workers.size * 6;
   const storing = new TaskWindow(waiting);
   let taskId = 0;
   // Reads land in slots of memory shared with the workers, each slot free again once its chunks are
   // stored: memory used again stays backed (a new buffer per read cost a fresh page per 4 KiB,
-  // docs/performance.md, session 10), and no buffer moves between threads. A slot for every read in
+  // docs/performance.md), and no buffer moves between threads. A slot for every read in
   // flight and every task in the window: one is always free when a read starts.
   const slotBytes = Math.max(1, Math.floor(params.readBytes / chunkSize)) * chunkSize;
   const slotCount = params.connections * params.requestsPerConnection + waiting + 1;

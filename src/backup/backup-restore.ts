@@ -182,11 +182,9 @@ async function restoreOverNbd(repo: Repository, workers: WorkerPool<'restore'>, 
 
 /**
  * Allocates a file's blocks under the chunks the restore writes (zero chunks stay holes), before any
- * write. A direct write that must allocate takes the inode's lock for itself (ext4): the writes
- * reached the disk one at a time (1.6 requests in flight, against 3 allocated first), and a 4 GiB
- * restore took 5.1–5.6 s against 4.3–4.9 s. Allocating as each task writes was slower (4.6 s
- * against 4.3 s, mean of five): each allocation waits for the writes in flight. Where the
- * filesystem cannot, the writes allocate as they go.
+ * write: a direct write that must allocate takes the inode's lock for itself (ext4), so the writes
+ * would reach the disk one at a time; allocating as each task writes waits for the writes in
+ * flight (docs/performance.md, design choices). Where the filesystem cannot, writes allocate.
  */
 async function allocateStretches(fd: number, wanted: number[], index: Index): Promise<void> {
   for (const run of runsOf(wanted, Number.MAX_SAFE_INTEGER)) {

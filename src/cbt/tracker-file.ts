@@ -11,8 +11,7 @@ const TRACKER_KIND = 2;
 /**
  * Tracker files: version 1 held the map's bytes as they are; version 2 holds them as one zstd frame.
  * A map is mostly long runs of one number (a 1 TiB device's two 2 MiB maps, never written, compress
- * to a few hundred bytes), and the take waits for this file's fsync: four such devices' raw maps made
- * the take's save 40–70 ms, where writing and syncing 1 KiB each takes about 2 ms.
+ * to a few hundred bytes), and the take waits for this file's fsync (docs/performance.md).
  */
 const TRACKER_VERSION = 2;
 const TRACKER_VERSIONS = [TRACKER_VERSION, 1] as const;

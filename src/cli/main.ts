@@ -1,7 +1,7 @@
 // Owns the blksnap command line: picks the command, connects to the daemon, prints results and errno-named errors.
 import { BlksnapClient } from '../client/connection.js';
 import { defaultControlPath } from '../control/paths.js';
-import { toBlkError, toExitStatus } from '../errors.js';
+import { BlkError, toBlkError, toExitStatus } from '../errors.js';
 import { type CommandIo, commandHelp, parseOptions } from './command.js';
 import { commands } from './commands/index.js';
 
@@ -17,6 +17,10 @@ function mainHelp(): string {
     '',
     'Every command takes --help, --json (one JSON document on stdout) and --control PATH',
     '(else $BLKSNAP_CONTROL, else the daemon\'s default socket).',
+    '',
+    'Exit status: 0 done; 1 done, and damage found (backup_verify); otherwise the errno of the',
+    'error, as its message names it (22 EINVAL for a usage error: an unknown command or option,',
+    'a bad value; 2 ENOENT, 13 EACCES, 16 EBUSY, ...), at most 125.',
     '',
   ].join('\n');
 }
@@ -36,13 +40,17 @@ function splitLeadingOptions(argv: readonly string[]): { name: string | undefine
 async function main(argv: string[]): Promise<number> {
   const { name, rest } = splitLeadingOptions(argv);
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
-    process.stdout.write(mainHelp());
-    return name === undefined ? 2 : 0;
+    if (name !== undefined) {
+      process.stdout.write(mainHelp());
+      return 0;
+    }
+    process.stderr.write(`blksnap: EINVAL: give a command\n\n${mainHelp()}`);
+    return toExitStatus(new BlkError('EINVAL', 'no command'));
   }
   const command = commands.find((c) => c.name === name);
   if (!command) {
     process.stderr.write(`blksnap: EINVAL: unknown command '${name}'\n\n${mainHelp()}`);
-    return 2;
+    return toExitStatus(new BlkError('EINVAL', 'unknown command'));
   }
   let client: BlksnapClient | undefined;
   try {

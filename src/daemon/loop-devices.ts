@@ -62,7 +62,7 @@ export class LoopDevices {
     const existing = this.get(exportName);
     if (existing) return existing;
     const mountpoint = path.join(this.#fuseDir, exportName);
-    const record = this.#options.route === 'nbdfuse' ? await exposeThroughNbdfuse(exportName, this.#options.nbdSocket, mountpoint) : await this.#exposeThroughFuse(exportName, mountpoint);
+    const record = this.#options.route === 'nbdfuse' ? await exposeThroughNbdfuse(exportName, this.#options.nbdSocket, mountpoint, this.#options.lookupExport(exportName)?.isReadOnly ?? false) : await this.#exposeThroughFuse(exportName, mountpoint);
     this.#records.set(exportName, record);
     this.#numbers.set(exportName, { blockDevice: deviceNumber(record.loop), fuseFilesystem: mountDeviceNumber(record.mountpoint) });
     this.#save();
@@ -96,7 +96,7 @@ export class LoopDevices {
     if (!device) throw new BlkError('ENOENT', `no export named ${exportName}`);
     const fuse = FuseExport.mount(device, mountpoint, { log: this.#log, ioUring: this.#options.fuseIoUring });
     try {
-      const loop = await bindLoop(fuse.file);
+      const loop = await bindLoop(fuse.file, device.isReadOnly);
       this.#fuseExports.set(exportName, fuse);
       return { exportName, mountpoint, loop, pid: process.pid };
     } catch (e) {

@@ -16,9 +16,9 @@ import { storeInUse, type OwnPaths } from './own-paths.js';
 import type { DeviceState } from './device-state.js';
 import type { CbtKeeper } from '../cbt/cbt-keeper.js';
 import * as fs from 'node:fs';
+import { VERSION } from '../version.js';
 import * as path from 'node:path';
 
-export const BLKSNAP_VERSION = '2.0.0';
 
 export interface ServiceOptions {
   registry: Registry;
@@ -57,7 +57,7 @@ export class BlksnapService implements ControlService {
   }
 
   version(): api.VersionResult {
-    return { version: BLKSNAP_VERSION, protocol: api.CONTROL_PROTOCOL_VERSION };
+    return { version: VERSION, protocol: api.CONTROL_PROTOCOL_VERSION };
   }
 
   /** Opens the store (refused when it lies on one of our own devices), attaches it, gives it a block device if asked. */

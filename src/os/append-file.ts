@@ -14,7 +14,7 @@ const WRITEBACK_STEP = 8 * 1024 * 1024;
 
 /**
  * A new file filled by appends. On a VM whose freed memory goes back to the host, each new
- * page-cache page costs a fault there (docs/performance.md, session 9), and a pack is written once
+ * page-cache page costs a fault there (docs/performance.md), and a pack is written once
  * and not read again soon: so its bytes go to the disk by O_DIRECT, gathered into blocks here.
  * Where O_DIRECT is refused (EINVAL: tmpfs before Linux 6.6, ramfs), buffered writes whose
  * writeback starts as the file grows, so the final fdatasync waits for the tail only.

@@ -69,7 +69,7 @@ function isMountPoint(dir: string): boolean {
  * Makes export `exportName` of the NBD server at `nbdSocket` a block device: nbdfuse serves it as
  * the file `mountpoint/disk`, and a free loop device is bound to that file.
  */
-export async function exposeThroughNbdfuse(exportName: string, nbdSocket: string, mountpoint: string): Promise<LoopRecord> {
+export async function exposeThroughNbdfuse(exportName: string, nbdSocket: string, mountpoint: string, isReadOnly = false): Promise<LoopRecord> {
   fs.mkdirSync(mountpoint, { recursive: true, mode: 0o700 });
   const pidFile = `${mountpoint}.pid`;
   fs.rmSync(pidFile, { force: true });
@@ -84,7 +84,7 @@ export async function exposeThroughNbdfuse(exportName: string, nbdSocket: string
     const pid = child.pid as number;
     child.unref();
     try {
-      return { exportName, mountpoint, loop: await bindLoop(path.join(mountpoint, 'disk')), pid };
+      return { exportName, mountpoint, loop: await bindLoop(path.join(mountpoint, 'disk'), isReadOnly), pid };
     } catch (e) {
       await releaseLoopDevice({ exportName, mountpoint, loop: '', pid });
       throw e;
@@ -96,12 +96,13 @@ export async function exposeThroughNbdfuse(exportName: string, nbdSocket: string
   }
 }
 
-/** Binds a free loop device to `file`; its name (/dev/loopN). */
-export async function bindLoop(file: string): Promise<string> {
+/** Binds a free loop device to `file` (read-only for a read-only export: it never opens the file for writing); its name (/dev/loopN). */
+export async function bindLoop(file: string, isReadOnly = false): Promise<string> {
+  const mode = isReadOnly ? ['--read-only'] : [];
   // Direct I/O skips a second page cache of the FUSE file: 2.5× the sequential write speed here
   // (bench/block-device.ts); a kernel that refuses it for the file gets buffered I/O.
-  let r = await run('losetup', ['-f', '--show', '--direct-io=on', file]);
-  if (r.code !== 0) r = await run('losetup', ['-f', '--show', file]);
+  let r = await run('losetup', ['-f', '--show', ...mode, '--direct-io=on', file]);
+  if (r.code !== 0) r = await run('losetup', ['-f', '--show', ...mode, file]);
   if (r.code !== 0) throw new BlkError('EIO', `losetup of ${file} failed: ${r.stderr.trim()}`);
   return r.stdout.trim();
 }

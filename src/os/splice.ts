@@ -1,7 +1,7 @@
 // Owns pipes that carry file data to a socket without a copy in this process: splice(2) from an
 // O_DIRECT descriptor reads the disk straight into fresh kernel pages in the pipe (Linux 6.5+,
 // copy_splice_read), and splice(2) from the pipe to a Unix socket hands those pages over. The
-// sender's copy into the socket goes (0.3 CPU-s per 3 GiB: docs/performance.md, session 13).
+// sender's copy into the socket goes (docs/performance.md, design choices).
 import { BlkError, errnoName } from '../errors.js';
 import { koffi } from './koffi.js';
 import { closeUnmanaged, readRaw } from './libc.js';

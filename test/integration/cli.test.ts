@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { blksnapCli, blksnapd, TestDaemon } from '../helpers/daemon.js';
+import { blksnapCli, repoRoot, blksnapd, TestDaemon } from '../helpers/daemon.js';
 import { run, sparseFile, tempDir } from '../helpers/tools.js';
 
 const COMMANDS = ['version', 'attach', 'detach', 'list', 'cbtinfo', 'readcbtmap', 'markdirtyblock'];
@@ -52,7 +52,7 @@ describe('blksnap CLI', () => {
     assert.match(text.stdout, /^device_capacity=3145728$/m);
     assert.match(text.stdout, /^block_count=48$/m);
     const v = await daemon.json<{ version: string }>('version');
-    assert.match(v.version, /^\d+\.\d+\.\d+$/);
+    assert.equal(v.version, (JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as { version: string }).version, 'the package\'s version');
     await daemon.json('detach', '--device', 'vol1');
     assert.deepEqual((await daemon.json<{ devices: unknown[] }>('list')).devices, []);
   });
@@ -64,9 +64,21 @@ describe('blksnap CLI', () => {
     assert.match(r.stderr, /^blksnap detach: ENOENT: /);
     r = await daemon.cli('attach');
     assert.match(r.stderr, /EINVAL: attach: --device is required/);
+    assert.equal(r.code, 22, 'a usage error is EINVAL');
+    r = await daemon.cli('attach', '--frob');
+    assert.equal(r.code, 22, 'an unknown option is EINVAL');
     r = await daemon.cli('frobnicate');
-    assert.notEqual(r.code, 0);
+    assert.equal(r.code, 22, 'an unknown command is EINVAL, as an unknown option is');
     assert.match(r.stderr, /EINVAL: unknown command 'frobnicate'/);
+    r = await daemon.cli();
+    assert.equal(r.code, 22, 'no command at all');
+    // A device in no snapshot has no snapshot to tell of: ESRCH, not empty fields.
+    const lone = sparseFile(path.join(tmp.dir, 'lone'), 1024 * 1024);
+    await daemon.json('attach', '--device', lone);
+    r = await daemon.cli('snapshot_info', '--device', 'lone');
+    assert.equal(r.code, 3);
+    assert.match(r.stderr, /ESRCH: device lone belongs to no snapshot/);
+    await daemon.json('detach', '--device', 'lone');
     r = await run(process.execPath, [blksnapCli, 'list', '--control', path.join(tmp.dir, 'nowhere.sock')]);
     assert.match(r.stderr, /ENOENT: cannot reach blksnapd/);
   });

@@ -21,7 +21,10 @@ describe('Debian package', { skip: missing('dpkg-deb', 'dpkg', 'lintian', 'qemu-
       if (await installed()) return t.skip('a blksnap package is installed on this machine already');
       const deb = (await check('sh', [path.join(repoRoot, 'scripts/package-deb.sh'), dir], { cwd: repoRoot, timeoutMs: 120_000 })).trim();
       assert.match(path.basename(deb), /^blksnap_\d+\.\d+\.\d+_amd64\.deb$/);
-      const lint = await run('lintian', [deb], { timeoutMs: 240_000 });
+      // lintian leaves its mldbm-* temporary files behind: in a folder of this test's, removed after.
+      const lintianTmp = path.join(dir, 'lintian-tmp');
+      fs.mkdirSync(lintianTmp);
+      const lint = await run('lintian', [deb], { timeoutMs: 240_000, env: { ...process.env, TMPDIR: lintianTmp } });
       assert.deepEqual(lint.stdout.split('\n').filter((l) => l.startsWith('E:')), [], lint.stdout);
 
       await check('dpkg', ['-i', deb], { timeoutMs: 120_000 });

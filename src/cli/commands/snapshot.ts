@@ -77,11 +77,13 @@ export const snapshotCommands: Command[] = [
       field: { kind: 'value', help: 'print only this field: image or error_code' },
     },
     async run(o, io) {
-      const info = await (await io.client()).call(api.SnapshotGetInfo, { device: deviceOption(o) });
+      const device = deviceOption(o);
+      const info = await (await io.client()).call(api.SnapshotGetInfo, { device });
+      if (info.id === null) throw new BlkError('ESRCH', `device ${device} belongs to no snapshot (snapshot_create makes one)`);
       const field = o.values.get('field');
       if (field !== undefined && field !== 'image' && field !== 'error_code') throw new BlkError('EINVAL', `--field takes image or error_code, not '${field}'`);
       const image = info.image ? info.image.uri : '';
-      const text = field === 'image' ? image : field === 'error_code' ? String(info.errorCode) : `id=${info.id ?? ''}\nerror_code=${info.errorCode}\nimage=${image}`;
+      const text = field === 'image' ? image : field === 'error_code' ? String(info.errorCode) : `id=${info.id}\nerror_code=${info.errorCode}\nimage=${image}`;
       // --field picks the text; JSON keeps every field, so scripts read one document shape.
       io.print(info, text);
     },
