@@ -1,10 +1,13 @@
-// Benchmark: the backup repository against restic (repository v2) and borg (-e none -C zstd,1), each
-// on its own copy of one 4 GiB data set: full backup (caches dropped), incremental after 640 random
-// 64 KiB writes, restore of the latest to a file, verify of all data, and a read of the latest served
-// by backup_attach (ours only); wall times, repository sizes, ratios. The full backup, restore and
-// verify run in rounds, the tools taking turns in each; the table and ratios take each one's median.
+// Benchmark: the backup repository, plain and encrypted, against restic (repository v2, always
+// encrypted) and borg (-C zstd,1; -e none against the plain row, -e repokey-blake2 against the
+// encrypted one), each on its own copy of one 4 GiB data set: full backup (caches dropped),
+// incremental after 640 random 64 KiB writes, restore of the latest to a file, verify of all data,
+// and a read of the latest served by backup_attach (ours only); wall times, repository sizes, ratios.
+// The full backup, restore and verify run in rounds, the tools taking turns in each; the table and
+// ratios take each one's median.
 //   node dist/bench/backup.js          (installs restic and borgbackup from Debian when missing)
 //   BENCH_BACKUP_ROUNDS=1: one round (default 3)
+//   BENCH_BACKUP_ENCRYPTED=0: the plain rows only
 //   BENCH_BACKUP_GIB=1: a smaller data set (each quarter 1/4 GiB)
 //   BENCH_DAEMON_ARGS='--cow-copy cached': more blksnapd options (A/B runs)
 //   BENCH_PEERS=none: our figures alone (A/B runs; no ratios)
@@ -123,20 +126,25 @@ interface Tool {
   close(): Promise<void>;
 }
 
-async function ours(dir: string, file: string): Promise<Tool & { attachRead(): Promise<number> }> {
+/** Ours, on a plain repository or (with a key file) an encrypted one. */
+async function ours(dir: string, file: string, encrypted: boolean): Promise<Tool & { attachRead(): Promise<number> }> {
   const repo = path.join(dir, 'repo');
   fs.mkdirSync(dir, { recursive: true });
+  const keyFile = path.join(dir, 'repo.key');
   const daemon = await spawnBlksnapd(dir, { args: ['--attach', `${file}=disk`], stateDir: path.join(dir, 'state') });
   const { control, nbd } = daemon;
   await new Promise((r) => setTimeout(r, 300));
-  const cli = (...args: string[]): Promise<string> => runTool(process.execPath, [path.join(root, 'bin/blksnap'), ...args, '--control', control]);
+  const blksnap = (...args: string[]): Promise<string> => runTool(process.execPath, [path.join(root, 'bin/blksnap'), ...args, '--control', control]);
+  if (encrypted) await blksnap('key', 'generate', '--file', keyFile);
+  // Every command that opens the repository: with its key.
+  const cli = (...args: string[]): Promise<string> => blksnap(...args, ...(encrypted && args[0]?.startsWith('backup_') ? ['--key-file', keyFile] : []));
   const latest = async (): Promise<string> => (JSON.parse(await cli('backup_list', '--repo', repo, '--json')) as { backups: Array<{ id: string }> }).backups.at(-1)?.id as string;
   const create = (): Promise<string> => cli('backup_create', '--repo', repo, '--device', 'disk', '--diff-storage', dir, '--json');
   return {
-    name: 'blksnap',
+    name: encrypted ? 'blksnap+e' : 'blksnap',
     async full() {
       fs.rmSync(repo, { recursive: true, force: true });
-      await cli('backup_init', '--repo', repo);
+      await (encrypted ? cli('backup_init', '--repo', repo) : cli('backup_init', '--repo', repo, '--encryption', 'none'));
       await dropCaches();
       return await timedWithSteal(create);
     },
@@ -227,12 +235,13 @@ function restic(dir: string, file: string): Tool {
   });
 }
 
-function borg(dir: string, file: string): Tool {
-  const env = { BORG_REPO: path.join(dir, 'borg'), BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes', BORG_BASE_DIR: path.join(dir, 'borg-base') };
-  return peer('borg', file, env, {
+/** borg, plain (-e none) or encrypted (-e repokey-blake2: AES-256-CTR with a BLAKE2b MAC, chunk ids keyed). */
+function borg(dir: string, file: string, encrypted: boolean): Tool {
+  const env = { BORG_REPO: path.join(dir, 'borg'), BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes', BORG_BASE_DIR: path.join(dir, 'borg-base'), BORG_PASSPHRASE: 'bench' };
+  return peer(encrypted ? 'borg+e' : 'borg', file, env, {
     repo: env.BORG_REPO,
     fresh: [env.BORG_REPO, env.BORG_BASE_DIR],
-    init: 'borg init -e none',
+    init: encrypted ? 'borg init -e repokey-blake2' : 'borg init -e none',
     full: `borg create -C zstd,1 ::a ${file}`,
     incremental: `borg create -C zstd,1 ::b ${file}`,
     restore: (out) => `cd ${out} && borg extract ::b`,
@@ -277,9 +286,14 @@ async function main(): Promise<void> {
       makeDataSet(file);
       return file;
     };
-    const o = await ours(path.join(dir, 'ours'), dataSet('ours'));
+    const encrypted = process.env.BENCH_BACKUP_ENCRYPTED !== '0';
+    const withPeers = process.env.BENCH_PEERS !== 'none';
+    const o = await ours(path.join(dir, 'ours'), dataSet('ours'), false);
     tools.push(o);
-    if (process.env.BENCH_PEERS !== 'none') tools.push(restic(path.join(dir, 'r'), dataSet('r')), borg(path.join(dir, 'b'), dataSet('b')));
+    const oe = encrypted ? await ours(path.join(dir, 'ours-e'), dataSet('ours-e'), true) : null;
+    if (oe) tools.push(oe);
+    if (withPeers) tools.push(restic(path.join(dir, 'r'), dataSet('r')), borg(path.join(dir, 'b'), dataSet('b'), false));
+    if (withPeers && encrypted) tools.push(borg(path.join(dir, 'be'), dataSet('be'), true));
     const fulls = await inRounds(tools, rounds, (t) => t.full());
     const sizes = tools.map((t) => t.size());
     const incrementals: Array<{ seconds: number; readBytes?: number }> = [];
@@ -292,38 +306,52 @@ async function main(): Promise<void> {
     const restores = await inRounds(tools, rounds, (t) => t.restore());
     const verifies = await inRounds(tools, rounds, (t) => t.verify());
     const attachRead = await o.attachRead();
+    const attachReadEncrypted = oe ? await oe.attachRead() : null;
     const fig = tools.map((t, i) => ({
       name: t.name,
       full: median((fulls[i] ?? []).map((f) => f.seconds)),
       steal: median((fulls[i] ?? []).map((f) => f.steal)),
       incremental: incrementals[i]?.seconds ?? 0,
+      readBytes: incrementals[i]?.readBytes ?? 0,
       growth: growths[i] ?? 0,
       restore: median(restores[i] ?? []),
       verify: median(verifies[i] ?? []),
       size: sizes[i] ?? 0,
     }));
+    type Figures = (typeof fig)[number];
+    const named = (name: string): Figures | undefined => fig.find((f) => f.name === name);
     console.log(`\n${'tool'.padEnd(10)}${'full s'.padStart(8)}${'incr s'.padStart(10)}${'+MB'.padStart(10)}${'restore s'.padStart(10)}${'verify s'.padStart(9)}${'repo MB'.padStart(10)}`);
     for (const f of fig) {
       console.log(`${f.name.padEnd(10)}${f.full.toFixed(1).padStart(8)}${f.incremental.toFixed(1).padStart(10)}${(f.growth / 1e6).toFixed(0).padStart(10)}${f.restore.toFixed(1).padStart(10)}${f.verify.toFixed(1).padStart(9)}${(f.size / 1e6).toFixed(0).padStart(10)}`);
     }
+    console.log('(+e: encrypted: ours AES-256-GCM with HMAC-SHA-256 chunk ids, borg repokey-blake2; restic always encrypts)');
     console.log('\n# every round (s), in the order run');
     for (const [i, f] of fig.entries()) {
       console.log(`${f.name.padEnd(10)}full ${seconds((fulls[i] ?? []).map((x) => x.seconds))}; restore ${seconds(restores[i] ?? [])}; verify ${seconds(verifies[i] ?? [])}; the host stole ${pct(f.steal)} of the CPU time in its full backups (median)`);
     }
-    const us = fig[0] as (typeof fig)[number];
-    console.log(`\nattached backup  nbdcopy of the latest backup served by backup_attach: ${attachRead.toFixed(1)} s, ${((3 * quarter) / attachRead / 1e6).toFixed(0)} MB/s of allocated data (no peer figure)`);
-    const limit = sha256Limit();
+    const us = fig[0] as Figures;
     const allocated = 3 * quarter;
+    console.log(`\nattached backup  nbdcopy of the latest backup served by backup_attach: ${attachRead.toFixed(1)} s, ${(allocated / attachRead / 1e6).toFixed(0)} MB/s of allocated data${attachReadEncrypted === null ? '' : `; encrypted ${attachReadEncrypted.toFixed(1)} s`} (no peer figure)`);
+    const limit = sha256Limit();
     console.log(`full backup throughput ${(allocated / us.full / 1e6).toFixed(0)} MB/s of allocated data: ${((allocated / us.full / limit) * 100).toFixed(0)}% of the SHA-256 limit of ${os.availableParallelism()} cores (${(limit / 1e6).toFixed(0)} MB/s)`);
-    if (fig.length < 3) return;
-    const peers = fig.slice(1);
-    const faster = (k: 'full' | 'incremental' | 'restore' | 'verify' | 'size'): number => Math.min(...peers.map((p) => p[k]));
-    console.log('\n# ratios of the medians to the faster (or smaller) peer, and targets');
-    console.log(`full backup     ${(us.full / faster('full')).toFixed(2)}×  (target ≤ 0.5)`);
-    console.log(`incremental     ${(us.incremental / faster('incremental')).toFixed(2)}×  (target ≤ 0.1); growth ${(us.growth / (40 * MiB)).toFixed(2)}× the 40 MiB changed (target ≤ 1.5); read ${((incrementals[0]?.readBytes ?? 0) / MiB).toFixed(1)} MiB`);
-    console.log(`restore         ${(us.restore / faster('restore')).toFixed(2)}×  (target ≤ 0.5)`);
-    console.log(`verify          ${(us.verify / faster('verify')).toFixed(2)}×  (target ≤ 0.5)`);
-    console.log(`repository      ${(us.size / faster('size')).toFixed(2)}×  (target ≤ 1.05)`);
+    const ue = named('blksnap+e');
+    if (ue) {
+      console.log('\n# the encrypted repository against the plain one, same data (target ≤ 1.10 each)');
+      for (const k of ['full', 'incremental', 'restore', 'verify'] as const) console.log(`${k.padEnd(16)}${(ue[k] / us[k]).toFixed(2)}×`);
+      console.log(`repository      ${(ue.size / us.size).toFixed(3)}× the bytes (salts, nonces and tags)`);
+    }
+    if (!withPeers) return;
+    const ratios = (title: string, mine: Figures, peers: Figures[], keys: ReadonlyArray<'full' | 'incremental' | 'restore' | 'verify' | 'size'>): void => {
+      const faster = (k: (typeof keys)[number]): number => Math.min(...peers.map((p) => p[k]));
+      const targets = { full: '≤ 0.5', incremental: '≤ 0.1', restore: '≤ 0.5', verify: '≤ 0.5', size: '≤ 1.05' };
+      console.log(`\n# ${title}: ratios of the medians to the faster (or smaller) of ${peers.map((p) => p.name).join(' and ')}, and targets`);
+      for (const k of keys) {
+        const extra = k === 'incremental' ? `; growth ${(mine.growth / (40 * MiB)).toFixed(2)}× the 40 MiB changed (target ≤ 1.5); read ${(mine.readBytes / MiB).toFixed(1)} MiB` : '';
+        console.log(`${(k === 'size' ? 'repository' : k === 'full' ? 'full backup' : k).padEnd(16)}${(mine[k] / faster(k)).toFixed(2)}×  (target ${targets[k]})${extra}`);
+      }
+    };
+    ratios('plain', us, [named('restic'), named('borg')].filter((f): f is Figures => f !== undefined), ['full', 'incremental', 'restore', 'verify', 'size']);
+    if (ue) ratios('encrypted', ue, [named('restic'), named('borg+e')].filter((f): f is Figures => f !== undefined), ['full', 'incremental', 'restore', 'verify', 'size']);
   } finally {
     for (const t of tools) await t.close().catch(() => undefined);
     fs.rmSync(dir, { recursive: true, force: true });

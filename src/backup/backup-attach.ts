@@ -9,5 +9,7 @@ export async function attachBackup(repo: Repository, client: BlksnapClient, opti
   await repo.manifest(options.id);
   const location = repo.backend.localPath('');
   if (location === null) throw new BlkError('ENOTSUP', `backup_attach serves backups of a local repository, not of ${repo.location}`);
-  return client.call(api.BackupAttach, { ...options, repo: location });
+  // The daemon gets an encrypted repository's secret for this attach only, over the control socket.
+  const secret = repo.cipher.secret;
+  return client.call(api.BackupAttach, { ...options, repo: location, ...(secret ? { secret: secret.toString('base64') } : {}) });
 }

@@ -77,6 +77,7 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
   let writer: BackupWriter | null = null;
   try {
     writer = await repo.beginBackup(id);
+    await workers.runOnAll({ kind: 'cipher', secret: repo.cipher.secret });
     const sizes = await Promise.all(o.devices.map((d) => client.call(api.CbtGetInfo, { device: d }).then((i) => i.deviceCapacity)));
     const total = sizes.reduce((a, b) => a + b, 0);
     const created = await client.call(api.SnapshotCreate, {
@@ -97,7 +98,7 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
     }
     const previous = await previousBackups(repo);
     // What the repository holds: a chunk found here is not stored again.
-    const known = await ChunkIndex.load(repo.backend);
+    const known = await ChunkIndex.load(repo.backend, repo.cipher);
     const entries: Array<ManifestDevice & { indexBytes: number }> = [];
     for (const name of o.devices) entries.push(await backupDevice(repo, client, workers, known, o, name, previous.get(name) ?? null, writer));
     // Packs put in place (synced, indexed); the commit makes them, the pages and the index roots
@@ -144,7 +145,7 @@ async function backupDevice(
   const p = previous?.device;
   if (!o.full && p && p.generationId === info.generationId && p.size === size && p.chunkSize === chunkSize && p.changesNumber < info.changesNumber) {
     try {
-      const base = await readIndex(repo.backend, names.indexRoot((previous as { id: string }).id, p.index));
+      const base = await readIndex(repo.backend, names.indexRoot((previous as { id: string }).id, p.index), repo.cipher);
       digests = base.digests;
       for (const page of base.pages) checkedPages.add(page);
       const map = await new Cbt(client, name).readMap();
@@ -209,8 +210,8 @@ async function backupDevice(
     await storing.add(task);
   });
   await storing.drain();
-  const { root, pageBytes } = await writeIndex(repo.backend, { size, chunkSize, digests }, checkedPages);
-  await writer.addFile(indexFileOf(name), root);
+  const { root, pageBytes } = await writeIndex(repo.backend, repo.cipher, { size, chunkSize, digests }, checkedPages);
+  await writer.addIndexRoot(indexFileOf(name), root);
   o.progress?.done();
   return { name, size, chunkSize, mode, generationId: info.generationId, changesNumber: info.changesNumber, readBytes, storedBytes, index: indexFileOf(name), indexBytes: pageBytes + root.length };
 }

@@ -123,13 +123,13 @@ async function sweep(repo: Repository, result: PruneResult): Promise<void> {
     await backend.remove(name);
   };
   for (const id of await packIds(backend)) {
-    const entries = entriesOf(await readPackIndex(backend, id));
+    const entries = entriesOf(await readPackIndex(backend, id, repo.cipher));
     const live = entries.filter((e) => chunks.has(e.digest.toString('hex')));
     if (live.length === entries.length) continue;
     result.removedChunks += entries.length - live.length;
     if (live.length > 0) {
       // The live records into a new pack, in place before the old one goes: a chunk is never absent.
-      const writer = new PackWriter(backend, null);
+      const writer = new PackWriter(backend, repo.cipher, null);
       for (const e of live) {
         const stored = Buffer.allocUnsafe(e.storedLength);
         if ((await backend.readRange(names.pack(id), e.offset + RECORD_HEADER, stored)) !== stored.length) throw new BlkError('EIO', `pack ${id} is cut short; run backup_verify`);

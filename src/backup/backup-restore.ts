@@ -72,7 +72,7 @@ export async function restoreBackup(repo: Repository, o: RestoreOptions): Promis
       const manifest = await repo.manifest(o.id);
       const entry = manifest.devices.find((d) => d.name === deviceName);
       if (!entry) throw new BlkError('ENOENT', `backup ${o.id} has no device ${deviceName} (it has ${manifest.devices.map((d) => d.name).join(', ')})`);
-      const index = await readIndex(repo.backend, names.indexRoot(o.id, entry.index));
+      const index = await readIndex(repo.backend, names.indexRoot(o.id, entry.index), repo.cipher);
       return restoreLocked(repo, workers, o, entry, index, target);
     });
   } finally {
@@ -83,7 +83,7 @@ export async function restoreBackup(repo: Repository, o: RestoreOptions): Promis
 }
 
 async function restoreLocked(repo: Repository, workers: WorkerPool<'restore'>, o: RestoreOptions, entry: ManifestDevice, index: Index, target: RestoreTarget): Promise<RestoreResult> {
-  const packed = await ChunkIndex.load(repo.backend);
+  const packed = await ChunkIndex.load(repo.backend, repo.cipher);
   const count = chunkCountOf(index.size, index.chunkSize);
   if (target.kind === 'device' || target.kind === 'nbd') {
     const uri = target.kind === 'device' ? target.device.uri : target.uri;
@@ -160,7 +160,7 @@ async function restoreOverNbd(repo: Repository, workers: WorkerPool<'restore'>, 
     o.progress?.start(`restore to ${uri}`, wanted.length * index.chunkSize);
     let written = 0;
     await inWindow(repo, workers, chunks, index, runs, repeated, async (items) => {
-      const r = await workers.run({ kind: 'load', items });
+      const r = await workers.run({ kind: 'load', items, secret: repo.cipher.secret });
       let bytes = 0;
       await Promise.all(r.data.flatMap((d, i) => {
         const item = items[i] as LoadItem;
@@ -267,7 +267,7 @@ async function writeChunks(repo: Repository, workers: WorkerPool<'restore'>, chu
   // After a failure the other tasks still write (inWindow waits for them): their descriptors must
   // not close (and their numbers go to another file) under them.
   await inWindow(repo, workers, chunks, index, runs, repeated, async (items) => {
-    const r = await workers.run({ kind: 'write', items, fd: to.directFd ?? to.fd, direct: to.directFd !== null, bufferedFd: to.fd, writeZeros: to.writeZeros });
+    const r = await workers.run({ kind: 'write', items, secret: repo.cipher.secret, fd: to.directFd ?? to.fd, direct: to.directFd !== null, bufferedFd: to.fd, writeZeros: to.writeZeros });
     written += r.writtenBytes;
     o.progress?.advance(r.writtenBytes);
   });

@@ -15,6 +15,8 @@ import type { WorkerPool } from './workers/worker-pool.js';
 
 export interface BackupStorageOptions {
   workers: WorkerPool<'attach'>;
+  /** An encrypted repository's secret, as its client gave it. */
+  secret?: Buffer;
   /** Bytes of decompressed chunks kept in memory. */
   cacheBytes: number;
   /** Where the overlay of a writable attach lives (an unnamed file); none: read-only. */
@@ -73,7 +75,7 @@ export class BackupStorage implements Storage {
   static async open(location: string, id: string, device: string, options: BackupStorageOptions): Promise<BackupStorage> {
     if (!BACKUP_ID_PATTERN.test(id)) throw new BlkError('EINVAL', `'${id}' is not a backup id (see backup_list)`);
     if (!isDeviceName(device)) throw new BlkError('EINVAL', `'${device}' is not a device name`);
-    const repo = await Repository.open(location);
+    const repo = await Repository.open(location, options.secret ? { secret: options.secret } : {});
     const release = await repo.lock(false);
     let releaseHold: (() => Promise<void>) | null = null;
     try {
@@ -82,8 +84,8 @@ export class BackupStorage implements Storage {
       const manifest = await repo.manifest(id);
       const entry = manifest.devices.find((d) => d.name === device);
       if (!entry) throw new BlkError('ENOENT', `backup ${id} has no device ${device} (it has ${manifest.devices.map((d) => d.name).join(', ')})`);
-      const index = await readIndex(repo.backend, names.indexRoot(id, entry.index));
-      const chunks = await ChunkIndex.load(repo.backend);
+      const index = await readIndex(repo.backend, names.indexRoot(id, entry.index), repo.cipher);
+      const chunks = await ChunkIndex.load(repo.backend, repo.cipher);
       const overlayFd = options.overlayDir === undefined ? null : await openUnnamedFile(options.overlayDir);
       return new BackupStorage(repo, `${repo.location}#${id}/${device}`, index.size, index.chunkSize, index.digests, chunks, options, overlayFd, releaseHold);
     } catch (e) {
@@ -189,7 +191,7 @@ export class BackupStorage implements Storage {
     this.#cache.clear();
     // The workers' descriptors of this repository's packs: a pack a prune deletes must not stay allocated.
     const chunks = this.#repo.backend.localPath(names.chunks);
-    if (chunks !== null) await this.#o.workers.runOnAll({ kind: 'closePacks', dir: chunks.replace(/\/$/, '') }).catch(() => undefined);
+    if (chunks !== null) await this.#o.workers.runOnAll({ kind: 'closePacks', dir: chunks.replace(/\/$/, ''), forget: this.#repo.cipher.secret }).catch(() => undefined);
     await this.#releaseHold();
     if (this.#overlay) await closeAsync(this.#overlay.fd);
   }
@@ -269,10 +271,10 @@ export class BackupStorage implements Storage {
     // A rejection, never a throw: a chunk missing from the index must fail only its own load, not
     // the read that started loading it ahead.
     const load = async (from: number, count: number): Promise<Uint8Array[]> =>
-      (await this.#o.workers.run({ kind: 'load', items: this.#chunks.loadItems(this.#repo.backend, { size: this.size, chunkSize: this.chunkSize, digests: this.#digests }, from, count) })).data;
+      (await this.#o.workers.run({ kind: 'load', secret: this.#repo.cipher.secret, items: this.#chunks.loadItems(this.#repo.backend, { size: this.size, chunkSize: this.chunkSize, digests: this.#digests }, from, count) })).data;
     // The pack indexes are loaded again once per failed task, not once per chunk of it.
     const together = load(first, n).catch(async () => {
-      this.#chunks = await ChunkIndex.load(this.#repo.backend).catch(() => this.#chunks);
+      this.#chunks = await ChunkIndex.load(this.#repo.backend, this.#repo.cipher).catch(() => this.#chunks);
       return null;
     });
     for (let i = 0; i < n; i++) {

@@ -1,10 +1,12 @@
 // Owns backup_verify: every pack re-read and every chunk in it re-hashed (in worker threads), every
-// pack index, manifest and device index (root and pages) checked, and each damaged or missing chunk
-// mapped to the backups it breaks.
+// pack index, manifest and device index (root and pages) checked (an encrypted repository's key objects
+// too), and each damaged or missing chunk mapped to the backups it breaks.
 import { BlkError, toBlkError } from '../errors.js';
 import { ChunkIndex, packIds } from '../repository/chunk-index.js';
-import { isZeroDigest, sha256 } from '../repository/digest.js';
+import { aadOf } from '../repository/cipher.js';
+import { isZeroDigest } from '../repository/digest.js';
 import { readIndexRoot } from '../repository/digest-index.js';
+import { checkKeys } from '../repository/keys.js';
 import { names } from '../repository/layout.js';
 import type { Repository } from '../repository/repository.js';
 import type { Progress } from './progress.js';
@@ -33,17 +35,23 @@ export async function referencesOf(repo: Repository, id: string): Promise<{ chun
   const problems: string[] = [];
   try {
     for (const d of (await repo.manifest(id)).devices) {
-      const root = await readIndexRoot(repo.backend, names.indexRoot(id, d.index));
+      const root = await readIndexRoot(repo.backend, names.indexRoot(id, d.index), repo.cipher);
       for (const hex of root.pages) {
         pages.add(hex);
-        let page: Buffer;
+        let stored: Buffer;
         try {
-          page = await repo.backend.read(names.page(hex));
+          stored = await repo.backend.read(names.page(hex));
         } catch {
           problems.push(`backup ${id}: index page ${hex} of ${d.name} is missing`);
           continue;
         }
-        if (sha256(page).toString('hex') !== hex) {
+        let page: Buffer;
+        try {
+          page = repo.cipher.open(stored, aadOf('page', names.page(hex)), `index page ${hex}`);
+        } catch {
+          page = Buffer.alloc(0);
+        }
+        if (page.length === 0 || repo.cipher.pageName(page) !== hex) {
           problems.push(`backup ${id}: index page ${hex} of ${d.name} is damaged`);
           continue;
         }
@@ -66,7 +74,8 @@ async function verifyLocked(repo: Repository, o: VerifyOptions): Promise<VerifyR
   const refs = new Map<string, Awaited<ReturnType<typeof referencesOf>>>();
   for (const id of ids) refs.set(id, await referencesOf(repo, id));
   const problems: string[] = [];
-  const index = await ChunkIndex.load(repo.backend, problems);
+  if (repo.cipher.secret) problems.push(...(await checkKeys(repo.backend, repo.cipher.secret)));
+  const index = await ChunkIndex.load(repo.backend, repo.cipher, problems);
   // The packs to read: all, or those holding a chunk of the one backup.
   let packs = await packIds(repo.backend);
   if (o.id !== undefined) {
@@ -81,6 +90,7 @@ async function verifyLocked(repo: Repository, o: VerifyOptions): Promise<VerifyR
   let checked = 0;
   const workers = new WorkerPool('verify');
   try {
+    await workers.runOnAll({ kind: 'cipher', secret: repo.cipher.secret });
     const sizes = new Map<string, number>();
     for (const id of packs) sizes.set(id, (await repo.backend.size(names.pack(id))) ?? 0);
     const sizeOf = (id: string): number => sizes.get(id) ?? 0;
@@ -89,7 +99,7 @@ async function verifyLocked(repo: Repository, o: VerifyOptions): Promise<VerifyR
       const pack = repo.backend.localPath(names.pack(id));
       const idx = repo.backend.localPath(names.packIndex(id));
       if (pack === null || idx === null) throw new BlkError('ENOTSUP', `${repo.location}: packs are checked in local files only`);
-      const r = await workers.run({ kind: 'checkPack', pack, idx }).catch((e: unknown) => ({ checked: 0, bad: [{ digest: '', reason: `pack ${id}: ${toBlkError(e).message}` }] }));
+      const r = await workers.run({ kind: 'checkPack', pack, idx, id }).catch((e: unknown) => ({ checked: 0, bad: [{ digest: '', reason: `pack ${id}: ${toBlkError(e).message}` }] }));
       checked += r.checked;
       for (const b of r.bad) {
         if (b.digest === '') problems.push(b.reason);

@@ -25,7 +25,10 @@ function mainHelp(): string {
   ].join('\n');
 }
 
-/** Options before the command (`blksnap --control PATH COMMAND ...`) go with the command's own. */
+/**
+ * Options before the command (`blksnap --control PATH COMMAND ...`) go with the command's own. A
+ * command may be two words (`key add`).
+ */
 function splitLeadingOptions(argv: readonly string[]): { name: string | undefined; rest: string[] } {
   const leading: string[] = [];
   let i = 0;
@@ -34,6 +37,8 @@ function splitLeadingOptions(argv: readonly string[]): { name: string | undefine
     if (argv[i] === '--control' && i + 1 < argv.length) leading.push(argv[++i] as string);
     i++;
   }
+  const twoWords = `${argv[i]} ${argv[i + 1]}`;
+  if (commands.some((c) => c.name === twoWords)) return { name: twoWords, rest: [...argv.slice(i + 2), ...leading] };
   return { name: argv[i], rest: [...argv.slice(i + 1), ...leading] };
 }
 

@@ -77,7 +77,10 @@ function parseSnapshotCreate(p: Params, m: string): api.SnapshotCreateParams {
 
 function parseBackupAttach(p: Params, m: string): api.BackupAttachParams {
   const name = optionalString(p, 'name', m);
+  const secret = optionalString(p, 'secret', m);
+  if (secret !== undefined && !/^[A-Za-z0-9+/]{43}=$/.test(secret)) throw new BlkError('EINVAL', `${m}: secret must be 32 bytes, base64`);
   return {
+    ...(secret === undefined ? {} : { secret }),
     repo: requireString(p, 'repo', m),
     id: requireString(p, 'id', m),
     device: requireString(p, 'device', m),

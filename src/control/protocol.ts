@@ -153,6 +153,11 @@ export interface BackupAttachParams {
   name?: string;
   loop?: boolean;
   writable?: boolean;
+  /**
+   * An encrypted repository's secret, base64 (the client unwrapped it with its key): used for this
+   * attach only, kept in memory, never written or logged.
+   */
+  secret?: string;
 }
 
 export interface SnapshotCreateParams {

@@ -87,6 +87,7 @@ export class BlksnapService implements ControlService {
       // A repository on one of our own devices would be read through this very event loop.
       await this.#o.ownPaths.refuseOwn(p.repo, 'repository');
       const storage = await BackupStorage.open(path.resolve(p.repo), p.id, p.device, {
+        ...(p.secret === undefined ? {} : { secret: Buffer.from(p.secret, 'base64') }),
         workers: this.#o.backupWorkers(),
         cacheBytes: this.#o.backupCacheBytes,
         ...(p.writable ? { overlayDir: this.#o.overlayDir } : {}),

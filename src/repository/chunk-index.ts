@@ -3,6 +3,7 @@
 // and a repository of millions of chunks stays a few dozen bytes per chunk.
 import { BlkError } from '../errors.js';
 import type { Backend } from './backend.js';
+import type { ObjectCipher } from './cipher.js';
 import { digestHash, digestsEqual, isZeroDigest } from './digest.js';
 import { names, TEMP_MARK } from './layout.js';
 import { IDX_ENTRY, readPackIndex } from './pack.js';
@@ -60,11 +61,11 @@ export class ChunkIndex {
    * Every pack index of the repository. A damaged one is an error naming it; with `problems`, it is
    * noted there and left out (its chunks count as missing), so verify and restore can go on.
    */
-  static async load(backend: Backend, problems?: string[]): Promise<ChunkIndex> {
+  static async load(backend: Backend, cipher: ObjectCipher, problems?: string[]): Promise<ChunkIndex> {
     const index = new ChunkIndex();
     for (const id of await packIds(backend)) {
       try {
-        index.addIdx(id, await readPackIndex(backend, id));
+        index.addIdx(id, await readPackIndex(backend, id, cipher));
       } catch (e) {
         if (!problems) throw e;
         problems.push((e as Error).message);

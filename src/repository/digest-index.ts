@@ -6,6 +6,7 @@ import { BlkError } from '../errors.js';
 import { tracking } from '../params.js';
 import { TaskWindow } from '../util/task-window.js';
 import type { Backend } from './backend.js';
+import { aadOf, type ObjectCipher } from './cipher.js';
 import { sha256 } from './digest.js';
 import { names } from './layout.js';
 
@@ -49,7 +50,7 @@ export function chunkCountOf(size: number, chunkSize: number): number {
  * place by a writer that crashed before its sync may be empty. Pages in `checked` (read and checked
  * by this writer, or written by it) are not read again; the set grows by what this call writes.
  */
-export async function writeIndex(backend: Backend, index: DeviceIndex, checked: Set<string> = new Set()): Promise<{ root: Buffer; pageBytes: number }> {
+export async function writeIndex(backend: Backend, cipher: ObjectCipher, index: DeviceIndex, checked: Set<string> = new Set()): Promise<{ root: Buffer; pageBytes: number }> {
   const count = chunkCountOf(index.size, index.chunkSize);
   const pageCount = Math.ceil(count / PAGE_DIGESTS);
   const root = Buffer.alloc(ROOT_HEADER + pageCount * 32 + 32);
@@ -64,17 +65,18 @@ export async function writeIndex(backend: Backend, index: DeviceIndex, checked: 
   try {
     for (let p = 0; p < pageCount; p++) {
       const page = index.digests.subarray(p * PAGE_DIGESTS * 32, Math.min((p + 1) * PAGE_DIGESTS, count) * 32);
-      const digest = sha256(page);
-      digest.copy(root, ROOT_HEADER + p * 32);
-      const hex = digest.toString('hex');
+      const hex = cipher.pageName(page);
+      root.write(hex, ROOT_HEADER + p * 32, 'hex');
       if (checked.has(hex)) continue;
       checked.add(hex);
+      const aad = aadOf('page', names.page(hex));
       await window.add(
         (async () => {
           const there = await backend.read(names.page(hex)).catch(() => null);
-          if (there?.equals(page)) return;
-          await backend.write(names.page(hex), page);
-          pageBytes += page.length;
+          if (there && isSameContent(cipher, there, page, aad)) return;
+          const sealed = cipher.seal(page, aad);
+          await backend.write(names.page(hex), sealed);
+          pageBytes += sealed.length;
         })(),
       );
     }
@@ -84,6 +86,15 @@ export async function writeIndex(backend: Backend, index: DeviceIndex, checked: 
   await window.drain();
   sha256(root.subarray(0, root.length - 32)).copy(root, root.length - 32);
   return { root, pageBytes };
+}
+
+/** Whether a page found under its name holds exactly `page` (one a crashed writer left may be empty). */
+function isSameContent(cipher: ObjectCipher, there: Buffer, page: Buffer, aad: Buffer): boolean {
+  try {
+    return cipher.open(there, aad, 'page').equals(page);
+  } catch {
+    return false;
+  }
 }
 
 /** A root file's bytes, checked (magic, length, checksum, numbers that agree); EIO naming `rootFile` and what is wrong. */
@@ -106,16 +117,16 @@ export function decodeIndexRoot(root: Buffer, rootFile: string): IndexRoot {
 }
 
 /** Page `p` of a root's list, checked against its digest and placed into `digests`; EIO naming it when it is not what the root says. */
-export function placePage(page: Buffer, root: IndexRoot, p: number, digests: Buffer, rootFile: string): void {
+export function placePage(page: Buffer, root: IndexRoot, p: number, digests: Buffer, rootFile: string, cipher: ObjectCipher): void {
   const hex = root.pages[p] as string;
-  if (sha256(page).toString('hex') !== hex) throw new BlkError('EIO', `index page ${hex} of ${rootFile} is damaged`);
+  if (cipher.pageName(page) !== hex) throw new BlkError('EIO', `index page ${hex} of ${rootFile} is damaged`);
   const expected = (Math.min((p + 1) * PAGE_DIGESTS, root.count) - p * PAGE_DIGESTS) * 32;
   if (page.length !== expected) throw new BlkError('EIO', `index page ${hex} of ${rootFile} holds ${page.length} bytes, not ${expected}`);
   page.copy(digests, p * PAGE_DIGESTS * 32);
 }
 
 /** A root file, checked; EIO naming it and what is wrong. */
-export async function readIndexRoot(backend: Backend, rootName: string): Promise<IndexRoot> {
+export async function readIndexRoot(backend: Backend, rootName: string, cipher: ObjectCipher): Promise<IndexRoot> {
   const where = `${backend.location}/${rootName}`;
   let bytes: Buffer;
   try {
@@ -123,13 +134,13 @@ export async function readIndexRoot(backend: Backend, rootName: string): Promise
   } catch (e) {
     throw new BlkError('EIO', `index ${where} cannot be read: ${(e as Error).message}`);
   }
-  return decodeIndexRoot(bytes, where);
+  return decodeIndexRoot(cipher.open(bytes, aadOf('index root', rootName), `index ${where}`), where);
 }
 
 /** A device's whole index, every page checked against its digest, a few pages read at once. */
-export async function readIndex(backend: Backend, rootName: string): Promise<ReadIndex> {
+export async function readIndex(backend: Backend, rootName: string, cipher: ObjectCipher): Promise<ReadIndex> {
   const where = `${backend.location}/${rootName}`;
-  const root = await readIndexRoot(backend, rootName);
+  const root = await readIndexRoot(backend, rootName, cipher);
   const digests = Buffer.alloc(root.count * 32);
   const window = new TaskWindow(PAGES_IN_FLIGHT);
   try {
@@ -137,7 +148,7 @@ export async function readIndex(backend: Backend, rootName: string): Promise<Rea
       const hex = root.pages[p] as string;
       await window.add(
         backend.read(names.page(hex)).then(
-          (page) => placePage(page, root, p, digests, where),
+          (page) => placePage(cipher.open(page, aadOf('page', names.page(hex)), `index page ${hex} of ${where}`), root, p, digests, where, cipher),
           () => {
             throw new BlkError('EIO', `index page ${hex} of ${where} is missing`);
           },

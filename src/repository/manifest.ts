@@ -2,6 +2,7 @@
 // by the SHA-256 of its body. Written last: a backup exists only once its manifest does.
 import { BlkError } from '../errors.js';
 import type { Backend } from './backend.js';
+import { aadOf, type ObjectCipher } from './cipher.js';
 import { sha256 } from './digest.js';
 import { isDeviceName, names } from './layout.js';
 
@@ -33,7 +34,7 @@ export function encodeManifest(m: Manifest): Buffer {
 }
 
 /** Backup `id`'s manifest, checked; ENOENT when the backup does not exist, EIO naming what is wrong when it is damaged. */
-export async function readManifest(backend: Backend, id: string): Promise<Manifest> {
+export async function readManifest(backend: Backend, id: string, cipher: ObjectCipher): Promise<Manifest> {
   let bytes: Buffer;
   try {
     bytes = await backend.read(names.manifest(id));
@@ -41,7 +42,8 @@ export async function readManifest(backend: Backend, id: string): Promise<Manife
     if ((e as BlkError).code === 'ENOENT') throw new BlkError('ENOENT', `no backup ${id} in ${backend.location}`);
     throw new BlkError('EIO', `manifest of backup ${id} in ${backend.location} cannot be read: ${(e as Error).message}`);
   }
-  return decodeManifest(bytes, `${backend.location}/${names.manifest(id)}`);
+  const where = `${backend.location}/${names.manifest(id)}`;
+  return decodeManifest(cipher.open(bytes, aadOf('manifest', names.manifest(id)), `manifest ${where}`), where);
 }
 
 /** The largest manifest taken: thousands of devices' worth; a larger file is not one this program wrote. */

@@ -12,12 +12,16 @@ import { writeFullySync } from '../os/fd-io.js';
 import { zstdBound, zstdCompressInto, zstdDecompress } from '../os/zstd.js';
 import { tracking } from '../params.js';
 import type { Backend } from './backend.js';
+import { aadOf, type ObjectCipher, SEAL_OVERHEAD } from './cipher.js';
 import { sha256 } from './digest.js';
 import { names } from './layout.js';
 
 /** digest (32) · stored length (u32) · flags (u32: 1 = zstd) · uncompressed length (u32) · reserved (u32). */
 export const RECORD_HEADER = 48;
 export const FLAG_ZSTD = 1;
+/** The stored bytes are sealed (an encrypted repository): nonce · ciphertext · tag, of the zstd frame or the chunk. */
+export const FLAG_SEALED = 2;
+const KNOWN_FLAGS = FLAG_ZSTD | FLAG_SEALED;
 const IDX_MAGIC = Buffer.from('BLKSNAPK', 'latin1');
 /** digest (32) · record offset (u64) · stored length (u32) · flags (u16) · reserved (u16) · uncompressed length (u32) · reserved (u32). */
 export const IDX_ENTRY = 56;
@@ -57,7 +61,7 @@ export function encodeIdx(entries: PackEntry[]): Buffer {
  * A pack's index, checked (magic, length, checksum, every entry's lengths): its `count` entries are
  * IDX_ENTRY bytes each from byte 16. EIO naming the file and what is wrong.
  */
-export async function readPackIndex(backend: Backend, id: string): Promise<{ data: Buffer; count: number }> {
+export async function readPackIndex(backend: Backend, id: string, cipher: ObjectCipher): Promise<{ data: Buffer; count: number }> {
   const where = `${backend.location}/${names.packIndex(id)}`;
   let data: Buffer;
   try {
@@ -65,7 +69,22 @@ export async function readPackIndex(backend: Backend, id: string): Promise<{ dat
   } catch (e) {
     throw new BlkError('EIO', `pack index ${where} cannot be read: ${(e as Error).message}`);
   }
-  return decodeIdx(data, where);
+  return openIdx(data, id, where, cipher);
+}
+
+/** A pack index's bytes as stored (sealed in an encrypted repository), opened and checked. */
+export function openIdx(stored: Buffer, id: string, where: string, cipher: ObjectCipher): { data: Buffer; count: number } {
+  return decodeIdx(cipher.open(stored, aadOf('pack index', names.packIndex(id)), `pack index ${where}`), where);
+}
+
+/** Associated data of a sealed record: its chunk's id, flags and size, so a record opens only as itself. */
+export function recordAad(digest: Uint8Array, flags: number, size: number): Buffer {
+  const aad = Buffer.alloc(14 + 32 + 8);
+  aad.write('blksnap record', 0, 'latin1');
+  aad.set(digest.subarray(0, 32), 14);
+  aad.writeUInt32LE(flags, 46);
+  aad.writeUInt32LE(size, 50);
+  return aad;
 }
 
 /** A pack index's bytes, checked as readPackIndex says; EIO naming `file` and what is wrong. */
@@ -78,8 +97,9 @@ export function decodeIdx(data: Buffer, file: string): { data: Buffer; count: nu
     const at = 16 + i * IDX_ENTRY;
     const storedLength = data.readUInt32LE(at + 40);
     const size = data.readUInt32LE(at + 48);
-    // Readers size their buffers by these lengths: none may exceed what a chunk can be.
-    if (size > MAXIMUM_CHUNK || storedLength > size) throw new BlkError('EIO', `pack index ${file}: entry ${i} gives ${storedLength} bytes stored for a chunk of ${size} (at most ${MAXIMUM_CHUNK})`);
+    const sealing = data.readUInt16LE(at + 44) & FLAG_SEALED ? SEAL_OVERHEAD : 0;
+    // Readers size their buffers by these lengths: none may exceed what a chunk can be (sealed, its salt, nonce and tag more).
+    if (size > MAXIMUM_CHUNK || storedLength > size + sealing) throw new BlkError('EIO', `pack index ${file}: entry ${i} gives ${storedLength} bytes stored for a chunk of ${size} (at most ${MAXIMUM_CHUNK})`);
   }
   return { data, count };
 }
@@ -93,16 +113,23 @@ export function entriesOf(idx: { data: Buffer; count: number }): PackEntry[] {
   });
 }
 
-/** Decodes one record's stored bytes into `into` (its uncompressed size) and checks the digest; the reason when it fails. */
-export function decodeRecord(stored: Uint8Array, flags: number, digest: Uint8Array, into: Uint8Array): string | null {
+/**
+ * Decodes one record's stored bytes into `into` (its uncompressed size): opened where sealed,
+ * decompressed where compressed, and checked against its id; the reason when it fails.
+ */
+export function decodeRecord(stored: Uint8Array, flags: number, digest: Uint8Array, into: Uint8Array, cipher: ObjectCipher): string | null {
+  if (flags & ~KNOWN_FLAGS) return `unknown flags 0x${flags.toString(16)}`;
+  if (((flags & FLAG_SEALED) !== 0) !== cipher.isSealed) return cipher.isSealed ? 'a record not sealed in an encrypted repository' : 'a sealed record in a plain repository';
+  let payload = stored;
   try {
-    if (flags & FLAG_ZSTD) zstdDecompress(stored, into);
-    else if (stored.length !== into.length) return `${stored.length} bytes stored, ${into.length} expected`;
-    else into.set(stored);
+    if (flags & FLAG_SEALED) payload = cipher.open(stored, recordAad(digest, flags, into.length), 'the record');
+    if (flags & FLAG_ZSTD) zstdDecompress(payload, into);
+    else if (payload.length !== into.length) return `${payload.length} bytes stored, ${into.length} expected`;
+    else into.set(payload);
   } catch (e) {
     return (e as Error).message;
   }
-  return sha256(into).equals(Buffer.from(digest.buffer, digest.byteOffset, 32)) ? null : 'content does not match its digest';
+  return cipher.chunkId(into).equals(Buffer.from(digest.buffer, digest.byteOffset, 32)) ? null : 'content does not match its digest';
 }
 
 interface OpenPack {
@@ -114,20 +141,25 @@ interface OpenPack {
 /** Appends chunks to packs of its own: one writer per worker thread and backup. */
 export class PackWriter {
   #backend: Backend;
+  #cipher: ObjectCipher;
   #level: number | null;
+  /** Where a chunk is compressed before it is sealed (an encrypted repository). */
+  #scratch: Buffer | null = null;
   #current: OpenPack | null = null;
   /** Packs closed so far (ids). */
   readonly closed: string[] = [];
   /** Packs that filled up: put in place at the next close() (appends are synchronous, putting in place is not). */
   #full: OpenPack[] = [];
 
-  constructor(backend: Backend, level: number | null) {
+  constructor(backend: Backend, cipher: ObjectCipher, level: number | null) {
     this.#backend = backend;
+    this.#cipher = cipher;
     this.#level = level;
   }
 
-  /** Appends a chunk, compressed when that makes it smaller; returns where it went. */
+  /** Appends a chunk, compressed when that makes it smaller (then sealed, in an encrypted repository); returns where it went. */
   append(digest: Buffer, data: Uint8Array): { pack: string; entry: PackEntry } {
+    if (this.#cipher.isSealed) return this.#appendSealed(digest, data);
     if (this.#level === null) return this.appendStored(digest, data, 0, data.length);
     const level = this.#level;
     const pack = this.#open();
@@ -154,6 +186,22 @@ export class PackWriter {
       return RECORD_HEADER + storedLength;
     });
     return this.#appended(pack, { digest, offset, storedLength, flags, size: data.length });
+  }
+
+  /** Compressed into scratch memory where that is smaller, then sealed, bound to its id, flags and size. */
+  #appendSealed(digest: Buffer, data: Uint8Array): { pack: string; entry: PackEntry } {
+    let payload = data;
+    let flags = FLAG_SEALED;
+    if (this.#level !== null) {
+      const bound = zstdBound(data.length);
+      if (!this.#scratch || this.#scratch.length < bound) this.#scratch = Buffer.allocUnsafe(bound);
+      const n = zstdCompressInto(data, this.#level, this.#scratch);
+      if (n < data.length) {
+        payload = this.#scratch.subarray(0, n);
+        flags |= FLAG_ZSTD;
+      }
+    }
+    return this.appendStored(digest, this.#cipher.seal(payload, recordAad(digest, flags, data.length)), flags, data.length);
   }
 
   /** Appends a record as it is stored elsewhere (a prune's repack). */
@@ -199,7 +247,7 @@ export class PackWriter {
     for (const p of packs) {
       const fd = fs.openSync(this.#backend.stagingPath(names.packIndex(p.id)), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o644);
       try {
-        writeFullySync(fd, encodeIdx(p.entries), 0);
+        writeFullySync(fd, this.#cipher.seal(encodeIdx(p.entries), aadOf('pack index', names.packIndex(p.id))), 0);
         fs.fdatasyncSync(fd);
       } finally {
         fs.closeSync(fd);

@@ -5,19 +5,40 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { BlkError } from '../errors.js';
+import { BlkError, toBlkError } from '../errors.js';
 import { isProcessRunning } from '../os/process-alive.js';
 import { backup as params } from '../params.js';
 import type { Backend } from './backend.js';
 import { backendAt } from './backends.js';
+import { aadOf, cipherOf, type ObjectCipher, PLAIN, SECRET_BYTES } from './cipher.js';
+import { addKey, type KeySource, unwrapSecret } from './keys.js';
 import { BACKUP_ID_PATTERN, names, TEMP_MARK } from './layout.js';
 import { encodeManifest, type Manifest, readManifest } from './manifest.js';
+
+export type Encryption = 'aes-256-gcm' | 'none';
 
 export interface RepositoryConfig {
   version: 1;
   /** zstd level, or null: chunks are stored as they are. */
   zstdLevel: number | null;
   created: string;
+  encryption: Encryption;
+}
+
+/** config.json of an encrypted repository: what finds and unwraps its keys in the clear, the rest sealed. */
+interface SealedConfigFile {
+  version: 1;
+  encryption: 'aes-256-gcm';
+  created: string;
+  /** {zstdLevel}, sealed with the repository's cipher: base64. */
+  sealed: string;
+}
+
+/** How to open a repository: the key sources to try on an encrypted one (none needed on a plain one). */
+export interface OpenOptions {
+  keys?: KeySource[];
+  /** The repository secret itself (the daemon serving a backup gets it from its client). */
+  secret?: Buffer;
 }
 
 export interface BackupSummary {
@@ -40,13 +61,24 @@ export function parseCompression(text: string): number | null {
   return level;
 }
 
+/** What an encrypted config's sealed part is bound to: its name and the fields in the clear. */
+function configAad(file: Omit<SealedConfigFile, 'sealed'>): Buffer {
+  return aadOf('config', `${names.config} ${JSON.stringify([file.version, file.encryption, file.created])}`);
+}
+
 export class Repository {
   readonly backend: Backend;
   readonly config: RepositoryConfig;
+  /** How its objects are named and sealed: plain, or AES-256-GCM under its secret. */
+  readonly cipher: ObjectCipher;
+  /** The key that opened it (an encrypted repository), for `key passwd`. */
+  readonly keyId: string | null;
 
-  private constructor(backend: Backend, config: RepositoryConfig) {
+  private constructor(backend: Backend, config: RepositoryConfig, cipher: ObjectCipher, keyId: string | null) {
     this.backend = backend;
     this.config = config;
+    this.cipher = cipher;
+    this.keyId = keyId;
   }
 
   /** How messages name it: its directory. */
@@ -54,18 +86,36 @@ export class Repository {
     return this.backend.location;
   }
 
-  /** Makes a new repository at `location` (an empty or missing directory); EEXIST when one is there. */
-  static async init(location: string | Backend, options: { zstdLevel?: number | null } = {}): Promise<Repository> {
+  /**
+   * Makes a new repository at `location` (an empty or missing directory); EEXIST when one is there.
+   * With `key`, an encrypted one: a random secret, wrapped by that key (more can be added); without,
+   * a plain one.
+   */
+  static async init(location: string | Backend, options: { zstdLevel?: number | null; key?: KeySource | null } = {}): Promise<Repository> {
     const backend = typeof location === 'string' ? backendAt(location) : location;
     if ((await backend.size(names.config)) !== null) throw new BlkError('EEXIST', `${backend.location} already holds a backup repository`);
     if ((await backend.list('')).length > 0) throw new BlkError('EEXIST', `${backend.location} is not empty; a repository needs a place of its own`);
-    const config: RepositoryConfig = { version: 1, zstdLevel: options.zstdLevel === undefined ? params.zstdLevel : options.zstdLevel, created: new Date().toISOString() };
-    await backend.write(names.config, Buffer.from(`${JSON.stringify(config, null, 2)}\n`));
+    const zstdLevel = options.zstdLevel === undefined ? params.zstdLevel : options.zstdLevel;
+    const created = new Date().toISOString();
+    if (!options.key) {
+      const config: RepositoryConfig = { version: 1, zstdLevel, created, encryption: 'none' };
+      const { encryption: _plain, ...file } = config;
+      await backend.write(names.config, Buffer.from(`${JSON.stringify(file, null, 2)}\n`));
+      await backend.sync();
+      return new Repository(backend, config, PLAIN, null);
+    }
+    const secret = randomBytes(SECRET_BYTES);
+    const cipher = cipherOf(secret);
+    const key = await addKey(backend, secret, options.key);
+    const clear = { version: 1 as const, encryption: 'aes-256-gcm' as const, created };
+    const file: SealedConfigFile = { ...clear, sealed: cipher.seal(Buffer.from(JSON.stringify({ zstdLevel })), configAad(clear)).toString('base64') };
+    await backend.write(names.config, Buffer.from(`${JSON.stringify(file, null, 2)}\n`));
     await backend.sync();
-    return new Repository(backend, config);
+    return new Repository(backend, { version: 1, zstdLevel, created, encryption: 'aes-256-gcm' }, cipher, key.id);
   }
 
-  static async open(location: string | Backend): Promise<Repository> {
+  /** Opens a repository; an encrypted one with the first key `options` opens (EACCES naming what was tried). */
+  static async open(location: string | Backend, options: OpenOptions = {}): Promise<Repository> {
     const backend = typeof location === 'string' ? backendAt(location) : location;
     let config: RepositoryConfig;
     let bytes: Buffer;
@@ -75,15 +125,35 @@ export class Repository {
       const isMissing = (e as BlkError).code === 'ENOENT';
       throw new BlkError(isMissing ? 'ENOENT' : 'EIO', `${backend.location} is not a backup repository (${isMissing ? 'no config.json; make one with backup_init' : (e as Error).message})`);
     }
+    let file: RepositoryConfig | SealedConfigFile;
     try {
-      config = JSON.parse(bytes.toString('utf8')) as RepositoryConfig;
+      file = JSON.parse(bytes.toString('utf8')) as RepositoryConfig | SealedConfigFile;
     } catch {
       throw new BlkError('EIO', `${backend.location}/config.json is not readable JSON`);
     }
-    if (config.version !== 1) throw new BlkError('EINVAL', `${backend.location} has repository format ${config.version}, not 1`);
+    if (file.version !== 1) throw new BlkError('EINVAL', `${backend.location} has repository format ${file.version}, not 1`);
+    let cipher: ObjectCipher = PLAIN;
+    let keyId: string | null = null;
+    if ('encryption' in file && file.encryption !== undefined && (file.encryption as string) !== 'none') {
+      const sealedFile = file as SealedConfigFile;
+      if (sealedFile.encryption !== 'aes-256-gcm' || typeof sealedFile.sealed !== 'string') throw new BlkError('EIO', `${backend.location}/config.json: encryption ${JSON.stringify(file.encryption)} is not one this program knows`);
+      let secret = options.secret;
+      if (secret === undefined) ({ secret, keyId } = await unwrapSecret(backend, options.keys ?? []));
+      cipher = cipherOf(secret);
+      let inner: { zstdLevel: number | null };
+      try {
+        inner = JSON.parse(cipher.open(Buffer.from(sealedFile.sealed, 'base64'), configAad(sealedFile), `${backend.location}/config.json`).toString('utf8')) as { zstdLevel: number | null };
+      } catch (e) {
+        const err = toBlkError(e);
+        throw new BlkError(options.secret ? 'EACCES' : 'EIO', options.secret ? `the key given does not open ${backend.location}` : err.message);
+      }
+      config = { version: 1, zstdLevel: inner.zstdLevel, created: sealedFile.created, encryption: 'aes-256-gcm' };
+    } else {
+      config = { ...(file as RepositoryConfig), encryption: 'none' };
+    }
     const level = config.zstdLevel;
     if (level !== null && !(Number.isInteger(level) && level >= 1 && level <= 19)) throw new BlkError('EIO', `${backend.location}/config.json: zstdLevel ${JSON.stringify(level)} is not a level from 1 to 19 or null`);
-    return new Repository(backend, config);
+    return new Repository(backend, config, cipher, keyId);
   }
 
   /** Ids of the complete backups (a manifest in place), oldest first. */
@@ -97,7 +167,7 @@ export class Repository {
   /** Backup `id`'s manifest: EINVAL for an id that is not one, ENOENT when there is no such backup, EIO when it is damaged. */
   manifest(id: string): Promise<Manifest> {
     if (!BACKUP_ID_PATTERN.test(id)) return Promise.reject(new BlkError('EINVAL', `'${id}' is not a backup id (see backup_list)`));
-    return readManifest(this.backend, id);
+    return readManifest(this.backend, id, this.cipher);
   }
 
   /** Every complete backup, oldest first; one whose manifest is damaged is listed by id with no devices. */
@@ -134,7 +204,7 @@ export class Repository {
 
   /** Starts writing backup `id`: its files staged where nobody sees them until commit(). */
   async beginBackup(id: string): Promise<BackupWriter> {
-    return BackupWriter.start(this.backend, id);
+    return BackupWriter.start(this.backend, id, this.cipher);
   }
 
   /**
@@ -170,24 +240,27 @@ export function isHeldBy(entries: string[]): boolean {
 export class BackupWriter {
   readonly id: string;
   #backend: Backend;
+  #cipher: ObjectCipher;
   #folder: string;
   #isDone = false;
 
-  private constructor(backend: Backend, id: string, folder: string) {
+  private constructor(backend: Backend, id: string, folder: string, cipher: ObjectCipher) {
     this.id = id;
     this.#backend = backend;
     this.#folder = folder;
+    this.#cipher = cipher;
   }
 
-  static async start(backend: Backend, id: string): Promise<BackupWriter> {
+  static async start(backend: Backend, id: string, cipher: ObjectCipher): Promise<BackupWriter> {
     const folder = backend.stagingPath(names.backup(id));
     await fs.promises.mkdir(folder, { recursive: true });
-    return new BackupWriter(backend, id, folder);
+    return new BackupWriter(backend, id, folder, cipher);
   }
 
-  /** A file of the backup beside its manifest (a device's index root). */
-  async addFile(file: string, bytes: Uint8Array): Promise<void> {
-    await fs.promises.writeFile(path.join(this.#folder, file), bytes, { mode: 0o644 });
+  /** A device's index root, beside the manifest (sealed as itself in an encrypted repository). */
+  async addIndexRoot(file: string, bytes: Uint8Array): Promise<void> {
+    const sealed = this.#cipher.seal(bytes, aadOf('index root', names.indexRoot(this.id, file)));
+    await fs.promises.writeFile(path.join(this.#folder, file), sealed, { mode: 0o644 });
   }
 
   /**
@@ -198,7 +271,7 @@ export class BackupWriter {
     await this.#backend.sync();
     const handle = await fs.promises.open(path.join(this.#folder, 'manifest.json'), 'w', 0o644);
     try {
-      await handle.writeFile(encodeManifest(manifest));
+      await handle.writeFile(this.#cipher.seal(encodeManifest(manifest), aadOf('manifest', names.manifest(this.id))));
       await handle.sync();
     } finally {
       await handle.close();

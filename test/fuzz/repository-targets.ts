@@ -1,12 +1,13 @@
 // Owns the fuzz targets of the repository's parsers, as a hostile repository would feed them:
-// manifests, index roots with their pages, pack indexes, and pack records. Every input must end in
+// manifests, index roots with their pages, pack indexes, and pack records, plain and sealed. Every input must end in
 // a result that holds up, or in an EIO that names the file (or, for a record, a reason): never
 // another exception, never memory beyond a bound.
 import { sha256 } from '../../src/repository/digest.js';
 import { decodeIndexRoot, PAGE_DIGESTS, placePage } from '../../src/repository/digest-index.js';
 import { decodeManifest, encodeManifest, type Manifest } from '../../src/repository/manifest.js';
-import { decodeIdx, decodeRecord, encodeIdx, FLAG_ZSTD, type PackEntry } from '../../src/repository/pack.js';
+import { decodeIdx, decodeRecord, encodeIdx, FLAG_SEALED, FLAG_ZSTD, type PackEntry, recordAad } from '../../src/repository/pack.js';
 import { BlkError } from '../../src/errors.js';
+import { cipherOf, PLAIN, SEAL_OVERHEAD } from '../../src/repository/cipher.js';
 import { zstdBound, zstdCompressInto } from '../../src/os/zstd.js';
 import { type Field, mutate, type Rng } from './mutate.js';
 import type { FuzzTarget } from './target.js';
@@ -151,7 +152,7 @@ export const indexTarget = target('repository index root and pages', (rng) => {
   for (let p = 0; p < decoded.pages.length; p++) {
     const page = pages[p] ?? Buffer.alloc(0);
     try {
-      placePage(page, decoded, p, digests, rootFile);
+      placePage(page, decoded, p, digests, rootFile, PLAIN);
     } catch (e) {
       return expectEio(e, rootFile);
     }
@@ -188,7 +189,8 @@ export const packIndexTarget = target('repository pack index', (rng) => {
     const at = 16 + i * 56;
     const stored = idx.data.readUInt32LE(at + 40);
     const size = idx.data.readUInt32LE(at + 48);
-    if (size > 2 ** 26 || stored > size) fail(`accepted entry ${i}: ${stored} stored for ${size}`);
+    const sealing = idx.data.readUInt16LE(at + 44) & FLAG_SEALED ? SEAL_OVERHEAD : 0;
+    if (size > 2 ** 26 || stored > size + sealing) fail(`accepted entry ${i}: ${stored} stored for ${size}`);
   }
 });
 
@@ -216,7 +218,7 @@ export const packRecordTarget = target('repository pack record', (rng) => {
   into.fill(0xa5, size);
   let reason: string | null;
   try {
-    reason = decodeRecord(stored, flags, seed.digest, into.subarray(0, size));
+    reason = decodeRecord(stored, flags, seed.digest, into.subarray(0, size), PLAIN);
   } catch (e) {
     fail(`decodeRecord threw instead of giving a reason: ${e instanceof Error ? e.stack : String(e)}`);
   }
@@ -226,4 +228,34 @@ export const packRecordTarget = target('repository pack record', (rng) => {
   if (!isSame && reason === null && !sha256(into.subarray(0, size)).equals(seed.digest)) fail('a damaged record passed');
 });
 
-export const REPOSITORY_TARGETS = [manifestTarget, indexTarget, packIndexTarget, packRecordTarget];
+/** One repository's cipher for the sealed records: a hostile repository holds records sealed by whoever. */
+const fuzzCipher = cipherOf(Buffer.alloc(32, 7));
+
+export const sealedRecordTarget = target('repository sealed record', (rng) => {
+  const seed = recordSeed(rng);
+  const plain = seed.stored;
+  const chunk = Buffer.alloc(seed.size);
+  // The record as an encrypted repository writes it: the chunk id keyed, the stored bytes sealed to the id, flags and size.
+  if (seed.flags === FLAG_ZSTD) decodeRecord(seed.stored, FLAG_ZSTD, seed.digest, chunk, PLAIN);
+  else chunk.set(seed.stored);
+  const id = fuzzCipher.chunkId(chunk);
+  const flags = seed.flags | FLAG_SEALED;
+  const sealed = fuzzCipher.seal(plain, recordAad(id, flags, seed.size));
+  const stored = rng.chance(0.8) ? mutate(rng, sealed, []) : sealed;
+  const claimedFlags = rng.chance(0.1) ? rng.u32() & 0xffff : flags;
+  const size = rng.chance(0.2) ? rng.int(2 ** 17) : seed.size;
+  const into = new Uint8Array(size + 64);
+  into.fill(0xa5, size);
+  let reason: string | null;
+  try {
+    reason = decodeRecord(stored, claimedFlags, id, into.subarray(0, size), fuzzCipher);
+  } catch (e) {
+    fail(`decodeRecord threw instead of giving a reason: ${e instanceof Error ? e.stack : String(e)}`);
+  }
+  for (let i = size; i < into.length; i++) if (into[i] !== 0xa5) fail(`decodeRecord wrote past its ${size}-byte buffer`);
+  const isSame = stored.equals(sealed) && claimedFlags === flags && size === seed.size;
+  if (isSame && reason !== null) fail(`a sound sealed record refused: ${reason}`);
+  if (!isSame && reason === null) fail('a changed sealed record opened');
+});
+
+export const REPOSITORY_TARGETS = [manifestTarget, indexTarget, packIndexTarget, packRecordTarget, sealedRecordTarget];

@@ -165,7 +165,7 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
         // The chunk of pattern 2 over 64 KiB, found by its content's digest.
         const { createHash } = await import('node:crypto');
         const hex = createHash('sha256').update(Buffer.alloc(BLOCK, 2)).digest('hex');
-        const where = (await ChunkIndex.load(repo.backend)).require(Buffer.from(hex, 'hex'));
+        const where = (await ChunkIndex.load(repo.backend, repo.cipher)).require(Buffer.from(hex, 'hex'));
         const file = path.join(repo.location, 'chunks', `${where.pack}.pack`);
         const bytes = fs.readFileSync(file);
         const at = where.offset + RECORD_HEADER + (where.storedLength >> 1);
@@ -304,7 +304,7 @@ describe('backup repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img') 
         // Damage a chunk of the second task sent (the first runs of the four fronts go first).
         const { createHash } = await import('node:crypto');
         const bytes = fs.readFileSync(path.join(dir, 'f.img')).subarray(5 * MiB, 5 * MiB + BLOCK);
-        const where = (await ChunkIndex.load(repo.backend)).require(createHash('sha256').update(bytes).digest());
+        const where = (await ChunkIndex.load(repo.backend, repo.cipher)).require(createHash('sha256').update(bytes).digest());
         const pack = path.join(repo.location, 'chunks', `${where.pack}.pack`);
         const fd = fs.openSync(pack, 'r+');
         fs.writeSync(fd, Buffer.from([0x55]), 0, 1, where.offset + RECORD_HEADER + 100);

@@ -2,12 +2,15 @@
 // loading and checking chunks, and closing the packs read when the backup is detached.
 import { parentPort } from 'node:worker_threads';
 import { toBlkError } from '../../errors.js';
-import { closePacks, loadItems } from './pack-reads.js';
+import { cipherFor, closePacks, forgetCipher, loadItems } from './pack-reads.js';
 import type { ReadResult, ReadTask } from './tasks.js';
 
 function run(task: Exclude<ReadTask, { kind: 'write' }>): { result: ReadResult; transfer: ArrayBuffer[] } {
-  if (task.kind === 'closePacks') return { result: { kind: 'closePacks', closed: closePacks(task.dir) }, transfer: [] };
-  const data = loadItems(task.items);
+  if (task.kind === 'closePacks') {
+    forgetCipher(task.forget);
+    return { result: { kind: 'closePacks', closed: closePacks(task.dir) }, transfer: [] };
+  }
+  const data = loadItems(task.items, cipherFor(task.secret));
   return { result: { kind: 'load', data }, transfer: data.map((d) => d.buffer as ArrayBuffer) };
 }
 

@@ -5,7 +5,8 @@ import { BlkError, toBlkError } from '../../errors.js';
 import type { BackendSpec } from '../../repository/backend.js';
 import { openBackend } from '../../repository/backends.js';
 import type { ChunkLocation } from '../../repository/chunk-index.js';
-import { isAllZero, sha256 } from '../../repository/digest.js';
+import { cipherOf, type ObjectCipher, PLAIN } from '../../repository/cipher.js';
+import { isAllZero } from '../../repository/digest.js';
 import { PackWriter, RECORD_HEADER } from '../../repository/pack.js';
 import type { CreateResult, CreateTask } from './tasks.js';
 
@@ -13,14 +14,19 @@ const hashed = new Map<number, { data: Uint8Array; lengths: number[]; digests: U
 /** Memory shared by the main thread (a `share` task). */
 let shared: SharedArrayBuffer | null = null;
 let writer: PackWriter | null = null;
+/** How the repository names and seals its chunks (a `cipher` task sets it). */
+let cipher: ObjectCipher = PLAIN;
 
 function writerFor(repository: BackendSpec, level: number | null): PackWriter {
-  writer ??= new PackWriter(openBackend(repository), level);
+  writer ??= new PackWriter(openBackend(repository), cipher, level);
   return writer;
 }
 
 async function run(task: CreateTask): Promise<{ result: CreateResult; transfer: ArrayBuffer[] }> {
   switch (task.kind) {
+    case 'cipher':
+      cipher = cipherOf(task.secret);
+      return { result: { kind: 'cipher' }, transfer: [] };
     case 'share':
       shared = task.buffer;
       return { result: { kind: 'share' }, transfer: [] };
@@ -32,7 +38,7 @@ async function run(task: CreateTask): Promise<{ result: CreateResult; transfer: 
       task.lengths.forEach((length, i) => {
         const chunk = data.subarray(at, at + length);
         at += length;
-        if (!isAllZero(chunk)) digests.set(sha256(chunk), i * 32); // zeros: the zero digest, never stored
+        if (!isAllZero(chunk)) digests.set(cipher.chunkId(chunk), i * 32); // zeros: the zero digest, never stored
       });
       hashed.set(task.id, { data, lengths: task.lengths, digests: digests.slice() });
       return { result: { kind: 'hash', digests }, transfer: [digests.buffer as ArrayBuffer] };

@@ -8,7 +8,28 @@ import { AlignedBufferPool } from '../../os/aligned-pool.js';
 import { openDirectSync, readAt, readUpTo } from '../../os/fd-io.js';
 import { DIRECT_ALIGNMENT } from '../../os/koffi.js';
 import type { ChunkLocation, LoadItem } from '../../repository/chunk-index.js';
+import { cipherOf, type ObjectCipher, PLAIN } from '../../repository/cipher.js';
 import { decodeRecord, RECORD_HEADER } from '../../repository/pack.js';
+
+/** The ciphers of the repositories this thread read from, by secret (a daemon serves backups of several). */
+const ciphers = new Map<string, ObjectCipher>();
+
+/** The cipher of the repository whose secret is `secret` (null: a plain one). */
+export function cipherFor(secret: Uint8Array | null): ObjectCipher {
+  if (secret === null) return PLAIN;
+  const key = Buffer.from(secret).toString('hex');
+  let cipher = ciphers.get(key);
+  if (!cipher) {
+    cipher = cipherOf(secret);
+    ciphers.set(key, cipher);
+  }
+  return cipher;
+}
+
+/** Drops the cipher of `secret` (a served backup detached: its key is not kept past the attach). */
+export function forgetCipher(secret: Uint8Array | null | undefined): void {
+  if (secret) ciphers.delete(Buffer.from(secret).toString('hex'));
+}
 
 /** This thread's aligned memory for reads past the page cache and runs of decoded chunks (written by O_DIRECT). */
 export const alignedBuffers = new AlignedBufferPool(64 * 1024 * 1024);
@@ -127,9 +148,9 @@ export async function readStoredAsync(items: LoadItem[], held: Buffer[]): Promis
   return out;
 }
 
-export function decodeItem(item: LoadItem, stored: Uint8Array, into: Uint8Array): void {
+export function decodeItem(item: LoadItem, stored: Uint8Array, into: Uint8Array, cipher: ObjectCipher): void {
   const where = item.where as ChunkLocation;
-  const reason = stored.length !== where.storedLength ? 'its pack is cut short' : decodeRecord(stored, where.flags, item.digest, into);
+  const reason = stored.length !== where.storedLength ? 'its pack is cut short' : decodeRecord(stored, where.flags, item.digest, into, cipher);
   if (reason !== null) {
     throw new BlkError('EIO', `the chunk at offset ${item.offset}: chunk ${Buffer.from(item.digest).toString('hex')} is damaged: ${reason}`);
   }
@@ -151,14 +172,14 @@ export function closePacks(dir?: string): number {
 }
 
 /** Loads and checks chunks: their bytes, each in memory of its own (moved to the main thread). */
-export function loadItems(items: LoadItem[]): Uint8Array[] {
+export function loadItems(items: LoadItem[], cipher: ObjectCipher): Uint8Array[] {
   const stored = readStored(items);
   return items.map((item, i) => {
     const bytes = stored[i];
     if (!bytes) return new Uint8Array(item.length);
     // Not zeroed first: decoding fills it, and bytes that do not match the digest fail the load.
     const chunk = new Uint8Array(Buffer.allocUnsafeSlow(item.length).buffer, 0, item.length);
-    decodeItem(item, bytes, chunk);
+    decodeItem(item, bytes, chunk, cipher);
     return chunk;
   });
 }

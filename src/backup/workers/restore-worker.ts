@@ -6,7 +6,7 @@ import { writeFully } from '../../os/fd-io.js';
 import { DIRECT_ALIGNMENT } from '../../os/koffi.js';
 import { startWriteback } from '../../os/writeback-range.js';
 import type { LoadItem } from '../../repository/chunk-index.js';
-import { alignedBuffers, closePacks, decodeItem, loadItems, readStoredAsync } from './pack-reads.js';
+import { alignedBuffers, cipherFor, closePacks, decodeItem, loadItems, readStoredAsync } from './pack-reads.js';
 import type { ReadResult, ReadTask } from './tasks.js';
 
 /**
@@ -21,6 +21,7 @@ async function writeItems(task: Extract<ReadTask, { kind: 'write' }>): Promise<n
   if (!first) return 0;
   const last = items.at(-1) as LoadItem;
   const held: Buffer[] = [];
+  const cipher = cipherFor(task.secret);
   const span = alignedBuffers.acquire(last.offset + last.length - first.offset);
   const writes: Array<Promise<void>> = [];
   let written = 0;
@@ -40,7 +41,7 @@ async function writeItems(task: Extract<ReadTask, { kind: 'write' }>): Promise<n
         }
         into.fill(0);
       } else {
-        decodeItem(item, stored[i] as Buffer, into);
+        decodeItem(item, stored[i] as Buffer, into, cipher);
       }
       const grown: typeof growing = [];
       for (const at of [item.offset, ...(item.copies ?? [])]) {
@@ -85,7 +86,7 @@ parentPort?.on('message', (message: { id: number; task: ReadTask }) => {
   }
   try {
     if (task.kind === 'closePacks') return void parentPort?.postMessage({ id: message.id, result: { kind: 'closePacks', closed: closePacks(task.dir) } satisfies ReadResult });
-    const data = loadItems(task.items);
+    const data = loadItems(task.items, cipherFor(task.secret));
     parentPort?.postMessage({ id: message.id, result: { kind: 'load', data } satisfies ReadResult }, data.map((d) => d.buffer as ArrayBuffer));
   } catch (e) {
     fail(message.id, e);

@@ -9,6 +9,10 @@ export interface SharedBytes {
   length: number;
 }
 
+/** Every worker's first task in an encrypted repository: the secret its objects are sealed and named under (never written anywhere). */
+export type CipherTask = { kind: 'cipher'; secret: Uint8Array | null };
+export type CipherResult = { kind: 'cipher' };
+
 /** What backup_create's workers do: hash the chunks of a run, store the new ones in a pack of their own. */
 export type CreateTask =
   /**
@@ -22,9 +26,11 @@ export type CreateTask =
   /** Appends chunks `which` of hashed task `id` to this worker's pack, then forgets the task's bytes. */
   | { kind: 'store'; id: number; which: number[]; repository: BackendSpec; level: number | null }
   /** Puts this worker's packs in place (durable, indexed, visible). */
-  | { kind: 'finish' };
+  | { kind: 'finish' }
+  | CipherTask;
 
 export type CreateResult =
+  | CipherResult
   | { kind: 'share' }
   | { kind: 'hash'; digests: Uint8Array }
   | { kind: 'store'; locations: Array<ChunkLocation & { index: number }>; storedBytes: number }
@@ -32,22 +38,25 @@ export type CreateResult =
 
 /** What the workers that read chunks do: a restore's, and a daemon's serving a backup. */
 export type ReadTask =
-  /** Loads and checks chunks; returns their bytes. */
-  | { kind: 'load'; items: LoadItem[] }
+  /** Loads and checks chunks of the repository whose secret is `secret` (null: plain); returns their bytes. */
+  | { kind: 'load'; items: LoadItem[]; secret: Uint8Array | null }
   /**
    * Loads and checks consecutive chunks and writes them at their offsets (zero chunks only when
    * `writeZeros`). `fd` may be opened O_DIRECT (`direct`): pieces not aligned to 4 KiB then go
    * through `bufferedFd`. A restore's workers only.
    */
-  | { kind: 'write'; items: LoadItem[]; fd: number; direct: boolean; bufferedFd: number; writeZeros: boolean }
-  /** Closes the packs this worker read from folder `dir` (all with none): a served backup detached, a restore done. */
-  | { kind: 'closePacks'; dir?: string };
+  | { kind: 'write'; items: LoadItem[]; secret: Uint8Array | null; fd: number; direct: boolean; bufferedFd: number; writeZeros: boolean }
+  /**
+   * Closes the packs this worker read from folder `dir` (all with none): a served backup detached, a
+   * restore done; and forgets the cipher of `secret` (an encrypted repository's key, given for that attach only).
+   */
+  | { kind: 'closePacks'; dir?: string; forget?: Uint8Array | null };
 
 export type ReadResult = { kind: 'load'; data: Uint8Array[] } | { kind: 'write'; writtenBytes: number } | { kind: 'closePacks'; closed: number };
 
 /** What backup_verify's workers do: read a pack whole and check every record against its index and its digest. */
-export type VerifyTask = { kind: 'checkPack'; pack: string; idx: string };
-export type VerifyResult = { kind: 'checkPack'; checked: number; bad: Array<{ digest: string; reason: string }> };
+export type VerifyTask = { kind: 'checkPack'; pack: string; idx: string; id: string } | CipherTask;
+export type VerifyResult = CipherResult | { kind: 'checkPack'; checked: number; bad: Array<{ digest: string; reason: string }> };
 
 /** Any worker's task and result, as the pool carries them. */
 export type WorkerTask = CreateTask | ReadTask | VerifyTask;

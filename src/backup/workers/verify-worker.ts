@@ -5,8 +5,8 @@ import { parentPort } from 'node:worker_threads';
 import { toBlkError } from '../../errors.js';
 import { openDirectSync, readUpTo } from '../../os/fd-io.js';
 import { adviseWillNeed } from '../../os/libc.js';
-import { decodeIdx, decodeRecord, entriesOf, RECORD_HEADER } from '../../repository/pack.js';
-import { alignedBuffers } from './pack-reads.js';
+import { decodeRecord, entriesOf, openIdx, RECORD_HEADER } from '../../repository/pack.js';
+import { alignedBuffers, cipherFor } from './pack-reads.js';
 import type { VerifyResult, VerifyTask } from './tasks.js';
 
 /** A pack check reads this much at a time (an aligned size: the reads may be O_DIRECT). */
@@ -20,11 +20,12 @@ const CHECK_READS_AHEAD = 2;
  * fault in the host each: half the check's time went to the kernel), with reads of its next windows
  * in the thread pool while this thread decodes and hashes.
  */
-async function checkPack(task: VerifyTask): Promise<{ checked: number; bad: Array<{ digest: string; reason: string }> }> {
+async function checkPack(task: Extract<VerifyTask, { kind: 'checkPack' }>): Promise<{ checked: number; bad: Array<{ digest: string; reason: string }> }> {
+  const cipher = verifyCipher;
   const bad: Array<{ digest: string; reason: string }> = [];
   let entries: ReturnType<typeof entriesOf>;
   try {
-    entries = entriesOf(decodeIdx(fs.readFileSync(task.idx), task.idx));
+    entries = entriesOf(openIdx(fs.readFileSync(task.idx), task.id, task.idx, cipher));
   } catch (e) {
     return { checked: 0, bad: [{ digest: '', reason: toBlkError(e).message }] };
   }
@@ -78,7 +79,7 @@ async function checkPack(task: VerifyTask): Promise<{ checked: number; bad: Arra
       else if (!record.subarray(0, 32).equals(e.digest) || record.readUInt32LE(32) !== e.storedLength) reason = 'its record header does not match the pack index';
       else {
         if (decoded.length < e.size) decoded = new Uint8Array(e.size);
-        reason = decodeRecord(record.subarray(RECORD_HEADER), e.flags, e.digest, decoded.subarray(0, e.size));
+        reason = decodeRecord(record.subarray(RECORD_HEADER), e.flags, e.digest, decoded.subarray(0, e.size), cipher);
       }
       if (reason !== null) bad.push({ digest: e.digest.toString('hex'), reason });
     }
@@ -99,10 +100,17 @@ function fail(id: number, e: unknown): void {
 }
 
 let checking: Promise<unknown> = Promise.resolve();
+/** How the repository being verified names and seals its objects (its `cipher` task). */
+let verifyCipher = cipherFor(null);
 
 parentPort?.on('message', (message: { id: number; task: VerifyTask }) => {
+  const task = message.task;
+  if (task.kind === 'cipher') {
+    verifyCipher = cipherFor(task.secret);
+    return void parentPort?.postMessage({ id: message.id, result: { kind: 'cipher' } satisfies VerifyResult });
+  }
   // One pack at a time: a verify hands each worker all its packs at once.
-  checking = checking.then(() => checkPack(message.task)).then(
+  checking = checking.then(() => checkPack(task)).then(
     (r) => parentPort?.postMessage({ id: message.id, result: { kind: 'checkPack', ...r } satisfies VerifyResult }),
     (e: unknown) => fail(message.id, e),
   );

@@ -8,6 +8,7 @@ import { backupDeviceName, restoreBackup } from '../../backup/backup-restore.js'
 import { verifyRepository } from '../../backup/backup-verify.js';
 import type { NbdTlsOptions } from '../../client/nbd-client.js';
 import { parseCompression, Repository } from '../../repository/repository.js';
+import { KEY_OPTIONS, newKeySource, openRepository } from '../key-options.js';
 import { BlkError, toBlkError } from '../../errors.js';
 import { backup as backupParams } from '../../params.js';
 import { parseSize } from '../../sizes.js';
@@ -16,11 +17,13 @@ import { deviceRef, value, wholeNumber } from '../command.js';
 import { progressBar } from '../progress-bar.js';
 
 const REPO = { kind: 'value', help: 'the repository directory', isRequired: true } as const;
+/** The options of a command that opens a repository: where it is, and how to open it when it is encrypted. */
+const REPO_OPTIONS = { repo: REPO, ...KEY_OPTIONS } as const;
 const ID = { kind: 'value', help: 'backup id (see backup_list)', isRequired: true } as const;
 
 
 function open(o: ParsedOptions): Promise<Repository> {
-  return Repository.open(value(o, 'repo'));
+  return openRepository(o, value(o, 'repo'));
 }
 
 function mib(n: number): string {
@@ -65,10 +68,20 @@ export const backupCommands: Command[] = [
   {
     name: 'backup_init',
     summary: 'Make a backup repository in an empty (or new) directory.',
-    options: { repo: REPO, compress: { kind: 'value', help: `zstd, zstd:LEVEL (1-19) or none (default zstd:${backupParams.zstdLevel})` } },
+    options: {
+      repo: REPO,
+      compress: { kind: 'value', help: `zstd, zstd:LEVEL (1-19) or none (default zstd:${backupParams.zstdLevel})` },
+      encryption: { kind: 'value', help: 'aes-256-gcm (default: chunks, indexes and manifests sealed; a key needed to open it) or none' },
+      ...KEY_OPTIONS,
+    },
     async run(o, io) {
-      const repo = await Repository.init(value(o, 'repo'), { zstdLevel: parseCompression(o.values.get('compress') ?? 'zstd') });
-      io.print({ repo: repo.location, compress: repo.config.zstdLevel === null ? 'none' : `zstd:${repo.config.zstdLevel}` }, `repository ${repo.location}`);
+      const encryption = o.values.get('encryption') ?? 'aes-256-gcm';
+      if (encryption !== 'aes-256-gcm' && encryption !== 'none') throw new BlkError('EINVAL', `backup_init: --encryption takes aes-256-gcm or none, not '${encryption}'`);
+      const location = value(o, 'repo');
+      const key = encryption === 'none' ? null : await newKeySource(o, location);
+      const repo = await Repository.init(location, { zstdLevel: parseCompression(o.values.get('compress') ?? 'zstd'), key });
+      const compress = repo.config.zstdLevel === null ? 'none' : `zstd:${repo.config.zstdLevel}`;
+      io.print({ repo: repo.location, compress, encryption: repo.config.encryption, ...(repo.keyId ? { key: repo.keyId } : {}) }, `repository ${repo.location} (${repo.config.encryption === 'none' ? 'not encrypted' : `encrypted, key ${repo.keyId}`})`);
     },
   },
   {
@@ -77,7 +90,7 @@ export const backupCommands: Command[] = [
       'Back up devices: one snapshot across them all (filesystems frozen at the take), each image read over NBD and stored as chunks. ' +
       'Incremental (only the blocks CBT says changed) when the previous backup of a device is of the same CBT generation; else a full read, deduplicated.',
     options: {
-      repo: REPO,
+      ...REPO_OPTIONS,
       device: { kind: 'list', help: 'devices: names, or paths to their stores (with a /); a backup knows each by its name', isRequired: true },
       'diff-storage': { kind: 'value', help: "difference storage of the backup's snapshot (default: the repository directory)" },
       limit: { kind: 'value', help: 'its largest size, N[K|M|G|T] (default 1/4 of the devices, at least 1G)' },
@@ -113,7 +126,7 @@ export const backupCommands: Command[] = [
   {
     name: 'backup_list',
     summary: 'List the backups of a repository, oldest first.',
-    options: { repo: REPO },
+    options: { ...REPO_OPTIONS },
     async run(o, io) {
       const backups = await (await open(o)).list();
       io.print({ backups }, backups.map((b) => `${b.id}  ${b.time}  ${b.devices.map((d) => `${d.name} (${d.mode}, ${d.size} bytes)`).join(', ')}`).join('\n'));
@@ -128,7 +141,7 @@ export const backupCommands: Command[] = [
       'A file is written beside the target and put in its place only when whole (sparse: zero chunks stay holes); a block device must not be ' +
       'mounted or in use; paths on the daemon\'s devices, or under its stores, are refused. Every chunk is checked before it is written.',
     options: {
-      repo: REPO,
+      ...REPO_OPTIONS,
       id: ID,
       device: { kind: 'value', help: 'the device of the backup: its name, or the path of the attached device it was made from', isRequired: true },
       to: { kind: 'value', help: 'device:NAME, an NBD URI, or a path (./NAME for a file here)', isRequired: true },
@@ -151,7 +164,7 @@ export const backupCommands: Command[] = [
   {
     name: 'backup_verify',
     summary: 'Re-read and re-hash every chunk (or those of one backup), check every index and manifest; exit status 1 when anything is damaged.',
-    options: { repo: REPO, id: { kind: 'value', help: 'only this backup' } },
+    options: { ...REPO_OPTIONS, id: { kind: 'value', help: 'only this backup' } },
     async run(o, io) {
       const id = o.values.get('id');
       const bar = progress(io);
@@ -164,7 +177,7 @@ export const backupCommands: Command[] = [
     name: 'backup_prune',
     summary: 'Remove backups a policy does not keep, then the chunks no backup references. Waits for running backups before it sweeps.',
     options: {
-      repo: REPO,
+      ...REPO_OPTIONS,
       'keep-last': { kind: 'value', help: 'keep the newest N backups', isRequired: true },
       'keep-daily': { kind: 'value', help: 'and the newest backup of each of the last N days that have one' },
       'keep-weekly': { kind: 'value', help: 'and the newest backup of each of the last N ISO weeks that have one' },
@@ -189,7 +202,7 @@ export const backupCommands: Command[] = [
     name: 'backup_attach',
     summary: 'Serve a device of a backup as a device of the daemon (NBD, and /dev/loopN with --loop): read-only, or --writable with a throw-away overlay. detach ends it.',
     options: {
-      repo: REPO,
+      ...REPO_OPTIONS,
       id: ID,
       device: { kind: 'value', help: 'the device of the backup: its name, or the path of the attached device it was made from', isRequired: true },
       name: { kind: 'value', help: 'export name (default DEVICE.ID)' },

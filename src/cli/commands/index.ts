@@ -3,6 +3,7 @@ import type { Command } from '../command.js';
 import { backupCommands } from './backup.js';
 import { cbtCommands } from './cbt.js';
 import { deviceCommands } from './device.js';
+import { keyCommands } from './key.js';
 import { snapshotCommands } from './snapshot.js';
 
-export const commands: readonly Command[] = [...deviceCommands, ...cbtCommands, ...snapshotCommands, ...backupCommands];
+export const commands: readonly Command[] = [...deviceCommands, ...cbtCommands, ...snapshotCommands, ...backupCommands, ...keyCommands];

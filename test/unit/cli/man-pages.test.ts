@@ -52,6 +52,9 @@ describe('man pages and completion', () => {
       assert.equal((await complete('blksnap', 'snapshot_t')).trim(), 'snapshot_take');
       assert.deepEqual((await complete('blksnap', 'backup_')).trim().split(' ').sort(), commands.filter((c) => c.name.startsWith('backup_')).map((c) => c.name).sort());
       assert.equal((await complete('blksnap', 'backup_prune', '--keep-')).trim(), '--keep-last --keep-daily --keep-weekly');
+      assert.equal((await complete('blksnap', 'ke')).trim(), 'key');
+      assert.equal((await complete('blksnap', 'key', 'pa')).trim(), 'passwd');
+      assert.equal((await complete('blksnap', 'key', 'add', '--new-k')).trim(), '--new-key-file');
       assert.match(await complete('blksnap', 'backup_create', '--repo', dir.slice(0, -3)), new RegExp(path.basename(dir)));
     } finally {
       remove();

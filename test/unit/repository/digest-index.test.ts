@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
+import { PLAIN } from '../../../src/repository/cipher.js';
 import { LocalBackend } from '../../../src/repository/local-backend.js';
 import { sha256 } from '../../../src/repository/digest.js';
 import { chunkCountOf, readIndex, readIndexRoot, writeIndex } from '../../../src/repository/digest-index.js';
@@ -19,9 +20,9 @@ describe('digest index', () => {
   const rootFile = path.join(t.dir, 'disk.index');
 
   it('reads back what was written', async () => {
-    const { root } = await writeIndex(backend, { size, chunkSize: 65536, digests });
+    const { root } = await writeIndex(backend, PLAIN, { size, chunkSize: 65536, digests });
     fs.writeFileSync(rootFile, root);
-    const index = await readIndex(backend, 'disk.index');
+    const index = await readIndex(backend, 'disk.index', PLAIN);
     assert.equal(index.size, size);
     assert.equal(index.chunkSize, 65536);
     assert.ok(index.digests.equals(digests));
@@ -45,8 +46,8 @@ describe('digest index', () => {
   ] as const) {
     it(`refuses a root with ${what}`, async () => {
       const file = tampered(at, value);
-      await assert.rejects(readIndexRoot(backend, file), /index .* does not add up/);
-      await assert.rejects(readIndex(backend, file), /does not add up/);
+      await assert.rejects(readIndexRoot(backend, file, PLAIN), /index .* does not add up/);
+      await assert.rejects(readIndex(backend, file, PLAIN), /does not add up/);
     });
   }
 });

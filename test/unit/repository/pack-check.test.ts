@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { WorkerPool } from '../../../src/backup/workers/worker-pool.js';
 import { sha256 } from '../../../src/repository/digest.js';
+import { PLAIN } from '../../../src/repository/cipher.js';
 import { LocalBackend } from '../../../src/repository/local-backend.js';
 import { decodeIdx, encodeIdx, entriesOf, PackWriter, RECORD_HEADER } from '../../../src/repository/pack.js';
 import { tempDir } from '../../helpers/tools.js';
@@ -21,6 +22,7 @@ describe('pack check', () => {
   const t = tempDir();
   const workers = new WorkerPool('verify');
   let paths: { pack: string; idx: string };
+  let packId = '';
   let straddling: { digest: Buffer; offset: number; storedLength: number };
   let count = 0;
 
@@ -28,7 +30,7 @@ describe('pack check', () => {
     // 300 chunks of 64 KiB, half random (stored as they are), half compressible: about 13 MiB, and
     // the 48-byte headers put record boundaries off the 8 MiB window boundary.
     const backend = new LocalBackend(t.dir);
-    const writer = new PackWriter(backend, 2);
+    const writer = new PackWriter(backend, PLAIN, 2);
     for (let i = 0; i < 300; i++) {
       const data = i % 2 ? randomBytes(65536) : Buffer.alloc(65536, `chunk ${i} ${randomBytes(8).toString('hex')} `);
       writer.append(sha256(data), data);
@@ -36,6 +38,7 @@ describe('pack check', () => {
     }
     await writer.close();
     const id = writer.closed[0] as string;
+    packId = id;
     paths = { pack: backend.localPath(`chunks/${id}.pack`), idx: backend.localPath(`chunks/${id}.idx`) };
     const entries = readIdx(paths.idx);
     const found = entries.find((e) => Math.floor(e.offset / WINDOW) !== Math.floor((e.offset + RECORD_HEADER + e.storedLength - 1) / WINDOW));
@@ -48,7 +51,7 @@ describe('pack check', () => {
   });
 
   it('finds every record of an intact pack sound', async () => {
-    const r = await workers.run({ kind: 'checkPack', pack: paths.pack, idx: paths.idx });
+    const r = await workers.run({ kind: 'checkPack', pack: paths.pack, idx: paths.idx, id: packId });
     assert.deepEqual(r.bad, []);
     assert.equal(r.checked, count);
   });
@@ -62,7 +65,7 @@ describe('pack check', () => {
       const b = Buffer.alloc(1);
       fs.readSync(fd, b, 0, 1, at);
       fs.writeSync(fd, Buffer.from([b[0] as number ^ 0xff]), 0, 1, at);
-      const r = await workers.run({ kind: 'checkPack', pack: paths.pack, idx: paths.idx });
+      const r = await workers.run({ kind: 'checkPack', pack: paths.pack, idx: paths.idx, id: packId });
       assert.deepEqual(r.bad.map((x) => x.digest), [straddling.digest.toString('hex')]);
       assert.equal(r.checked, count);
       fs.writeSync(fd, b, 0, 1, at);
@@ -81,7 +84,7 @@ describe('pack check', () => {
       ] as const) {
         fs.writeFileSync(paths.idx, encodeIdx(entries.map((e, i) => (i === 7 ? change({ ...e }) : e))));
         assert.throws(() => readIdx(paths.idx), /EIO: pack index .*: entry \d+ gives \d+ bytes stored for a chunk of \d+/, what);
-        const r = await workers.run({ kind: 'checkPack', pack: paths.pack, idx: paths.idx });
+        const r = await workers.run({ kind: 'checkPack', pack: paths.pack, idx: paths.idx, id: packId });
         assert.equal(r.checked, 0, what);
         assert.match(r.bad[0]?.reason ?? '', /entry \d+ gives/, what);
       }
@@ -95,7 +98,7 @@ describe('pack check', () => {
     const lastTwo = entries.slice(-2);
     // Cut inside the second-to-last record: it and the last one are short.
     fs.truncateSync(paths.pack, (lastTwo[0]?.offset as number) + RECORD_HEADER + 10);
-    const r = await workers.run({ kind: 'checkPack', pack: paths.pack, idx: paths.idx });
+    const r = await workers.run({ kind: 'checkPack', pack: paths.pack, idx: paths.idx, id: packId });
     assert.deepEqual(r.bad.map((x) => x.digest).sort(), lastTwo.map((e) => e.digest.toString('hex')).sort());
     assert.ok(r.bad.every((x) => x.reason === 'its pack is cut short'), JSON.stringify(r.bad));
   });

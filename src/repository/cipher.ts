@@ -1,0 +1,150 @@
+// Owns how a repository's objects are named and sealed: in a plain repository chunks and pages are
+// named by their SHA-256 and stored as they are; in an encrypted one they are named by keyed hashes
+// (HMAC-SHA-256: a name tells nothing of the content to whoever lacks the key) and every object is
+// sealed with AES-256-GCM, its name (or a chunk's id) bound in as associated data, so an object moved
+// or copied over another fails to open. Nonces are never reused by construction, not by chance: each
+// sealing cipher (one per process or worker thread) draws a random 128-bit writer salt, seals under
+// a key derived from the salt, and counts its nonces; the salt travels with every object.
+import * as crypto from 'node:crypto';
+import { BlkError } from '../errors.js';
+import { sha256 } from './digest.js';
+
+/** A sealed object: writer salt (16) · nonce (12: 4 zero bytes, a 64-bit big-endian counter) · ciphertext · tag (16). */
+export const SALT_BYTES = 16;
+export const NONCE_BYTES = 12;
+export const TAG_BYTES = 16;
+export const SEAL_OVERHEAD = SALT_BYTES + NONCE_BYTES + TAG_BYTES;
+/** Writer keys of salts read back that are kept derived (a pack's records come from a few writers). */
+const OPEN_KEYS_KEPT = 64;
+/** The master secret every key of a repository wraps. */
+export const SECRET_BYTES = 32;
+
+export interface ObjectCipher {
+  /** Whether objects are sealed (an encrypted repository). */
+  readonly isSealed: boolean;
+  /** The secret a worker thread needs to make the same cipher (cipherOf); null for a plain repository. */
+  readonly secret: Buffer | null;
+  /** A chunk's id: SHA-256, or HMAC-SHA-256 under the id key. */
+  chunkId(data: Uint8Array): Buffer;
+  /** An index page's object name (hex): SHA-256 of its bytes, or HMAC-SHA-256 under the page key. */
+  pageName(page: Uint8Array): string;
+  /** `plain` sealed, bound to `aad`; a plain repository's cipher returns the bytes as they are. */
+  seal(plain: Uint8Array, aad: Uint8Array): Buffer;
+  /** Opens what seal() made with the same `aad`; EIO naming `what` when it fails (damaged, or not this object). */
+  open(sealed: Uint8Array, aad: Uint8Array, what: string): Buffer;
+}
+
+class PlainCipher implements ObjectCipher {
+  readonly isSealed = false;
+  readonly secret = null;
+
+  chunkId(data: Uint8Array): Buffer {
+    return sha256(data);
+  }
+
+  pageName(page: Uint8Array): string {
+    return sha256(page).toString('hex');
+  }
+
+  seal(plain: Uint8Array): Buffer {
+    return Buffer.from(plain.buffer, plain.byteOffset, plain.byteLength);
+  }
+
+  open(sealed: Uint8Array): Buffer {
+    return Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
+  }
+}
+
+function derive(secret: Buffer, purpose: string): Buffer {
+  return Buffer.from(crypto.hkdfSync('sha256', secret, Buffer.alloc(0), `blksnap repository ${purpose}`, 32));
+}
+
+class AesGcmCipher implements ObjectCipher {
+  readonly isSealed = true;
+  readonly secret: Buffer;
+  #objectsKey: Buffer;
+  #idKey: crypto.KeyObject;
+  #pageKey: crypto.KeyObject;
+  /** This writer's salt and the key it seals under; the next nonce's counter. */
+  #salt = crypto.randomBytes(SALT_BYTES);
+  #writerKey: crypto.KeyObject;
+  #counter = 0n;
+  /** Keys of other writers' salts, by salt (hex). */
+  #openKeys = new Map<string, crypto.KeyObject>();
+
+  constructor(secret: Buffer) {
+    if (secret.length !== SECRET_BYTES) throw new BlkError('EINVAL', `a repository secret is ${SECRET_BYTES} bytes, not ${secret.length}`);
+    this.secret = secret;
+    this.#objectsKey = derive(secret, 'objects');
+    this.#idKey = crypto.createSecretKey(derive(secret, 'chunk ids'));
+    this.#pageKey = crypto.createSecretKey(derive(secret, 'page names'));
+    this.#writerKey = this.#keyOfSalt(this.#salt);
+  }
+
+  #keyOfSalt(salt: Buffer): crypto.KeyObject {
+    return crypto.createSecretKey(Buffer.from(crypto.hkdfSync('sha256', this.#objectsKey, salt, 'blksnap repository writer', 32)));
+  }
+
+  chunkId(data: Uint8Array): Buffer {
+    return crypto.createHmac('sha256', this.#idKey).update(data).digest();
+  }
+
+  pageName(page: Uint8Array): string {
+    return crypto.createHmac('sha256', this.#pageKey).update(page).digest('hex');
+  }
+
+  seal(plain: Uint8Array, aad: Uint8Array): Buffer {
+    const out = Buffer.allocUnsafe(SEAL_OVERHEAD + plain.length);
+    this.#salt.copy(out, 0);
+    const nonce = out.subarray(SALT_BYTES, SALT_BYTES + NONCE_BYTES);
+    nonce.writeUInt32BE(0, 0);
+    nonce.writeBigUInt64BE(this.#counter++, 4);
+    const cipher = crypto.createCipheriv('aes-256-gcm', this.#writerKey, nonce);
+    cipher.setAAD(aad);
+    let at = SALT_BYTES + NONCE_BYTES;
+    at += cipher.update(plain).copy(out, at);
+    at += cipher.final().copy(out, at);
+    cipher.getAuthTag().copy(out, at);
+    return out;
+  }
+
+  open(sealed: Uint8Array, aad: Uint8Array, what: string): Buffer {
+    if (sealed.length < SEAL_OVERHEAD) throw new BlkError('EIO', `${what} is cut short (${sealed.length} bytes sealed)`);
+    const bytes = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
+    const salt = bytes.subarray(0, SALT_BYTES);
+    const decipher = crypto.createDecipheriv('aes-256-gcm', this.#openKey(salt), bytes.subarray(SALT_BYTES, SALT_BYTES + NONCE_BYTES));
+    decipher.setAAD(aad);
+    decipher.setAuthTag(bytes.subarray(bytes.length - TAG_BYTES));
+    try {
+      const body = decipher.update(bytes.subarray(SALT_BYTES + NONCE_BYTES, bytes.length - TAG_BYTES));
+      const last = decipher.final();
+      return last.length === 0 ? body : Buffer.concat([body, last]);
+    } catch {
+      throw new BlkError('EIO', `${what} fails authentication: damaged, or not the object its name says`);
+    }
+  }
+
+  #openKey(salt: Buffer): crypto.KeyObject {
+    if (salt.equals(this.#salt)) return this.#writerKey;
+    const name = salt.toString('hex');
+    let key = this.#openKeys.get(name);
+    if (!key) {
+      if (this.#openKeys.size >= OPEN_KEYS_KEPT) this.#openKeys.clear();
+      key = this.#keyOfSalt(Buffer.from(salt));
+      this.#openKeys.set(name, key);
+    }
+    return key;
+  }
+}
+
+/** A repository's cipher from its secret: plain without one. */
+export function cipherOf(secret: Uint8Array | null): ObjectCipher {
+  return secret === null ? PLAIN : new AesGcmCipher(Buffer.from(secret));
+}
+
+export const PLAIN: ObjectCipher = new PlainCipher();
+
+/** Associated data naming an object: its kind and its name, so a sealed object opens only as itself. */
+export function aadOf(kind: string, name: string): Buffer {
+  return Buffer.from(`blksnap ${kind} ${name}`, 'utf8');
+}
