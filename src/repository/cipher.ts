@@ -30,6 +30,8 @@ export interface ObjectCipher {
   pageName(page: Uint8Array): string;
   /** `plain` sealed, bound to `aad`; a plain repository's cipher returns the bytes as they are. */
   seal(plain: Uint8Array, aad: Uint8Array): Buffer;
+  /** As seal(), written into `out` (at least SEAL_OVERHEAD bytes more than `plain`, sealed); the bytes written. */
+  sealInto(plain: Uint8Array, aad: Uint8Array, out: Uint8Array): number;
   /** Opens what seal() made with the same `aad`; EIO naming `what` when it fails (damaged, or not this object). */
   open(sealed: Uint8Array, aad: Uint8Array, what: string): Buffer;
 }
@@ -48,6 +50,11 @@ class PlainCipher implements ObjectCipher {
 
   seal(plain: Uint8Array): Buffer {
     return Buffer.from(plain.buffer, plain.byteOffset, plain.byteLength);
+  }
+
+  sealInto(plain: Uint8Array, _aad: Uint8Array, out: Uint8Array): number {
+    out.set(plain);
+    return plain.length;
   }
 
   open(sealed: Uint8Array): Buffer {
@@ -95,6 +102,13 @@ class AesGcmCipher implements ObjectCipher {
 
   seal(plain: Uint8Array, aad: Uint8Array): Buffer {
     const out = Buffer.allocUnsafe(SEAL_OVERHEAD + plain.length);
+    this.sealInto(plain, aad, out);
+    return out;
+  }
+
+  sealInto(plain: Uint8Array, aad: Uint8Array, into: Uint8Array): number {
+    const out = Buffer.from(into.buffer, into.byteOffset, into.byteLength);
+    if (out.length < SEAL_OVERHEAD + plain.length) throw new BlkError('EINVAL', `no room to seal ${plain.length} bytes in ${out.length}`);
     this.#salt.copy(out, 0);
     const nonce = out.subarray(SALT_BYTES, SALT_BYTES + NONCE_BYTES);
     nonce.writeUInt32BE(0, 0);
@@ -104,8 +118,8 @@ class AesGcmCipher implements ObjectCipher {
     let at = SALT_BYTES + NONCE_BYTES;
     at += cipher.update(plain).copy(out, at);
     at += cipher.final().copy(out, at);
-    cipher.getAuthTag().copy(out, at);
-    return out;
+    at += cipher.getAuthTag().copy(out, at);
+    return at;
   }
 
   open(sealed: Uint8Array, aad: Uint8Array, what: string): Buffer {

@@ -201,7 +201,16 @@ export class PackWriter {
         flags |= FLAG_ZSTD;
       }
     }
-    return this.appendStored(digest, this.#cipher.seal(payload, recordAad(digest, flags, data.length)), flags, data.length);
+    // Sealed straight into the pack's staging buffer, behind its header.
+    const pack = this.#open();
+    const offset = pack.file.size;
+    let storedLength = 0;
+    pack.file.appendInPlace(RECORD_HEADER + payload.length + SEAL_OVERHEAD, (into) => {
+      storedLength = this.#cipher.sealInto(payload, recordAad(digest, flags, data.length), into.subarray(RECORD_HEADER));
+      writeRecordHeader(into, digest, storedLength, flags, data.length);
+      return RECORD_HEADER + storedLength;
+    });
+    return this.#appended(pack, { digest, offset, storedLength, flags, size: data.length });
   }
 
   /** Appends a record as it is stored elsewhere (a prune's repack). */
