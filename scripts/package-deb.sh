@@ -110,7 +110,7 @@ Version: $version
 Architecture: amd64
 Maintainer: blksnap developers <blksnap-devel@users.noreply.github.com>
 Installed-Size: $size
-Depends: nodejs (>= 20), libc6 (>= 2.28), fuse3, libzstd1
+Depends: nodejs (>= 20), libc6 (>= 2.28), fuse3, libzstd1, libssl3 | libssl3t64
 Recommends: libnbd-bin, qemu-utils
 Section: admin
 Priority: optional

@@ -20,6 +20,7 @@ want dpkg-deb dpkg
 want curl curl
 [ -e /usr/lib/python3/dist-packages/nbd.py ] || need="$need python3-libnbd"
 ldconfig -p 2>/dev/null | grep -q 'libzstd.so.1 ' || need="$need libzstd1"
+ldconfig -p 2>/dev/null | grep -q 'libcrypto.so.3 ' || need="$need openssl"
 if [ -n "$need" ]; then
   echo "prepare: installing Debian packages:$need" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -1,4 +1,4 @@
-// Owns the one FFI the project uses (koffi), typed as far as the project calls it: libc and libzstd load through it.
+// Owns the one FFI the project uses (koffi), typed as far as the project calls it: libc, libzstd and libcrypto load through it.
 import { createRequire } from 'node:module';
 
 export interface KoffiFunction {

@@ -7,6 +7,7 @@
 // a key derived from the salt, and counts its nonces; the salt travels with every object.
 import * as crypto from 'node:crypto';
 import { BlkError } from '../errors.js';
+import { AesGcm } from '../os/aes-gcm.js';
 import { sha256 } from './digest.js';
 
 /** A sealed object: writer salt (16) · nonce (12: 4 zero bytes, a 64-bit big-endian counter) · ciphertext · tag (16). */
@@ -14,7 +15,7 @@ export const SALT_BYTES = 16;
 export const NONCE_BYTES = 12;
 export const TAG_BYTES = 16;
 export const SEAL_OVERHEAD = SALT_BYTES + NONCE_BYTES + TAG_BYTES;
-/** Writer keys of salts read back that are kept derived (a pack's records come from a few writers). */
+/** Ciphers of salts read back that are kept (a pack's records come from a few writers). */
 const OPEN_KEYS_KEPT = 64;
 /** The master secret every key of a repository wraps. */
 export const SECRET_BYTES = 32;
@@ -34,6 +35,8 @@ export interface ObjectCipher {
   sealInto(plain: Uint8Array, aad: Uint8Array, out: Uint8Array): number;
   /** Opens what seal() made with the same `aad`; EIO naming `what` when it fails (damaged, or not this object). */
   open(sealed: Uint8Array, aad: Uint8Array, what: string): Buffer;
+  /** As open(), into `out` (exactly SEAL_OVERHEAD bytes shorter than `sealed`, opened). */
+  openInto(sealed: Uint8Array, aad: Uint8Array, out: Uint8Array, what: string): void;
 }
 
 class PlainCipher implements ObjectCipher {
@@ -60,6 +63,11 @@ class PlainCipher implements ObjectCipher {
   open(sealed: Uint8Array): Buffer {
     return Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
   }
+
+  openInto(sealed: Uint8Array, _aad: Uint8Array, out: Uint8Array, what: string): void {
+    if (out.length !== sealed.length) throw new BlkError('EIO', `${what} holds ${sealed.length} bytes, ${out.length} expected`);
+    out.set(sealed);
+  }
 }
 
 function derive(secret: Buffer, purpose: string): Buffer {
@@ -72,12 +80,13 @@ class AesGcmCipher implements ObjectCipher {
   #objectsKey: Buffer;
   #idKey: crypto.KeyObject;
   #pageKey: crypto.KeyObject;
-  /** This writer's salt and the key it seals under; the next nonce's counter. */
+  /** This writer's salt and the cipher of the key derived from it; the next nonce's counter. */
   #salt = crypto.randomBytes(SALT_BYTES);
-  #writerKey: crypto.KeyObject;
+  #writer: AesGcm;
   #counter = 0n;
-  /** Keys of other writers' salts, by salt (hex). */
-  #openKeys = new Map<string, crypto.KeyObject>();
+  /** Ciphers of other writers' salts, by salt (hex). */
+  #readers = new Map<string, AesGcm>();
+  #nonce = Buffer.alloc(NONCE_BYTES);
 
   constructor(secret: Buffer) {
     if (secret.length !== SECRET_BYTES) throw new BlkError('EINVAL', `a repository secret is ${SECRET_BYTES} bytes, not ${secret.length}`);
@@ -85,11 +94,11 @@ class AesGcmCipher implements ObjectCipher {
     this.#objectsKey = derive(secret, 'objects');
     this.#idKey = crypto.createSecretKey(derive(secret, 'chunk ids'));
     this.#pageKey = crypto.createSecretKey(derive(secret, 'page names'));
-    this.#writerKey = this.#keyOfSalt(this.#salt);
+    this.#writer = this.#cipherOfSalt(this.#salt);
   }
 
-  #keyOfSalt(salt: Buffer): crypto.KeyObject {
-    return crypto.createSecretKey(Buffer.from(crypto.hkdfSync('sha256', this.#objectsKey, salt, 'blksnap repository writer', 32)));
+  #cipherOfSalt(salt: Uint8Array): AesGcm {
+    return new AesGcm(Buffer.from(crypto.hkdfSync('sha256', this.#objectsKey, salt, 'blksnap repository writer', 32)));
   }
 
   chunkId(data: Uint8Array): Buffer {
@@ -106,48 +115,46 @@ class AesGcmCipher implements ObjectCipher {
     return out;
   }
 
-  sealInto(plain: Uint8Array, aad: Uint8Array, into: Uint8Array): number {
-    const out = Buffer.from(into.buffer, into.byteOffset, into.byteLength);
-    if (out.length < SEAL_OVERHEAD + plain.length) throw new BlkError('EINVAL', `no room to seal ${plain.length} bytes in ${out.length}`);
-    this.#salt.copy(out, 0);
-    const nonce = out.subarray(SALT_BYTES, SALT_BYTES + NONCE_BYTES);
-    nonce.writeUInt32BE(0, 0);
+  sealInto(plain: Uint8Array, aad: Uint8Array, out: Uint8Array): number {
+    const length = SEAL_OVERHEAD + plain.length;
+    if (out.length < length) throw new BlkError('EINVAL', `no room to seal ${plain.length} bytes in ${out.length}`);
+    out.set(this.#salt, 0);
+    const nonce = this.#nonce;
     nonce.writeBigUInt64BE(this.#counter++, 4);
-    const cipher = crypto.createCipheriv('aes-256-gcm', this.#writerKey, nonce);
-    cipher.setAAD(aad);
-    let at = SALT_BYTES + NONCE_BYTES;
-    at += cipher.update(plain).copy(out, at);
-    at += cipher.final().copy(out, at);
-    at += cipher.getAuthTag().copy(out, at);
-    return at;
+    out.set(nonce, SALT_BYTES);
+    const body = SALT_BYTES + NONCE_BYTES;
+    this.#writer.seal(nonce, aad, plain, out.subarray(body, body + plain.length), out.subarray(body + plain.length, length));
+    return length;
   }
 
   open(sealed: Uint8Array, aad: Uint8Array, what: string): Buffer {
-    if (sealed.length < SEAL_OVERHEAD) throw new BlkError('EIO', `${what} is cut short (${sealed.length} bytes sealed)`);
-    const bytes = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
-    const salt = bytes.subarray(0, SALT_BYTES);
-    const decipher = crypto.createDecipheriv('aes-256-gcm', this.#openKey(salt), bytes.subarray(SALT_BYTES, SALT_BYTES + NONCE_BYTES));
-    decipher.setAAD(aad);
-    decipher.setAuthTag(bytes.subarray(bytes.length - TAG_BYTES));
-    try {
-      const body = decipher.update(bytes.subarray(SALT_BYTES + NONCE_BYTES, bytes.length - TAG_BYTES));
-      const last = decipher.final();
-      return last.length === 0 ? body : Buffer.concat([body, last]);
-    } catch {
-      throw new BlkError('EIO', `${what} fails authentication: damaged, or not the object its name says`);
-    }
+    const out = Buffer.allocUnsafe(Math.max(0, sealed.length - SEAL_OVERHEAD));
+    this.openInto(sealed, aad, out, what);
+    return out;
   }
 
-  #openKey(salt: Buffer): crypto.KeyObject {
-    if (salt.equals(this.#salt)) return this.#writerKey;
-    const name = salt.toString('hex');
-    let key = this.#openKeys.get(name);
-    if (!key) {
-      if (this.#openKeys.size >= OPEN_KEYS_KEPT) this.#openKeys.clear();
-      key = this.#keyOfSalt(Buffer.from(salt));
-      this.#openKeys.set(name, key);
+  openInto(sealed: Uint8Array, aad: Uint8Array, out: Uint8Array, what: string): void {
+    if (sealed.length < SEAL_OVERHEAD) throw new BlkError('EIO', `${what} is cut short (${sealed.length} bytes sealed)`);
+    const length = sealed.length - SEAL_OVERHEAD;
+    if (out.length !== length) throw new BlkError('EIO', `${what} holds ${length} bytes sealed, ${out.length} expected`);
+    const body = SALT_BYTES + NONCE_BYTES;
+    const isSound = this.#cipherOf(sealed.subarray(0, SALT_BYTES)).open(sealed.subarray(SALT_BYTES, body), aad, sealed.subarray(body, body + length), sealed.subarray(body + length), out);
+    if (!isSound) throw new BlkError('EIO', `${what} fails authentication: damaged, or not the object its name says`);
+  }
+
+  #cipherOf(salt: Uint8Array): AesGcm {
+    if (Buffer.compare(salt, this.#salt) === 0) return this.#writer;
+    const name = Buffer.from(salt.buffer, salt.byteOffset, salt.byteLength).toString('hex');
+    let cipher = this.#readers.get(name);
+    if (!cipher) {
+      if (this.#readers.size >= OPEN_KEYS_KEPT) {
+        for (const c of this.#readers.values()) c.dispose();
+        this.#readers.clear();
+      }
+      cipher = this.#cipherOfSalt(salt);
+      this.#readers.set(name, cipher);
     }
-    return key;
+    return cipher;
   }
 }
 

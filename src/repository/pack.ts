@@ -113,6 +113,9 @@ export function entriesOf(idx: { data: Buffer; count: number }): PackEntry[] {
   });
 }
 
+/** Where a sealed zstd frame is opened before it is decompressed: this thread's, kept. */
+let openedFrames = Buffer.alloc(0);
+
 /**
  * Decodes one record's stored bytes into `into` (its uncompressed size): opened where sealed,
  * decompressed where compressed, and checked against its id; the reason when it fails.
@@ -122,7 +125,19 @@ export function decodeRecord(stored: Uint8Array, flags: number, digest: Uint8Arr
   if (((flags & FLAG_SEALED) !== 0) !== cipher.isSealed) return cipher.isSealed ? 'a record not sealed in an encrypted repository' : 'a sealed record in a plain repository';
   let payload = stored;
   try {
-    if (flags & FLAG_SEALED) payload = cipher.open(stored, recordAad(digest, flags, into.length), 'the record');
+    if (flags & FLAG_SEALED) {
+      const length = stored.length - SEAL_OVERHEAD;
+      if (!(flags & FLAG_ZSTD)) {
+        // Opened straight into place.
+        if (length !== into.length) return `${Math.max(0, length)} bytes stored, ${into.length} expected`;
+        cipher.openInto(stored, recordAad(digest, flags, into.length), into, 'the record');
+        return cipher.chunkId(into).equals(Buffer.from(digest.buffer, digest.byteOffset, 32)) ? null : 'content does not match its digest';
+      }
+      if (length < 0) return `${stored.length} bytes stored, fewer than a sealed record's ${SEAL_OVERHEAD}`;
+      if (openedFrames.length < length) openedFrames = Buffer.allocUnsafe(Math.max(length, 256 * 1024));
+      payload = openedFrames.subarray(0, length);
+      cipher.openInto(stored, recordAad(digest, flags, into.length), payload, 'the record');
+    }
     if (flags & FLAG_ZSTD) zstdDecompress(payload, into);
     else if (payload.length !== into.length) return `${payload.length} bytes stored, ${into.length} expected`;
     else into.set(payload);

@@ -1,4 +1,5 @@
-// Owns running one connection's NBD requests (handed over by its RequestReader) and their replies: dispatch to the device, read strategies (page cache at once, sendfile, thread pool), block status, errors.
+// Owns running one connection's NBD requests (handed over by its RequestReader) and their replies:
+// dispatch to the device, read strategies (page cache at once, sendfile, thread pool), block status, errors.
 import type { Socket } from 'node:net';
 import { IoFlag, type BlockDevice, type IoFlags, type SendSink } from '../../core/block-device.js';
 import { BlkError, toBlkError, toNbdErrno } from '../../errors.js';
