@@ -3,9 +3,9 @@
 // chunk path that allocation, and the copy out of it, cost more than the cipher (docs/performance.md).
 // One EVP context per key and direction, made on first use and kept; module state is per thread.
 import { BlkError } from '../errors.js';
-import { type KoffiFunction, koffi } from './koffi.js';
+import type { KoffiFunction } from './koffi.js';
+import { libcrypto as lib } from './libcrypto.js';
 
-const lib = koffi.load('libcrypto.so.3');
 const newContext = lib.func('void *EVP_CIPHER_CTX_new()');
 const freeContext = lib.func('void EVP_CIPHER_CTX_free(void *ctx)');
 const aes256Gcm = lib.func('const void *EVP_aes_256_gcm()');

@@ -8,6 +8,7 @@
 import * as crypto from 'node:crypto';
 import { BlkError } from '../errors.js';
 import { AesGcm } from '../os/aes-gcm.js';
+import { hmacSha256 } from '../os/hmac-sha256.js';
 import { sha256 } from './digest.js';
 
 /** A sealed object: writer salt (16) · nonce (12: 4 zero bytes, a 64-bit big-endian counter) · ciphertext · tag (16). */
@@ -31,8 +32,14 @@ export interface ObjectCipher {
   pageName(page: Uint8Array): string;
   /** `plain` sealed, bound to `aad`; a plain repository's cipher returns the bytes as they are. */
   seal(plain: Uint8Array, aad: Uint8Array): Buffer;
-  /** As seal(), written into `out` (at least SEAL_OVERHEAD bytes more than `plain`, sealed); the bytes written. */
-  sealInto(plain: Uint8Array, aad: Uint8Array, out: Uint8Array): number;
+  /** Where, in a sealed object, its body starts (after salt and nonce); 0 in a plain repository. */
+  readonly sealedBodyAt: number;
+  /**
+   * Seals in place the `plainLength` bytes at `sealedBodyAt` of `object` (which has room for the tag
+   * after them), writing salt and nonce before them; the sealed object's length. A plain repository's
+   * cipher leaves the bytes as they are.
+   */
+  sealInPlace(object: Uint8Array, plainLength: number, aad: Uint8Array): number;
   /** Opens what seal() made with the same `aad`; EIO naming `what` when it fails (damaged, or not this object). */
   open(sealed: Uint8Array, aad: Uint8Array, what: string): Buffer;
   /** As open(), into `out` (exactly SEAL_OVERHEAD bytes shorter than `sealed`, opened). */
@@ -42,6 +49,7 @@ export interface ObjectCipher {
 class PlainCipher implements ObjectCipher {
   readonly isSealed = false;
   readonly secret = null;
+  readonly sealedBodyAt = 0;
 
   chunkId(data: Uint8Array): Buffer {
     return sha256(data);
@@ -55,9 +63,8 @@ class PlainCipher implements ObjectCipher {
     return Buffer.from(plain.buffer, plain.byteOffset, plain.byteLength);
   }
 
-  sealInto(plain: Uint8Array, _aad: Uint8Array, out: Uint8Array): number {
-    out.set(plain);
-    return plain.length;
+  sealInPlace(_object: Uint8Array, plainLength: number): number {
+    return plainLength;
   }
 
   open(sealed: Uint8Array): Buffer {
@@ -77,9 +84,10 @@ function derive(secret: Buffer, purpose: string): Buffer {
 class AesGcmCipher implements ObjectCipher {
   readonly isSealed = true;
   readonly secret: Buffer;
+  readonly sealedBodyAt = SALT_BYTES + NONCE_BYTES;
   #objectsKey: Buffer;
-  #idKey: crypto.KeyObject;
-  #pageKey: crypto.KeyObject;
+  #idKey: Buffer;
+  #pageKey: Buffer;
   /** This writer's salt and the cipher of the key derived from it; the next nonce's counter. */
   #salt = crypto.randomBytes(SALT_BYTES);
   #writer: AesGcm;
@@ -92,8 +100,8 @@ class AesGcmCipher implements ObjectCipher {
     if (secret.length !== SECRET_BYTES) throw new BlkError('EINVAL', `a repository secret is ${SECRET_BYTES} bytes, not ${secret.length}`);
     this.secret = secret;
     this.#objectsKey = derive(secret, 'objects');
-    this.#idKey = crypto.createSecretKey(derive(secret, 'chunk ids'));
-    this.#pageKey = crypto.createSecretKey(derive(secret, 'page names'));
+    this.#idKey = derive(secret, 'chunk ids');
+    this.#pageKey = derive(secret, 'page names');
     this.#writer = this.#cipherOfSalt(this.#salt);
   }
 
@@ -102,28 +110,29 @@ class AesGcmCipher implements ObjectCipher {
   }
 
   chunkId(data: Uint8Array): Buffer {
-    return crypto.createHmac('sha256', this.#idKey).update(data).digest();
+    return hmacSha256(this.#idKey, data);
   }
 
   pageName(page: Uint8Array): string {
-    return crypto.createHmac('sha256', this.#pageKey).update(page).digest('hex');
+    return hmacSha256(this.#pageKey, page).toString('hex');
   }
 
   seal(plain: Uint8Array, aad: Uint8Array): Buffer {
     const out = Buffer.allocUnsafe(SEAL_OVERHEAD + plain.length);
-    this.sealInto(plain, aad, out);
+    out.set(plain, this.sealedBodyAt);
+    this.sealInPlace(out, plain.length, aad);
     return out;
   }
 
-  sealInto(plain: Uint8Array, aad: Uint8Array, out: Uint8Array): number {
-    const length = SEAL_OVERHEAD + plain.length;
-    if (out.length < length) throw new BlkError('EINVAL', `no room to seal ${plain.length} bytes in ${out.length}`);
-    out.set(this.#salt, 0);
+  sealInPlace(object: Uint8Array, plainLength: number, aad: Uint8Array): number {
+    const length = SEAL_OVERHEAD + plainLength;
+    if (object.length < length) throw new BlkError('EINVAL', `no room to seal ${plainLength} bytes in ${object.length}`);
+    object.set(this.#salt, 0);
     const nonce = this.#nonce;
     nonce.writeBigUInt64BE(this.#counter++, 4);
-    out.set(nonce, SALT_BYTES);
-    const body = SALT_BYTES + NONCE_BYTES;
-    this.#writer.seal(nonce, aad, plain, out.subarray(body, body + plain.length), out.subarray(body + plain.length, length));
+    object.set(nonce, SALT_BYTES);
+    const body = object.subarray(this.sealedBodyAt, this.sealedBodyAt + plainLength);
+    this.#writer.seal(nonce, aad, body, body, object.subarray(this.sealedBodyAt + plainLength, length));
     return length;
   }
 

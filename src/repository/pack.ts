@@ -158,8 +158,6 @@ export class PackWriter {
   #backend: Backend;
   #cipher: ObjectCipher;
   #level: number | null;
-  /** Where a chunk is compressed before it is sealed (an encrypted repository). */
-  #scratch: Buffer | null = null;
   #current: OpenPack | null = null;
   /** Packs closed so far (ids). */
   readonly closed: string[] = [];
@@ -172,56 +170,35 @@ export class PackWriter {
     this.#level = level;
   }
 
-  /** Appends a chunk, compressed when that makes it smaller (then sealed, in an encrypted repository); returns where it went. */
+  /**
+   * Appends a chunk, compressed when that makes it smaller (then sealed, in an encrypted repository);
+   * returns where it went. Compressed straight into the pack's staging buffer and sealed there in
+   * place: the frame starts `lead` bytes early, so that a raw block's bytes (data zstd cannot shrink,
+   * verbatim) are already where the record's data goes, and the stored chunk costs no copy.
+   */
   append(digest: Buffer, data: Uint8Array): { pack: string; entry: PackEntry } {
-    if (this.#cipher.isSealed) return this.#appendSealed(digest, data);
-    if (this.#level === null) return this.appendStored(digest, data, 0, data.length);
     const level = this.#level;
+    const cipher = this.#cipher;
     const pack = this.#open();
     const offset = pack.file.size;
+    const bodyAt = RECORD_HEADER + cipher.sealedBodyAt;
     let storedLength = 0;
-    let flags = 0;
-    // Compressed straight into the pack's staging buffer; kept as it is when that is not smaller.
-    // The frame starts `lead` bytes early, so that a raw block's bytes (data zstd cannot shrink,
-    // verbatim) are already where the record's data goes: the stored chunk costs no copy.
-    const lead = rawBlockLead(data.length);
-    pack.file.appendInPlace(RECORD_HEADER + Math.max(zstdBound(data.length), data.length), (into) => {
-      const frameAt = RECORD_HEADER - lead;
-      const frameLength = zstdCompressInto(data, level, into.subarray(frameAt));
-      if (frameLength < data.length) {
-        if (lead > 0) into.copyWithin(RECORD_HEADER, frameAt, frameAt + frameLength);
-        storedLength = frameLength;
-        flags = FLAG_ZSTD;
-      } else {
-        if (!isRawBlockFrame(into, frameAt, frameLength, data.length)) into.set(data, RECORD_HEADER);
-        storedLength = data.length;
-        flags = 0;
+    let flags = cipher.isSealed ? FLAG_SEALED : 0;
+    const room = level === null ? data.length : Math.max(zstdBound(data.length), data.length);
+    pack.file.appendInPlace(bodyAt + room + SEAL_OVERHEAD, (into) => {
+      let plainLength = data.length;
+      if (level === null) into.set(data, bodyAt);
+      else {
+        const lead = rawBlockLead(data.length);
+        const frameAt = bodyAt - lead;
+        const frameLength = zstdCompressInto(data, level, into.subarray(frameAt));
+        if (frameLength < data.length) {
+          if (lead > 0) into.copyWithin(bodyAt, frameAt, frameAt + frameLength);
+          plainLength = frameLength;
+          flags |= FLAG_ZSTD;
+        } else if (!isRawBlockFrame(into, frameAt, frameLength, data.length)) into.set(data, bodyAt);
       }
-      writeRecordHeader(into, digest, storedLength, flags, data.length);
-      return RECORD_HEADER + storedLength;
-    });
-    return this.#appended(pack, { digest, offset, storedLength, flags, size: data.length });
-  }
-
-  /** Compressed into scratch memory where that is smaller, then sealed, bound to its id, flags and size. */
-  #appendSealed(digest: Buffer, data: Uint8Array): { pack: string; entry: PackEntry } {
-    let payload = data;
-    let flags = FLAG_SEALED;
-    if (this.#level !== null) {
-      const bound = zstdBound(data.length);
-      if (!this.#scratch || this.#scratch.length < bound) this.#scratch = Buffer.allocUnsafe(bound);
-      const n = zstdCompressInto(data, this.#level, this.#scratch);
-      if (n < data.length) {
-        payload = this.#scratch.subarray(0, n);
-        flags |= FLAG_ZSTD;
-      }
-    }
-    // Sealed straight into the pack's staging buffer, behind its header.
-    const pack = this.#open();
-    const offset = pack.file.size;
-    let storedLength = 0;
-    pack.file.appendInPlace(RECORD_HEADER + payload.length + SEAL_OVERHEAD, (into) => {
-      storedLength = this.#cipher.sealInto(payload, recordAad(digest, flags, data.length), into.subarray(RECORD_HEADER));
+      storedLength = cipher.sealInPlace(into.subarray(RECORD_HEADER), plainLength, recordAad(digest, flags, data.length));
       writeRecordHeader(into, digest, storedLength, flags, data.length);
       return RECORD_HEADER + storedLength;
     });

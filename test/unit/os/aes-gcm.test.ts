@@ -1,6 +1,6 @@
 // AES-256-GCM through libcrypto: the same bytes and tag as node:crypto for every length from 0 up
 // (so either can open the other's), sealed into views at any offset, and a bent byte, tag, nonce or
-// associated data never opens.
+// associated data never opens; in place as well as into another buffer.
 import assert from 'node:assert/strict';
 import * as crypto from 'node:crypto';
 import { describe, it } from 'node:test';
@@ -56,5 +56,20 @@ describe('AES-256-GCM (libcrypto)', () => {
     assert.ok(out.equals(plain));
     assert.equal(new AesGcm(crypto.randomBytes(32)).open(nonce, aad, sealed, tag, out), false, 'another key');
     assert.throws(() => new AesGcm(Buffer.alloc(16)), /EINVAL/);
+  });
+
+  it('seals and opens in place (output and input the same bytes), as a pack record is sealed', () => {
+    const key = crypto.randomBytes(32);
+    const gcm = new AesGcm(key);
+    const nonce = crypto.randomBytes(12);
+    const aad = Buffer.from('blksnap record');
+    const plain = crypto.randomBytes(65536);
+    const expected = nodeSeal(key, nonce, aad, plain);
+    const body = Buffer.from(plain);
+    const tag = Buffer.alloc(16);
+    gcm.seal(nonce, aad, body, body, tag);
+    assert.ok(body.equals(expected.sealed) && tag.equals(expected.tag));
+    assert.equal(gcm.open(nonce, aad, body, tag, body), true);
+    assert.ok(body.equals(plain));
   });
 });
