@@ -18,6 +18,10 @@ want openssl openssl
 want lintian lintian
 want dpkg-deb dpkg
 want curl curl
+# The S3 tests' server: a single-node Ceph cluster with its RADOS Gateway (test/helpers/ceph.ts).
+want ceph-mon ceph-mon
+want ceph-osd ceph-osd
+want radosgw radosgw
 [ -e /usr/lib/python3/dist-packages/nbd.py ] || need="$need python3-libnbd"
 ldconfig -p 2>/dev/null | grep -q 'libzstd.so.1 ' || need="$need libzstd1"
 ldconfig -p 2>/dev/null | grep -q 'libcrypto.so.3 ' || need="$need openssl"

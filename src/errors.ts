@@ -6,7 +6,8 @@ export type Errno =
   | 'EPERM' | 'ENOENT' | 'ESRCH' | 'EIO' | 'ENXIO' | 'E2BIG' | 'EBADF' | 'EAGAIN' | 'ENOMEM' | 'EACCES'
   | 'EBUSY' | 'EEXIST' | 'ENODEV' | 'ENOTDIR' | 'EISDIR' | 'EINVAL' | 'EFBIG' | 'ENOSPC' | 'EROFS'
   | 'ENOTSUP' | 'EOVERFLOW' | 'ESHUTDOWN' | 'ETIMEDOUT' | 'ECANCELED' | 'ENODATA' | 'EALREADY'
-  | 'EPROTO' | 'ECONNRESET' | 'EDQUOT' | 'ENOTCONN' | 'ENOTTY' | 'EOPNOTSUPP' | 'ENOSYS' | 'ECONNREFUSED';
+  | 'EPROTO' | 'ECONNRESET' | 'EDQUOT' | 'ENOTCONN' | 'ENOTTY' | 'EOPNOTSUPP' | 'ENOSYS' | 'ECONNREFUSED'
+  | 'EHOSTUNREACH';
 
 const errnoNumbers = constants.errno as Readonly<Record<string, number>>;
 

@@ -213,4 +213,16 @@ export const backup = {
    * within 2 % of level 3 (text, libraries) at 1.35–1.5× its speed (docs/performance.md).
    */
   zstdLevel: 2,
+  /** Tries of one S3 request (the SDK's retries with backoff on 5xx, throttling and resets). */
+  s3Attempts: 6,
+  /** A larger object is uploaded in parts of this size (multipart); memory per upload: one part. */
+  s3PartBytes: 32 * 1024 * 1024,
+  /** Objects fetched into the cache at once. */
+  s3Fetches: 4,
+  /** A lock object not refreshed for this long no longer binds (its holder died or lost the store). */
+  lockLeaseMs: 120_000,
+  /** How often a holder refreshes its lock object. */
+  lockRefreshMs: 30_000,
+  /** Pause between tries while the lock is held (randomised ±50 %, so racing clients part). */
+  lockRetryMs: 1000,
 } as const;

@@ -69,7 +69,7 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
   const deviceNames = await Promise.all(given.devices.map(async (d) => (await client.call(api.DeviceInfoOf, { device: d.includes('/') ? path.resolve(d) : d })).name));
   if (new Set(deviceNames).size !== deviceNames.length) throw new BlkError('EINVAL', `backup_create: a device is given twice (${given.devices.join(', ')})`);
   const o = { ...given, devices: deviceNames };
-  const release = await repo.lock(false, () => o.progress?.note('waiting for a prune to finish its sweep'));
+  const release = await repo.lock(false, (holder) => o.progress?.note(`waiting for a prune to finish its sweep (the lock is held ${holder})`));
   const workers = new WorkerPool('create', params.createWorkersPerCore * os.availableParallelism());
   let snapshotId: string | null = null;
   const time = new Date();
@@ -116,7 +116,7 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
     await writer?.abandon();
     if (snapshotId !== null) await client.call(api.SnapshotDestroy, { id: snapshotId }).catch(() => undefined);
     await workers.close();
-    release();
+    await release();
   }
 }
 

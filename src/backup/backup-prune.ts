@@ -97,11 +97,11 @@ export async function pruneRepository(repo: Repository, o: PruneOptions): Promis
     }
     await backend.remove(names.backup(id));
   }
-  const release = await repo.lock(true, () => o.progress?.note('waiting for running backups before the sweep'));
+  const release = await repo.lock(true, (holder) => o.progress?.note(`waiting for running backups before the sweep (the lock is held ${holder})`));
   try {
     await sweep(repo, result);
   } finally {
-    release();
+    await release();
   }
   return result;
 }

@@ -84,6 +84,17 @@ export async function restoreBackup(repo: Repository, o: RestoreOptions): Promis
 
 async function restoreLocked(repo: Repository, workers: WorkerPool<'restore'>, o: RestoreOptions, entry: ManifestDevice, index: Index, target: RestoreTarget): Promise<RestoreResult> {
   const packed = await ChunkIndex.load(repo.backend, repo.cipher);
+  // The workers read packs as local files: an object store's are fetched into the cache for the restore.
+  const packs = packed.packsOf(index.digests).map(names.pack);
+  await repo.backend.fetchLocal(packs);
+  try {
+    return await restoreFromPacks(repo, workers, o, entry, index, target, packed);
+  } finally {
+    await repo.backend.evictLocal(packs);
+  }
+}
+
+async function restoreFromPacks(repo: Repository, workers: WorkerPool<'restore'>, o: RestoreOptions, entry: ManifestDevice, index: Index, target: RestoreTarget, packed: ChunkIndex): Promise<RestoreResult> {
   const count = chunkCountOf(index.size, index.chunkSize);
   if (target.kind === 'device' || target.kind === 'nbd') {
     const uri = target.kind === 'device' ? target.device.uri : target.uri;

@@ -92,7 +92,7 @@ export class BackupStorage implements Storage {
       await releaseHold?.();
       throw e;
     } finally {
-      release();
+      await release();
     }
   }
 

@@ -10,6 +10,7 @@ import { checkKeys } from '../repository/keys.js';
 import { names } from '../repository/layout.js';
 import type { Repository } from '../repository/repository.js';
 import type { Progress } from './progress.js';
+import { TaskWindow } from '../util/task-window.js';
 import { WorkerPool } from './workers/worker-pool.js';
 
 export interface VerifyOptions {
@@ -95,18 +96,35 @@ async function verifyLocked(repo: Repository, o: VerifyOptions): Promise<VerifyR
     for (const id of packs) sizes.set(id, (await repo.backend.size(names.pack(id))) ?? 0);
     const sizeOf = (id: string): number => sizes.get(id) ?? 0;
     o.progress?.start('verify', packs.reduce((a, p) => a + sizeOf(p), 0));
-    await Promise.all(packs.map(async (id) => {
-      const pack = repo.backend.localPath(names.pack(id));
-      const idx = repo.backend.localPath(names.packIndex(id));
-      if (pack === null || idx === null) throw new BlkError('ENOTSUP', `${repo.location}: packs are checked in local files only`);
-      const r = await workers.run({ kind: 'checkPack', pack, idx, id }).catch((e: unknown) => ({ checked: 0, bad: [{ digest: '', reason: `pack ${id}: ${toBlkError(e).message}` }] }));
+    // A few packs at a time: an object store's are fetched into the cache, checked, and let go.
+    const inFlight = new TaskWindow(workers.size * 2);
+    const checkPack = async (id: string): Promise<void> => {
+      const objects = [names.pack(id), names.packIndex(id)];
+      let r: { checked: number; bad: Array<{ digest: string; reason: string }> };
+      try {
+        await repo.backend.fetchLocal(objects);
+        const pack = repo.backend.localPath(names.pack(id));
+        const idx = repo.backend.localPath(names.packIndex(id));
+        if (pack === null || idx === null) throw new BlkError('ENOTSUP', `${repo.location}: packs are checked in local files only`);
+        r = await workers.run({ kind: 'checkPack', pack, idx, id });
+      } catch (e) {
+        r = { checked: 0, bad: [{ digest: '', reason: `pack ${id}: ${toBlkError(e).message}` }] };
+      } finally {
+        await repo.backend.evictLocal(objects);
+      }
       checked += r.checked;
       for (const b of r.bad) {
         if (b.digest === '') problems.push(b.reason);
         else bad.set(b.digest, b.reason);
       }
       o.progress?.advance(sizeOf(id));
-    }));
+    };
+    try {
+      for (const id of packs) await inFlight.add(checkPack(id));
+    } finally {
+      await inFlight.settle();
+    }
+    await inFlight.drain();
     o.progress?.done();
   } finally {
     await workers.close();

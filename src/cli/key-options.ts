@@ -5,6 +5,7 @@ import { BlkError } from '../errors.js';
 import { type KeySource, parseKeyFile } from '../repository/keys.js';
 import { type OpenOptions, Repository } from '../repository/repository.js';
 import type { OptionSpec, ParsedOptions } from './command.js';
+import { backendOf } from './remote-options.js';
 
 export const KEY_OPTIONS: Readonly<Record<string, OptionSpec>> = {
   'password-file': { kind: 'value', help: "an encrypted repository's password, from this file (first line)" },
@@ -67,14 +68,15 @@ export function promptPassword(question: string): Promise<Buffer> {
 /** Opens --repo with the key sources given; a password typed on the terminal when none is and the repository is encrypted. */
 export async function openRepository(o: ParsedOptions, location: string, extra: OpenOptions = {}): Promise<Repository> {
   const keys = keySources(o);
+  const backend = backendOf(o, location);
   try {
-    return await Repository.open(location, { ...extra, keys });
+    return await Repository.open(backend, { ...extra, keys });
   } catch (e) {
     const isMissingKey = e instanceof BlkError && e.code === 'EACCES' && keys.length === 0 && /is encrypted/.test(e.message);
     if (!isMissingKey || !process.stdin.isTTY) throw e;
   }
   const password = await promptPassword(`password of ${location}: `);
-  return Repository.open(location, { ...extra, keys: [{ kind: 'password', password, from: 'the password typed' }] });
+  return Repository.open(backend, { ...extra, keys: [{ kind: 'password', password, from: 'the password typed' }] });
 }
 
 /** The key a new repository (or a new key) is made with: the options' first source, or a password typed twice. */

@@ -1,5 +1,6 @@
 // Owns the progress line of long repository work on a terminal: phase, bytes done of total, rate,
-// time left; redrawn at most 5 times a second on stderr, and nothing at all when stderr is no terminal.
+// time left; redrawn at most 5 times a second on stderr, and not drawn when stderr is no terminal or
+// the output is JSON. Notes (waiting for a lock, say) are written to stderr either way.
 import type { Progress } from '../backup/progress.js';
 
 function bytes(n: number): string {
@@ -18,8 +19,8 @@ function duration(seconds: number): string {
   return s >= 3600 ? `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m` : `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}`;
 }
 
-export function progressBar(stream: NodeJS.WriteStream = process.stderr): Progress | undefined {
-  if (!stream.isTTY) return undefined;
+export function progressBar(stream: NodeJS.WriteStream = process.stderr, options: { bar?: boolean } = {}): Progress {
+  if (!stream.isTTY || options.bar === false) return { start() {}, advance() {}, note: (text) => void stream.write(`${text}\n`), done() {} };
   let label = '';
   let total = 0;
   let done = 0;

@@ -3,8 +3,25 @@
 // local directory is the first backend; an object store is another behind the same calls.
 import type { BlkError } from '../errors.js';
 
+/** Where an S3 repository is and how to reach it; credentials come from the environment (AWS_*), never from here. */
+export interface S3BackendSpec {
+  kind: 's3';
+  bucket: string;
+  /** '' or a prefix ending in '/'. */
+  prefix: string;
+  /** The S3 API's URL (Ceph's gateway, MinIO); unset: AWS's endpoint of `region`. */
+  endpoint: string | null;
+  region: string;
+  /** Bucket in the path (https://HOST/BUCKET/KEY) rather than in the host name. */
+  pathStyle: boolean;
+  /** A CA bundle to trust for HTTPS besides the system's. */
+  caFile: string | null;
+  /** Where fetched objects are cached and uploads are built. */
+  cacheDir: string;
+}
+
 /** What opens a backend again, in another thread (the repository's workers open their own). */
-export type BackendSpec = { kind: 'local'; dir: string };
+export type BackendSpec = { kind: 'local'; dir: string } | S3BackendSpec;
 
 export interface Backend {
   readonly spec: BackendSpec;
@@ -43,12 +60,21 @@ export interface Backend {
 
   /**
    * The repository's lock: shared by writers and readers, exclusive for a prune's sweep. Waits (and
-   * calls `onWait` once) while the other kind holds it; the release lets it go.
+   * calls `onWait` once, with who holds it where that is known) while the other kind holds it; the
+   * release lets it go.
    */
-  lock(exclusive: boolean, onWait?: () => void): Promise<() => void>;
+  lock(exclusive: boolean, onWait?: (holder: string) => void): Promise<() => Promise<void>>;
 
-  /** Where an object lies as a local file, for the fast paths of a local backend (O_DIRECT reads and writes); null elsewhere. */
+  /**
+   * Where an object lies as a local file, for the paths that read packs by descriptor (restore,
+   * verify, attach): a local backend's own file; an object store's cached copy once fetchLocal()
+   * fetched it; null otherwise.
+   */
   localPath(name: string): string | null;
+  /** Makes localPath() name a local file for each of these objects (fetched whole into a cache where they are remote). */
+  fetchLocal(objects: string[]): Promise<void>;
+  /** Lets cached copies of these objects go (no-op where the objects are local). */
+  evictLocal(objects: string[]): Promise<void>;
 }
 
 /** The error a backend gives for an object that is not there. */

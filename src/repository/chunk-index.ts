@@ -132,6 +132,17 @@ export class ChunkIndex {
     return this.location(e);
   }
 
+  /** The packs holding the chunks a device's index names (its digests), each once. */
+  packsOf(digests: Uint8Array): string[] {
+    const packs = new Set<string>();
+    for (let at = 0; at < digests.length; at += 32) {
+      if (isZeroDigest(digests, at)) continue;
+      const e = this.find(digests, at);
+      if (e >= 0) packs.add(this.location(e).pack);
+    }
+    return [...packs];
+  }
+
   /** Chunks [first, first+n) of a device's index as load items; EIO naming the offset of a chunk the repository lacks. */
   loadItems(backend: Backend, device: { size: number; chunkSize: number; digests: Uint8Array }, first: number, n: number): LoadItem[] {
     const items: LoadItem[] = [];

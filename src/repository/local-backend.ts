@@ -104,12 +104,12 @@ export class LocalBackend implements Backend {
     }
   }
 
-  async lock(exclusive: boolean, onWait?: () => void): Promise<() => void> {
+  async lock(exclusive: boolean, onWait?: (holder: string) => void): Promise<() => Promise<void>> {
     const handle = await fs.promises.open(this.#path('lock'), fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o644);
     try {
       let told = false;
       while (!(await tryLockAsync(handle.fd, exclusive))) {
-        if (!told) onWait?.();
+        if (!told) onWait?.('by another process on this host');
         told = true;
         await new Promise((r) => setTimeout(r, 100));
       }
@@ -117,12 +117,16 @@ export class LocalBackend implements Backend {
       await handle.close();
       throw e;
     }
-    return () => void handle.close();
+    return () => handle.close();
   }
 
   localPath(name: string): string {
     return this.#path(name);
   }
+
+  async fetchLocal(): Promise<void> {}
+
+  async evictLocal(): Promise<void> {}
 
   #error(e: unknown, name: string): BlkError {
     const err = toBlkError(e);

@@ -188,17 +188,17 @@ export class Repository {
    * Takes the repository's lock: shared by backups being made, restores, verifies and attaches;
    * exclusive for a prune's sweep. Waits while the other kind holds it; gone when the process is.
    */
-  lock(exclusive: boolean, onWait?: () => void): Promise<() => void> {
+  lock(exclusive: boolean, onWait?: (holder: string) => void): Promise<() => Promise<void>> {
     return this.backend.lock(exclusive, onWait);
   }
 
   /** Runs `work` under the lock held shared: a prune's sweep does not move packs under it. */
   async whileShared<T>(notes: Notes | undefined, work: () => Promise<T>): Promise<T> {
-    const release = await this.lock(false, () => notes?.note('waiting for a prune to finish its sweep'));
+    const release = await this.lock(false, (holder) => notes?.note(`waiting for a prune to finish its sweep (the lock is held ${holder})`));
     try {
       return await work();
     } finally {
-      release();
+      await release();
     }
   }
 

@@ -9,6 +9,7 @@ import { verifyRepository } from '../../backup/backup-verify.js';
 import type { NbdTlsOptions } from '../../client/nbd-client.js';
 import { parseCompression, Repository } from '../../repository/repository.js';
 import { KEY_OPTIONS, newKeySource, openRepository } from '../key-options.js';
+import { backendOf, REMOTE_OPTIONS, REPO } from '../remote-options.js';
 import { BlkError, toBlkError } from '../../errors.js';
 import { backup as backupParams } from '../../params.js';
 import { parseSize } from '../../sizes.js';
@@ -16,9 +17,8 @@ import type { Command, CommandIo, ParsedOptions } from '../command.js';
 import { deviceRef, value, wholeNumber } from '../command.js';
 import { progressBar } from '../progress-bar.js';
 
-const REPO = { kind: 'value', help: 'the repository directory', isRequired: true } as const;
 /** The options of a command that opens a repository: where it is, and how to open it when it is encrypted. */
-const REPO_OPTIONS = { repo: REPO, ...KEY_OPTIONS } as const;
+const REPO_OPTIONS = { repo: REPO, ...KEY_OPTIONS, ...REMOTE_OPTIONS } as const;
 const ID = { kind: 'value', help: 'backup id (see backup_list)', isRequired: true } as const;
 
 
@@ -30,9 +30,9 @@ function mib(n: number): string {
   return `${(n / 2 ** 20).toFixed(1)} MiB`;
 }
 
-/** A progress bar on a terminal, none with --json. */
+/** A progress bar on a terminal (none with --json); notes on stderr either way. */
 function progress(io: CommandIo): ReturnType<typeof progressBar> {
-  return io.isJson ? undefined : progressBar();
+  return progressBar(process.stderr, { bar: !io.isJson });
 }
 
 /** --nbd HOST:PORT with --tls-certs or --tls-psk: where and how backup_create reads the images. */
@@ -67,19 +67,20 @@ function imageOverTcp(o: ParsedOptions): Pick<CreateOptions, 'imageUri' | 'tls'>
 export const backupCommands: Command[] = [
   {
     name: 'backup_init',
-    summary: 'Make a backup repository in an empty (or new) directory.',
+    summary: 'Make a backup repository in an empty (or new) directory, or in an S3 bucket under a prefix that holds nothing yet.',
     options: {
       repo: REPO,
       compress: { kind: 'value', help: `zstd, zstd:LEVEL (1-19) or none (default zstd:${backupParams.zstdLevel})` },
       encryption: { kind: 'value', help: 'aes-256-gcm (default: chunks, indexes and manifests sealed; a key needed to open it) or none' },
       ...KEY_OPTIONS,
+      ...REMOTE_OPTIONS,
     },
     async run(o, io) {
       const encryption = o.values.get('encryption') ?? 'aes-256-gcm';
       if (encryption !== 'aes-256-gcm' && encryption !== 'none') throw new BlkError('EINVAL', `backup_init: --encryption takes aes-256-gcm or none, not '${encryption}'`);
       const location = value(o, 'repo');
       const key = encryption === 'none' ? null : await newKeySource(o, location);
-      const repo = await Repository.init(location, { zstdLevel: parseCompression(o.values.get('compress') ?? 'zstd'), key });
+      const repo = await Repository.init(backendOf(o, location), { zstdLevel: parseCompression(o.values.get('compress') ?? 'zstd'), key });
       const compress = repo.config.zstdLevel === null ? 'none' : `zstd:${repo.config.zstdLevel}`;
       io.print({ repo: repo.location, compress, encryption: repo.config.encryption, ...(repo.keyId ? { key: repo.keyId } : {}) }, `repository ${repo.location} (${repo.config.encryption === 'none' ? 'not encrypted' : `encrypted, key ${repo.keyId}`})`);
     },
@@ -116,7 +117,7 @@ export const backupCommands: Command[] = [
         ...(limit === undefined ? {} : { limit: parseSize(limit) }),
         full: o.flags.has('full'),
         ...(readFronts === undefined ? {} : { readFronts }),
-        ...(bar ? { progress: bar } : {}),
+        progress: bar,
       });
       for (const w of r.warnings) process.stderr.write(`blksnap backup_create: warning: ${w}\n`);
       const { warnings: _w, ...json } = r;
@@ -157,7 +158,7 @@ export const backupCommands: Command[] = [
         return null;
       });
       const bar = progress(io);
-      const r = await restoreBackup(repo, { id: value(o, 'id'), device: value(o, 'device'), to, client, daemonError, offline: o.flags.has('offline'), ...(bar ? { progress: bar } : {}) });
+      const r = await restoreBackup(repo, { id: value(o, 'id'), device: value(o, 'device'), to, client, daemonError, offline: o.flags.has('offline'), progress: bar });
       io.print(r, `${r.mode}${r.device ? ` ${r.device}` : ''}: wrote ${mib(r.writtenBytes)}, skipped ${mib(r.skippedBytes)}`);
     },
   },
@@ -168,7 +169,7 @@ export const backupCommands: Command[] = [
     async run(o, io) {
       const id = o.values.get('id');
       const bar = progress(io);
-      const r = await verifyRepository(await open(o), { ...(id === undefined ? {} : { id }), ...(bar ? { progress: bar } : {}) });
+      const r = await verifyRepository(await open(o), { ...(id === undefined ? {} : { id }), progress: bar });
       io.print(r, r.ok ? `ok: ${r.checkedChunks} chunks checked` : [`DAMAGED: ${r.badChunks.length} bad chunks; backups affected: ${r.damagedBackups.join(', ') || 'none'}`, ...r.problems.map((p) => `  ${p}`)].join('\n'));
       if (!r.ok) io.exitStatus = 1;
     },
@@ -192,7 +193,7 @@ export const backupCommands: Command[] = [
         ...(keepDaily === undefined ? {} : { keepDaily }),
         ...(keepWeekly === undefined ? {} : { keepWeekly }),
         dryRun: o.flags.has('dry-run'),
-        ...(bar ? { progress: bar } : {}),
+        progress: bar,
       });
       for (const w of r.warnings) process.stderr.write(`blksnap backup_prune: warning: ${w}\n`);
       io.print(r, `${r.dryRun ? 'would remove' : 'removed'} ${r.removed.length} backups (${r.removed.join(', ') || 'none'}); kept ${r.kept.length}${r.dryRun ? '' : `; ${r.removedChunks} chunks and ${r.removedPages} index pages freed ${mib(r.freedBytes)}`}`);

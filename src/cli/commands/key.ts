@@ -6,8 +6,8 @@ import type { Repository } from '../../repository/repository.js';
 import type { Command, ParsedOptions } from '../command.js';
 import { value } from '../command.js';
 import { KEY_OPTIONS, openRepository, passwordOf, promptPassword } from '../key-options.js';
+import { REMOTE_OPTIONS, REPO } from '../remote-options.js';
 
-const REPO = { kind: 'value', help: 'the repository', isRequired: true } as const;
 
 async function openEncrypted(o: ParsedOptions): Promise<Repository> {
   const repo = await openRepository(o, value(o, 'repo'));
@@ -58,7 +58,7 @@ export const keyCommands: Command[] = [
   {
     name: 'key list',
     summary: "List an encrypted repository's keys: each opens it.",
-    options: { repo: REPO, ...KEY_OPTIONS },
+    options: { repo: REPO, ...KEY_OPTIONS, ...REMOTE_OPTIONS },
     async run(o, io) {
       const repo = await openEncrypted(o);
       const keys = await listKeys(repo.backend);
@@ -68,7 +68,7 @@ export const keyCommands: Command[] = [
   {
     name: 'key add',
     summary: 'Add a key to an encrypted repository (opened with a key it has): a password or a key file, one per host or operator.',
-    options: { repo: REPO, ...KEY_OPTIONS, ...NEW_KEY },
+    options: { repo: REPO, ...KEY_OPTIONS, ...REMOTE_OPTIONS, ...NEW_KEY },
     async run(o, io) {
       const repo = await openEncrypted(o);
       const key = await addKey(repo.backend, repo.cipher.secret as Buffer, await newKey(o));
@@ -79,7 +79,7 @@ export const keyCommands: Command[] = [
   {
     name: 'key remove',
     summary: 'Remove a key of an encrypted repository; the last key cannot be removed.',
-    options: { repo: REPO, ...KEY_OPTIONS, id: { kind: 'value', help: 'the key (see key list)', isRequired: true } },
+    options: { repo: REPO, ...KEY_OPTIONS, ...REMOTE_OPTIONS, id: { kind: 'value', help: 'the key (see key list)', isRequired: true } },
     async run(o, io) {
       const repo = await openEncrypted(o);
       const id = value(o, 'id');
@@ -90,7 +90,7 @@ export const keyCommands: Command[] = [
   {
     name: 'key passwd',
     summary: 'Change the password of the key that opens the repository: a new password key in its place.',
-    options: { repo: REPO, ...KEY_OPTIONS, 'new-password-file': NEW_KEY['new-password-file'] },
+    options: { repo: REPO, ...KEY_OPTIONS, ...REMOTE_OPTIONS, 'new-password-file': NEW_KEY['new-password-file'] },
     async run(o, io) {
       const repo = await openEncrypted(o);
       const key = await newKey(o);

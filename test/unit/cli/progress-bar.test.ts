@@ -1,4 +1,5 @@
-// The progress line of backup, restore and verify: drawn only on a terminal, with bytes, rate and time left.
+// The progress line of backup, restore and verify: drawn only on a terminal (and not for --json), with
+// bytes, rate and time left; notes (waiting for a lock) written everywhere.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { progressBar } from '../../../src/cli/progress-bar.js';
@@ -9,8 +10,15 @@ function fakeStream(isTTY: boolean): NodeJS.WriteStream & { text: string } {
 }
 
 describe('progress bar', () => {
-  it('draws phase, bytes done of total, rate and time left on a terminal; nothing elsewhere', async () => {
-    assert.equal(progressBar(fakeStream(false)), undefined);
+  it('draws phase, bytes done of total, rate and time left on a terminal; elsewhere only notes', async () => {
+    for (const [stream, options] of [[fakeStream(false), {}], [fakeStream(true), { bar: false }]] as const) {
+      const quiet = progressBar(stream, options);
+      quiet.start('disk (full)', 100);
+      quiet.advance(50);
+      quiet.note('waiting for a prune');
+      quiet.done();
+      assert.equal(stream.text, 'waiting for a prune\n');
+    }
     const tty = fakeStream(true);
     const bar = progressBar(tty);
     assert.ok(bar);

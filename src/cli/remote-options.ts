@@ -1,0 +1,31 @@
+// Owns how the CLI names where a repository lives: --repo (a directory, or s3://BUCKET[/PREFIX]) and
+// how to reach an object store; the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+// AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL) fill what the options leave unset.
+import type { Backend } from '../repository/backend.js';
+import { backendAt, type RemoteOptions } from '../repository/backends.js';
+import type { OptionSpec, ParsedOptions } from './command.js';
+
+export const REPO: OptionSpec = { kind: 'value', help: 'the repository: a directory, or s3://BUCKET[/PREFIX]', isRequired: true };
+
+export const REMOTE_OPTIONS: Readonly<Record<string, OptionSpec>> = {
+  's3-endpoint': { kind: 'value', help: "an S3 repository's endpoint, http(s)://HOST[:PORT] (default: $AWS_ENDPOINT_URL, else AWS)" },
+  's3-region': { kind: 'value', help: 'its region (default: $AWS_REGION, else us-east-1)' },
+  's3-addressing': { kind: 'value', help: 'path or virtual (bucket in the host name); default path with an endpoint, virtual on AWS' },
+  's3-ca': { kind: 'value', help: 'a CA bundle (PEM) to trust for the endpoint besides the system CAs' },
+  'cache-dir': { kind: 'value', help: 'where an S3 repository is cached and uploads are built (default $XDG_CACHE_HOME/blksnap, or /var/cache/blksnap for root)' },
+};
+
+/** The backend --repo names, with the remote options given. */
+export function backendOf(o: ParsedOptions, location: string): Backend {
+  const options: RemoteOptions = {};
+  const take = (option: string, key: keyof RemoteOptions): void => {
+    const v = o.values.get(option);
+    if (v !== undefined) options[key] = v;
+  };
+  take('s3-endpoint', 's3Endpoint');
+  take('s3-region', 's3Region');
+  take('s3-addressing', 's3Addressing');
+  take('s3-ca', 's3Ca');
+  take('cache-dir', 'cacheDir');
+  return backendAt(location, options);
+}

@@ -1,0 +1,331 @@
+// Owns a repository in an S3 bucket (any S3 API: Ceph's RADOS Gateway, MinIO, AWS): each object of
+// the format is one S3 object under the prefix, written whole by PUT (packs by multipart upload,
+// streamed from the local file they were built in), read whole or by range. Objects are built in a
+// local staging folder under the cache directory and uploaded at commit, a backup's manifest last.
+// Readers that need a pack as a local file (restore, verify) have it fetched whole into the cache.
+// The lock is a set of lock objects (repository/lock-objects.ts); an acknowledged PUT is durable, so
+// sync() has nothing to do.
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as https from 'node:https';
+import * as path from 'node:path';
+import { threadId } from 'node:worker_threads';
+import {
+  AbortMultipartUploadCommand,
+  CompleteMultipartUploadCommand,
+  CreateMultipartUploadCommand,
+  DeleteObjectsCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+  UploadPartCommand,
+} from '@aws-sdk/client-s3';
+import { NodeHttpHandler } from '@smithy/node-http-handler';
+import { BlkError } from '../errors.js';
+import { backup as params } from '../params.js';
+import type { Backend, S3BackendSpec } from './backend.js';
+import { lockWithObjects } from './lock-objects.js';
+import { TEMP_MARK } from './layout.js';
+
+let tempCounter = 0;
+
+/** `s3://BUCKET[/PREFIX]` split; EINVAL for anything else. */
+export function parseS3Location(location: string): { bucket: string; prefix: string } {
+  const m = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:\/(.*))?$/.exec(location);
+  if (!m) throw new BlkError('EINVAL', `'${location}' is not s3://BUCKET[/PREFIX] (a bucket name of 3-63 lower-case letters, digits, dots and dashes)`);
+  const prefix = (m[2] ?? '').replace(/\/+$/, '');
+  if (prefix.split('/').some((p) => p === '.' || p === '..') || prefix.startsWith('/')) throw new BlkError('EINVAL', `'${location}': the prefix may not hold empty, '.' or '..' parts`);
+  return { bucket: m[1] as string, prefix: prefix === '' ? '' : `${prefix}/` };
+}
+
+/** Where a client keeps what it fetched and builds what it uploads: --cache-dir, $XDG_CACHE_HOME/blksnap, ~/.cache/blksnap, or /var/cache/blksnap for root. */
+export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.XDG_CACHE_HOME) return path.join(env.XDG_CACHE_HOME, 'blksnap');
+  if (process.getuid?.() === 0 || !env.HOME) return '/var/cache/blksnap';
+  return path.join(env.HOME, '.cache', 'blksnap');
+}
+
+const clients = new Map<string, S3Client>();
+
+// The SDK warns on every run under Node < 22 that its releases after January 2027 will need 22; the
+// version this package locks runs on 20, which the package supports, so the warning only misleads.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+
+function clientOf(spec: S3BackendSpec): S3Client {
+  const key = JSON.stringify([spec.endpoint, spec.region, spec.pathStyle, spec.caFile]);
+  let client = clients.get(key);
+  if (!client) {
+    const ca = spec.caFile ? fs.readFileSync(spec.caFile) : undefined;
+    client = new S3Client({
+      ...(spec.endpoint ? { endpoint: spec.endpoint } : {}),
+      region: spec.region,
+      forcePathStyle: spec.pathStyle,
+      maxAttempts: params.s3Attempts,
+      // Checksums only where the API requires them: trailing checksums (aws-chunked uploads) are
+      // newer than many S3 servers, and each part and object is checked by its Content-MD5/ETag.
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      requestHandler: new NodeHttpHandler({ ...(ca ? { httpsAgent: new https.Agent({ ca, keepAlive: true }) } : {}), connectionTimeout: 10_000, requestTimeout: 120_000 }),
+    });
+    clients.set(key, client);
+  }
+  return client;
+}
+
+interface S3Failure {
+  name?: string;
+  Code?: string;
+  message?: string;
+  $metadata?: { httpStatusCode?: number };
+}
+
+export class S3Backend implements Backend {
+  readonly spec: S3BackendSpec;
+  readonly location: string;
+  #client: S3Client;
+  /** This repository's folder in the cache directory. */
+  readonly cacheDir: string;
+  /** Objects fetched into the cache by fetchLocal(), so localPath() names them. */
+  #fetched = new Set<string>();
+
+  constructor(spec: S3BackendSpec) {
+    this.spec = spec;
+    this.location = `s3://${spec.bucket}/${spec.prefix}`.replace(/\/$/, '');
+    this.#client = clientOf(spec);
+    const tag = createHash('sha256').update(JSON.stringify([spec.endpoint ?? '', spec.bucket, spec.prefix])).digest('hex').slice(0, 16);
+    this.cacheDir = path.join(spec.cacheDir, `${spec.bucket}-${tag}`);
+  }
+
+  #key(name: string): string {
+    return `${this.spec.prefix}${name}`;
+  }
+
+  #error(e: unknown, what: string): BlkError {
+    if (e instanceof BlkError) return e;
+    const f = e as S3Failure;
+    const status = f.$metadata?.httpStatusCode;
+    const code = f.name ?? f.Code ?? '';
+    const detail = `${what} in ${this.location}: ${code || 'error'}${status ? ` (HTTP ${status})` : ''}${f.message && f.message !== code ? `: ${f.message}` : ''}`;
+    if (status === 404 || code === 'NoSuchKey' || code === 'NotFound') return new BlkError('ENOENT', code === 'NoSuchBucket' ? `${detail}; make the bucket first` : `${what} in ${this.location}: not there`);
+    if (status === 403 || code === 'AccessDenied' || code === 'InvalidAccessKeyId' || code === 'SignatureDoesNotMatch') return new BlkError('EACCES', `${detail} (check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or AWS_PROFILE)`);
+    if (code === 'RequestTimeTooSkewed') return new BlkError('EIO', `${detail}: this host's clock differs from the server's; set it right (NTP)`);
+    const net = (e as NodeJS.ErrnoException).code;
+    if (net === 'ECONNREFUSED' || net === 'ENOTFOUND' || net === 'ETIMEDOUT' || net === 'ECONNRESET') return new BlkError('EHOSTUNREACH', `${what}: ${this.spec.endpoint ?? 'the S3 endpoint'} does not answer (${net})`);
+    return new BlkError('EIO', detail);
+  }
+
+  async read(name: string): Promise<Buffer> {
+    try {
+      const r = await this.#client.send(new GetObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name) }));
+      return Buffer.from(await (r.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray());
+    } catch (e) {
+      throw this.#error(e, name);
+    }
+  }
+
+  async readRange(name: string, offset: number, into: Uint8Array): Promise<number> {
+    if (into.length === 0) return 0;
+    const size = await this.size(name);
+    if (size === null) throw new BlkError('ENOENT', `${name} in ${this.location}: not there`);
+    if (offset >= size) return 0;
+    const end = Math.min(size, offset + into.length);
+    try {
+      const r = await this.#client.send(new GetObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name), Range: `bytes=${offset}-${end - 1}` }));
+      let done = 0;
+      for await (const piece of r.Body as AsyncIterable<Uint8Array>) {
+        if (done + piece.length > into.length) throw new BlkError('EIO', `${name} in ${this.location}: the server sent more than the range asked`);
+        into.set(piece, done);
+        done += piece.length;
+      }
+      return done;
+    } catch (e) {
+      throw this.#error(e, name);
+    }
+  }
+
+  async write(name: string, data: Uint8Array, options: { inExistingFolder?: boolean } = {}): Promise<void> {
+    if (options.inExistingFolder) {
+      const folder = name.slice(0, name.lastIndexOf('/') + 1);
+      if ((await this.list(folder)).length === 0) throw new BlkError('ENOENT', `${folder} in ${this.location}: not there`);
+    }
+    try {
+      await this.#client.send(new PutObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name), Body: data, ContentLength: data.length, ContentMD5: md5(data) }));
+    } catch (e) {
+      throw this.#error(e, name);
+    }
+  }
+
+  async list(folder: string): Promise<string[]> {
+    const prefix = this.#key(folder);
+    const out: string[] = [];
+    let token: string | undefined;
+    try {
+      do {
+        const r = await this.#client.send(new ListObjectsV2Command({ Bucket: this.spec.bucket, Prefix: prefix, Delimiter: '/', ...(token ? { ContinuationToken: token } : {}) }));
+        for (const o of r.Contents ?? []) if (o.Key && o.Key !== prefix) out.push(o.Key.slice(prefix.length));
+        for (const p of r.CommonPrefixes ?? []) if (p.Prefix) out.push(p.Prefix.slice(prefix.length));
+        token = r.IsTruncated ? r.NextContinuationToken : undefined;
+      } while (token);
+    } catch (e) {
+      throw this.#error(e, folder === '' ? 'the repository' : folder);
+    }
+    return out.sort();
+  }
+
+  async size(name: string): Promise<number | null> {
+    try {
+      const r = await this.#client.send(new HeadObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name) }));
+      return r.ContentLength ?? 0;
+    } catch (e) {
+      const err = this.#error(e, name);
+      if (err.code === 'ENOENT') return null;
+      throw err;
+    }
+  }
+
+  async remove(name: string): Promise<void> {
+    const folder = name.endsWith('/') ? name : `${name}/`;
+    const keys = [...(name.endsWith('/') ? [] : [this.#key(name)]), ...(await this.#allUnder(folder))];
+    for (let i = 0; i < keys.length; i += 1000) {
+      const batch = keys.slice(i, i + 1000);
+      try {
+        const r = await this.#client.send(new DeleteObjectsCommand({ Bucket: this.spec.bucket, Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true } }));
+        const failed = (r.Errors ?? []).filter((f) => f.Code !== 'NoSuchKey');
+        if (failed.length > 0) throw new BlkError('EIO', `removing ${name} from ${this.location}: ${failed[0]?.Key}: ${failed[0]?.Code} ${failed[0]?.Message ?? ''}`.trim());
+      } catch (e) {
+        throw this.#error(e, name);
+      }
+    }
+    this.#fetched.delete(name);
+    await fs.promises.rm(path.join(this.cacheDir, 'objects', name), { force: true, recursive: true });
+  }
+
+  /** Every key under `folder`, at any depth. */
+  async #allUnder(folder: string): Promise<string[]> {
+    const out: string[] = [];
+    let token: string | undefined;
+    do {
+      const r = await this.#client.send(new ListObjectsV2Command({ Bucket: this.spec.bucket, Prefix: this.#key(folder), ...(token ? { ContinuationToken: token } : {}) }));
+      for (const o of r.Contents ?? []) if (o.Key) out.push(o.Key);
+      token = r.IsTruncated ? r.NextContinuationToken : undefined;
+    } while (token);
+    return out;
+  }
+
+  stagingPath(name: string): string {
+    return path.join(this.cacheDir, 'staging', `${name.replace(/\/$/, '')}${TEMP_MARK}${process.pid}.${threadId}`);
+  }
+
+  /** Uploads what was built at stagingPath(name): a file, or a folder's files with its manifest last; the local copy goes. */
+  async commit(name: string): Promise<void> {
+    const staged = this.stagingPath(name);
+    const st = await fs.promises.stat(staged);
+    if (st.isDirectory()) {
+      const files = (await fs.promises.readdir(staged)).sort((a, b) => Number(a === 'manifest.json') - Number(b === 'manifest.json') || a.localeCompare(b));
+      const folder = name.endsWith('/') ? name : `${name}/`;
+      for (const f of files) await this.#upload(path.join(staged, f), `${folder}${f}`);
+    } else await this.#upload(staged, name);
+    await fs.promises.rm(staged, { recursive: true, force: true });
+  }
+
+  /** A local file uploaded as `name`: one PUT when small, else a multipart upload of parts read in turn (memory: one part). */
+  async #upload(file: string, name: string): Promise<void> {
+    const size = (await fs.promises.stat(file)).size;
+    const partBytes = params.s3PartBytes;
+    const handle = await fs.promises.open(file, 'r');
+    try {
+      if (size <= partBytes) {
+        const data = Buffer.allocUnsafe(size);
+        await handle.read(data, 0, size, 0);
+        await this.write(name, data);
+        return;
+      }
+      const key = this.#key(name);
+      let uploadId: string | undefined;
+      try {
+        uploadId = (await this.#client.send(new CreateMultipartUploadCommand({ Bucket: this.spec.bucket, Key: key }))).UploadId;
+        if (!uploadId) throw new BlkError('EIO', `${name}: the server gave no upload id`);
+        const parts: Array<{ ETag: string; PartNumber: number }> = [];
+        const data = Buffer.allocUnsafe(partBytes);
+        for (let at = 0, n = 1; at < size; at += partBytes, n++) {
+          const length = Math.min(partBytes, size - at);
+          const { bytesRead } = await handle.read(data, 0, length, at);
+          if (bytesRead !== length) throw new BlkError('EIO', `${file} changed while it was uploaded`);
+          const body = data.subarray(0, length);
+          const r = await this.#client.send(new UploadPartCommand({ Bucket: this.spec.bucket, Key: key, UploadId: uploadId, PartNumber: n, Body: body, ContentLength: length, ContentMD5: md5(body) }));
+          if (!r.ETag) throw new BlkError('EIO', `${name}: part ${n} has no ETag`);
+          parts.push({ ETag: r.ETag, PartNumber: n });
+        }
+        await this.#client.send(new CompleteMultipartUploadCommand({ Bucket: this.spec.bucket, Key: key, UploadId: uploadId, MultipartUpload: { Parts: parts } }));
+      } catch (e) {
+        if (uploadId) await this.#client.send(new AbortMultipartUploadCommand({ Bucket: this.spec.bucket, Key: key, UploadId: uploadId })).catch(() => undefined);
+        throw this.#error(e, name);
+      }
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async sync(): Promise<void> {}
+
+  lock(exclusive: boolean, onWait?: (holder: string) => void): Promise<() => Promise<void>> {
+    return lockWithObjects(this, exclusive, onWait);
+  }
+
+  /** The cached copy of an object fetched by fetchLocal(); null for any other. */
+  localPath(name: string): string | null {
+    return this.#fetched.has(name) ? path.join(this.cacheDir, 'objects', name) : null;
+  }
+
+  /** Fetches objects whole into the cache (streamed to a file, its size checked), a few at a time. */
+  async fetchLocal(objects: string[]): Promise<void> {
+    const queue = objects.filter((n) => !this.#fetched.has(n));
+    const fetchOne = async (name: string): Promise<void> => {
+      const file = path.join(this.cacheDir, 'objects', name);
+      await fs.promises.mkdir(path.dirname(file), { recursive: true });
+      const temp = `${file}${TEMP_MARK}${process.pid}.${threadId}.${tempCounter++}`;
+      try {
+        const r = await this.#client.send(new GetObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name) }));
+        const handle = await fs.promises.open(temp, 'w', 0o600);
+        let written = 0;
+        try {
+          for await (const piece of r.Body as AsyncIterable<Uint8Array>) {
+            await handle.write(piece, 0, piece.length, written);
+            written += piece.length;
+          }
+        } finally {
+          await handle.close();
+        }
+        if (r.ContentLength !== undefined && written !== r.ContentLength) throw new BlkError('EIO', `${name} in ${this.location}: ${written} of ${r.ContentLength} bytes arrived`);
+        await fs.promises.rename(temp, file);
+        this.#fetched.add(name);
+      } catch (e) {
+        await fs.promises.rm(temp, { force: true });
+        throw this.#error(e, name);
+      }
+    };
+    const running: Promise<void>[] = [];
+    for (let i = 0; i < Math.min(params.s3Fetches, queue.length); i++) {
+      running.push(
+        (async () => {
+          for (let name = queue.shift(); name !== undefined; name = queue.shift()) await fetchOne(name);
+        })(),
+      );
+    }
+    await Promise.all(running);
+  }
+
+  /** Drops cached copies (a verify's packs, once checked). */
+  async evictLocal(objects: string[]): Promise<void> {
+    for (const name of objects) {
+      this.#fetched.delete(name);
+      await fs.promises.rm(path.join(this.cacheDir, 'objects', name), { force: true });
+    }
+  }
+}
+
+function md5(data: Uint8Array): string {
+  return createHash('md5').update(data).digest('base64');
+}

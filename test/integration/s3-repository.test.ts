@@ -1,0 +1,209 @@
+// A repository in an S3 bucket, against a real server: a single-node Ceph cluster's RADOS Gateway
+// started from Debian's packages (or the endpoint BLKSNAP_TEST_S3_ENDPOINT names). Every verb through
+// the CLI: init (encrypted), full and incremental backups, list, restore bit-identical, verify (a
+// flipped byte in a pack object found and named, the restore refused), prune; whole packs as objects,
+// never one per chunk; the lock by lock objects (a live one of another host holds a backup back, an
+// expired one and a dead local process's do not); clear errors for wrong keys and a missing bucket.
+import assert from 'node:assert/strict';
+import { randomFillSync, randomInt } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { DeleteObjectCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import { NbdClient } from '../../src/client/nbd-client.js';
+import { withDaemon } from '../helpers/backup.js';
+import { cephMissing, type S3Server, startS3 } from '../helpers/ceph.js';
+import { blksnapCli } from '../helpers/daemon.js';
+import { check, missing, type RunResult, run } from '../helpers/tools.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const BLOCK = 64 * KiB;
+
+describe('a repository in an S3 bucket (Ceph RADOS Gateway)', { skip: missing('nbdcopy', 'cmp') || cephMissing() }, () => {
+  let s3: S3Server;
+  before(async () => {
+    s3 = await startS3();
+  });
+  after(async () => {
+    await s3?.stop();
+  });
+
+  /** The CLI with the server's credentials, against `daemon`'s control socket. */
+  const cliOf = (control: string, cacheDir: string) => {
+    const cli = (args: string[], env: NodeJS.ProcessEnv = {}): Promise<RunResult> =>
+      run(process.execPath, [blksnapCli, ...args, ...(args.includes('--repo') ? ['--s3-endpoint', s3.endpoint, '--cache-dir', cacheDir] : [])], { env: { ...process.env, ...s3.env, BLKSNAP_CONTROL: control, ...env }, timeoutMs: 180_000 });
+    const json = async <T>(...args: string[]): Promise<T> => {
+      const r = await cli([...args, '--json']);
+      if (r.code !== 0) throw new Error(`blksnap ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
+      return JSON.parse(r.stdout) as T;
+    };
+    return { cli, json };
+  };
+
+  const keysOf = async (bucket: string, prefix: string): Promise<string[]> => {
+    const keys: string[] = [];
+    let token: string | undefined;
+    do {
+      const r = await s3.client().send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ...(token ? { ContinuationToken: token } : {}) }));
+      for (const o of r.Contents ?? []) if (o.Key) keys.push(o.Key);
+      token = r.IsTruncated ? r.NextContinuationToken : undefined;
+    } while (token);
+    return keys;
+  };
+  const getObject = async (bucket: string, key: string): Promise<Buffer> => Buffer.from(await ((await s3.client().send(new GetObjectCommand({ Bucket: bucket, Key: key }))).Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray());
+  const putObject = (bucket: string, key: string, body: Buffer): Promise<unknown> => s3.client().send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body }));
+
+  it('init, full, incremental, list, restore bit-identical, verify (a flipped byte found), prune; packs whole, the cache emptied', async () => {
+    const bucket = await s3.bucket();
+    const repo = `s3://${bucket}/hosts/a`;
+    await withDaemon({ 'd.img': 24 * MiB }, async (daemon, _local, dir) => {
+      const cacheDir = path.join(dir, 'cache');
+      const { cli, json } = cliOf(daemon.controlPath, cacheDir);
+      const keyFile = path.join(dir, 'repo.key');
+      assert.equal((await cli(['key', 'generate', '--file', keyFile])).code, 0);
+      const nbd = await NbdClient.connect(daemon.uri('d.img'));
+      try {
+        for (let at = 0; at < 8 * MiB; at += MiB) await nbd.write(at, randomFillSync(Buffer.alloc(MiB)));
+        await nbd.write(8 * MiB, Buffer.from(Array.from({ length: 60_000 }, (_, i) => `line ${i} of some text\n`).join('')).subarray(0, 2 * MiB));
+        await nbd.flush();
+        const copy = async (name: string): Promise<string> => {
+          const file = path.join(dir, name);
+          await check('nbdcopy', [daemon.uri('d.img'), file]);
+          return file;
+        };
+
+        const init = await json<{ repo: string; encryption: string }>('backup_init', '--repo', repo, '--key-file', keyFile);
+        assert.equal(init.encryption, 'aes-256-gcm');
+        assert.equal((await cli(['backup_init', '--repo', repo, '--key-file', keyFile])).code, 17, 'a second init is EEXIST');
+        const b1 = await json<{ id: string; devices: Array<{ mode: string }> }>('backup_create', '--repo', repo, '--device', 'd.img', '--key-file', keyFile);
+        assert.equal(b1.devices[0]?.mode, 'full');
+        const copy1 = await copy('copy1');
+        const touched = new Set<number>();
+        for (let i = 0; i < 20; i++) {
+          const at = randomInt((24 * MiB) / BLOCK) * BLOCK;
+          await nbd.write(at, randomFillSync(Buffer.alloc(BLOCK)));
+          touched.add(at);
+        }
+        await nbd.flush();
+        const b2 = await json<{ id: string; devices: Array<{ mode: string; readBytes: number }> }>('backup_create', '--repo', repo, '--device', 'd.img', '--key-file', keyFile);
+        assert.equal(b2.devices[0]?.mode, 'incremental');
+        assert.equal(b2.devices[0]?.readBytes, touched.size * BLOCK);
+        const copy2 = await copy('copy2');
+        const listed = await json<{ backups: Array<{ id: string }> }>('backup_list', '--repo', repo, '--key-file', keyFile);
+        assert.deepEqual(listed.backups.map((b) => b.id), [b1.id, b2.id]);
+
+        // The bucket holds the format's objects: packs whole (a few objects, never one per chunk), the manifest of each backup.
+        const keys = await keysOf(bucket, 'hosts/a/');
+        const packs = keys.filter((k) => k.endsWith('.pack'));
+        assert.ok(packs.length >= 1 && packs.length <= 16, `${packs.length} packs`);
+        assert.equal(keys.filter((k) => k.endsWith('.idx')).length, packs.length);
+        for (const b of [b1, b2]) assert.ok(keys.includes(`hosts/a/backups/${b.id}/manifest.json`));
+        assert.ok(keys.includes('hosts/a/config.json') && keys.some((k) => k.startsWith('hosts/a/keys/')));
+        assert.ok(!keys.some((k) => k.startsWith('hosts/a/locks/')), 'no lock object left behind');
+
+        for (const [b, saved] of [[b1, copy1], [b2, copy2]] as const) {
+          const to = path.join(dir, `restored-${b.id}`);
+          assert.equal((await json<{ mode: string }>('backup_restore', '--repo', repo, '--key-file', keyFile, '--id', b.id, '--device', 'd.img', '--to', to)).mode, 'file');
+          await check('cmp', [to, saved]);
+        }
+        const cached = fs.readdirSync(cacheDir, { recursive: true }).map(String);
+        assert.ok(!cached.some((f) => f.endsWith('.pack')), `packs fetched for the restore are let go: ${cached.join(', ')}`);
+        const verified = await json<{ ok: boolean; checkedChunks: number }>('backup_verify', '--repo', repo, '--key-file', keyFile);
+        assert.equal(verified.ok, true);
+        assert.ok(verified.checkedChunks >= (10 * MiB) / BLOCK);
+
+        // A flipped byte in a chunk's sealed bytes in a pack object: verify names it, restore of that backup refuses and writes nothing; put back, all is well.
+        const pack = packs[0] as string;
+        const original = await getObject(bucket, pack);
+        const bent = Buffer.from(original);
+        // Inside the first record's sealed bytes (past its 48-byte header, which restore does not need).
+        const at = 48 + 20;
+        bent[at] = (bent[at] as number) ^ 0x01;
+        await putObject(bucket, pack, bent);
+        const damaged = await cli(['backup_verify', '--repo', repo, '--key-file', keyFile, '--json']);
+        assert.equal(damaged.code, 1, damaged.stderr);
+        const report = JSON.parse(damaged.stdout) as { ok: boolean; problems: string[]; damagedBackups: string[] };
+        assert.equal(report.ok, false);
+        assert.match(report.problems.join('\n'), /damaged|fails authentication/);
+        const hurt = report.damagedBackups[0];
+        assert.ok(hurt === b1.id || hurt === b2.id, `verify names the backup the bent chunk belongs to: ${report.damagedBackups}`);
+        const refused = await cli(['backup_restore', '--repo', repo, '--key-file', keyFile, '--id', hurt, '--device', 'd.img', '--to', path.join(dir, 'refused')]);
+        assert.notEqual(refused.code, 0, `restore of ${hurt} (${report.problems.join('; ')}): ${refused.stdout}`);
+        assert.match(refused.stderr, /EIO/);
+        assert.ok(!fs.existsSync(path.join(dir, 'refused')), 'nothing written');
+        await putObject(bucket, pack, original);
+        assert.equal((await json<{ ok: boolean }>('backup_verify', '--repo', repo, '--key-file', keyFile)).ok, true);
+
+        // Prune to the newest: the older goes, the newer restores as before and verifies.
+        const pruned = await json<{ removed: string[] }>('backup_prune', '--repo', repo, '--key-file', keyFile, '--keep-last', '1');
+        assert.deepEqual(pruned.removed, [b1.id]);
+        assert.ok(!(await keysOf(bucket, `hosts/a/backups/${b1.id}/`)).length, 'the pruned backup has no object left');
+        const to = path.join(dir, 'after-prune');
+        await json('backup_restore', '--repo', repo, '--key-file', keyFile, '--id', b2.id, '--device', 'd.img', '--to', to);
+        await check('cmp', [to, copy2]);
+        assert.equal((await json<{ ok: boolean }>('backup_verify', '--repo', repo, '--key-file', keyFile)).ok, true);
+      } finally {
+        await nbd.close();
+      }
+    });
+  });
+
+  it('the lock: a live prune lock of another host holds a backup back, naming its holder; an expired one, or a dead local process\'s, does not', async () => {
+    const bucket = await s3.bucket();
+    const repo = `s3://${bucket}`;
+    await withDaemon({ 'l.img': 4 * MiB }, async (daemon, _local, dir) => {
+      const { cli, json } = cliOf(daemon.controlPath, path.join(dir, 'cache'));
+      await json('backup_init', '--repo', repo, '--encryption', 'none');
+      const backup = (): Promise<RunResult> => cli(['backup_create', '--repo', repo, '--device', 'l.img', '--json']);
+      const lock = (host: string, pid: number, refreshed: number): Promise<unknown> => putObject(bucket, 'locks/0123456789abcdef.json', Buffer.from(JSON.stringify({ exclusive: true, host, pid, refreshed })));
+
+      await lock('another-host', 4242, Date.now());
+      let done = false;
+      const held = backup().then((r) => {
+        done = true;
+        return r;
+      });
+      await new Promise((r) => setTimeout(r, 4000));
+      assert.equal(done, false, 'the backup waits while the prune lock is live');
+      await s3.client().send(new DeleteObjectCommand({ Bucket: bucket, Key: 'locks/0123456789abcdef.json' }));
+      const r = await held;
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stderr, /waiting for a prune .* held exclusively by pid 4242 on another-host/);
+
+      await lock('another-host', 4242, Date.now() - 10 * 60_000);
+      const expired = await backup();
+      assert.equal(expired.code, 0, expired.stderr);
+      assert.doesNotMatch(expired.stderr, /waiting/, 'an expired lease does not bind');
+
+      // Above the kernel's largest pid (2^22): no process has it.
+      await lock(os.hostname(), 2 ** 22 + 12345, Date.now());
+      const dead = await backup();
+      assert.equal(dead.code, 0, dead.stderr);
+      assert.doesNotMatch(dead.stderr, /waiting/, "a lock of a process gone from this host does not bind");
+    });
+  });
+
+  it('clear errors: a missing bucket is ENOENT naming it, wrong credentials EACCES, a wrong key EACCES', async () => {
+    const bucket = await s3.bucket();
+    await withDaemon({ 'x.img': MiB }, async (daemon, _local, dir) => {
+      const { cli } = cliOf(daemon.controlPath, path.join(dir, 'cache'));
+      const noBucket = await cli(['backup_init', '--repo', 's3://no-such-bucket-here/x', '--encryption', 'none']);
+      assert.equal(noBucket.code, 2, noBucket.stderr);
+      assert.match(noBucket.stderr, /ENOENT: .*NoSuchBucket.*make the bucket first/);
+      const badKeys = await cli(['backup_init', '--repo', `s3://${bucket}`, '--encryption', 'none'], { AWS_SECRET_ACCESS_KEY: 'wrong' });
+      assert.equal(badKeys.code, 13, badKeys.stderr);
+      assert.match(badKeys.stderr, /EACCES: .*AWS_SECRET_ACCESS_KEY/);
+      const key = path.join(dir, 'k');
+      const other = path.join(dir, 'k2');
+      await cli(['key', 'generate', '--file', key]);
+      await cli(['key', 'generate', '--file', other]);
+      assert.equal((await cli(['backup_init', '--repo', `s3://${bucket}/enc`, '--key-file', key])).code, 0);
+      const wrong = await cli(['backup_list', '--repo', `s3://${bucket}/enc`, '--key-file', other]);
+      assert.equal(wrong.code, 13, wrong.stderr);
+      const badRepo = await cli(['backup_list', '--repo', 's3://Bad_Bucket']);
+      assert.equal(badRepo.code, 22, badRepo.stderr);
+    });
+  });
+});
