@@ -16,6 +16,7 @@ import { chunkCountOf, readIndex, writeIndex } from '../repository/digest-index.
 import { indexFileOf, names, newBackupId } from '../repository/layout.js';
 import type { ManifestDevice } from '../repository/manifest.js';
 import type { BackupWriter, Repository } from '../repository/repository.js';
+import { s3Requests } from '../repository/s3-backend.js';
 import { TaskWindow } from '../util/task-window.js';
 import { allocatedChunks, inFronts, readRuns, runsOf } from './image-reader.js';
 import type { Progress } from './progress.js';
@@ -48,14 +49,25 @@ export interface CreateResult {
   /** Per device: `storedBytes` is what its new chunks added to packs (record headers included), `indexBytes` its index pages and root. */
   devices: Array<Pick<ManifestDevice, 'name' | 'size' | 'mode' | 'generationId' | 'changesNumber' | 'readBytes' | 'storedBytes'> & { indexBytes: number }>;
   warnings: string[];
+  /** S3 requests made, by operation, in all threads (a repository in a bucket only). */
+  requests?: Record<string, number>;
 }
 
-/** The newest complete backup of each device name, with its index, when it can be read. */
-async function previousBackups(repo: Repository): Promise<Map<string, { id: string; device: ManifestDevice }>> {
+/** Counts by name added up, less what `before` had counted already. */
+function sumCounts(counts: Array<Record<string, number>>, before: Record<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const c of counts) for (const [k, n] of Object.entries(c)) out[k] = (out[k] ?? 0) + n;
+  for (const [k, n] of Object.entries(before)) out[k] = (out[k] ?? 0) - n;
+  return out;
+}
+
+/** The newest complete backup of each of `devices`, with its index, when it can be read: manifests read newest first until each has one. */
+async function previousBackups(repo: Repository, devices: string[]): Promise<Map<string, { id: string; device: ManifestDevice }>> {
   const out = new Map<string, { id: string; device: ManifestDevice }>();
-  for (const id of await repo.backupIds()) {
+  for (const id of (await repo.backupIds()).reverse()) {
+    if (devices.every((d) => out.has(d))) break;
     try {
-      for (const device of (await repo.manifest(id)).devices) out.set(device.name, { id, device });
+      for (const device of (await repo.manifest(id)).devices) if (!out.has(device.name)) out.set(device.name, { id, device });
     } catch {
       // A damaged manifest is not a base for an incremental; verify reports it.
     }
@@ -69,6 +81,7 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
   const deviceNames = await Promise.all(given.devices.map(async (d) => (await client.call(api.DeviceInfoOf, { device: d.includes('/') ? path.resolve(d) : d })).name));
   if (new Set(deviceNames).size !== deviceNames.length) throw new BlkError('EINVAL', `backup_create: a device is given twice (${given.devices.join(', ')})`);
   const o = { ...given, devices: deviceNames };
+  const requestsBefore = s3Requests();
   const release = await repo.lock(false, (holder) => o.progress?.note(`waiting for a prune to finish its sweep (the lock is held ${holder})`));
   const workers = new WorkerPool('create', params.createWorkersPerCore * os.availableParallelism());
   let snapshotId: string | null = null;
@@ -96,21 +109,23 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
       }));
       await o.afterTake(images);
     }
-    const previous = await previousBackups(repo);
+    const previous = await previousBackups(repo, o.devices);
     // What the repository holds: a chunk found here is not stored again.
     const known = await ChunkIndex.load(repo.backend, repo.cipher);
     const entries: Array<ManifestDevice & { indexBytes: number }> = [];
     for (const name of o.devices) entries.push(await backupDevice(repo, client, workers, known, o, name, previous.get(name) ?? null, writer));
     // Packs put in place (synced, indexed); the commit makes them, the pages and the index roots
     // durable before the manifest makes the backup exist.
-    await workers.runOnAll({ kind: 'finish' });
+    const finished = await workers.runOnAll({ kind: 'finish' });
     const manifest = { version: 1 as const, id, time: time.toISOString(), devices: entries.map(({ indexBytes: _i, ...device }) => device) };
     await writer.commit(manifest);
+    const requests = repo.backend.spec.kind === 's3' ? sumCounts([s3Requests(), ...finished.map((f) => f.requests)], requestsBefore) : null;
     return {
       id,
       time: manifest.time,
       devices: entries.map(({ name, size, mode, generationId, changesNumber, readBytes, storedBytes, indexBytes }) => ({ name, size, mode, generationId, changesNumber, readBytes, storedBytes, indexBytes })),
       warnings: taken.warnings,
+      ...(requests ? { requests } : {}),
     };
   } finally {
     await writer?.abandon();

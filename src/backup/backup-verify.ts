@@ -70,6 +70,8 @@ export async function verifyRepository(repo: Repository, o: VerifyOptions): Prom
 }
 
 async function verifyLocked(repo: Repository, o: VerifyOptions): Promise<VerifyResult> {
+  // What is checked is what the store holds, not a copy a cache kept.
+  repo.backend.bypassCache();
   const ids = o.id === undefined ? await repo.backupIds() : [o.id];
   if (o.id !== undefined) await repo.manifest(o.id); // ENOENT for an unknown id
   const refs = new Map<string, Awaited<ReturnType<typeof referencesOf>>>();

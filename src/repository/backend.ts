@@ -40,6 +40,8 @@ export interface Backend {
   write(name: string, data: Uint8Array, options?: { inExistingFolder?: boolean }): Promise<void>;
   /** The names of the objects (and folders, with a trailing '/') directly under `folder` ('' for the top). */
   list(folder: string): Promise<string[]>;
+  /** The names (relative to `folder`) of every object under it, at any depth: one request per 1000 in an object store. */
+  listTree(folder: string): Promise<string[]>;
   /** An object's size, or null when there is none. */
   size(name: string): Promise<number | null>;
   /** Removes an object (or a folder and all under it); no error when there is none. */
@@ -75,6 +77,11 @@ export interface Backend {
   fetchLocal(objects: string[]): Promise<void>;
   /** Lets cached copies of these objects go (no-op where the objects are local). */
   evictLocal(objects: string[]): Promise<void>;
+  /**
+   * From now on every read goes to the store itself, never to a cached copy (backup_verify: what it
+   * checks is what the store holds).
+   */
+  bypassCache(): void;
 }
 
 /** The error a backend gives for an object that is not there. */

@@ -78,6 +78,18 @@ export class LocalBackend implements Backend {
     return entries.map((e) => (e.isDirectory() ? `${e.name}/` : e.name)).sort();
   }
 
+  async listTree(folder: string): Promise<string[]> {
+    let entries: fs.Dirent[];
+    try {
+      entries = await fs.promises.readdir(this.#path(folder), { recursive: true, withFileTypes: true });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw this.#error(e, folder);
+    }
+    const top = this.#path(folder);
+    return entries.filter((e) => e.isFile()).map((e) => path.relative(top, path.join(e.parentPath ?? e.path, e.name))).sort();
+  }
+
   async size(name: string): Promise<number | null> {
     const st = await fs.promises.stat(this.#path(name)).catch(() => null);
     return st ? st.size : null;
@@ -127,6 +139,8 @@ export class LocalBackend implements Backend {
   async fetchLocal(): Promise<void> {}
 
   async evictLocal(): Promise<void> {}
+
+  bypassCache(): void {}
 
   #error(e: unknown, name: string): BlkError {
     const err = toBlkError(e);

@@ -158,10 +158,9 @@ export class Repository {
 
   /** Ids of the complete backups (a manifest in place), oldest first. */
   async backupIds(): Promise<string[]> {
-    const folders = (await this.backend.list(names.backups)).filter((n) => n.endsWith('/')).map((n) => n.slice(0, -1));
-    const ids = folders.filter((n) => BACKUP_ID_PATTERN.test(n));
-    const present = await Promise.all(ids.map(async (id) => (await this.backend.size(names.manifest(id))) !== null));
-    return ids.filter((_, i) => present[i]).sort();
+    // One listing of the whole tree, not a look-up per backup (an object store's requests).
+    const ids = (await this.backend.listTree(names.backups)).filter((n) => n.endsWith('/manifest.json')).map((n) => n.slice(0, -'/manifest.json'.length));
+    return ids.filter((id) => BACKUP_ID_PATTERN.test(id)).sort();
   }
 
   /** Backup `id`'s manifest: EINVAL for an id that is not one, ENOENT when there is no such backup, EIO when it is damaged. */

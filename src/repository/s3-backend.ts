@@ -3,8 +3,11 @@
 // streamed from the local file they were built in), read whole or by range. Objects are built in a
 // local staging folder under the cache directory and uploaded at commit, a backup's manifest last.
 // Readers that need a pack as a local file (restore, verify) have it fetched whole into the cache.
-// The lock is a set of lock objects (repository/lock-objects.ts); an acknowledged PUT is durable, so
-// sync() has nothing to do.
+// Objects that never change once written and that planning reads (pack indexes, manifests, index
+// roots) are kept in the cache when written or first read, and read from there while the bucket's
+// listing still names them, so an incremental backup's requests follow its change, not the size of
+// the repository; verify bypasses the cache. The lock is a set of lock objects
+// (repository/lock-objects.ts); an acknowledged PUT is durable, so sync() has nothing to do.
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as https from 'node:https';
@@ -49,6 +52,17 @@ export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string {
 
 const clients = new Map<string, S3Client>();
 
+/** S3 requests this thread made, by operation (GetObject, PutObject, ...): client-side metrics. */
+const requests = new Map<string, number>();
+
+/** What this thread asked of S3 so far, by operation. */
+export function s3Requests(): Record<string, number> {
+  return Object.fromEntries(requests);
+}
+
+/** Objects that never change once written and that planning reads: cached. */
+const CACHED = /^(chunks\/[0-9a-f]+\.idx|backups\/[^/]+\/(manifest\.json|[^/]+\.index))$/;
+
 // The SDK warns on every run under Node < 22 that its releases after January 2027 will need 22; the
 // version this package locks runs on 20, which the package supports, so the warning only misleads.
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
@@ -69,6 +83,14 @@ function clientOf(spec: S3BackendSpec): S3Client {
       responseChecksumValidation: 'WHEN_REQUIRED',
       requestHandler: new NodeHttpHandler({ ...(ca ? { httpsAgent: new https.Agent({ ca, keepAlive: true }) } : {}), connectionTimeout: 10_000, requestTimeout: 120_000 }),
     });
+    client.middlewareStack.add(
+      (next, context) => (args) => {
+        const op = (context.commandName ?? 'request').replace(/Command$/, '');
+        requests.set(op, (requests.get(op) ?? 0) + 1);
+        return next(args);
+      },
+      { step: 'initialize', name: 'blksnapRequestCount' },
+    );
     clients.set(key, client);
   }
   return client;
@@ -89,6 +111,8 @@ export class S3Backend implements Backend {
   readonly cacheDir: string;
   /** Objects fetched into the cache by fetchLocal(), so localPath() names them. */
   #fetched = new Set<string>();
+  /** Every read from the bucket, none from the cache (verify). */
+  #bypass = false;
 
   constructor(spec: S3BackendSpec) {
     this.spec = spec;
@@ -116,13 +140,42 @@ export class S3Backend implements Backend {
     return new BlkError('EIO', detail);
   }
 
+  #cached(name: string): string {
+    return path.join(this.cacheDir, 'objects', name);
+  }
+
   async read(name: string): Promise<Buffer> {
+    const isCached = CACHED.test(name);
+    if (isCached && !this.#bypass) {
+      const kept = await fs.promises.readFile(this.#cached(name)).catch(() => null);
+      if (kept) return kept;
+    }
+    let data: Buffer;
     try {
       const r = await this.#client.send(new GetObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name) }));
-      return Buffer.from(await (r.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray());
+      data = Buffer.from(await (r.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray());
     } catch (e) {
       throw this.#error(e, name);
     }
+    if (isCached && !this.#bypass) await this.#keep(name, data);
+    return data;
+  }
+
+  /** Puts a copy of an unchanging object in the cache (whole or not at all); a cache that cannot take it is no error. */
+  async #keep(name: string, data: Uint8Array): Promise<void> {
+    const file = this.#cached(name);
+    const temp = `${file}${TEMP_MARK}${process.pid}.${threadId}.${tempCounter++}`;
+    try {
+      await fs.promises.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+      await fs.promises.writeFile(temp, data, { mode: 0o600 });
+      await fs.promises.rename(temp, file);
+    } catch {
+      await fs.promises.rm(temp, { force: true });
+    }
+  }
+
+  bypassCache(): void {
+    this.#bypass = true;
   }
 
   async readRange(name: string, offset: number, into: Uint8Array): Promise<number> {
@@ -155,6 +208,7 @@ export class S3Backend implements Backend {
     } catch (e) {
       throw this.#error(e, name);
     }
+    if (CACHED.test(name)) await this.#keep(name, data);
   }
 
   async list(folder: string): Promise<string[]> {
@@ -200,6 +254,15 @@ export class S3Backend implements Backend {
     }
     this.#fetched.delete(name);
     await fs.promises.rm(path.join(this.cacheDir, 'objects', name), { force: true, recursive: true });
+  }
+
+  async listTree(folder: string): Promise<string[]> {
+    const prefix = this.#key(folder);
+    try {
+      return (await this.#allUnder(folder)).map((k) => k.slice(prefix.length)).sort();
+    } catch (e) {
+      throw this.#error(e, folder === '' ? 'the repository' : folder);
+    }
   }
 
   /** Every key under `folder`, at any depth. */

@@ -3,7 +3,8 @@
 // the CLI: init (encrypted), full and incremental backups, list, restore bit-identical, verify (a
 // flipped byte in a pack object found and named, the restore refused), prune; whole packs as objects,
 // never one per chunk; the lock by lock objects (a live one of another host holds a backup back, an
-// expired one and a dead local process's do not); clear errors for wrong keys and a missing bucket.
+// expired one and a dead local process's do not); an incremental's requests (counted by the client)
+// the same in a repository with 4× the backups; clear errors for wrong keys and a missing bucket.
 import assert from 'node:assert/strict';
 import { randomFillSync, randomInt } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -144,6 +145,44 @@ describe('a repository in an S3 bucket (Ceph RADOS Gateway)', { skip: missing('n
         await json('backup_restore', '--repo', repo, '--key-file', keyFile, '--id', b2.id, '--device', 'd.img', '--to', to);
         await check('cmp', [to, copy2]);
         assert.equal((await json<{ ok: boolean }>('backup_verify', '--repo', repo, '--key-file', keyFile)).ok, true);
+      } finally {
+        await nbd.close();
+      }
+    });
+  });
+
+  it("an incremental's requests follow its change, not the repository: the same change costs the same in a repository with 4× the backups", async (t) => {
+    const bucket = await s3.bucket();
+    await withDaemon({ 'r.img': 24 * MiB }, async (daemon, _local, dir) => {
+      const { json } = cliOf(daemon.controlPath, path.join(dir, 'cache'));
+      const nbd = await NbdClient.connect(daemon.uri('r.img'));
+      try {
+        const change = async (seed: number): Promise<void> => {
+          for (let i = 0; i < 12; i++) await nbd.write(((seed * 7 + i * 29) % 384) * BLOCK, randomFillSync(Buffer.alloc(BLOCK)));
+          await nbd.flush();
+        };
+        for (let at = 0; at < 16 * MiB; at += MiB) await nbd.write(at, randomFillSync(Buffer.alloc(MiB)));
+        type Made = { devices: Array<{ mode: string }>; requests: Record<string, number> };
+        const backup = (repo: string): Promise<Made> => json<Made>('backup_create', '--repo', repo, '--device', 'r.img');
+        const [small, large] = [`s3://${bucket}/small`, `s3://${bucket}/large`];
+        for (const repo of [small, large]) await json('backup_init', '--repo', repo, '--encryption', 'none');
+        await backup(large);
+        for (let k = 1; k <= 3; k++) {
+          await change(k);
+          assert.equal((await backup(large)).devices[0]?.mode, 'incremental');
+        }
+        await backup(small);
+        await change(11);
+        const inSmall = await backup(small);
+        const inLarge = await backup(large);
+        assert.equal(inSmall.devices[0]?.mode, 'incremental');
+        assert.equal(inLarge.devices[0]?.mode, 'incremental');
+        const total = (r: Record<string, number>): number => Object.values(r).reduce((a, b) => a + b, 0);
+        t.diagnostic(`requests of the incremental: 2 backups ${JSON.stringify(inSmall.requests)}, 5 backups ${JSON.stringify(inLarge.requests)}`);
+        // Reads and listings alike; uploads differ only by how many workers' packs the change filled.
+        for (const op of ['GetObject', 'ListObjectsV2', 'HeadObject']) assert.equal(inLarge.requests[op] ?? 0, inSmall.requests[op] ?? 0, `${op}: ${JSON.stringify(inSmall.requests)} against ${JSON.stringify(inLarge.requests)}`);
+        assert.ok(Math.abs(total(inLarge.requests) - total(inSmall.requests)) <= 8, `${JSON.stringify(inSmall.requests)} against ${JSON.stringify(inLarge.requests)}`);
+        assert.ok(total(inSmall.requests) < 60, `an incremental of 12 blocks made ${total(inSmall.requests)} requests`);
       } finally {
         await nbd.close();
       }

@@ -8,6 +8,7 @@ import type { ChunkLocation } from '../../repository/chunk-index.js';
 import { cipherOf, type ObjectCipher, PLAIN } from '../../repository/cipher.js';
 import { isAllZero } from '../../repository/digest.js';
 import { PackWriter, RECORD_HEADER } from '../../repository/pack.js';
+import { s3Requests } from '../../repository/s3-backend.js';
 import type { CreateResult, CreateTask } from './tasks.js';
 
 const hashed = new Map<number, { data: Uint8Array; lengths: number[]; digests: Uint8Array }>();
@@ -70,7 +71,7 @@ async function run(task: CreateTask): Promise<{ result: CreateResult; transfer: 
       await writer?.close();
       const packs = writer ? [...writer.closed] : [];
       writer = null;
-      return { result: { kind: 'finish', packs }, transfer: [] };
+      return { result: { kind: 'finish', packs, requests: s3Requests() }, transfer: [] };
     }
   }
 }

@@ -34,7 +34,7 @@ export type CreateResult =
   | { kind: 'share' }
   | { kind: 'hash'; digests: Uint8Array }
   | { kind: 'store'; locations: Array<ChunkLocation & { index: number }>; storedBytes: number }
-  | { kind: 'finish'; packs: string[] };
+  | { kind: 'finish'; packs: string[]; requests: Record<string, number> };
 
 /** What the workers that read chunks do: a restore's, and a daemon's serving a backup. */
 export type ReadTask =
