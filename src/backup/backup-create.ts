@@ -14,7 +14,7 @@ import { ChunkIndex, type ChunkLocation } from '../repository/chunk-index.js';
 import { isZeroDigest } from '../repository/digest.js';
 import { chunkCountOf, readIndex, writeIndex } from '../repository/digest-index.js';
 import { indexFileOf, names, newBackupId } from '../repository/layout.js';
-import type { ManifestDevice } from '../repository/manifest.js';
+import { type BackupHost, isSameHost, type ManifestDevice, thisHost } from '../repository/manifest.js';
 import type { BackupWriter, Repository } from '../repository/repository.js';
 import { s3Requests } from '../repository/s3-backend.js';
 import { TaskWindow } from '../util/task-window.js';
@@ -39,6 +39,8 @@ export interface CreateOptions {
   imageUri?: (image: api.ImageInfo) => string;
   tls?: NbdTlsOptions;
   progress?: Progress;
+  /** The host the backup is recorded under (default: the hostname): its incremental base is the newest backup of the same host and device. */
+  host?: string;
   /** Runs after the take, before any read: the images as the backup will read them (a test copies them). */
   afterTake?: (images: Array<{ device: string; uri: string }>) => Promise<void>;
 }
@@ -46,6 +48,7 @@ export interface CreateOptions {
 export interface CreateResult {
   id: string;
   time: string;
+  host: BackupHost;
   /** Per device: `storedBytes` is what its new chunks added to packs (record headers included), `indexBytes` its index pages and root. */
   devices: Array<Pick<ManifestDevice, 'name' | 'size' | 'mode' | 'generationId' | 'changesNumber' | 'readBytes' | 'storedBytes'> & { indexBytes: number }>;
   warnings: string[];
@@ -61,13 +64,18 @@ function sumCounts(counts: Array<Record<string, number>>, before: Record<string,
   return out;
 }
 
-/** The newest complete backup of each of `devices`, with its index, when it can be read: manifests read newest first until each has one. */
-async function previousBackups(repo: Repository, devices: string[]): Promise<Map<string, { id: string; device: ManifestDevice }>> {
+/**
+ * The newest complete backup of each of `devices` made by `host` (the incremental base is per host
+ * and device), with its index, when it can be read: manifests read newest first until each has one.
+ */
+async function previousBackups(repo: Repository, devices: string[], host: BackupHost): Promise<Map<string, { id: string; device: ManifestDevice }>> {
   const out = new Map<string, { id: string; device: ManifestDevice }>();
   for (const id of (await repo.backupIds()).reverse()) {
     if (devices.every((d) => out.has(d))) break;
     try {
-      for (const device of (await repo.manifest(id)).devices) if (!out.has(device.name)) out.set(device.name, { id, device });
+      const manifest = await repo.manifest(id);
+      if (!isSameHost(manifest.host, host)) continue;
+      for (const device of manifest.devices) if (!out.has(device.name)) out.set(device.name, { id, device });
     } catch {
       // A damaged manifest is not a base for an incremental; verify reports it.
     }
@@ -109,7 +117,8 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
       }));
       await o.afterTake(images);
     }
-    const previous = await previousBackups(repo, o.devices);
+    const host = thisHost(o.host);
+    const previous = await previousBackups(repo, o.devices, host);
     // What the repository holds: a chunk found here is not stored again.
     const known = await ChunkIndex.load(repo.backend, repo.cipher);
     const entries: Array<ManifestDevice & { indexBytes: number }> = [];
@@ -117,12 +126,13 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
     // Packs put in place (synced, indexed); the commit makes them, the pages and the index roots
     // durable before the manifest makes the backup exist.
     const finished = await workers.runOnAll({ kind: 'finish' });
-    const manifest = { version: 1 as const, id, time: time.toISOString(), devices: entries.map(({ indexBytes: _i, ...device }) => device) };
+    const manifest = { version: 1 as const, id, time: time.toISOString(), host, devices: entries.map(({ indexBytes: _i, ...device }) => device) };
     await writer.commit(manifest);
     const requests = repo.backend.spec.kind === 's3' ? sumCounts([s3Requests(), ...finished.map((f) => f.requests)], requestsBefore) : null;
     return {
       id,
       time: manifest.time,
+      host,
       devices: entries.map(({ name, size, mode, generationId, changesNumber, readBytes, storedBytes, indexBytes }) => ({ name, size, mode, generationId, changesNumber, readBytes, storedBytes, indexBytes })),
       warnings: taken.warnings,
       ...(requests ? { requests } : {}),

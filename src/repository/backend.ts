@@ -2,6 +2,7 @@
 // ("config.json", "chunks/ID.pack", "backups/ID/manifest.json"); a backend stores each whole. The
 // local directory is the first backend; an object store is another behind the same calls.
 import type { BlkError } from '../errors.js';
+import type { RateLimitState } from '../util/rate-limit.js';
 
 /** Where an S3 repository is and how to reach it; credentials come from the environment (AWS_*), never from here. */
 export interface S3BackendSpec {
@@ -18,6 +19,9 @@ export interface S3BackendSpec {
   caFile: string | null;
   /** Where fetched objects are cached and uploads are built. */
   cacheDir: string;
+  /** Byte rates the whole process keeps to (shared by its threads), or null. */
+  uploadLimit: RateLimitState | null;
+  downloadLimit: RateLimitState | null;
 }
 
 /** What opens a backend again, in another thread (the repository's workers open their own). */

@@ -1,6 +1,7 @@
 // Owns finding the backend a repository lives in: from what a user gives (a directory, or
 // s3://BUCKET[/PREFIX] with how to reach it), or from a spec another thread was handed.
 import { BlkError } from '../errors.js';
+import { newRateLimit } from '../util/rate-limit.js';
 import type { Backend, BackendSpec } from './backend.js';
 import { LocalBackend } from './local-backend.js';
 import { defaultCacheDir, parseS3Location, S3Backend } from './s3-backend.js';
@@ -13,6 +14,9 @@ export interface RemoteOptions {
   s3Addressing?: string;
   s3Ca?: string;
   cacheDir?: string;
+  /** Bytes a second, for the whole process. */
+  limitUpload?: number;
+  limitDownload?: number;
 }
 
 /** The backend of a repository location: a directory, or an S3 bucket and prefix. */
@@ -32,6 +36,8 @@ export function backendAt(location: string, o: RemoteOptions = {}, env: NodeJS.P
     pathStyle: addressing === 'path',
     caFile: o.s3Ca ?? null,
     cacheDir: o.cacheDir ?? defaultCacheDir(env),
+    uploadLimit: o.limitUpload ? newRateLimit(o.limitUpload) : null,
+    downloadLimit: o.limitDownload ? newRateLimit(o.limitDownload) : null,
   });
 }
 

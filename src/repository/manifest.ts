@@ -1,5 +1,7 @@
 // Owns a backup's manifest (backups/ID/manifest.json): what it holds, readable by a person, checked
 // by the SHA-256 of its body. Written last: a backup exists only once its manifest does.
+import * as fs from 'node:fs';
+import * as os from 'node:os';
 import { BlkError } from '../errors.js';
 import type { Backend } from './backend.js';
 import { aadOf, type ObjectCipher } from './cipher.js';
@@ -21,11 +23,35 @@ export interface ManifestDevice {
   index: string;
 }
 
+/** Who made a backup: a host name (--host, else the hostname) and the machine's id (/etc/machine-id; '' where there is none). */
+export interface BackupHost {
+  name: string;
+  machineId: string;
+}
+
 export interface Manifest {
   version: 1;
   id: string;
   time: string;
+  /** Absent in backups made before hosts were recorded: they count as any host's. */
+  host?: BackupHost;
   devices: ManifestDevice[];
+}
+
+/** This machine as a backup records it, named `name` when given. */
+export function thisHost(name?: string): BackupHost {
+  let machineId = '';
+  try {
+    machineId = fs.readFileSync('/etc/machine-id', 'utf8').trim();
+  } catch {
+    // none here
+  }
+  return { name: name ?? os.hostname(), machineId };
+}
+
+/** Whether a backup of `host` (undefined: made before hosts were recorded) is one of `mine`: the same name. */
+export function isSameHost(host: BackupHost | undefined, mine: BackupHost): boolean {
+  return host === undefined || host.name === mine.name;
 }
 
 export function encodeManifest(m: Manifest): Buffer {
@@ -72,6 +98,7 @@ function shapeError(m: Manifest): string | null {
   const isCount = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0;
   if (m.version !== 1) return `version ${JSON.stringify(m.version)} is not 1`;
   if (typeof m.id !== 'string' || typeof m.time !== 'string') return 'id and time must be strings';
+  if (m.host !== undefined && (typeof m.host !== 'object' || m.host === null || typeof m.host.name !== 'string' || typeof m.host.machineId !== 'string')) return 'host must be {name, machineId} of strings';
   if (!Array.isArray(m.devices)) return 'devices is not a list';
   for (const [i, d] of m.devices.entries()) {
     const at = `devices[${i}]`;

@@ -44,6 +44,8 @@ export interface OpenOptions {
 export interface BackupSummary {
   id: string;
   time: string;
+  /** Its host's name ('' for a backup made before hosts were recorded). */
+  host: string;
   devices: Array<{ name: string; size: number; mode: 'full' | 'incremental' }>;
 }
 
@@ -175,9 +177,9 @@ export class Repository {
     for (const id of await this.backupIds()) {
       try {
         const m = await this.manifest(id);
-        out.push({ id, time: m.time, devices: m.devices.map((d) => ({ name: d.name, size: d.size, mode: d.mode })) });
+        out.push({ id, time: m.time, host: m.host?.name ?? '', devices: m.devices.map((d) => ({ name: d.name, size: d.size, mode: d.mode })) });
       } catch {
-        out.push({ id, time: '', devices: [] });
+        out.push({ id, time: '', host: '', devices: [] });
       }
     }
     return out;

@@ -13,22 +13,11 @@ import * as fs from 'node:fs';
 import * as https from 'node:https';
 import * as path from 'node:path';
 import { threadId } from 'node:worker_threads';
-import {
-  AbortMultipartUploadCommand,
-  CompleteMultipartUploadCommand,
-  CreateMultipartUploadCommand,
-  DeleteObjectsCommand,
-  GetObjectCommand,
-  HeadObjectCommand,
-  ListObjectsV2Command,
-  PutObjectCommand,
-  S3Client,
-  UploadPartCommand,
-} from '@aws-sdk/client-s3';
-import { NodeHttpHandler } from '@smithy/node-http-handler';
+import type { S3Client } from '@aws-sdk/client-s3';
 import { BlkError } from '../errors.js';
 import { backup as params } from '../params.js';
 import type { Backend, S3BackendSpec } from './backend.js';
+import { paced } from '../util/rate-limit.js';
 import { lockWithObjects } from './lock-objects.js';
 import { TEMP_MARK } from './layout.js';
 
@@ -50,7 +39,15 @@ export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string {
   return path.join(env.HOME, '.cache', 'blksnap');
 }
 
-const clients = new Map<string, S3Client>();
+type Sdk = typeof import('@aws-sdk/client-s3');
+/** The SDK, loaded on first use: it is large, and a command on a local repository never needs it. */
+let sdkLoading: Promise<Sdk> | null = null;
+function loadSdk(): Promise<Sdk> {
+  sdkLoading ??= import('@aws-sdk/client-s3');
+  return sdkLoading;
+}
+
+const clients = new Map<string, Promise<S3Client>>();
 
 /** S3 requests this thread made, by operation (GetObject, PutObject, ...): client-side metrics. */
 const requests = new Map<string, number>();
@@ -67,32 +64,38 @@ const CACHED = /^(chunks\/[0-9a-f]+\.idx|backups\/[^/]+\/(manifest\.json|[^/]+\.
 // version this package locks runs on 20, which the package supports, so the warning only misleads.
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
-function clientOf(spec: S3BackendSpec): S3Client {
+function clientOf(spec: S3BackendSpec): Promise<S3Client> {
   const key = JSON.stringify([spec.endpoint, spec.region, spec.pathStyle, spec.caFile]);
   let client = clients.get(key);
   if (!client) {
-    const ca = spec.caFile ? fs.readFileSync(spec.caFile) : undefined;
-    client = new S3Client({
-      ...(spec.endpoint ? { endpoint: spec.endpoint } : {}),
-      region: spec.region,
-      forcePathStyle: spec.pathStyle,
-      maxAttempts: params.s3Attempts,
-      // Checksums only where the API requires them: trailing checksums (aws-chunked uploads) are
-      // newer than many S3 servers, and each part and object is checked by its Content-MD5/ETag.
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-      requestHandler: new NodeHttpHandler({ ...(ca ? { httpsAgent: new https.Agent({ ca, keepAlive: true }) } : {}), connectionTimeout: 10_000, requestTimeout: 120_000 }),
-    });
-    client.middlewareStack.add(
-      (next, context) => (args) => {
-        const op = (context.commandName ?? 'request').replace(/Command$/, '');
-        requests.set(op, (requests.get(op) ?? 0) + 1);
-        return next(args);
-      },
-      { step: 'initialize', name: 'blksnapRequestCount' },
-    );
+    client = makeClient(spec);
     clients.set(key, client);
   }
+  return client;
+}
+
+async function makeClient(spec: S3BackendSpec): Promise<S3Client> {
+  const [{ S3Client }, { NodeHttpHandler }] = await Promise.all([loadSdk(), import('@smithy/node-http-handler')]);
+  const ca = spec.caFile ? await fs.promises.readFile(spec.caFile) : undefined;
+  const client = new S3Client({
+    ...(spec.endpoint ? { endpoint: spec.endpoint } : {}),
+    region: spec.region,
+    forcePathStyle: spec.pathStyle,
+    maxAttempts: params.s3Attempts,
+    // Checksums only where the API requires them: trailing checksums (aws-chunked uploads) are
+    // newer than many S3 servers, and each part and object is checked by its Content-MD5/ETag.
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+    requestHandler: new NodeHttpHandler({ ...(ca ? { httpsAgent: new https.Agent({ ca, keepAlive: true }) } : {}), connectionTimeout: 10_000, requestTimeout: 120_000 }),
+  });
+  client.middlewareStack.add(
+    (next, context) => (args) => {
+      const op = (context.commandName ?? 'request').replace(/Command$/, '');
+      requests.set(op, (requests.get(op) ?? 0) + 1);
+      return next(args);
+    },
+    { step: 'initialize', name: 'blksnapRequestCount' },
+  );
   return client;
 }
 
@@ -106,7 +109,7 @@ interface S3Failure {
 export class S3Backend implements Backend {
   readonly spec: S3BackendSpec;
   readonly location: string;
-  #client: S3Client;
+  #client: Promise<S3Client>;
   /** This repository's folder in the cache directory. */
   readonly cacheDir: string;
   /** Objects fetched into the cache by fetchLocal(), so localPath() names them. */
@@ -118,8 +121,16 @@ export class S3Backend implements Backend {
     this.spec = spec;
     this.location = `s3://${spec.bucket}/${spec.prefix}`.replace(/\/$/, '');
     this.#client = clientOf(spec);
+    // Awaited by every call; a failed load is reported there, never as an unhandled rejection.
+    this.#client.catch(() => undefined);
     const tag = createHash('sha256').update(JSON.stringify([spec.endpoint ?? '', spec.bucket, spec.prefix])).digest('hex').slice(0, 16);
     this.cacheDir = path.join(spec.cacheDir, `${spec.bucket}-${tag}`);
+  }
+
+  /** The client and the SDK's commands (loaded on first use). */
+  async #s3(): Promise<{ client: S3Client; sdk: Sdk }> {
+    const [client, sdk] = await Promise.all([this.#client, loadSdk()]);
+    return { client, sdk };
   }
 
   #key(name: string): string {
@@ -145,6 +156,7 @@ export class S3Backend implements Backend {
   }
 
   async read(name: string): Promise<Buffer> {
+    const { client, sdk } = await this.#s3();
     const isCached = CACHED.test(name);
     if (isCached && !this.#bypass) {
       const kept = await fs.promises.readFile(this.#cached(name)).catch(() => null);
@@ -152,11 +164,12 @@ export class S3Backend implements Backend {
     }
     let data: Buffer;
     try {
-      const r = await this.#client.send(new GetObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name) }));
+      const r = await client.send(new sdk.GetObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name) }));
       data = Buffer.from(await (r.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray());
     } catch (e) {
       throw this.#error(e, name);
     }
+    await paced(this.spec.downloadLimit, data.length);
     if (isCached && !this.#bypass) await this.#keep(name, data);
     return data;
   }
@@ -179,13 +192,15 @@ export class S3Backend implements Backend {
   }
 
   async readRange(name: string, offset: number, into: Uint8Array): Promise<number> {
+    const { client, sdk } = await this.#s3();
     if (into.length === 0) return 0;
     const size = await this.size(name);
     if (size === null) throw new BlkError('ENOENT', `${name} in ${this.location}: not there`);
     if (offset >= size) return 0;
     const end = Math.min(size, offset + into.length);
+    await paced(this.spec.downloadLimit, end - offset);
     try {
-      const r = await this.#client.send(new GetObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name), Range: `bytes=${offset}-${end - 1}` }));
+      const r = await client.send(new sdk.GetObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name), Range: `bytes=${offset}-${end - 1}` }));
       let done = 0;
       for await (const piece of r.Body as AsyncIterable<Uint8Array>) {
         if (done + piece.length > into.length) throw new BlkError('EIO', `${name} in ${this.location}: the server sent more than the range asked`);
@@ -199,12 +214,14 @@ export class S3Backend implements Backend {
   }
 
   async write(name: string, data: Uint8Array, options: { inExistingFolder?: boolean } = {}): Promise<void> {
+    const { client, sdk } = await this.#s3();
     if (options.inExistingFolder) {
       const folder = name.slice(0, name.lastIndexOf('/') + 1);
       if ((await this.list(folder)).length === 0) throw new BlkError('ENOENT', `${folder} in ${this.location}: not there`);
     }
+    await paced(this.spec.uploadLimit, data.length);
     try {
-      await this.#client.send(new PutObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name), Body: data, ContentLength: data.length, ContentMD5: md5(data) }));
+      await client.send(new sdk.PutObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name), Body: data, ContentLength: data.length, ContentMD5: md5(data) }));
     } catch (e) {
       throw this.#error(e, name);
     }
@@ -212,12 +229,13 @@ export class S3Backend implements Backend {
   }
 
   async list(folder: string): Promise<string[]> {
+    const { client, sdk } = await this.#s3();
     const prefix = this.#key(folder);
     const out: string[] = [];
     let token: string | undefined;
     try {
       do {
-        const r = await this.#client.send(new ListObjectsV2Command({ Bucket: this.spec.bucket, Prefix: prefix, Delimiter: '/', ...(token ? { ContinuationToken: token } : {}) }));
+        const r = await client.send(new sdk.ListObjectsV2Command({ Bucket: this.spec.bucket, Prefix: prefix, Delimiter: '/', ...(token ? { ContinuationToken: token } : {}) }));
         for (const o of r.Contents ?? []) if (o.Key && o.Key !== prefix) out.push(o.Key.slice(prefix.length));
         for (const p of r.CommonPrefixes ?? []) if (p.Prefix) out.push(p.Prefix.slice(prefix.length));
         token = r.IsTruncated ? r.NextContinuationToken : undefined;
@@ -229,8 +247,9 @@ export class S3Backend implements Backend {
   }
 
   async size(name: string): Promise<number | null> {
+    const { client, sdk } = await this.#s3();
     try {
-      const r = await this.#client.send(new HeadObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name) }));
+      const r = await client.send(new sdk.HeadObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name) }));
       return r.ContentLength ?? 0;
     } catch (e) {
       const err = this.#error(e, name);
@@ -240,12 +259,13 @@ export class S3Backend implements Backend {
   }
 
   async remove(name: string): Promise<void> {
+    const { client, sdk } = await this.#s3();
     const folder = name.endsWith('/') ? name : `${name}/`;
     const keys = [...(name.endsWith('/') ? [] : [this.#key(name)]), ...(await this.#allUnder(folder))];
     for (let i = 0; i < keys.length; i += 1000) {
       const batch = keys.slice(i, i + 1000);
       try {
-        const r = await this.#client.send(new DeleteObjectsCommand({ Bucket: this.spec.bucket, Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true } }));
+        const r = await client.send(new sdk.DeleteObjectsCommand({ Bucket: this.spec.bucket, Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true } }));
         const failed = (r.Errors ?? []).filter((f) => f.Code !== 'NoSuchKey');
         if (failed.length > 0) throw new BlkError('EIO', `removing ${name} from ${this.location}: ${failed[0]?.Key}: ${failed[0]?.Code} ${failed[0]?.Message ?? ''}`.trim());
       } catch (e) {
@@ -267,10 +287,11 @@ export class S3Backend implements Backend {
 
   /** Every key under `folder`, at any depth. */
   async #allUnder(folder: string): Promise<string[]> {
+    const { client, sdk } = await this.#s3();
     const out: string[] = [];
     let token: string | undefined;
     do {
-      const r = await this.#client.send(new ListObjectsV2Command({ Bucket: this.spec.bucket, Prefix: this.#key(folder), ...(token ? { ContinuationToken: token } : {}) }));
+      const r = await client.send(new sdk.ListObjectsV2Command({ Bucket: this.spec.bucket, Prefix: this.#key(folder), ...(token ? { ContinuationToken: token } : {}) }));
       for (const o of r.Contents ?? []) if (o.Key) out.push(o.Key);
       token = r.IsTruncated ? r.NextContinuationToken : undefined;
     } while (token);
@@ -295,6 +316,7 @@ export class S3Backend implements Backend {
 
   /** A local file uploaded as `name`: one PUT when small, else a multipart upload of parts read in turn (memory: one part). */
   async #upload(file: string, name: string): Promise<void> {
+    const { client, sdk } = await this.#s3();
     const size = (await fs.promises.stat(file)).size;
     const partBytes = params.s3PartBytes;
     const handle = await fs.promises.open(file, 'r');
@@ -308,7 +330,7 @@ export class S3Backend implements Backend {
       const key = this.#key(name);
       let uploadId: string | undefined;
       try {
-        uploadId = (await this.#client.send(new CreateMultipartUploadCommand({ Bucket: this.spec.bucket, Key: key }))).UploadId;
+        uploadId = (await client.send(new sdk.CreateMultipartUploadCommand({ Bucket: this.spec.bucket, Key: key }))).UploadId;
         if (!uploadId) throw new BlkError('EIO', `${name}: the server gave no upload id`);
         const parts: Array<{ ETag: string; PartNumber: number }> = [];
         const data = Buffer.allocUnsafe(partBytes);
@@ -317,13 +339,14 @@ export class S3Backend implements Backend {
           const { bytesRead } = await handle.read(data, 0, length, at);
           if (bytesRead !== length) throw new BlkError('EIO', `${file} changed while it was uploaded`);
           const body = data.subarray(0, length);
-          const r = await this.#client.send(new UploadPartCommand({ Bucket: this.spec.bucket, Key: key, UploadId: uploadId, PartNumber: n, Body: body, ContentLength: length, ContentMD5: md5(body) }));
+          await paced(this.spec.uploadLimit, length);
+          const r = await client.send(new sdk.UploadPartCommand({ Bucket: this.spec.bucket, Key: key, UploadId: uploadId, PartNumber: n, Body: body, ContentLength: length, ContentMD5: md5(body) }));
           if (!r.ETag) throw new BlkError('EIO', `${name}: part ${n} has no ETag`);
           parts.push({ ETag: r.ETag, PartNumber: n });
         }
-        await this.#client.send(new CompleteMultipartUploadCommand({ Bucket: this.spec.bucket, Key: key, UploadId: uploadId, MultipartUpload: { Parts: parts } }));
+        await client.send(new sdk.CompleteMultipartUploadCommand({ Bucket: this.spec.bucket, Key: key, UploadId: uploadId, MultipartUpload: { Parts: parts } }));
       } catch (e) {
-        if (uploadId) await this.#client.send(new AbortMultipartUploadCommand({ Bucket: this.spec.bucket, Key: key, UploadId: uploadId })).catch(() => undefined);
+        if (uploadId) await client.send(new sdk.AbortMultipartUploadCommand({ Bucket: this.spec.bucket, Key: key, UploadId: uploadId })).catch(() => undefined);
         throw this.#error(e, name);
       }
     } finally {
@@ -346,15 +369,17 @@ export class S3Backend implements Backend {
   async fetchLocal(objects: string[]): Promise<void> {
     const queue = objects.filter((n) => !this.#fetched.has(n));
     const fetchOne = async (name: string): Promise<void> => {
+      const { client, sdk } = await this.#s3();
       const file = path.join(this.cacheDir, 'objects', name);
       await fs.promises.mkdir(path.dirname(file), { recursive: true });
       const temp = `${file}${TEMP_MARK}${process.pid}.${threadId}.${tempCounter++}`;
       try {
-        const r = await this.#client.send(new GetObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name) }));
+        const r = await client.send(new sdk.GetObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name) }));
         const handle = await fs.promises.open(temp, 'w', 0o600);
         let written = 0;
         try {
           for await (const piece of r.Body as AsyncIterable<Uint8Array>) {
+            await paced(this.spec.downloadLimit, piece.length);
             await handle.write(piece, 0, piece.length, written);
             written += piece.length;
           }

@@ -3,9 +3,12 @@
 // the CLI: init (encrypted), full and incremental backups, list, restore bit-identical, verify (a
 // flipped byte in a pack object found and named, the restore refused), prune; whole packs as objects,
 // never one per chunk; the lock by lock objects (a live one of another host holds a backup back, an
-// expired one and a dead local process's do not); an incremental's requests (counted by the client)
-// the same in a repository with 4× the backups; clear errors for wrong keys and a missing bucket.
+// expired one and a dead local process's do not); two hosts backing up into one bucket at once while
+// a third prunes, each incremental on its own host's base; an incremental's requests (counted by the client)
+// the same in a repository with 4× the backups; a backup killed mid-upload and one whose gateway dies
+// leave no manifest and a sound repository; clear errors for wrong keys and a missing bucket.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { randomFillSync, randomInt } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -186,6 +189,124 @@ describe('a repository in an S3 bucket (Ceph RADOS Gateway)', { skip: missing('n
       } finally {
         await nbd.close();
       }
+    });
+  });
+
+  it('a backup killed mid-upload, and one whose gateway dies mid-upload: no manifest, the repository verifies, the next backup restores bit-identical', async (t) => {
+    const bucket = await s3.bucket();
+    const repo = `s3://${bucket}/f`;
+    await withDaemon({ 'f.img': 48 * MiB }, async (daemon, _local, dir) => {
+      const cacheDir = path.join(dir, 'cache');
+      const { json } = cliOf(daemon.controlPath, cacheDir);
+      const nbd = await NbdClient.connect(daemon.uri('f.img'));
+      try {
+        for (let at = 0; at < 48 * MiB; at += MiB) await nbd.write(at, randomFillSync(Buffer.alloc(MiB)));
+        await nbd.flush();
+      } finally {
+        await nbd.close();
+      }
+      await json('backup_init', '--repo', repo, '--encryption', 'none');
+      const manifests = async (): Promise<string[]> => (await keysOf(bucket, 'f/backups/')).filter((k) => k.endsWith('/manifest.json'));
+      const packCount = async (): Promise<number> => (await keysOf(bucket, 'f/chunks/')).filter((k) => k.endsWith('.pack')).length;
+      /** A backup uploading at 4 MiB/s (48 MiB: some 12 s, each worker's pack in turn), and a promise of its first pack in the bucket. */
+      const slowBackup = async () => {
+        const before = await packCount();
+        const child = spawn(process.execPath, [blksnapCli, 'backup_create', '--repo', repo, '--device', 'f.img', '--json', '--s3-endpoint', s3.endpoint, '--cache-dir', cacheDir, '--limit-upload', '4M'], { env: { ...process.env, ...s3.env, BLKSNAP_CONTROL: daemon.controlPath }, stdio: ['ignore', 'pipe', 'pipe'] });
+        let stderr = '';
+        child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+        const exited = new Promise<{ code: number | null; signal: string | null; stderr: string }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal, stderr })));
+        const uploading = (async () => {
+          const deadline = Date.now() + 60_000;
+          while (Date.now() < deadline) {
+            if ((await packCount()) > before) return;
+            if (child.exitCode !== null) throw new Error(`the backup ended before its first pack was in place: ${stderr}`);
+            await new Promise((r) => setTimeout(r, 100));
+          }
+          throw new Error('no pack within 60 s');
+        })();
+        return { child, exited, uploading };
+      };
+
+      const killed = await slowBackup();
+      await killed.uploading;
+      killed.child.kill('SIGKILL');
+      assert.equal((await killed.exited).signal, 'SIGKILL');
+      assert.deepEqual(await manifests(), [], 'a killed backup leaves no manifest');
+      assert.equal((await json<{ ok: boolean }>('backup_verify', '--repo', repo)).ok, true);
+
+      const cut = await slowBackup();
+      await cut.uploading;
+      assert.ok(s3.restartGateway, 'the gateway can be restarted');
+      const started = Date.now();
+      await s3.restartGateway(async () => {
+        const r = await cut.exited;
+        t.diagnostic(`the backup ended ${((Date.now() - started) / 1000).toFixed(1)} s after the gateway died: ${r.stderr.trim().split('\n').at(-1)}`);
+        assert.notEqual(r.code, 0, 'a backup whose gateway is gone fails');
+        assert.match(r.stderr, /EHOSTUNREACH|ECONNREFUSED|does not answer/);
+      });
+      assert.deepEqual(await manifests(), [], 'nor does a backup whose gateway died');
+
+      const done = await json<{ id: string; devices: Array<{ mode: string }> }>('backup_create', '--repo', repo, '--device', 'f.img');
+      assert.equal(done.devices[0]?.mode, 'full');
+      const to = path.join(dir, 'restored');
+      await json('backup_restore', '--repo', repo, '--id', done.id, '--device', 'f.img', '--to', to);
+      await check('cmp', [to, path.join(dir, 'f.img')]);
+      assert.equal((await json<{ ok: boolean }>('backup_verify', '--repo', repo)).ok, true);
+      // The packs the dead backups left are nobody's: the sweep takes them.
+      await json('backup_prune', '--repo', repo, '--keep-last', '1');
+      const verified = await json<{ ok: boolean }>('backup_verify', '--repo', repo);
+      assert.equal(verified.ok, true);
+    });
+  });
+
+  it('two hosts back up into one bucket at once while a third prunes: each incremental on its own host\'s base, every backup bit-identical', async () => {
+    const bucket = await s3.bucket();
+    const repo = `s3://${bucket}/shared`;
+    await withDaemon({ 'd.img': 16 * MiB }, async (a, _la, dirA) => {
+      await withDaemon({ 'd.img': 16 * MiB }, async (b, _lb, dirB) => {
+        const hosts = [
+          { name: 'host-a', daemon: a, dir: dirA, ...cliOf(a.controlPath, path.join(dirA, 'cache')) },
+          { name: 'host-b', daemon: b, dir: dirB, ...cliOf(b.controlPath, path.join(dirB, 'cache')) },
+        ];
+        await hosts[0]?.json('backup_init', '--repo', repo, '--encryption', 'none');
+        const fill = async (h: (typeof hosts)[number], blocks: number): Promise<void> => {
+          const nbd = await NbdClient.connect(h.daemon.uri('d.img'));
+          try {
+            for (let i = 0; i < blocks; i++) await nbd.write(randomInt((16 * MiB) / BLOCK) * BLOCK, randomFillSync(Buffer.alloc(BLOCK)));
+            await nbd.flush();
+          } finally {
+            await nbd.close();
+          }
+        };
+        const made: Array<{ host: string; id: string; copy: string; mode: string }> = [];
+        const round = async (n: number): Promise<void> => {
+          const backups = hosts.map(async (h) => {
+            const r = await h.json<{ id: string; devices: Array<{ mode: string }> }>('backup_create', '--repo', repo, '--device', 'd.img', '--host', h.name);
+            const copy = path.join(h.dir, `copy-${n}`);
+            await check('nbdcopy', [h.daemon.uri('d.img'), copy]);
+            made.push({ host: h.name, id: r.id, copy, mode: r.devices[0]?.mode ?? '' });
+          });
+          const pruning = hosts[0]?.cli(['backup_prune', '--repo', repo, '--keep-last', '100', '--json']);
+          await Promise.all([...backups, pruning]);
+          const pruned = await pruning;
+          assert.equal(pruned?.code, 0, pruned?.stderr);
+        };
+        for (const h of hosts) await fill(h, 64);
+        await round(1);
+        // Nothing is written between a backup and its copy: each copy is what its backup holds.
+        for (const h of hosts) await fill(h, 10);
+        await round(2);
+        assert.deepEqual(made.filter((m) => m.mode === 'incremental').map((m) => m.host).sort(), ['host-a', 'host-b'], 'the second backup of each host is an incremental of its own first');
+        const listed = await hosts[1]?.json<{ backups: Array<{ id: string; host: string }> }>('backup_list', '--repo', repo);
+        for (const m of made) assert.equal(listed?.backups.find((x) => x.id === m.id)?.host, m.host);
+        for (const m of made) {
+          const h = hosts.find((x) => x.name === m.host) as (typeof hosts)[number];
+          const to = path.join(h.dir, `restored-${m.id}`);
+          await h.json('backup_restore', '--repo', repo, '--id', m.id, '--device', 'd.img', '--to', to);
+          await check('cmp', [to, m.copy]);
+        }
+        assert.equal((await hosts[0]?.json<{ ok: boolean }>('backup_verify', '--repo', repo))?.ok, true);
+      });
     });
   });
 

@@ -30,6 +30,13 @@ function mib(n: number): string {
   return `${(n / 2 ** 20).toFixed(1)} MiB`;
 }
 
+/** A host name as --host gives it: printable, no more than 253 characters. */
+function hostOption(name: string): string {
+  const isPrintable = [...name].every((c) => c.charCodeAt(0) >= 0x20 && c.charCodeAt(0) !== 0x7f);
+  if (name === '' || name.length > 253 || !isPrintable) throw new BlkError('EINVAL', `--host takes a name of 1-253 printable characters, not ${JSON.stringify(name)}`);
+  return name;
+}
+
 /** A progress bar on a terminal (none with --json); notes on stderr either way. */
 function progress(io: CommandIo): ReturnType<typeof progressBar> {
   return progressBar(process.stderr, { bar: !io.isJson });
@@ -96,6 +103,7 @@ export const backupCommands: Command[] = [
       'diff-storage': { kind: 'value', help: "difference storage of the backup's snapshot (default: the repository directory)" },
       limit: { kind: 'value', help: 'its largest size, N[K|M|G|T] (default 1/4 of the devices, at least 1G)' },
       full: { kind: 'flag', help: 'read every allocated block, even where an incremental could be made' },
+      host: { kind: 'value', help: "the host the backup is recorded under (default: this machine's hostname); the incremental base is the newest backup of the same host and device" },
       'read-fronts': { kind: 'value', help: `places of a device read at once, 1-16 (default ${backupParams.readFronts}; 1 for a rotating disk)` },
       nbd: { kind: 'value', help: "read the images over the daemon's TCP listener HOST:PORT (default: its Unix socket); needs TLS credentials or --tls off" },
       tls: { kind: 'value', help: 'with --nbd: off reads the images in the clear (refused otherwise without credentials)' },
@@ -116,6 +124,7 @@ export const backupCommands: Command[] = [
         ...(diffStorage === undefined ? {} : { diffStorage }),
         ...(limit === undefined ? {} : { limit: parseSize(limit) }),
         full: o.flags.has('full'),
+        ...(o.values.has('host') ? { host: hostOption(o.values.get('host') as string) } : {}),
         ...(readFronts === undefined ? {} : { readFronts }),
         progress: bar,
       });
@@ -130,7 +139,7 @@ export const backupCommands: Command[] = [
     options: { ...REPO_OPTIONS },
     async run(o, io) {
       const backups = await (await open(o)).list();
-      io.print({ backups }, backups.map((b) => `${b.id}  ${b.time}  ${b.devices.map((d) => `${d.name} (${d.mode}, ${d.size} bytes)`).join(', ')}`).join('\n'));
+      io.print({ backups }, backups.map((b) => `${b.id}  ${b.time}  ${b.host || '-'}  ${b.devices.map((d) => `${d.name} (${d.mode}, ${d.size} bytes)`).join(', ')}`).join('\n'));
     },
   },
   {
