@@ -147,6 +147,7 @@ export class S3Backend implements Backend {
     if (status === 403 || code === 'AccessDenied' || code === 'InvalidAccessKeyId' || code === 'SignatureDoesNotMatch') return new BlkError('EACCES', `${detail} (check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or AWS_PROFILE)`);
     if (code === 'RequestTimeTooSkewed') return new BlkError('EIO', `${detail}: this host's clock differs from the server's; set it right (NTP)`);
     const net = (e as NodeJS.ErrnoException).code;
+    if (net && /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS/.test(net)) return new BlkError('EPROTO', `${what}: the certificate of ${this.spec.endpoint ?? 'the S3 endpoint'} is not trusted (${net}: ${f.message ?? ''}); give --s3-ca FILE with the CA that signed it`);
     if (net === 'ECONNREFUSED' || net === 'ENOTFOUND' || net === 'ETIMEDOUT' || net === 'ECONNRESET') return new BlkError('EHOSTUNREACH', `${what}: ${this.spec.endpoint ?? 'the S3 endpoint'} does not answer (${net})`);
     return new BlkError('EIO', detail);
   }

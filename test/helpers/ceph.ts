@@ -13,6 +13,8 @@ import { tempDir } from './tools.js';
 
 export interface S3Server {
   endpoint: string;
+  /** The same gateway over HTTPS with a certificate of the test's own CA (caFile), where the fixture made one. */
+  https?: { endpoint: string; caFile: string };
   accessKey: string;
   secretKey: string;
   /** The environment a CLI or worker needs to reach it. */
@@ -61,10 +63,11 @@ function clientOf(endpoint: string, accessKey: string, secretKey: string): S3Cli
   return new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: accessKey, secretAccessKey: secretKey }, requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' });
 }
 
-function serverOf(endpoint: string, accessKey: string, secretKey: string, stop: () => Promise<void>, restartGateway?: S3Server['restartGateway']): S3Server {
+function serverOf(endpoint: string, accessKey: string, secretKey: string, stop: () => Promise<void>, restartGateway?: S3Server['restartGateway'], https?: S3Server['https']): S3Server {
   const client = clientOf(endpoint, accessKey, secretKey);
   return {
     endpoint,
+    ...(https ? { https } : {}),
     accessKey,
     secretKey,
     env: { AWS_ACCESS_KEY_ID: accessKey, AWS_SECRET_ACCESS_KEY: secretKey, AWS_REGION: 'us-east-1' },
@@ -84,10 +87,17 @@ export async function startS3(): Promise<S3Server> {
   const given = process.env.BLKSNAP_TEST_S3_ENDPOINT;
   if (given) return serverOf(given, process.env.AWS_ACCESS_KEY_ID ?? '', process.env.AWS_SECRET_ACCESS_KEY ?? '', async () => {});
   const { dir, remove } = tempDir('blksnap-ceph-');
-  const [monPort, rgwPort] = [await freePort(), await freePort()];
+  const [monPort, rgwPort, rgwTlsPort] = [await freePort(), await freePort(), await freePort()];
   const conf = path.join(dir, 'ceph.conf');
   const fsid = randomUUID();
-  for (const d of ['mon', 'osd', 'run', 'log', 'rgw']) fs.mkdirSync(path.join(dir, d));
+  for (const d of ['mon', 'osd', 'run', 'log', 'rgw', 'tls']) fs.mkdirSync(path.join(dir, d));
+  // A CA of the test's own and a certificate for 127.0.0.1 it signed: the gateway's HTTPS endpoint.
+  const tls = path.join(dir, 'tls');
+  const openssl = (...args: string[]): string => must('openssl', args, process.env, 'the test CA');
+  openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=blksnap test CA', '-keyout', `${tls}/ca.key`, '-out', `${tls}/ca.pem`);
+  openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1', '-keyout', `${tls}/key.pem`, '-out', `${tls}/req.pem`);
+  fs.writeFileSync(`${tls}/ext.cnf`, 'subjectAltName = IP:127.0.0.1\n');
+  openssl('x509', '-req', '-in', `${tls}/req.pem`, '-CA', `${tls}/ca.pem`, '-CAkey', `${tls}/ca.key`, '-CAcreateserial', '-days', '2', '-extfile', `${tls}/ext.cnf`, '-out', `${tls}/cert.pem`);
   fs.writeFileSync(
     conf,
     `[global]
@@ -119,7 +129,7 @@ mon data = ${dir}/mon
 osd max object name len = 256
 osd max object namespace len = 64
 [client.rgw.a]
-rgw frontends = beast endpoint=127.0.0.1:${rgwPort}
+rgw frontends = beast endpoint=127.0.0.1:${rgwPort} ssl_endpoint=127.0.0.1:${rgwTlsPort} ssl_certificate=${dir}/tls/cert.pem ssl_private_key=${dir}/tls/key.pem
 rgw data = ${dir}/rgw
 `,
   );
@@ -170,7 +180,7 @@ rgw data = ${dir}/rgw
       must('radosgw', ['-n', 'client.rgw.a'], env, 'the gateway');
       await until('the gateway again', 90_000, gatewayUp);
     };
-    return serverOf(`http://127.0.0.1:${rgwPort}`, accessKey, secretKey, stop, restartGateway);
+    return serverOf(`http://127.0.0.1:${rgwPort}`, accessKey, secretKey, stop, restartGateway, { endpoint: `https://127.0.0.1:${rgwTlsPort}`, caFile: `${tls}/ca.pem` });
   } catch (e) {
     const logs = fs.existsSync(path.join(dir, 'log')) ? fs.readdirSync(path.join(dir, 'log')).map((f) => `${f}: ${fs.readFileSync(path.join(dir, 'log', f), 'utf8').slice(-1500)}`) : [];
     await stop();

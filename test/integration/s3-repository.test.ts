@@ -6,7 +6,8 @@
 // expired one and a dead local process's do not); two hosts backing up into one bucket at once while
 // a third prunes, each incremental on its own host's base; an incremental's requests (counted by the client)
 // the same in a repository with 4× the backups; a backup killed mid-upload and one whose gateway dies
-// leave no manifest and a sound repository; clear errors for wrong keys and a missing bucket.
+// leave no manifest and a sound repository; HTTPS with --s3-ca (and refused without it); clear
+// errors for wrong keys and a missing bucket.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomFillSync, randomInt } from 'node:crypto';
@@ -342,6 +343,27 @@ describe('a repository in an S3 bucket (Ceph RADOS Gateway)', { skip: missing('n
       const dead = await backup();
       assert.equal(dead.code, 0, dead.stderr);
       assert.doesNotMatch(dead.stderr, /waiting/, "a lock of a process gone from this host does not bind");
+    });
+  });
+
+  it('HTTPS: the gateway\'s certificate trusted by --s3-ca; without it refused, naming the certificate', async (t) => {
+    if (!s3.https) return t.skip('the S3 server given has no HTTPS endpoint of the test CA');
+    const https = s3.https;
+    const bucket = await s3.bucket();
+    const repo = `s3://${bucket}`;
+    await withDaemon({ 't.img': 2 * MiB }, async (daemon, _local, dir) => {
+      const env = { ...process.env, ...s3.env, BLKSNAP_CONTROL: daemon.controlPath };
+      const cli = (...args: string[]): Promise<RunResult> => run(process.execPath, [blksnapCli, ...args, '--s3-endpoint', https.endpoint, '--cache-dir', path.join(dir, 'cache')], { env, timeoutMs: 120_000 });
+      const untrusted = await cli('backup_init', '--repo', repo, '--encryption', 'none');
+      assert.notEqual(untrusted.code, 0, 'a certificate no trusted CA signed is refused');
+      assert.match(untrusted.stderr, /EPROTO: .*certificate of https:\/\/127\.0\.0\.1:\d+ is not trusted .*--s3-ca/);
+      assert.equal((await cli('backup_init', '--repo', repo, '--encryption', 'none', '--s3-ca', https.caFile)).code, 0);
+      const made = await cli('backup_create', '--repo', repo, '--device', 't.img', '--s3-ca', https.caFile, '--json');
+      assert.equal(made.code, 0, made.stderr);
+      const to = path.join(dir, 'back');
+      const restored = await cli('backup_restore', '--repo', repo, '--id', (JSON.parse(made.stdout) as { id: string }).id, '--device', 't.img', '--to', to, '--s3-ca', https.caFile);
+      assert.equal(restored.code, 0, restored.stderr);
+      await check('cmp', [to, path.join(dir, 't.img')]);
     });
   });
 
