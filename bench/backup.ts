@@ -11,11 +11,15 @@
 //   BENCH_BACKUP_GIB=1: a smaller data set (each quarter 1/4 GiB)
 //   BENCH_DAEMON_ARGS='--cow-copy cached': more blksnapd options (A/B runs)
 //   BENCH_PEERS=none: our figures alone (A/B runs; no ratios)
+//   BENCH_S3=1: rows for a bucket too: ours (encrypted) and restic's S3 backend on a single-node Ceph
+//     cluster's gateway this machine runs (the tests' fixture; or BLKSNAP_TEST_S3_ENDPOINT's server)
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes, randomInt } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { DeleteObjectsCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { type S3Server, startS3 } from '../test/helpers/ceph.js';
 import { cpuTicks, median, root, runTool, spawnBlksnapd, stealBetween } from './common.js';
 
 const quarter = Number(process.env.BENCH_BACKUP_GIB ?? 4) * 2 ** 30 / 4;
@@ -113,8 +117,8 @@ interface Tool {
   name: string;
   /** A full backup into a fresh repository (any earlier one removed): seconds, and the host's steal meanwhile. */
   full(): Promise<{ seconds: number; steal: number }>;
-  /** The repository's bytes on disk. */
-  size(): number;
+  /** The repository's bytes on disk (or in the bucket). */
+  size(): number | Promise<number>;
   /** The 640 random 64 KiB writes, made to the tool's own copy of the data set. */
   change(): Promise<void>;
   /** An incremental backup after the change: seconds (and, for ours, the bytes it read). */
@@ -126,29 +130,45 @@ interface Tool {
   close(): Promise<void>;
 }
 
-/** Ours, on a plain repository or (with a key file) an encrypted one. */
-async function ours(dir: string, file: string, encrypted: boolean): Promise<Tool & { attachRead(): Promise<number> }> {
-  const repo = path.join(dir, 'repo');
+/** The bytes of every object under `prefix` in a bucket. */
+async function bucketBytes(s3: S3Server, bucket: string, prefix: string): Promise<number> {
+  let total = 0;
+  let token: string | undefined;
+  do {
+    const r = await s3.client().send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ...(token ? { ContinuationToken: token } : {}) }));
+    for (const o of r.Contents ?? []) total += o.Size ?? 0;
+    token = r.IsTruncated ? r.NextContinuationToken : undefined;
+  } while (token);
+  return total;
+}
+
+/** Ours, on a plain repository or (with a key file) an encrypted one; in a bucket of `s3` when given (encrypted, a fresh prefix per full backup). */
+async function ours(dir: string, file: string, encrypted: boolean, s3?: { server: S3Server; bucket: string }): Promise<Tool & { attachRead(): Promise<number> }> {
+  let fresh = 0;
+  const repoNow = (): string => (s3 ? `s3://${s3.bucket}/ours-${fresh}` : path.join(dir, 'repo'));
   fs.mkdirSync(dir, { recursive: true });
   const keyFile = path.join(dir, 'repo.key');
   const daemon = await spawnBlksnapd(dir, { args: ['--attach', `${file}=disk`], stateDir: path.join(dir, 'state') });
   const { control, nbd } = daemon;
   await new Promise((r) => setTimeout(r, 300));
-  const blksnap = (...args: string[]): Promise<string> => runTool(process.execPath, [path.join(root, 'bin/blksnap'), ...args, '--control', control]);
+  const remote = s3 ? ['--s3-endpoint', s3.server.endpoint, '--cache-dir', path.join(dir, 'cache')] : [];
+  const blksnap = (...args: string[]): Promise<string> =>
+    runTool(process.execPath, [path.join(root, 'bin/blksnap'), ...args, '--control', control, ...(args[0]?.startsWith('backup_') ? remote : [])], s3 ? { ...process.env, ...s3.server.env } : process.env);
   if (encrypted) await blksnap('key', 'generate', '--file', keyFile);
   // Every command that opens the repository: with its key.
   const cli = (...args: string[]): Promise<string> => blksnap(...args, ...(encrypted && args[0]?.startsWith('backup_') ? ['--key-file', keyFile] : []));
-  const latest = async (): Promise<string> => (JSON.parse(await cli('backup_list', '--repo', repo, '--json')) as { backups: Array<{ id: string }> }).backups.at(-1)?.id as string;
-  const create = (): Promise<string> => cli('backup_create', '--repo', repo, '--device', 'disk', '--diff-storage', dir, '--json');
+  const latest = async (): Promise<string> => (JSON.parse(await cli('backup_list', '--repo', repoNow(), '--json')) as { backups: Array<{ id: string }> }).backups.at(-1)?.id as string;
+  const create = (): Promise<string> => cli('backup_create', '--repo', repoNow(), '--device', 'disk', '--diff-storage', dir, '--json');
   return {
-    name: encrypted ? 'blksnap+e' : 'blksnap',
+    name: s3 ? 'blksnap+s3' : encrypted ? 'blksnap+e' : 'blksnap',
     async full() {
-      fs.rmSync(repo, { recursive: true, force: true });
-      await (encrypted ? cli('backup_init', '--repo', repo) : cli('backup_init', '--repo', repo, '--encryption', 'none'));
+      if (s3) fresh++;
+      else fs.rmSync(repoNow(), { recursive: true, force: true });
+      await (encrypted ? cli('backup_init', '--repo', repoNow()) : cli('backup_init', '--repo', repoNow(), '--encryption', 'none'));
       await dropCaches();
       return await timedWithSteal(create);
     },
-    size: () => du(repo),
+    size: () => (s3 ? bucketBytes(s3.server, s3.bucket, `ours-${fresh}/`) : du(repoNow())),
     async change() {
       const { NbdClient } = await import('../src/client/nbd-client.js');
       const client = await NbdClient.connect(`nbd+unix:///disk?socket=${nbd}`);
@@ -166,17 +186,17 @@ async function ours(dir: string, file: string, encrypted: boolean): Promise<Tool
     async restore() {
       const id = await latest();
       await dropCaches();
-      const seconds = await timed(() => cli('backup_restore', '--repo', repo, '--id', id, '--device', 'disk', '--to', path.join(dir, 'restored.img'), '--json'));
+      const seconds = await timed(() => cli('backup_restore', '--repo', repoNow(), '--id', id, '--device', 'disk', '--to', path.join(dir, 'restored.img'), '--json'));
       fs.rmSync(path.join(dir, 'restored.img'));
       return seconds;
     },
     async verify() {
       await dropCaches();
-      return await timed(() => cli('backup_verify', '--repo', repo, '--json'));
+      return await timed(() => cli('backup_verify', '--repo', repoNow(), '--json'));
     },
     /** The latest backup served as a device, read whole by nbdcopy (chunks loaded, checked, decompressed on demand). */
     async attachRead() {
-      const served = JSON.parse(await cli('backup_attach', '--repo', repo, '--id', await latest(), '--device', 'disk', '--name', 'served', '--json')) as { uri: string };
+      const served = JSON.parse(await cli('backup_attach', '--repo', repoNow(), '--id', await latest(), '--device', 'disk', '--name', 'served', '--json')) as { uri: string };
       await dropCaches();
       const seconds = await timed(() => runTool('nbdcopy', [served.uri, 'null:']));
       await cli('detach', '--device', 'served');
@@ -235,6 +255,38 @@ function restic(dir: string, file: string): Tool {
   });
 }
 
+/** restic with its S3 backend on the same gateway as ours (its repository emptied before each full backup). */
+function resticS3(dir: string, file: string, s3: { server: S3Server; bucket: string }): Tool {
+  const env = { ...s3.server.env, RESTIC_REPOSITORY: `s3:${s3.server.endpoint}/${s3.bucket}/restic`, RESTIC_PASSWORD: 'bench', RESTIC_CACHE_DIR: path.join(dir, 'restic-s3-cache') };
+  const tool = peer('restic+s3', file, env, {
+    repo: '',
+    fresh: [env.RESTIC_CACHE_DIR],
+    init: 'restic init --repository-version 2 -q',
+    full: `restic backup -q ${file}`,
+    incremental: `restic backup -q ${file}`,
+    restore: (out) => `restic restore latest -q --target ${out}`,
+    verify: 'restic check -q --read-data',
+  });
+  return {
+    ...tool,
+    async full() {
+      await emptyPrefix(s3.server, s3.bucket, 'restic/');
+      return tool.full();
+    },
+    size: () => bucketBytes(s3.server, s3.bucket, 'restic/'),
+  };
+}
+
+/** Removes every object under `prefix`. */
+async function emptyPrefix(s3: S3Server, bucket: string, prefix: string): Promise<void> {
+  for (;;) {
+    const r = await s3.client().send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, MaxKeys: 1000 }));
+    const keys = (r.Contents ?? []).flatMap((o) => (o.Key ? [{ Key: o.Key }] : []));
+    if (keys.length === 0) return;
+    await s3.client().send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: keys, Quiet: true } }));
+  }
+}
+
 /** borg, plain (-e none) or encrypted (-e repokey-blake2: AES-256-CTR with a BLAKE2b MAC, chunk ids keyed). */
 function borg(dir: string, file: string, encrypted: boolean): Tool {
   const env = { BORG_REPO: path.join(dir, 'borg'), BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes', BORG_BASE_DIR: path.join(dir, 'borg-base'), BORG_PASSPHRASE: 'bench' };
@@ -276,6 +328,7 @@ async function main(): Promise<void> {
   const rounds = Math.max(1, Number(process.env.BENCH_BACKUP_ROUNDS ?? 3));
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blksnap-backup-bench-'));
   const tools: Tool[] = [];
+  let s3Server: S3Server | null = null;
   try {
     const gib = (4 * quarter) / 2 ** 30;
     console.log(`# backup benchmark: a ${gib} GiB device file (random, text, a copy of the random part, never written), ${os.availableParallelism()} cores, median of ${rounds} rounds`);
@@ -294,14 +347,20 @@ async function main(): Promise<void> {
     if (oe) tools.push(oe);
     if (withPeers) tools.push(restic(path.join(dir, 'r'), dataSet('r')), borg(path.join(dir, 'b'), dataSet('b'), false));
     if (withPeers && encrypted) tools.push(borg(path.join(dir, 'be'), dataSet('be'), true));
+    if (process.env.BENCH_S3 === '1') {
+      // A single-node Ceph cluster's gateway on this machine (the tests' fixture), or BLKSNAP_TEST_S3_ENDPOINT's server.
+      s3Server = await startS3();
+      const s3 = { server: s3Server, bucket: await s3Server.bucket() };
+      tools.push(await ours(path.join(dir, 'ours-s3'), dataSet('ours-s3'), true, s3), resticS3(path.join(dir, 'rs'), dataSet('rs'), s3));
+    }
     const fulls = await inRounds(tools, rounds, (t) => t.full());
-    const sizes = tools.map((t) => t.size());
+    const sizes = await Promise.all(tools.map((t) => t.size()));
     const incrementals: Array<{ seconds: number; readBytes?: number }> = [];
     const growths: number[] = [];
     for (const t of tools) {
       await t.change();
       incrementals.push(await t.incremental());
-      growths.push(t.size() - (sizes[tools.indexOf(t)] as number));
+      growths.push((await t.size()) - (sizes[tools.indexOf(t)] as number));
     }
     const restores = await inRounds(tools, rounds, (t) => t.restore());
     const verifies = await inRounds(tools, rounds, (t) => t.verify());
@@ -352,8 +411,17 @@ async function main(): Promise<void> {
     };
     ratios('plain', us, [named('restic'), named('borg')].filter((f): f is Figures => f !== undefined), ['full', 'incremental', 'restore', 'verify', 'size']);
     if (ue) ratios('encrypted', ue, [named('restic'), named('borg+e')].filter((f): f is Figures => f !== undefined), ['full', 'incremental', 'restore', 'verify', 'size']);
+    const [us3, rs3, local] = [named('blksnap+s3'), named('restic+s3'), named('blksnap+e')];
+    if (us3 && rs3 && local) {
+      console.log("\n# the bucket (a Ceph RADOS Gateway on this machine): ours against restic's S3 backend on it, and against our local encrypted repository");
+      console.log(`full backup     ${(us3.full / rs3.full).toFixed(2)}× restic's  (target ≤ 0.5); ${(us3.full / local.full).toFixed(2)}× our local  (target ≤ 1.5)`);
+      console.log(`incremental     ${(us3.incremental / rs3.incremental).toFixed(2)}× restic's  (target ≤ 0.1)`);
+      console.log(`restore         ${(us3.restore / rs3.restore).toFixed(2)}× restic's  (target ≤ 0.5); ${(us3.restore / local.restore).toFixed(2)}× our local`);
+      console.log(`verify          ${(us3.verify / rs3.verify).toFixed(2)}× restic's; ${(us3.verify / local.verify).toFixed(2)}× our local`);
+    }
   } finally {
     for (const t of tools) await t.close().catch(() => undefined);
+    await s3Server?.stop();
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -15,9 +15,9 @@ export const daemonArgs = (process.env.BENCH_DAEMON_ARGS ?? '').split(' ').filte
 process.stdout.on('error', () => undefined);
 
 /** Runs a program and resolves with its stdout; rejects with its stderr when it fails. */
-export function runTool(program: string, args: string[]): Promise<string> {
+export function runTool(program: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn(program, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(program, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
     let out = '';
     let err = '';
     child.stdout.on('data', (d) => (out += d));
