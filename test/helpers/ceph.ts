@@ -86,6 +86,18 @@ function serverOf(endpoint: string, accessKey: string, secretKey: string, stop: 
 export async function startS3(): Promise<S3Server> {
   const given = process.env.BLKSNAP_TEST_S3_ENDPOINT;
   if (given) return serverOf(given, process.env.AWS_ACCESS_KEY_ID ?? '', process.env.AWS_SECRET_ACCESS_KEY ?? '', async () => {});
+  // A new OSD now and then asks the monitor before it has the monitor's map, is refused ('wrong
+  // fsid') and exits: a cluster that did not come up is removed and made anew, up to three times.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startCeph();
+    } catch (e) {
+      if (attempt >= 3) throw e;
+    }
+  }
+}
+
+async function startCeph(): Promise<S3Server> {
   const { dir, remove } = tempDir('blksnap-ceph-');
   const [monPort, rgwPort, rgwTlsPort] = [await freePort(), await freePort(), await freePort()];
   const conf = path.join(dir, 'ceph.conf');

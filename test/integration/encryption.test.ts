@@ -40,6 +40,16 @@ function makeKeyFile(dir: string, name = 'repo.key'): { file: string; key: Buffe
   return { file, key: parseKeyFile(fs.readFileSync(file, 'utf8'), file) };
 }
 
+/**
+ * Changes the base64 digit of `file` at `at` to another digit (a flipped bit could make it a quote
+ * and the file no JSON at all, which is another test): the sealed bytes change, the JSON does not.
+ */
+function bendBase64(file: string, at: number): void {
+  const bytes = fs.readFileSync(file);
+  bytes[at] = bytes[at] === 0x41 ? 0x42 : 0x41;
+  fs.writeFileSync(file, bytes);
+}
+
 /** Flips one bit of `file` at `at`. */
 function flipBit(file: string, at: number): void {
   const bytes = fs.readFileSync(file);
@@ -199,7 +209,7 @@ describe('encrypted repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img
           { what: 'a pack index', damage: () => flipBit(path.join(repo.location, 'chunks', `${pack}.idx`), 60), verify: new RegExp(`pack index .*chunks/${pack}\\.idx fails authentication`), restore: new RegExp(`EIO: pack index .*chunks/${pack}\\.idx fails authentication`) },
           { what: 'a manifest', damage: () => flipBit(path.join(repo.location, 'backups', b.id, 'manifest.json'), 30), verify: /manifest .*manifest\.json fails authentication/, restore: /EIO: manifest .*manifest\.json fails authentication/ },
           { what: 'the key', damage: () => flipBit(one('keys'), fs.readFileSync(one('keys'), 'utf8').indexOf('"sealed"') + 20), verify: /EACCES: no key opens .*keys\/[0-9a-f]+\.json/, restore: /EACCES: no key opens .*keys\/[0-9a-f]+\.json/ },
-          { what: 'the config', damage: () => flipBit(path.join(repo.location, 'config.json'), fs.readFileSync(path.join(repo.location, 'config.json'), 'utf8').indexOf('"sealed"') + 20), verify: /EIO: .*config\.json fails authentication/, restore: /EIO: .*config\.json fails authentication/ },
+          { what: 'the config', damage: () => bendBase64(path.join(repo.location, 'config.json'), fs.readFileSync(path.join(repo.location, 'config.json'), 'utf8').indexOf('"sealed"') + 20), verify: /EIO: .*config\.json fails authentication/, restore: /EIO: .*config\.json fails authentication/ },
         ];
         for (const c of cases) {
           fs.rmSync(repo.location, { recursive: true });
