@@ -386,7 +386,7 @@ async function main(): Promise<void> {
     console.log('(+e: encrypted: ours AES-256-GCM with HMAC-SHA-256 chunk ids, borg repokey-blake2; restic always encrypts)');
     console.log('\n# every round (s), in the order run');
     for (const [i, f] of fig.entries()) {
-      console.log(`${f.name.padEnd(10)}full ${seconds((fulls[i] ?? []).map((x) => x.seconds))}; restore ${seconds(restores[i] ?? [])}; verify ${seconds(verifies[i] ?? [])}; the host stole ${pct(f.steal)} of the CPU time in its full backups (median)`);
+      console.log(`${f.name.padEnd(11)}full ${seconds((fulls[i] ?? []).map((x) => x.seconds))}; restore ${seconds(restores[i] ?? [])}; verify ${seconds(verifies[i] ?? [])}; the host stole ${pct(f.steal)} of the CPU time in its full backups (median)`);
     }
     const us = fig[0] as Figures;
     const allocated = 3 * quarter;
@@ -398,6 +398,14 @@ async function main(): Promise<void> {
       console.log('\n# the encrypted repository against the plain one, same data (target ≤ 1.10 each)');
       for (const k of ['full', 'incremental', 'restore', 'verify'] as const) console.log(`${k.padEnd(16)}${(ue[k] / us[k]).toFixed(2)}×`);
       console.log(`repository      ${(ue.size / us.size).toFixed(3)}× the bytes (salts, nonces and tags)`);
+    }
+    const [us3, rs3, local] = [named('blksnap+s3'), named('restic+s3'), named('blksnap+e')];
+    if (us3 && rs3 && local) {
+      console.log("\n# the bucket (a Ceph RADOS Gateway on this machine): ours against restic's S3 backend on it, and against our local encrypted repository");
+      console.log(`full backup     ${(us3.full / rs3.full).toFixed(2)}× restic's  (target ≤ 0.5); ${(us3.full / local.full).toFixed(2)}× our local  (target ≤ 1.5)`);
+      console.log(`incremental     ${(us3.incremental / rs3.incremental).toFixed(2)}× restic's  (target ≤ 0.1)`);
+      console.log(`restore         ${(us3.restore / rs3.restore).toFixed(2)}× restic's  (target ≤ 0.5); ${(us3.restore / local.restore).toFixed(2)}× our local`);
+      console.log(`verify          ${(us3.verify / rs3.verify).toFixed(2)}× restic's; ${(us3.verify / local.verify).toFixed(2)}× our local`);
     }
     if (!withPeers) return;
     const ratios = (title: string, mine: Figures, peers: Figures[], keys: ReadonlyArray<'full' | 'incremental' | 'restore' | 'verify' | 'size'>): void => {
@@ -411,14 +419,6 @@ async function main(): Promise<void> {
     };
     ratios('plain', us, [named('restic'), named('borg')].filter((f): f is Figures => f !== undefined), ['full', 'incremental', 'restore', 'verify', 'size']);
     if (ue) ratios('encrypted', ue, [named('restic'), named('borg+e')].filter((f): f is Figures => f !== undefined), ['full', 'incremental', 'restore', 'verify', 'size']);
-    const [us3, rs3, local] = [named('blksnap+s3'), named('restic+s3'), named('blksnap+e')];
-    if (us3 && rs3 && local) {
-      console.log("\n# the bucket (a Ceph RADOS Gateway on this machine): ours against restic's S3 backend on it, and against our local encrypted repository");
-      console.log(`full backup     ${(us3.full / rs3.full).toFixed(2)}× restic's  (target ≤ 0.5); ${(us3.full / local.full).toFixed(2)}× our local  (target ≤ 1.5)`);
-      console.log(`incremental     ${(us3.incremental / rs3.incremental).toFixed(2)}× restic's  (target ≤ 0.1)`);
-      console.log(`restore         ${(us3.restore / rs3.restore).toFixed(2)}× restic's  (target ≤ 0.5); ${(us3.restore / local.restore).toFixed(2)}× our local`);
-      console.log(`verify          ${(us3.verify / rs3.verify).toFixed(2)}× restic's; ${(us3.verify / local.verify).toFixed(2)}× our local`);
-    }
   } finally {
     for (const t of tools) await t.close().catch(() => undefined);
     await s3Server?.stop();
