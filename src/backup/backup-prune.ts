@@ -162,7 +162,7 @@ async function sweepLeftovers(repo: Repository): Promise<void> {
   };
   const folders = [names.chunks, names.backups, ...(await backend.list(names.pages)).filter((n) => n.endsWith('/')).map(names.pageFolder)];
   for (const folder of folders) {
-    for (const name of await backend.list(folder)) if (isDead(name)) await backend.remove(`${folder}${name.replace(/\/$/, '')}`);
+    for (const name of await backend.list(folder)) if (isDead(name)) await backend.remove(`${folder}${name}`);
   }
   const inChunks = await backend.list(names.chunks);
   for (const name of inChunks) {

@@ -48,7 +48,7 @@ export interface Backend {
   listTree(folder: string): Promise<string[]>;
   /** An object's size, or null when there is none. */
   size(name: string): Promise<number | null>;
-  /** Removes an object (or a folder and all under it); no error when there is none. */
+  /** Removes an object, or a folder (named with its trailing '/') and all under it; no error when there is none. */
   remove(name: string): Promise<void>;
 
   /**

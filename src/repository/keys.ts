@@ -5,11 +5,10 @@
 // its sealed secret (associated data), and it carries an authentication code under the repository
 // secret, so that backup_verify finds a key object damaged even when another key opened the repository.
 import * as crypto from 'node:crypto';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
 import { BlkError } from '../errors.js';
 import type { Backend } from './backend.js';
 import { NONCE_BYTES, SECRET_BYTES, TAG_BYTES } from './cipher.js';
+import { thisHost } from './host.js';
 
 /** What opens a repository: a password or a key file's bytes, and how it was given (for messages). */
 export type KeySource = { kind: 'password'; password: Buffer; from: string } | { kind: 'keyfile'; key: Buffer; from: string };
@@ -106,15 +105,10 @@ function gcm(key: Buffer, aad: Buffer): { seal(plain: Buffer): Buffer; open(seal
   };
 }
 
-/** Host name (and machine id where there is one) of this machine, for `key list`. */
+/** Host name (and the start of the machine id where there is one) of this machine, for `key list`. */
 export function hostName(): string {
-  let machine = '';
-  try {
-    machine = fs.readFileSync('/etc/machine-id', 'utf8').trim().slice(0, 8);
-  } catch {
-    // none
-  }
-  return machine ? `${os.hostname()} (${machine})` : os.hostname();
+  const { name, machineId } = thisHost();
+  return machineId ? `${name} (${machineId.slice(0, 8)})` : name;
 }
 
 /** Wraps the repository secret under a new key of `source`, stored as keys/ID.json; its description. */

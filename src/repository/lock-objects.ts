@@ -48,21 +48,23 @@ async function readLocks(backend: Backend, except: string): Promise<Array<{ name
   );
 }
 
+/** A live lock other than `mine` that one wanting the lock (`exclusive` or shared) must wait for, or null. */
+async function conflicting(backend: Backend, mine: string, exclusive: boolean): Promise<LockObject | null> {
+  const now = Date.now();
+  for (const { lock } of await readLocks(backend, mine)) if (lock && (exclusive || lock.exclusive) && isLive(lock, now)) return lock;
+  return null;
+}
+
 /** Takes the lock by lock objects (see above); the release removes this client's object. */
 export async function lockWithObjects(backend: Backend, exclusive: boolean, onWait?: (holder: string) => void): Promise<() => Promise<void>> {
   const name = `${randomBytes(8).toString('hex')}.json`;
   const mine = (): LockObject => ({ exclusive, host: os.hostname(), pid: process.pid, refreshed: Date.now() });
   let told = false;
   for (;;) {
-    const conflicting = async (): Promise<LockObject | null> => {
-      const now = Date.now();
-      for (const { lock } of await readLocks(backend, name)) if (lock && (exclusive || lock.exclusive) && isLive(lock, now)) return lock;
-      return null;
-    };
-    let holder = await conflicting();
+    let holder = await conflicting(backend, name, exclusive);
     if (!holder) {
       await backend.write(`${LOCKS}${name}`, Buffer.from(JSON.stringify(mine())));
-      holder = await conflicting();
+      holder = await conflicting(backend, name, exclusive);
       if (!holder) break;
       await backend.remove(`${LOCKS}${name}`);
     }

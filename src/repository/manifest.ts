@@ -1,11 +1,10 @@
 // Owns a backup's manifest (backups/ID/manifest.json): what it holds, readable by a person, checked
 // by the SHA-256 of its body. Written last: a backup exists only once its manifest does.
-import * as fs from 'node:fs';
-import * as os from 'node:os';
 import { BlkError } from '../errors.js';
 import type { Backend } from './backend.js';
 import { aadOf, type ObjectCipher } from './cipher.js';
 import { sha256 } from './digest.js';
+import type { BackupHost } from './host.js';
 import { isDeviceName, names } from './layout.js';
 
 export interface ManifestDevice {
@@ -23,12 +22,6 @@ export interface ManifestDevice {
   index: string;
 }
 
-/** Who made a backup: a host name (--host, else the hostname) and the machine's id (/etc/machine-id; '' where there is none). */
-export interface BackupHost {
-  name: string;
-  machineId: string;
-}
-
 export interface Manifest {
   version: 1;
   id: string;
@@ -38,21 +31,6 @@ export interface Manifest {
   devices: ManifestDevice[];
 }
 
-/** This machine as a backup records it, named `name` when given. */
-export function thisHost(name?: string): BackupHost {
-  let machineId = '';
-  try {
-    machineId = fs.readFileSync('/etc/machine-id', 'utf8').trim();
-  } catch {
-    // none here
-  }
-  return { name: name ?? os.hostname(), machineId };
-}
-
-/** Whether a backup of `host` (undefined: made before hosts were recorded) is one of `mine`: the same name. */
-export function isSameHost(host: BackupHost | undefined, mine: BackupHost): boolean {
-  return host === undefined || host.name === mine.name;
-}
 
 export function encodeManifest(m: Manifest): Buffer {
   const body = JSON.stringify(m, null, 2);

@@ -195,13 +195,10 @@ export class S3Backend implements Backend {
   async readRange(name: string, offset: number, into: Uint8Array): Promise<number> {
     const { client, sdk } = await this.#s3();
     if (into.length === 0) return 0;
-    const size = await this.size(name);
-    if (size === null) throw new BlkError('ENOENT', `${name} in ${this.location}: not there`);
-    if (offset >= size) return 0;
-    const end = Math.min(size, offset + into.length);
-    await paced(this.spec.downloadLimit, end - offset);
+    await paced(this.spec.downloadLimit, into.length);
     try {
-      const r = await client.send(new sdk.GetObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name), Range: `bytes=${offset}-${end - 1}` }));
+      // One request: the server cuts a range that runs past the end, and refuses (416) one that starts there.
+      const r = await client.send(new sdk.GetObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name), Range: `bytes=${offset}-${offset + into.length - 1}` }));
       let done = 0;
       for await (const piece of r.Body as AsyncIterable<Uint8Array>) {
         if (done + piece.length > into.length) throw new BlkError('EIO', `${name} in ${this.location}: the server sent more than the range asked`);
@@ -210,6 +207,7 @@ export class S3Backend implements Backend {
       }
       return done;
     } catch (e) {
+      if ((e as S3Failure).$metadata?.httpStatusCode === 416) return 0;
       throw this.#error(e, name);
     }
   }
@@ -261,8 +259,8 @@ export class S3Backend implements Backend {
 
   async remove(name: string): Promise<void> {
     const { client, sdk } = await this.#s3();
-    const folder = name.endsWith('/') ? name : `${name}/`;
-    const keys = [...(name.endsWith('/') ? [] : [this.#key(name)]), ...(await this.#allUnder(folder))];
+    // A folder is named with its '/' (as list() gives it): only then is there anything to list.
+    const keys = name.endsWith('/') ? await this.#allUnder(name) : [this.#key(name)];
     for (let i = 0; i < keys.length; i += 1000) {
       const batch = keys.slice(i, i + 1000);
       try {

@@ -20,7 +20,7 @@ import { newKeyFileText, parseKeyFile } from '../../src/repository/keys.js';
 import { entriesOf, RECORD_HEADER, readPackIndex } from '../../src/repository/pack.js';
 import { packIds } from '../../src/repository/chunk-index.js';
 import { Repository } from '../../src/repository/repository.js';
-import { keyFileSource, withDaemon } from '../helpers/backup.js';
+import { keyFileSource, withDaemon, writeRandomBlocks } from '../helpers/backup.js';
 import { blksnapCli } from '../helpers/daemon.js';
 import { check, missing, run, tempDir } from '../helpers/tools.js';
 
@@ -80,12 +80,7 @@ describe('encrypted repository', { skip: missing('nbdcopy', 'qemu-io', 'qemu-img
 
           const b1 = await createBackup(repo, client, { devices: ['e.img'], diffStorage: dir });
           const copy1 = await copy('copy1');
-          const touched = new Set<number>();
-          for (let i = 0; i < 30; i++) {
-            const at = randomInt((24 * MiB) / BLOCK) * BLOCK;
-            await nbd.write(at, randomFillSync(Buffer.alloc(BLOCK)));
-            touched.add(at);
-          }
+          const touched = await writeRandomBlocks(nbd, 30, 24 * MiB, BLOCK);
           const b2 = await createBackup(repo, client, { devices: ['e.img'], diffStorage: dir });
           assert.equal(b2.devices[0]?.mode, 'incremental');
           assert.equal(b2.devices[0]?.readBytes, touched.size * BLOCK, 'the incremental read only what CBT marked');

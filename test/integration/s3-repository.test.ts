@@ -10,14 +10,14 @@
 // errors for wrong keys and a missing bucket.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { randomFillSync, randomInt } from 'node:crypto';
+import { randomFillSync } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { DeleteObjectCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import { NbdClient } from '../../src/client/nbd-client.js';
-import { withDaemon } from '../helpers/backup.js';
+import { withDaemon, writeRandomBlocks } from '../helpers/backup.js';
 import { cephMissing, type S3Server, startS3 } from '../helpers/ceph.js';
 import { blksnapCli } from '../helpers/daemon.js';
 import { check, missing, type RunResult, run } from '../helpers/tools.js';
@@ -85,12 +85,7 @@ describe('a repository in an S3 bucket (Ceph RADOS Gateway)', { skip: missing('n
         const b1 = await json<{ id: string; devices: Array<{ mode: string }> }>('backup_create', '--repo', repo, '--device', 'd.img', '--key-file', keyFile);
         assert.equal(b1.devices[0]?.mode, 'full');
         const copy1 = await copy('copy1');
-        const touched = new Set<number>();
-        for (let i = 0; i < 20; i++) {
-          const at = randomInt((24 * MiB) / BLOCK) * BLOCK;
-          await nbd.write(at, randomFillSync(Buffer.alloc(BLOCK)));
-          touched.add(at);
-        }
+        const touched = await writeRandomBlocks(nbd, 20, 24 * MiB, BLOCK);
         await nbd.flush();
         const b2 = await json<{ id: string; devices: Array<{ mode: string; readBytes: number }> }>('backup_create', '--repo', repo, '--device', 'd.img', '--key-file', keyFile);
         assert.equal(b2.devices[0]?.mode, 'incremental');
@@ -273,7 +268,7 @@ describe('a repository in an S3 bucket (Ceph RADOS Gateway)', { skip: missing('n
         const fill = async (h: (typeof hosts)[number], blocks: number): Promise<void> => {
           const nbd = await NbdClient.connect(h.daemon.uri('d.img'));
           try {
-            for (let i = 0; i < blocks; i++) await nbd.write(randomInt((16 * MiB) / BLOCK) * BLOCK, randomFillSync(Buffer.alloc(BLOCK)));
+            await writeRandomBlocks(nbd, blocks, 16 * MiB, BLOCK);
             await nbd.flush();
           } finally {
             await nbd.close();
