@@ -28,6 +28,9 @@ Options:
   --idle-timeout SECONDS
                        a TCP client with no request in flight that sends nothing for this
                        long after its handshake is disconnected (default 300; 0: never)
+  --low-space-warn PERCENT
+                       a snapshot gets a low_space event when its difference storage fills
+                       past this share of its limit, before no_space (default 90)
   --control-group GROUP
                        members of GROUP may use the control socket too (mode 0660); without
                        it only root and the daemon's own user may

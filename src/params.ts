@@ -176,6 +176,8 @@ export const snapshot = {
   copyRunMaximumBytes: 1024 * 1024,
   /** The difference storage file grows in steps of this many bytes. */
   diffStorageMinimum: 1024 * 1024 * 1024,
+  /** A low_space event once the difference storage fills past this share of its limit (blksnapd --low-space-warn). */
+  lowSpaceShare: 0.9,
   /** Events kept per snapshot while nobody reads them; the oldest are dropped past this. */
   maximumQueuedEvents: 1024,
 } as const;
@@ -217,12 +219,24 @@ export const backup = {
   s3Attempts: 6,
   /** A larger object is uploaded in parts of this size (multipart); memory per upload: one part. */
   s3PartBytes: 32 * 1024 * 1024,
+  /**
+   * A pack in a bucket is closed (and uploaded, while the backup goes on reading) at this size: a
+   * worker's pack of the default 512 MiB waited for the end of most backups.
+   */
+  s3PackBytes: 64 * 1024 * 1024,
   /** Objects fetched into the cache at once. */
   s3Fetches: 4,
   /** A lock object not refreshed for this long no longer binds (its holder died or lost the store). */
   lockLeaseMs: 120_000,
   /** How often a holder refreshes its lock object. */
   lockRefreshMs: 30_000,
+  /**
+   * How far apart the clocks of hosts sharing a repository may be (NTP keeps them far closer; S3
+   * refuses requests signed 15 minutes off): a session or lock counts as live this much past its lease.
+   */
+  clockMarginMs: 300_000,
+  /** A prune deletes what it marked only after this long (backup_prune --prune-grace). */
+  pruneGraceMs: 24 * 3_600_000,
   /** Pause between tries while the lock is held (randomised ±50 %, so racing clients part). */
   lockRetryMs: 1000,
 } as const;

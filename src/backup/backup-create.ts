@@ -12,11 +12,12 @@ import { BlkError, toBlkError } from '../errors.js';
 import { backup as params } from '../params.js';
 import { ChunkIndex, type ChunkLocation } from '../repository/chunk-index.js';
 import { isZeroDigest } from '../repository/digest.js';
-import { chunkCountOf, readIndex, writeIndex } from '../repository/digest-index.js';
+import { chunkCountOf, decodeIndexRoot, readIndex, writeIndex } from '../repository/digest-index.js';
 import { indexFileOf, names, newBackupId } from '../repository/layout.js';
 import { type BackupHost, isSameHost, thisHost } from '../repository/host.js';
 import type { ManifestDevice } from '../repository/manifest.js';
 import type { BackupWriter, Repository } from '../repository/repository.js';
+import { readMarked } from '../repository/pending-deletion.js';
 import { s3Requests } from '../repository/s3-backend.js';
 import { TaskWindow } from '../util/task-window.js';
 import { allocatedChunks, inFronts, readRuns, runsOf } from './image-reader.js';
@@ -91,14 +92,15 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
   if (new Set(deviceNames).size !== deviceNames.length) throw new BlkError('EINVAL', `backup_create: a device is given twice (${given.devices.join(', ')})`);
   const o = { ...given, devices: deviceNames };
   const requestsBefore = s3Requests();
-  const release = await repo.lock(false, (holder) => o.progress?.note(`waiting for a prune to finish its sweep (the lock is held ${holder})`));
-  const workers = new WorkerPool('create', params.createWorkersPerCore * os.availableParallelism());
-  let snapshotId: string | null = null;
   const time = new Date();
   const id = newBackupId(time);
+  // Before anything is read: what a prune marks from now on stays while this backup runs.
+  const session = await repo.openSession('backup', id);
+  const workers = new WorkerPool('create', params.createWorkersPerCore * os.availableParallelism());
+  let snapshotId: string | null = null;
   let writer: BackupWriter | null = null;
   try {
-    writer = await repo.beginBackup(id);
+    writer = await repo.beginBackup(id, session);
     await workers.runOnAll({ kind: 'cipher', secret: repo.cipher.secret });
     const sizes = await Promise.all(o.devices.map((d) => client.call(api.CbtGetInfo, { device: d }).then((i) => i.deviceCapacity)));
     const total = sizes.reduce((a, b) => a + b, 0);
@@ -120,13 +122,18 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
     }
     const host = thisHost(o.host);
     const previous = await previousBackups(repo, o.devices, host);
-    // What the repository holds: a chunk found here is not stored again.
-    const known = await ChunkIndex.load(repo.backend, repo.cipher);
+    // What the repository holds: a chunk found here is not stored again. What a prune marked for
+    // deletion is not reused (its chunks are stored again, its pages written again).
+    const marked = await readMarked(repo.backend);
+    const known = await ChunkIndex.load(repo.backend, repo.cipher, { skip: marked.packs });
     const entries: Array<ManifestDevice & { indexBytes: number }> = [];
-    for (const name of o.devices) entries.push(await backupDevice(repo, client, workers, known, o, name, previous.get(name) ?? null, writer));
+    // Where the repository retains objects (S3 Object Lock): what this backup reuses, to extend.
+    const retain = repo.backend.spec.kind === 's3' && repo.backend.spec.objectLock ? new Set<string>() : null;
+    for (const name of o.devices) entries.push(await backupDevice(repo, client, workers, { known, markedPages: marked.pages, retain }, o, name, previous.get(name) ?? null, writer));
     // Packs put in place (synced, indexed); the commit makes them, the pages and the index roots
     // durable before the manifest makes the backup exist.
     const finished = await workers.runOnAll({ kind: 'finish' });
+    if (retain) await repo.backend.extendRetention?.([...retain]);
     const manifest = { version: 1 as const, id, time: time.toISOString(), host, devices: entries.map(({ indexBytes: _i, ...device }) => device) };
     await writer.commit(manifest);
     const requests = repo.backend.spec.kind === 's3' ? sumCounts([s3Requests(), ...finished.map((f) => f.requests)], requestsBefore) : null;
@@ -142,15 +149,26 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
     await writer?.abandon();
     if (snapshotId !== null) await client.call(api.SnapshotDestroy, { id: snapshotId }).catch(() => undefined);
     await workers.close();
-    await release();
+    await session.close();
   }
+}
+
+/** The packs (found before this backup began) and index pages a device's backup needs, added to `into`. */
+function neededObjects(known: ChunkIndex, digests: Buffer, root: Buffer, rootFile: string, into: Set<string>): void {
+  for (let at = 0; at < digests.length; at += 32) {
+    if (isZeroDigest(digests, at)) continue;
+    const e = known.find(digests, at);
+    const pack = e >= 0 ? known.location(e).pack : '';
+    if (pack !== '') into.add(names.pack(pack)).add(names.packIndex(pack));
+  }
+  for (const page of decodeIndexRoot(root, rootFile).pages) into.add(names.page(page));
 }
 
 async function backupDevice(
   repo: Repository,
   client: BlksnapClient,
   workers: WorkerPool<'create'>,
-  known: ChunkIndex,
+  { known, markedPages, retain }: { known: ChunkIndex; markedPages: Set<string>; retain: Set<string> | null },
   o: CreateOptions,
   name: string,
   previous: { id: string; device: ManifestDevice } | null,
@@ -236,8 +254,9 @@ async function backupDevice(
     await storing.add(task);
   });
   await storing.drain();
-  const { root, pageBytes } = await writeIndex(repo.backend, repo.cipher, { size, chunkSize, digests }, checkedPages);
+  const { root, pageBytes } = await writeIndex(repo.backend, repo.cipher, { size, chunkSize, digests }, { checked: checkedPages, marked: markedPages });
   await writer.addIndexRoot(indexFileOf(name), root);
+  if (retain) neededObjects(known, digests, root, indexFileOf(name), retain);
   o.progress?.done();
   return { name, size, chunkSize, mode, generationId: info.generationId, changesNumber: info.changesNumber, readBytes, storedBytes, index: indexFileOf(name), indexBytes: pageBytes + root.length };
 }

@@ -67,13 +67,13 @@ export async function restoreBackup(repo: Repository, o: RestoreOptions): Promis
     const daemon: Daemon = o.client ? { client: o.client } : { unreachable: o.daemonError ?? 'none was asked' };
     const deviceName = await backupDeviceName(o.device, o.client);
     const target = await resolveTarget(o.to, daemon, { offline: o.offline ?? false });
-    // The lock before anything of the backup is read: a prune's sweep must not remove it meanwhile.
-    return await repo.whileShared(o.progress, async () => {
+    // The session before anything of the backup is read: what a prune marks meanwhile stays until it ends.
+    return await repo.inSession('restore', async () => {
       const manifest = await repo.manifest(o.id);
       const entry = manifest.devices.find((d) => d.name === deviceName);
       if (!entry) throw new BlkError('ENOENT', `backup ${o.id} has no device ${deviceName} (it has ${manifest.devices.map((d) => d.name).join(', ')})`);
       const index = await readIndex(repo.backend, names.indexRoot(o.id, entry.index), repo.cipher);
-      return restoreLocked(repo, workers, o, entry, index, target);
+      return restoreInSession(repo, workers, o, entry, index, target);
     });
   } finally {
     // Each worker closes the packs it opened (a library caller's process goes on).
@@ -82,16 +82,11 @@ export async function restoreBackup(repo: Repository, o: RestoreOptions): Promis
   }
 }
 
-async function restoreLocked(repo: Repository, workers: WorkerPool<'restore'>, o: RestoreOptions, entry: ManifestDevice, index: Index, target: RestoreTarget): Promise<RestoreResult> {
-  const packed = await ChunkIndex.load(repo.backend, repo.cipher);
-  // The workers read packs as local files: an object store's are fetched into the cache for the restore.
-  const packs = packed.packsOf(index.digests).map(names.pack);
-  await repo.backend.fetchLocal(packs);
-  try {
-    return await restoreFromPacks(repo, workers, o, entry, index, target, packed);
-  } finally {
-    await repo.backend.evictLocal(packs);
-  }
+async function restoreInSession(repo: Repository, workers: WorkerPool<'restore'>, o: RestoreOptions, entry: ManifestDevice, index: Index, target: RestoreTarget): Promise<RestoreResult> {
+  const packed = await ChunkIndex.loadForReading(repo.backend, repo.cipher);
+  // The workers read a directory's packs by descriptor, and an object store's by range, span by span
+  // as the restore goes (no pack waits to be fetched whole, and the cache needs no room for them).
+  return restoreFromPacks(repo, workers, o, entry, index, target, packed);
 }
 
 async function restoreFromPacks(repo: Repository, workers: WorkerPool<'restore'>, o: RestoreOptions, entry: ManifestDevice, index: Index, target: RestoreTarget, packed: ChunkIndex): Promise<RestoreResult> {
@@ -171,7 +166,7 @@ async function restoreOverNbd(repo: Repository, workers: WorkerPool<'restore'>, 
     o.progress?.start(`restore to ${uri}`, wanted.length * index.chunkSize);
     let written = 0;
     await inWindow(repo, workers, chunks, index, runs, repeated, async (items) => {
-      const r = await workers.run({ kind: 'load', items, secret: repo.cipher.secret });
+      const r = await workers.run({ kind: 'load', items, secret: repo.cipher.secret, ...(repo.backend.spec.kind === 's3' ? { repository: repo.backend.spec } : {}) });
       let bytes = 0;
       await Promise.all(r.data.flatMap((d, i) => {
         const item = items[i] as LoadItem;
@@ -278,7 +273,7 @@ async function writeChunks(repo: Repository, workers: WorkerPool<'restore'>, chu
   // After a failure the other tasks still write (inWindow waits for them): their descriptors must
   // not close (and their numbers go to another file) under them.
   await inWindow(repo, workers, chunks, index, runs, repeated, async (items) => {
-    const r = await workers.run({ kind: 'write', items, secret: repo.cipher.secret, fd: to.directFd ?? to.fd, direct: to.directFd !== null, bufferedFd: to.fd, writeZeros: to.writeZeros });
+    const r = await workers.run({ kind: 'write', items, secret: repo.cipher.secret, ...(repo.backend.spec.kind === 's3' ? { repository: repo.backend.spec } : {}), fd: to.directFd ?? to.fd, direct: to.directFd !== null, bufferedFd: to.fd, writeZeros: to.writeZeros });
     written += r.writtenBytes;
     o.progress?.advance(r.writtenBytes);
   });

@@ -6,12 +6,21 @@ import type { Extent, Storage, StorageCapabilities } from '../backing/storage.js
 import { BlkError, toBlkError } from '../errors.js';
 import { closeAsync, openUnnamedFile } from '../os/async-fs.js';
 import { backup as params } from '../params.js';
+import type { S3Access } from '../control/protocol.js';
+import type { Backend, BackendSpec } from '../repository/backend.js';
+import { backendAt } from '../repository/backends.js';
 import { ChunkIndex } from '../repository/chunk-index.js';
 import { isZeroDigest } from '../repository/digest.js';
 import { readIndex } from '../repository/digest-index.js';
 import { BACKUP_ID_PATTERN, isDeviceName, names } from '../repository/layout.js';
 import { Repository } from '../repository/repository.js';
 import type { WorkerPool } from './workers/worker-pool.js';
+
+/** A repository in a bucket as a daemon reaches it for one attach: with its client's access, its own cache (never the AWS environment). */
+export function bucketRepository(location: string, s3: S3Access, cacheDir: string): Backend {
+  const credentials = { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey, ...(s3.sessionToken ? { sessionToken: s3.sessionToken } : {}) };
+  return backendAt(location, { ...(s3.endpoint ? { s3Endpoint: s3.endpoint } : {}), s3Region: s3.region, s3Addressing: s3.pathStyle ? 'path' : 'virtual', ...(s3.ca ? { s3CaPem: s3.ca } : {}), credentials, cacheDir }, {});
+}
 
 export interface BackupStorageOptions {
   workers: WorkerPool<'attach'>;
@@ -48,6 +57,8 @@ export class BackupStorage implements Storage {
   #sequentialEnd = -1;
   #overlay: Overlay | null;
   #isClosed = false;
+  /** Where packs are not local files (a bucket): the workers read them by range from this. */
+  #remote: { repository?: BackendSpec };
 
   /** Takes away the hold that keeps a prune from removing the backup. */
   #releaseHold: () => Promise<void>;
@@ -61,6 +72,7 @@ export class BackupStorage implements Storage {
     this.chunkSize = chunkSize;
     this.#digests = digests;
     this.#o = options;
+    this.#remote = repo.backend.spec.kind === 's3' ? { repository: repo.backend.spec } : {};
     const count = Math.ceil(size / chunkSize);
     this.#overlay = overlayFd === null ? null : { fd: overlayFd, copied: new Uint8Array(count), copying: new Map() };
     this.can = { isBlockDevice: false, isReadOnly: overlayFd === null, grow: false };
@@ -68,31 +80,29 @@ export class BackupStorage implements Storage {
 
   /**
    * Opens backup `id`'s device `device` in `repo`; ENOENT when there is no such backup or device,
-   * EIO when it is damaged. Under the repository's lock (shared: a prune's sweep waits), the hold
-   * that keeps a prune from removing the backup is placed before anything is read; every call runs
-   * in the thread pool, so a slow repository never holds the event loop.
+   * EIO when it is damaged. The hold (a session naming the backup) that keeps a prune from removing
+   * it is placed before anything is read; every call runs in the thread pool, so a slow repository
+   * never holds the event loop.
    */
-  static async open(location: string, id: string, device: string, options: BackupStorageOptions): Promise<BackupStorage> {
+  static async open(location: string | Backend, id: string, device: string, options: BackupStorageOptions): Promise<BackupStorage> {
     if (!BACKUP_ID_PATTERN.test(id)) throw new BlkError('EINVAL', `'${id}' is not a backup id (see backup_list)`);
     if (!isDeviceName(device)) throw new BlkError('EINVAL', `'${device}' is not a device name`);
     const repo = await Repository.open(location, options.secret ? { secret: options.secret } : {});
-    const release = await repo.lock(false);
     let releaseHold: (() => Promise<void>) | null = null;
     try {
-      // A prune keeps a backup that is served, while this process lives; one it already took away is gone.
-      releaseHold = await repo.hold(id, device);
+      // A prune keeps a backup that is served, while this session lives, and leaves whatever it marks
+      // meanwhile; one it already took away is gone.
+      releaseHold = await repo.hold(id);
       const manifest = await repo.manifest(id);
       const entry = manifest.devices.find((d) => d.name === device);
       if (!entry) throw new BlkError('ENOENT', `backup ${id} has no device ${device} (it has ${manifest.devices.map((d) => d.name).join(', ')})`);
       const index = await readIndex(repo.backend, names.indexRoot(id, entry.index), repo.cipher);
-      const chunks = await ChunkIndex.load(repo.backend, repo.cipher);
+      const chunks = await ChunkIndex.loadForReading(repo.backend, repo.cipher);
       const overlayFd = options.overlayDir === undefined ? null : await openUnnamedFile(options.overlayDir);
       return new BackupStorage(repo, `${repo.location}#${id}/${device}`, index.size, index.chunkSize, index.digests, chunks, options, overlayFd, releaseHold);
     } catch (e) {
       await releaseHold?.();
       throw e;
-    } finally {
-      await release();
     }
   }
 
@@ -271,10 +281,10 @@ export class BackupStorage implements Storage {
     // A rejection, never a throw: a chunk missing from the index must fail only its own load, not
     // the read that started loading it ahead.
     const load = async (from: number, count: number): Promise<Uint8Array[]> =>
-      (await this.#o.workers.run({ kind: 'load', secret: this.#repo.cipher.secret, items: this.#chunks.loadItems(this.#repo.backend, { size: this.size, chunkSize: this.chunkSize, digests: this.#digests }, from, count) })).data;
+      (await this.#o.workers.run({ kind: 'load', secret: this.#repo.cipher.secret, ...this.#remote, items: this.#chunks.loadItems(this.#repo.backend, { size: this.size, chunkSize: this.chunkSize, digests: this.#digests }, from, count) })).data;
     // The pack indexes are loaded again once per failed task, not once per chunk of it.
     const together = load(first, n).catch(async () => {
-      this.#chunks = await ChunkIndex.load(this.#repo.backend, this.#repo.cipher).catch(() => this.#chunks);
+      this.#chunks = await ChunkIndex.loadForReading(this.#repo.backend, this.#repo.cipher).catch(() => this.#chunks);
       return null;
     });
     for (let i = 0; i < n; i++) {

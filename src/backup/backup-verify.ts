@@ -8,6 +8,7 @@ import { isZeroDigest } from '../repository/digest.js';
 import { readIndexRoot } from '../repository/digest-index.js';
 import { checkKeys } from '../repository/keys.js';
 import { names } from '../repository/layout.js';
+import { readMarked } from '../repository/pending-deletion.js';
 import type { Repository } from '../repository/repository.js';
 import type { Progress } from './progress.js';
 import { TaskWindow } from '../util/task-window.js';
@@ -16,7 +17,35 @@ import { WorkerPool } from './workers/worker-pool.js';
 export interface VerifyOptions {
   /** Only this backup's chunks (the packs holding them), indexes and manifest. */
   id?: string;
+  /** Read no pack: check every manifest, index root, page and pack index, and that every chunk a backup names is in one. */
+  metadataOnly?: boolean;
+  /** Read only a share of the packs: slice K of N (the packs whose id falls in it: N runs with K = 1..N read them all), or a random fraction. */
+  subset?: { slice: number; of: number } | { fraction: number };
+  /** Stop starting pack reads after this long (ms); the result says how many were read. */
+  maxDurationMs?: number;
   progress?: Progress;
+}
+
+/** A `--read-data-subset` as given: N% or K/N; EINVAL otherwise. */
+export function parseSubset(text: string): NonNullable<VerifyOptions['subset']> {
+  const percent = /^(\d+(?:\.\d+)?)%$/.exec(text);
+  if (percent) {
+    const fraction = Number(percent[1]) / 100;
+    if (fraction > 0 && fraction <= 1) return { fraction };
+  }
+  const slice = /^(\d+)\/(\d+)$/.exec(text);
+  if (slice) {
+    const [k, n] = [Number(slice[1]), Number(slice[2])];
+    if (n >= 1 && n <= 100_000 && k >= 1 && k <= n) return { slice: k, of: n };
+  }
+  throw new BlkError('EINVAL', `--read-data-subset takes N% (above 0, at most 100) or K/N (1 <= K <= N), not '${text}'`);
+}
+
+/** Whether pack `id` is in a subset: by its id for a slice (packs ids are random), at random for a fraction. */
+function inSubset(id: string, subset: VerifyOptions['subset']): boolean {
+  if (!subset) return true;
+  if ('fraction' in subset) return Math.random() < subset.fraction;
+  return Number.parseInt(id.slice(0, 8), 16) % subset.of === subset.slice - 1;
 }
 
 export interface VerifyResult {
@@ -27,6 +56,9 @@ export interface VerifyResult {
   damagedBackups: string[];
   /** What is wrong, one line each (a damaged chunk, a missing page, a manifest failing its checksum). */
   problems: string[];
+  /** Packs read and checked, of those there are to read (fewer with --read-data-subset, --max-duration, --metadata). */
+  packsChecked: number;
+  packsTotal: number;
 }
 
 /** Digests a backup references (its chunks, and its index pages), or why they cannot all be read. */
@@ -66,10 +98,10 @@ export async function referencesOf(repo: Repository, id: string): Promise<{ chun
 }
 
 export async function verifyRepository(repo: Repository, o: VerifyOptions): Promise<VerifyResult> {
-  return repo.whileShared(o.progress, () => verifyLocked(repo, o));
+  return repo.inSession('verify', () => verifyInSession(repo, o));
 }
 
-async function verifyLocked(repo: Repository, o: VerifyOptions): Promise<VerifyResult> {
+async function verifyInSession(repo: Repository, o: VerifyOptions): Promise<VerifyResult> {
   // What is checked is what the store holds, not a copy a cache kept.
   repo.backend.bypassCache();
   const ids = o.id === undefined ? await repo.backupIds() : [o.id];
@@ -78,17 +110,21 @@ async function verifyLocked(repo: Repository, o: VerifyOptions): Promise<VerifyR
   for (const id of ids) refs.set(id, await referencesOf(repo, id));
   const problems: string[] = [];
   if (repo.cipher.secret) problems.push(...(await checkKeys(repo.backend, repo.cipher.secret)));
-  const index = await ChunkIndex.load(repo.backend, repo.cipher, problems);
-  // The packs to read: all, or those holding a chunk of the one backup.
-  let packs = await packIds(repo.backend);
-  if (o.id !== undefined) {
-    const wanted = new Set<string>();
-    for (const hex of (refs.get(o.id) as { chunks: Set<string> }).chunks) {
+  const index = await ChunkIndex.loadForReading(repo.backend, repo.cipher, problems);
+  // The packs to read: all but those a prune marked for deletion (which it may delete meanwhile),
+  // or those holding a chunk of the one backup; a marked pack a backup still reads from is read.
+  const wanted = new Set<string>();
+  for (const id of o.id === undefined ? ids : [o.id]) {
+    for (const hex of (refs.get(id) as { chunks: Set<string> }).chunks) {
       const at = index.find(Buffer.from(hex, 'hex'));
       if (at >= 0) wanted.add(index.location(at).pack);
     }
-    packs = packs.filter((p) => wanted.has(p));
   }
+  const marked = (await readMarked(repo.backend)).packs;
+  const every = (await packIds(repo.backend)).filter((p) => wanted.has(p) || (o.id === undefined && !marked.has(p)));
+  const packs = o.metadataOnly ? [] : every.filter((p) => inSubset(p, o.subset));
+  const started = Date.now();
+  let packsChecked = 0;
   const bad = new Map<string, string>();
   let checked = 0;
   const workers = new WorkerPool('verify');
@@ -122,7 +158,11 @@ async function verifyLocked(repo: Repository, o: VerifyOptions): Promise<VerifyR
       o.progress?.advance(sizeOf(id));
     };
     try {
-      for (const id of packs) await inFlight.add(checkPack(id));
+      for (const id of packs) {
+        if (o.maxDurationMs !== undefined && Date.now() - started > o.maxDurationMs) break;
+        packsChecked++;
+        await inFlight.add(checkPack(id));
+      }
     } finally {
       await inFlight.settle();
     }
@@ -146,5 +186,5 @@ async function verifyLocked(repo: Repository, o: VerifyOptions): Promise<VerifyR
     }
     if (isDamaged) damaged.push(id);
   }
-  return { ok: bad.size === 0 && damaged.length === 0 && problems.length === 0, checkedChunks: checked, badChunks: [...bad.keys()].sort(), damagedBackups: damaged, problems };
+  return { ok: bad.size === 0 && damaged.length === 0 && problems.length === 0, checkedChunks: checked, badChunks: [...bad.keys()].sort(), damagedBackups: damaged, problems, packsChecked, packsTotal: every.length };
 }

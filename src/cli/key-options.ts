@@ -25,14 +25,23 @@ export function passwordOf(text: string): Buffer {
   return Buffer.from(text.split(/\r?\n/)[0] ?? '', 'utf8');
 }
 
-/** The key sources the options and the environment give, in the order they are tried. */
-export function keySources(o: ParsedOptions, env: NodeJS.ProcessEnv = process.env): KeySource[] {
+/** KEY_OPTIONS for a second repository (backup_copy's): each named with `prefix` ('from-', 'to-'). */
+export function prefixedOptions(options: Readonly<Record<string, OptionSpec>>, prefix: string, whose: string): Record<string, OptionSpec> {
+  return Object.fromEntries(Object.entries(options).map(([name, spec]) => [`${prefix}${name}`, { ...spec, help: `${spec.help} (of ${whose})` }]));
+}
+
+/**
+ * The key sources the options and the environment give, in the order they are tried; with a
+ * prefix, the options so named (BLKSNAP_PASSWORD serves only the repository of the unprefixed ones).
+ */
+export function keySources(o: ParsedOptions, env: NodeJS.ProcessEnv = process.env, prefix = ''): KeySource[] {
   const sources: KeySource[] = [];
-  const passwordFile = o.values.get('password-file');
-  if (passwordFile !== undefined) sources.push({ kind: 'password', password: passwordOf(readSecretFile(passwordFile, 'password file')), from: `--password-file ${passwordFile}` });
-  const keyFile = o.values.get('key-file');
-  if (keyFile !== undefined) sources.push({ kind: 'keyfile', key: parseKeyFile(readSecretFile(keyFile, 'key file'), keyFile), from: `--key-file ${keyFile}` });
-  if (env.BLKSNAP_PASSWORD !== undefined && env.BLKSNAP_PASSWORD !== '') sources.push({ kind: 'password', password: Buffer.from(env.BLKSNAP_PASSWORD, 'utf8'), from: 'BLKSNAP_PASSWORD' });
+  const passwordFile = o.values.get(`${prefix}password-file`);
+  if (passwordFile !== undefined) sources.push({ kind: 'password', password: passwordOf(readSecretFile(passwordFile, 'password file')), from: `--${prefix}password-file ${passwordFile}` });
+  const keyFile = o.values.get(`${prefix}key-file`);
+  if (keyFile !== undefined) sources.push({ kind: 'keyfile', key: parseKeyFile(readSecretFile(keyFile, 'key file'), keyFile), from: `--${prefix}key-file ${keyFile}` });
+  const hasPassword = env.BLKSNAP_PASSWORD !== undefined && env.BLKSNAP_PASSWORD !== '';
+  if (hasPassword && prefix === '') sources.push({ kind: 'password', password: Buffer.from(env.BLKSNAP_PASSWORD as string, 'utf8'), from: 'BLKSNAP_PASSWORD' });
   return sources;
 }
 
@@ -66,9 +75,9 @@ export function promptPassword(question: string): Promise<Buffer> {
 }
 
 /** Opens --repo with the key sources given; a password typed on the terminal when none is and the repository is encrypted. */
-export async function openRepository(o: ParsedOptions, location: string, extra: OpenOptions = {}): Promise<Repository> {
-  const keys = keySources(o);
-  const backend = backendOf(o, location);
+export async function openRepository(o: ParsedOptions, location: string, extra: OpenOptions = {}, prefixes: { keys?: string; site?: string } = {}): Promise<Repository> {
+  const keys = keySources(o, process.env, prefixes.keys);
+  const backend = backendOf(o, location, prefixes.site);
   try {
     return await Repository.open(backend, { ...extra, keys });
   } catch (e) {

@@ -19,11 +19,18 @@ export const REMOTE_OPTIONS: Readonly<Record<string, OptionSpec>> = {
   'cache-dir': { kind: 'value', help: 'where an S3 repository is cached and uploads are built (default $XDG_CACHE_HOME/blksnap, or /var/cache/blksnap for root)' },
 };
 
-/** The backend --repo names, with the remote options given. */
-export function backendOf(o: ParsedOptions, location: string): Backend {
+/** The options that differ between the two repositories of backup_copy (each also given with a 'from-' or 'to-' prefix). */
+export const SITE_OPTIONS: Readonly<Record<string, OptionSpec>> = {
+  's3-endpoint': REMOTE_OPTIONS['s3-endpoint'] as OptionSpec,
+  's3-region': REMOTE_OPTIONS['s3-region'] as OptionSpec,
+  's3-ca': REMOTE_OPTIONS['s3-ca'] as OptionSpec,
+};
+
+/** The backend --repo names, with the remote options given; with a prefix, a prefixed option wins over its plain one. */
+export function backendOf(o: ParsedOptions, location: string, prefix = ''): Backend {
   const options: RemoteOptions = {};
   const take = (option: string, key: 's3Endpoint' | 's3Region' | 's3Addressing' | 's3Ca' | 'cacheDir'): void => {
-    const v = o.values.get(option);
+    const v = o.values.get(`${prefix}${option}`) ?? o.values.get(option);
     if (v !== undefined) options[key] = v;
   };
   take('s3-endpoint', 's3Endpoint');

@@ -75,6 +75,27 @@ function parseSnapshotCreate(p: Params, m: string): api.SnapshotCreateParams {
   };
 }
 
+/** A client's access to a bucket, checked field by field. */
+function parseS3Access(v: unknown, m: string): api.S3Access {
+  const p = asParams(v, `${m}: s3`);
+  const endpoint = optionalString(p, 'endpoint', m);
+  if (endpoint !== undefined && !/^https?:\/\/[^/\s]+\/?$/.test(endpoint)) throw new BlkError('EINVAL', `${m}: s3.endpoint '${endpoint}' is not http(s)://HOST[:PORT]`);
+  const region = requireString(p, 'region', m);
+  if (!/^[a-z0-9-]{1,64}$/.test(region)) throw new BlkError('EINVAL', `${m}: s3.region '${region}' is not a region name`);
+  const ca = p.ca;
+  if (ca !== undefined && (typeof ca !== 'string' || ca.length > 1024 * 1024 || !ca.includes('-----BEGIN CERTIFICATE-----'))) throw new BlkError('EINVAL', `${m}: s3.ca must be PEM certificates of at most 1 MiB`);
+  const sessionToken = optionalString(p, 'sessionToken', m);
+  return {
+    ...(endpoint === undefined ? {} : { endpoint }),
+    region,
+    pathStyle: optionalBoolean(p, 'pathStyle', m) ?? false,
+    ...(ca === undefined ? {} : { ca: ca as string }),
+    accessKeyId: requireString(p, 'accessKeyId', m),
+    secretAccessKey: requireString(p, 'secretAccessKey', m),
+    ...(sessionToken === undefined ? {} : { sessionToken }),
+  };
+}
+
 function parseBackupAttach(p: Params, m: string): api.BackupAttachParams {
   const name = optionalString(p, 'name', m);
   const secret = optionalString(p, 'secret', m);
@@ -87,6 +108,7 @@ function parseBackupAttach(p: Params, m: string): api.BackupAttachParams {
     ...(name === undefined ? {} : { name }),
     ...(optionalBoolean(p, 'loop', m) ? { loop: true } : {}),
     ...(optionalBoolean(p, 'writable', m) ? { writable: true } : {}),
+    ...(p.s3 === undefined ? {} : { s3: parseS3Access(p.s3, m) }),
   };
 }
 

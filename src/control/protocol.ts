@@ -158,6 +158,21 @@ export interface BackupAttachParams {
    * attach only, kept in memory, never written or logged.
    */
   secret?: string;
+  /** How the daemon reaches a repository in a bucket (`repo` s3://BUCKET[/PREFIX]): its client's access, for this attach only, never logged. */
+  s3?: S3Access;
+}
+
+/** A bucket's endpoint and the credentials a client resolved, handed to the daemon for one attach. */
+export interface S3Access {
+  /** http(s)://HOST[:PORT]; none: AWS's endpoint of `region`. */
+  endpoint?: string;
+  region: string;
+  pathStyle: boolean;
+  /** A CA to trust besides the system's, PEM text. */
+  ca?: string;
+  accessKeyId: string;
+  secretAccessKey: string;
+  sessionToken?: string;
 }
 
 export interface SnapshotCreateParams {
@@ -201,10 +216,10 @@ export interface SnapshotInfo {
 }
 
 export interface SnapshotEventResult {
-  code: 'corrupted' | 'no_space' | 'timeout';
+  code: 'corrupted' | 'no_space' | 'low_space' | 'timeout';
   /** Milliseconds since the epoch. */
   time: number;
-  /** corrupted: {device, errorCode}; no_space: {requestedSectors}; timeout: {}. */
+  /** corrupted: {device, errorCode}; no_space: {requestedSectors}; low_space: {usedSectors, limitSectors}; timeout: {}. */
   data: Record<string, string | number>;
 }
 

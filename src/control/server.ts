@@ -187,8 +187,8 @@ export class ControlServer {
   }
 }
 
-/** The params of a logged request, short: one line, at most 200 characters, a repository's secret left out. */
+/** The params of a logged request, short: one line, at most 200 characters, a repository's secret and a bucket's credentials left out. */
 function summarize(params: unknown): string {
-  const text = JSON.stringify(params ?? {}, (key, value) => (key === 'secret' ? '(not logged)' : value)) ?? '';
+  const text = JSON.stringify(params ?? {}, (key, value) => (key === 'secret' || key === 'secretAccessKey' || key === 'sessionToken' || key === 'ca' ? '(not logged)' : value)) ?? '';
   return text.length > 200 ? `${text.slice(0, 197)}...` : text;
 }

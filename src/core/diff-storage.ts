@@ -26,6 +26,8 @@ export interface DiffStorageOptions {
    * refuses direct I/O, they go through the page cache.
    */
   isCopyDirect?: boolean;
+  /** Share of the limit (0 < share <= 1) past which `onLowSpace` fires, once, before no_space. */
+  lowSpaceShare?: number;
   /** A regular file that holds data is emptied all the same; without it such a file is refused (EEXIST). */
   force?: boolean;
 }
@@ -49,6 +51,11 @@ export class DiffStorage {
   readonly onNoSpace = this.#noSpace.event;
   /** no_space was raised and the storage has not grown since: blksnap raises a condition once. */
   #isNoSpaceRaised = false;
+  #lowSpace = new Emitter<{ usedSectors: number; limitSectors: number }>();
+  /** The storage has filled past its warning share of the limit (once per snapshot). */
+  readonly onLowSpace = this.#lowSpace.event;
+  #lowSpaceShare: number;
+  #isLowSpaceRaised = false;
   /**
    * Copies go here when set (O_DIRECT, into new slots only); reads and image writes use the store's
    * page cache, with read-ahead off so that no page of a slot is cached before its copy is written.
@@ -62,6 +69,7 @@ export class DiffStorage {
     this.kind = kind;
     this.#limit = options.limit;
     this.minimum = options.minimum;
+    this.#lowSpaceShare = options.lowSpaceShare ?? snapshotParams.lowSpaceShare;
     this.#capacity = capacity;
   }
 
@@ -130,6 +138,7 @@ export class DiffStorage {
       const offset = Math.ceil(this.#filled / alignment) * alignment;
       if (offset + length <= this.#capacity) {
         this.#filled = offset + length;
+        if (!this.#isLowSpaceRaised && this.#filled >= this.#lowSpaceShare * this.#limit) this.#raiseLowSpace();
         // In the background: a failure here shows again at the allocation that has to wait for growth.
         if (this.#capacity - this.#filled < this.minimum / 2) this.#startGrowth().catch(() => undefined);
         return offset;
@@ -253,6 +262,16 @@ export class DiffStorage {
       this.#raiseNoSpace(step);
       this.#limit = this.#capacity;
     }
+  }
+
+  /** Whether the storage has filled past its warning share of the limit. */
+  get isLowOnSpace(): boolean {
+    return this.#isLowSpaceRaised;
+  }
+
+  #raiseLowSpace(): void {
+    this.#isLowSpaceRaised = true;
+    this.#lowSpace.fire({ usedSectors: Math.ceil(this.#filled / SECTOR_SIZE), limitSectors: Math.floor(this.#limit / SECTOR_SIZE) });
   }
 
   /** The no_space event, once per condition: every allocation failing after it would otherwise raise its own. */

@@ -1,10 +1,12 @@
-// Owns a snapshot's event queue: blksnap's events (corrupted, no_space), read one at a time with a timeout.
+// Owns a snapshot's event queue: blksnap's events (corrupted, no_space) and low_space (the difference
+// storage past its warning share), read one at a time with a timeout.
 import type { BlkError } from '../errors.js';
 import { Emitter } from '../util/emitter.js';
 
 export type SnapshotEvent =
   | { code: 'corrupted'; time: number; data: { device: string; errorCode: number } }
-  | { code: 'no_space'; time: number; data: { requestedSectors: number } };
+  | { code: 'no_space'; time: number; data: { requestedSectors: number } }
+  | { code: 'low_space'; time: number; data: { usedSectors: number; limitSectors: number } };
 
 /**
  * Bounded: past `maximumLength` the oldest event other than `corrupted` is dropped, so an unread

@@ -16,6 +16,8 @@ export interface SnapshotOptions {
   limit: number;
   /** Growth step of a file difference storage (default 1 GiB). */
   diffStorageMinimum?: number;
+  /** Share of the limit past which a low_space event comes (default params.snapshot.lowSpaceShare). */
+  lowSpaceShare?: number;
   /** Smallest chunk shift (default 18: 256 KiB chunks). */
   chunkMinimumShift?: number;
   /** Chunks copied at once per device, at most (default 256). */
@@ -93,7 +95,9 @@ export class Snapshot implements SnapshotHealth {
       devices: this.#devices.map((d) => d.storage),
       isCopyDirect: this.options.isCowCopyDirect ?? false,
       force: this.options.force ?? false,
+      ...(this.options.lowSpaceShare === undefined ? {} : { lowSpaceShare: this.options.lowSpaceShare }),
     });
+    this.#diff.onLowSpace((data) => this.events.push({ code: 'low_space', time: Date.now(), data }));
     this.#diff.onNoSpace(({ requestedSectors }) => this.events.push({ code: 'no_space', time: Date.now(), data: { requestedSectors } }));
   }
 

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { defaultRuntimeDir } from '../control/paths.js';
 import type { LoopRoute } from './loop-devices.js';
 import type { TlsOptions } from '../frontends/nbd/tls.js';
-import { nbd as nbdLimits, nbdIo, tracking } from '../params.js';
+import { nbd as nbdLimits, nbdIo, snapshot as snapshotLimits, tracking } from '../params.js';
 import { parseSize } from '../sizes.js';
 import { DAEMON_HELP } from '../blksnapd-help.js';
 
@@ -35,6 +35,8 @@ export interface DaemonConfig {
   maximumConnections: number;
   /** A TCP connection idle this long after its handshake is closed; 0: never. */
   idleTimeoutMs: number;
+  /** Share of a difference storage's limit past which a low_space event comes (--low-space-warn PERCENT). */
+  lowSpaceShare: number;
   /** Members of this group may use the control socket too (mode 0660); null: root and the daemon's user only. */
   controlGroup: string | null;
   /** An NBD handshake not finished by then closes the connection. */
@@ -72,6 +74,7 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
     tls: null,
     maximumConnections: nbdLimits.maximumConnections,
     idleTimeoutMs: nbdLimits.idleTimeoutMs,
+    lowSpaceShare: snapshotLimits.lowSpaceShare,
     controlGroup: null,
     handshakeTimeoutMs: nbdLimits.handshakeTimeoutMs,
     cbtRegionSize: tracking.writeIntentRegion,
@@ -146,6 +149,12 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
         const seconds = Number(value());
         if (!(seconds >= 0 && seconds <= 86400)) throw new Error('--idle-timeout takes seconds, from 0 (never) to 86400');
         config.idleTimeoutMs = seconds * 1000;
+        break;
+      }
+      case '--low-space-warn': {
+        const percent = Number(value().replace(/%$/, ''));
+        if (!(percent > 0 && percent <= 100)) throw new Error('--low-space-warn takes a percentage above 0, at most 100');
+        config.lowSpaceShare = percent / 100;
         break;
       }
       case '--control-group': {

@@ -83,6 +83,7 @@ export class Daemon {
       exportUri: (name) => `nbd+unix:///${encodeURIComponent(name)}?socket=${config.nbdPath}`,
       storageOptions: { cachedReadMaximum: config.cachedReadMaximum, syncWriteMaximum: config.syncWriteMaximum },
       isCowCopyDirect: config.cowCopy === 'direct',
+      lowSpaceShare: config.lowSpaceShare,
       isLoopForAll: config.loopAll,
       state,
       keeper: new CbtKeeper({ stateDir: config.stateDir, regionSize: config.cbtRegionSize, syncIntervalMs: config.cbtSyncIntervalMs, log }),

@@ -71,6 +71,9 @@ export class Metrics {
     gauge('blksnap_snapshot_diff_storage_limit_bytes', "the limit of a snapshot's difference storage", ['snapshot'], (g) => {
       for (const s of devices.snapshots()) if (s.diffStorage) g.set({ snapshot: s.id }, s.diffStorage.limit);
     });
+    gauge('blksnap_snapshot_diff_storage_low_space', "1 once a snapshot's difference storage has filled past its warning share (--low-space-warn; the low_space event)", ['snapshot'], (g) => {
+      for (const s of devices.snapshots()) if (s.diffStorage) g.set({ snapshot: s.id }, s.diffStorage.isLowOnSpace ? 1 : 0);
+    });
     gauge('blksnap_snapshot_state', "a snapshot's phase (value 1), and whether it is corrupted", ['snapshot', 'phase', 'corrupted'], (g) => {
       for (const s of devices.snapshots()) g.set({ snapshot: s.id, phase: s.phase, corrupted: s.error ? 'true' : 'false' }, 1);
     });

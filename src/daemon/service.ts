@@ -3,7 +3,7 @@
 import { FileStorage, type FileStorageOptions } from '../backing/file-storage.js';
 import * as api from '../control/protocol.js';
 import type { Caller, ControlService, DirtyRanges } from '../control/service.js';
-import { BackupStorage } from '../backup/backup-storage.js';
+import { BackupStorage, bucketRepository } from '../backup/backup-storage.js';
 import type { WorkerPool } from '../backup/workers/worker-pool.js';
 import type { Device } from '../core/device.js';
 import { holdAll } from '../core/hold.js';
@@ -30,6 +30,8 @@ export interface ServiceOptions {
   storageOptions: FileStorageOptions;
   /** Copy-on-write copies bypass the page cache (blksnapd --cow-copy direct). */
   isCowCopyDirect: boolean;
+  /** Share of a difference storage's limit past which its snapshot gets a low_space event. */
+  lowSpaceShare: number;
   /** Every attached device gets a kernel block device (blksnapd --loop). */
   isLoopForAll: boolean;
   /** Where attached devices are kept across restarts. */
@@ -84,9 +86,13 @@ export class BlksnapService implements ControlService {
     const device = await this.#serially(async () => {
       const name = p.name ?? defaultDeviceName(`${p.device}.${p.id}`);
       registry.checkNewName(name);
-      // A repository on one of our own devices would be read through this very event loop.
-      await this.#o.ownPaths.refuseOwn(p.repo, 'repository');
-      const storage = await BackupStorage.open(path.resolve(p.repo), p.id, p.device, {
+      // A repository on one of our own devices would be read through this very event loop; one in a
+      // bucket is reached with its client's access, for this attach only.
+      const s3 = p.s3;
+      if (!s3) await this.#o.ownPaths.refuseOwn(p.repo, 'repository');
+      else if (!p.repo.startsWith('s3://')) throw new BlkError('EINVAL', `backup.attach: s3 access goes with an s3:// repository, not '${p.repo}'`);
+      const repo = s3 ? bucketRepository(p.repo, s3, path.join(this.#o.overlayDir, 'cache')) : path.resolve(p.repo);
+      const storage = await BackupStorage.open(repo, p.id, p.device, {
         ...(p.secret === undefined ? {} : { secret: Buffer.from(p.secret, 'base64') }),
         workers: this.#o.backupWorkers(),
         cacheBytes: this.#o.backupCacheBytes,
@@ -259,6 +265,7 @@ export class BlksnapService implements ControlService {
       diffStorage: p.diffStorage,
       limit: p.limit,
       isCowCopyDirect: this.#o.isCowCopyDirect,
+      lowSpaceShare: this.#o.lowSpaceShare,
       ...(p.force ? { force: true } : {}),
       ...(p.diffStorageMinimum === undefined ? {} : { diffStorageMinimum: p.diffStorageMinimum }),
       ...(p.chunkMinimumShift === undefined ? {} : { chunkMinimumShift: p.chunkMinimumShift }),

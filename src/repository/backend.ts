@@ -15,13 +15,31 @@ export interface S3BackendSpec {
   region: string;
   /** Bucket in the path (https://HOST/BUCKET/KEY) rather than in the host name. */
   pathStyle: boolean;
-  /** A CA bundle to trust for HTTPS besides the system's. */
+  /** A CA bundle to trust for HTTPS besides the system's: a file, or its PEM text (a daemon handed it). */
   caFile: string | null;
+  caPem?: string | null;
+  /** Credentials given with the spec (a daemon serving a backup gets its client's); none: the AWS environment and files. */
+  credentials?: S3Credentials | null;
   /** Where fetched objects are cached and uploads are built. */
   cacheDir: string;
   /** Byte rates the whole process keeps to (shared by its threads), or null. */
   uploadLimit: RateLimitState | null;
   downloadLimit: RateLimitState | null;
+  /** S3 Object Lock: how long the objects a backup needs are retained, and how (set from the config once read). */
+  objectLock?: ObjectLock | null;
+}
+
+/** A repository's immutability (backup_init --object-lock): each object a backup needs retained this long from its writing. */
+export interface ObjectLock {
+  days: number;
+  /** compliance: nobody can shorten or remove it; governance: those allowed to bypass it can. */
+  mode: 'compliance' | 'governance';
+}
+
+export interface S3Credentials {
+  accessKeyId: string;
+  secretAccessKey: string;
+  sessionToken?: string;
 }
 
 /** What opens a backend again, in another thread (the repository's workers open their own). */
@@ -31,6 +49,8 @@ export interface Backend {
   readonly spec: BackendSpec;
   /** How messages name the repository: its directory, or its URL. */
   readonly location: string;
+  /** The size a pack is closed at, where it is not the format's default (an object store uploads smaller packs while a backup reads). */
+  readonly packBytes?: number;
 
   /** An object's bytes; ENOENT (a BlkError naming it) when there is none. */
   read(name: string): Promise<Buffer>;
@@ -48,6 +68,11 @@ export interface Backend {
   listTree(folder: string): Promise<string[]>;
   /** An object's size, or null when there is none. */
   size(name: string): Promise<number | null>;
+  /**
+   * When an object was last written, by the store's clock (ms since the epoch; an object store's to
+   * the second), or null when there is none: a prune tells by it whether a marked object was written again.
+   */
+  modified(name: string): Promise<number | null>;
   /** Removes an object, or a folder (named with its trailing '/') and all under it; no error when there is none. */
   remove(name: string): Promise<void>;
 
@@ -63,13 +88,24 @@ export interface Backend {
   commit(name: string): Promise<void>;
   /** Makes every object written so far durable (a filesystem's syncfs). */
   sync(): Promise<void>;
+  /**
+   * Where objects are retained (S3 Object Lock): when the retention of an object ends (ms since the
+   * epoch), or null when it has none or is not there.
+   */
+  retainedUntil?(name: string): Promise<number | null>;
+  /** Makes each of these objects retained at least as long as one written now: how many it extended. */
+  extendRetention?(objects: string[]): Promise<number>;
+  /** Checks the store can retain objects (a bucket made with Object Lock); ENOTSUP naming why not. */
+  checkObjectLock?(): Promise<void>;
+  /** Aborts uploads begun before `before` (ms since the epoch) and never finished (an object store's multipart uploads); how many. */
+  abortUploads?(before: number): Promise<number>;
 
   /**
-   * The repository's lock: shared by writers and readers, exclusive for a prune's sweep. Waits (and
-   * calls `onWait` once, with who holds it where that is known) while the other kind holds it; the
-   * release lets it go.
+   * The prune lock: one prune at a time (writers and readers take none; they keep sessions). Waits
+   * (and calls `onWait` once, with who holds it where that is known) while another holds it. The
+   * release lets it go; `isLost()` tells whether it was taken away meanwhile (an expired lease).
    */
-  lock(exclusive: boolean, onWait?: (holder: string) => void): Promise<() => Promise<void>>;
+  lock(onWait?: (holder: string) => void): Promise<RepositoryLock>;
 
   /**
    * Where an object lies as a local file, for the paths that read packs by descriptor (restore,
@@ -86,6 +122,12 @@ export interface Backend {
    * checks is what the store holds).
    */
   bypassCache(): void;
+}
+
+export interface RepositoryLock {
+  release(): Promise<void>;
+  /** Whether another client took the lock over (this one stopped refreshing it for a lease). */
+  isLost(): boolean;
 }
 
 /** The error a backend gives for an object that is not there. */

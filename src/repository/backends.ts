@@ -2,7 +2,7 @@
 // s3://BUCKET[/PREFIX] with how to reach it), or from a spec another thread was handed.
 import { BlkError } from '../errors.js';
 import { newRateLimit } from '../util/rate-limit.js';
-import type { Backend, BackendSpec } from './backend.js';
+import type { Backend, BackendSpec, S3Credentials } from './backend.js';
 import { LocalBackend } from './local-backend.js';
 import { defaultCacheDir, parseS3Location, S3Backend } from './s3-backend.js';
 
@@ -13,6 +13,10 @@ export interface RemoteOptions {
   /** 'path' (the default with an endpoint) or 'virtual' (the default on AWS). */
   s3Addressing?: string;
   s3Ca?: string;
+  /** The CA as PEM text instead of a file (a daemon handed it). */
+  s3CaPem?: string;
+  /** Credentials instead of the AWS environment (a daemon handed its client's). */
+  credentials?: S3Credentials;
   cacheDir?: string;
   /** Bytes a second, for the whole process. */
   limitUpload?: number;
@@ -35,6 +39,8 @@ export function backendAt(location: string, o: RemoteOptions = {}, env: NodeJS.P
     region: o.s3Region ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION ?? 'us-east-1',
     pathStyle: addressing === 'path',
     caFile: o.s3Ca ?? null,
+    caPem: o.s3CaPem ?? null,
+    credentials: o.credentials ?? null,
     cacheDir: o.cacheDir ?? defaultCacheDir(env),
     uploadLimit: o.limitUpload ? newRateLimit(o.limitUpload) : null,
     downloadLimit: o.limitDownload ? newRateLimit(o.limitDownload) : null,

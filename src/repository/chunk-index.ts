@@ -7,6 +7,7 @@ import type { ObjectCipher } from './cipher.js';
 import { digestHash, digestsEqual, isZeroDigest } from './digest.js';
 import { names, TEMP_MARK } from './layout.js';
 import { IDX_ENTRY, readPackIndex } from './pack.js';
+import { readMarked } from './pending-deletion.js';
 
 export interface ChunkLocation {
   pack: string;
@@ -59,11 +60,16 @@ export class ChunkIndex {
 
   /**
    * Every pack index of the repository. A damaged one is an error naming it; with `problems`, it is
-   * noted there and left out (its chunks count as missing), so verify and restore can go on.
+   * noted there and left out (its chunks count as missing), so verify and restore can go on. Packs
+   * in `skip` are left out (a writer never reuses what a prune marked); packs in `last` are read
+   * after the others, so a chunk also found elsewhere is located there (a repacked chunk's new home).
    */
-  static async load(backend: Backend, cipher: ObjectCipher, problems?: string[]): Promise<ChunkIndex> {
+  static async load(backend: Backend, cipher: ObjectCipher, o: { problems?: string[]; skip?: Set<string>; last?: Set<string> } = {}): Promise<ChunkIndex> {
+    const { problems, skip, last } = o;
     const index = new ChunkIndex();
-    for (const id of await packIds(backend)) {
+    const ids = (await packIds(backend)).filter((id) => !skip?.has(id));
+    const ordered = last ? [...ids.filter((id) => !last.has(id)), ...ids.filter((id) => last.has(id))] : ids;
+    for (const id of ordered) {
       try {
         index.addIdx(id, await readPackIndex(backend, id, cipher));
       } catch (e) {
@@ -72,6 +78,12 @@ export class ChunkIndex {
       }
     }
     return index;
+  }
+
+  /** Every pack index for a reader (restore, verify, a backup served): a chunk in a marked pack is located there only where no other pack holds it. */
+  static async loadForReading(backend: Backend, cipher: ObjectCipher, problems?: string[]): Promise<ChunkIndex> {
+    const marked = await readMarked(backend);
+    return ChunkIndex.load(backend, cipher, { ...(problems ? { problems } : {}), last: marked.packs });
   }
 
   /** Adds every entry of a checked index file (readIdxFile) straight from its bytes: no object per entry. */

@@ -50,7 +50,7 @@ export function chunkCountOf(size: number, chunkSize: number): number {
  * place by a writer that crashed before its sync may be empty. Pages in `checked` (read and checked
  * by this writer, or written by it) are not read again; the set grows by what this call writes.
  */
-export async function writeIndex(backend: Backend, cipher: ObjectCipher, index: DeviceIndex, checked: Set<string> = new Set()): Promise<{ root: Buffer; pageBytes: number }> {
+export async function writeIndex(backend: Backend, cipher: ObjectCipher, index: DeviceIndex, { checked = new Set<string>(), marked = new Set<string>() }: { checked?: Set<string>; marked?: Set<string> } = {}): Promise<{ root: Buffer; pageBytes: number }> {
   const count = chunkCountOf(index.size, index.chunkSize);
   const pageCount = Math.ceil(count / PAGE_DIGESTS);
   const root = Buffer.alloc(ROOT_HEADER + pageCount * 32 + 32);
@@ -72,7 +72,8 @@ export async function writeIndex(backend: Backend, cipher: ObjectCipher, index: 
       const aad = aadOf('page', names.page(hex));
       await window.add(
         (async () => {
-          const there = await backend.read(names.page(hex)).catch(() => null);
+          // A page a prune marked is written again (its new time tells the prune it is in use).
+          const there = marked.has(hex) ? null : await backend.read(names.page(hex)).catch(() => null);
           if (there && isSameContent(cipher, there, page, aad)) return;
           const sealed = cipher.seal(page, aad);
           await backend.write(names.page(hex), sealed);

@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { threadId } from 'node:worker_threads';
 import { BlkError, toBlkError } from '../errors.js';
 import { syncFilesystem, tryLockAsync } from '../os/libc.js';
-import type { Backend, BackendSpec } from './backend.js';
+import type { Backend, BackendSpec, RepositoryLock } from './backend.js';
 import { TEMP_MARK } from './layout.js';
 
 let tempCounter = 0;
@@ -116,11 +116,20 @@ export class LocalBackend implements Backend {
     }
   }
 
-  async lock(exclusive: boolean, onWait?: (holder: string) => void): Promise<() => Promise<void>> {
+  async modified(name: string): Promise<number | null> {
+    try {
+      return (await fs.promises.stat(this.#path(name))).mtimeMs;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw this.#error(e, name);
+    }
+  }
+
+  async lock(onWait?: (holder: string) => void): Promise<RepositoryLock> {
     const handle = await fs.promises.open(this.#path('lock'), fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o644);
     try {
       let told = false;
-      while (!(await tryLockAsync(handle.fd, exclusive))) {
+      while (!(await tryLockAsync(handle.fd, true))) {
         if (!told) onWait?.('by another process on this host');
         told = true;
         await new Promise((r) => setTimeout(r, 100));
@@ -129,7 +138,8 @@ export class LocalBackend implements Backend {
       await handle.close();
       throw e;
     }
-    return () => handle.close();
+    // flock binds while the descriptor is open: nobody takes it over.
+    return { release: () => handle.close(), isLost: () => false };
   }
 
   localPath(name: string): string {

@@ -1,86 +1,108 @@
-// Owns the repository lock where there is no flock (an object store): each holder writes a lock
-// object locks/ID.json naming its host, pid, kind and a lease time it refreshes; a holder that stops
-// refreshing loses its lock when the lease runs out, and one on this host whose process is gone loses
-// it at once. To take the lock a client writes its object, then lists: a conflicting live lock (an
-// exclusive one, or any other when it wants exclusive) makes it take its own away, wait and try again
-// after a random pause, so two clients that raced both back off and one of them wins the next round.
+// Owns the prune lock where there is no flock (an object store): one object, locks/prune.json, naming
+// its holder (host, machine id, pid) and when it last refreshed it. It is created only where there is
+// none (a conditional write, If-None-Match: *) and taken over from a holder whose lease ran out only
+// where it is still the object that was read (If-Match: its ETag), so two clients never both win.
+// The holder refreshes it by the same condition; one that finds it changed has lost it. A server that
+// ignores the conditions is caught, mostly, by reading the object back.
 import { randomBytes } from 'node:crypto';
-import * as os from 'node:os';
-import type { BlkError } from '../errors.js';
-import { isProcessRunning } from '../os/process-alive.js';
+import { BlkError } from '../errors.js';
 import { backup as params } from '../params.js';
-import type { Backend } from './backend.js';
+import type { RepositoryLock } from './backend.js';
+import { thisHost } from './host.js';
+import { isLive } from './sessions.js';
 
-const LOCKS = 'locks/';
+export const PRUNE_LOCK = 'locks/prune.json';
 
-interface LockObject {
-  exclusive: boolean;
+/** The conditional calls an object store offers (S3: If-None-Match and If-Match on PUT). */
+export interface ConditionalStore {
+  readonly location: string;
+  /** Writes an object only where there is none: its ETag, or null when one is there. */
+  createIfAbsent(name: string, data: Uint8Array): Promise<string | null>;
+  /** Writes an object only where it is still the one with `etag`: the new ETag, or null when it changed. */
+  replaceIfMatch(name: string, data: Uint8Array, etag: string): Promise<string | null>;
+  /** An object and its ETag, or null when there is none. */
+  readTagged(name: string): Promise<{ data: Buffer; etag: string } | null>;
+  remove(name: string): Promise<void>;
+}
+
+interface LockRecord {
+  token: string;
   host: string;
+  machineId: string;
   pid: number;
-  /** When the holder last refreshed it (ms since the epoch). */
   refreshed: number;
 }
 
-function isLockObject(v: unknown): v is LockObject {
-  const o = v as LockObject;
-  return typeof o === 'object' && o !== null && typeof o.exclusive === 'boolean' && typeof o.host === 'string' && Number.isSafeInteger(o.pid) && Number.isFinite(o.refreshed);
+function parseLock(data: Buffer): LockRecord | null {
+  try {
+    const o = JSON.parse(data.toString('utf8')) as LockRecord;
+    const valid = typeof o === 'object' && o !== null && typeof o.token === 'string' && typeof o.host === 'string' && typeof o.machineId === 'string' && Number.isSafeInteger(o.pid) && Number.isFinite(o.refreshed);
+    return valid ? o : null;
+  } catch {
+    return null;
+  }
 }
 
-/** Whether a lock still binds: refreshed within the lease (by the clock of whoever reads it), its process alive where this host can tell. */
-function isLive(lock: LockObject, now: number): boolean {
-  if (now - lock.refreshed > params.lockLeaseMs) return false;
-  return lock.host !== os.hostname() || isProcessRunning(lock.pid);
+/** Who holds a lock, for the message of one waiting for it. */
+export function describeHolder(r: LockRecord): string {
+  return `by pid ${r.pid} on ${r.host}, refreshed ${new Date(r.refreshed).toISOString()}`;
 }
 
-async function readLocks(backend: Backend, except: string): Promise<Array<{ name: string; lock: LockObject | null }>> {
-  const names = (await backend.list(LOCKS)).filter((n) => n.endsWith('.json') && n !== except);
-  return Promise.all(
-    names.map(async (name) => {
-      try {
-        const lock: unknown = JSON.parse((await backend.read(`${LOCKS}${name}`)).toString('utf8'));
-        return { name, lock: isLockObject(lock) ? lock : null };
-      } catch (e) {
-        // Gone between the listing and the read: released meanwhile.
-        if ((e as BlkError).code === 'ENOENT') return { name, lock: null };
-        throw e;
-      }
-    }),
-  );
-}
-
-/** A live lock other than `mine` that one wanting the lock (`exclusive` or shared) must wait for, or null. */
-async function conflicting(backend: Backend, mine: string, exclusive: boolean): Promise<LockObject | null> {
-  const now = Date.now();
-  for (const { lock } of await readLocks(backend, mine)) if (lock && (exclusive || lock.exclusive) && isLive(lock, now)) return lock;
-  return null;
-}
-
-/** Takes the lock by lock objects (see above); the release removes this client's object. */
-export async function lockWithObjects(backend: Backend, exclusive: boolean, onWait?: (holder: string) => void): Promise<() => Promise<void>> {
-  const name = `${randomBytes(8).toString('hex')}.json`;
-  const mine = (): LockObject => ({ exclusive, host: os.hostname(), pid: process.pid, refreshed: Date.now() });
+/** Takes the prune lock (see above), waiting while a live holder has it. */
+export async function lockWithObjects(store: ConditionalStore, onWait?: (holder: string) => void): Promise<RepositoryLock> {
+  const me = thisHost();
+  const token = randomBytes(12).toString('hex');
+  const record = (): Buffer => Buffer.from(JSON.stringify({ token, host: me.name, machineId: me.machineId, pid: process.pid, refreshed: Date.now() } satisfies LockRecord));
+  const isMine = async (): Promise<boolean> => {
+    const there = await store.readTagged(PRUNE_LOCK);
+    return there !== null && parseLock(there.data)?.token === token;
+  };
+  let etag: string | null = null;
   let told = false;
   for (;;) {
-    let holder = await conflicting(backend, name, exclusive);
-    if (!holder) {
-      await backend.write(`${LOCKS}${name}`, Buffer.from(JSON.stringify(mine())));
-      holder = await conflicting(backend, name, exclusive);
-      if (!holder) break;
-      await backend.remove(`${LOCKS}${name}`);
+    etag = await store.createIfAbsent(PRUNE_LOCK, record());
+    if (etag === null) {
+      const there = await store.readTagged(PRUNE_LOCK);
+      if (there === null) continue; // released meanwhile
+      const holder = parseLock(there.data);
+      if (holder === null || !isLive(holder)) etag = await store.replaceIfMatch(PRUNE_LOCK, record(), there.etag);
+      else if (!told) {
+        onWait?.(describeHolder(holder));
+        told = true;
+      }
     }
-    if (!told) onWait?.(`held ${holder.exclusive ? 'exclusively ' : ''}by pid ${holder.pid} on ${holder.host}, refreshed ${new Date(holder.refreshed).toISOString()}`);
-    told = true;
+    if (etag !== null && (await isMine())) break;
     await new Promise((r) => setTimeout(r, params.lockRetryMs * (0.5 + Math.random())));
   }
-  let stopped = false;
+  let lost = false;
+  let lastRefreshed = Date.now();
   const refresh = setInterval(() => {
-    backend.write(`${LOCKS}${name}`, Buffer.from(JSON.stringify(mine()))).catch(() => undefined);
+    if (lost || etag === null) return;
+    store
+      .replaceIfMatch(PRUNE_LOCK, record(), etag)
+      .then((next) => {
+        if (next === null) lost = true;
+        else {
+          etag = next;
+          lastRefreshed = Date.now();
+        }
+      })
+      .catch(() => undefined);
   }, params.lockRefreshMs);
   refresh.unref();
-  return async () => {
-    if (stopped) return;
-    stopped = true;
-    clearInterval(refresh);
-    await backend.remove(`${LOCKS}${name}`).catch(() => undefined);
+  let released = false;
+  return {
+    isLost: () => lost || Date.now() - lastRefreshed > params.lockLeaseMs,
+    release: async () => {
+      if (released) return;
+      released = true;
+      clearInterval(refresh);
+      if (await isMine().catch(() => false)) await store.remove(PRUNE_LOCK).catch(() => undefined);
+    },
   };
+}
+
+/** The error of a prune whose lock was taken over: it stops before it deletes anything more. */
+export function lockLostError(location: string): BlkError {
+  return new BlkError('EIO', `the prune lock of ${location} was taken over (this prune went a lease without refreshing it); it stopped, and the next prune goes on from where it did`);
 }

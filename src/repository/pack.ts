@@ -27,7 +27,7 @@ const IDX_MAGIC = Buffer.from('BLKSNAPK', 'latin1');
 export const IDX_ENTRY = 56;
 /** The largest chunk: the largest CBT block. */
 const MAXIMUM_CHUNK = 2 ** tracking.blockMaximumShift;
-/** A pack is closed once it holds this much. */
+/** A pack is closed once it holds this much (in a directory; an object store's backend names its own size). */
 const PACK_BYTES = 512 * 1024 * 1024;
 
 export interface PackEntry {
@@ -219,7 +219,7 @@ export class PackWriter {
   #appended(pack: OpenPack, entry: PackEntry): { pack: string; entry: PackEntry } {
     pack.entries.push(entry);
     const id = pack.id;
-    if (pack.file.size >= PACK_BYTES) {
+    if (pack.file.size >= (this.#backend.packBytes ?? PACK_BYTES)) {
       pack.file.finish();
       this.#full.push(pack);
       this.#current = null;

@@ -1,19 +1,19 @@
 // Owns a backup repository's format as its programs see it (docs/repository-format.md): made and
-// opened with its config, the complete backups and their manifests, the lock that keeps a prune's
-// sweep apart from readers and writers, the commit that makes a backup exist, and the holds of the
-// backups a daemon serves. It knows nothing of the programs that drive it.
+// opened with its config, the complete backups and their manifests, the prune lock, the sessions of
+// its readers and writers, the commit that makes a backup exist, and the holds of the backups a
+// daemon serves. It knows nothing of the programs that drive it.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { BlkError, toBlkError } from '../errors.js';
-import { isProcessRunning } from '../os/process-alive.js';
 import { backup as params } from '../params.js';
-import type { Backend } from './backend.js';
+import type { Backend, ObjectLock, RepositoryLock } from './backend.js';
 import { backendAt } from './backends.js';
 import { aadOf, cipherOf, type ObjectCipher, PLAIN, SECRET_BYTES } from './cipher.js';
 import { addKey, type KeySource, unwrapSecret } from './keys.js';
 import { BACKUP_ID_PATTERN, names, TEMP_MARK } from './layout.js';
 import { encodeManifest, type Manifest, readManifest } from './manifest.js';
+import { liveSessions, Session, type SessionKind } from './sessions.js';
 
 export type Encryption = 'aes-256-gcm' | 'none';
 
@@ -23,6 +23,8 @@ export interface RepositoryConfig {
   zstdLevel: number | null;
   created: string;
   encryption: Encryption;
+  /** S3 Object Lock: the objects a backup needs are retained this long (backup_init --object-lock). */
+  objectLock?: ObjectLock;
 }
 
 /** config.json of an encrypted repository: what finds and unwraps its keys in the clear, the rest sealed. */
@@ -30,6 +32,8 @@ interface SealedConfigFile {
   version: 1;
   encryption: 'aes-256-gcm';
   created: string;
+  /** In the clear (the backend must know it before anything is opened), bound to the sealed part. */
+  objectLock?: ObjectLock;
   /** {zstdLevel}, sealed with the repository's cipher: base64. */
   sealed: string;
 }
@@ -65,7 +69,16 @@ export function parseCompression(text: string): number | null {
 
 /** What an encrypted config's sealed part is bound to: its name and the fields in the clear. */
 function configAad(file: Omit<SealedConfigFile, 'sealed'>): Buffer {
-  return aadOf('config', `${names.config} ${JSON.stringify([file.version, file.encryption, file.created])}`);
+  const clear = [file.version, file.encryption, file.created, ...(file.objectLock ? [file.objectLock] : [])];
+  return aadOf('config', `${names.config} ${JSON.stringify(clear)}`);
+}
+
+/** An Object Lock as a config holds it, checked; EIO naming the file otherwise. */
+function objectLockOf(v: unknown, file: string): ObjectLock | undefined {
+  if (v === undefined) return undefined;
+  const o = v as ObjectLock;
+  if (typeof o !== 'object' || o === null || !Number.isInteger(o.days) || o.days < 1 || (o.mode !== 'compliance' && o.mode !== 'governance')) throw new BlkError('EIO', `${file}: objectLock ${JSON.stringify(v)} is not {days, mode}`);
+  return { days: o.days, mode: o.mode };
 }
 
 export class Repository {
@@ -93,14 +106,21 @@ export class Repository {
    * With `key`, an encrypted one: a random secret, wrapped by that key (more can be added); without,
    * a plain one.
    */
-  static async init(location: string | Backend, options: { zstdLevel?: number | null; key?: KeySource | null } = {}): Promise<Repository> {
+  static async init(location: string | Backend, options: { zstdLevel?: number | null; key?: KeySource | null; objectLock?: ObjectLock | null } = {}): Promise<Repository> {
     const backend = typeof location === 'string' ? backendAt(location) : location;
     if ((await backend.size(names.config)) !== null) throw new BlkError('EEXIST', `${backend.location} already holds a backup repository`);
     if ((await backend.list('')).length > 0) throw new BlkError('EEXIST', `${backend.location} is not empty; a repository needs a place of its own`);
     const zstdLevel = options.zstdLevel === undefined ? params.zstdLevel : options.zstdLevel;
     const created = new Date().toISOString();
+    const objectLock = options.objectLock ?? undefined;
+    if (objectLock) {
+      if (backend.spec.kind !== 's3' || !backend.checkObjectLock) throw new BlkError('ENOTSUP', `${backend.location}: --object-lock needs a repository in an S3 bucket made with Object Lock`);
+      await backend.checkObjectLock();
+      backend.spec.objectLock = objectLock;
+    }
+    const lockField = objectLock ? { objectLock } : {};
     if (!options.key) {
-      const config: RepositoryConfig = { version: 1, zstdLevel, created, encryption: 'none' };
+      const config: RepositoryConfig = { version: 1, zstdLevel, created, encryption: 'none', ...lockField };
       const { encryption: _plain, ...file } = config;
       await backend.write(names.config, Buffer.from(`${JSON.stringify(file, null, 2)}\n`));
       await backend.sync();
@@ -109,11 +129,11 @@ export class Repository {
     const secret = randomBytes(SECRET_BYTES);
     const cipher = cipherOf(secret);
     const key = await addKey(backend, secret, options.key);
-    const clear = { version: 1 as const, encryption: 'aes-256-gcm' as const, created };
+    const clear = { version: 1 as const, encryption: 'aes-256-gcm' as const, created, ...lockField };
     const file: SealedConfigFile = { ...clear, sealed: cipher.seal(Buffer.from(JSON.stringify({ zstdLevel })), configAad(clear)).toString('base64') };
     await backend.write(names.config, Buffer.from(`${JSON.stringify(file, null, 2)}\n`));
     await backend.sync();
-    return new Repository(backend, { version: 1, zstdLevel, created, encryption: 'aes-256-gcm' }, cipher, key.id);
+    return new Repository(backend, { version: 1, zstdLevel, created, encryption: 'aes-256-gcm', ...lockField }, cipher, key.id);
   }
 
   /** Opens a repository; an encrypted one with the first key `options` opens (EACCES naming what was tried). */
@@ -149,10 +169,13 @@ export class Repository {
         const err = toBlkError(e);
         throw new BlkError(options.secret ? 'EACCES' : 'EIO', options.secret ? `the key given does not open ${backend.location}` : err.message);
       }
-      config = { version: 1, zstdLevel: inner.zstdLevel, created: sealedFile.created, encryption: 'aes-256-gcm' };
+      const objectLock = objectLockOf(sealedFile.objectLock, `${backend.location}/config.json`);
+      config = { version: 1, zstdLevel: inner.zstdLevel, created: sealedFile.created, encryption: 'aes-256-gcm', ...(objectLock ? { objectLock } : {}) };
     } else {
-      config = { ...(file as RepositoryConfig), encryption: 'none' };
+      const objectLock = objectLockOf((file as RepositoryConfig).objectLock, `${backend.location}/config.json`);
+      config = { ...(file as RepositoryConfig), encryption: 'none', ...(objectLock ? { objectLock } : {}) };
     }
+    if (config.objectLock && backend.spec.kind === 's3') backend.spec.objectLock = config.objectLock;
     const level = config.zstdLevel;
     if (level !== null && !(Number.isInteger(level) && level >= 1 && level <= 19)) throw new BlkError('EIO', `${backend.location}/config.json: zstdLevel ${JSON.stringify(level)} is not a level from 1 to 19 or null`);
     return new Repository(backend, config, cipher, keyId);
@@ -185,53 +208,54 @@ export class Repository {
     return out;
   }
 
-  /**
-   * Takes the repository's lock: shared by backups being made, restores, verifies and attaches;
-   * exclusive for a prune's sweep. Waits while the other kind holds it; gone when the process is.
-   */
-  lock(exclusive: boolean, onWait?: (holder: string) => void): Promise<() => Promise<void>> {
-    return this.backend.lock(exclusive, onWait);
+  /** Takes the prune lock: one prune at a time; backups, restores and verifies take none (they keep sessions). */
+  lock(onWait?: (holder: string) => void): Promise<RepositoryLock> {
+    return this.backend.lock(onWait);
   }
 
-  /** Runs `work` under the lock held shared: a prune's sweep does not move packs under it. */
-  async whileShared<T>(notes: Notes | undefined, work: () => Promise<T>): Promise<T> {
-    const release = await this.lock(false, (holder) => notes?.note(`waiting for a prune to finish its sweep (the lock is held ${holder})`));
+  /**
+   * Runs `work` in a session of this process (repository/sessions.ts): what a prune marks meanwhile
+   * stays until the session ends, so nothing it reads or reuses disappears under it.
+   */
+  async inSession<T>(kind: SessionKind, work: (session: Session) => Promise<T>, backup?: string): Promise<T> {
+    const session = await this.openSession(kind, backup);
     try {
-      return await work();
+      return await work(session);
     } finally {
-      await release();
+      await session.close();
     }
+  }
+
+  /** Opens a session of this process (see inSession), naming the backup it writes or serves. */
+  openSession(kind: SessionKind, backup?: string): Promise<Session> {
+    return Session.open(this.backend, kind, backup);
   }
 
   /** Starts writing backup `id`: its files staged where nobody sees them until commit(). */
-  async beginBackup(id: string): Promise<BackupWriter> {
-    return BackupWriter.start(this.backend, id, this.cipher);
+  async beginBackup(id: string, session: Session): Promise<BackupWriter> {
+    return BackupWriter.start(this.backend, id, this.cipher, session);
   }
 
   /**
-   * Marks backup `id` as served by this process (backup_attach): a prune keeps it while the process
-   * lives. ENOENT when the backup is gone (a prune took it away). The release removes the mark.
+   * Marks backup `id` as served by this process (backup_attach): a session naming it, which a prune
+   * honours (it keeps the backup) while it lives, on any host. ENOENT when the backup is gone (a
+   * prune took it away). The release ends the session.
    */
-  async hold(id: string, device: string): Promise<() => Promise<void>> {
-    const name = names.hold(id, process.pid, randomBytes(4).toString('hex'));
+  async hold(id: string): Promise<() => Promise<void>> {
+    const session = await Session.open(this.backend, 'attach', id);
     try {
-      await this.backend.write(name, Buffer.from(`${device}\n`), { inExistingFolder: true });
+      await this.manifest(id);
     } catch (e) {
-      if ((e as BlkError).code === 'ENOENT') throw new BlkError('ENOENT', `no backup ${id} in ${this.location}`);
+      await session.close();
       throw e;
     }
-    return () => this.backend.remove(name);
+    return () => session.close();
   }
 
-  /** Whether a live process serves backup `id` (its hold). */
-  async isHeld(id: string): Promise<boolean> {
-    return isHeldBy(await this.backend.list(names.backup(id)));
+  /** The backups live sessions hold (backup_attach, and backups being written). */
+  async heldBackups(): Promise<Set<string>> {
+    return new Set((await liveSessions(this.backend)).flatMap((s) => (s.backup ? [s.backup] : [])));
   }
-}
-
-/** Whether a backup folder's entries hold a live process's hold. */
-export function isHeldBy(entries: string[]): boolean {
-  return entries.some((n) => n.startsWith('.held-by-') && isProcessRunning(Number(n.split('-')[2])));
 }
 
 /**
@@ -243,19 +267,21 @@ export class BackupWriter {
   #backend: Backend;
   #cipher: ObjectCipher;
   #folder: string;
+  #session: Session;
   #isDone = false;
 
-  private constructor(backend: Backend, id: string, folder: string, cipher: ObjectCipher) {
+  private constructor(backend: Backend, id: string, folder: string, cipher: ObjectCipher, session: Session) {
     this.id = id;
     this.#backend = backend;
     this.#folder = folder;
     this.#cipher = cipher;
+    this.#session = session;
   }
 
-  static async start(backend: Backend, id: string, cipher: ObjectCipher): Promise<BackupWriter> {
+  static async start(backend: Backend, id: string, cipher: ObjectCipher, session: Session): Promise<BackupWriter> {
     const folder = backend.stagingPath(names.backup(id));
     await fs.promises.mkdir(folder, { recursive: true });
-    return new BackupWriter(backend, id, folder, cipher);
+    return new BackupWriter(backend, id, folder, cipher, session);
   }
 
   /** A device's index root, beside the manifest (sealed as itself in an encrypted repository). */
@@ -270,6 +296,8 @@ export class BackupWriter {
    */
   async commit(manifest: Manifest): Promise<void> {
     await this.#backend.sync();
+    // Only while the session kept a prune from deleting what this backup reuses.
+    this.#session.assertAlive();
     const handle = await fs.promises.open(path.join(this.#folder, 'manifest.json'), 'w', 0o644);
     try {
       await handle.writeFile(this.#cipher.seal(encodeManifest(manifest), aadOf('manifest', names.manifest(this.id))));

@@ -6,7 +6,7 @@
 // Objects that never change once written and that planning reads (pack indexes, manifests, index
 // roots) are kept in the cache when written or first read, and read from there while the bucket's
 // listing still names them, so an incremental backup's requests follow its change, not the size of
-// the repository; verify bypasses the cache. The lock is a set of lock objects
+// the repository; verify bypasses the cache. The prune lock is an object written by conditional PUTs
 // (repository/lock-objects.ts); an acknowledged PUT is durable, so sync() has nothing to do.
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -16,7 +16,7 @@ import { threadId } from 'node:worker_threads';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { BlkError } from '../errors.js';
 import { backup as params } from '../params.js';
-import type { Backend, S3BackendSpec } from './backend.js';
+import type { Backend, RepositoryLock, S3BackendSpec, S3Credentials } from './backend.js';
 import { paced } from '../util/rate-limit.js';
 import { lockWithObjects } from './lock-objects.js';
 import { TEMP_MARK } from './layout.js';
@@ -57,6 +57,10 @@ export function s3Requests(): Record<string, number> {
   return Object.fromEntries(requests);
 }
 
+/** Objects a backup needs, retained where the repository has Object Lock (sessions, locks and marks are not: they must go). */
+const RETAINED = /^(config\.json|chunks\/[^/]+\.(pack|idx)|pages\/|backups\/[^/]+\/)/;
+const DAY_MS = 86_400_000;
+
 /** Objects that never change once written and that planning reads: cached. */
 const CACHED = /^(chunks\/[0-9a-f]+\.idx|backups\/[^/]+\/(manifest\.json|[^/]+\.index))$/;
 
@@ -65,7 +69,7 @@ const CACHED = /^(chunks\/[0-9a-f]+\.idx|backups\/[^/]+\/(manifest\.json|[^/]+\.
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 function clientOf(spec: S3BackendSpec): Promise<S3Client> {
-  const key = JSON.stringify([spec.endpoint, spec.region, spec.pathStyle, spec.caFile]);
+  const key = JSON.stringify([spec.endpoint, spec.region, spec.pathStyle, spec.caFile, spec.caPem ?? null, spec.credentials ?? null]);
   let client = clients.get(key);
   if (!client) {
     client = makeClient(spec);
@@ -76,8 +80,9 @@ function clientOf(spec: S3BackendSpec): Promise<S3Client> {
 
 async function makeClient(spec: S3BackendSpec): Promise<S3Client> {
   const [{ S3Client }, { NodeHttpHandler }] = await Promise.all([loadSdk(), import('@smithy/node-http-handler')]);
-  const ca = spec.caFile ? await fs.promises.readFile(spec.caFile) : undefined;
+  const ca = spec.caPem ? Buffer.from(spec.caPem) : spec.caFile ? await fs.promises.readFile(spec.caFile) : undefined;
   const client = new S3Client({
+    ...(spec.credentials ? { credentials: spec.credentials } : {}),
     ...(spec.endpoint ? { endpoint: spec.endpoint } : {}),
     region: spec.region,
     forcePathStyle: spec.pathStyle,
@@ -96,6 +101,19 @@ async function makeClient(spec: S3BackendSpec): Promise<S3Client> {
     },
     { step: 'initialize', name: 'blksnapRequestCount' },
   );
+  // Sessions and the prune lock compare times written by different hosts: a host whose clock is
+  // further from the server's than the margin allowed for that must not take part (the SDK would
+  // quietly sign around the difference).
+  client.middlewareStack.add(
+    (next) => async (args) => {
+      const out = await next(args);
+      const date = Date.parse(String((out.response as { headers?: Record<string, string> }).headers?.date ?? ''));
+      const skew = Number.isNaN(date) ? 0 : Date.now() - date;
+      if (Math.abs(skew) > params.clockMarginMs) throw new BlkError('EIO', `this host's clock is ${Math.round(Math.abs(skew) / 1000)} s ${skew > 0 ? 'ahead of' : 'behind'} the clock of ${spec.endpoint ?? 'the S3 endpoint'} (at most ${params.clockMarginMs / 1000} s is allowed: hosts sharing a repository compare times); set it right (NTP)`);
+      return out;
+    },
+    { step: 'deserialize', name: 'blksnapClockCheck' },
+  );
   return client;
 }
 
@@ -109,6 +127,7 @@ interface S3Failure {
 export class S3Backend implements Backend {
   readonly spec: S3BackendSpec;
   readonly location: string;
+  readonly packBytes = params.s3PackBytes;
   #client: Promise<S3Client>;
   /** This repository's folder in the cache directory. */
   readonly cacheDir: string;
@@ -116,6 +135,9 @@ export class S3Backend implements Backend {
   #fetched = new Set<string>();
   /** Every read from the bucket, none from the cache (verify). */
   #bypass = false;
+  /** What this client knows of objects' retention (ms since the epoch): what it wrote or extended, or read from the cache. */
+  #retained = new Map<string, number>();
+  #retentionLoaded = false;
 
   constructor(spec: S3BackendSpec) {
     this.spec = spec;
@@ -220,7 +242,7 @@ export class S3Backend implements Backend {
     }
     await paced(this.spec.uploadLimit, data.length);
     try {
-      await client.send(new sdk.PutObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name), Body: data, ContentLength: data.length, ContentMD5: md5(data) }));
+      await client.send(new sdk.PutObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name), Body: data, ContentLength: data.length, ContentMD5: md5(data), ...this.#retention(name) }));
     } catch (e) {
       throw this.#error(e, name);
     }
@@ -257,14 +279,82 @@ export class S3Backend implements Backend {
     }
   }
 
+  async modified(name: string): Promise<number | null> {
+    const { client, sdk } = await this.#s3();
+    try {
+      const r = await client.send(new sdk.HeadObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name) }));
+      return r.LastModified?.getTime() ?? 0;
+    } catch (e) {
+      const err = this.#error(e, name);
+      if (err.code === 'ENOENT') return null;
+      throw err;
+    }
+  }
+
+  /**
+   * What a daemon needs to read this repository for its client (backup_attach): the credentials this
+   * client resolved (environment, profile, role) and the CA it trusts, as text.
+   */
+  async access(): Promise<{ credentials: S3Credentials; caPem: string | null }> {
+    const { client } = await this.#s3();
+    let c: S3Credentials;
+    try {
+      const resolved = await client.config.credentials();
+      c = { accessKeyId: resolved.accessKeyId, secretAccessKey: resolved.secretAccessKey, ...(resolved.sessionToken ? { sessionToken: resolved.sessionToken } : {}) };
+    } catch (e) {
+      throw new BlkError('EACCES', `no S3 credentials for ${this.location} (${(e as Error).message}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE`);
+    }
+    const caPem = this.spec.caPem ?? (this.spec.caFile ? await fs.promises.readFile(this.spec.caFile, 'utf8') : null);
+    return { credentials: c, caPem };
+  }
+
+  /** A conditional PUT: the new ETag, or null when the condition failed (412). */
+  async #putIf(name: string, data: Uint8Array, condition: { IfNoneMatch: string } | { IfMatch: string }): Promise<string | null> {
+    const { client, sdk } = await this.#s3();
+    try {
+      const r = await client.send(new sdk.PutObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name), Body: data, ContentLength: data.length, ContentMD5: md5(data), ...condition }));
+      return r.ETag ?? '';
+    } catch (e) {
+      const f = e as S3Failure;
+      if (f.$metadata?.httpStatusCode === 412 || f.name === 'PreconditionFailed') return null;
+      if (f.$metadata?.httpStatusCode === 501) throw new BlkError('ENOTSUP', `${name} in ${this.location}: the server offers no conditional writes (If-None-Match, If-Match), which the prune lock needs`);
+      throw this.#error(e, name);
+    }
+  }
+
+  createIfAbsent(name: string, data: Uint8Array): Promise<string | null> {
+    return this.#putIf(name, data, { IfNoneMatch: '*' });
+  }
+
+  async replaceIfMatch(name: string, data: Uint8Array, etag: string): Promise<string | null> {
+    // AWS matches the quoted ETag as it gives it; Ceph's gateway matches the bare digest. A server
+    // that matched the quoted form refuses the bare one too, so the second try never wins wrongly.
+    const quoted = await this.#putIf(name, data, { IfMatch: etag });
+    if (quoted !== null || !etag.startsWith('"')) return quoted;
+    return this.#putIf(name, data, { IfMatch: etag.replace(/^"|"$/g, '') });
+  }
+
+  async readTagged(name: string): Promise<{ data: Buffer; etag: string } | null> {
+    const { client, sdk } = await this.#s3();
+    try {
+      const r = await client.send(new sdk.GetObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name) }));
+      return { data: Buffer.from(await (r.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray()), etag: r.ETag ?? '' };
+    } catch (e) {
+      const err = this.#error(e, name);
+      if (err.code === 'ENOENT') return null;
+      throw err;
+    }
+  }
+
   async remove(name: string): Promise<void> {
     const { client, sdk } = await this.#s3();
-    // A folder is named with its '/' (as list() gives it): only then is there anything to list.
-    const keys = name.endsWith('/') ? await this.#allUnder(name) : [this.#key(name)];
+    // A folder is named with its '/' (as list() gives it): only then is there anything to list. A
+    // bucket with Object Lock keeps versions: each is removed, or the object's bytes stay behind a delete marker.
+    const keys: Array<{ Key: string; VersionId?: string }> = this.spec.objectLock ? await this.#versionsOf(name) : (name.endsWith('/') ? await this.#allUnder(name) : [this.#key(name)]).map((Key) => ({ Key }));
     for (let i = 0; i < keys.length; i += 1000) {
       const batch = keys.slice(i, i + 1000);
       try {
-        const r = await client.send(new sdk.DeleteObjectsCommand({ Bucket: this.spec.bucket, Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true } }));
+        const r = await client.send(new sdk.DeleteObjectsCommand({ Bucket: this.spec.bucket, Delete: { Objects: batch, Quiet: true } }));
         const failed = (r.Errors ?? []).filter((f) => f.Code !== 'NoSuchKey');
         if (failed.length > 0) throw new BlkError('EIO', `removing ${name} from ${this.location}: ${failed[0]?.Key}: ${failed[0]?.Code} ${failed[0]?.Message ?? ''}`.trim());
       } catch (e) {
@@ -273,6 +363,103 @@ export class S3Backend implements Backend {
     }
     this.#fetched.delete(name);
     await fs.promises.rm(path.join(this.cacheDir, 'objects', name), { force: true, recursive: true });
+  }
+
+  /** Every version (and delete marker) of an object, or of everything under a folder. */
+  async #versionsOf(name: string): Promise<Array<{ Key: string; VersionId?: string }>> {
+    const { client, sdk } = await this.#s3();
+    const key = this.#key(name);
+    const out: Array<{ Key: string; VersionId?: string }> = [];
+    let keyMarker: string | undefined;
+    let versionMarker: string | undefined;
+    try {
+      do {
+        const r = await client.send(new sdk.ListObjectVersionsCommand({ Bucket: this.spec.bucket, Prefix: key, ...(keyMarker ? { KeyMarker: keyMarker, VersionIdMarker: versionMarker } : {}) }));
+        for (const v of [...(r.Versions ?? []), ...(r.DeleteMarkers ?? [])]) {
+          if (!v.Key || (!name.endsWith('/') && v.Key !== key)) continue;
+          out.push({ Key: v.Key, ...(v.VersionId ? { VersionId: v.VersionId } : {}) });
+        }
+        keyMarker = r.IsTruncated ? r.NextKeyMarker : undefined;
+        versionMarker = r.NextVersionIdMarker;
+      } while (keyMarker);
+    } catch (e) {
+      throw this.#error(e, name);
+    }
+    return out;
+  }
+
+  /** The retention an object written now gets, where the repository has Object Lock. */
+  #retention(name: string): { ObjectLockMode?: 'COMPLIANCE' | 'GOVERNANCE'; ObjectLockRetainUntilDate?: Date } {
+    const lock = this.spec.objectLock;
+    if (!lock || !RETAINED.test(name)) return {};
+    const until = Date.now() + lock.days * DAY_MS;
+    this.#retained.set(name, until);
+    return { ObjectLockMode: lock.mode === 'compliance' ? 'COMPLIANCE' : 'GOVERNANCE', ObjectLockRetainUntilDate: new Date(until) };
+  }
+
+  async retainedUntil(name: string): Promise<number | null> {
+    const { client, sdk } = await this.#s3();
+    try {
+      const r = await client.send(new sdk.HeadObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name) }));
+      return r.ObjectLockRetainUntilDate?.getTime() ?? null;
+    } catch (e) {
+      const err = this.#error(e, name);
+      if (err.code === 'ENOENT') return null;
+      throw err;
+    }
+  }
+
+  /**
+   * Extends the retention of objects a new backup needs to at least its own: what this client knows
+   * of each (the cache's retention.json, and what it wrote) spares a request; an object whose
+   * retention must grow gets half a period more than needed, so the next backups need not touch it.
+   */
+  async extendRetention(objects: string[]): Promise<number> {
+    const lock = this.spec.objectLock;
+    if (!lock) return 0;
+    const { client, sdk } = await this.#s3();
+    const file = path.join(this.cacheDir, 'retention.json');
+    if (!this.#retentionLoaded) {
+      this.#retentionLoaded = true;
+      try {
+        for (const [name, until] of Object.entries(JSON.parse(await fs.promises.readFile(file, 'utf8')) as Record<string, number>)) if (Number.isFinite(until)) this.#retained.set(name, Math.max(until, this.#retained.get(name) ?? 0));
+      } catch {
+        // No record yet (or a damaged one): asked of the store.
+      }
+    }
+    const needed = Date.now() + lock.days * DAY_MS;
+    let extended = 0;
+    for (const name of objects) {
+      if ((this.#retained.get(name) ?? 0) >= needed) continue;
+      const now = await this.retainedUntil(name);
+      if (now !== null && now >= needed) {
+        this.#retained.set(name, now);
+        continue;
+      }
+      const until = needed + (lock.days * DAY_MS) / 2;
+      try {
+        await client.send(new sdk.PutObjectRetentionCommand({ Bucket: this.spec.bucket, Key: this.#key(name), Retention: { Mode: lock.mode === 'compliance' ? 'COMPLIANCE' : 'GOVERNANCE', RetainUntilDate: new Date(until) } }));
+      } catch (e) {
+        throw this.#error(e, `extending the retention of ${name}`);
+      }
+      this.#retained.set(name, until);
+      extended++;
+    }
+    await fs.promises.mkdir(this.cacheDir, { recursive: true, mode: 0o700 });
+    await fs.promises.writeFile(file, JSON.stringify(Object.fromEntries(this.#retained)), { mode: 0o600 });
+    return extended;
+  }
+
+  async checkObjectLock(): Promise<void> {
+    const { client, sdk } = await this.#s3();
+    let enabled = false;
+    try {
+      enabled = (await client.send(new sdk.GetObjectLockConfigurationCommand({ Bucket: this.spec.bucket }))).ObjectLockConfiguration?.ObjectLockEnabled === 'Enabled';
+    } catch (e) {
+      const f = e as S3Failure;
+      if (f.name !== 'ObjectLockConfigurationNotFoundError' && f.$metadata?.httpStatusCode !== 404) throw this.#error(e, 'the bucket\'s Object Lock configuration');
+    }
+    if (!enabled) throw new BlkError('ENOTSUP', `bucket ${this.spec.bucket} was not made with S3 Object Lock, so --object-lock cannot keep anything (make a bucket with Object Lock enabled)`);
   }
 
   async listTree(folder: string): Promise<string[]> {
@@ -329,7 +516,7 @@ export class S3Backend implements Backend {
       const key = this.#key(name);
       let uploadId: string | undefined;
       try {
-        uploadId = (await client.send(new sdk.CreateMultipartUploadCommand({ Bucket: this.spec.bucket, Key: key }))).UploadId;
+        uploadId = (await client.send(new sdk.CreateMultipartUploadCommand({ Bucket: this.spec.bucket, Key: key, ...this.#retention(name) }))).UploadId;
         if (!uploadId) throw new BlkError('EIO', `${name}: the server gave no upload id`);
         const parts: Array<{ ETag: string; PartNumber: number }> = [];
         const data = Buffer.allocUnsafe(partBytes);
@@ -355,8 +542,30 @@ export class S3Backend implements Backend {
 
   async sync(): Promise<void> {}
 
-  lock(exclusive: boolean, onWait?: (holder: string) => void): Promise<() => Promise<void>> {
-    return lockWithObjects(this, exclusive, onWait);
+  async abortUploads(before: number): Promise<number> {
+    const { client, sdk } = await this.#s3();
+    let aborted = 0;
+    let keyMarker: string | undefined;
+    let idMarker: string | undefined;
+    try {
+      do {
+        const r = await client.send(new sdk.ListMultipartUploadsCommand({ Bucket: this.spec.bucket, Prefix: this.spec.prefix, ...(keyMarker ? { KeyMarker: keyMarker, UploadIdMarker: idMarker } : {}) }));
+        for (const u of r.Uploads ?? []) {
+          if (!u.Key || !u.UploadId || (u.Initiated?.getTime() ?? 0) >= before) continue;
+          await client.send(new sdk.AbortMultipartUploadCommand({ Bucket: this.spec.bucket, Key: u.Key, UploadId: u.UploadId }));
+          aborted++;
+        }
+        keyMarker = r.IsTruncated ? r.NextKeyMarker : undefined;
+        idMarker = r.NextUploadIdMarker;
+      } while (keyMarker);
+    } catch (e) {
+      throw this.#error(e, 'unfinished uploads');
+    }
+    return aborted;
+  }
+
+  lock(onWait?: (holder: string) => void): Promise<RepositoryLock> {
+    return lockWithObjects(this, onWait);
   }
 
   /** The cached copy of an object fetched by fetchLocal(); null for any other. */

@@ -19,8 +19,8 @@ export interface S3Server {
   secretKey: string;
   /** The environment a CLI or worker needs to reach it. */
   env: NodeJS.ProcessEnv;
-  /** A new bucket of the server's, its name. */
-  bucket(): Promise<string>;
+  /** A new bucket of the server's, its name; with `objectLock`, made with S3 Object Lock (and so versioned). */
+  bucket(o?: { objectLock?: boolean }): Promise<string>;
   client(): S3Client;
   /** Stops the gateway (the cluster goes on) and starts it again: a gateway killed mid-backup. */
   restartGateway?(pause: () => Promise<void>): Promise<void>;
@@ -71,9 +71,9 @@ function serverOf(endpoint: string, accessKey: string, secretKey: string, stop: 
     accessKey,
     secretKey,
     env: { AWS_ACCESS_KEY_ID: accessKey, AWS_SECRET_ACCESS_KEY: secretKey, AWS_REGION: 'us-east-1' },
-    async bucket() {
+    async bucket(o = {}) {
       const name = `blksnap-test-${randomUUID().slice(0, 8)}`;
-      await client.send(new CreateBucketCommand({ Bucket: name }));
+      await client.send(new CreateBucketCommand({ Bucket: name, ...(o.objectLock ? { ObjectLockEnabledForBucket: true } : {}) }));
       return name;
     },
     client: () => client,

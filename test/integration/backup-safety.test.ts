@@ -6,6 +6,9 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
+import { type PruneResult, pruneRepository } from '../../src/backup/backup-prune.js';
+import { restoreBackup } from '../../src/backup/backup-restore.js';
+import { verifyRepository } from '../../src/backup/backup-verify.js';
 import { BlksnapClient } from '../../src/client/connection.js';
 import * as api from '../../src/control/protocol.js';
 import { NbdClient } from '../../src/client/nbd-client.js';
@@ -54,16 +57,19 @@ describe('backup_attach', { skip: missing('qemu-io') }, () => {
     });
   });
 
-  it('waits for a prune\'s sweep: the repository lock', async () => {
+  it('takes no lock: a prune holding the prune lock holds back neither an attach nor a backup', async () => {
     await withDaemon({ 'b.img': 8 * MiB }, async (daemon, repo, dir) => {
       await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x62 0 3M', daemon.uri('b.img')]);
       const created = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', 'b.img', '--diff-storage', dir);
-      const release = await repo.lock(true); // as a prune's sweep holds it
-      const attaching = daemon.json<{ name: string; uri: string }>('backup_attach', '--repo', repo.location, '--id', created.id, '--device', 'b.img');
-      assert.equal(await within(attaching, 1500), 'pending', 'attached while a sweep held the lock');
-      release();
-      const served = await attaching;
-      await check('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', path.join(dir, 'b.img'), served.uri]);
+      const lock = await repo.lock(); // as a prune holds it
+      try {
+        const served = await daemon.json<{ name: string; uri: string }>('backup_attach', '--repo', repo.location, '--id', created.id, '--device', 'b.img');
+        await check('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', path.join(dir, 'b.img'), served.uri]);
+        const next = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', 'b.img', '--diff-storage', dir);
+        assert.equal(next.devices[0]?.mode, 'incremental');
+      } finally {
+        await lock.release();
+      }
     });
   });
 
@@ -233,22 +239,36 @@ describe('backup_restore targets', { skip: missing('qemu-io', 'losetup', 'mkfs.e
     });
   });
 
-  it('takes the repository lock before it reads the backup: one pruned meanwhile is "no backup", not a damaged one', async () => {
-    await withDaemon({ 'p.img': 8 * MiB }, async (daemon, repo, dir) => {
-      await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x66 0 1M', daemon.uri('p.img')]);
-      const created = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', 'p.img', '--diff-storage', dir);
-      const release = await repo.lock(true); // a prune's sweep
+  it('a restore in a session: a prune that removes its backup meanwhile only marks the chunks, and the restore is bit-identical; a prune after it deletes them', async () => {
+    await withDaemon({ 'p.img': 64 * MiB }, async (daemon, repo, dir) => {
+      await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x66 0 48M', daemon.uri('p.img')]);
+      const copy = path.join(dir, 'p.copy');
+      fs.copyFileSync(path.join(dir, 'p.img'), copy);
+      const first = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', 'p.img', '--diff-storage', dir);
+      await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x67 0 48M', daemon.uri('p.img')]);
+      await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', 'p.img', '--diff-storage', dir);
       const target = path.join(dir, 'p.restored');
-      const restoring = daemon.cli('backup_restore', '--repo', repo.location, '--id', created.id, '--device', 'p.img', '--to', target);
-      await new Promise((r) => setTimeout(r, 1000));
-      // What the sweep does: the backup and its chunks go.
-      fs.rmSync(path.join(repo.location, 'backups', created.id), { recursive: true });
-      for (const n of fs.readdirSync(path.join(repo.location, 'chunks'))) fs.rmSync(path.join(repo.location, 'chunks', n));
-      release();
-      const r = await restoring;
-      assert.notEqual(r.code, 0);
-      assert.match(r.stderr, /ENOENT: no backup /);
-      assert.ok(!fs.existsSync(target), 'nothing written');
+      // Another reader's session, open across the first prune (as a restore on another host would be).
+      const reader = await repo.openSession('restore');
+      // The prune comes once the restore is past the manifest and the indexes, reading chunks.
+      let pruning: Promise<PruneResult> | null = null;
+      const startPrune = (): void => {
+        pruning ??= pruneRepository(repo, { keepLast: 1, graceMs: 0 });
+      };
+      const progress = { start: startPrune, advance() {}, done() {}, note() {} };
+      const restored = await restoreBackup(repo, { id: first.id, device: 'p.img', to: target, client: null, daemonError: 'not asked', progress });
+      assert.equal(restored.mode, 'file');
+      const pruned = await (pruning as unknown as Promise<PruneResult>);
+      assert.deepEqual(pruned.removed, [first.id]);
+      await check('cmp', [target, copy]);
+      assert.equal(pruned.removedChunks, 0, 'nothing deleted while a session that may read it is open');
+      assert.ok(pruned.pending.packs > 0, "the first backup's packs are marked");
+      assert.equal((await pruneRepository(repo, { keepLast: 1, graceMs: 0 })).removedChunks, 0, 'still nothing while that session lives');
+      await reader.close();
+      const after = await pruneRepository(repo, { keepLast: 1, graceMs: 0 });
+      assert.ok(after.removedChunks > 0, 'the sessions ended: what was marked is deleted');
+      assert.deepEqual(after.pending, { packs: 0, pages: 0, bytes: 0, deletableAfter: null });
+      assert.equal((await verifyRepository(repo, {})).ok, true);
     });
   });
 });

@@ -2,20 +2,23 @@
 // started from Debian's packages (or the endpoint BLKSNAP_TEST_S3_ENDPOINT names). Every verb through
 // the CLI: init (encrypted), full and incremental backups, list, restore bit-identical, verify (a
 // flipped byte in a pack object found and named, the restore refused), prune; whole packs as objects,
-// never one per chunk; the lock by lock objects (a live one of another host holds a backup back, an
-// expired one and a dead local process's do not); two hosts backing up into one bucket at once while
-// a third prunes, each incremental on its own host's base; an incremental's requests (counted by the client)
+// never one per chunk; the prune lock by a conditional object (a live one of another host holds a
+// second prune back, never a backup; an expired one and a dead local process's do not); two hosts
+// backing up into one bucket at once while a third prunes without grace, each incremental on its own
+// host's base, every backup bit-identical after; an incremental's requests (counted by the client)
 // the same in a repository with 4× the backups; a backup killed mid-upload and one whose gateway dies
 // leave no manifest and a sound repository; HTTPS with --s3-ca (and refused without it); clear
-// errors for wrong keys and a missing bucket.
+// errors for wrong keys, a missing bucket and a clock far off the server's.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { DeleteObjectCommand, GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import { DeleteBucketPolicyCommand, DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutBucketPolicyCommand, PutObjectCommand, PutObjectRetentionCommand } from '@aws-sdk/client-s3';
 import { NbdClient } from '../../src/client/nbd-client.js';
 import { withDaemon, writeRandomBlocks } from '../helpers/backup.js';
 import { cephMissing, type S3Server, startS3 } from '../helpers/ceph.js';
@@ -38,7 +41,7 @@ describe('a repository in an S3 bucket (Ceph RADOS Gateway)', { skip: missing('n
   /** The CLI with the server's credentials, against `daemon`'s control socket. */
   const cliOf = (control: string, cacheDir: string) => {
     const cli = (args: string[], env: NodeJS.ProcessEnv = {}): Promise<RunResult> =>
-      run(process.execPath, [blksnapCli, ...args, ...(args.includes('--repo') ? ['--s3-endpoint', s3.endpoint, '--cache-dir', cacheDir] : [])], { env: { ...process.env, ...s3.env, BLKSNAP_CONTROL: control, ...env }, timeoutMs: 180_000 });
+      run(process.execPath, [blksnapCli, ...args, ...(args.includes('--repo') || args.includes('--from') ? ['--s3-endpoint', s3.endpoint, '--cache-dir', cacheDir] : [])], { env: { ...process.env, ...s3.env, BLKSNAP_CONTROL: control, ...env }, timeoutMs: 180_000 });
     const json = async <T>(...args: string[]): Promise<T> => {
       const r = await cli([...args, '--json']);
       if (r.code !== 0) throw new Error(`blksnap ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
@@ -101,7 +104,7 @@ describe('a repository in an S3 bucket (Ceph RADOS Gateway)', { skip: missing('n
         assert.equal(keys.filter((k) => k.endsWith('.idx')).length, packs.length);
         for (const b of [b1, b2]) assert.ok(keys.includes(`hosts/a/backups/${b.id}/manifest.json`));
         assert.ok(keys.includes('hosts/a/config.json') && keys.some((k) => k.startsWith('hosts/a/keys/')));
-        assert.ok(!keys.some((k) => k.startsWith('hosts/a/locks/')), 'no lock object left behind');
+        assert.ok(!keys.some((k) => k.startsWith('hosts/a/locks/') || k.startsWith('hosts/a/sessions/')), 'no lock or session object left behind');
 
         for (const [b, saved] of [[b1, copy1], [b2, copy2]] as const) {
           const to = path.join(dir, `restored-${b.id}`);
@@ -248,8 +251,12 @@ describe('a repository in an S3 bucket (Ceph RADOS Gateway)', { skip: missing('n
       await json('backup_restore', '--repo', repo, '--id', done.id, '--device', 'f.img', '--to', to);
       await check('cmp', [to, path.join(dir, 'f.img')]);
       assert.equal((await json<{ ok: boolean }>('backup_verify', '--repo', repo)).ok, true);
-      // The packs the dead backups left are nobody's: the sweep takes them.
-      await json('backup_prune', '--repo', repo, '--keep-last', '1');
+      // The packs the dead backups left are nobody's, their sessions dead: a prune without grace deletes them.
+      const packsBefore = await packCount();
+      const pruned = await json<{ removedChunks: number; pending: { packs: number } }>('backup_prune', '--repo', repo, '--keep-last', '1', '--prune-grace', '0');
+      assert.equal(pruned.pending.packs, 0, 'nothing left marked');
+      assert.ok((await packCount()) < packsBefore, `the dead backups' packs are deleted (${packsBefore} before, ${await packCount()} after)`);
+      assert.deepEqual(await keysOf(bucket, 'f/sessions/'), [], "the dead backups' sessions are tidied away");
       const verified = await json<{ ok: boolean }>('backup_verify', '--repo', repo);
       assert.equal(verified.ok, true);
     });
@@ -282,7 +289,8 @@ describe('a repository in an S3 bucket (Ceph RADOS Gateway)', { skip: missing('n
             await check('nbdcopy', [h.daemon.uri('d.img'), copy]);
             made.push({ host: h.name, id: r.id, copy, mode: r.devices[0]?.mode ?? '' });
           });
-          const pruning = hosts[0]?.cli(['backup_prune', '--repo', repo, '--keep-last', '100', '--json']);
+          // No grace: it marks the packs the running backups are writing and deletes none of them.
+          const pruning = hosts[0]?.cli(['backup_prune', '--repo', repo, '--keep-last', '100', '--prune-grace', '0', '--json']);
           await Promise.all([...backups, pruning]);
           const pruned = await pruning;
           assert.equal(pruned?.code, 0, pruned?.stderr);
@@ -295,6 +303,9 @@ describe('a repository in an S3 bucket (Ceph RADOS Gateway)', { skip: missing('n
         assert.deepEqual(made.filter((m) => m.mode === 'incremental').map((m) => m.host).sort(), ['host-a', 'host-b'], 'the second backup of each host is an incremental of its own first');
         const listed = await hosts[1]?.json<{ backups: Array<{ id: string; host: string }> }>('backup_list', '--repo', repo);
         for (const m of made) assert.equal(listed?.backups.find((x) => x.id === m.id)?.host, m.host);
+        // With no backup running, a last prune deletes what nobody references and unmarks the rest.
+        const last = await hosts[0]?.json<{ removed: string[]; pending: { packs: number; pages: number } }>('backup_prune', '--repo', repo, '--keep-last', '100', '--prune-grace', '0');
+        assert.deepEqual([last?.removed, last?.pending.packs, last?.pending.pages], [[], 0, 0]);
         for (const m of made) {
           const h = hosts.find((x) => x.name === m.host) as (typeof hosts)[number];
           const to = path.join(h.dir, `restored-${m.id}`);
@@ -306,38 +317,197 @@ describe('a repository in an S3 bucket (Ceph RADOS Gateway)', { skip: missing('n
     });
   });
 
-  it('the lock: a live prune lock of another host holds a backup back, naming its holder; an expired one, or a dead local process\'s, does not', async () => {
+  it('backup_copy: a local repository to a bucket, that bucket to a second one under another key; only the chunks a target lacks move, each copy restores bit-identical, is the base of the next copy and is prunable there', async () => {
+    const [bucketA, bucketB] = [await s3.bucket(), await s3.bucket()];
+    const [siteA, siteB] = [`s3://${bucketA}/site-a`, `s3://${bucketB}`];
+    await withDaemon({ 'c.img': 16 * MiB }, async (daemon, local, dir) => {
+      const { cli, json } = cliOf(daemon.controlPath, path.join(dir, 'cache'));
+      const keyA = path.join(dir, 'a.key');
+      const keyB = path.join(dir, 'b.key');
+      for (const k of [keyA, keyB]) assert.equal((await cli(['key', 'generate', '--file', k])).code, 0);
+      await json('backup_init', '--repo', siteA, '--key-file', keyA);
+      await json('backup_init', '--repo', siteB, '--key-file', keyB);
+      const nbd = await NbdClient.connect(daemon.uri('c.img'));
+      type Made = { id: string };
+      type Copied = { copied: Array<{ id: string; copiedChunks: number; presentChunks: number }>; present: string[] };
+      const copies: Array<{ id: string; file: string }> = [];
+      const backup = async (n: number): Promise<void> => {
+        const made = await json<Made>('backup_create', '--repo', local.location, '--device', 'c.img');
+        const file = path.join(dir, `copy-${n}`);
+        await check('nbdcopy', [daemon.uri('c.img'), file]);
+        copies.push({ id: made.id, file });
+      };
+      try {
+        for (let at = 0; at < 12 * MiB; at += MiB) await nbd.write(at, randomFillSync(Buffer.alloc(MiB)));
+        await nbd.flush();
+        await backup(1);
+        // local → bucket (plain to encrypted: every chunk read, named under the bucket's key, stored).
+        const first = await json<Copied>('backup_copy', '--from', local.location, '--to', siteA, '--to-key-file', keyA);
+        assert.deepEqual(first.copied.map((c) => c.id), [copies[0]?.id]);
+        assert.ok((first.copied[0]?.copiedChunks ?? 0) >= (12 * MiB) / BLOCK, `every chunk moved: ${JSON.stringify(first.copied)}`);
+        assert.deepEqual((await json<Copied>('backup_copy', '--from', local.location, '--to', siteA, '--to-key-file', keyA)).copied, [], 'a second copy finds it there');
+
+        const touched = await writeRandomBlocks(nbd, 6, 16 * MiB, BLOCK);
+        await nbd.flush();
+        await backup(2);
+        const second = await json<Copied>('backup_copy', '--from', local.location, '--to', siteA, '--to-key-file', keyA, '--latest');
+        assert.equal(second.copied[0]?.id, copies[1]?.id);
+        assert.ok((second.copied[0]?.copiedChunks ?? 0) <= touched.size, `only the change moved: ${JSON.stringify(second.copied)} for ${touched.size} blocks written`);
+
+        // bucket → bucket under another key, every backup the target lacks.
+        const toB = await json<Copied>('backup_copy', '--from', siteA, '--key-file', keyA, '--to', siteB, '--to-key-file', keyB);
+        assert.deepEqual(toB.copied.map((c) => c.id), copies.map((c) => c.id));
+        for (const [site, key] of [[siteA, keyA], [siteB, keyB]] as const) {
+          for (const c of copies) {
+            const to = path.join(dir, `restored-${c.id}-${site === siteA ? 'a' : 'b'}`);
+            await json('backup_restore', '--repo', site, '--key-file', key, '--id', c.id, '--device', 'c.img', '--to', to);
+            await check('cmp', [to, c.file]);
+          }
+          assert.equal((await json<{ ok: boolean }>('backup_verify', '--repo', site, '--key-file', key)).ok, true);
+        }
+        const listed = await json<{ backups: Array<{ id: string; host: string }> }>('backup_list', '--repo', siteB, '--key-file', keyB);
+        assert.deepEqual(listed.backups.map((b) => b.host), [os.hostname(), os.hostname()], 'a copy keeps its host');
+        // A copy is a backup of the target like any other: pruned there, the other still restores.
+        const pruned = await json<{ removed: string[] }>('backup_prune', '--repo', siteB, '--key-file', keyB, '--keep-last', '1', '--prune-grace', '0');
+        assert.deepEqual(pruned.removed, [copies[0]?.id]);
+        const last = path.join(dir, 'restored-last');
+        await json('backup_restore', '--repo', siteB, '--key-file', keyB, '--id', copies[1]?.id as string, '--device', 'c.img', '--to', last);
+        await check('cmp', [last, copies[1]?.file as string]);
+        assert.equal((await json<{ ok: boolean }>('backup_verify', '--repo', siteB, '--key-file', keyB)).ok, true);
+        // An id that is not one is a usage error.
+        const refused = await cli(['backup_copy', '--from', siteA, '--key-file', keyA, '--to', local.location, '--id', 'nonsense', '--json']);
+        assert.equal(refused.code, 22, refused.stderr);
+      } finally {
+        await nbd.close();
+      }
+    });
+  });
+
+  it('Object Lock: objects a backup needs written retained, what a new backup reuses extended, a retained backup kept by prune and named; credentials that may not delete still back up', async () => {
+    const bucket = await s3.bucket({ objectLock: true });
+    const repo = `s3://${bucket}`;
+    await withDaemon({ 'o.img': 8 * MiB }, async (daemon, _local, dir) => {
+      const { cli, json } = cliOf(daemon.controlPath, path.join(dir, 'cache'));
+      const plainBucket = await s3.bucket();
+      const refused = await cli(['backup_init', '--repo', `s3://${plainBucket}`, '--encryption', 'none', '--object-lock', '1', '--json']);
+      assert.equal(refused.code, 95, refused.stderr);
+      assert.match(refused.stderr, /ENOTSUP: .*not made with S3 Object Lock/);
+      // Governance mode: the test itself may shorten a retention (compliance would let nobody).
+      await json('backup_init', '--repo', repo, '--encryption', 'none', '--object-lock', '1', '--object-lock-mode', 'governance');
+      await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x31 0 4M', daemon.uri('o.img')]);
+      const b1 = await json<{ id: string }>('backup_create', '--repo', repo, '--device', 'o.img');
+      const head = (key: string) => s3.client().send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
+      const day = 86_400_000;
+      const packs = (await keysOf(bucket, 'chunks/')).filter((k) => k.endsWith('.pack'));
+      for (const key of [...packs, `backups/${b1.id}/manifest.json`, 'config.json']) {
+        const h = await head(key);
+        assert.equal(h.ObjectLockMode, 'GOVERNANCE', key);
+        assert.ok(Math.abs((h.ObjectLockRetainUntilDate?.getTime() ?? 0) - (Date.now() + day)) < 5 * 60_000, `${key} retained a day: ${h.ObjectLockRetainUntilDate?.toISOString()}`);
+      }
+      // The first backup's packs as if written long ago: their retention ends within the minute.
+      for (const key of packs) await s3.client().send(new PutObjectRetentionCommand({ Bucket: bucket, Key: key, BypassGovernanceRetention: true, Retention: { Mode: 'GOVERNANCE', RetainUntilDate: new Date(Date.now() + 60_000) } }));
+      await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x32 0 64k', daemon.uri('o.img')]);
+      const b2 = await json<{ id: string; devices: Array<{ mode: string }> }>('backup_create', '--repo', repo, '--device', 'o.img');
+      assert.equal(b2.devices[0]?.mode, 'incremental');
+      for (const key of packs) assert.ok((((await head(key)).ObjectLockRetainUntilDate?.getTime() ?? 0) - Date.now()) >= day - 5 * 60_000, `${key}, which the second backup reuses, is retained at least as long as that backup`);
+      // Prune keeps what the bucket retains and says so.
+      const pruned = await cli(['backup_prune', '--repo', repo, '--keep-last', '1', '--prune-grace', '0', '--json']);
+      assert.equal(pruned.code, 0, pruned.stderr);
+      assert.deepEqual((JSON.parse(pruned.stdout) as { removed: string[] }).removed, []);
+      assert.match(pruned.stderr, new RegExp(`backup ${b1.id} is retained by the bucket until .*: kept`));
+      // Append-only use: a policy denies every delete; backups go on (their session objects stay, to expire).
+      const policy = { Version: '2012-10-17', Statement: [{ Effect: 'Deny', Principal: '*', Action: ['s3:DeleteObject', 's3:DeleteObjectVersion'], Resource: [`arn:aws:s3:::${bucket}/*`] }] };
+      await s3.client().send(new PutBucketPolicyCommand({ Bucket: bucket, Policy: JSON.stringify(policy) }));
+      try {
+        const sessionsBefore = (await keysOf(bucket, 'sessions/')).length;
+        await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x33 1M 64k', daemon.uri('o.img')]);
+        const b3 = await cli(['backup_create', '--repo', repo, '--device', 'o.img', '--json']);
+        assert.equal(b3.code, 0, `a backup with credentials that may not delete: ${b3.stderr}`);
+        assert.equal((await keysOf(bucket, 'sessions/')).length, sessionsBefore + 1, 'its session object could not be removed: it stays, to expire');
+        const to = path.join(dir, 'restored');
+        await json('backup_restore', '--repo', repo, '--id', (JSON.parse(b3.stdout) as { id: string }).id, '--device', 'o.img', '--to', to);
+        await check('cmp', [to, path.join(dir, 'o.img')]);
+      } finally {
+        await s3.client().send(new DeleteBucketPolicyCommand({ Bucket: bucket }));
+      }
+    });
+  });
+
+  it('backup_attach of a backup in a bucket: served as a device, read by range, bit-identical; kept by a prune while served; the credentials never in the daemon\'s log', async () => {
+    const bucket = await s3.bucket();
+    const repo = `s3://${bucket}/vm`;
+    await withDaemon({ 'v.img': 16 * MiB }, async (daemon, _local, dir) => {
+      const { cli, json } = cliOf(daemon.controlPath, path.join(dir, 'cache'));
+      const keyFile = path.join(dir, 'v.key');
+      assert.equal((await cli(['key', 'generate', '--file', keyFile])).code, 0);
+      await json('backup_init', '--repo', repo, '--key-file', keyFile);
+      const nbd = await NbdClient.connect(daemon.uri('v.img'));
+      try {
+        for (let at = 0; at < 10 * MiB; at += MiB) await nbd.write(at, randomFillSync(Buffer.alloc(MiB)));
+        await nbd.flush();
+      } finally {
+        await nbd.close();
+      }
+      const copy = path.join(dir, 'v.copy');
+      await check('nbdcopy', [daemon.uri('v.img'), copy]);
+      const b1 = await json<{ id: string }>('backup_create', '--repo', repo, '--device', 'v.img', '--key-file', keyFile);
+      await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x44 0 1M', daemon.uri('v.img')]);
+      const b2 = await json<{ id: string }>('backup_create', '--repo', repo, '--device', 'v.img', '--key-file', keyFile);
+      const served = await json<{ name: string; uri: string; readOnly: boolean }>('backup_attach', '--repo', repo, '--key-file', keyFile, '--id', b1.id, '--device', 'v.img');
+      assert.equal(served.readOnly, true);
+      await check('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', copy, served.uri]);
+      // Served, it is kept whatever the policy says, and still reads the same.
+      const pruned = await json<{ kept: string[]; removed: string[] }>('backup_prune', '--repo', repo, '--key-file', keyFile, '--keep-last', '1', '--prune-grace', '0');
+      assert.deepEqual([pruned.kept.sort(), pruned.removed], [[b1.id, b2.id].sort(), []]);
+      await check('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', copy, served.uri]);
+      await json('detach', '--device', served.name);
+      const released = await json<{ removed: string[] }>('backup_prune', '--repo', repo, '--key-file', keyFile, '--keep-last', '1', '--prune-grace', '0');
+      assert.deepEqual(released.removed, [b1.id], 'detached, it goes by the policy');
+      assert.ok(!daemon.log.includes(s3.secretKey), "the bucket's secret key is not in the daemon's log");
+      assert.match(daemon.log, /attached backup .* in s3:\/\//);
+    });
+  });
+
+  it('the prune lock: a conditional object; a live one of another host holds a second prune back, naming its holder, never a backup; an expired one, or a dead local process\'s, does not', async () => {
     const bucket = await s3.bucket();
     const repo = `s3://${bucket}`;
     await withDaemon({ 'l.img': 4 * MiB }, async (daemon, _local, dir) => {
       const { cli, json } = cliOf(daemon.controlPath, path.join(dir, 'cache'));
       await json('backup_init', '--repo', repo, '--encryption', 'none');
-      const backup = (): Promise<RunResult> => cli(['backup_create', '--repo', repo, '--device', 'l.img', '--json']);
-      const lock = (host: string, pid: number, refreshed: number): Promise<unknown> => putObject(bucket, 'locks/0123456789abcdef.json', Buffer.from(JSON.stringify({ exclusive: true, host, pid, refreshed })));
+      const prune = (): Promise<RunResult> => cli(['backup_prune', '--repo', repo, '--keep-last', '1', '--json']);
+      const lock = (host: string, machineId: string, pid: number, refreshed: number): Promise<unknown> => putObject(bucket, 'locks/prune.json', Buffer.from(JSON.stringify({ token: 'other', host, machineId, pid, refreshed })));
+      const machineId = fs.readFileSync('/etc/machine-id', 'utf8').trim();
 
-      await lock('another-host', 4242, Date.now());
+      await lock('another-host', 'feedfacefeedfacefeedfacefeedface', 4242, Date.now());
+      const backedUp = await cli(['backup_create', '--repo', repo, '--device', 'l.img', '--json']);
+      assert.equal(backedUp.code, 0, `a backup takes no lock: ${backedUp.stderr}`);
       let done = false;
-      const held = backup().then((r) => {
+      const held = prune().then((r) => {
         done = true;
         return r;
       });
       await new Promise((r) => setTimeout(r, 4000));
-      assert.equal(done, false, 'the backup waits while the prune lock is live');
-      await s3.client().send(new DeleteObjectCommand({ Bucket: bucket, Key: 'locks/0123456789abcdef.json' }));
+      assert.equal(done, false, 'a second prune waits while the prune lock is live');
+      await s3.client().send(new DeleteObjectCommand({ Bucket: bucket, Key: 'locks/prune.json' }));
       const r = await held;
       assert.equal(r.code, 0, r.stderr);
-      assert.match(r.stderr, /waiting for a prune .* held exclusively by pid 4242 on another-host/);
+      assert.match(r.stderr, /waiting for another prune \(the prune lock is held by pid 4242 on another-host/);
+      assert.deepEqual(await keysOf(bucket, 'locks/'), [], 'the release removes its lock object');
 
-      await lock('another-host', 4242, Date.now() - 10 * 60_000);
-      const expired = await backup();
+      await lock('another-host', 'feedfacefeedfacefeedfacefeedface', 4242, Date.now() - 3_600_000);
+      const expired = await prune();
       assert.equal(expired.code, 0, expired.stderr);
       assert.doesNotMatch(expired.stderr, /waiting/, 'an expired lease does not bind');
 
       // Above the kernel's largest pid (2^22): no process has it.
-      await lock(os.hostname(), 2 ** 22 + 12345, Date.now());
-      const dead = await backup();
+      await lock(os.hostname(), machineId, 2 ** 22 + 12345, Date.now());
+      const dead = await prune();
       assert.equal(dead.code, 0, dead.stderr);
-      assert.doesNotMatch(dead.stderr, /waiting/, "a lock of a process gone from this host does not bind");
+      assert.doesNotMatch(dead.stderr, /waiting/, "a lock of a process gone from this machine does not bind");
+
+      // Two prunes racing for it: each gets it in turn, never both (the gateway's If-None-Match).
+      const both = await Promise.all([prune(), prune()]);
+      for (const b of both) assert.equal(b.code, 0, b.stderr);
     });
   });
 
@@ -362,7 +532,7 @@ describe('a repository in an S3 bucket (Ceph RADOS Gateway)', { skip: missing('n
     });
   });
 
-  it('clear errors: a missing bucket is ENOENT naming it, wrong credentials EACCES, a wrong key EACCES', async () => {
+  it('clear errors: a missing bucket is ENOENT naming it, wrong credentials EACCES, a wrong key EACCES, a clock 20 minutes off the server\'s EIO saying so', async () => {
     const bucket = await s3.bucket();
     await withDaemon({ 'x.img': MiB }, async (daemon, _local, dir) => {
       const { cli } = cliOf(daemon.controlPath, path.join(dir, 'cache'));
@@ -381,6 +551,26 @@ describe('a repository in an S3 bucket (Ceph RADOS Gateway)', { skip: missing('n
       assert.equal(wrong.code, 13, wrong.stderr);
       const badRepo = await cli(['backup_list', '--repo', 's3://Bad_Bucket']);
       assert.equal(badRepo.code, 22, badRepo.stderr);
+      // A server whose clock is 20 minutes ahead of this host's: the gateway behind a proxy that
+      // moves the Date of each answer (this host's requests are signed right, so only the Date tells).
+      const target = new URL(s3.endpoint);
+      const proxy = http.createServer((req, res) => {
+        const forward = http.request({ host: target.hostname, port: target.port, path: req.url, method: req.method, headers: req.headers }, (answer) => {
+          res.writeHead(answer.statusCode ?? 502, { ...answer.headers, date: new Date(Date.now() + 20 * 60_000).toUTCString() });
+          answer.pipe(res);
+        });
+        forward.on('error', () => res.destroy());
+        req.pipe(forward);
+      });
+      await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+      try {
+        const skewed = await run(process.execPath, [blksnapCli, 'backup_list', '--repo', `s3://${bucket}/enc`, '--key-file', key, '--s3-endpoint', `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`, '--cache-dir', path.join(dir, 'cache')], { env: { ...process.env, ...s3.env }, timeoutMs: 60_000 });
+        assert.equal(skewed.code, 5, skewed.stderr);
+        assert.match(skewed.stderr, /EIO: .*clock is 1[12]\d\d s behind the clock of http:\/\/127\.0\.0\.1:\d+ .*NTP/);
+      } finally {
+        proxy.closeAllConnections();
+        await new Promise((r) => proxy.close(r));
+      }
     });
   });
 });

@@ -135,6 +135,11 @@ describe('overflow: a limit too small corrupts the snapshot, never the device', 
     }
     const codes = events.map((e) => e.code);
     assert.ok(codes.includes('no_space'), JSON.stringify(events));
+    // Warned first: low_space once the storage passed 90 % of its limit (the daemon's default).
+    assert.equal(codes.filter((c) => c === 'low_space').length, 1, JSON.stringify(events));
+    assert.ok(codes.indexOf('low_space') < codes.indexOf('no_space'), JSON.stringify(events));
+    const low = events.find((e) => e.code === 'low_space')?.data as { usedSectors: number; limitSectors: number };
+    assert.ok(low.usedSectors >= 0.9 * low.limitSectors && low.limitSectors === (2 * MiB) / SECTOR, JSON.stringify(low));
     assert.ok((events.find((e) => e.code === 'no_space')?.data.requestedSectors as number) > 0);
     const corrupted = events.filter((e) => e.code === 'corrupted');
     assert.equal(corrupted.length, 1, 'the first error wins');
@@ -155,12 +160,12 @@ describe('overflow: a limit too small corrupts the snapshot, never the device', 
   });
 });
 
-describe('overflow under many concurrent writers: the watcher sees each condition once, and corrupted is never lost', () => {
+describe('overflow under many concurrent writers: the watcher sees each condition once (low_space before no_space), and corrupted is never lost', () => {
   let s: Scenario;
   before(async () => (s = await Scenario.start([64 * MiB])));
   after(async () => s?.stop());
 
-  it('an 8 MiB difference storage overrun by 64 MiB from 16 connections: one no_space, then one corrupted', async () => {
+  it('an 8 MiB difference storage overrun by 64 MiB from 16 connections: one low_space, one no_space, then one corrupted', async () => {
     const store = s.path('flood-store');
     fs.writeFileSync(store, '');
     const id = await s.take(['dev0'], { diffStorage: store, limit: 8 * MiB, diffStorageMinimum: 2 * MiB, chunkMinimumShift: 16 });
@@ -178,7 +183,7 @@ describe('overflow under many concurrent writers: the watcher sees each conditio
       if (e.code === 'timeout') break;
       events.push(e.code);
     }
-    assert.deepEqual(events, ['no_space', 'corrupted']);
+    assert.deepEqual(events, ['low_space', 'no_space', 'corrupted']);
     for (const c of clients) c.close();
     await s.destroy(id);
   });

@@ -2,15 +2,16 @@
 // loading and checking chunks, and closing the packs read when the backup is detached.
 import { parentPort } from 'node:worker_threads';
 import { toBlkError } from '../../errors.js';
-import { cipherFor, closePacks, forgetCipher, loadItems } from './pack-reads.js';
+import { cipherFor, closePacks, forgetCipher, loadItems, readStoredRemote } from './pack-reads.js';
 import type { ReadResult, ReadTask } from './tasks.js';
 
-function run(task: Exclude<ReadTask, { kind: 'write' }>): { result: ReadResult; transfer: ArrayBuffer[] } {
+async function run(task: Exclude<ReadTask, { kind: 'write' }>): Promise<{ result: ReadResult; transfer: ArrayBuffer[] }> {
   if (task.kind === 'closePacks') {
     forgetCipher(task.forget);
     return { result: { kind: 'closePacks', closed: closePacks(task.dir) }, transfer: [] };
   }
-  const data = loadItems(task.items, cipherFor(task.secret));
+  // Packs in a bucket are read by range (their records fetched span by span); local ones by pread.
+  const data = loadItems(task.items, cipherFor(task.secret), task.repository ? await readStoredRemote(task.items, task.repository) : undefined);
   return { result: { kind: 'load', data }, transfer: data.map((d) => d.buffer as ArrayBuffer) };
 }
 
@@ -20,13 +21,12 @@ function fail(id: number, e: unknown): void {
 }
 
 parentPort?.on('message', (message: { id: number; task: ReadTask }) => {
-  try {
-    if (message.task.kind === 'write') throw new Error('a daemon\'s worker writes no restore');
-    const { result, transfer } = run(message.task);
-    parentPort?.postMessage({ id: message.id, result }, transfer);
-  } catch (e) {
-    fail(message.id, e);
-  }
+  const task = message.task;
+  if (task.kind === 'write') return fail(message.id, new Error("a daemon's worker writes no restore"));
+  run(task).then(
+    ({ result, transfer }) => parentPort?.postMessage({ id: message.id, result }, transfer),
+    (e: unknown) => fail(message.id, e),
+  );
 });
 
 // Every import above is loaded: the pool may now let the process end, or terminate this thread.

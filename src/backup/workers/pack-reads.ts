@@ -7,6 +7,8 @@ import { BlkError, toBlkError } from '../../errors.js';
 import { AlignedBufferPool } from '../../os/aligned-pool.js';
 import { openDirectSync, readAt, readUpTo } from '../../os/fd-io.js';
 import { DIRECT_ALIGNMENT } from '../../os/koffi.js';
+import type { Backend, BackendSpec } from '../../repository/backend.js';
+import { openBackend } from '../../repository/backends.js';
 import type { ChunkLocation, LoadItem } from '../../repository/chunk-index.js';
 import { cipherOf, type ObjectCipher, PLAIN } from '../../repository/cipher.js';
 import { decodeRecord, RECORD_HEADER } from '../../repository/pack.js';
@@ -46,7 +48,7 @@ function packFd(file: string): number {
 }
 
 /** Records that follow one another in one pack (items first … end-1), read with one pread. */
-interface Span {
+export interface Span {
   first: number;
   end: number;
   /** Where the first record starts in its pack, and the bytes of all. */
@@ -54,7 +56,7 @@ interface Span {
   bytes: number;
 }
 
-function spansOf(items: LoadItem[]): Span[] {
+export function spansOf(items: LoadItem[]): Span[] {
   const spans: Span[] = [];
   for (let first = 0; first < items.length; ) {
     const where = (items[first] as LoadItem).where;
@@ -66,7 +68,8 @@ function spansOf(items: LoadItem[]): Span[] {
     let bytes = RECORD_HEADER + where.storedLength;
     for (; end < items.length; end++) {
       const w = (items[end] as LoadItem).where;
-      if (w === null || w.file !== where.file || w.offset !== where.offset + bytes || bytes > 8 * 1024 * 1024) break;
+      // The same pack object (a bucket's have no local file to tell them apart), the next record in it.
+      if (w === null || w.name !== where.name || w.file !== where.file || w.offset !== where.offset + bytes || bytes > 8 * 1024 * 1024) break;
       bytes += RECORD_HEADER + w.storedLength;
     }
     spans.push({ first, end, offset: where.offset, bytes });
@@ -171,9 +174,31 @@ export function closePacks(dir?: string): number {
   return closed;
 }
 
-/** Loads and checks chunks: their bytes, each in memory of its own (moved to the main thread). */
-export function loadItems(items: LoadItem[], cipher: ObjectCipher): Uint8Array[] {
-  const stored = readStored(items);
+/** Backends this thread opened by spec (a served backup in a bucket): one client each. */
+const backends = new Map<string, Backend>();
+
+/** Every item's stored bytes, each span of records fetched with one ranged read of its object (a pack in an object store). */
+export async function readStoredRemote(items: LoadItem[], spec: BackendSpec): Promise<Array<Buffer | null>> {
+  const key = JSON.stringify(spec);
+  let backend = backends.get(key);
+  if (!backend) {
+    backend = openBackend(spec);
+    backends.set(key, backend);
+  }
+  const out: Array<Buffer | null> = items.map(() => null);
+  const from = backend;
+  await Promise.all(
+    spansOf(items).map(async (span) => {
+      const where = (items[span.first] as LoadItem).where as NonNullable<LoadItem['where']>;
+      const data = Buffer.allocUnsafe(span.bytes);
+      cutSpan(items, span, data, await from.readRange(where.name, span.offset, data), out);
+    }),
+  );
+  return out;
+}
+
+/** Loads and checks chunks: their bytes, each in memory of its own (moved to the main thread); `stored` where they were read already. */
+export function loadItems(items: LoadItem[], cipher: ObjectCipher, stored: Array<Buffer | null> = readStored(items)): Uint8Array[] {
   return items.map((item, i) => {
     const bytes = stored[i];
     if (!bytes) return new Uint8Array(item.length);

@@ -6,7 +6,7 @@ import { writeFully } from '../../os/fd-io.js';
 import { DIRECT_ALIGNMENT } from '../../os/koffi.js';
 import { startWriteback } from '../../os/writeback-range.js';
 import type { LoadItem } from '../../repository/chunk-index.js';
-import { alignedBuffers, cipherFor, closePacks, decodeItem, loadItems, readStoredAsync } from './pack-reads.js';
+import { alignedBuffers, cipherFor, closePacks, decodeItem, loadItems, readStoredAsync, readStoredRemote } from './pack-reads.js';
 import type { ReadResult, ReadTask } from './tasks.js';
 
 /**
@@ -29,7 +29,7 @@ async function writeItems(task: Extract<ReadTask, { kind: 'write' }>): Promise<n
   // item continues it both in the span and on the device (a stretch, or a stretch's copy).
   const pieces: Array<{ from: number; to: number; at: number }> = [];
   try {
-    const stored = await readStoredAsync(items, held);
+    const stored = task.repository ? await readStoredRemote(items, task.repository) : await readStoredAsync(items, held);
     let growing: Array<{ from: number; to: number; at: number }> = [];
     items.forEach((item, i) => {
       const from = item.offset - first.offset;
@@ -82,6 +82,21 @@ parentPort?.on('message', (message: { id: number; task: ReadTask }) => {
   if (task.kind === 'write') {
     // Asynchronous: the next task is decoded while this one's writes run.
     writeItems(task).then((writtenBytes) => parentPort?.postMessage({ id: message.id, result: { kind: 'write', writtenBytes } satisfies ReadResult }), (e: unknown) => fail(message.id, e));
+    return;
+  }
+  if (task.kind === 'load' && task.repository) {
+    const repository = task.repository;
+    readStoredRemote(task.items, repository).then(
+      (stored) => {
+        try {
+          const data = loadItems(task.items, cipherFor(task.secret), stored);
+          parentPort?.postMessage({ id: message.id, result: { kind: 'load', data } satisfies ReadResult }, data.map((d) => d.buffer as ArrayBuffer));
+        } catch (e) {
+          fail(message.id, e);
+        }
+      },
+      (e: unknown) => fail(message.id, e),
+    );
     return;
   }
   try {

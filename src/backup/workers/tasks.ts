@@ -38,14 +38,17 @@ export type CreateResult =
 
 /** What the workers that read chunks do: a restore's, and a daemon's serving a backup. */
 export type ReadTask =
-  /** Loads and checks chunks of the repository whose secret is `secret` (null: plain); returns their bytes. */
-  | { kind: 'load'; items: LoadItem[]; secret: Uint8Array | null }
+  /**
+   * Loads and checks chunks of the repository whose secret is `secret` (null: plain); returns their
+   * bytes. Packs that are not local files (an object store's) are read by range from `repository`.
+   */
+  | { kind: 'load'; items: LoadItem[]; secret: Uint8Array | null; repository?: BackendSpec }
   /**
    * Loads and checks consecutive chunks and writes them at their offsets (zero chunks only when
    * `writeZeros`). `fd` may be opened O_DIRECT (`direct`): pieces not aligned to 4 KiB then go
    * through `bufferedFd`. A restore's workers only.
    */
-  | { kind: 'write'; items: LoadItem[]; secret: Uint8Array | null; fd: number; direct: boolean; bufferedFd: number; writeZeros: boolean }
+  | { kind: 'write'; items: LoadItem[]; secret: Uint8Array | null; repository?: BackendSpec; fd: number; direct: boolean; bufferedFd: number; writeZeros: boolean }
   /**
    * Closes the packs this worker read from folder `dir` (all with none): a served backup detached, a
    * restore done; and forgets the cipher of `secret` (an encrypted repository's key, given for that attach only).

@@ -3,16 +3,19 @@
 import * as fs from 'node:fs';
 import { attachBackup } from '../../backup/backup-attach.js';
 import { type CreateOptions, createBackup } from '../../backup/backup-create.js';
+import { copyBackups } from '../../backup/backup-copy.js';
 import { pruneRepository } from '../../backup/backup-prune.js';
+import { GROUP_BYS, type GroupBy } from '../../backup/retention-policy.js';
 import { backupDeviceName, restoreBackup } from '../../backup/backup-restore.js';
-import { verifyRepository } from '../../backup/backup-verify.js';
+import { parseSubset, verifyRepository } from '../../backup/backup-verify.js';
 import type { NbdTlsOptions } from '../../client/nbd-client.js';
 import { parseCompression, Repository } from '../../repository/repository.js';
-import { KEY_OPTIONS, newKeySource, openRepository } from '../key-options.js';
-import { backendOf, REMOTE_OPTIONS, REPO } from '../remote-options.js';
+import { KEY_OPTIONS, newKeySource, openRepository, prefixedOptions } from '../key-options.js';
+import { backendOf, REMOTE_OPTIONS, REPO, SITE_OPTIONS } from '../remote-options.js';
 import { BlkError, toBlkError } from '../../errors.js';
 import { backup as backupParams } from '../../params.js';
 import { parseSize } from '../../sizes.js';
+import { formatDuration, parseDuration } from '../../util/duration.js';
 import type { Command, CommandIo, ParsedOptions } from '../command.js';
 import { deviceRef, value, wholeNumber } from '../command.js';
 import { progressBar } from '../progress-bar.js';
@@ -79,17 +82,28 @@ export const backupCommands: Command[] = [
       repo: REPO,
       compress: { kind: 'value', help: `zstd, zstd:LEVEL (1-19) or none (default zstd:${backupParams.zstdLevel})` },
       encryption: { kind: 'value', help: 'aes-256-gcm (default: chunks, indexes and manifests sealed; a key needed to open it) or none' },
+      'object-lock': { kind: 'value', help: 'in an S3 bucket made with Object Lock: retain every object a backup needs for DAYS days from its writing (prune keeps what is retained; each backup extends what it reuses)' },
+      'object-lock-mode': { kind: 'value', help: 'compliance (default: nobody can shorten or remove a retention) or governance (those allowed to bypass it can)' },
       ...KEY_OPTIONS,
       ...REMOTE_OPTIONS,
     },
     async run(o, io) {
       const encryption = o.values.get('encryption') ?? 'aes-256-gcm';
       if (encryption !== 'aes-256-gcm' && encryption !== 'none') throw new BlkError('EINVAL', `backup_init: --encryption takes aes-256-gcm or none, not '${encryption}'`);
+      const days = wholeNumber(o, 'object-lock');
+      if (days !== undefined && !(days >= 1 && days <= 36500)) throw new BlkError('EINVAL', 'backup_init: --object-lock takes a number of days from 1 to 36500');
+      const mode = o.values.get('object-lock-mode') ?? 'compliance';
+      if (mode !== 'compliance' && mode !== 'governance') throw new BlkError('EINVAL', `backup_init: --object-lock-mode takes compliance or governance, not '${mode}'`);
+      if (days === undefined && o.values.has('object-lock-mode')) throw new BlkError('EINVAL', 'backup_init: --object-lock-mode goes with --object-lock DAYS');
       const location = value(o, 'repo');
       const key = encryption === 'none' ? null : await newKeySource(o, location);
-      const repo = await Repository.init(backendOf(o, location), { zstdLevel: parseCompression(o.values.get('compress') ?? 'zstd'), key });
+      const repo = await Repository.init(backendOf(o, location), { zstdLevel: parseCompression(o.values.get('compress') ?? 'zstd'), key, objectLock: days === undefined ? null : { days, mode } });
       const compress = repo.config.zstdLevel === null ? 'none' : `zstd:${repo.config.zstdLevel}`;
-      io.print({ repo: repo.location, compress, encryption: repo.config.encryption, ...(repo.keyId ? { key: repo.keyId } : {}) }, `repository ${repo.location} (${repo.config.encryption === 'none' ? 'not encrypted' : `encrypted, key ${repo.keyId}`})`);
+      const lock = repo.config.objectLock;
+      io.print(
+        { repo: repo.location, compress, encryption: repo.config.encryption, ...(repo.keyId ? { key: repo.keyId } : {}), ...(lock ? { objectLock: lock } : {}) },
+        `repository ${repo.location} (${repo.config.encryption === 'none' ? 'not encrypted' : `encrypted, key ${repo.keyId}`}${lock ? `; objects retained ${lock.days} days, ${lock.mode} mode` : ''})`,
+      );
     },
   },
   {
@@ -136,9 +150,11 @@ export const backupCommands: Command[] = [
   {
     name: 'backup_list',
     summary: 'List the backups of a repository, oldest first.',
-    options: { ...REPO_OPTIONS },
+    options: { ...REPO_OPTIONS, host: { kind: 'value', help: 'only the backups of this host' }, device: { kind: 'value', help: 'only the backups of this device' } },
     async run(o, io) {
-      const backups = await (await open(o)).list();
+      const host = o.values.get('host');
+      const device = o.values.get('device');
+      const backups = (await (await open(o)).list()).filter((b) => (host === undefined || b.host === host) && (device === undefined || b.devices.some((d) => d.name === device)));
       io.print({ backups }, backups.map((b) => `${b.id}  ${b.time}  ${b.host || '-'}  ${b.devices.map((d) => `${d.name} (${d.mode}, ${d.size} bytes)`).join(', ')}`).join('\n'));
     },
   },
@@ -173,39 +189,103 @@ export const backupCommands: Command[] = [
   },
   {
     name: 'backup_verify',
-    summary: 'Re-read and re-hash every chunk (or those of one backup), check every index and manifest; exit status 1 when anything is damaged.',
-    options: { ...REPO_OPTIONS, id: { kind: 'value', help: 'only this backup' } },
+    summary: 'Re-read and re-hash every chunk (or those of one backup, or a share of the packs), check every index and manifest and that every chunk a backup names is in a pack; exit status 1 when anything is damaged.',
+    options: {
+      ...REPO_OPTIONS,
+      id: { kind: 'value', help: 'only this backup' },
+      metadata: { kind: 'flag', help: 'read no chunk: check manifests, indexes, pack indexes, and that every chunk a backup names exists (fast)' },
+      'read-data-subset': { kind: 'value', help: 'read only a share of the packs: K/N (slice K of N by pack id: N runs with K = 1..N read them all) or N% (at random)' },
+      'max-duration': { kind: 'value', help: 'start no pack read after this long (30m, 2h); the result says how many packs were read' },
+    },
     async run(o, io) {
       const id = o.values.get('id');
+      const subset = o.values.get('read-data-subset');
+      const duration = o.values.get('max-duration');
+      if (subset !== undefined && o.flags.has('metadata')) throw new BlkError('EINVAL', 'backup_verify: --metadata reads no pack; --read-data-subset goes without it');
       const bar = progress(io);
-      const r = await verifyRepository(await open(o), { ...(id === undefined ? {} : { id }), progress: bar });
-      io.print(r, r.ok ? `ok: ${r.checkedChunks} chunks checked` : [`DAMAGED: ${r.badChunks.length} bad chunks; backups affected: ${r.damagedBackups.join(', ') || 'none'}`, ...r.problems.map((p) => `  ${p}`)].join('\n'));
+      const r = await verifyRepository(await open(o), {
+        ...(id === undefined ? {} : { id }),
+        ...(subset === undefined ? {} : { subset: parseSubset(subset) }),
+        ...(duration === undefined ? {} : { maxDurationMs: parseDuration(duration, '--max-duration') }),
+        metadataOnly: o.flags.has('metadata'),
+        progress: bar,
+      });
+      const read = `${r.packsChecked} of ${r.packsTotal} packs read`;
+      io.print(r, r.ok ? `ok: ${r.checkedChunks} chunks checked (${read})` : [`DAMAGED: ${r.badChunks.length} bad chunks; backups affected: ${r.damagedBackups.join(', ') || 'none'} (${read})`, ...r.problems.map((p) => `  ${p}`)].join('\n'));
       if (!r.ok) io.exitStatus = 1;
     },
   },
   {
+    name: 'backup_copy',
+    summary: "Copy backups to a second repository (local or s3://), moving only the chunks it lacks; each lands as a backup there like any other (same id, time and host), its packs read back and checked before its manifest is written. Without --id or --latest, every backup the target lacks.",
+    options: {
+      from: { ...REPO, help: 'the repository copied from: a directory, or s3://BUCKET[/PREFIX]' },
+      to: { ...REPO, help: 'the repository copied to (made with backup_init)' },
+      id: { kind: 'value', help: 'only this backup' },
+      latest: { kind: 'flag', help: 'only the newest backup' },
+      ...KEY_OPTIONS,
+      ...prefixedOptions(KEY_OPTIONS, 'to-', 'the target, when it is encrypted with another key'),
+      ...REMOTE_OPTIONS,
+      ...prefixedOptions(SITE_OPTIONS, 'from-', 'the source'),
+      ...prefixedOptions(SITE_OPTIONS, 'to-', 'the target'),
+    },
+    async run(o, io) {
+      const id = o.values.get('id');
+      const source = await openRepository(o, value(o, 'from'), {}, { site: 'from-' });
+      // The target opens with the --to- key options where given, else with the source's.
+      const ownKey = o.values.has('to-key-file') || o.values.has('to-password-file');
+      const target = await openRepository(o, value(o, 'to'), {}, { site: 'to-', keys: ownKey ? 'to-' : '' });
+      const r = await copyBackups(source, target, { ...(id === undefined ? {} : { id }), latest: o.flags.has('latest'), progress: progress(io) });
+      const lines = r.copied.map((c) => `copied ${c.id}: ${c.copiedChunks} chunks (${mib(c.copiedBytes)}) stored, ${c.presentChunks} already there`);
+      io.print(r, [...lines, ...(r.present.length > 0 ? [`already in ${target.location}: ${r.present.join(', ')}`] : [])].join('\n') || 'nothing to copy');
+    },
+  },
+  {
     name: 'backup_prune',
-    summary: 'Remove backups a policy does not keep, then the chunks no backup references. Waits for running backups before it sweeps.',
+    summary: 'Remove backups a policy does not keep, applied per group (by default each host and device); mark the chunks and index pages no backup references, and delete what an earlier prune marked once the grace period has passed and every backup, restore or verify running then has ended. One prune at a time; backups go on meanwhile.',
     options: {
       ...REPO_OPTIONS,
-      'keep-last': { kind: 'value', help: 'keep the newest N backups', isRequired: true },
-      'keep-daily': { kind: 'value', help: 'and the newest backup of each of the last N days that have one' },
-      'keep-weekly': { kind: 'value', help: 'and the newest backup of each of the last N ISO weeks that have one' },
-      'dry-run': { kind: 'flag', help: 'say what would be removed; remove nothing' },
+      'keep-last': { kind: 'value', help: 'keep the newest N backups of each group', isRequired: true },
+      'keep-hourly': { kind: 'value', help: 'and the newest backup of each of the last N hours that have one' },
+      'keep-daily': { kind: 'value', help: 'and of each of the last N days' },
+      'keep-weekly': { kind: 'value', help: 'and of each of the last N ISO weeks' },
+      'keep-monthly': { kind: 'value', help: 'and of each of the last N months' },
+      'keep-yearly': { kind: 'value', help: 'and of each of the last N years' },
+      'keep-within': { kind: 'value', help: "and every backup made within DURATION (30d, 12h, 2w) before the group's newest" },
+      'group-by': { kind: 'value', help: 'which backups the rules count together: host,device (default), device, host, or none' },
+      'dry-run': { kind: 'flag', help: 'say, per group, what would be kept (by which rule) and removed; remove nothing' },
+      'prune-grace': { kind: 'value', help: `delete what a prune marked no sooner than this after (90s, 30m, 24h, 7d; 0: at once where no session was running; default ${formatDuration(backupParams.pruneGraceMs)})` },
     },
     async run(o, io) {
       const bar = progress(io);
-      const keepDaily = wholeNumber(o, 'keep-daily');
-      const keepWeekly = wholeNumber(o, 'keep-weekly');
+      const grace = o.values.get('prune-grace');
+      const within = o.values.get('keep-within');
+      const groupBy = o.values.get('group-by') ?? 'host,device';
+      if (!(GROUP_BYS as readonly string[]).includes(groupBy)) throw new BlkError('EINVAL', `backup_prune: --group-by takes ${GROUP_BYS.join(', ')}, not '${groupBy}'`);
+      const counts: Record<string, number> = {};
+      for (const [option, key] of [['keep-hourly', 'keepHourly'], ['keep-daily', 'keepDaily'], ['keep-weekly', 'keepWeekly'], ['keep-monthly', 'keepMonthly'], ['keep-yearly', 'keepYearly']] as const) {
+        const n = wholeNumber(o, option);
+        if (n !== undefined) counts[key] = n;
+      }
       const r = await pruneRepository(await open(o), {
         keepLast: wholeNumber(o, 'keep-last') ?? 0,
-        ...(keepDaily === undefined ? {} : { keepDaily }),
-        ...(keepWeekly === undefined ? {} : { keepWeekly }),
+        ...counts,
+        ...(within === undefined ? {} : { keepWithinMs: parseDuration(within, '--keep-within') }),
+        groupBy: groupBy as GroupBy,
+        ...(grace === undefined ? {} : { graceMs: parseDuration(grace, '--prune-grace') }),
         dryRun: o.flags.has('dry-run'),
         progress: bar,
       });
       for (const w of r.warnings) process.stderr.write(`blksnap backup_prune: warning: ${w}\n`);
-      io.print(r, `${r.dryRun ? 'would remove' : 'removed'} ${r.removed.length} backups (${r.removed.join(', ') || 'none'}); kept ${r.kept.length}${r.dryRun ? '' : `; ${r.removedChunks} chunks and ${r.removedPages} index pages freed ${mib(r.freedBytes)}`}`);
+      for (const b of r.retained.backups) process.stderr.write(`blksnap backup_prune: backup ${b.id} is retained by the bucket until ${b.until}: kept\n`);
+      if (r.retained.objects > 0) process.stderr.write(`blksnap backup_prune: ${r.retained.objects} objects due for deletion are retained by the bucket: kept marked, for a prune after their retention\n`);
+      const groupLines = r.groups.map((g) => {
+        const name = [g.host, g.device].filter((x) => x !== undefined).map((x) => x || '-').join(' ') || 'all backups';
+        return `  ${name}: keep ${g.keep.map((k) => `${k.id} (${k.reasons.join(', ')})`).join(', ') || 'none'}; remove ${g.remove.join(', ') || 'none'}`;
+      });
+      const pending = r.pending.packs + r.pending.pages > 0 ? `; ${r.pending.packs} packs and ${r.pending.pages} index pages (${mib(r.pending.bytes)}) marked, deleted by a prune after ${r.pending.deletableAfter} once the backups running now have ended` : '';
+      const summary = `${r.dryRun ? 'would remove' : 'removed'} ${r.removed.length} backups (${r.removed.join(', ') || 'none'}); kept ${r.kept.length}${r.dryRun ? '' : `; ${r.removedChunks} chunks and ${r.removedPages} index pages deleted, ${mib(r.freedBytes)} freed${pending}`}`;
+      io.print(r, [summary, ...(r.dryRun ? groupLines : [])].join('\n'));
     },
   },
   {

@@ -90,7 +90,7 @@ export const snapshotCommands: Command[] = [
   },
   {
     name: 'snapshot_waitevent',
-    summary: 'Wait for the next event of a snapshot (corrupted, no_space) or the timeout.',
+    summary: 'Wait for the next event of a snapshot (corrupted, no_space, low_space) or the timeout.',
     options: { id: ID, timeout: { kind: 'value', help: 'milliseconds to wait', isRequired: true } },
     async run(o, io) {
       const e = await waitEvent(io, value(o, 'id'), wholeNumber(o, 'timeout') ?? 0);

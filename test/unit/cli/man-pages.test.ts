@@ -51,7 +51,7 @@ describe('man pages and completion', () => {
         check('bash', ['-c', `source ${file}; COMP_WORDS=(${words.map((w) => `'${w}'`).join(' ')}); COMP_CWORD=${words.length - 1}; _blksnap; echo "\${COMPREPLY[@]}"`]);
       assert.equal((await complete('blksnap', 'snapshot_t')).trim(), 'snapshot_take');
       assert.deepEqual((await complete('blksnap', 'backup_')).trim().split(' ').sort(), commands.filter((c) => c.name.startsWith('backup_')).map((c) => c.name).sort());
-      assert.equal((await complete('blksnap', 'backup_prune', '--keep-')).trim(), '--keep-last --keep-daily --keep-weekly');
+      assert.equal((await complete('blksnap', 'backup_prune', '--keep-')).trim(), '--keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --keep-yearly --keep-within');
       assert.equal((await complete('blksnap', 'ke')).trim(), 'key');
       assert.equal((await complete('blksnap', 'key', 'pa')).trim(), 'passwd');
       assert.equal((await complete('blksnap', 'key', 'add', '--new-k')).trim(), '--new-key-file');

@@ -36,6 +36,22 @@ describe('difference storage', () => {
     assert.deepEqual(events, [8]);
   });
 
+  it('low_space once, when the storage fills past its warning share of the limit, before no_space', async () => {
+    const diff = await DiffStorage.over(new MemoryStorage(0), 'file', { limit: 40 * KiB, minimum: 40 * KiB, lowSpaceShare: 0.75 });
+    const events: string[] = [];
+    diff.onLowSpace((e) => events.push(`low_space ${e.usedSectors}/${e.limitSectors}`));
+    diff.onNoSpace((e) => events.push(`no_space ${e.requestedSectors}`));
+    for (let i = 0; i < 7; i++) await diff.allocate(4 * KiB, 4 * KiB);
+    assert.deepEqual(events, [], '28 of 40 KiB: under 75 %');
+    assert.equal(diff.isLowOnSpace, false);
+    await diff.allocate(4 * KiB, 4 * KiB);
+    assert.deepEqual(events, ['low_space 64/80'], '32 of 40 KiB');
+    assert.equal(diff.isLowOnSpace, true);
+    await diff.allocate(8 * KiB, 4 * KiB);
+    await assert.rejects(diff.allocate(4 * KiB, 4 * KiB), (e: BlkError) => e.code === 'ENOSPC');
+    assert.deepEqual(events, ['low_space 64/80', 'no_space 8'], 'once each, low_space first');
+  });
+
   it('a filesystem that runs out of space lowers the limit to what is allocated', async () => {
     const store = new MemoryStorage(0);
     const diff = await DiffStorage.over(store, 'file', { limit: 1024 * KiB, minimum: 16 * KiB });
