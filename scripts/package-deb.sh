@@ -1,7 +1,9 @@
 #!/bin/sh
 # Builds blksnap_VERSION_amd64.deb with dpkg-deb from the build in dist/ (npm run package:deb):
 # the program under /usr/lib/blksnap (with its production node_modules, koffi's Linux x64 build
-# only), the two commands in /usr/bin, a systemd unit, a config file, man pages, bash completion.
+# only), the two commands in /usr/bin, a systemd unit, a config file, man pages, bash completion,
+# the sample take hooks (PostgreSQL, MySQL) under /usr/share/blksnap/hooks, and the job units
+# (blksnap-job@.service and .timer, with a generator that gives each job file its timer).
 #   sh scripts/package-deb.sh [OUTDIR]     (default dist/: build outputs stay out of the tree)
 set -eu
 cd "$(dirname "$0")/.."
@@ -69,6 +71,36 @@ RestartSec=2
 WantedBy=multi-user.target
 EOF
 
+# Scheduled jobs: blksnap-job@NAME.service runs /etc/blksnap/jobs/NAME.conf once; the generator
+# enables blksnap-job@NAME.timer for each job file with its schedule as OnCalendar.
+cat > "$stage/usr/lib/systemd/system/blksnap-job@.service" <<'EOF'
+[Unit]
+Description=blksnap backup job %i (/etc/blksnap/jobs/%i.conf)
+Documentation=man:blksnap(8)
+Requires=blksnapd.service
+After=blksnapd.service network-online.target
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/blksnap job run %i
+EOF
+cat > "$stage/usr/lib/systemd/system/blksnap-job@.timer" <<'EOF'
+[Unit]
+Description=blksnap backup job %i, on its schedule (OnCalendar from /etc/blksnap/jobs/%i.conf)
+Documentation=man:blksnap(8)
+
+[Timer]
+Persistent=true
+
+[Install]
+WantedBy=timers.target
+EOF
+mkdir -p "$stage/usr/lib/systemd/system-generators" "$stage/etc/blksnap/jobs"
+cp packaging/blksnap-job-generator "$stage/usr/lib/systemd/system-generators/blksnap-job-generator"
+chmod 0755 "$stage/usr/lib/systemd/system-generators/blksnap-job-generator" "$stage/etc/blksnap/jobs"
+chmod 0644 "$stage/usr/lib/systemd/system/blksnap-job@.service" "$stage/usr/lib/systemd/system/blksnap-job@.timer"
+
 cat > "$stage/etc/blksnap/blksnapd.conf" <<'EOF'
 # blksnapd configuration: the options of blksnapd --help, one per line ("option = value", or
 # "option" for a flag); the command line wins. Devices attached with `blksnap attach` come back
@@ -83,6 +115,11 @@ nbd = /run/blksnap/nbd.sock
 EOF
 chmod 0644 "$stage/etc/blksnap/blksnapd.conf"
 echo /etc/blksnap/blksnapd.conf > "$stage/DEBIAN/conffiles"
+
+# Sample take hooks, enabled by a link in /etc/blksnap/hooks.d (blksnapd --hooks-dir).
+mkdir -p "$stage/usr/share/blksnap/hooks" "$stage/etc/blksnap/hooks.d"
+cp packaging/hooks/postgresql packaging/hooks/mysql "$stage/usr/share/blksnap/hooks/"
+chmod 0755 "$stage/usr/share/blksnap/hooks/"* "$stage/etc/blksnap/hooks.d"
 
 for page in blksnap.8 blksnapd.8; do gzip -9n < "dist/share/man/man8/$page" > "$stage/usr/share/man/man8/$page.gz"; done
 cp dist/share/bash-completion/completions/blksnap "$stage/usr/share/bash-completion/completions/blksnap"

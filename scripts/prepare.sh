@@ -22,6 +22,8 @@ want curl curl
 want ceph-mon ceph-mon
 want ceph-osd ceph-osd
 want radosgw radosgw
+# The database of the application-consistency test (test/integration/postgresql.test.ts).
+[ -n "$(ls /usr/lib/postgresql/*/bin/pg_amcheck 2>/dev/null)" ] || need="$need postgresql"
 [ -e /usr/lib/python3/dist-packages/nbd.py ] || need="$need python3-libnbd"
 ldconfig -p 2>/dev/null | grep -q 'libzstd.so.1 ' || need="$need libzstd1"
 ldconfig -p 2>/dev/null | grep -q 'libcrypto.so.3 ' || need="$need openssl"

@@ -31,6 +31,13 @@ Options:
   --low-space-warn PERCENT
                        a snapshot gets a low_space event when its difference storage fills
                        past this share of its limit, before no_space (default 90)
+  --hooks-dir DIR      application-consistency hooks: its executables run in name order with
+                       'freeze' before each take's filesystem freeze and in reverse order with
+                       'thaw' after it; BLKSNAP_SNAPSHOT_ID, BLKSNAP_DEVICES and
+                       BLKSNAP_BLOCK_DEVICES say what is taken. A freeze hook that fails aborts
+                       the take (those frozen are thawed). Default /etc/blksnap/hooks.d
+  --hook-timeout SECONDS
+                       a hook running longer is killed and counts as failed (default 30)
   --control-group GROUP
                        members of GROUP may use the control socket too (mode 0660); without
                        it only root and the daemon's own user may

@@ -30,6 +30,8 @@ export interface Command {
   name: string;
   summary: string;
   options: Readonly<Record<string, OptionSpec>>;
+  /** The option a bare argument gives (`blksnap job run NAME`: --name NAME). */
+  positional?: string;
   run(options: ParsedOptions, io: CommandIo): Promise<void>;
 }
 
@@ -49,7 +51,8 @@ export function optionSynopsis(name: string, o: OptionSpec): string {
 }
 
 export function commandUsage(c: Command): string {
-  return `blksnap ${c.name}${Object.entries(c.options).map(([n, o]) => (o.isRequired ? ` --${n}${o.kind === 'flag' ? '' : ' VALUE'}` : '')).join('')} [options]`;
+  const required = Object.entries(c.options).map(([n, o]) => (o.isRequired ? (n === c.positional ? ` ${n.toUpperCase()}` : ` --${n}${o.kind === 'flag' ? '' : ' VALUE'}`) : '')).join('');
+  return `blksnap ${c.name}${required} [options]`;
 }
 
 export function commandHelp(c: Command): string {
@@ -69,7 +72,11 @@ export function parseOptions(c: Command, argv: readonly string[]): ParsedOptions
   const parsed: ParsedOptions = { values: new Map(), lists: new Map(), flags: new Set() };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i] as string;
-    if (!arg.startsWith('--')) throw new BlkError('EINVAL', `${c.name}: unexpected argument '${arg}'`);
+    if (!arg.startsWith('--')) {
+      if (c.positional === undefined || parsed.values.has(c.positional)) throw new BlkError('EINVAL', `${c.name}: unexpected argument '${arg}'`);
+      parsed.values.set(c.positional, arg);
+      continue;
+    }
     const eq = arg.indexOf('=');
     const name = arg.slice(2, eq < 0 ? undefined : eq);
     const spec = c.options[name] ?? COMMON[name];

@@ -37,6 +37,9 @@ export interface DaemonConfig {
   idleTimeoutMs: number;
   /** Share of a difference storage's limit past which a low_space event comes (--low-space-warn PERCENT). */
   lowSpaceShare: number;
+  /** Application-consistency hooks run at each take (--hooks-dir), and how long each may take (--hook-timeout). */
+  hooksDir: string;
+  hookTimeoutMs: number;
   /** Members of this group may use the control socket too (mode 0660); null: root and the daemon's user only. */
   controlGroup: string | null;
   /** An NBD handshake not finished by then closes the connection. */
@@ -76,6 +79,8 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
     idleTimeoutMs: nbdLimits.idleTimeoutMs,
     lowSpaceShare: snapshotLimits.lowSpaceShare,
     controlGroup: null,
+    hooksDir: '/etc/blksnap/hooks.d',
+    hookTimeoutMs: 30_000,
     handshakeTimeoutMs: nbdLimits.handshakeTimeoutMs,
     cbtRegionSize: tracking.writeIntentRegion,
     cbtSyncIntervalMs: tracking.syncIntervalMs,
@@ -155,6 +160,13 @@ export function parseDaemonArgs(argv: readonly string[], env: NodeJS.ProcessEnv 
         const percent = Number(value().replace(/%$/, ''));
         if (!(percent > 0 && percent <= 100)) throw new Error('--low-space-warn takes a percentage above 0, at most 100');
         config.lowSpaceShare = percent / 100;
+        break;
+      }
+      case '--hooks-dir': config.hooksDir = path.resolve(value()); break;
+      case '--hook-timeout': {
+        const seconds = Number(value());
+        if (!(seconds > 0 && seconds <= 3600)) throw new Error('--hook-timeout takes seconds, above 0, at most 3600');
+        config.hookTimeoutMs = seconds * 1000;
         break;
       }
       case '--control-group': {

@@ -21,6 +21,7 @@ import { backup as backupParams } from '../params.js';
 import { isProcessRunning } from '../os/process-alive.js';
 import { groupId } from '../os/credentials.js';
 import { ensurePrivateDirectory, readOwnFile, writeOwnFile } from '../os/private-dir.js';
+import { Hooks } from './hooks.js';
 
 export class Daemon {
   readonly registry = new Registry();
@@ -84,6 +85,7 @@ export class Daemon {
       storageOptions: { cachedReadMaximum: config.cachedReadMaximum, syncWriteMaximum: config.syncWriteMaximum },
       isCowCopyDirect: config.cowCopy === 'direct',
       lowSpaceShare: config.lowSpaceShare,
+      hooks: new Hooks(config.hooksDir, config.hookTimeoutMs, log),
       isLoopForAll: config.loopAll,
       state,
       keeper: new CbtKeeper({ stateDir: config.stateDir, regionSize: config.cbtRegionSize, syncIntervalMs: config.cbtSyncIntervalMs, log }),

@@ -11,6 +11,7 @@ import { defaultDeviceName, imageName, type Registry } from '../core/registry.js
 import type { Snapshot } from '../core/snapshot.js';
 import { BlkError, toBlkError } from '../errors.js';
 import { fileExtentsOn, freezeMountPoint } from '../os/async-fs.js';
+import type { Hooks } from './hooks.js';
 import type { LoopDevices } from './loop-devices.js';
 import { storeInUse, type OwnPaths } from './own-paths.js';
 import type { DeviceState } from './device-state.js';
@@ -30,6 +31,8 @@ export interface ServiceOptions {
   storageOptions: FileStorageOptions;
   /** Copy-on-write copies bypass the page cache (blksnapd --cow-copy direct). */
   isCowCopyDirect: boolean;
+  /** The application-consistency hooks run around each take. */
+  hooks: Hooks;
   /** Share of a difference storage's limit past which its snapshot gets a low_space event. */
   lowSpaceShare: number;
   /** Every attached device gets a kernel block device (blksnapd --loop). */
@@ -307,10 +310,15 @@ export class BlksnapService implements ControlService {
         }
       }
     };
+    // The hooks first (an application makes its data consistent on disk), the filesystems' freeze
+    // inside the take; thawed in the reverse order, whatever happens.
+    const context = { snapshotId: snapshot.id, devices: snapshot.devices.map((d) => d.name), blockDevices: snapshot.devices.flatMap((d) => loopDevices.get(d.name) ?? []) };
+    const frozen = await this.#o.hooks.freeze(context);
     try {
       await snapshot.take((device) => imageName(device.name), freeze);
     } finally {
       for (const { thaw, mountPoint } of thaws) await thaw().catch((e: unknown) => log(`cannot thaw ${mountPoint}: ${String(e)}`));
+      await this.#o.hooks.thaw(frozen, context);
     }
     // The CBT switch is durable before snapshot_take answers; the devices' files are
     // their own, so their saves (each ending in fsyncs) run at once.

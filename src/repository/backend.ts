@@ -68,6 +68,8 @@ export interface Backend {
   listTree(folder: string): Promise<string[]>;
   /** An object's size, or null when there is none. */
   size(name: string): Promise<number | null>;
+  /** The bytes of every object of the repository (one listing in an object store). */
+  totalBytes(): Promise<number>;
   /**
    * When an object was last written, by the store's clock (ms since the epoch; an object store's to
    * the second), or null when there is none: a prune tells by it whether a marked object was written again.

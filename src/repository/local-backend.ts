@@ -116,6 +116,16 @@ export class LocalBackend implements Backend {
     }
   }
 
+  async totalBytes(): Promise<number> {
+    let total = 0;
+    for (const entry of await fs.promises.readdir(this.dir, { recursive: true, withFileTypes: true })) {
+      if (!entry.isFile()) continue;
+      const st = await fs.promises.stat(path.join(entry.parentPath, entry.name)).catch(() => null);
+      total += st?.size ?? 0;
+    }
+    return total;
+  }
+
   async modified(name: string): Promise<number | null> {
     try {
       return (await fs.promises.stat(this.#path(name))).mtimeMs;

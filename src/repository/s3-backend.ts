@@ -279,6 +279,22 @@ export class S3Backend implements Backend {
     }
   }
 
+  async totalBytes(): Promise<number> {
+    const { client, sdk } = await this.#s3();
+    let total = 0;
+    let token: string | undefined;
+    try {
+      do {
+        const r = await client.send(new sdk.ListObjectsV2Command({ Bucket: this.spec.bucket, Prefix: this.spec.prefix, ...(token ? { ContinuationToken: token } : {}) }));
+        for (const o of r.Contents ?? []) total += o.Size ?? 0;
+        token = r.IsTruncated ? r.NextContinuationToken : undefined;
+      } while (token);
+    } catch (e) {
+      throw this.#error(e, 'the repository');
+    }
+    return total;
+  }
+
   async modified(name: string): Promise<number | null> {
     const { client, sdk } = await this.#s3();
     try {

@@ -3,7 +3,8 @@ import type { Command } from '../command.js';
 import { backupCommands } from './backup.js';
 import { cbtCommands } from './cbt.js';
 import { deviceCommands } from './device.js';
+import { jobCommands } from './job.js';
 import { keyCommands } from './key.js';
 import { snapshotCommands } from './snapshot.js';
 
-export const commands: readonly Command[] = [...deviceCommands, ...cbtCommands, ...snapshotCommands, ...backupCommands, ...keyCommands];
+export const commands: readonly Command[] = [...deviceCommands, ...cbtCommands, ...snapshotCommands, ...backupCommands, ...keyCommands, ...jobCommands];
