@@ -22,6 +22,10 @@ want curl curl
 want ceph-mon ceph-mon
 want ceph-osd ceph-osd
 want radosgw radosgw
+# The RPM package's build and check (test/integration/rpm-package.test.ts).
+want rpmbuild rpm
+want rpmlint rpmlint
+want gpg gnupg
 # The database of the application-consistency test (test/integration/postgresql.test.ts).
 [ -n "$(ls /usr/lib/postgresql/*/bin/pg_amcheck 2>/dev/null)" ] || need="$need postgresql"
 [ -e /usr/lib/python3/dist-packages/nbd.py ] || need="$need python3-libnbd"

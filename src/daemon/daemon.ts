@@ -22,6 +22,7 @@ import { isProcessRunning } from '../os/process-alive.js';
 import { groupId } from '../os/credentials.js';
 import { ensurePrivateDirectory, readOwnFile, writeOwnFile } from '../os/private-dir.js';
 import { Hooks } from './hooks.js';
+import { sdNotify, watchdogIntervalMs } from '../os/sd-notify.js';
 
 export class Daemon {
   readonly registry = new Registry();
@@ -34,6 +35,7 @@ export class Daemon {
   #pidFile: string;
   #hasPidFile = false;
   #backupWorkers: WorkerPool<'attach'> | undefined;
+  #watchdog: NodeJS.Timeout | undefined;
   #tls: TlsServer | null;
   #controlGroup: number | null;
 
@@ -136,9 +138,28 @@ export class Daemon {
     const tls = this.config.tls === null ? ' in the clear (--tls off)' : ' with TLS';
     const tcp = this.nbd.tcpPort === undefined ? '' : `, nbd tcp port ${this.nbd.tcpPort}${tls}`;
     this.#log(`ready: control ${this.config.controlPath}, nbd ${this.config.nbdPath}${tcp}`);
+    // systemd (Type=notify): ready once the sockets answer and the devices are back; the watchdog
+    // is fed from this event loop, so a loop that stalls is what the watchdog sees.
+    this.#notify(`READY=1\nSTATUS=serving ${this.registry.devices().length} devices`);
+    const watchdog = watchdogIntervalMs();
+    if (watchdog !== null) {
+      this.#watchdog = setInterval(() => this.#notify('WATCHDOG=1'), Math.max(1000, watchdog / 2));
+      this.#watchdog.unref();
+    }
+  }
+
+  /** Tells systemd `state` where it asked to be told; a failure is logged, never fatal. */
+  #notify(state: string): void {
+    try {
+      sdNotify(state);
+    } catch (e) {
+      this.#log(`cannot notify systemd (${state.split('\n')[0]}): ${(e as Error).message}`);
+    }
   }
 
   async stop(): Promise<void> {
+    this.#notify('STOPPING=1');
+    if (this.#watchdog) clearInterval(this.#watchdog);
     await this.metrics?.close();
     await this.control.close();
     await this.service.destroyAll();

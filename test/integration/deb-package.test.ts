@@ -1,7 +1,7 @@
 // The Debian package: built with dpkg-deb, lintian without errors, installed on this machine, the
 // service started (systemd where it runs, else the unit's ExecStart by hand), used with the tool's
-// defaults, blksnap-tests (the scenario suite) run from the installed package, then purged leaving
-// nothing behind.
+// defaults, a job run as its unit runs it, blksnap-tests (the scenario suite) run from the installed
+// package, then purged leaving nothing behind.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -50,6 +50,20 @@ describe('Debian package', { skip: missing('dpkg-deb', 'dpkg', 'lintian', 'qemu-
       const attached = JSON.parse(await check('blksnap', ['attach', '--device', disk, '--json'])) as { name: string; uri: string };
       await check('qemu-io', ['-f', 'raw', '-c', 'write 0 1M', attached.uri]);
       assert.match(await check('blksnap', ['cbtinfo', '--device', attached.name]), /changes_number=0/);
+      // A job, run as its timer's unit runs it (by the unit's command where systemd does not run).
+      for (const f of ['/usr/lib/systemd/system/blksnap-job@.service', '/usr/lib/systemd/system/blksnap-job@.timer', '/usr/lib/systemd/system-generators/blksnap-job-generator', '/usr/share/blksnap/hooks/postgresql', '/usr/share/blksnap/hooks/mysql']) assert.ok(fs.existsSync(f), f);
+      const repoDir = path.join(dir, 'svc-repo');
+      await check('blksnap', ['backup_init', '--repo', repoDir, '--encryption', 'none']);
+      fs.writeFileSync('/etc/blksnap/jobs/svc.conf', `repo = ${repoDir}\ndevices = ${attached.name}\nschedule = hourly\nkeep-last = 3\nverify = 1/2\n`);
+      const jobUnit = fs.readFileSync('/usr/lib/systemd/system/blksnap-job@.service', 'utf8');
+      const jobExec = (/^ExecStart=(.*)$/m.exec(jobUnit)?.[1] ?? '').replace(/%i/g, 'svc').split(' ');
+      const ran = await run(jobExec[0] as string, jobExec.slice(1), { timeoutMs: 120_000 });
+      assert.equal(ran.code, 0, ran.stderr);
+      assert.match(ran.stdout, /job svc: ok/);
+      const generated = path.join(dir, 'generated');
+      await check('/usr/lib/systemd/system-generators/blksnap-job-generator', [generated]);
+      assert.match(fs.readFileSync(path.join(generated, 'blksnap-job@svc.timer.d', '50-schedule.conf'), 'utf8'), /OnCalendar=hourly/);
+      fs.rmSync('/etc/blksnap/jobs/svc.conf');
       await check('blksnap', ['detach', '--device', attached.name]);
       // blksnap's tests from the installed package: the scenario suite against the installed program.
       // Without this test runner's own context, the suite reports as a run of its own (TAP on stdout).
