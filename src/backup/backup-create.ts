@@ -43,6 +43,11 @@ export interface CreateOptions {
   progress?: Progress;
   /** The host the backup is recorded under (default: the hostname): its incremental base is the newest backup of the same host and device. */
   host?: string;
+  /**
+   * Trim what is read on the image: the snapshot releases those chunks' space in its difference
+   * storage, so a long backup of a busy device needs less of it.
+   */
+  discardAfterRead?: boolean;
   /** Runs after the take, before any read: the images as the backup will read them (a test copies them). */
   afterTake?: (images: Array<{ device: string; uri: string }>) => Promise<void>;
 }
@@ -225,7 +230,7 @@ async function backupDevice(
     const slot = freeSlots.pop();
     return slot === undefined ? undefined : Buffer.from(slots, slot * slotBytes, length);
   };
-  await readRuns({ uri, size, chunkSize, runs, bufferFor, ...(o.tls ? { tls: o.tls } : {}) }, async (run, data) => {
+  await readRuns({ uri, size, chunkSize, runs, bufferFor, ...(o.tls ? { tls: o.tls } : {}), ...(o.discardAfterRead ? { discardAfterRead: true } : {}) }, async (run, data) => {
     const bytes = data.length;
     readBytes += bytes;
     const lengths = Array.from({ length: run.count }, (_, i) => Math.min(chunkSize, size - (run.first + i) * chunkSize));

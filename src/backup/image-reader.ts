@@ -55,6 +55,8 @@ export interface ReadPlan {
   tls?: NbdTlsOptions;
   /** A buffer to read `length` bytes into (its first `length` bytes are used), or none for a new one. */
   bufferFor?: (length: number) => Buffer | undefined;
+  /** Trim each run on the image once read: the snapshot releases what the backup has (--discard-after-read). */
+  discardAfterRead?: boolean;
 }
 
 /**
@@ -73,6 +75,7 @@ export async function readRuns(plan: ReadPlan, consume: (run: ChunkRun, data: Bu
         const offset = run.first * plan.chunkSize;
         const length = Math.min(run.count * plan.chunkSize, plan.size - offset);
         const data = await client.read(offset, length, plan.bufferFor?.(length));
+        if (plan.discardAfterRead) await client.trim(offset, length);
         await consume(run, data);
       }
     };

@@ -307,6 +307,10 @@ export class NbdClient {
     await this.#request(w.NBD_CMD_WRITE_ZEROES, mayTrim ? 0 : w.NBD_CMD_FLAG_NO_HOLE, offset, length, undefined, 'write zeroes');
   }
 
+  async trim(offset: number, length: number): Promise<void> {
+    await this.#request(w.NBD_CMD_TRIM, 0, offset, length, undefined, 'trim');
+  }
+
   async flush(): Promise<void> {
     await this.#request(w.NBD_CMD_FLUSH, 0, 0, 0, undefined, 'flush');
   }

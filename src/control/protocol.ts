@@ -213,6 +213,8 @@ export interface SnapshotInfo {
   errorCode: number;
   /** The device's image once the snapshot is taken, else null. */
   image: ImageInfo | null;
+  /** The snapshot's difference storage: bytes holding originals now, the most they have been, and the limit. */
+  diffStorage?: { usedBytes: number; peakBytes: number; limitBytes: number };
 }
 
 export interface SnapshotEventResult {

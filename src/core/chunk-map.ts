@@ -21,6 +21,8 @@ export const ChunkState = {
   Stored: 2,
   /** Storing failed; the snapshot is corrupted. */
   Failed: 3,
+  /** Discarded from the image (a backup that read it let it go): reads zeros, kept nowhere, copied never. */
+  Discarded: 4,
 } as const;
 
 /** Where byte `pos` of kept chunk i lies in the difference storage, by the chunks' slots (also from other threads). */

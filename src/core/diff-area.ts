@@ -87,7 +87,12 @@ export class DiffArea {
       while ((j + 1) * chunks.chunkSize < end && (chunks.state[j + 1] === ChunkState.Untouched) === isUntouched) j++;
       const runEnd = Math.min(end, (j + 1) * chunks.chunkSize);
       if (!isUntouched) {
-        push({ offset: pos, length: runEnd - pos, isHole: false, isZero: false });
+        // Kept chunks are data; discarded ones read as zeros.
+        for (let k = chunks.first(pos); k * chunks.chunkSize < runEnd; k++) {
+          const from = Math.max(pos, k * chunks.chunkSize);
+          const isDiscarded = chunks.state[k] === ChunkState.Discarded;
+          push({ offset: from, length: Math.min(runEnd, (k + 1) * chunks.chunkSize) - from, isHole: isDiscarded, isZero: isDiscarded });
+        }
         pos = runEnd;
         continue;
       }
@@ -175,6 +180,12 @@ export class DiffArea {
         if (state === ChunkState.Stored) {
           const pieceEnd = Math.min(end, (chunks.lastOfRun(i, end, state) + 1) * chunks.chunkSize);
           work.push(this.#diff.read(chunks.keptAt(i, pos), into.subarray(pos - offset, pieceEnd - offset)));
+          pos = pieceEnd;
+          continue;
+        }
+        if (state === ChunkState.Discarded) {
+          const pieceEnd = Math.min(end, (chunks.lastOfRun(i, end, state) + 1) * chunks.chunkSize);
+          into.fill(0, pos - offset, pieceEnd - offset);
           pos = pieceEnd;
           continue;
         }
@@ -267,6 +278,29 @@ export class DiffArea {
     return sent;
   }
 
+  /**
+   * Discards whole chunks of [offset, offset+length) from the image (a backup lets go of what it has
+   * read): a kept original's slot is released for reuse and its space given back to the store; an
+   * untouched chunk will never be copied. Either then reads as zeros. Chunks only partly in the
+   * range stay as they are. A copy in flight is waited for, then released.
+   */
+  async discardImage(offset: number, length: number): Promise<void> {
+    this.#checkHealthy();
+    const { chunks } = this;
+    const first = Math.ceil(offset / chunks.chunkSize);
+    const end = Math.min(offset + length, chunks.capacity);
+    for (let i = first; i < chunks.chunkCount && Math.min((i + 1) * chunks.chunkSize, chunks.capacity) <= end; i++) {
+      if (chunks.state[i] === ChunkState.Copying) await this.#copies.get(i);
+      const state = chunks.state[i];
+      if (state === ChunkState.Untouched) Atomics.store(chunks.state, i, ChunkState.Discarded);
+      else if (state === ChunkState.Stored) {
+        // Discarded before the slot goes: a reader that sees the state never reads a reused slot.
+        Atomics.store(chunks.state, i, ChunkState.Discarded);
+        await this.#diff.release((chunks.slot[i] as number) * chunks.chunkSize, chunks.chunkSize);
+      }
+    }
+  }
+
   /** Writes the image: the chunk's original is kept first, then the write lands on the kept copy. */
   async writeImage(offset: number, data: Uint8Array): Promise<void> {
     this.#checkHealthy();
@@ -276,6 +310,7 @@ export class DiffArea {
     try {
       for (let pos = offset; pos < end; ) {
         const i = chunks.first(pos);
+        if (chunks.state[i] === ChunkState.Discarded) await this.#ensureZeroSlot(i);
         await this.#ensureCopied(i);
         if (chunks.state[i] !== ChunkState.Stored) throw this.#imageError();
         const pieceEnd = Math.min(end, (i + 1) * chunks.chunkSize);
@@ -323,6 +358,28 @@ export class DiffArea {
     return new BlkError('EIO', `snapshot image of ${this.deviceName} is corrupted${cause ? `: ${cause.toString()}` : ''}`);
   }
 
+  /** A discarded chunk written again: a slot of zeros first (the image reads zeros there), then it is kept as any other. */
+  #ensureZeroSlot(i: number): Promise<void> {
+    const { chunks } = this;
+    const inFlight = this.#copies.get(i);
+    if (inFlight) return inFlight;
+    Atomics.store(chunks.state, i, ChunkState.Copying);
+    const filling = (async () => {
+      try {
+        const at = await this.#diff.allocate(chunks.chunkSize, chunks.chunkSize);
+        await this.#diff.write(at, new Uint8Array(chunks.lengthOf(i, 1)));
+        chunks.slot[i] = at / chunks.chunkSize;
+        Atomics.store(chunks.state, i, ChunkState.Stored);
+      } catch (e) {
+        chunks.state[i] = ChunkState.Failed;
+        this.closeReadGate();
+        this.#health.corrupt(this.deviceName, toBlkError(e));
+      }
+    })().finally(() => this.#copies.delete(i));
+    this.#copies.set(i, filling);
+    return filling;
+  }
+
   #ensureCopied(i: number): Promise<void> | undefined {
     return this.#ensureCopiedFrom(i, i).copy;
   }
@@ -337,11 +394,13 @@ export class DiffArea {
   #ensureCopiedFrom(i: number, last: number): { copy: Promise<void> | undefined; count: number } {
     const { chunks } = this;
     const state = chunks.state[i];
-    if (state === ChunkState.Stored || state === ChunkState.Failed) return { copy: undefined, count: 1 };
+    // Kept, failed, or discarded (nobody reads its original any more): nothing to copy.
+    if (state === ChunkState.Stored || state === ChunkState.Failed || state === ChunkState.Discarded) return { copy: undefined, count: 1 };
     const inFlight = this.#copies.get(i);
     if (inFlight) return { copy: inFlight, count: 1 };
     if (this.#health.error || this.#isStopped) return { copy: undefined, count: 1 }; // corrupted or destroyed: copy-on-write has stopped
-    const most = Math.max(1, Math.min(this.#maximumInQueue, Math.floor(params.copyRunMaximumBytes / chunks.chunkSize)));
+    // Slots given back (discarded chunks) are single: while there are some, a copy takes one chunk.
+    const most = this.#diff.hasFreeSlot ? 1 : Math.max(1, Math.min(this.#maximumInQueue, Math.floor(params.copyRunMaximumBytes / chunks.chunkSize)));
     let end = i + 1;
     while (end <= last && end - i < most && chunks.state[end] === ChunkState.Untouched) end++;
     // Atomic: ordered before this write's look at the pins of other threads' reads (#copyRange).

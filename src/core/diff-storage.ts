@@ -56,6 +56,11 @@ export class DiffStorage {
   readonly onLowSpace = this.#lowSpace.event;
   #lowSpaceShare: number;
   #isLowSpaceRaised = false;
+  /** Slots given back (discarded chunks), each `#freeSlotBytes` long: a copy of that size takes one before new space. */
+  #freeSlots: number[] = [];
+  #freeSlotBytes = 0;
+  #releasedBytes = 0;
+  #peakUsed = 0;
   /**
    * Copies go here when set (O_DIRECT, into new slots only); reads and image writes use the store's
    * page cache, with read-ahead off so that no page of a slot is cached before its copy is written.
@@ -119,9 +124,35 @@ export class DiffStorage {
     return this.#limit;
   }
 
-  /** Bytes given out to chunk copies so far. */
+  /** Bytes holding originals now: given out, less what discarded chunks gave back. */
   get used(): number {
-    return this.#filled;
+    return this.#filled - this.#releasedBytes;
+  }
+
+  /** Whether a slot given back waits to be taken again (then copies go a chunk at a time, into those). */
+  get hasFreeSlot(): boolean {
+    return this.#freeSlots.length > 0;
+  }
+
+  /** The most `used` has been. */
+  get peak(): number {
+    return Math.max(this.#peakUsed, this.used);
+  }
+
+  /**
+   * Gives a slot back (a discarded chunk): its space is returned to the store (a hole punched, or
+   * discarded on a block device) and the next copy of its size takes it before new space.
+   */
+  async release(offset: number, length: number): Promise<void> {
+    if (this.#freeSlotBytes !== length) {
+      // One slot size at a time (the chunk size of the devices being discarded).
+      this.#freeSlots = [];
+      this.#freeSlotBytes = length;
+    }
+    this.#releasedBytes += length;
+    // Free for reuse only once the hole is punched: a copy into the slot must not be punched away.
+    await this.store.trim(offset, length).catch(() => undefined);
+    if (this.#freeSlotBytes === length) this.#freeSlots.push(offset);
   }
 
   /** Bytes usable now (allocated file size, or the device's usable size). */
@@ -134,10 +165,16 @@ export class DiffStorage {
    * no_space event) when the limit or the store's space is exhausted.
    */
   async allocate(length: number, alignment: number): Promise<number> {
+    if (length === this.#freeSlotBytes && this.#freeSlots.length > 0 && length % alignment === 0) {
+      this.#releasedBytes -= length;
+      this.#peakUsed = Math.max(this.#peakUsed, this.used);
+      return this.#freeSlots.pop() as number;
+    }
     for (;;) {
       const offset = Math.ceil(this.#filled / alignment) * alignment;
       if (offset + length <= this.#capacity) {
         this.#filled = offset + length;
+        this.#peakUsed = Math.max(this.#peakUsed, this.used);
         if (!this.#isLowSpaceRaised && this.#filled >= this.#lowSpaceShare * this.#limit) this.#raiseLowSpace();
         // In the background: a failure here shows again at the allocation that has to wait for growth.
         if (this.#capacity - this.#filled < this.minimum / 2) this.#startGrowth().catch(() => undefined);

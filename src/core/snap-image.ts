@@ -18,7 +18,8 @@ export class SnapImage implements BlockDevice {
   readonly name: string;
   readonly size: number;
   readonly isReadOnly = false;
-  readonly canTrim = false;
+  /** A trim discards whole chunks (a backup letting go of what it read: backup_create --discard-after-read). */
+  readonly canTrim = true;
   /**
    * Image reads may answer at once, or go by sendfile from untouched chunks (a write to those waits
    * until the client has read them: an image's bytes never change once read); its writes land on
@@ -92,10 +93,14 @@ export class SnapImage implements BlockDevice {
     }
   }
 
-  /** Deallocation is advisory: an image keeps its data. */
-  async trim(offset: number, length: number): Promise<void> {
-    this.#gate.enterWrite('image trim', offset, length);
-    this.#gate.leave();
+  /**
+   * Discards the whole chunks of the range: their kept originals' space goes back to the difference
+   * storage, untouched ones will never be copied, and both read as zeros from now on. It is a release,
+   * not a change: the CBT maps are not marked (a backup discards what it has read, and the next
+   * backup need not read it again).
+   */
+  trim(offset: number, length: number): Promise<void> {
+    return this.#gate.around('image trim', offset, length, () => this.#area.discardImage(offset, length));
   }
 
   flush(): Promise<void> {

@@ -68,6 +68,9 @@ export class Metrics {
     gauge('blksnap_snapshot_diff_storage_used_bytes', "bytes of a snapshot's difference storage holding originals", ['snapshot'], (g) => {
       for (const s of devices.snapshots()) if (s.diffStorage) g.set({ snapshot: s.id }, s.diffStorage.used);
     });
+    gauge('blksnap_snapshot_diff_storage_peak_bytes', "the most bytes a snapshot's difference storage has held", ['snapshot'], (g) => {
+      for (const s of devices.snapshots()) if (s.diffStorage) g.set({ snapshot: s.id }, s.diffStorage.peak);
+    });
     gauge('blksnap_snapshot_diff_storage_limit_bytes', "the limit of a snapshot's difference storage", ['snapshot'], (g) => {
       for (const s of devices.snapshots()) if (s.diffStorage) g.set({ snapshot: s.id }, s.diffStorage.limit);
     });

@@ -360,6 +360,7 @@ export class BlksnapService implements ControlService {
       id,
       errorCode: snapshot.error ? -snapshot.error.errno : 0,
       image: image ? { name: image.name, uri: this.#o.exportUri(image.name), ...(blockDevice ? { blockDevice } : {}) } : null,
+      ...(snapshot.diffStorage ? { diffStorage: { usedBytes: snapshot.diffStorage.used, peakBytes: snapshot.diffStorage.peak, limitBytes: snapshot.diffStorage.limit } } : {}),
     };
   }
 

@@ -119,6 +119,7 @@ export const backupCommands: Command[] = [
       full: { kind: 'flag', help: 'read every allocated block, even where an incremental could be made' },
       host: { kind: 'value', help: "the host the backup is recorded under (default: this machine's hostname); the incremental base is the newest backup of the same host and device" },
       'read-fronts': { kind: 'value', help: `places of a device read at once, 1-16 (default ${backupParams.readFronts}; 1 for a rotating disk)` },
+      'discard-after-read': { kind: 'flag', help: "trim what is read on the snapshot's image: the chunks read give their difference storage back, so a long backup of a busy device needs less of it" },
       nbd: { kind: 'value', help: "read the images over the daemon's TCP listener HOST:PORT (default: its Unix socket); needs TLS credentials or --tls off" },
       tls: { kind: 'value', help: 'with --nbd: off reads the images in the clear (refused otherwise without credentials)' },
       'tls-certs': { kind: 'value', help: 'with --nbd: TLS with X.509, QEMU\'s layout (ca-cert.pem; client-cert.pem, client-key.pem)' },
@@ -140,6 +141,7 @@ export const backupCommands: Command[] = [
         full: o.flags.has('full'),
         ...(o.values.has('host') ? { host: hostOption(o.values.get('host') as string) } : {}),
         ...(readFronts === undefined ? {} : { readFronts }),
+        discardAfterRead: o.flags.has('discard-after-read'),
         progress: bar,
       });
       for (const w of r.warnings) process.stderr.write(`blksnap backup_create: warning: ${w}\n`);

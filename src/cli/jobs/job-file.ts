@@ -10,6 +10,7 @@
 //   verify = 1/7                        each run reads this share of the packs (K/N rotates through
 //                                       the N slices run by run; N%; metadata; none)
 //   on-overlap = wait                   a run that finds the previous one running: wait, or skip
+//   discard-after-read = yes            the backup releases what it read from the snapshot
 //   key-file = /root/repo.key           an encrypted repository's key (or password-file)
 //   s3-endpoint = https://rgw:7480      and the other remote options of backup_create
 //   metrics-textfile = /var/lib/prometheus/node-exporter   node_exporter's textfile directory
@@ -31,6 +32,8 @@ export interface Job {
   pruneGraceMs?: number;
   verify: { kind: 'none' } | { kind: 'metadata' } | { kind: 'slices'; of: number } | { kind: 'fraction'; fraction: number };
   onOverlap: 'wait' | 'skip';
+  /** The backup trims what it read on the image (backup_create --discard-after-read). */
+  discardAfterRead: boolean;
   /** Options handed to the repository commands as they are (key-file, s3-endpoint, cache-dir, …). */
   repoOptions: Record<string, string>;
   host?: string;
@@ -66,7 +69,7 @@ export function readJob(name: string, dir = JOBS_DIR): Job {
     if (values.has(m[1] as string)) throw new BlkError('EINVAL', `${file}:${i + 1}: ${m[1]} is given twice`);
     values.set(m[1] as string, { value: (m[2] as string).trim(), line: i + 1 });
   });
-  const known = new Set(['repo', 'devices', 'schedule', 'verify', 'on-overlap', 'host', 'diff-storage', 'metrics-textfile', 'keep-within', 'prune-grace', ...KEEP_KEYS, ...REPO_KEYS]);
+  const known = new Set(['repo', 'devices', 'schedule', 'verify', 'on-overlap', 'host', 'diff-storage', 'discard-after-read', 'metrics-textfile', 'keep-within', 'prune-grace', ...KEEP_KEYS, ...REPO_KEYS]);
   for (const [key, { line }] of values) if (!known.has(key)) throw new BlkError('EINVAL', `${file}:${line}: unknown key '${key}'`);
   const at = (key: string): string => `${file}:${values.get(key)?.line ?? 0}`;
   const required = (key: string): string => {
@@ -109,6 +112,8 @@ export function readJob(name: string, dir = JOBS_DIR): Job {
   const devices = required('devices').split(/\s+/);
   const optional = (key: string): string | undefined => values.get(key)?.value || undefined;
   const grace = optional('prune-grace');
+  const discard = optional('discard-after-read') ?? 'no';
+  if (discard !== 'yes' && discard !== 'no') throw new BlkError('EINVAL', `${at('discard-after-read')}: discard-after-read takes yes or no, not '${discard}'`);
   const host = optional('host');
   const diffStorage = optional('diff-storage');
   const metricsTextfile = optional('metrics-textfile');
@@ -122,6 +127,7 @@ export function readJob(name: string, dir = JOBS_DIR): Job {
     ...(grace === undefined ? {} : { pruneGraceMs: parseDuration(grace, `${at('prune-grace')}: prune-grace`) }),
     verify,
     onOverlap,
+    discardAfterRead: discard === 'yes',
     repoOptions,
     ...(host === undefined ? {} : { host }),
     ...(diffStorage === undefined ? {} : { diffStorage }),

@@ -134,7 +134,7 @@ export async function runJob(job: Job, o: RunOptions): Promise<JobRunResult> {
     const options: ParsedOptions = { values: new Map(Object.entries(job.repoOptions)), lists: new Map(), flags: new Set() };
     const repo = await openRepository(options, job.repo);
     const client = await o.client();
-    const made = await createBackup(repo, client, { devices: job.devices, ...(job.host ? { host: job.host } : {}), ...(job.diffStorage ? { diffStorage: job.diffStorage } : {}) });
+    const made = await createBackup(repo, client, { devices: job.devices, ...(job.host ? { host: job.host } : {}), ...(job.diffStorage ? { diffStorage: job.diffStorage } : {}), discardAfterRead: job.discardAfterRead });
     record.runs++;
     result.backup = { id: made.id, readBytes: made.devices.reduce((a, d) => a + d.readBytes, 0), storedBytes: made.devices.reduce((a, d) => a + d.storedBytes, 0) };
     const k = job.keep;

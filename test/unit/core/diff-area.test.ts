@@ -1,4 +1,4 @@
-// Copy-on-write races, deliberately: concurrent device writes, image reads and image writes over slow stores.
+// Copy-on-write races, deliberately: concurrent device writes, image reads, writes and discards over slow stores.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -51,8 +51,18 @@ class JitteryStorage extends MemoryStorage {
 /** A difference storage over a memory store, with a byte limit. */
 function memoryDiff(store: MemoryStorage, limit: number): DiffStorage {
   let filled = 0;
+  // Released slots (discarded chunks) are taken again first, as DiffStorage does; their bytes are
+  // spoiled at release, so a read of one a chunk no longer owns shows.
+  const free: number[] = [];
   return {
+    release: async (offset: number, length: number) => {
+      // The hole punched in the thread pool, some turns later; the slot free only after.
+      await new Promise((r) => setImmediate(r));
+      store.bytes.fill(0xee, offset, offset + length);
+      free.push(offset);
+    },
     allocate: async (length: number, alignment: number) => {
+      if (length === CHUNK && free.length > 0) return free.pop();
       const at = Math.ceil(filled / alignment) * alignment;
       if (at + length > limit) throw new BlkError('ENOSPC', 'full');
       filled = at + length;
@@ -102,6 +112,7 @@ const op = fc.oneof(
   fc.record({ kind: fc.constant('deviceWrite' as const), offset: fc.nat(SIZE - 1), length: fc.integer({ min: 1, max: 3 * CHUNK }), byte: fc.integer({ min: 1, max: 255 }) }),
   fc.record({ kind: fc.constant('imageRead' as const), offset: fc.nat(SIZE - 1), length: fc.integer({ min: 1, max: 3 * CHUNK }) }),
   fc.record({ kind: fc.constant('imageWrite' as const), offset: fc.nat(SIZE - 1), length: fc.integer({ min: 1, max: 3 * CHUNK }), byte: fc.integer({ min: 1, max: 255 }) }),
+  fc.record({ kind: fc.constant('imageDiscard' as const), offset: fc.nat(SIZE - 1), length: fc.integer({ min: 1, max: 4 * CHUNK }) }),
 );
 
 /** Writes `data` as parts arriving over time (as a large NBD payload), `parts` pieces a few event-loop turns apart. */
@@ -157,6 +168,12 @@ function imagesUnderRaces(makeDiff: (jitter: () => number) => Promise<DiffStorag
           if (o.kind === 'deviceWrite') running.push(Promise.resolve(device.write(o.offset, data, IoFlag.None)));
           // A payload arriving in parts, some event-loop turns apart, while everything else runs.
           else running.push(streamInParts(device, o.offset, data, o.kind === 'deviceStream' ? o.parts : 1, jitter));
+        } else if (o.kind === 'imageDiscard') {
+          // The whole chunks of the range read as zeros from now on (a backup letting go of what it read).
+          if (overlaps(busyImage, o.offset, end) || overlaps(busyImageReads, o.offset, end)) await Promise.all(running);
+          for (let c = Math.ceil(o.offset / CHUNK); c * CHUNK < SIZE && Math.min((c + 1) * CHUNK, SIZE) <= end; c++) expectImage.fill(0, c * CHUNK, Math.min((c + 1) * CHUNK, SIZE));
+          busyImage.push([o.offset, end]);
+          running.push(area.discardImage(o.offset, length));
         } else if (o.kind === 'imageWrite') {
           // Like any block device, an image read racing an image write of the same bytes may see
           // either; the model keeps them apart (reads racing *device* writes are the point).

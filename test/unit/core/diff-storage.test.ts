@@ -52,6 +52,30 @@ describe('difference storage', () => {
     assert.deepEqual(events, ['low_space 64/80', 'no_space 8'], 'once each, low_space first');
   });
 
+  it('a released slot (a discarded chunk) is taken again only once its hole is punched; used and peak follow', async () => {
+    const store = new MemoryStorage(0);
+    const diff = await DiffStorage.over(store, 'file', { limit: 64 * KiB, minimum: 64 * KiB });
+    const a = await diff.allocate(4 * KiB, 4 * KiB);
+    const b = await diff.allocate(4 * KiB, 4 * KiB);
+    assert.deepEqual([diff.used, diff.peak], [8 * KiB, 8 * KiB]);
+    let punch = (): void => undefined;
+    const trims: Array<[number, number]> = [];
+    store.trim = (offset: number, length: number) => {
+      trims.push([offset, length]);
+      return new Promise<void>((r) => (punch = r));
+    };
+    const released = diff.release(a, 4 * KiB);
+    // While the hole is still being punched, a copy must get other space: the punch would wipe it.
+    const c = await diff.allocate(4 * KiB, 4 * KiB);
+    assert.notEqual(c, a);
+    punch();
+    await released;
+    assert.deepEqual(trims, [[a, 4 * KiB]]);
+    assert.equal(await diff.allocate(4 * KiB, 4 * KiB), a, 'then the slot is taken again before new space');
+    assert.deepEqual([diff.used, diff.peak], [12 * KiB, 12 * KiB]);
+    assert.ok(b !== a && b !== c);
+  });
+
   it('a filesystem that runs out of space lowers the limit to what is allocated', async () => {
     const store = new MemoryStorage(0);
     const diff = await DiffStorage.over(store, 'file', { limit: 1024 * KiB, minimum: 16 * KiB });
