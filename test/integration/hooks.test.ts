@@ -2,12 +2,15 @@
 // `freeze` before the take and in reverse order with `thaw` after it, told the snapshot and its
 // devices; other files are left alone; a failing freeze hook aborts the take and thaws those frozen
 // before it; one past --hook-timeout is killed and counts as failed; a failing thaw hook does not
-// stop the other thaws; backup_create takes through the same path.
+// stop the other thaws; a client killed mid-take leaves every hook thawed; backup_create takes
+// through the same path.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { withDaemon } from '../helpers/backup.js';
+import { blksnapCli } from '../helpers/daemon.js';
 import { missing, tempDir } from '../helpers/tools.js';
 
 const MiB = 1024 * 1024;
@@ -75,6 +78,17 @@ describe('take hooks', { skip: missing('sh') }, () => {
         assert.deepEqual(lines().map((l) => l.split(' ').slice(0, 2).join(' ')), ['10-db freeze', '20-app freeze', '20-app thaw', '10-db thaw']);
         assert.match(daemon.log, /thaw hook 20-app exited 3/);
         await daemon.json('snapshot_destroy', '--id', thawFails.id);
+
+        // The client killed while the hooks freeze: the daemon finishes the take and thaws them all.
+        fs.rmSync(log);
+        hook(hooks, '20-app', log, { sleep: 1 });
+        const { id: orphanId } = await daemon.json<{ id: string }>('snapshot_create', '--device', 'h.img', '--file', dir, '--limit', '64M');
+        const client = spawn(process.execPath, [blksnapCli, 'snapshot_take', '--id', orphanId], { env: { ...process.env, BLKSNAP_CONTROL: daemon.controlPath }, stdio: 'ignore' });
+        await new Promise((r) => setTimeout(r, 400));
+        client.kill('SIGKILL');
+        for (let i = 0; i < 50 && lines().length < 4; i++) await new Promise((r) => setTimeout(r, 100));
+        assert.deepEqual(lines().map((l) => l.split(' ').slice(0, 2).join(' ')), ['10-db freeze', '20-app freeze', '20-app thaw', '10-db thaw']);
+        await daemon.json('snapshot_destroy', '--id', orphanId);
 
         // backup_create takes through the same path.
         fs.rmSync(log);

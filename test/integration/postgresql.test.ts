@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { type Created, withDaemon } from '../helpers/backup.js';
@@ -13,6 +14,18 @@ import { Mounts, mkfs } from '../helpers/mounts.js';
 import { check, missing, run, sparseFile, tempDir } from '../helpers/tools.js';
 
 const MiB = 1024 * 1024;
+
+/** A TCP port nothing listens on now (the servers' ports: a fixed one may be taken by another suite's). */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
 
 /** PostgreSQL's programs (Debian: /usr/lib/postgresql/VERSION/bin), or null. */
 function postgresBin(): string | null {
@@ -38,7 +51,7 @@ describe('PostgreSQL, backed up with its hook, restored and started', { skip }, 
     fs.mkdirSync(sockets, { mode: 0o777 });
     fs.chmodSync(sockets, 0o777);
     fs.chmodSync(t.dir, 0o755);
-    const port = 20000 + (process.pid % 20000);
+    const port = await freePort();
     // The shipped hook, told where this test's server listens.
     fs.writeFileSync(path.join(hooks, '50-postgresql'), `#!/bin/sh\necho "$1 $(date +%s%3N)" >> ${freezeLog}\nPGHOST=${sockets} PGPORT=${port} PGUSER=postgres exec ${hookSource} "$1"\n`, { mode: 0o755 });
     const servers: string[] = [];
@@ -97,8 +110,13 @@ describe('PostgreSQL, backed up with its hook, restored and started', { skip }, 
           await daemon.json('backup_restore', '--repo', repo.location, '--id', made.id, '--device', 'pg', '--to', restored);
           const copy = await daemon.json<{ blockDevice: string }>('attach', '--device', restored, '--name', 'pg-restored', '--loop');
           const mnt2 = await mounts.mount(copy.blockDevice, 'pg-restored');
-          const port2 = port + 1;
-          await start(path.join(mnt2, 'data'), port2);
+          const port2 = await freePort();
+          // The copy's postmaster.pid names the first server's pid, which another process may have by
+          // now: as for any file-level copy of a running server, it goes before the start.
+          fs.rmSync(path.join(mnt2, 'data', 'postmaster.pid'), { force: true });
+          await start(path.join(mnt2, 'data'), port2).catch((e: unknown) => {
+            throw new Error(`${(e as Error).message}\nserver log: ${fs.readFileSync(path.join(mnt2, 'server.log'), 'utf8').slice(-2000)}`);
+          });
           const present = Number((await sql(port2, `SELECT count(*) FROM marks WHERE id <= ${Math.max(...before)}`)).trim());
           assert.equal(present, before.length, 'every row acknowledged before the freeze is in the backup');
           const amcheck = await run(path.join(pg, 'pg_amcheck'), ['--install-missing', '--heapallindexed', '-h', sockets, '-p', String(port2), '-U', 'postgres', '-d', 'postgres'], { timeoutMs: 300_000 });

@@ -433,7 +433,7 @@ describe('a repository in an S3 bucket (Ceph RADOS Gateway)', { skip: missing('n
     });
   });
 
-  it('backup_attach of a backup in a bucket: served as a device, read by range, bit-identical; kept by a prune while served; the credentials never in the daemon\'s log', async () => {
+  it('backup_attach of a backup in a bucket: served as a device, read by range, bit-identical; kept by a prune while served; the credentials never in the daemon\'s log; rollback from the bucket', async () => {
     const bucket = await s3.bucket();
     const repo = `s3://${bucket}/vm`;
     await withDaemon({ 'v.img': 16 * MiB }, async (daemon, _local, dir) => {
@@ -461,6 +461,11 @@ describe('a repository in an S3 bucket (Ceph RADOS Gateway)', { skip: missing('n
       assert.deepEqual([pruned.kept.sort(), pruned.removed], [[b1.id, b2.id].sort(), []]);
       await check('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', copy, served.uri]);
       await json('detach', '--device', served.name);
+      // Rollback from the bucket: the attached device, of the backup's generation, gets back only what changed since.
+      const rolledBack = await json<{ mode: string; writtenBytes: number }>('backup_restore', '--repo', repo, '--key-file', keyFile, '--id', b1.id, '--device', 'v.img', '--to', 'device:v.img');
+      assert.equal(rolledBack.mode, 'rollback');
+      assert.ok(rolledBack.writtenBytes <= 2 * MiB, `only the 1 MiB written since (in whole chunks): ${rolledBack.writtenBytes}`);
+      await check('cmp', [path.join(dir, 'v.img'), copy]);
       const released = await json<{ removed: string[] }>('backup_prune', '--repo', repo, '--key-file', keyFile, '--keep-last', '1', '--prune-grace', '0');
       assert.deepEqual(released.removed, [b1.id], 'detached, it goes by the policy');
       assert.ok(!daemon.log.includes(s3.secretKey), "the bucket's secret key is not in the daemon's log");
