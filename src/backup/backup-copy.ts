@@ -6,7 +6,7 @@
 // read and named anew, except where the backup's index has the same chunk at the same place as the
 // newest earlier backup of its host and device already copied (its name there is reused). The packs a
 // copy writes are read back from the target and checked before its manifest makes it exist.
-import { BlkError, toBlkError } from '../errors.js';
+import { BlkError } from '../errors.js';
 import { ChunkIndex, type ChunkLocation } from '../repository/chunk-index.js';
 import { digestsEqual, isZeroDigest } from '../repository/digest.js';
 import { chunkCountOf, readIndex, type ReadIndex, writeIndex } from '../repository/digest-index.js';
@@ -17,6 +17,7 @@ import { decodeRecord, PackWriter, RECORD_HEADER } from '../repository/pack.js';
 import { readMarked } from '../repository/pending-deletion.js';
 import type { Repository } from '../repository/repository.js';
 import { TaskWindow } from '../util/task-window.js';
+import { checkPackInStore } from './backup-verify.js';
 import type { Progress } from './progress.js';
 import { WorkerPool } from './workers/worker-pool.js';
 
@@ -215,20 +216,8 @@ async function checkLanded(target: Repository, packs: string[]): Promise<void> {
   try {
     await workers.runOnAll({ kind: 'cipher', secret: target.cipher.secret });
     for (const id of packs) {
-      const objects = [names.pack(id), names.packIndex(id)];
-      try {
-        await target.backend.fetchLocal(objects);
-        const pack = target.backend.localPath(names.pack(id));
-        const idx = target.backend.localPath(names.packIndex(id));
-        if (pack === null || idx === null) throw new BlkError('ENOTSUP', `${target.location}: packs are checked in local files only`);
-        const r = await workers.run({ kind: 'checkPack', pack, idx, id });
-        const bad = r.bad[0];
-        if (bad) throw new BlkError('EIO', `pack ${id} did not land whole in ${target.location}: ${bad.digest ? `chunk ${bad.digest}: ` : ''}${bad.reason}; the copy is not committed`);
-      } catch (e) {
-        throw toBlkError(e);
-      } finally {
-        await target.backend.evictLocal(objects);
-      }
+      const bad = (await checkPackInStore(target.backend, workers, id)).bad[0];
+      if (bad) throw new BlkError('EIO', `pack ${id} did not land whole in ${target.location}: ${bad.digest ? `chunk ${bad.digest}: ` : ''}${bad.reason}; the copy is not committed`);
     }
   } finally {
     await workers.close();

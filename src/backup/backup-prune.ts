@@ -7,11 +7,11 @@
 import { BlkError } from '../errors.js';
 import { isProcessRunning } from '../os/process-alive.js';
 import { backup as params } from '../params.js';
-import type { RepositoryLock } from '../repository/backend.js';
+import { isMissing, type ObjectStat, type RepositoryLock } from '../repository/backend.js';
 import { ChunkIndex } from '../repository/chunk-index.js';
 import { BACKUP_ID_PATTERN, names, TEMP_MARK } from '../repository/layout.js';
 import { lockLostError } from '../repository/lock-objects.js';
-import { entriesOf, type PackEntry, PackWriter, RECORD_HEADER, readPackIndex } from '../repository/pack.js';
+import { entriesOf, openIdx, type PackEntry, PackWriter, RECORD_HEADER, readPackIndex } from '../repository/pack.js';
 import { type MarkGeneration, markedOf, PENDING, readPending, writePending } from '../repository/pending-deletion.js';
 import { type Repository, temporaryOwner } from '../repository/repository.js';
 import { liveSessions, removeDeadSessions } from '../repository/sessions.js';
@@ -59,7 +59,7 @@ export async function pruneRepository(repo: Repository, o: PruneOptions): Promis
   // A backup whose manifest the store still retains cannot go: kept, and named.
   const backend = repo.backend;
   for (const id of [...removed]) {
-    const until = (await backend.retainedUntil?.(names.manifest(id))) ?? null;
+    const until = (await backend.stat(names.manifest(id)))?.retainedUntil ?? null;
     if (until === null || until <= Date.now()) continue;
     removed.splice(removed.indexOf(id), 1);
     result.kept = [...result.kept, id].sort();
@@ -116,8 +116,15 @@ interface SweepState {
 
 /** A pack's entries, or null when it has no index (its writer has not finished, or died). */
 async function entriesOrNull(s: SweepState, id: string): Promise<PackEntry[] | null> {
-  if ((await s.repo.backend.size(names.packIndex(id))) === null) return null;
-  return entriesOf(await readPackIndex(s.repo.backend, id, s.repo.cipher));
+  // One read: its absence is the answer, not a look first.
+  let stored: Buffer;
+  try {
+    stored = await s.repo.backend.read(names.packIndex(id));
+  } catch (e) {
+    if (isMissing(e)) return null;
+    throw e;
+  }
+  return entriesOf(openIdx(stored, id, `${s.repo.location}/${names.packIndex(id)}`, s.repo.cipher));
 }
 
 /** Whether a chunk of pack `id` is referenced and located there (no other pack has it). */
@@ -127,10 +134,16 @@ function isLiveIn(s: SweepState, id: string, e: PackEntry): boolean {
   return at >= 0 && s.index.location(at).pack === id;
 }
 
-async function removeObject(s: SweepState, name: string): Promise<void> {
+/** Deletes an object, counting its bytes freed (`size` where it was looked at already). */
+async function removeObject(s: SweepState, name: string, size?: number): Promise<void> {
   if (s.lock.isLost()) throw lockLostError(s.repo.location);
-  s.result.freedBytes += (await s.repo.backend.size(name)) ?? 0;
+  s.result.freedBytes += size ?? (await s.repo.backend.size(name)) ?? 0;
   await s.repo.backend.remove(name);
+}
+
+/** Whether the store still retains an object it was looked at (S3 Object Lock). */
+function isRetained(stat: ObjectStat | null): boolean {
+  return (stat?.retainedUntil ?? 0) > Date.now();
 }
 
 /**
@@ -141,33 +154,33 @@ async function removeObject(s: SweepState, name: string): Promise<void> {
 async function deleteDue(s: SweepState, g: MarkGeneration, live: Set<string>, graceMs: number): Promise<boolean> {
   if (g.sessions === null || Date.now() - g.markedAt < graceMs || g.sessions.some((id) => live.has(id))) return false;
   const backend = s.repo.backend;
-  /** Whether the store still retains an object (S3 Object Lock): it stays marked, for a later prune. */
-  const isRetained = async (name: string): Promise<boolean> => ((await backend.retainedUntil?.(name)) ?? 0) > Date.now();
+  // What the store still retains (S3 Object Lock) stays marked, for a later prune.
   const stillMarked: MarkGeneration = { ...g, packs: [], pages: [] };
   for (const id of g.packs) {
     const entries = await entriesOrNull(s, id);
     if (entries?.some((e) => isLiveIn(s, id, e))) continue; // referenced again: unmarked
-    if (await isRetained(names.pack(id))) {
+    const pack = await backend.stat(names.pack(id));
+    if (isRetained(pack)) {
       stillMarked.packs.push(id);
       s.result.retained.objects++;
       continue;
     }
     // The index first: a pack without one is marked, and goes when its generation does.
     if (entries) await removeObject(s, names.packIndex(id));
-    await removeObject(s, names.pack(id));
+    await removeObject(s, names.pack(id), pack?.size ?? 0);
     s.result.removedChunks += entries?.filter((e) => !s.refs.chunks.has(e.digest.toString('hex'))).length ?? 0;
   }
   for (const hex of g.pages) {
     if (s.refs.pages.has(hex)) continue;
-    const written = await backend.modified(names.page(hex));
-    // Written again at or after the marking (a writer that did not reuse it): unmarked.
-    if (written === null || written >= g.storeTime) continue;
-    if (await isRetained(names.page(hex))) {
+    const page = await backend.stat(names.page(hex));
+    // Gone, or written again at or after the marking (a writer that did not reuse it): unmarked.
+    if (page === null || page.modified >= g.storeTime) continue;
+    if (isRetained(page)) {
       stillMarked.pages.push(hex);
       s.result.retained.objects++;
       continue;
     }
-    await removeObject(s, names.page(hex));
+    await removeObject(s, names.page(hex), page.size);
     s.result.removedPages++;
   }
   g.packs = stillMarked.packs;
@@ -227,7 +240,7 @@ async function sweep(repo: Repository, result: PruneResult, graceMs: number, loc
     // may have read the repository before that, each of which the marking waits for.
     pending.generations.push(fresh);
     await writePending(backend, pending);
-    fresh.storeTime = (await backend.modified(PENDING)) ?? Date.now();
+    fresh.storeTime = (await backend.stat(PENDING))?.modified ?? Date.now();
     live = new Set((await liveSessions(backend)).map((x) => x.id));
     fresh.sessions = [...live];
     await writePending(backend, pending);

@@ -9,6 +9,7 @@ import { readIndexRoot } from '../repository/digest-index.js';
 import { checkKeys } from '../repository/keys.js';
 import { names } from '../repository/layout.js';
 import { readMarked } from '../repository/pending-deletion.js';
+import type { Backend } from '../repository/backend.js';
 import type { Repository } from '../repository/repository.js';
 import type { Progress } from './progress.js';
 import { TaskWindow } from '../util/task-window.js';
@@ -97,6 +98,26 @@ export async function referencesOf(repo: Repository, id: string): Promise<{ chun
   return { chunks, pages, problems };
 }
 
+/**
+ * Reads pack `id` from the store itself (an object store's fetched into the cache, let go after) and
+ * checks every record against its index and its digest, in a worker of `workers` (its cipher set);
+ * a pack that cannot be read is one bad entry with an empty digest, naming why.
+ */
+export async function checkPackInStore(backend: Backend, workers: WorkerPool<'verify'>, id: string): Promise<{ checked: number; bad: Array<{ digest: string; reason: string }> }> {
+  const objects = [names.pack(id), names.packIndex(id)];
+  try {
+    await backend.fetchLocal(objects);
+    const pack = backend.localPath(names.pack(id));
+    const idx = backend.localPath(names.packIndex(id));
+    if (pack === null || idx === null) throw new BlkError('ENOTSUP', `${backend.location}: packs are checked in local files only`);
+    return await workers.run({ kind: 'checkPack', pack, idx, id });
+  } catch (e) {
+    return { checked: 0, bad: [{ digest: '', reason: `pack ${id}: ${toBlkError(e).message}` }] };
+  } finally {
+    await backend.evictLocal(objects);
+  }
+}
+
 export async function verifyRepository(repo: Repository, o: VerifyOptions): Promise<VerifyResult> {
   return repo.inSession('verify', () => verifyInSession(repo, o));
 }
@@ -137,19 +158,7 @@ async function verifyInSession(repo: Repository, o: VerifyOptions): Promise<Veri
     // A few packs at a time: an object store's are fetched into the cache, checked, and let go.
     const inFlight = new TaskWindow(workers.size * 2);
     const checkPack = async (id: string): Promise<void> => {
-      const objects = [names.pack(id), names.packIndex(id)];
-      let r: { checked: number; bad: Array<{ digest: string; reason: string }> };
-      try {
-        await repo.backend.fetchLocal(objects);
-        const pack = repo.backend.localPath(names.pack(id));
-        const idx = repo.backend.localPath(names.packIndex(id));
-        if (pack === null || idx === null) throw new BlkError('ENOTSUP', `${repo.location}: packs are checked in local files only`);
-        r = await workers.run({ kind: 'checkPack', pack, idx, id });
-      } catch (e) {
-        r = { checked: 0, bad: [{ digest: '', reason: `pack ${id}: ${toBlkError(e).message}` }] };
-      } finally {
-        await repo.backend.evictLocal(objects);
-      }
+      const r = await checkPackInStore(repo.backend, workers, id);
       checked += r.checked;
       for (const b of r.bad) {
         if (b.digest === '') problems.push(b.reason);

@@ -16,6 +16,16 @@ export interface RetentionRules {
   keepWithinMs?: number;
 }
 
+/** The counting rules by the name backup_prune's options and a job file's keys give them. */
+export const KEEP_COUNTS = {
+  'keep-last': 'keepLast',
+  'keep-hourly': 'keepHourly',
+  'keep-daily': 'keepDaily',
+  'keep-weekly': 'keepWeekly',
+  'keep-monthly': 'keepMonthly',
+  'keep-yearly': 'keepYearly',
+} as const;
+
 export type GroupBy = 'host,device' | 'device' | 'host' | 'none';
 export const GROUP_BYS: readonly GroupBy[] = ['host,device', 'device', 'host', 'none'];
 

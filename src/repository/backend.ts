@@ -71,10 +71,11 @@ export interface Backend {
   /** The bytes of every object of the repository (one listing in an object store). */
   totalBytes(): Promise<number>;
   /**
-   * When an object was last written, by the store's clock (ms since the epoch; an object store's to
-   * the second), or null when there is none: a prune tells by it whether a marked object was written again.
+   * An object's size, when it was last written by the store's clock (ms since the epoch; an object
+   * store's to the second), and until when the store retains it (S3 Object Lock; null: not
+   * retained): one look (a HEAD). null when there is none.
    */
-  modified(name: string): Promise<number | null>;
+  stat(name: string): Promise<ObjectStat | null>;
   /** Removes an object, or a folder (named with its trailing '/') and all under it; no error when there is none. */
   remove(name: string): Promise<void>;
 
@@ -90,11 +91,6 @@ export interface Backend {
   commit(name: string): Promise<void>;
   /** Makes every object written so far durable (a filesystem's syncfs). */
   sync(): Promise<void>;
-  /**
-   * Where objects are retained (S3 Object Lock): when the retention of an object ends (ms since the
-   * epoch), or null when it has none or is not there.
-   */
-  retainedUntil?(name: string): Promise<number | null>;
   /** Makes each of these objects retained at least as long as one written now: how many it extended. */
   extendRetention?(objects: string[]): Promise<number>;
   /** Checks the store can retain objects (a bucket made with Object Lock); ENOTSUP naming why not. */
@@ -124,6 +120,12 @@ export interface Backend {
    * checks is what the store holds).
    */
   bypassCache(): void;
+}
+
+export interface ObjectStat {
+  size: number;
+  modified: number;
+  retainedUntil: number | null;
 }
 
 export interface RepositoryLock {

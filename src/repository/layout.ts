@@ -15,8 +15,6 @@ export const names = {
   manifest: (id: string): string => `backups/${id}/manifest.json`,
   /** A device's index root, beside its backup's manifest. */
   indexRoot: (id: string, file: string): string => `backups/${id}/${file}`,
-  /** A backup served as a device (backup_attach) by process `pid`: a prune keeps it while that process lives. */
-  hold: (id: string, pid: number, tag: string): string => `backups/${id}/.held-by-${pid}-${tag}`,
   /** A backup being written: invisible (no manifest under backups/ID) until committed. */
   partialBackup: (id: string, pid: number): string => `backups/.partial-${id}-${pid}/`,
 };

@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { threadId } from 'node:worker_threads';
 import { BlkError, toBlkError } from '../errors.js';
 import { syncFilesystem, tryLockAsync } from '../os/libc.js';
-import type { Backend, BackendSpec, RepositoryLock } from './backend.js';
+import type { Backend, BackendSpec, ObjectStat, RepositoryLock } from './backend.js';
 import { TEMP_MARK } from './layout.js';
 
 let tempCounter = 0;
@@ -126,9 +126,10 @@ export class LocalBackend implements Backend {
     return total;
   }
 
-  async modified(name: string): Promise<number | null> {
+  async stat(name: string): Promise<ObjectStat | null> {
     try {
-      return (await fs.promises.stat(this.#path(name))).mtimeMs;
+      const st = await fs.promises.stat(this.#path(name));
+      return { size: st.size, modified: st.mtimeMs, retainedUntil: null };
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw this.#error(e, name);

@@ -16,7 +16,7 @@ import { threadId } from 'node:worker_threads';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { BlkError } from '../errors.js';
 import { backup as params } from '../params.js';
-import type { Backend, RepositoryLock, S3BackendSpec, S3Credentials } from './backend.js';
+import type { Backend, ObjectStat, RepositoryLock, S3BackendSpec, S3Credentials } from './backend.js';
 import { paced } from '../util/rate-limit.js';
 import { lockWithObjects } from './lock-objects.js';
 import { TEMP_MARK } from './layout.js';
@@ -268,15 +268,7 @@ export class S3Backend implements Backend {
   }
 
   async size(name: string): Promise<number | null> {
-    const { client, sdk } = await this.#s3();
-    try {
-      const r = await client.send(new sdk.HeadObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name) }));
-      return r.ContentLength ?? 0;
-    } catch (e) {
-      const err = this.#error(e, name);
-      if (err.code === 'ENOENT') return null;
-      throw err;
-    }
+    return (await this.stat(name))?.size ?? null;
   }
 
   async totalBytes(): Promise<number> {
@@ -295,11 +287,11 @@ export class S3Backend implements Backend {
     return total;
   }
 
-  async modified(name: string): Promise<number | null> {
+  async stat(name: string): Promise<ObjectStat | null> {
     const { client, sdk } = await this.#s3();
     try {
       const r = await client.send(new sdk.HeadObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name) }));
-      return r.LastModified?.getTime() ?? 0;
+      return { size: r.ContentLength ?? 0, modified: r.LastModified?.getTime() ?? 0, retainedUntil: r.ObjectLockRetainUntilDate?.getTime() ?? null };
     } catch (e) {
       const err = this.#error(e, name);
       if (err.code === 'ENOENT') return null;
@@ -413,18 +405,6 @@ export class S3Backend implements Backend {
     return { ObjectLockMode: lock.mode === 'compliance' ? 'COMPLIANCE' : 'GOVERNANCE', ObjectLockRetainUntilDate: new Date(until) };
   }
 
-  async retainedUntil(name: string): Promise<number | null> {
-    const { client, sdk } = await this.#s3();
-    try {
-      const r = await client.send(new sdk.HeadObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name) }));
-      return r.ObjectLockRetainUntilDate?.getTime() ?? null;
-    } catch (e) {
-      const err = this.#error(e, name);
-      if (err.code === 'ENOENT') return null;
-      throw err;
-    }
-  }
-
   /**
    * Extends the retention of objects a new backup needs to at least its own: what this client knows
    * of each (the cache's retention.json, and what it wrote) spares a request; an object whose
@@ -447,7 +427,7 @@ export class S3Backend implements Backend {
     let extended = 0;
     for (const name of objects) {
       if ((this.#retained.get(name) ?? 0) >= needed) continue;
-      const now = await this.retainedUntil(name);
+      const now = (await this.stat(name))?.retainedUntil ?? null;
       if (now !== null && now >= needed) {
         this.#retained.set(name, now);
         continue;

@@ -2,7 +2,7 @@
 // loading and checking chunks, and closing the packs read when the backup is detached.
 import { parentPort } from 'node:worker_threads';
 import { toBlkError } from '../../errors.js';
-import { cipherFor, closePacks, forgetCipher, loadItems, readStoredRemote } from './pack-reads.js';
+import { closePacks, forgetCipher, loadTask } from './pack-reads.js';
 import type { ReadResult, ReadTask } from './tasks.js';
 
 async function run(task: Exclude<ReadTask, { kind: 'write' }>): Promise<{ result: ReadResult; transfer: ArrayBuffer[] }> {
@@ -11,7 +11,7 @@ async function run(task: Exclude<ReadTask, { kind: 'write' }>): Promise<{ result
     return { result: { kind: 'closePacks', closed: closePacks(task.dir) }, transfer: [] };
   }
   // Packs in a bucket are read by range (their records fetched span by span); local ones by pread.
-  const data = loadItems(task.items, cipherFor(task.secret), task.repository ? await readStoredRemote(task.items, task.repository) : undefined);
+  const data = await loadTask(task);
   return { result: { kind: 'load', data }, transfer: data.map((d) => d.buffer as ArrayBuffer) };
 }
 

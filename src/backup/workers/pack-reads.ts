@@ -197,6 +197,11 @@ export async function readStoredRemote(items: LoadItem[], spec: BackendSpec): Pr
   return out;
 }
 
+/** A load task's chunks (a restore's or a served backup's): read by descriptor, or by range from an object store, then checked. */
+export async function loadTask(task: { items: LoadItem[]; secret: Uint8Array | null; repository?: BackendSpec }): Promise<Uint8Array[]> {
+  return loadItems(task.items, cipherFor(task.secret), task.repository ? await readStoredRemote(task.items, task.repository) : undefined);
+}
+
 /** Loads and checks chunks: their bytes, each in memory of its own (moved to the main thread); `stored` where they were read already. */
 export function loadItems(items: LoadItem[], cipher: ObjectCipher, stored: Array<Buffer | null> = readStored(items)): Uint8Array[] {
   return items.map((item, i) => {

@@ -6,7 +6,7 @@ import { writeFully } from '../../os/fd-io.js';
 import { DIRECT_ALIGNMENT } from '../../os/koffi.js';
 import { startWriteback } from '../../os/writeback-range.js';
 import type { LoadItem } from '../../repository/chunk-index.js';
-import { alignedBuffers, cipherFor, closePacks, decodeItem, loadItems, readStoredAsync, readStoredRemote } from './pack-reads.js';
+import { alignedBuffers, cipherFor, closePacks, decodeItem, loadTask, readStoredAsync, readStoredRemote } from './pack-reads.js';
 import type { ReadResult, ReadTask } from './tasks.js';
 
 /**
@@ -84,28 +84,18 @@ parentPort?.on('message', (message: { id: number; task: ReadTask }) => {
     writeItems(task).then((writtenBytes) => parentPort?.postMessage({ id: message.id, result: { kind: 'write', writtenBytes } satisfies ReadResult }), (e: unknown) => fail(message.id, e));
     return;
   }
-  if (task.kind === 'load' && task.repository) {
-    const repository = task.repository;
-    readStoredRemote(task.items, repository).then(
-      (stored) => {
-        try {
-          const data = loadItems(task.items, cipherFor(task.secret), stored);
-          parentPort?.postMessage({ id: message.id, result: { kind: 'load', data } satisfies ReadResult }, data.map((d) => d.buffer as ArrayBuffer));
-        } catch (e) {
-          fail(message.id, e);
-        }
-      },
-      (e: unknown) => fail(message.id, e),
-    );
+  if (task.kind === 'closePacks') {
+    try {
+      parentPort?.postMessage({ id: message.id, result: { kind: 'closePacks', closed: closePacks(task.dir) } satisfies ReadResult });
+    } catch (e) {
+      fail(message.id, e);
+    }
     return;
   }
-  try {
-    if (task.kind === 'closePacks') return void parentPort?.postMessage({ id: message.id, result: { kind: 'closePacks', closed: closePacks(task.dir) } satisfies ReadResult });
-    const data = loadItems(task.items, cipherFor(task.secret));
-    parentPort?.postMessage({ id: message.id, result: { kind: 'load', data } satisfies ReadResult }, data.map((d) => d.buffer as ArrayBuffer));
-  } catch (e) {
-    fail(message.id, e);
-  }
+  loadTask(task).then(
+    (data) => parentPort?.postMessage({ id: message.id, result: { kind: 'load', data } satisfies ReadResult }, data.map((d) => d.buffer as ArrayBuffer)),
+    (e: unknown) => fail(message.id, e),
+  );
 });
 
 // Every import above is loaded: the pool may now let the process end, or terminate this thread.

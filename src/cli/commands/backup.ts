@@ -5,7 +5,7 @@ import { attachBackup } from '../../backup/backup-attach.js';
 import { type CreateOptions, createBackup } from '../../backup/backup-create.js';
 import { copyBackups } from '../../backup/backup-copy.js';
 import { pruneRepository } from '../../backup/backup-prune.js';
-import { GROUP_BYS, type GroupBy } from '../../backup/retention-policy.js';
+import { GROUP_BYS, type GroupBy, KEEP_COUNTS, type RetentionRules } from '../../backup/retention-policy.js';
 import { backupDeviceName, restoreBackup } from '../../backup/backup-restore.js';
 import { parseSubset, verifyRepository } from '../../backup/backup-verify.js';
 import type { NbdTlsOptions } from '../../client/nbd-client.js';
@@ -264,13 +264,13 @@ export const backupCommands: Command[] = [
       const within = o.values.get('keep-within');
       const groupBy = o.values.get('group-by') ?? 'host,device';
       if (!(GROUP_BYS as readonly string[]).includes(groupBy)) throw new BlkError('EINVAL', `backup_prune: --group-by takes ${GROUP_BYS.join(', ')}, not '${groupBy}'`);
-      const counts: Record<string, number> = {};
-      for (const [option, key] of [['keep-hourly', 'keepHourly'], ['keep-daily', 'keepDaily'], ['keep-weekly', 'keepWeekly'], ['keep-monthly', 'keepMonthly'], ['keep-yearly', 'keepYearly']] as const) {
+      const counts: Partial<RetentionRules> = {};
+      for (const [option, key] of Object.entries(KEEP_COUNTS)) {
         const n = wholeNumber(o, option);
         if (n !== undefined) counts[key] = n;
       }
       const r = await pruneRepository(await open(o), {
-        keepLast: wholeNumber(o, 'keep-last') ?? 0,
+        keepLast: 0,
         ...counts,
         ...(within === undefined ? {} : { keepWithinMs: parseDuration(within, '--keep-within') }),
         groupBy: groupBy as GroupBy,

@@ -17,6 +17,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BlkError } from '../../errors.js';
+import { KEEP_COUNTS, type RetentionRules } from '../../backup/retention-policy.js';
 import { parseDuration } from '../../util/duration.js';
 
 export const JOBS_DIR = '/etc/blksnap/jobs';
@@ -27,8 +28,8 @@ export interface Job {
   repo: string;
   devices: string[];
   schedule: string;
-  /** Retention counts by rule (keep-last, keep-daily, …) and keep-within; none: no prune. */
-  keep: { last?: number; hourly?: number; daily?: number; weekly?: number; monthly?: number; yearly?: number; withinMs?: number };
+  /** Retention by its rules (keep-last, keep-daily, …, keep-within); null: no prune. */
+  retention: RetentionRules | null;
   pruneGraceMs?: number;
   verify: { kind: 'none' } | { kind: 'metadata' } | { kind: 'slices'; of: number } | { kind: 'fraction'; fraction: number };
   onOverlap: 'wait' | 'skip';
@@ -42,7 +43,6 @@ export interface Job {
 }
 
 const REPO_KEYS = ['key-file', 'password-file', 's3-endpoint', 's3-region', 's3-addressing', 's3-ca', 'cache-dir', 'limit-upload', 'limit-download'];
-const KEEP_KEYS = ['keep-last', 'keep-hourly', 'keep-daily', 'keep-weekly', 'keep-monthly', 'keep-yearly'] as const;
 
 /** A job name: a file name of its own, usable in a systemd instance name. */
 export function isJobName(name: string): boolean {
@@ -69,7 +69,7 @@ export function readJob(name: string, dir = JOBS_DIR): Job {
     if (values.has(m[1] as string)) throw new BlkError('EINVAL', `${file}:${i + 1}: ${m[1]} is given twice`);
     values.set(m[1] as string, { value: (m[2] as string).trim(), line: i + 1 });
   });
-  const known = new Set(['repo', 'devices', 'schedule', 'verify', 'on-overlap', 'host', 'diff-storage', 'discard-after-read', 'metrics-textfile', 'keep-within', 'prune-grace', ...KEEP_KEYS, ...REPO_KEYS]);
+  const known = new Set(['repo', 'devices', 'schedule', 'verify', 'on-overlap', 'host', 'diff-storage', 'discard-after-read', 'metrics-textfile', 'keep-within', 'prune-grace', ...Object.keys(KEEP_COUNTS), ...REPO_KEYS]);
   for (const [key, { line }] of values) if (!known.has(key)) throw new BlkError('EINVAL', `${file}:${line}: unknown key '${key}'`);
   const at = (key: string): string => `${file}:${values.get(key)?.line ?? 0}`;
   const required = (key: string): string => {
@@ -83,15 +83,14 @@ export function readJob(name: string, dir = JOBS_DIR): Job {
     if (!/^\d{1,6}$/.test(v)) throw new BlkError('EINVAL', `${at(key)}: ${key} takes a whole number, not '${v}'`);
     return Number(v);
   };
-  const keep: Job['keep'] = {};
-  const keys = { 'keep-last': 'last', 'keep-hourly': 'hourly', 'keep-daily': 'daily', 'keep-weekly': 'weekly', 'keep-monthly': 'monthly', 'keep-yearly': 'yearly' } as const;
-  for (const key of KEEP_KEYS) {
+  const keep: Partial<RetentionRules> = {};
+  for (const [key, rule] of Object.entries(KEEP_COUNTS)) {
     const n = count(key);
-    if (n !== undefined) keep[keys[key]] = n;
+    if (n !== undefined) keep[rule] = n;
   }
   const within = values.get('keep-within');
-  if (within) keep.withinMs = parseDuration(within.value, `${at('keep-within')}: keep-within`);
-  if (Object.keys(keep).length > 0 && !(keep.last !== undefined && keep.last >= 1)) throw new BlkError('EINVAL', `${file}: a job that prunes needs keep-last of 1 or more`);
+  if (within) keep.keepWithinMs = parseDuration(within.value, `${at('keep-within')}: keep-within`);
+  if (Object.keys(keep).length > 0 && !(keep.keepLast !== undefined && keep.keepLast >= 1)) throw new BlkError('EINVAL', `${file}: a job that prunes needs keep-last of 1 or more`);
   const verifyText = values.get('verify')?.value ?? 'none';
   let verify: Job['verify'];
   const slices = /^1\/(\d+)$/.exec(verifyText);
@@ -123,7 +122,7 @@ export function readJob(name: string, dir = JOBS_DIR): Job {
     repo: required('repo'),
     devices,
     schedule,
-    keep,
+    retention: keep.keepLast === undefined ? null : { ...keep, keepLast: keep.keepLast },
     ...(grace === undefined ? {} : { pruneGraceMs: parseDuration(grace, `${at('prune-grace')}: prune-grace`) }),
     verify,
     onOverlap,

@@ -137,18 +137,8 @@ export async function runJob(job: Job, o: RunOptions): Promise<JobRunResult> {
     const made = await createBackup(repo, client, { devices: job.devices, ...(job.host ? { host: job.host } : {}), ...(job.diffStorage ? { diffStorage: job.diffStorage } : {}), discardAfterRead: job.discardAfterRead });
     record.runs++;
     result.backup = { id: made.id, readBytes: made.devices.reduce((a, d) => a + d.readBytes, 0), storedBytes: made.devices.reduce((a, d) => a + d.storedBytes, 0) };
-    const k = job.keep;
-    if (k.last !== undefined) {
-      const pruned = await pruneRepository(repo, {
-        keepLast: k.last,
-        ...(k.hourly === undefined ? {} : { keepHourly: k.hourly }),
-        ...(k.daily === undefined ? {} : { keepDaily: k.daily }),
-        ...(k.weekly === undefined ? {} : { keepWeekly: k.weekly }),
-        ...(k.monthly === undefined ? {} : { keepMonthly: k.monthly }),
-        ...(k.yearly === undefined ? {} : { keepYearly: k.yearly }),
-        ...(k.withinMs === undefined ? {} : { keepWithinMs: k.withinMs }),
-        ...(job.pruneGraceMs === undefined ? {} : { graceMs: job.pruneGraceMs }),
-      });
+    if (job.retention) {
+      const pruned = await pruneRepository(repo, { ...job.retention, ...(job.pruneGraceMs === undefined ? {} : { graceMs: job.pruneGraceMs }) });
       result.prune = { removed: pruned.removed, removedChunks: pruned.removedChunks, freedBytes: pruned.freedBytes };
     }
     const v = job.verify;
