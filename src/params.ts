@@ -217,8 +217,15 @@ export const backup = {
   zstdLevel: 2,
   /** Tries of one S3 request (the SDK's retries with backoff on 5xx, throttling and resets). */
   s3Attempts: 6,
-  /** A larger object is uploaded in parts of this size (multipart); memory per upload: one part. */
-  s3PartBytes: 32 * 1024 * 1024,
+  /**
+   * A larger object is uploaded in parts of this size (multipart); memory per upload: one part. A
+   * backup's worker sends each part of its pack as it fills, so this is also its memory for packs.
+   */
+  s3PartBytes: 8 * 1024 * 1024,
+  /** Requests sending a backup's parts at once (a single-node gateway took no more from more). */
+  s3Uploads: 4,
+  /** Bytes of a backup's parts made but not yet sent before its reads wait. */
+  s3UnsentBytes: 48 * 1024 * 1024,
   /**
    * A pack in a bucket is closed (and uploaded, while the backup goes on reading) at this size: a
    * worker's pack of the default 512 MiB waited for the end of most backups.
@@ -226,6 +233,10 @@ export const backup = {
   s3PackBytes: 64 * 1024 * 1024,
   /** Objects fetched into the cache at once. */
   s3Fetches: 4,
+  /** Bytes of a pack a restore from a bucket reads with one ranged request at most. */
+  s3RangeBytes: 8 * 1024 * 1024,
+  /** Bytes of records a restore does not need that a ranged read still reads through (cheaper than another request). */
+  s3RangeGap: 256 * 1024,
   /** A lock object not refreshed for this long no longer binds (its holder died or lost the store). */
   lockLeaseMs: 120_000,
   /** How often a holder refreshes its lock object. */

@@ -22,6 +22,7 @@ import { s3Requests } from '../repository/s3-backend.js';
 import { TaskWindow } from '../util/task-window.js';
 import { allocatedChunks, inFronts, readRuns, runsOf } from './image-reader.js';
 import type { Progress } from './progress.js';
+import { PackUploads } from './pack-uploads.js';
 import { WorkerPool } from './workers/worker-pool.js';
 
 /** Where a chunk this backup is storing will be: only whether it is known matters here. */
@@ -104,6 +105,9 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
   const workers = new WorkerPool('create', params.createWorkersPerCore * os.availableParallelism());
   let snapshotId: string | null = null;
   let writer: BackupWriter | null = null;
+  // A store that takes objects in parts gets the workers' packs part by part from this thread.
+  const uploads = repo.backend.startUpload ? new PackUploads(repo.backend, params.s3Uploads, params.s3UnsentBytes) : null;
+  let committed = false;
   try {
     writer = await repo.beginBackup(id, session);
     await workers.runOnAll({ kind: 'cipher', secret: repo.cipher.secret });
@@ -134,13 +138,18 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
     const entries: Array<ManifestDevice & { indexBytes: number }> = [];
     // Where the repository retains objects (S3 Object Lock): what this backup reuses, to extend.
     const retain = repo.backend.spec.kind === 's3' && repo.backend.spec.objectLock ? new Set<string>() : null;
-    for (const name of o.devices) entries.push(await backupDevice(repo, client, workers, { known, markedPages: marked.pages, retain }, o, name, previous.get(name) ?? null, writer));
+    for (const name of o.devices) entries.push(await backupDevice(repo, client, workers, { known, markedPages: marked.pages, retain, uploads }, o, name, previous.get(name) ?? null, writer));
     // Packs put in place (synced, indexed); the commit makes them, the pages and the index roots
     // durable before the manifest makes the backup exist.
     const finished = await workers.runOnAll({ kind: 'finish' });
+    if (uploads) {
+      for (const f of finished) await uploads.add(f.pieces);
+      await uploads.drain();
+    }
     if (retain) await repo.backend.extendRetention?.([...retain]);
     const manifest = { version: 1 as const, id, time: time.toISOString(), host, devices: entries.map(({ indexBytes: _i, ...device }) => device) };
     await writer.commit(manifest);
+    committed = true;
     const requests = repo.backend.spec.kind === 's3' ? sumCounts([s3Requests(), ...finished.map((f) => f.requests)], requestsBefore) : null;
     return {
       id,
@@ -151,6 +160,7 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
       ...(requests ? { requests } : {}),
     };
   } finally {
+    if (!committed) await uploads?.abort();
     await writer?.abandon();
     if (snapshotId !== null) await client.call(api.SnapshotDestroy, { id: snapshotId }).catch(() => undefined);
     await workers.close();
@@ -173,7 +183,7 @@ async function backupDevice(
   repo: Repository,
   client: BlksnapClient,
   workers: WorkerPool<'create'>,
-  { known, markedPages, retain }: { known: ChunkIndex; markedPages: Set<string>; retain: Set<string> | null },
+  { known, markedPages, retain, uploads }: { known: ChunkIndex; markedPages: Set<string>; retain: Set<string> | null; uploads: PackUploads | null },
   o: CreateOptions,
   name: string,
   previous: { id: string; device: ManifestDevice } | null,
@@ -254,6 +264,7 @@ async function backupDevice(
       const stored = await workers.run({ kind: 'store', id, which, repository: repo.backend.spec, level: repo.config.zstdLevel }, [], on);
       storedBytes += stored.storedBytes;
       if (isShared) freeSlots.push(data.byteOffset / slotBytes);
+      if (uploads && stored.pieces.length > 0) await uploads.add(stored.pieces, (buffer) => void workers.run({ kind: 'spareParts', buffers: [buffer] }, [buffer], on).catch(() => undefined));
       o.progress?.advance(bytes);
     });
     await storing.add(task);

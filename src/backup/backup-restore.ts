@@ -21,6 +21,7 @@ import type { ManifestDevice } from '../repository/manifest.js';
 import type { Repository } from '../repository/repository.js';
 import { TaskWindow } from '../util/task-window.js';
 import { type ChunkRun, inFronts, runsOf } from './image-reader.js';
+import { packRanges } from './pack-ranges.js';
 import type { Progress } from './progress.js';
 import { type RepeatedChunks, repeatedChunks } from './repeated-chunks.js';
 import { type Daemon, type RestoreTarget, resolveTarget } from './restore-target.js';
@@ -262,21 +263,70 @@ async function restoreToFile(repo: Repository, workers: WorkerPool<'restore'>, c
   }
 }
 
+type WriteTo = { fd: number; directFd: number | null; writeZeros: boolean };
+
 /** Loads, checks and writes chunks `wanted` through worker threads, in fronts; the bytes written. */
-async function writeChunks(repo: Repository, workers: WorkerPool<'restore'>, chunks: ChunkIndex, index: Index, wanted: number[], to: { fd: number; directFd: number | null; writeZeros: boolean }, label: string, o: RestoreOptions): Promise<number> {
+async function writeChunks(repo: Repository, workers: WorkerPool<'restore'>, chunks: ChunkIndex, index: Index, wanted: number[], to: WriteTo, label: string, o: RestoreOptions): Promise<number> {
   o.progress?.start(label, wanted.length * index.chunkSize);
   let written = 0;
-  const repeated = repeatedIn(wanted, index);
-  // In fronts, as a backup reads: stretches of stored data (bound by the disk's reads and writes) go
-  // beside compressed ones (bound by decompressing and hashing), so neither leaves the other idle.
-  const runs = inFronts(runsOf(repeated.firsts, Math.max(1, Math.floor(params.restoreTaskBytes / index.chunkSize))), params.readFronts);
-  // After a failure the other tasks still write (inWindow waits for them): their descriptors must
-  // not close (and their numbers go to another file) under them.
-  await inWindow(repo, workers, chunks, index, runs, repeated, async (items) => {
-    const r = await workers.run({ kind: 'write', items, secret: repo.cipher.secret, ...(repo.backend.spec.kind === 's3' ? { repository: repo.backend.spec } : {}), fd: to.directFd ?? to.fd, direct: to.directFd !== null, bufferedFd: to.fd, writeZeros: to.writeZeros });
+  const write = async (items: LoadItem[], fetched?: { offset: number; data: Buffer }): Promise<ArrayBuffer | undefined> => {
+    const task = { kind: 'write' as const, items, secret: repo.cipher.secret, fd: to.directFd ?? to.fd, direct: to.directFd !== null, bufferedFd: to.fd, writeZeros: to.writeZeros };
+    const r = fetched ? await workers.run({ ...task, fetched }, [fetched.data.buffer as ArrayBuffer]) : await workers.run(task);
     written += r.writtenBytes;
     o.progress?.advance(r.writtenBytes);
-  });
+    return r.spare;
+  };
+  if (repo.backend.spec.kind === 's3') await writeByPack(repo, workers, chunks, index, wanted, write);
+  else {
+    const repeated = repeatedIn(wanted, index);
+    // In fronts, as a backup reads: stretches of stored data (bound by the disk's reads and writes) go
+    // beside compressed ones (bound by decompressing and hashing), so neither leaves the other idle.
+    const runs = inFronts(runsOf(repeated.firsts, Math.max(1, Math.floor(params.restoreTaskBytes / index.chunkSize))), params.readFronts);
+    // After a failure the other tasks still write (inWindow waits for them): their descriptors must
+    // not close (and their numbers go to another file) under them.
+    await inWindow(repo, workers, chunks, index, runs, repeated, async (items) => {
+      await write(items);
+    });
+  }
   o.progress?.done();
   return written;
+}
+
+/**
+ * The chunks of a backup in a bucket, in pack order: each range of neighbouring records fetched
+ * with one ranged request by this thread (its bytes moved to the worker that checks and writes
+ * them), a few at once; chunks of zeros (a block device's) after, in device order.
+ */
+async function writeByPack(repo: Repository, workers: WorkerPool<'restore'>, chunks: ChunkIndex, index: Index, wanted: number[], write: (items: LoadItem[], fetched?: { offset: number; data: Buffer }) => Promise<ArrayBuffer | undefined>): Promise<void> {
+  const zeros = wanted.filter((c) => isZeroDigest(index.digests, c * 32));
+  const repeated = repeatedIn(wanted.filter((c) => !isZeroDigest(index.digests, c * 32)), index);
+  const lengthOf = (c: number): number => Math.min(index.chunkSize, index.size - c * index.chunkSize);
+  const limits = { maximumBytes: params.s3RangeBytes, maximumDecoded: 2 * params.s3RangeBytes, gap: params.s3RangeGap };
+  // Each task holds its range and its decoded chunks: a few per worker keep the workers and the store busy.
+  const inFlight = new TaskWindow(workers.size * 2 + 2);
+  const itemsOf = (list: number[]): LoadItem[] => withCopies(list.flatMap((c) => chunks.loadItems(repo.backend, index, c, 1)), repeated.copiesOf, index.chunkSize);
+  // Buffers the workers gave back, filled again: memory used again costs no new pages.
+  const spare: ArrayBuffer[] = [];
+  const bufferFor = (bytes: number): Buffer => {
+    const b = spare.pop();
+    return b && b.byteLength >= bytes ? Buffer.from(b, 0, bytes) : Buffer.allocUnsafeSlow(Math.max(bytes, params.s3RangeBytes)).subarray(0, bytes);
+  };
+  try {
+    for (const range of packRanges(chunks, index.digests, repeated.firsts, index.chunkSize, lengthOf, limits)) {
+      const items = itemsOf(range.chunks);
+      const name = names.pack(chunks.packs[range.pack] as string);
+      await inFlight.add(
+        (async () => {
+          const data = bufferFor(range.bytes);
+          const n = await repo.backend.readRange(name, range.offset, data);
+          const back = await write(items, { offset: range.offset, data: data.subarray(0, n) });
+          if (back) spare.push(back);
+        })(),
+      );
+    }
+    for (const run of runsOf(zeros, Math.max(1, Math.floor(params.restoreTaskBytes / index.chunkSize)))) await inFlight.add(write(chunks.loadItems(repo.backend, index, run.first, run.count)).then(() => undefined));
+  } finally {
+    await inFlight.settle();
+  }
+  await inFlight.drain();
 }

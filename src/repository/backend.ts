@@ -59,9 +59,9 @@ export interface Backend {
   /**
    * An object written whole, or not at all; durable at the next sync(). With `inExistingFolder`, a
    * local backend refuses (ENOENT) rather than make the folder: a hold placed in a backup a prune
-   * has just taken away must fail.
+   * has just taken away must fail. `md5`: the data's MD5 (base64), where the writer has it already.
    */
-  write(name: string, data: Uint8Array, options?: { inExistingFolder?: boolean }): Promise<void>;
+  write(name: string, data: Uint8Array, options?: { inExistingFolder?: boolean; md5?: string }): Promise<void>;
   /** The names of the objects (and folders, with a trailing '/') directly under `folder` ('' for the top). */
   list(folder: string): Promise<string[]>;
   /** The names (relative to `folder`) of every object under it, at any depth: one request per 1000 in an object store. */
@@ -95,6 +95,11 @@ export interface Backend {
   extendRetention?(objects: string[]): Promise<number>;
   /** Checks the store can retain objects (a bucket made with Object Lock); ENOTSUP naming why not. */
   checkObjectLock?(): Promise<void>;
+  /**
+   * Begins an object written in parts as they are made (an object store's multipart upload): a
+   * writer that holds no file of it sends each part once full. Where absent, objects go by commit().
+   */
+  startUpload?(name: string): Promise<PartUpload>;
   /** Aborts uploads begun before `before` (ms since the epoch) and never finished (an object store's multipart uploads); how many. */
   abortUploads?(before: number): Promise<number>;
 
@@ -120,6 +125,15 @@ export interface Backend {
    * checks is what the store holds).
    */
   bypassCache(): void;
+}
+
+/** An object being written in parts (numbered from 1, each but the last at least 5 MiB, with its MD5 in base64). */
+export interface PartUpload {
+  part(n: number, data: Uint8Array, md5: string): Promise<void>;
+  /** Makes the object exist, whole, from the parts sent. */
+  complete(): Promise<void>;
+  /** Drops the parts sent; the object never appears. */
+  abort(): Promise<void>;
 }
 
 export interface ObjectStat {

@@ -137,6 +137,19 @@ export class ChunkIndex {
     return { pack: this.packs[this.#pack[e] as number] as string, offset: this.#offset[e] as number, storedLength: this.#stored[e] as number, flags: this.#flags[e] as number, size: this.#size[e] as number };
   }
 
+  /** Entry `e`'s pack (its number: packs[n]), its record's offset there and stored length, without an object per look (a restore's planning). */
+  packNumberOf(e: number): number {
+    return this.#pack[e] as number;
+  }
+
+  offsetOf(e: number): number {
+    return this.#offset[e] as number;
+  }
+
+  storedLengthOf(e: number): number {
+    return this.#stored[e] as number;
+  }
+
   /** The location of a digest; EIO naming it when the repository lacks it. */
   require(digests: Uint8Array, at = 0): ChunkLocation {
     const e = this.find(digests, at);

@@ -72,8 +72,10 @@ export async function writeIndex(backend: Backend, cipher: ObjectCipher, index: 
       const aad = aadOf('page', names.page(hex));
       await window.add(
         (async () => {
-          // A page a prune marked is written again (its new time tells the prune it is in use).
-          const there = marked.has(hex) ? null : await backend.read(names.page(hex)).catch(() => null);
+          // A page a prune marked is written again (its new time tells the prune it is in use). In an
+          // object store a look costs a request as a write does, and a page not in the base is
+          // nearly always new: written without a look.
+          const there = marked.has(hex) || backend.spec.kind === 's3' ? null : await backend.read(names.page(hex)).catch(() => null);
           if (there && isSameContent(cipher, there, page, aad)) return;
           const sealed = cipher.seal(page, aad);
           await backend.write(names.page(hex), sealed);

@@ -2,7 +2,8 @@
 // one after another, each self-describing (digest, stored length, flags) so a pack can be read without
 // its index; the index, written when the pack is closed, lists every record sorted by digest and is
 // checked by a SHA-256. A pack is built in a local file (its appends run in a worker thread) and put
-// in place by the backend, its index after it.
+// in place by the backend, its index after it; or, for a store that takes objects in parts, built in
+// memory and handed on part by part for another thread to send (PackPiece).
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -15,6 +16,7 @@ import type { Backend } from './backend.js';
 import { aadOf, type ObjectCipher, SEAL_OVERHEAD } from './cipher.js';
 import { sha256 } from './digest.js';
 import { names } from './layout.js';
+import { type FilledPart, PartStream } from './part-stream.js';
 
 /** digest (32) · stored length (u32) · flags (u32: 1 = zstd) · uncompressed length (u32) · reserved (u32). */
 export const RECORD_HEADER = 48;
@@ -147,9 +149,22 @@ export function decodeRecord(stored: Uint8Array, flags: number, digest: Uint8Arr
   return cipher.chunkId(into).equals(Buffer.from(digest.buffer, digest.byteOffset, 32)) ? null : 'content does not match its digest';
 }
 
+/**
+ * What a streaming PackWriter hands on, in order: a pack's parts as they fill, then its index (to be
+ * written once the pack is whole). `name` is the object's.
+ */
+export type PackPiece = ({ kind: 'part'; name: string } & FilledPart) | { kind: 'index'; name: string; pack: string; data: Uint8Array };
+
+/** How a streaming PackWriter hands on its packs: parts of `partBytes`, in buffers from `newBuffer` (partBufferBytes long), to `emit`. */
+export interface PackStreaming {
+  partBytes: number;
+  emit: (piece: PackPiece) => void;
+  newBuffer?: () => Buffer;
+}
+
 interface OpenPack {
   id: string;
-  file: AppendFile;
+  file: AppendFile | PartStream;
   entries: PackEntry[];
 }
 
@@ -163,11 +178,14 @@ export class PackWriter {
   readonly closed: string[] = [];
   /** Packs that filled up: put in place at the next close() (appends are synchronous, putting in place is not). */
   #full: OpenPack[] = [];
+  /** Where a streaming writer hands its pieces (null: packs are built in local files and committed). */
+  #stream: PackStreaming | null;
 
-  constructor(backend: Backend, cipher: ObjectCipher, level: number | null) {
+  constructor(backend: Backend, cipher: ObjectCipher, level: number | null, stream: PackStreaming | null = null) {
     this.#backend = backend;
     this.#cipher = cipher;
     this.#level = level;
+    this.#stream = stream;
   }
 
   /**
@@ -246,6 +264,13 @@ export class PackWriter {
       packs.push(open);
     }
     for (const p of packs) {
+      if (p.file instanceof PartStream) {
+        // Its parts went as they filled (the last with finish() above): the index follows them, in
+        // memory of its own (it moves to another thread; a small Buffer shares Node's pool).
+        this.#stream?.emit({ kind: 'index', name: names.packIndex(p.id), pack: names.pack(p.id), data: new Uint8Array(this.#cipher.seal(encodeIdx(p.entries), aadOf('pack index', names.packIndex(p.id)))) });
+        this.closed.push(p.id);
+        continue;
+      }
       const fd = fs.openSync(this.#backend.stagingPath(names.packIndex(p.id)), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o644);
       try {
         writeFullySync(fd, this.#cipher.seal(encodeIdx(p.entries), aadOf('pack index', names.packIndex(p.id))), 0);
@@ -262,6 +287,12 @@ export class PackWriter {
   #open(): OpenPack {
     if (this.#current) return this.#current;
     const id = randomBytes(16).toString('hex');
+    const stream = this.#stream;
+    if (stream) {
+      const name = names.pack(id);
+      this.#current = { id, file: new PartStream(stream.partBytes, (part) => stream.emit({ kind: 'part', name, ...part }), stream.newBuffer), entries: [] };
+      return this.#current;
+    }
     const staging = this.#backend.stagingPath(names.pack(id));
     fs.mkdirSync(path.dirname(staging), { recursive: true });
     this.#current = { id, file: AppendFile.create(staging), entries: [] };

@@ -140,12 +140,17 @@ osd memory target = 939524096
 mon data = ${dir}/mon
 osd max object name len = 256
 osd max object namespace len = 64
+ms crc data = false
+ms crc header = false
+rgw gc obj min wait = 0
+rgw gc processor period = 10
 [client.rgw.a]
 rgw frontends = beast endpoint=127.0.0.1:${rgwPort} ssl_endpoint=127.0.0.1:${rgwTlsPort} ssl_certificate=${dir}/tls/cert.pem ssl_private_key=${dir}/tls/key.pem
 rgw data = ${dir}/rgw
 `,
   );
-  const env = { ...process.env, CEPH_CONF: conf };
+  // glibc hands each large message buffer its own fresh mapping unless told to keep freed memory.
+  const env = { ...process.env, CEPH_CONF: conf, MALLOC_MMAP_THRESHOLD_: String(64 * 1024 * 1024), MALLOC_TRIM_THRESHOLD_: String(256 * 1024 * 1024) };
   const pids = (): number[] =>
     fs
       .readdirSync(path.join(dir, 'run'))

@@ -1,5 +1,7 @@
 // Owns the work of one of backup_create's worker threads: hashing the chunks of a run, appending the
-// new ones to a pack of its own (compressed), and putting its packs in place at the end.
+// new ones to a pack of its own (compressed), and putting its packs in place at the end; or, for a
+// store that takes objects in parts (a bucket), handing each part to the main thread as it fills,
+// which sends it (this thread never loads the S3 client, and never waits for the network).
 import { parentPort } from 'node:worker_threads';
 import { BlkError, toBlkError } from '../../errors.js';
 import type { BackendSpec } from '../../repository/backend.js';
@@ -7,7 +9,9 @@ import { openBackend } from '../../repository/backends.js';
 import type { ChunkLocation } from '../../repository/chunk-index.js';
 import { cipherOf, type ObjectCipher, PLAIN } from '../../repository/cipher.js';
 import { isAllZero } from '../../repository/digest.js';
-import { PackWriter, RECORD_HEADER } from '../../repository/pack.js';
+import { type PackPiece, PackWriter, RECORD_HEADER } from '../../repository/pack.js';
+import { partBufferBytes } from '../../repository/part-stream.js';
+import { backup as params } from '../../params.js';
 import { s3Requests } from '../../repository/s3-backend.js';
 import type { CreateResult, CreateTask } from './tasks.js';
 
@@ -18,9 +22,28 @@ let writer: PackWriter | null = null;
 /** How the repository names and seals its chunks (a `cipher` task sets it). */
 let cipher: ObjectCipher = PLAIN;
 
+/** Pieces of packs made since the last answer, for the main thread to send (a streaming writer's). */
+const pieces: PackPiece[] = [];
+/** Part buffers the main thread sent and gave back: used again (a new one costs a fault per page). */
+const spareParts: ArrayBuffer[] = [];
+
+function partBuffer(): Buffer {
+  const spare = spareParts.pop();
+  return spare ? Buffer.from(spare) : Buffer.allocUnsafeSlow(partBufferBytes(params.s3PartBytes));
+}
+
 function writerFor(repository: BackendSpec, level: number | null): PackWriter {
-  writer ??= new PackWriter(openBackend(repository), cipher, level);
+  if (!writer) {
+    const backend = openBackend(repository);
+    writer = new PackWriter(backend, cipher, level, backend.startUpload ? { partBytes: params.s3PartBytes, emit: (piece) => pieces.push(piece), newBuffer: partBuffer } : null);
+  }
   return writer;
+}
+
+/** The pieces made so far, with the buffers they move to the main thread in. */
+function takePieces(): { pieces: PackPiece[]; transfer: ArrayBuffer[] } {
+  const taken = pieces.splice(0);
+  return { pieces: taken, transfer: taken.map((p) => p.data.buffer as ArrayBuffer) };
 }
 
 async function run(task: CreateTask): Promise<{ result: CreateResult; transfer: ArrayBuffer[] }> {
@@ -65,14 +88,19 @@ async function run(task: CreateTask): Promise<{ result: CreateResult; transfer: 
       }
       // A pack that filled up goes in place now, not at the end with the rest.
       if (pack.hasFullPacks) await pack.close();
-      return { result: { kind: 'store', locations, storedBytes }, transfer: [] };
+      const made = takePieces();
+      return { result: { kind: 'store', locations, storedBytes, pieces: made.pieces }, transfer: made.transfer };
     }
     case 'finish': {
       await writer?.close();
       const packs = writer ? [...writer.closed] : [];
       writer = null;
-      return { result: { kind: 'finish', packs, requests: s3Requests() }, transfer: [] };
+      const made = takePieces();
+      return { result: { kind: 'finish', packs, requests: s3Requests(), pieces: made.pieces }, transfer: made.transfer };
     }
+    case 'spareParts':
+      // Taken as it comes (the message handler), never queued.
+      return { result: { kind: 'spareParts' }, transfer: [] };
   }
 }
 
@@ -85,6 +113,13 @@ function fail(id: number, e: unknown): void {
 let queue: Promise<unknown> = Promise.resolve();
 
 parentPort?.on('message', (message: { id: number; task: CreateTask }) => {
+  const task = message.task;
+  if (task.kind === 'spareParts') {
+    // At once, not after the tasks queued: a part being filled now may take one.
+    for (const b of task.buffers) if (b.byteLength === partBufferBytes(params.s3PartBytes)) spareParts.push(b);
+    parentPort?.postMessage({ id: message.id, result: { kind: 'spareParts' } });
+    return;
+  }
   queue = queue.then(() => run(message.task)).then(
     ({ result, transfer }) => parentPort?.postMessage({ id: message.id, result }, transfer),
     (e: unknown) => fail(message.id, e),

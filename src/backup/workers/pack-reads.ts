@@ -197,6 +197,18 @@ export async function readStoredRemote(items: LoadItem[], spec: BackendSpec): Pr
   return out;
 }
 
+/** Every item's stored bytes cut out of a range of their pack fetched already (null for zero chunks); a record past its end comes short (and fails its check). */
+export function cutFetched(items: LoadItem[], fetched: { offset: number; data: Uint8Array }): Array<Buffer | null> {
+  const bytes = Buffer.from(fetched.data.buffer, fetched.data.byteOffset, fetched.data.byteLength);
+  return items.map((item) => {
+    const where = item.where;
+    if (where === null) return null;
+    const start = where.offset - fetched.offset + RECORD_HEADER;
+    if (start < RECORD_HEADER) throw new BlkError('EINVAL', `the chunk at offset ${item.offset}: its record lies before the range fetched`);
+    return bytes.subarray(start, start + where.storedLength);
+  });
+}
+
 /** A load task's chunks (a restore's or a served backup's): read by descriptor, or by range from an object store, then checked. */
 export async function loadTask(task: { items: LoadItem[]; secret: Uint8Array | null; repository?: BackendSpec }): Promise<Uint8Array[]> {
   return loadItems(task.items, cipherFor(task.secret), task.repository ? await readStoredRemote(task.items, task.repository) : undefined);

@@ -5,8 +5,7 @@ import { toBlkError } from '../../errors.js';
 import { writeFully } from '../../os/fd-io.js';
 import { DIRECT_ALIGNMENT } from '../../os/koffi.js';
 import { startWriteback } from '../../os/writeback-range.js';
-import type { LoadItem } from '../../repository/chunk-index.js';
-import { alignedBuffers, cipherFor, closePacks, decodeItem, loadTask, readStoredAsync, readStoredRemote } from './pack-reads.js';
+import { alignedBuffers, cipherFor, closePacks, cutFetched, decodeItem, loadTask, readStoredAsync } from './pack-reads.js';
 import type { ReadResult, ReadTask } from './tasks.js';
 
 /**
@@ -17,22 +16,23 @@ import type { ReadResult, ReadTask } from './tasks.js';
  */
 async function writeItems(task: Extract<ReadTask, { kind: 'write' }>): Promise<number> {
   const items = task.items;
-  const first = items[0];
-  if (!first) return 0;
-  const last = items.at(-1) as LoadItem;
+  if (items.length === 0) return 0;
   const held: Buffer[] = [];
   const cipher = cipherFor(task.secret);
-  const span = alignedBuffers.acquire(last.offset + last.length - first.offset);
+  // The items one after another (consecutive chunks: as they lie on the device).
+  const span = alignedBuffers.acquire(items.reduce((a, item) => a + item.length, 0));
   const writes: Array<Promise<void>> = [];
   let written = 0;
   // Where the span's bytes go: [from, to) of it at device offset `at`. A piece grows while the next
   // item continues it both in the span and on the device (a stretch, or a stretch's copy).
   const pieces: Array<{ from: number; to: number; at: number }> = [];
   try {
-    const stored = task.repository ? await readStoredRemote(items, task.repository) : await readStoredAsync(items, held);
+    const stored = task.fetched ? cutFetched(items, task.fetched) : await readStoredAsync(items, held);
     let growing: Array<{ from: number; to: number; at: number }> = [];
+    let position = 0;
     items.forEach((item, i) => {
-      const from = item.offset - first.offset;
+      const from = position;
+      position += item.length;
       const into = span.subarray(from, from + item.length);
       if (item.where === null) {
         if (!task.writeZeros) {
@@ -81,7 +81,12 @@ parentPort?.on('message', (message: { id: number; task: ReadTask }) => {
   const task = message.task;
   if (task.kind === 'write') {
     // Asynchronous: the next task is decoded while this one's writes run.
-    writeItems(task).then((writtenBytes) => parentPort?.postMessage({ id: message.id, result: { kind: 'write', writtenBytes } satisfies ReadResult }), (e: unknown) => fail(message.id, e));
+    // A fetched range's buffer goes back with the answer, to be filled again (new memory costs a fault per page).
+    const spare = task.fetched?.data.buffer as ArrayBuffer | undefined;
+    writeItems(task).then(
+      (writtenBytes) => parentPort?.postMessage({ id: message.id, result: { kind: 'write', writtenBytes, ...(spare ? { spare } : {}) } satisfies ReadResult }, spare ? [spare] : []),
+      (e: unknown) => fail(message.id, e),
+    );
     return;
   }
   if (task.kind === 'closePacks') {

@@ -2,6 +2,7 @@
 // types only, so a program that starts workers loads none of their code.
 import type { BackendSpec } from '../../repository/backend.js';
 import type { ChunkLocation, LoadItem } from '../../repository/chunk-index.js';
+import type { PackPiece } from '../../repository/pack.js';
 
 /** Bytes [at, at + length) of the memory shared with a worker by a `share` task. */
 export interface SharedBytes {
@@ -12,6 +13,12 @@ export interface SharedBytes {
 /** Every worker's first task in an encrypted repository: the secret its objects are sealed and named under (never written anywhere). */
 export type CipherTask = { kind: 'cipher'; secret: Uint8Array | null };
 export type CipherResult = { kind: 'cipher' };
+
+/** Bytes of a pack from `offset`, fetched by the main thread, holding the records of a task's items (in any order). */
+export interface FetchedRange {
+  offset: number;
+  data: Uint8Array;
+}
 
 /** What backup_create's workers do: hash the chunks of a run, store the new ones in a pack of their own. */
 export type CreateTask =
@@ -27,14 +34,18 @@ export type CreateTask =
   | { kind: 'store'; id: number; which: number[]; repository: BackendSpec; level: number | null }
   /** Puts this worker's packs in place (durable, indexed, visible). */
   | { kind: 'finish' }
+  /** Part buffers the main thread has sent, given back to be filled again. */
+  | { kind: 'spareParts'; buffers: ArrayBuffer[] }
   | CipherTask;
 
 export type CreateResult =
   | CipherResult
   | { kind: 'share' }
   | { kind: 'hash'; digests: Uint8Array }
-  | { kind: 'store'; locations: Array<ChunkLocation & { index: number }>; storedBytes: number }
-  | { kind: 'finish'; packs: string[]; requests: Record<string, number> };
+  /** `pieces`: parts of packs (and their indexes) for the main thread to send, where the store takes objects in parts. */
+  | { kind: 'store'; locations: Array<ChunkLocation & { index: number }>; storedBytes: number; pieces: PackPiece[] }
+  | { kind: 'finish'; packs: string[]; requests: Record<string, number>; pieces: PackPiece[] }
+  | { kind: 'spareParts' };
 
 /** What the workers that read chunks do: a restore's, and a daemon's serving a backup. */
 export type ReadTask =
@@ -44,18 +55,21 @@ export type ReadTask =
    */
   | { kind: 'load'; items: LoadItem[]; secret: Uint8Array | null; repository?: BackendSpec }
   /**
-   * Loads and checks consecutive chunks and writes them at their offsets (zero chunks only when
-   * `writeZeros`). `fd` may be opened O_DIRECT (`direct`): pieces not aligned to 4 KiB then go
-   * through `bufferedFd`. A restore's workers only.
+   * Loads and checks chunks and writes them at their offsets (zero chunks only when `writeZeros`):
+   * consecutive chunks of local packs read by the worker, or any chunks whose records are all in
+   * `fetched` (a range of a pack in a bucket, read by the main thread). `fd`
+   * may be opened O_DIRECT (`direct`): pieces not aligned to 4 KiB then go through `bufferedFd`. A
+   * restore's workers only.
    */
-  | { kind: 'write'; items: LoadItem[]; secret: Uint8Array | null; repository?: BackendSpec; fd: number; direct: boolean; bufferedFd: number; writeZeros: boolean }
+  | { kind: 'write'; items: LoadItem[]; secret: Uint8Array | null; fetched?: FetchedRange; fd: number; direct: boolean; bufferedFd: number; writeZeros: boolean }
   /**
    * Closes the packs this worker read from folder `dir` (all with none): a served backup detached, a
    * restore done; and forgets the cipher of `secret` (an encrypted repository's key, given for that attach only).
    */
   | { kind: 'closePacks'; dir?: string; forget?: Uint8Array | null };
 
-export type ReadResult = { kind: 'load'; data: Uint8Array[] } | { kind: 'write'; writtenBytes: number } | { kind: 'closePacks'; closed: number };
+/** A write's `fetched` buffer comes back (`spare`) to be filled again. */
+export type ReadResult = { kind: 'load'; data: Uint8Array[] } | { kind: 'write'; writtenBytes: number; spare?: ArrayBuffer } | { kind: 'closePacks'; closed: number };
 
 /** What backup_verify's workers do: read a pack whole and check every record against its index and its digest. */
 export type VerifyTask = { kind: 'checkPack'; pack: string; idx: string; id: string } | CipherTask;
