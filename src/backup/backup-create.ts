@@ -23,6 +23,7 @@ import { TaskWindow } from '../util/task-window.js';
 import { allocatedChunks, inFronts, readRuns, runsOf } from './image-reader.js';
 import type { Progress } from './progress.js';
 import { PackUploads } from './pack-uploads.js';
+import type { CreateResult as WorkerResult } from './workers/tasks.js';
 import { WorkerPool } from './workers/worker-pool.js';
 
 /** Where a chunk this backup is storing will be: only whether it is known matters here. */
@@ -108,6 +109,8 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
   // A store that takes objects in parts gets the workers' packs part by part from this thread.
   const uploads = repo.backend.startUpload ? new PackUploads(repo.backend, params.s3Uploads, params.s3UnsentBytes) : null;
   let committed = false;
+  /** The packs' finish, once begun (by the last device, or after it). */
+  const finishing: { done: Promise<Array<Extract<WorkerResult, { kind: 'finish' }>>> | null } = { done: null };
   try {
     writer = await repo.beginBackup(id, session);
     await workers.runOnAll({ kind: 'cipher', secret: repo.cipher.secret });
@@ -138,14 +141,26 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
     const entries: Array<ManifestDevice & { indexBytes: number }> = [];
     // Where the repository retains objects (S3 Object Lock): what this backup reuses, to extend.
     const retain = repo.backend.spec.kind === 's3' && repo.backend.spec.objectLock ? new Set<string>() : null;
-    for (const name of o.devices) entries.push(await backupDevice(repo, client, workers, { known, markedPages: marked.pages, retain, uploads }, o, name, previous.get(name) ?? null, writer));
-    // Packs put in place (synced, indexed); the commit makes them, the pages and the index roots
-    // durable before the manifest makes the backup exist.
-    const finished = await workers.runOnAll({ kind: 'finish' });
-    if (uploads) {
-      for (const f of finished) await uploads.add(f.pieces);
-      await uploads.drain();
-    }
+    // Packs put in place (synced, indexed; in a bucket, their last parts sent): begun once the last
+    // device is read, beside the writing of its index. The commit makes them, the pages and the
+    // index roots durable before the manifest makes the backup exist.
+    const finish = (): Promise<Array<Extract<WorkerResult, { kind: 'finish' }>>> => {
+      if (!finishing.done) {
+        finishing.done = (async () => {
+          const done = await workers.runOnAll({ kind: 'finish' });
+          if (uploads) {
+            for (const f of done) await uploads.add(f.pieces);
+            await uploads.drain();
+          }
+          return done;
+        })();
+        // Awaited below; a failure while the index is written comes back there, never unhandled.
+        finishing.done.catch(() => undefined);
+      }
+      return finishing.done;
+    };
+    for (const [i, name] of o.devices.entries()) entries.push(await backupDevice(repo, client, workers, { known, markedPages: marked.pages, retain, uploads }, o, name, previous.get(name) ?? null, writer, i === o.devices.length - 1 ? finish : null));
+    const finished = await finish();
     if (retain) await repo.backend.extendRetention?.([...retain]);
     const manifest = { version: 1 as const, id, time: time.toISOString(), host, devices: entries.map(({ indexBytes: _i, ...device }) => device) };
     await writer.commit(manifest);
@@ -160,7 +175,11 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
       ...(requests ? { requests } : {}),
     };
   } finally {
-    if (!committed) await uploads?.abort();
+    if (!committed) {
+      // Nothing is sent after the abort: a finish begun must have handed on all it will.
+      await finishing.done?.catch(() => undefined);
+      await uploads?.abort();
+    }
     await writer?.abandon();
     if (snapshotId !== null) await client.call(api.SnapshotDestroy, { id: snapshotId }).catch(() => undefined);
     await workers.close();
@@ -188,6 +207,8 @@ async function backupDevice(
   name: string,
   previous: { id: string; device: ManifestDevice } | null,
   writer: BackupWriter,
+  /** Called once the device is read and stored, before its index is written (the last device's: the packs' finish begins). */
+  beforeIndex: (() => unknown) | null,
 ): Promise<ManifestDevice & { indexBytes: number }> {
   const info = await client.call(api.CbtGetInfo, { device: name });
   const snap = await client.call(api.SnapshotGetInfo, { device: name });
@@ -270,6 +291,7 @@ async function backupDevice(
     await storing.add(task);
   });
   await storing.drain();
+  beforeIndex?.();
   const { root, pageBytes } = await writeIndex(repo.backend, repo.cipher, { size, chunkSize, digests }, { checked: checkedPages, marked: markedPages });
   await writer.addIndexRoot(indexFileOf(name), root);
   if (retain) neededObjects(known, digests, root, indexFileOf(name), retain);
