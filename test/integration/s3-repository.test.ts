@@ -537,6 +537,65 @@ describe('a repository in an S3 bucket (Ceph RADOS Gateway)', { skip: missing('n
     });
   });
 
+  it("a pack's bytes go unsigned but checked: each part and pack PUT carries a signed Content-MD5, and a byte changed on the way is refused by the gateway, the backup failing with nothing committed", async () => {
+    const bucket = await s3.bucket();
+    const repo = `s3://${bucket}/md5`;
+    await withDaemon({ 'm.img': 40 * MiB }, async (daemon, _local, dir) => {
+      const nbd = await NbdClient.connect(daemon.uri('m.img'));
+      for (let at = 0; at < 40 * MiB; at += 4 * MiB) await nbd.write(at, randomFillSync(Buffer.alloc(4 * MiB)));
+      await nbd.flush();
+      await nbd.close();
+      const { cli } = cliOf(daemon.controlPath, path.join(dir, 'cache'));
+      assert.equal((await cli(['backup_init', '--repo', repo, '--encryption', 'none'])).code, 0);
+      // Between the CLI and the gateway: notes how each pack's bytes are signed, and flips the first
+      // byte of the first body it sees of a pack (an attacker or a broken link on an unsigned payload).
+      const target = new URL(s3.endpoint);
+      const seen: Array<{ payload: string; signed: string }> = [];
+      let flipped = false;
+      const proxy = http.createServer((req, res) => {
+        const isPack = req.method === 'PUT' && /\/chunks\/[0-9a-f]+\.pack/.test(req.url ?? '');
+        if (isPack) seen.push({ payload: String(req.headers['x-amz-content-sha256']), signed: String(req.headers.authorization).replace(/.*SignedHeaders=([^,]*).*/, '$1') });
+        const forward = http.request({ host: target.hostname, port: target.port, path: req.url, method: req.method, headers: req.headers }, (answer) => {
+          res.writeHead(answer.statusCode ?? 502, answer.headers);
+          answer.pipe(res);
+        });
+        forward.on('error', () => res.destroy());
+        let first = isPack && !flipped;
+        if (first) flipped = true;
+        req.on('data', (piece: Buffer) => {
+          if (first && piece.length > 0) {
+            piece[0] = (piece[0] as number) ^ 0xff;
+            first = false;
+          }
+          forward.write(piece);
+        });
+        req.on('end', () => forward.end());
+      });
+      await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+      try {
+        const made = await run(process.execPath, [blksnapCli, 'backup_create', '--repo', repo, '--device', 'm.img', '--s3-endpoint', `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`, '--cache-dir', path.join(dir, 'cache')], { env: { ...process.env, ...s3.env, BLKSNAP_CONTROL: daemon.controlPath }, timeoutMs: 180_000 });
+        assert.equal(made.code, 5, made.stderr);
+        assert.match(made.stderr, /EIO: .*chunks\/[0-9a-f]+\.pack.*BadDigest/);
+      } finally {
+        proxy.closeAllConnections();
+        await new Promise((r) => proxy.close(r));
+      }
+      assert.ok(seen.length > 0 && flipped, 'a pack went through the proxy');
+      for (const s of seen) {
+        assert.equal(s.payload, 'UNSIGNED-PAYLOAD');
+        assert.ok(s.signed.split(';').includes('content-md5'), `the Content-MD5 is signed (SignedHeaders=${s.signed})`);
+      }
+      assert.deepEqual((await keysOf(bucket, 'md5/backups/')).filter((k) => k.endsWith('manifest.json')), [], 'no manifest');
+      // Straight to the gateway, the next backup is whole.
+      const again = await cli(['backup_create', '--repo', repo, '--device', 'm.img', '--json']);
+      assert.equal(again.code, 0, again.stderr);
+      const to = path.join(dir, 'back');
+      assert.equal((await cli(['backup_restore', '--repo', repo, '--id', (JSON.parse(again.stdout) as { id: string }).id, '--device', 'm.img', '--to', to])).code, 0);
+      await check('nbdcopy', [daemon.uri('m.img'), path.join(dir, 'device.img')]);
+      await check('cmp', [to, path.join(dir, 'device.img')]);
+    });
+  });
+
   it('clear errors: a missing bucket is ENOENT naming it, wrong credentials EACCES, a wrong key EACCES, a clock 20 minutes off the server\'s EIO saying so', async () => {
     const bucket = await s3.bucket();
     await withDaemon({ 'x.img': MiB }, async (daemon, _local, dir) => {
