@@ -231,8 +231,6 @@ export const backup = {
    * worker's pack of the default 512 MiB waited for the end of most backups.
    */
   s3PackBytes: 64 * 1024 * 1024,
-  /** Objects fetched into the cache at once. */
-  s3Fetches: 4,
   /** Bytes of a pack a restore from a bucket reads with one ranged request at most. */
   s3RangeBytes: 8 * 1024 * 1024,
   /** Bytes of records a restore does not need that a ranged read still reads through (cheaper than another request). */

@@ -191,13 +191,17 @@ async function deleteDue(s: SweepState, g: MarkGeneration, live: Set<string>, gr
 /** The sweep under the prune lock: what is due deleted, then what is unreferenced now marked (see the top). */
 async function sweep(repo: Repository, result: PruneResult, graceMs: number, lock: RepositoryLock): Promise<void> {
   const backend = repo.backend;
+  // The sessions live before the references are read: a generation is due only when none of its
+  // sessions is among them, so each of them committed (or gave up) before the reading began, and
+  // what it committed is in the references. Listed after, a backup that ended between the two
+  // would have its objects deleted as unreferenced.
+  let live = new Set((await liveSessions(backend)).map((x) => x.id));
   const refs = await allReferences(repo);
   const pending = await readPending(backend);
   // A generation whose marking prune died before it listed the sessions protects nothing: dropped, marked anew below.
   pending.generations = pending.generations.filter((g) => g.sessions !== null);
   let marked = markedOf(pending);
   const s: SweepState = { repo, result, refs, index: await ChunkIndex.load(backend, repo.cipher, { last: marked.packs }), lock };
-  let live = new Set((await liveSessions(backend)).map((x) => x.id));
   for (const g of pending.generations) await deleteDue(s, g, live, graceMs);
   marked = markedOf(pending);
 
@@ -244,7 +248,14 @@ async function sweep(repo: Repository, result: PruneResult, graceMs: number, loc
     live = new Set((await liveSessions(backend)).map((x) => x.id));
     fresh.sessions = [...live];
     await writePending(backend, pending);
-    if (await deleteDue(s, fresh, live, graceMs)) await writePending(backend, pending);
+    // Due at once (no grace, no session live): only against references read again now. A backup
+    // that began after the references above and ended before the sessions were listed is in no
+    // session of the marking, and what it committed was marked as unreferenced.
+    if (graceMs === 0 && live.size === 0) {
+      s.refs = await allReferences(repo);
+      s.index = await ChunkIndex.load(backend, repo.cipher, { last: markedOf(pending).packs });
+      if (await deleteDue(s, fresh, live, graceMs)) await writePending(backend, pending);
+    }
   } else await writePending(backend, pending);
   await sweepLeftovers(repo, new Set((await liveSessions(backend)).flatMap((x) => (x.backup ? [x.backup] : []))));
   for (const g of pending.generations) {

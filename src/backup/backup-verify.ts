@@ -99,22 +99,24 @@ export async function referencesOf(repo: Repository, id: string): Promise<{ chun
 }
 
 /**
- * Reads pack `id` from the store itself (an object store's fetched into the cache, let go after) and
- * checks every record against its index and its digest, in a worker of `workers` (its cipher set);
- * a pack that cannot be read is one bad entry with an empty digest, naming why.
+ * Reads pack `id` from the store itself (a bucket's by ranged requests from the worker, never from
+ * a cache) and checks every record against its index and its digest, in a worker of `workers` (its
+ * cipher set); `knownSize`, the pack's bytes where the caller looked already. A pack that cannot be
+ * read is one bad entry with an empty digest, naming why.
  */
-export async function checkPackInStore(backend: Backend, workers: WorkerPool<'verify'>, id: string): Promise<{ checked: number; bad: Array<{ digest: string; reason: string }> }> {
-  const objects = [names.pack(id), names.packIndex(id)];
+export async function checkPackInStore(backend: Backend, workers: WorkerPool<'verify'>, id: string, knownSize?: number): Promise<{ checked: number; bad: Array<{ digest: string; reason: string }> }> {
   try {
-    await backend.fetchLocal(objects);
+    if (backend.spec.kind === 's3') {
+      const size = knownSize ?? (await backend.size(names.pack(id)));
+      if (size === null) throw new BlkError('ENOENT', `${names.pack(id)} is not there`);
+      return await workers.run({ kind: 'checkPack', id, repository: backend.spec, size });
+    }
     const pack = backend.localPath(names.pack(id));
     const idx = backend.localPath(names.packIndex(id));
     if (pack === null || idx === null) throw new BlkError('ENOTSUP', `${backend.location}: packs are checked in local files only`);
     return await workers.run({ kind: 'checkPack', pack, idx, id });
   } catch (e) {
     return { checked: 0, bad: [{ digest: '', reason: `pack ${id}: ${toBlkError(e).message}` }] };
-  } finally {
-    await backend.evictLocal(objects);
   }
 }
 
@@ -155,10 +157,10 @@ async function verifyInSession(repo: Repository, o: VerifyOptions): Promise<Veri
     for (const id of packs) sizes.set(id, (await repo.backend.size(names.pack(id))) ?? 0);
     const sizeOf = (id: string): number => sizes.get(id) ?? 0;
     o.progress?.start('verify', packs.reduce((a, p) => a + sizeOf(p), 0));
-    // A few packs at a time: an object store's are fetched into the cache, checked, and let go.
+    // A few packs at a time (in a bucket each read by range as it is checked).
     const inFlight = new TaskWindow(workers.size * 2);
     const checkPack = async (id: string): Promise<void> => {
-      const r = await checkPackInStore(repo.backend, workers, id);
+      const r = await checkPackInStore(repo.backend, workers, id, sizes.get(id));
       checked += r.checked;
       for (const b of r.bad) {
         if (b.digest === '') problems.push(b.reason);

@@ -112,14 +112,9 @@ export interface Backend {
 
   /**
    * Where an object lies as a local file, for the paths that read packs by descriptor (restore,
-   * verify, attach): a local backend's own file; an object store's cached copy once fetchLocal()
-   * fetched it; null otherwise.
+   * verify, attach): a local backend's own file; null for an object store (read by range).
    */
   localPath(name: string): string | null;
-  /** Makes localPath() name a local file for each of these objects (fetched whole into a cache where they are remote). */
-  fetchLocal(objects: string[]): Promise<void>;
-  /** Lets cached copies of these objects go (no-op where the objects are local). */
-  evictLocal(objects: string[]): Promise<void>;
   /**
    * From now on every read goes to the store itself, never to a cached copy (backup_verify: what it
    * checks is what the store holds).

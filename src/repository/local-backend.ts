@@ -157,10 +157,6 @@ export class LocalBackend implements Backend {
     return this.#path(name);
   }
 
-  async fetchLocal(): Promise<void> {}
-
-  async evictLocal(): Promise<void> {}
-
   bypassCache(): void {}
 
   #error(e: unknown, name: string): BlkError {

@@ -2,8 +2,8 @@
 // the format is one S3 object under the prefix, written whole by PUT or in parts (multipart), read
 // whole or by range. What is built in a local staging folder under the cache directory (a backup's
 // folder; a copy's or prune's packs) is uploaded at commit, a backup's manifest last; a backup's
-// own packs come in parts from memory (startUpload, backup/pack-uploads.ts). Verify has the packs it
-// reads fetched whole into the cache. Objects that never change once written and that planning
+// own packs come in parts from memory (startUpload, backup/pack-uploads.ts). Restores, verify and
+// attached backups read packs by range. Objects that never change once written and that planning
 // reads (pack indexes, manifests, index roots) are kept in the cache when written or first read, and
 // read from there while the bucket's listing still names them, so an incremental backup's requests
 // follow its change, not the size of the repository; verify bypasses the cache. The prune lock is an
@@ -147,8 +147,6 @@ export class S3Backend implements Backend {
   #client: Promise<S3Client> | null = null;
   /** This repository's folder in the cache directory. */
   readonly cacheDir: string;
-  /** Objects fetched into the cache by fetchLocal(), so localPath() names them. */
-  #fetched = new Set<string>();
   /** Every read from the bucket, none from the cache (verify). */
   #bypass = false;
   /** What this client knows of objects' retention (ms since the epoch): what it wrote or extended, or read from the cache. */
@@ -386,7 +384,6 @@ export class S3Backend implements Backend {
         throw this.#error(e, name);
       }
     }
-    this.#fetched.delete(name);
     await fs.promises.rm(path.join(this.cacheDir, 'objects', name), { force: true, recursive: true });
   }
 
@@ -609,57 +606,9 @@ export class S3Backend implements Backend {
     return lockWithObjects(this, onWait);
   }
 
-  /** The cached copy of an object fetched by fetchLocal(); null for any other. */
-  localPath(name: string): string | null {
-    return this.#fetched.has(name) ? path.join(this.cacheDir, 'objects', name) : null;
-  }
-
-  /** Fetches objects whole into the cache (streamed to a file, its size checked), a few at a time. */
-  async fetchLocal(objects: string[]): Promise<void> {
-    const queue = objects.filter((n) => !this.#fetched.has(n));
-    const fetchOne = async (name: string): Promise<void> => {
-      const { client, sdk } = await this.#s3();
-      const file = path.join(this.cacheDir, 'objects', name);
-      await fs.promises.mkdir(path.dirname(file), { recursive: true });
-      const temp = `${file}${TEMP_MARK}${process.pid}.${threadId}.${tempCounter++}`;
-      try {
-        const r = await client.send(new sdk.GetObjectCommand({ Bucket: this.spec.bucket, Key: this.#key(name) }));
-        const handle = await fs.promises.open(temp, 'w', 0o600);
-        let written = 0;
-        try {
-          for await (const piece of r.Body as AsyncIterable<Uint8Array>) {
-            await paced(this.spec.downloadLimit, piece.length);
-            await handle.write(piece, 0, piece.length, written);
-            written += piece.length;
-          }
-        } finally {
-          await handle.close();
-        }
-        if (r.ContentLength !== undefined && written !== r.ContentLength) throw new BlkError('EIO', `${name} in ${this.location}: ${written} of ${r.ContentLength} bytes arrived`);
-        await fs.promises.rename(temp, file);
-        this.#fetched.add(name);
-      } catch (e) {
-        await fs.promises.rm(temp, { force: true });
-        throw this.#error(e, name);
-      }
-    };
-    const running: Promise<void>[] = [];
-    for (let i = 0; i < Math.min(params.s3Fetches, queue.length); i++) {
-      running.push(
-        (async () => {
-          for (let name = queue.shift(); name !== undefined; name = queue.shift()) await fetchOne(name);
-        })(),
-      );
-    }
-    await Promise.all(running);
-  }
-
-  /** Drops cached copies (a verify's packs, once checked). */
-  async evictLocal(objects: string[]): Promise<void> {
-    for (const name of objects) {
-      this.#fetched.delete(name);
-      await fs.promises.rm(path.join(this.cacheDir, 'objects', name), { force: true });
-    }
+  /** None: every object of a bucket is read by request (whole, or by range). */
+  localPath(): null {
+    return null;
   }
 }
 

@@ -72,7 +72,11 @@ export type ReadTask =
 export type ReadResult = { kind: 'load'; data: Uint8Array[] } | { kind: 'write'; writtenBytes: number; spare?: ArrayBuffer } | { kind: 'closePacks'; closed: number };
 
 /** What backup_verify's workers do: read a pack whole and check every record against its index and its digest. */
-export type VerifyTask = { kind: 'checkPack'; pack: string; idx: string; id: string } | CipherTask;
+export type VerifyTask =
+  /** A pack in local files (`pack`, `idx`), or in the bucket `repository` (read by range; `size` its bytes). */
+  | { kind: 'checkPack'; id: string; pack: string; idx: string }
+  | { kind: 'checkPack'; id: string; repository: BackendSpec; size: number }
+  | CipherTask;
 export type VerifyResult = CipherResult | { kind: 'checkPack'; checked: number; bad: Array<{ digest: string; reason: string }> };
 
 /** Any worker's task and result, as the pool carries them. */

@@ -1,10 +1,14 @@
 // Owns the work of one of backup_verify's worker threads: a pack read front to back, every record
-// checked against the pack's index and its digest.
+// checked against the pack's index and its digest. A local pack is read from its file; a pack in a
+// bucket by ranged requests straight into this thread's buffers (no copy of it on disk).
 import * as fs from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { toBlkError } from '../../errors.js';
 import { openDirectSync, readUpTo } from '../../os/fd-io.js';
 import { adviseWillNeed } from '../../os/libc.js';
+import type { Backend } from '../../repository/backend.js';
+import { openBackend } from '../../repository/backends.js';
+import { names } from '../../repository/layout.js';
 import { decodeRecord, entriesOf, openIdx, RECORD_HEADER } from '../../repository/pack.js';
 import { alignedBuffers, cipherFor } from './pack-reads.js';
 import type { VerifyResult, VerifyTask } from './tasks.js';
@@ -20,27 +24,63 @@ const CHECK_READS_AHEAD = 2;
  * fault in the host each: half the check's time went to the kernel), with reads of its next windows
  * in the thread pool while this thread decodes and hashes.
  */
+/** A pack to check: its index's bytes, its size, and a read of `into.length` bytes from an offset. */
+interface PackSource {
+  idx: Buffer;
+  idxName: string;
+  size: number;
+  read(into: Buffer, offset: number): Promise<number>;
+  close(): void;
+}
+
+/** Backends this thread opened (a bucket's), one client each; reads go to the store, never a cache. */
+const backends = new Map<string, Backend>();
+
+async function sourceOf(task: Extract<VerifyTask, { kind: 'checkPack' }>): Promise<PackSource> {
+  if ('repository' in task) {
+    const key = JSON.stringify(task.repository);
+    let backend = backends.get(key);
+    if (!backend) {
+      backend = openBackend(task.repository);
+      backend.bypassCache();
+      backends.set(key, backend);
+    }
+    const from = backend;
+    const pack = names.pack(task.id);
+    return { idx: await from.read(names.packIndex(task.id)), idxName: names.packIndex(task.id), size: task.size, read: (into, offset) => from.readRange(pack, offset, into), close: () => undefined };
+  }
+  const idx = fs.readFileSync(task.idx);
+  const direct = openDirectSync(task.pack, fs.constants.O_RDONLY);
+  const fd = direct ?? fs.openSync(task.pack, 'r');
+  if (direct === null) adviseWillNeed(fd, 0, 0); // the whole pack read ahead by the kernel instead
+  return { idx, idxName: task.idx, size: fs.fstatSync(fd).size, read: (into, offset) => readUpTo(fd, into, offset), close: () => fs.closeSync(fd) };
+}
+
 async function checkPack(task: Extract<VerifyTask, { kind: 'checkPack' }>): Promise<{ checked: number; bad: Array<{ digest: string; reason: string }> }> {
   const cipher = verifyCipher;
   const bad: Array<{ digest: string; reason: string }> = [];
   let entries: ReturnType<typeof entriesOf>;
+  let source: PackSource;
   try {
-    entries = entriesOf(openIdx(fs.readFileSync(task.idx), task.id, task.idx, cipher));
+    source = await sourceOf(task);
   } catch (e) {
     return { checked: 0, bad: [{ digest: '', reason: toBlkError(e).message }] };
   }
+  try {
+    entries = entriesOf(openIdx(source.idx, task.id, source.idxName, cipher));
+  } catch (e) {
+    source.close();
+    return { checked: 0, bad: [{ digest: '', reason: toBlkError(e).message }] };
+  }
   const byOffset = [...entries].sort((a, b) => a.offset - b.offset);
-  const direct = openDirectSync(task.pack, fs.constants.O_RDONLY);
-  const fd = direct ?? fs.openSync(task.pack, 'r');
-  if (direct === null) adviseWillNeed(fd, 0, 0); // the whole pack read ahead by the kernel instead
-  const lastWindow = Math.floor((fs.fstatSync(fd).size - 1) / CHECK_READ_BYTES);
+  const lastWindow = Math.floor((source.size - 1) / CHECK_READ_BYTES);
   // Window k holds the pack's bytes [k × CHECK_READ_BYTES, …), fewer at its end.
   const windows = new Map<number, { buffer: Buffer; read: Promise<Buffer> }>();
   const windowAt = (k: number): Promise<Buffer> => {
     let w = windows.get(k);
     if (!w) {
       const buffer = alignedBuffers.acquire(CHECK_READ_BYTES);
-      w = { buffer, read: readUpTo(fd, buffer, k * CHECK_READ_BYTES).then((n) => buffer.subarray(0, n)) };
+      w = { buffer, read: source.read(buffer, k * CHECK_READ_BYTES).then((n) => buffer.subarray(0, n)) };
       windows.set(k, w);
     }
     return w.read;
@@ -88,7 +128,7 @@ async function checkPack(task: Extract<VerifyTask, { kind: 'checkPack' }>): Prom
       await w.read.catch(() => undefined);
       alignedBuffers.release(w.buffer);
     }
-    fs.closeSync(fd);
+    source.close();
   }
   return { checked: entries.length, bad };
 }
