@@ -9,6 +9,8 @@ import { describe, it } from 'node:test';
 import { type PruneResult, pruneRepository } from '../../src/backup/backup-prune.js';
 import { restoreBackup } from '../../src/backup/backup-restore.js';
 import { verifyRepository } from '../../src/backup/backup-verify.js';
+import { PENDING } from '../../src/repository/pending-deletion.js';
+import { Repository } from '../../src/repository/repository.js';
 import { BlksnapClient } from '../../src/client/connection.js';
 import * as api from '../../src/control/protocol.js';
 import { NbdClient } from '../../src/client/nbd-client.js';
@@ -269,6 +271,41 @@ describe('backup_restore targets', { skip: missing('qemu-io', 'losetup', 'mkfs.e
       assert.ok(after.removedChunks > 0, 'the sessions ended: what was marked is deleted');
       assert.deepEqual(after.pending, { packs: 0, pages: 0, bytes: 0, deletableAfter: null });
       assert.equal((await verifyRepository(repo, {})).ok, true);
+    });
+  });
+
+  it('a backup that commits after a prune read the references and whose session ended before the prune listed sessions loses nothing, with no grace', async () => {
+    await withDaemon({ 'q.img': 16 * MiB }, async (daemon, repo, dir) => {
+      await check('qemu-io', ['-f', 'raw', '-c', 'write -P 0x71 0 12M', daemon.uri('q.img')]);
+      const late = await daemon.json<Created>('backup_create', '--repo', repo.location, '--device', 'q.img', '--diff-storage', dir);
+      // The same store, but its listing of backups lacks the late backup until the prune has written
+      // its marking: to the prune, that backup committed after it read the references, and its
+      // session (long ended) was not there when it listed the sessions.
+      const store = repo.backend;
+      let markingWritten = false;
+      const seenLate = new Proxy(store, {
+        get(target, property) {
+          if (property === 'listTree') {
+            return async (folder: string) => {
+              const names = await target.listTree(folder);
+              return folder === 'backups/' && !markingWritten ? names.filter((n) => !n.startsWith(`${late.id}/`)) : names;
+            };
+          }
+          if (property === 'write') {
+            return async (name: string, data: Uint8Array, options?: { inExistingFolder?: boolean }) => {
+              await target.write(name, data, options);
+              if (name === PENDING) markingWritten = true;
+            };
+          }
+          const value = Reflect.get(target, property, target) as unknown;
+          return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+        },
+      });
+      const pruned = await pruneRepository(await Repository.open(seenLate), { keepLast: 100, graceMs: 0 });
+      assert.equal(pruned.removedChunks, 0, `chunks of a committed backup deleted: ${JSON.stringify(pruned)}`);
+      assert.equal(pruned.removedPages, 0, 'index pages of a committed backup deleted');
+      const verified = await verifyRepository(repo, {});
+      assert.equal(verified.ok, true, verified.problems.join('; '));
     });
   });
 });
