@@ -174,24 +174,29 @@ export function closePacks(dir?: string): number {
   return closed;
 }
 
-/** Backends this thread opened by spec (a served backup in a bucket): one client each. */
+/** Backends this thread opened by spec (a served backup's, a verified one's bucket): one client each. */
 const backends = new Map<string, Backend>();
 
-/** Every item's stored bytes, each span of records fetched with one ranged read of its object (a pack in an object store). */
-export async function readStoredRemote(items: LoadItem[], spec: BackendSpec): Promise<Array<Buffer | null>> {
+/** The backend of `spec`, opened once per thread (an object store's client is made on its first request). */
+export function backendOf(spec: BackendSpec): Backend {
   const key = JSON.stringify(spec);
   let backend = backends.get(key);
   if (!backend) {
     backend = openBackend(spec);
     backends.set(key, backend);
   }
+  return backend;
+}
+
+/** Every item's stored bytes, each span of records fetched with one ranged read of its object (a pack in an object store). */
+export async function readStoredRemote(items: LoadItem[], spec: BackendSpec): Promise<Array<Buffer | null>> {
+  const backend = backendOf(spec);
   const out: Array<Buffer | null> = items.map(() => null);
-  const from = backend;
   await Promise.all(
     spansOf(items).map(async (span) => {
       const where = (items[span.first] as LoadItem).where as NonNullable<LoadItem['where']>;
       const data = Buffer.allocUnsafe(span.bytes);
-      cutSpan(items, span, data, await from.readRange(where.name, span.offset, data), out);
+      cutSpan(items, span, data, await backend.readRange(where.name, span.offset, data), out);
     }),
   );
   return out;

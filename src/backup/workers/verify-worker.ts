@@ -6,11 +6,9 @@ import { parentPort } from 'node:worker_threads';
 import { toBlkError } from '../../errors.js';
 import { openDirectSync, readUpTo } from '../../os/fd-io.js';
 import { adviseWillNeed } from '../../os/libc.js';
-import type { Backend } from '../../repository/backend.js';
-import { openBackend } from '../../repository/backends.js';
 import { names } from '../../repository/layout.js';
 import { decodeRecord, entriesOf, openIdx, RECORD_HEADER } from '../../repository/pack.js';
-import { alignedBuffers, cipherFor } from './pack-reads.js';
+import { alignedBuffers, backendOf, cipherFor } from './pack-reads.js';
 import type { VerifyResult, VerifyTask } from './tasks.js';
 
 /** A pack check reads this much at a time (an aligned size: the reads may be O_DIRECT). */
@@ -33,21 +31,13 @@ interface PackSource {
   close(): void;
 }
 
-/** Backends this thread opened (a bucket's), one client each; reads go to the store, never a cache. */
-const backends = new Map<string, Backend>();
-
 async function sourceOf(task: Extract<VerifyTask, { kind: 'checkPack' }>): Promise<PackSource> {
   if ('repository' in task) {
-    const key = JSON.stringify(task.repository);
-    let backend = backends.get(key);
-    if (!backend) {
-      backend = openBackend(task.repository);
-      backend.bypassCache();
-      backends.set(key, backend);
-    }
-    const from = backend;
+    const backend = backendOf(task.repository);
+    // What is checked is what the store holds, never a copy a cache kept.
+    backend.bypassCache();
     const pack = names.pack(task.id);
-    return { idx: await from.read(names.packIndex(task.id)), idxName: names.packIndex(task.id), size: task.size, read: (into, offset) => from.readRange(pack, offset, into), close: () => undefined };
+    return { idx: await backend.read(names.packIndex(task.id)), idxName: names.packIndex(task.id), size: task.size, read: (into, offset) => backend.readRange(pack, offset, into), close: () => undefined };
   }
   const idx = fs.readFileSync(task.idx);
   const direct = openDirectSync(task.pack, fs.constants.O_RDONLY);
