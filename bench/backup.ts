@@ -162,7 +162,8 @@ async function ours(dir: string, file: string, encrypted: boolean, s3?: { server
   return {
     name: s3 ? 'blksnap+s3' : encrypted ? 'blksnap+e' : 'blksnap',
     async full() {
-      if (s3) fresh++;
+      // A fresh prefix in a bucket, the last one emptied (as restic's is): the cluster's disk holds a few rounds of a 4 GiB set.
+      if (s3) await emptyPrefix(s3.server, s3.bucket, `ours-${fresh++}/`);
       else fs.rmSync(repoNow(), { recursive: true, force: true });
       await (encrypted ? cli('backup_init', '--repo', repoNow()) : cli('backup_init', '--repo', repoNow(), '--encryption', 'none'));
       await dropCaches();

@@ -95,6 +95,10 @@ async function makeClient(spec: S3BackendSpec): Promise<S3Client> {
     // newer than many S3 servers, and each part and object is checked by its Content-MD5/ETag.
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
+    // No "Expect: 100-continue" before a large body: Ceph's gateway answers such a request with
+    // "Connection: close", so every part paid a new connection and a round trip (209 connections for
+    // a 4 GiB backup); a body refused is at most one part (s3PartBytes) sent for nothing.
+    expectContinueHeader: false,
     requestHandler: new NodeHttpHandler({ ...(ca ? { httpsAgent: new https.Agent({ ca, keepAlive: true }) } : {}), connectionTimeout: 10_000, requestTimeout: 120_000 }),
   });
   client.middlewareStack.add(

@@ -14,6 +14,7 @@ import { spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -593,6 +594,47 @@ describe('a repository in an S3 bucket (Ceph RADOS Gateway)', { skip: missing('n
       assert.equal((await cli(['backup_restore', '--repo', repo, '--id', (JSON.parse(again.stdout) as { id: string }).id, '--device', 'm.img', '--to', to])).code, 0);
       await check('nbdcopy', [daemon.uri('m.img'), path.join(dir, 'device.img')]);
       await check('cmp', [to, path.join(dir, 'device.img')]);
+    });
+  });
+
+  it("a backup's requests share a few kept-alive connections: no part costs a connection of its own", async () => {
+    const bucket = await s3.bucket();
+    const repo = `s3://${bucket}/conn`;
+    await withDaemon({ 'k.img': 128 * MiB }, async (daemon, _local, dir) => {
+      const nbd = await NbdClient.connect(daemon.uri('k.img'));
+      for (let at = 0; at < 128 * MiB; at += 4 * MiB) await nbd.write(at, randomFillSync(Buffer.alloc(4 * MiB)));
+      await nbd.flush();
+      await nbd.close();
+      const { cli } = cliOf(daemon.controlPath, path.join(dir, 'cache'));
+      assert.equal((await cli(['backup_init', '--repo', repo, '--encryption', 'none'])).code, 0);
+      // A TCP relay in front of the gateway counts the connections the CLI opens (a server that
+      // answers "Connection: close" shows through it, as an HTTP proxy's own keep-alive would hide).
+      const target = new URL(s3.endpoint);
+      let connections = 0;
+      const open = new Set<net.Socket>();
+      const relay = net.createServer((from) => {
+        connections++;
+        open.add(from);
+        from.on('close', () => open.delete(from));
+        const to = net.connect(Number(target.port), target.hostname);
+        from.pipe(to).on('error', () => from.destroy());
+        to.pipe(from).on('error', () => to.destroy());
+        from.on('error', () => to.destroy());
+        to.on('error', () => from.destroy());
+      });
+      await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+      try {
+        const made = await run(process.execPath, [blksnapCli, 'backup_create', '--repo', repo, '--device', 'k.img', '--s3-endpoint', `http://127.0.0.1:${(relay.address() as AddressInfo).port}`, '--cache-dir', path.join(dir, 'cache'), '--json'], { env: { ...process.env, ...s3.env, BLKSNAP_CONTROL: daemon.controlPath }, timeoutMs: 180_000 });
+        assert.equal(made.code, 0, made.stderr);
+        const requests = (JSON.parse(made.stdout) as { requests: Record<string, number> }).requests;
+        // 128 MiB of random data: at least 16 parts of 8 MiB, by UploadPart or PutObject.
+        assert.ok((requests.UploadPart ?? 0) + (requests.PutObject ?? 0) >= 16, JSON.stringify(requests));
+        // A few requests run at once (four uploads, index pages and indexes, a heartbeat): each connection carries many (8 here; 21 when each part closed its connection).
+        assert.ok(connections <= 12, `${connections} connections for ${JSON.stringify(requests)}`);
+      } finally {
+        for (const socket of open) socket.destroy();
+        await new Promise((r) => relay.close(r));
+      }
     });
   });
 
