@@ -12,18 +12,22 @@ import { BlkError, toBlkError } from '../errors.js';
 import { backup as params } from '../params.js';
 import { ChunkIndex, type ChunkLocation } from '../repository/chunk-index.js';
 import { isZeroDigest } from '../repository/digest.js';
-import { chunkCountOf, decodeIndexRoot, readIndex, writeIndex } from '../repository/digest-index.js';
+import { chunkCountOf, decodeIndexRoot, type ReadIndex, readIndex, writeIndex } from '../repository/digest-index.js';
 import { indexFileOf, names, newBackupId } from '../repository/layout.js';
 import { type BackupHost, isSameHost, thisHost } from '../repository/host.js';
 import type { ManifestDevice } from '../repository/manifest.js';
+import type { PackPiece } from '../repository/pack.js';
+import { partBufferBytes } from '../repository/part-stream.js';
 import type { BackupWriter, Repository } from '../repository/repository.js';
 import { readMarked } from '../repository/pending-deletion.js';
 import { s3Requests } from '../repository/s3-backend.js';
+import { settleAll } from '../util/settle.js';
+import { SharedSlots } from '../util/shared-slots.js';
 import { TaskWindow } from '../util/task-window.js';
 import { allocatedChunks, inFronts, readRuns, runsOf } from './image-reader.js';
 import type { Progress } from './progress.js';
 import { PackUploads } from './pack-uploads.js';
-import type { CreateResult as WorkerResult } from './workers/tasks.js';
+import type { WirePiece, CreateResult as WorkerResult } from './workers/tasks.js';
 import { WorkerPool } from './workers/worker-pool.js';
 
 /** Where a chunk this backup is storing will be: only whether it is known matters here. */
@@ -108,36 +112,62 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
   let writer: BackupWriter | null = null;
   // A store that takes objects in parts gets the workers' packs part by part from this thread.
   const uploads = repo.backend.startUpload ? new PackUploads(repo.backend, params.s3Uploads, params.s3UnsentBytes) : null;
+  // The parts the workers fill and this thread sends, in memory both see: enough slots for what may
+  // wait to be sent and what the workers fill meanwhile (a worker finding none takes memory of its own).
+  const partSlots = uploads ? SharedSlots.create(Math.ceil(params.s3UnsentBytes / params.s3PartBytes) + 3 * workers.size, partBufferBytes(params.s3PartBytes)) : null;
+  /** The pieces of a worker's answer with their bytes, and what frees a part's slot once it is sent. */
+  const received = (wire: WirePiece[]): PackPiece[] => wire.map((p) => (p.kind === 'part' ? { ...p, data: partSlots ? partSlots.resolve(p.data) : (p.data as Uint8Array) } : p));
+  const sent = (data: Uint8Array): void => {
+    const ref = partSlots?.refOf(data);
+    if (ref) partSlots?.release(ref.slot);
+  };
   let committed = false;
   /** The packs' finish, once begun (by the last device, or after it). */
   const finishing: { done: Promise<Array<Extract<WorkerResult, { kind: 'finish' }>>> | null } = { done: null };
   try {
     writer = await repo.beginBackup(id, session);
-    await workers.runOnAll({ kind: 'cipher', secret: repo.cipher.secret });
-    const sizes = await Promise.all(o.devices.map((d) => client.call(api.CbtGetInfo, { device: d }).then((i) => i.deviceCapacity)));
-    const total = sizes.reduce((a, b) => a + b, 0);
-    const created = await client.call(api.SnapshotCreate, {
-      devices: o.devices,
-      diffStorage: o.diffStorage ?? repo.backend.localPath('') ?? os.tmpdir(),
-      limit: o.limit ?? Math.max(2 ** 30, Math.ceil(total / 4 / 4096) * 4096),
-      ownedByConnection: true,
-    });
-    snapshotId = created.id;
-    const taken = await client.call(api.SnapshotTake, { id: created.id });
-    if (o.afterTake) {
-      const images = await Promise.all(o.devices.map(async (device) => {
-        const image = (await client.call(api.SnapshotGetInfo, { device })).image;
-        if (!image) throw new BlkError('EIO', `device ${device} has no snapshot image`);
-        return { device, uri: o.imageUri ? o.imageUri(image) : image.uri };
-      }));
-      await o.afterTake(images);
-    }
     const host = thisHost(o.host);
-    const previous = await previousBackups(repo, o.devices, host);
-    // What the repository holds: a chunk found here is not stored again. What a prune marked for
-    // deletion is not reused (its chunks are stored again, its pages written again).
-    const marked = await readMarked(repo.backend);
-    const known = await ChunkIndex.load(repo.backend, repo.cipher, { skip: marked.packs });
+    // Three things at once, none waiting on another: the workers load, the snapshot is taken, and
+    // what the repository holds is read (its backups, markings and chunk index, and the first
+    // device's base index: in a bucket, requests).
+    const taking = (async () => {
+      const sizes = await Promise.all(o.devices.map((d) => client.call(api.CbtGetInfo, { device: d }).then((i) => i.deviceCapacity)));
+      const total = sizes.reduce((a, b) => a + b, 0);
+      const created = await client.call(api.SnapshotCreate, {
+        devices: o.devices,
+        diffStorage: o.diffStorage ?? repo.backend.localPath('') ?? os.tmpdir(),
+        limit: o.limit ?? Math.max(2 ** 30, Math.ceil(total / 4 / 4096) * 4096),
+        ownedByConnection: true,
+      });
+      snapshotId = created.id;
+      const taken = await client.call(api.SnapshotTake, { id: created.id });
+      if (o.afterTake) {
+        const images = await Promise.all(o.devices.map(async (device) => {
+          const image = (await client.call(api.SnapshotGetInfo, { device })).image;
+          if (!image) throw new BlkError('EIO', `device ${device} has no snapshot image`);
+          return { device, uri: o.imageUri ? o.imageUri(image) : image.uri };
+        }));
+        await o.afterTake(images);
+      }
+      return taken;
+    })();
+    const reading = (async () => {
+      const previous = await previousBackups(repo, o.devices, host);
+      const first = o.full ? undefined : previous.get(o.devices[0] as string);
+      // Heard where it is used (a base that cannot be read makes a full backup); no unhandled rejection meanwhile.
+      const firstBase = first ? readIndex(repo.backend, names.indexRoot(first.id, first.device.index), repo.cipher) : null;
+      firstBase?.catch(() => undefined);
+      // What a prune marked for deletion is not reused (its chunks are stored again, its pages written again).
+      const marked = await readMarked(repo.backend);
+      // What the repository holds: a chunk found here is not stored again.
+      const known = await ChunkIndex.load(repo.backend, repo.cipher, { skip: marked.packs });
+      return { previous, firstBase, marked, known };
+    })();
+    const loading = (async () => {
+      await workers.runOnAll({ kind: 'cipher', secret: repo.cipher.secret });
+      if (partSlots) await workers.runOnAll({ kind: 'partSlots', slots: partSlots.handle });
+    })();
+    const [taken, { previous, firstBase, marked, known }] = await settleAll([taking, reading, loading]);
     const entries: Array<ManifestDevice & { indexBytes: number }> = [];
     // Where the repository retains objects (S3 Object Lock): what this backup reuses, to extend.
     const retain = repo.backend.spec.kind === 's3' && repo.backend.spec.objectLock ? new Set<string>() : null;
@@ -149,7 +179,7 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
         finishing.done = (async () => {
           const done = await workers.runOnAll({ kind: 'finish' });
           if (uploads) {
-            for (const f of done) await uploads.add(f.pieces);
+            for (const f of done) await uploads.add(received(f.pieces), sent);
             await uploads.drain();
           }
           return done;
@@ -159,7 +189,11 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
       }
       return finishing.done;
     };
-    for (const [i, name] of o.devices.entries()) entries.push(await backupDevice(repo, client, workers, { known, markedPages: marked.pages, retain, uploads }, o, name, previous.get(name) ?? null, writer, i === o.devices.length - 1 ? finish : null));
+    for (const [i, name] of o.devices.entries()) {
+      const base = previous.get(name);
+      const prefetched = base ? { ...base, index: i === 0 ? firstBase : null } : null;
+      entries.push(await backupDevice(repo, client, workers, { known, markedPages: marked.pages, retain, uploads: uploads ? { uploads, received, sent } : null }, o, name, prefetched, writer, i === o.devices.length - 1 ? finish : null));
+    }
     const finished = await finish();
     if (retain) await repo.backend.extendRetention?.([...retain]);
     const manifest = { version: 1 as const, id, time: time.toISOString(), host, devices: entries.map(({ indexBytes: _i, ...device }) => device) };
@@ -202,10 +236,11 @@ async function backupDevice(
   repo: Repository,
   client: BlksnapClient,
   workers: WorkerPool<'create'>,
-  { known, markedPages, retain, uploads }: { known: ChunkIndex; markedPages: Set<string>; retain: Set<string> | null; uploads: PackUploads | null },
+  { known, markedPages, retain, uploads }: { known: ChunkIndex; markedPages: Set<string>; retain: Set<string> | null; uploads: { uploads: PackUploads; received: (wire: WirePiece[]) => PackPiece[]; sent: (data: Uint8Array) => void } | null },
   o: CreateOptions,
   name: string,
-  previous: { id: string; device: ManifestDevice } | null,
+  /** The device's incremental base, with its index where it is being read already. */
+  previous: { id: string; device: ManifestDevice; index: Promise<ReadIndex> | null } | null,
   writer: BackupWriter,
   /** Called once the device is read and stored, before its index is written (the last device's: the packs' finish begins). */
   beforeIndex: (() => unknown) | null,
@@ -225,7 +260,7 @@ async function backupDevice(
   const p = previous?.device;
   if (!o.full && p && p.generationId === info.generationId && p.size === size && p.chunkSize === chunkSize && p.changesNumber < info.changesNumber) {
     try {
-      const base = await readIndex(repo.backend, names.indexRoot((previous as { id: string }).id, p.index), repo.cipher);
+      const base = await (previous?.index ?? readIndex(repo.backend, names.indexRoot((previous as { id: string }).id, p.index), repo.cipher));
       digests = base.digests;
       for (const page of base.pages) checkedPages.add(page);
       const map = await new Cbt(client, name).readMap();
@@ -285,7 +320,7 @@ async function backupDevice(
       const stored = await workers.run({ kind: 'store', id, which, repository: repo.backend.spec, level: repo.config.zstdLevel }, [], on);
       storedBytes += stored.storedBytes;
       if (isShared) freeSlots.push(data.byteOffset / slotBytes);
-      if (uploads && stored.pieces.length > 0) await uploads.add(stored.pieces, (buffer) => void workers.run({ kind: 'spareParts', buffers: [buffer] }, [buffer], on).catch(() => undefined));
+      if (uploads && stored.pieces.length > 0) await uploads.uploads.add(uploads.received(stored.pieces), uploads.sent);
       o.progress?.advance(bytes);
     });
     await storing.add(task);

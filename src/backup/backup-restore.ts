@@ -19,12 +19,14 @@ import { chunkCountOf, readIndex } from '../repository/digest-index.js';
 import { names } from '../repository/layout.js';
 import type { ManifestDevice } from '../repository/manifest.js';
 import type { Repository } from '../repository/repository.js';
+import { SharedSlots } from '../util/shared-slots.js';
 import { TaskWindow } from '../util/task-window.js';
 import { type ChunkRun, inFronts, runsOf } from './image-reader.js';
 import { packRanges } from './pack-ranges.js';
 import type { Progress } from './progress.js';
 import { type RepeatedChunks, repeatedChunks } from './repeated-chunks.js';
 import { type Daemon, type RestoreTarget, resolveTarget } from './restore-target.js';
+import type { FetchedRange } from './workers/tasks.js';
 import { WorkerPool } from './workers/worker-pool.js';
 
 export interface RestoreOptions {
@@ -269,12 +271,11 @@ type WriteTo = { fd: number; directFd: number | null; writeZeros: boolean };
 async function writeChunks(repo: Repository, workers: WorkerPool<'restore'>, chunks: ChunkIndex, index: Index, wanted: number[], to: WriteTo, label: string, o: RestoreOptions): Promise<number> {
   o.progress?.start(label, wanted.length * index.chunkSize);
   let written = 0;
-  const write = async (items: LoadItem[], fetched?: { offset: number; data: Buffer }): Promise<ArrayBuffer | undefined> => {
+  const write = async (items: LoadItem[], fetched?: FetchedRange, transfer: ArrayBuffer[] = []): Promise<void> => {
     const task = { kind: 'write' as const, items, secret: repo.cipher.secret, fd: to.directFd ?? to.fd, direct: to.directFd !== null, bufferedFd: to.fd, writeZeros: to.writeZeros };
-    const r = fetched ? await workers.run({ ...task, fetched }, [fetched.data.buffer as ArrayBuffer]) : await workers.run(task);
+    const r = await workers.run(fetched ? { ...task, fetched } : task, transfer);
     written += r.writtenBytes;
     o.progress?.advance(r.writtenBytes);
-    return r.spare;
   };
   if (repo.backend.spec.kind === 's3') await writeByPack(repo, workers, chunks, index, wanted, write);
   else {
@@ -297,34 +298,42 @@ async function writeChunks(repo: Repository, workers: WorkerPool<'restore'>, chu
  * with one ranged request by this thread (its bytes moved to the worker that checks and writes
  * them), a few at once; chunks of zeros (a block device's) after, in device order.
  */
-async function writeByPack(repo: Repository, workers: WorkerPool<'restore'>, chunks: ChunkIndex, index: Index, wanted: number[], write: (items: LoadItem[], fetched?: { offset: number; data: Buffer }) => Promise<ArrayBuffer | undefined>): Promise<void> {
+async function writeByPack(repo: Repository, workers: WorkerPool<'restore'>, chunks: ChunkIndex, index: Index, wanted: number[], write: (items: LoadItem[], fetched?: FetchedRange, transfer?: ArrayBuffer[]) => Promise<void>): Promise<void> {
   const zeros = wanted.filter((c) => isZeroDigest(index.digests, c * 32));
   const repeated = repeatedIn(wanted.filter((c) => !isZeroDigest(index.digests, c * 32)), index);
   const lengthOf = (c: number): number => Math.min(index.chunkSize, index.size - c * index.chunkSize);
   const limits = { maximumBytes: params.s3RangeBytes, maximumDecoded: 2 * params.s3RangeBytes, gap: params.s3RangeGap };
   // Each task holds its range and its decoded chunks: a few per worker keep the workers and the store busy.
-  const inFlight = new TaskWindow(workers.size * 2 + 2);
+  const window = workers.size * 2 + 2;
+  const inFlight = new TaskWindow(window);
   const itemsOf = (list: number[]): LoadItem[] => withCopies(list.flatMap((c) => chunks.loadItems(repo.backend, index, c, 1)), repeated.copiesOf, index.chunkSize);
-  // Buffers the workers gave back, filled again: memory used again costs no new pages.
-  const spare: ArrayBuffer[] = [];
-  const bufferFor = (bytes: number): Buffer => {
-    const b = spare.pop();
-    return b && b.byteLength >= bytes ? Buffer.from(b, 0, bytes) : Buffer.allocUnsafeSlow(Math.max(bytes, params.s3RangeBytes)).subarray(0, bytes);
-  };
+  // Ranges are fetched into memory the workers share, a slot for each task that may be in flight,
+  // each freed by the worker that wrote its chunks: no buffer moves between threads (a range larger
+  // than a slot, a single record past the limit, brings its own).
+  const slots = SharedSlots.create(window + 1, params.s3RangeBytes);
+  await workers.runOnAll({ kind: 'rangeSlots', slots: slots.handle });
   try {
     for (const range of packRanges(chunks, index.digests, repeated.firsts, index.chunkSize, lengthOf, limits)) {
       const items = itemsOf(range.chunks);
       const name = names.pack(chunks.packs[range.pack] as string);
       await inFlight.add(
         (async () => {
-          const data = bufferFor(range.bytes);
-          const n = await repo.backend.readRange(name, range.offset, data);
-          const back = await write(items, { offset: range.offset, data: data.subarray(0, n) });
-          if (back) spare.push(back);
+          const slot = range.bytes <= params.s3RangeBytes ? slots.claim() : null;
+          const data = slot === null ? Buffer.allocUnsafe(range.bytes) : slots.view(slot, range.bytes);
+          let handedOn = false;
+          try {
+            const n = await repo.backend.readRange(name, range.offset, data);
+            handedOn = true;
+            if (slot === null) await write(items, { offset: range.offset, data: data.subarray(0, n) }, [data.buffer as ArrayBuffer]);
+            else await write(items, { offset: range.offset, data: { slot, length: n } });
+          } finally {
+            // The worker frees a slot it was handed; one never handed on is freed here.
+            if (slot !== null && !handedOn) slots.release(slot);
+          }
         })(),
       );
     }
-    for (const run of runsOf(zeros, Math.max(1, Math.floor(params.restoreTaskBytes / index.chunkSize)))) await inFlight.add(write(chunks.loadItems(repo.backend, index, run.first, run.count)).then(() => undefined));
+    for (const run of runsOf(zeros, Math.max(1, Math.floor(params.restoreTaskBytes / index.chunkSize)))) await inFlight.add(write(chunks.loadItems(repo.backend, index, run.first, run.count)));
   } finally {
     await inFlight.settle();
   }

@@ -39,7 +39,7 @@ export class PackUploads {
    * Takes a worker's pieces (in the order it made them: taken synchronously, so a pack's last part
    * always finds its earlier ones) and resolves once the bytes not yet sent are within the limit.
    */
-  async add(pieces: PackPiece[], giveBack?: (buffer: ArrayBuffer) => void): Promise<void> {
+  async add(pieces: PackPiece[], giveBack?: (data: Uint8Array) => void): Promise<void> {
     for (const piece of pieces) {
       if (piece.kind === 'part') this.#addPart(piece, giveBack);
       else this.#addIndex(piece);
@@ -63,8 +63,8 @@ export class PackUploads {
     this.#packs.clear();
   }
 
-  /** `giveBack` gets the part's buffer once it is sent (or failed): its maker fills it again. */
-  #addPart(piece: Extract<PackPiece, { kind: 'part' }>, giveBack?: (buffer: ArrayBuffer) => void): void {
+  /** `giveBack` gets the part's bytes once they are sent (or failed): their memory may be filled again. */
+  #addPart(piece: Extract<PackPiece, { kind: 'part' }>, giveBack?: (data: Uint8Array) => void): void {
     let pack = this.#packs.get(piece.name);
     if (!pack) {
       pack = { upload: null, parts: [], whole: null };
@@ -72,7 +72,7 @@ export class PackUploads {
     }
     const bytes = piece.data.length;
     this.#unsentBytes += bytes;
-    const sent = (p: Promise<void>): Promise<void> => this.#track(giveBack ? p.finally(() => giveBack(piece.data.buffer as ArrayBuffer)) : p);
+    const sent = (p: Promise<void>): Promise<void> => this.#track(giveBack ? p.finally(() => giveBack(piece.data)) : p);
     if (piece.n === 1 && piece.last) {
       // One part: the whole pack by one PUT (a multipart upload would take three requests).
       pack.whole = sent(this.#send(bytes, () => this.#backend.write(piece.name, piece.data, { md5: piece.md5 })));

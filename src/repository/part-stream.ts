@@ -85,7 +85,8 @@ export class PartStream {
     const length = last ? this.#staged : this.#partBytes;
     const full = this.#buffer;
     const over = this.#staged - length;
-    this.#buffer = this.#newBuffer();
+    // After the last part nothing more comes: no buffer is taken for it (one of shared memory would stay taken).
+    this.#buffer = last ? Buffer.alloc(0) : this.#newBuffer();
     if (over > 0) full.copy(this.#buffer, 0, length, this.#staged);
     this.#staged = over;
     const data = new Uint8Array(full.buffer, full.byteOffset, length);

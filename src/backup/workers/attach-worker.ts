@@ -5,7 +5,7 @@ import { toBlkError } from '../../errors.js';
 import { closePacks, forgetCipher, loadTask } from './pack-reads.js';
 import type { ReadResult, ReadTask } from './tasks.js';
 
-async function run(task: Exclude<ReadTask, { kind: 'write' }>): Promise<{ result: ReadResult; transfer: ArrayBuffer[] }> {
+async function run(task: Exclude<ReadTask, { kind: 'write' | 'rangeSlots' }>): Promise<{ result: ReadResult; transfer: ArrayBuffer[] }> {
   if (task.kind === 'closePacks') {
     forgetCipher(task.forget);
     return { result: { kind: 'closePacks', closed: closePacks(task.dir) }, transfer: [] };
@@ -22,7 +22,7 @@ function fail(id: number, e: unknown): void {
 
 parentPort?.on('message', (message: { id: number; task: ReadTask }) => {
   const task = message.task;
-  if (task.kind === 'write') return fail(message.id, new Error("a daemon's worker writes no restore"));
+  if (task.kind === 'write' || task.kind === 'rangeSlots') return fail(message.id, new Error("a daemon's worker writes no restore"));
   run(task).then(
     ({ result, transfer }) => parentPort?.postMessage({ id: message.id, result }, transfer),
     (e: unknown) => fail(message.id, e),

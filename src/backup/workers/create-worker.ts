@@ -13,7 +13,8 @@ import { type PackPiece, PackWriter, RECORD_HEADER } from '../../repository/pack
 import { partBufferBytes } from '../../repository/part-stream.js';
 import { backup as params } from '../../params.js';
 import { s3Requests } from '../../repository/s3-backend.js';
-import type { CreateResult, CreateTask } from './tasks.js';
+import { SharedSlots } from '../../util/shared-slots.js';
+import type { CreateResult, CreateTask, WirePiece } from './tasks.js';
 
 const hashed = new Map<number, { data: Uint8Array; lengths: number[]; digests: Uint8Array }>();
 /** Memory shared by the main thread (a `share` task). */
@@ -24,12 +25,13 @@ let cipher: ObjectCipher = PLAIN;
 
 /** Pieces of packs made since the last answer, for the main thread to send (a streaming writer's). */
 const pieces: PackPiece[] = [];
-/** Part buffers the main thread sent and gave back: used again (a new one costs a fault per page). */
-const spareParts: ArrayBuffer[] = [];
+/** Memory for parts, shared with the main thread (a `partSlots` task): null until then. */
+let partSlots: SharedSlots | null = null;
 
+/** A part's buffer: a free slot of the shared memory, or (all taken) memory of its own, moved to the main thread with the part. */
 function partBuffer(): Buffer {
-  const spare = spareParts.pop();
-  return spare ? Buffer.from(spare) : Buffer.allocUnsafeSlow(partBufferBytes(params.s3PartBytes));
+  const slot = partSlots?.claim() ?? null;
+  return slot !== null && partSlots ? partSlots.view(slot) : Buffer.allocUnsafeSlow(partBufferBytes(params.s3PartBytes));
 }
 
 function writerFor(repository: BackendSpec, level: number | null): PackWriter {
@@ -40,10 +42,10 @@ function writerFor(repository: BackendSpec, level: number | null): PackWriter {
   return writer;
 }
 
-/** The pieces made so far, with the buffers they move to the main thread in. */
-function takePieces(): { pieces: PackPiece[]; transfer: ArrayBuffer[] } {
-  const taken = pieces.splice(0);
-  return { pieces: taken, transfer: taken.map((p) => p.data.buffer as ArrayBuffer) };
+/** The pieces made so far as they cross to the main thread: parts in slots by reference, other bytes moved. */
+function takePieces(): { pieces: WirePiece[]; transfer: ArrayBuffer[] } {
+  const wire: WirePiece[] = pieces.splice(0).map((p) => (p.kind === 'part' && partSlots ? { ...p, data: partSlots.ref(p.data) } : p));
+  return { pieces: wire, transfer: wire.flatMap((p) => (p.data instanceof Uint8Array ? [p.data.buffer as ArrayBuffer] : [])) };
 }
 
 async function run(task: CreateTask): Promise<{ result: CreateResult; transfer: ArrayBuffer[] }> {
@@ -98,9 +100,9 @@ async function run(task: CreateTask): Promise<{ result: CreateResult; transfer: 
       const made = takePieces();
       return { result: { kind: 'finish', packs, requests: s3Requests(), pieces: made.pieces }, transfer: made.transfer };
     }
-    case 'spareParts':
-      // Taken as it comes (the message handler), never queued.
-      return { result: { kind: 'spareParts' }, transfer: [] };
+    case 'partSlots':
+      partSlots = new SharedSlots(task.slots);
+      return { result: { kind: 'partSlots' }, transfer: [] };
   }
 }
 
@@ -113,13 +115,6 @@ function fail(id: number, e: unknown): void {
 let queue: Promise<unknown> = Promise.resolve();
 
 parentPort?.on('message', (message: { id: number; task: CreateTask }) => {
-  const task = message.task;
-  if (task.kind === 'spareParts') {
-    // At once, not after the tasks queued: a part being filled now may take one.
-    for (const b of task.buffers) if (b.byteLength === partBufferBytes(params.s3PartBytes)) spareParts.push(b);
-    parentPort?.postMessage({ id: message.id, result: { kind: 'spareParts' } });
-    return;
-  }
   queue = queue.then(() => run(message.task)).then(
     ({ result, transfer }) => parentPort?.postMessage({ id: message.id, result }, transfer),
     (e: unknown) => fail(message.id, e),

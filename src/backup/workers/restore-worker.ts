@@ -1,12 +1,13 @@
 // Owns the work of one of backup_restore's worker threads: loading and checking chunks, and writing
 // runs of them to the target (a file or block device) with their repeated copies.
 import { parentPort } from 'node:worker_threads';
-import { toBlkError } from '../../errors.js';
+import { BlkError, toBlkError } from '../../errors.js';
 import { writeFully } from '../../os/fd-io.js';
 import { DIRECT_ALIGNMENT } from '../../os/koffi.js';
 import { startWriteback } from '../../os/writeback-range.js';
 import { alignedBuffers, cipherFor, closePacks, cutFetched, decodeItem, loadTask, readStoredAsync } from './pack-reads.js';
-import type { ReadResult, ReadTask } from './tasks.js';
+import { SharedSlots } from '../../util/shared-slots.js';
+import type { FetchedRange, ReadResult, ReadTask } from './tasks.js';
 
 /**
  * Decodes a run into one buffer and writes each stretch of it with one pwrite, in the thread pool
@@ -27,7 +28,7 @@ async function writeItems(task: Extract<ReadTask, { kind: 'write' }>): Promise<n
   // item continues it both in the span and on the device (a stretch, or a stretch's copy).
   const pieces: Array<{ from: number; to: number; at: number }> = [];
   try {
-    const stored = task.fetched ? cutFetched(items, task.fetched) : await readStoredAsync(items, held);
+    const stored = task.fetched ? cutFetched(items, { offset: task.fetched.offset, data: fetchedBytes(task.fetched) }) : await readStoredAsync(items, held);
     let growing: Array<{ from: number; to: number; at: number }> = [];
     let position = 0;
     items.forEach((item, i) => {
@@ -71,6 +72,14 @@ async function writeItems(task: Extract<ReadTask, { kind: 'write' }>): Promise<n
   return written;
 }
 
+/** Memory the main thread fetches ranges into (a `rangeSlots` task). */
+let rangeSlots: SharedSlots | null = null;
+
+function fetchedBytes(fetched: FetchedRange): Uint8Array {
+  if (fetched.data instanceof Uint8Array) return fetched.data;
+  if (!rangeSlots) throw new BlkError('EINVAL', 'a write names a slot of memory, but none was shared');
+  return rangeSlots.view(fetched.data.slot, fetched.data.length);
+}
 
 function fail(id: number, e: unknown): void {
   const err = toBlkError(e);
@@ -80,13 +89,22 @@ function fail(id: number, e: unknown): void {
 parentPort?.on('message', (message: { id: number; task: ReadTask }) => {
   const task = message.task;
   if (task.kind === 'write') {
-    // Asynchronous: the next task is decoded while this one's writes run.
-    // A fetched range's buffer goes back with the answer, to be filled again (new memory costs a fault per page).
-    const spare = task.fetched?.data.buffer as ArrayBuffer | undefined;
-    writeItems(task).then(
-      (writtenBytes) => parentPort?.postMessage({ id: message.id, result: { kind: 'write', writtenBytes, ...(spare ? { spare } : {}) } satisfies ReadResult }, spare ? [spare] : []),
-      (e: unknown) => fail(message.id, e),
-    );
+    // Asynchronous: the next task is decoded while this one's writes run. A fetched range's slot is
+    // free again once the task is done (failed or not: nothing reads it after).
+    const slot = task.fetched && !(task.fetched.data instanceof Uint8Array) ? task.fetched.data.slot : null;
+    writeItems(task)
+      .finally(() => {
+        if (slot !== null) rangeSlots?.release(slot);
+      })
+      .then(
+        (writtenBytes) => parentPort?.postMessage({ id: message.id, result: { kind: 'write', writtenBytes } satisfies ReadResult }),
+        (e: unknown) => fail(message.id, e),
+      );
+    return;
+  }
+  if (task.kind === 'rangeSlots') {
+    rangeSlots = new SharedSlots(task.slots);
+    parentPort?.postMessage({ id: message.id, result: { kind: 'rangeSlots' } satisfies ReadResult });
     return;
   }
   if (task.kind === 'closePacks') {

@@ -3,6 +3,7 @@
 import type { BackendSpec } from '../../repository/backend.js';
 import type { ChunkLocation, LoadItem } from '../../repository/chunk-index.js';
 import type { PackPiece } from '../../repository/pack.js';
+import type { SharedSlotsHandle, SlotRef } from '../../util/shared-slots.js';
 
 /** Bytes [at, at + length) of the memory shared with a worker by a `share` task. */
 export interface SharedBytes {
@@ -14,11 +15,18 @@ export interface SharedBytes {
 export type CipherTask = { kind: 'cipher'; secret: Uint8Array | null };
 export type CipherResult = { kind: 'cipher' };
 
-/** Bytes of a pack from `offset`, fetched by the main thread, holding the records of a task's items (in any order). */
+/**
+ * Bytes of a pack from `offset`, fetched by the main thread, holding the records of a task's items
+ * (in any order): in a slot of the memory a `rangeSlots` task shared (the worker frees it once the
+ * task is done), or moved with the task.
+ */
 export interface FetchedRange {
   offset: number;
-  data: Uint8Array;
+  data: SlotRef | Uint8Array;
 }
+
+/** A piece of a pack as it crosses to the main thread: a part's bytes in a slot of the memory a `partSlots` task shared (the main thread frees it once sent), or moved with it. */
+export type WirePiece = (Omit<Extract<PackPiece, { kind: 'part' }>, 'data'> & { data: SlotRef | Uint8Array }) | Extract<PackPiece, { kind: 'index' }>;
 
 /** What backup_create's workers do: hash the chunks of a run, store the new ones in a pack of their own. */
 export type CreateTask =
@@ -34,8 +42,8 @@ export type CreateTask =
   | { kind: 'store'; id: number; which: number[]; repository: BackendSpec; level: number | null }
   /** Puts this worker's packs in place (durable, indexed, visible). */
   | { kind: 'finish' }
-  /** Part buffers the main thread has sent, given back to be filled again. */
-  | { kind: 'spareParts'; buffers: ArrayBuffer[] }
+  /** Memory for the parts of packs this worker builds (a bucket's), filled in place and freed by the main thread once sent. */
+  | { kind: 'partSlots'; slots: SharedSlotsHandle }
   | CipherTask;
 
 export type CreateResult =
@@ -43,9 +51,9 @@ export type CreateResult =
   | { kind: 'share' }
   | { kind: 'hash'; digests: Uint8Array }
   /** `pieces`: parts of packs (and their indexes) for the main thread to send, where the store takes objects in parts. */
-  | { kind: 'store'; locations: Array<ChunkLocation & { index: number }>; storedBytes: number; pieces: PackPiece[] }
-  | { kind: 'finish'; packs: string[]; requests: Record<string, number>; pieces: PackPiece[] }
-  | { kind: 'spareParts' };
+  | { kind: 'store'; locations: Array<ChunkLocation & { index: number }>; storedBytes: number; pieces: WirePiece[] }
+  | { kind: 'finish'; packs: string[]; requests: Record<string, number>; pieces: WirePiece[] }
+  | { kind: 'partSlots' };
 
 /** What the workers that read chunks do: a restore's, and a daemon's serving a backup. */
 export type ReadTask =
@@ -66,10 +74,11 @@ export type ReadTask =
    * Closes the packs this worker read from folder `dir` (all with none): a served backup detached, a
    * restore done; and forgets the cipher of `secret` (an encrypted repository's key, given for that attach only).
    */
-  | { kind: 'closePacks'; dir?: string; forget?: Uint8Array | null };
+  | { kind: 'closePacks'; dir?: string; forget?: Uint8Array | null }
+  /** Memory the main thread fetches ranges into for `write` tasks (a restore from a bucket). */
+  | { kind: 'rangeSlots'; slots: SharedSlotsHandle };
 
-/** A write's `fetched` buffer comes back (`spare`) to be filled again. */
-export type ReadResult = { kind: 'load'; data: Uint8Array[] } | { kind: 'write'; writtenBytes: number; spare?: ArrayBuffer } | { kind: 'closePacks'; closed: number };
+export type ReadResult = { kind: 'load'; data: Uint8Array[] } | { kind: 'write'; writtenBytes: number } | { kind: 'closePacks'; closed: number } | { kind: 'rangeSlots' };
 
 /** What backup_verify's workers do: read a pack whole and check every record against its index and its digest. */
 export type VerifyTask =

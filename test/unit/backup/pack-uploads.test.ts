@@ -73,7 +73,7 @@ describe('PackUploads', () => {
     const uploads = new PackUploads(store.backend, 3, 1 << 30);
     const a = randomBytes(10 * 1000 + 7);
     const b = randomBytes(900);
-    const given: ArrayBuffer[] = [];
+    const given: Uint8Array[] = [];
     // Interleaved as two workers' results come: a's parts over several adds.
     const pa = packPieces('chunks/a.pack', a, 1000);
     await uploads.add(pa.slice(0, 4), (buf) => given.push(buf));

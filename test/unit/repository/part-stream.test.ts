@@ -1,6 +1,6 @@
 // A pack built in memory and handed on in parts: whatever mix of appends made it, the parts joined
-// are its bytes, each but the last exactly a part, none empty, each with its MD5; buffers given back
-// are filled again.
+// are its bytes, each but the last exactly a part, none empty, each with its MD5; every buffer it
+// takes holds a part.
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
@@ -17,7 +17,11 @@ describe('PartStream', () => {
         fc.array(fc.record({ inPlace: fc.boolean(), length: fc.integer({ min: 0, max: 3 * 4096 * 8 }), slack: fc.integer({ min: 0, max: 300 }) }), { maxLength: 40 }),
         (partBytes, appends) => {
           const parts: FilledPart[] = [];
-          const stream = new PartStream(partBytes, (p) => parts.push({ ...p, data: new Uint8Array(p.data) }));
+          let taken = 0;
+          const stream = new PartStream(partBytes, (p) => parts.push({ ...p, data: new Uint8Array(p.data) }), () => {
+            taken++;
+            return Buffer.allocUnsafeSlow(partBufferBytes(partBytes));
+          });
           const expected: Buffer[] = [];
           for (const a of appends) {
             const data = randomBytes(a.length);
@@ -41,6 +45,8 @@ describe('PartStream', () => {
             if (!p.last) assert.equal(p.data.length, partBytes);
             else assert.ok(p.data.length > 0 || parts.length === 1, 'an empty last part after others');
           });
+          // Every buffer taken holds a part: none is taken after the last (a slot of shared memory would stay taken).
+          assert.equal(taken, parts.length);
         },
       ),
       { numRuns: 200 },
@@ -60,7 +66,7 @@ describe('PartStream', () => {
     stream.finish();
     assert.deepEqual(Buffer.concat(parts.map((p) => p.data)), big);
     assert.deepEqual(parts.map((p) => [p.n, p.data.length, p.last]), [[1, partBytes, false], [2, big.length - partBytes, true]]);
-    assert.equal(made, 3, 'the first buffer, and one after each part sent');
+    assert.equal(made, 2, 'the first buffer, and one after each part but the last');
     for (const p of parts) assert.equal(p.data.buffer.byteLength, partBufferBytes(partBytes), 'each part in a buffer of its own');
   });
 });
