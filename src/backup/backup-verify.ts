@@ -70,14 +70,16 @@ export async function referencesOf(repo: Repository, id: string): Promise<{ chun
   try {
     for (const d of (await repo.manifest(id)).devices) {
       const root = await readIndexRoot(repo.backend, names.indexRoot(id, d.index), repo.cipher);
-      for (const hex of root.pages) {
-        pages.add(hex);
+      // A few pages read at once (in a bucket each is a request of a round trip); what is wrong with
+      // them told in page order.
+      const wrong = new Map<number, string>();
+      const checkPage = async (p: number, hex: string): Promise<void> => {
         let stored: Buffer;
         try {
           stored = await repo.backend.read(names.page(hex));
         } catch {
-          problems.push(`backup ${id}: index page ${hex} of ${d.name} is missing`);
-          continue;
+          wrong.set(p, `backup ${id}: index page ${hex} of ${d.name} is missing`);
+          return;
         }
         let page: Buffer;
         try {
@@ -86,11 +88,22 @@ export async function referencesOf(repo: Repository, id: string): Promise<{ chun
           page = Buffer.alloc(0);
         }
         if (page.length === 0 || repo.cipher.pageName(page) !== hex) {
-          problems.push(`backup ${id}: index page ${hex} of ${d.name} is damaged`);
-          continue;
+          wrong.set(p, `backup ${id}: index page ${hex} of ${d.name} is damaged`);
+          return;
         }
         for (let at = 0; at + 32 <= page.length; at += 32) if (!isZeroDigest(page, at)) chunks.add(page.toString('hex', at, at + 32));
+      };
+      const window = new TaskWindow(repo.backend.requestsAtOnce);
+      try {
+        for (const [p, hex] of root.pages.entries()) {
+          pages.add(hex);
+          await window.add(checkPage(p, hex));
+        }
+      } finally {
+        await window.settle();
       }
+      await window.drain();
+      for (const p of [...wrong.keys()].sort((a, b) => a - b)) problems.push(wrong.get(p) as string);
     }
   } catch (e) {
     problems.push(`backup ${id}: ${toBlkError(e).message}`);
@@ -125,6 +138,16 @@ export async function verifyRepository(repo: Repository, o: VerifyOptions): Prom
 }
 
 async function verifyInSession(repo: Repository, o: VerifyOptions): Promise<VerifyResult> {
+  // Started first: the threads load their modules while this one reads the indexes.
+  const workers = new WorkerPool('verify');
+  try {
+    return await verifyWith(repo, o, workers);
+  } finally {
+    await workers.close();
+  }
+}
+
+async function verifyWith(repo: Repository, o: VerifyOptions, workers: WorkerPool<'verify'>): Promise<VerifyResult> {
   // What is checked is what the store holds, not a copy a cache kept.
   repo.backend.bypassCache();
   const ids = o.id === undefined ? await repo.backupIds() : [o.id];
@@ -150,38 +173,40 @@ async function verifyInSession(repo: Repository, o: VerifyOptions): Promise<Veri
   let packsChecked = 0;
   const bad = new Map<string, string>();
   let checked = 0;
-  const workers = new WorkerPool('verify');
+  await workers.runOnAll({ kind: 'cipher', secret: repo.cipher.secret });
+  // Each pack's size (in a bucket a request each: a few at once, as index pages are read).
+  const sizes = new Map<string, number>();
+  const looking = new TaskWindow(repo.backend.requestsAtOnce);
   try {
-    await workers.runOnAll({ kind: 'cipher', secret: repo.cipher.secret });
-    const sizes = new Map<string, number>();
-    for (const id of packs) sizes.set(id, (await repo.backend.size(names.pack(id))) ?? 0);
-    const sizeOf = (id: string): number => sizes.get(id) ?? 0;
-    o.progress?.start('verify', packs.reduce((a, p) => a + sizeOf(p), 0));
-    // A few packs at a time (in a bucket each read by range as it is checked).
-    const inFlight = new TaskWindow(workers.size * 2);
-    const checkPack = async (id: string): Promise<void> => {
-      const r = await checkPackInStore(repo.backend, workers, id, sizes.get(id));
-      checked += r.checked;
-      for (const b of r.bad) {
-        if (b.digest === '') problems.push(b.reason);
-        else bad.set(b.digest, b.reason);
-      }
-      o.progress?.advance(sizeOf(id));
-    };
-    try {
-      for (const id of packs) {
-        if (o.maxDurationMs !== undefined && Date.now() - started > o.maxDurationMs) break;
-        packsChecked++;
-        await inFlight.add(checkPack(id));
-      }
-    } finally {
-      await inFlight.settle();
-    }
-    await inFlight.drain();
-    o.progress?.done();
+    for (const id of packs) await looking.add(repo.backend.size(names.pack(id)).then((n) => void sizes.set(id, n ?? 0)));
   } finally {
-    await workers.close();
+    await looking.settle();
   }
+  await looking.drain();
+  const sizeOf = (id: string): number => sizes.get(id) ?? 0;
+  o.progress?.start('verify', packs.reduce((a, p) => a + sizeOf(p), 0));
+  // A few packs at a time (in a bucket each read by range as it is checked).
+  const inFlight = new TaskWindow(workers.size * 2);
+  const checkPack = async (id: string): Promise<void> => {
+    const r = await checkPackInStore(repo.backend, workers, id, sizes.get(id));
+    checked += r.checked;
+    for (const b of r.bad) {
+      if (b.digest === '') problems.push(b.reason);
+      else bad.set(b.digest, b.reason);
+    }
+    o.progress?.advance(sizeOf(id));
+  };
+  try {
+    for (const id of packs) {
+      if (o.maxDurationMs !== undefined && Date.now() - started > o.maxDurationMs) break;
+      packsChecked++;
+      await inFlight.add(checkPack(id));
+    }
+  } finally {
+    await inFlight.settle();
+  }
+  await inFlight.drain();
+  o.progress?.done();
   for (const [hex, reason] of bad) problems.push(`chunk ${hex} is damaged: ${reason}`);
   const damaged: string[] = [];
   for (const [id, r] of refs) {

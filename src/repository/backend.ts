@@ -51,6 +51,8 @@ export interface Backend {
   readonly location: string;
   /** The size a pack is closed at, where it is not the format's default (an object store uploads smaller packs while a backup reads). */
   readonly packBytes?: number;
+  /** Small objects (index pages, pack indexes, sizes) worth reading or writing at once: in an object store each is a request of a round trip. */
+  readonly requestsAtOnce: number;
 
   /** An object's bytes; ENOENT (a BlkError naming it) when there is none. */
   read(name: string): Promise<Buffer>;

@@ -69,13 +69,31 @@ export class ChunkIndex {
     const index = new ChunkIndex();
     const ids = (await packIds(backend)).filter((id) => !skip?.has(id));
     const ordered = last ? [...ids.filter((id) => !last.has(id)), ...ids.filter((id) => last.has(id))] : ids;
-    for (const id of ordered) {
-      try {
-        index.addIdx(id, await readPackIndex(backend, id, cipher));
-      } catch (e) {
-        if (!problems) throw e;
-        problems.push((e as Error).message);
+    // Read a few ahead (in a bucket with no cache, as on a new host, each is a request of a round
+    // trip), added in order: the first pack holding a chunk is where it is found.
+    const reads = new Map<number, Promise<{ data: Buffer; count: number }>>();
+    const readAhead = (i: number): void => {
+      const id = ordered[i];
+      if (id === undefined || reads.has(i)) return;
+      const read = readPackIndex(backend, id, cipher);
+      read.catch(() => undefined); // heard below, in order
+      reads.set(i, read);
+    };
+    try {
+      for (const [i, id] of ordered.entries()) {
+        for (let k = i; k < i + backend.requestsAtOnce; k++) readAhead(k);
+        const read = reads.get(i) as Promise<{ data: Buffer; count: number }>;
+        reads.delete(i);
+        try {
+          index.addIdx(id, await read);
+        } catch (e) {
+          if (!problems) throw e;
+          problems.push((e as Error).message);
+        }
       }
+    } finally {
+      // A failure leaves no read running unheard.
+      await Promise.allSettled(reads.values());
     }
     return index;
   }

@@ -17,10 +17,6 @@ const MAGIC = Buffer.from('BLKSNAPX', 'latin1');
 const ROOT_HEADER = 40;
 /** The largest device an index describes: 2^21 tracking blocks of the largest size. */
 const MAXIMUM_CHUNKS = tracking.blockMaximumCount;
-/** Pages read or written at once: in an object store each is a request of a round trip, so more. */
-function pagesInFlight(backend: Backend): number {
-  return backend.spec.kind === 's3' ? 32 : 8;
-}
 
 export interface DeviceIndex {
   size: number;
@@ -63,7 +59,7 @@ export async function writeIndex(backend: Backend, cipher: ObjectCipher, index: 
   root.writeBigUInt64LE(BigInt(index.chunkSize), 24);
   root.writeBigUInt64LE(BigInt(index.size), 32);
   let pageBytes = 0;
-  const window = new TaskWindow(pagesInFlight(backend));
+  const window = new TaskWindow(backend.requestsAtOnce);
   try {
     for (let p = 0; p < pageCount; p++) {
       const page = index.digests.subarray(p * PAGE_DIGESTS * 32, Math.min((p + 1) * PAGE_DIGESTS, count) * 32);
@@ -147,7 +143,7 @@ export async function readIndex(backend: Backend, rootName: string, cipher: Obje
   const where = `${backend.location}/${rootName}`;
   const root = await readIndexRoot(backend, rootName, cipher);
   const digests = Buffer.alloc(root.count * 32);
-  const window = new TaskWindow(pagesInFlight(backend));
+  const window = new TaskWindow(backend.requestsAtOnce);
   try {
     for (let p = 0; p < root.pages.length; p++) {
       const hex = root.pages[p] as string;

@@ -12,6 +12,7 @@ import { TEMP_MARK } from './layout.js';
 let tempCounter = 0;
 
 export class LocalBackend implements Backend {
+  readonly requestsAtOnce = 8;
   readonly spec: BackendSpec;
   readonly location: string;
   readonly dir: string;

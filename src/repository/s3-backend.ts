@@ -145,6 +145,7 @@ interface S3Failure {
 }
 
 export class S3Backend implements Backend {
+  readonly requestsAtOnce = 32;
   readonly spec: S3BackendSpec;
   readonly location: string;
   readonly packBytes = params.s3PackBytes;
