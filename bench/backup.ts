@@ -1,10 +1,11 @@
 // Benchmark: the backup repository, plain and encrypted, against restic (repository v2, always
 // encrypted) and borg (-C zstd,1; -e none against the plain row, -e repokey-blake2 against the
 // encrypted one), each on its own copy of one 4 GiB data set: full backup (caches dropped),
-// incremental after 640 random 64 KiB writes, restore of the latest to a file, verify of all data,
-// and a read of the latest served by backup_attach (ours only); wall times, repository sizes, ratios.
-// The full backup, restore and verify run in rounds, the tools taking turns in each; the table and
-// ratios take each one's median.
+// incremental after 640 random 64 KiB writes (a new change each round), restore of the latest to a
+// file, verify of all data, and a read of the latest served by backup_attach (ours only); wall
+// times, repository sizes, ratios.
+// The full backup, incremental, restore and verify run in rounds, the tools taking turns in each;
+// the table and ratios take each one's median.
 //   node dist/bench/backup.js          (installs restic and borgbackup from Debian when missing)
 //   BENCH_BACKUP_ROUNDS=1: one round (default 3)
 //   BENCH_BACKUP_ENCRYPTED=0: the plain rows only
@@ -356,13 +357,18 @@ async function main(): Promise<void> {
     }
     const fulls = await inRounds(tools, rounds, (t) => t.full());
     const sizes = await Promise.all(tools.map((t) => t.size()));
-    const incrementals: Array<{ seconds: number; readBytes?: number }> = [];
-    const growths: number[] = [];
-    for (const t of tools) {
+    // Each round a new change of 640 blocks and an incremental after it, the tools taking turns; the
+    // growth and the bytes read are the first round's (one change's worth).
+    const growths: number[] = tools.map(() => 0);
+    const incrementalRounds = await inRounds(tools, rounds, async (t) => {
+      const i = tools.indexOf(t);
+      const before = await t.size();
       await t.change();
-      incrementals.push(await t.incremental());
-      growths.push((await t.size()) - (sizes[tools.indexOf(t)] as number));
-    }
+      const r = await t.incremental();
+      if (growths[i] === 0) growths[i] = (await t.size()) - before;
+      return r;
+    });
+    const incrementals = incrementalRounds.map((rs) => ({ seconds: median(rs.map((r) => r.seconds)), readBytes: rs[0]?.readBytes ?? 0 }));
     const restores = await inRounds(tools, rounds, (t) => t.restore());
     const verifies = await inRounds(tools, rounds, (t) => t.verify());
     const attachRead = await o.attachRead();
@@ -387,7 +393,7 @@ async function main(): Promise<void> {
     console.log('(+e: encrypted: ours AES-256-GCM with HMAC-SHA-256 chunk ids, borg repokey-blake2; restic always encrypts)');
     console.log('\n# every round (s), in the order run');
     for (const [i, f] of fig.entries()) {
-      console.log(`${f.name.padEnd(11)}full ${seconds((fulls[i] ?? []).map((x) => x.seconds))}; restore ${seconds(restores[i] ?? [])}; verify ${seconds(verifies[i] ?? [])}; the host stole ${pct(f.steal)} of the CPU time in its full backups (median)`);
+      console.log(`${f.name.padEnd(11)}full ${seconds((fulls[i] ?? []).map((x) => x.seconds))}; incremental ${seconds((incrementalRounds[i] ?? []).map((x) => x.seconds))}; restore ${seconds(restores[i] ?? [])}; verify ${seconds(verifies[i] ?? [])}; the host stole ${pct(f.steal)} of the CPU time in its full backups (median)`);
     }
     const us = fig[0] as Figures;
     const allocated = 3 * quarter;

@@ -51,6 +51,17 @@ describe('a repository in an S3 bucket (Ceph RADOS Gateway)', { skip: missing('n
     return { cli, json };
   };
 
+  /** Fills attached device `name` with random bytes (through the daemon) and makes a plain repository `repo`: the CLI for them. */
+  const randomDeviceAndRepository = async (daemon: { uri(name: string): string; controlPath: string }, name: string, bytes: number, repo: string, dir: string): Promise<ReturnType<typeof cliOf>> => {
+    const nbd = await NbdClient.connect(daemon.uri(name));
+    for (let at = 0; at < bytes; at += 4 * MiB) await nbd.write(at, randomFillSync(Buffer.alloc(4 * MiB)));
+    await nbd.flush();
+    await nbd.close();
+    const tools = cliOf(daemon.controlPath, path.join(dir, 'cache'));
+    assert.equal((await tools.cli(['backup_init', '--repo', repo, '--encryption', 'none'])).code, 0);
+    return tools;
+  };
+
   const keysOf = async (bucket: string, prefix: string): Promise<string[]> => {
     const keys: string[] = [];
     let token: string | undefined;
@@ -542,12 +553,7 @@ describe('a repository in an S3 bucket (Ceph RADOS Gateway)', { skip: missing('n
     const bucket = await s3.bucket();
     const repo = `s3://${bucket}/md5`;
     await withDaemon({ 'm.img': 40 * MiB }, async (daemon, _local, dir) => {
-      const nbd = await NbdClient.connect(daemon.uri('m.img'));
-      for (let at = 0; at < 40 * MiB; at += 4 * MiB) await nbd.write(at, randomFillSync(Buffer.alloc(4 * MiB)));
-      await nbd.flush();
-      await nbd.close();
-      const { cli } = cliOf(daemon.controlPath, path.join(dir, 'cache'));
-      assert.equal((await cli(['backup_init', '--repo', repo, '--encryption', 'none'])).code, 0);
+      const { cli } = await randomDeviceAndRepository(daemon, 'm.img', 40 * MiB, repo, dir);
       // Between the CLI and the gateway: notes how each pack's bytes are signed, and flips the first
       // byte of the first body it sees of a pack (an attacker or a broken link on an unsigned payload).
       const target = new URL(s3.endpoint);
@@ -601,12 +607,7 @@ describe('a repository in an S3 bucket (Ceph RADOS Gateway)', { skip: missing('n
     const bucket = await s3.bucket();
     const repo = `s3://${bucket}/conn`;
     await withDaemon({ 'k.img': 128 * MiB }, async (daemon, _local, dir) => {
-      const nbd = await NbdClient.connect(daemon.uri('k.img'));
-      for (let at = 0; at < 128 * MiB; at += 4 * MiB) await nbd.write(at, randomFillSync(Buffer.alloc(4 * MiB)));
-      await nbd.flush();
-      await nbd.close();
-      const { cli } = cliOf(daemon.controlPath, path.join(dir, 'cache'));
-      assert.equal((await cli(['backup_init', '--repo', repo, '--encryption', 'none'])).code, 0);
+      await randomDeviceAndRepository(daemon, 'k.img', 128 * MiB, repo, dir);
       // A TCP relay in front of the gateway counts the connections the CLI opens (a server that
       // answers "Connection: close" shows through it, as an HTTP proxy's own keep-alive would hide).
       const target = new URL(s3.endpoint);
