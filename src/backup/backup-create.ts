@@ -16,7 +16,6 @@ import { chunkCountOf, decodeIndexRoot, type ReadIndex, readIndex, writeIndex } 
 import { indexFileOf, names, newBackupId } from '../repository/layout.js';
 import { type BackupHost, isSameHost, thisHost } from '../repository/host.js';
 import type { ManifestDevice } from '../repository/manifest.js';
-import type { PackPiece } from '../repository/pack.js';
 import { partBufferBytes } from '../repository/part-stream.js';
 import type { BackupWriter, Repository } from '../repository/repository.js';
 import { readMarked } from '../repository/pending-deletion.js';
@@ -115,12 +114,18 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
   // The parts the workers fill and this thread sends, in memory both see: enough slots for what may
   // wait to be sent and what the workers fill meanwhile (a worker finding none takes memory of its own).
   const partSlots = uploads ? SharedSlots.create(Math.ceil(params.s3UnsentBytes / params.s3PartBytes) + 3 * workers.size, partBufferBytes(params.s3PartBytes)) : null;
-  /** The pieces of a worker's answer with their bytes, and what frees a part's slot once it is sent. */
-  const received = (wire: WirePiece[]): PackPiece[] => wire.map((p) => (p.kind === 'part' ? { ...p, data: partSlots ? partSlots.resolve(p.data) : (p.data as Uint8Array) } : p));
-  const sent = (data: Uint8Array): void => {
-    const ref = partSlots?.refOf(data);
-    if (ref) partSlots?.release(ref.slot);
-  };
+  /** Sends the pieces of a worker's answer; a part's slot is free again once it is sent. */
+  const upload =
+    uploads && partSlots
+      ? (wire: WirePiece[]): Promise<void> =>
+          uploads.add(
+            wire.map((p) => (p.kind === 'part' ? { ...p, data: partSlots.resolve(p.data) } : p)),
+            (data) => {
+              const ref = partSlots.refOf(data);
+              if (ref) partSlots.release(ref.slot);
+            },
+          )
+      : null;
   let committed = false;
   /** The packs' finish, once begun (by the last device, or after it). */
   const finishing: { done: Promise<Array<Extract<WorkerResult, { kind: 'finish' }>>> | null } = { done: null };
@@ -178,9 +183,9 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
       if (!finishing.done) {
         finishing.done = (async () => {
           const done = await workers.runOnAll({ kind: 'finish' });
-          if (uploads) {
-            for (const f of done) await uploads.add(received(f.pieces), sent);
-            await uploads.drain();
+          if (upload) {
+            for (const f of done) await upload(f.pieces);
+            await uploads?.drain();
           }
           return done;
         })();
@@ -192,7 +197,7 @@ export async function createBackup(repo: Repository, client: BlksnapClient, give
     for (const [i, name] of o.devices.entries()) {
       const base = previous.get(name);
       const prefetched = base ? { ...base, index: i === 0 ? firstBase : null } : null;
-      entries.push(await backupDevice(repo, client, workers, { known, markedPages: marked.pages, retain, uploads: uploads ? { uploads, received, sent } : null }, o, name, prefetched, writer, i === o.devices.length - 1 ? finish : null));
+      entries.push(await backupDevice(repo, client, workers, { known, markedPages: marked.pages, retain, upload }, o, name, prefetched, writer, i === o.devices.length - 1 ? finish : null));
     }
     const finished = await finish();
     if (retain) await repo.backend.extendRetention?.([...retain]);
@@ -236,7 +241,7 @@ async function backupDevice(
   repo: Repository,
   client: BlksnapClient,
   workers: WorkerPool<'create'>,
-  { known, markedPages, retain, uploads }: { known: ChunkIndex; markedPages: Set<string>; retain: Set<string> | null; uploads: { uploads: PackUploads; received: (wire: WirePiece[]) => PackPiece[]; sent: (data: Uint8Array) => void } | null },
+  { known, markedPages, retain, upload }: { known: ChunkIndex; markedPages: Set<string>; retain: Set<string> | null; upload: ((wire: WirePiece[]) => Promise<void>) | null },
   o: CreateOptions,
   name: string,
   /** The device's incremental base, with its index where it is being read already. */
@@ -320,7 +325,7 @@ async function backupDevice(
       const stored = await workers.run({ kind: 'store', id, which, repository: repo.backend.spec, level: repo.config.zstdLevel }, [], on);
       storedBytes += stored.storedBytes;
       if (isShared) freeSlots.push(data.byteOffset / slotBytes);
-      if (uploads && stored.pieces.length > 0) await uploads.uploads.add(uploads.received(stored.pieces), uploads.sent);
+      if (upload && stored.pieces.length > 0) await upload(stored.pieces);
       o.progress?.advance(bytes);
     });
     await storing.add(task);

@@ -93,16 +93,8 @@ export async function referencesOf(repo: Repository, id: string): Promise<{ chun
         }
         for (let at = 0; at + 32 <= page.length; at += 32) if (!isZeroDigest(page, at)) chunks.add(page.toString('hex', at, at + 32));
       };
-      const window = new TaskWindow(repo.backend.requestsAtOnce);
-      try {
-        for (const [p, hex] of root.pages.entries()) {
-          pages.add(hex);
-          await window.add(checkPage(p, hex));
-        }
-      } finally {
-        await window.settle();
-      }
-      await window.drain();
+      for (const hex of root.pages) pages.add(hex);
+      await TaskWindow.each(root.pages, repo.backend.requestsAtOnce, (hex, p) => checkPage(p, hex));
       for (const p of [...wrong.keys()].sort((a, b) => a - b)) problems.push(wrong.get(p) as string);
     }
   } catch (e) {
@@ -176,13 +168,7 @@ async function verifyWith(repo: Repository, o: VerifyOptions, workers: WorkerPoo
   await workers.runOnAll({ kind: 'cipher', secret: repo.cipher.secret });
   // Each pack's size (in a bucket a request each: a few at once, as index pages are read).
   const sizes = new Map<string, number>();
-  const looking = new TaskWindow(repo.backend.requestsAtOnce);
-  try {
-    for (const id of packs) await looking.add(repo.backend.size(names.pack(id)).then((n) => void sizes.set(id, n ?? 0)));
-  } finally {
-    await looking.settle();
-  }
-  await looking.drain();
+  await TaskWindow.each(packs, repo.backend.requestsAtOnce, async (id) => void sizes.set(id, (await repo.backend.size(names.pack(id))) ?? 0));
   const sizeOf = (id: string): number => sizes.get(id) ?? 0;
   o.progress?.start('verify', packs.reduce((a, p) => a + sizeOf(p), 0));
   // A few packs at a time (in a bucket each read by range as it is checked).

@@ -143,22 +143,13 @@ export async function readIndex(backend: Backend, rootName: string, cipher: Obje
   const where = `${backend.location}/${rootName}`;
   const root = await readIndexRoot(backend, rootName, cipher);
   const digests = Buffer.alloc(root.count * 32);
-  const window = new TaskWindow(backend.requestsAtOnce);
-  try {
-    for (let p = 0; p < root.pages.length; p++) {
-      const hex = root.pages[p] as string;
-      await window.add(
-        backend.read(names.page(hex)).then(
-          (page) => placePage(cipher.open(page, aadOf('page', names.page(hex)), `index page ${hex} of ${where}`), root, p, digests, where, cipher),
-          () => {
-            throw new BlkError('EIO', `index page ${hex} of ${where} is missing`);
-          },
-        ),
-      );
-    }
-  } finally {
-    await window.settle();
-  }
-  await window.drain();
+  await TaskWindow.each(root.pages, backend.requestsAtOnce, (hex, p) =>
+    backend.read(names.page(hex)).then(
+      (page) => placePage(cipher.open(page, aadOf('page', names.page(hex)), `index page ${hex} of ${where}`), root, p, digests, where, cipher),
+      () => {
+        throw new BlkError('EIO', `index page ${hex} of ${where} is missing`);
+      },
+    ),
+  );
   return { size: root.size, chunkSize: root.chunkSize, digests, pages: root.pages };
 }

@@ -16,12 +16,6 @@ const CHECK_READ_BYTES = 8 * 1024 * 1024;
 /** Reads a pack check keeps going ahead of the record it decodes. */
 const CHECK_READS_AHEAD = 2;
 
-/**
- * Reads a pack front to back and checks every record against its index and its digest. The pack is
- * read once, past the page cache where the filesystem allows (new page-cache pages cost this VM a
- * fault in the host each: half the check's time went to the kernel), with reads of its next windows
- * in the thread pool while this thread decodes and hashes.
- */
 /** A pack to check: its index's bytes, its size, and a read of `into.length` bytes from an offset. */
 interface PackSource {
   idx: Buffer;
@@ -46,6 +40,12 @@ async function sourceOf(task: Extract<VerifyTask, { kind: 'checkPack' }>): Promi
   return { idx, idxName: task.idx, size: fs.fstatSync(fd).size, read: (into, offset) => readUpTo(fd, into, offset), close: () => fs.closeSync(fd) };
 }
 
+/**
+ * Reads a pack front to back and checks every record against its index and its digest. The pack is
+ * read once, past the page cache where the filesystem allows (new page-cache pages cost this VM a
+ * fault in the host each: half the check's time went to the kernel), with reads of its next windows
+ * in the thread pool while this thread decodes and hashes.
+ */
 async function checkPack(task: Extract<VerifyTask, { kind: 'checkPack' }>): Promise<{ checked: number; bad: Array<{ digest: string; reason: string }> }> {
   const cipher = verifyCipher;
   const bad: Array<{ digest: string; reason: string }> = [];
